@@ -1,0 +1,3 @@
+from kebr_cli.main import run
+
+run()

@@ -1,0 +1,92 @@
+"""The Typer application every command registers on, and the helpers they share.
+
+Commands only parse options, call a `kebr_core` recipe and render Rich output; `run_core` turns a
+`KebrError` into one red sentence and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from kebr_core import __version__
+from kebr_core.errors import KebrError
+
+# No downloads unless the user opts in: a missing model fails fast with a clear sentence.
+if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="kebr",
+    help=(
+        "KEBR: knowledge-enhanced self-supervised balanced representation for multimodal sentiment "
+        "analysis. Extract features from videos, pretrain, fine-tune and evaluate, ablate, predict."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"kebr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """KEBR toolkit."""
+
+
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    """Print one sentence in red on stderr and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn `KebrError` (bad user input) into one sentence and exit code 1."""
+    try:
+        yield
+    except KebrError as e:
+        raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def progress() -> Progress:
+    """A Rich progress bar with count, rate-friendly columns and an ETA (quiet when not a TTY)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        disable=not sys.stderr.isatty() and os.environ.get("KEBR_PROGRESS") != "1",
+    )

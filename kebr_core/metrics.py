@@ -1,0 +1,212 @@
+"""The multimodal-sentiment metrics, with MMSA's conventions (DESIGN.md §7, paper §4.3).
+
+Predictions p and labels y are regression scores in [-3, 3]. The literature's tables come from MMSA's
+`metricsTop.py`; its conventions are copied exactly, because each of them moves the numbers:
+
+- Acc-2 / F1 "has0": all samples, classes `x >= 0` vs `x < 0` for labels and predictions alike, so a
+  prediction of exactly 0 is non-negative.
+- Acc-2 / F1 "non0": only samples with `y != 0`, classes `x > 0` vs `x <= 0`, so there a prediction of
+  exactly 0 counts as negative.
+- F1 is scikit-learn's `average="weighted"` (per-class F1 weighted by the class's label support).
+- Acc-7 / Acc-5: `np.round(np.clip(x, -3, 3))` (resp. [-2, 2]) equal for p and y. `np.round` rounds half
+  to even: MOSI labels are averages of annotators and 18 test labels sit exactly on x.5, so
+  round(2.5) = 2, round(1.5) = 2 and round(-0.5) = -0 (which equals 0).
+- MAE: mean |p - y|. Corr: Pearson's r; undefined (NaN, with a warning) when p or y is constant.
+
+Accuracies and F1 are fractions in [0, 1]; `format_table_row` turns them into the paper's Table 1
+strings (percentages).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from kebr_core.errors import KebrError
+
+# The order of the keys of `msa_metrics`, i.e. the order of the paper's Table 1 columns.
+METRIC_NAMES: tuple[str, ...] = (
+    "acc2_has0",
+    "f1_has0",
+    "acc2_non0",
+    "f1_non0",
+    "acc7",
+    "acc5",
+    "mae",
+    "corr",
+)
+
+# Table 1 columns: (column, metric keys shown "a/b", printed as a percentage?, decimals).
+_TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], bool, int], ...] = (
+    ("Acc-2", ("acc2_has0", "acc2_non0"), True, 2),
+    ("F1", ("f1_has0", "f1_non0"), True, 2),
+    ("Acc-7", ("acc7",), True, 2),
+    ("Acc-5", ("acc5",), True, 2),
+    ("MAE", ("mae",), False, 3),
+    ("Corr", ("corr",), False, 3),
+)
+
+
+class UndefinedMetricWarning(RuntimeWarning):
+    """A metric is undefined on this input and was reported as NaN."""
+
+
+class UndefinedCorrelationWarning(UndefinedMetricWarning):
+    """Pearson's r is undefined because the predictions or the labels are constant."""
+
+
+def _as_scores(values: np.ndarray, what: str) -> np.ndarray:
+    """Flatten to float64 (N,), rejecting empty or non-finite input."""
+    scores = np.asarray(values, dtype=np.float64).reshape(-1)
+    if scores.size == 0:
+        raise KebrError(f"The {what} are empty: metrics need at least one sample.")
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        raise KebrError(
+            f"The {what} contain {bad} non-finite value(s) (NaN or inf), so no metric is defined."
+        )
+    return scores
+
+
+def _binary_scores(true_positive: np.ndarray, pred_positive: np.ndarray) -> tuple[float, float]:
+    """Accuracy and weighted F1 of boolean class vectors (N,), as MMSA calls scikit-learn.
+
+    A class that is never predicted gets F1 0 (weighted by its label support); one that never occurs
+    in the labels gets weight 0. Older scikit-learn (< 1.4) warns about such classes although the
+    weighted value is the same; zero_division=0 keeps that value and drops the noise.
+    """
+    accuracy = float(accuracy_score(true_positive, pred_positive))
+    f1 = float(f1_score(true_positive, pred_positive, average="weighted", zero_division=0))
+    return accuracy, f1
+
+
+def _multiclass_accuracy(pred: np.ndarray, label: np.ndarray, bound: float) -> float:
+    """Acc-7 (bound 3) or Acc-5 (bound 2): share of samples whose rounded, clipped scores agree."""
+    pred_class = np.round(np.clip(pred, -bound, bound))  # half to even, as MMSA
+    label_class = np.round(np.clip(label, -bound, bound))
+    return float(np.mean(pred_class == label_class))  # -0.0 == 0.0, so the sign of zero is moot
+
+
+def pearson(pred: np.ndarray, label: np.ndarray) -> float:
+    """Pearson's r of two (N,) float arrays; NaN with `UndefinedCorrelationWarning` if either is constant."""
+    constant = [name for name, x in (("predictions", pred), ("labels", label)) if np.ptp(x) == 0]
+    if constant:
+        warnings.warn(
+            f"Pearson correlation is undefined because the {' and the '.join(constant)} are constant; "
+            "reporting NaN.",
+            UndefinedCorrelationWarning,
+            stacklevel=2,
+        )
+        return math.nan
+    return float(np.corrcoef(pred, label)[0, 1])  # as MMSA; corrcoef clips to [-1, 1]
+
+
+def msa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """All MSA metrics of predictions against labels, with MMSA's conventions (DESIGN §7).
+
+    Args:
+        pred: (N,) predicted sentiment scores (any shape with N elements is flattened).
+        label: (N,) gold scores in [-3, 3].
+
+    Returns:
+        dict with the keys of `METRIC_NAMES`, in that order: "acc2_has0", "f1_has0", "acc2_non0",
+        "f1_non0", "acc7", "acc5" as fractions in [0, 1]; "mae"; "corr" (Pearson's r). "corr" is NaN
+        (with `UndefinedCorrelationWarning`) when pred or label is constant; "acc2_non0" and "f1_non0"
+        are NaN (with `UndefinedMetricWarning`) when every label is 0.
+
+    Raises:
+        KebrError: empty input, non-finite values, or pred and label of different sizes.
+    """
+    pred = _as_scores(pred, "predictions")
+    label = _as_scores(label, "labels")
+    if pred.shape != label.shape:
+        raise KebrError(f"There are {pred.size} predictions for {label.size} labels; the counts must match.")
+
+    acc2_has0, f1_has0 = _binary_scores(label >= 0, pred >= 0)
+
+    nonzero = label != 0
+    if nonzero.any():
+        acc2_non0, f1_non0 = _binary_scores(label[nonzero] > 0, pred[nonzero] > 0)
+    else:
+        warnings.warn(
+            "Acc-2 and F1 without zero labels are undefined because every label is 0; reporting NaN.",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
+        acc2_non0 = f1_non0 = math.nan
+
+    return {
+        "acc2_has0": acc2_has0,
+        "f1_has0": f1_has0,
+        "acc2_non0": acc2_non0,
+        "f1_non0": f1_non0,
+        "acc7": _multiclass_accuracy(pred, label, 3.0),
+        "acc5": _multiclass_accuracy(pred, label, 2.0),
+        "mae": float(np.mean(np.abs(pred - label))),
+        "corr": pearson(pred, label),
+    }
+
+
+def _format_value(value: float | tuple[float, float], percent: bool, decimals: int) -> str:
+    """One number ("85.13") or a mean ± std pair ("85.13±0.42"); NaN prints as "nan"."""
+    scale = 100.0 if percent else 1.0
+    if isinstance(value, tuple):
+        mean, std = value
+        return f"{mean * scale:.{decimals}f}±{std * scale:.{decimals}f}"
+    return f"{value * scale:.{decimals}f}"
+
+
+def format_table_row(metrics: Mapping[str, float | tuple[float, float]]) -> dict[str, str]:
+    """The paper's Table 1 cells for one result.
+
+    Args:
+        metrics: the output of `msa_metrics` (floats) or of `aggregate` ((mean, std) pairs).
+
+    Returns:
+        {"Acc-2": "has0/non0", "F1": "has0/non0", "Acc-7": ..., "Acc-5": ..., "MAE": ..., "Corr": ...}:
+        accuracies and F1 as percentages with 2 decimals, MAE and Corr with 3 decimals, e.g.
+        {"Acc-2": "85.13/86.59", ..., "MAE": "0.712", "Corr": "0.791"}; pairs print as "mean±std".
+    """
+    row: dict[str, str] = {}
+    for column, keys, percent, decimals in _TABLE_COLUMNS:
+        row[column] = "/".join(_format_value(metrics[key], percent, decimals) for key in keys)
+    return row
+
+
+def aggregate(runs: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation of each metric over runs (e.g. the paper's five seeds, §4.4).
+
+    NaN values (an undefined Corr in one run) are left out of that metric's statistics. The std is the
+    sample std (ddof=1), the usual spread reported for a handful of seeds; with a single finite value it
+    is 0, and with none both mean and std are NaN.
+
+    Args:
+        runs: one `msa_metrics` dict per run; all must have the same keys.
+
+    Returns:
+        {metric: (mean, std)} with the keys of the first run, in its order.
+    """
+    if not runs:
+        raise KebrError("There are no runs to aggregate: pass at least one metrics dict.")
+    keys = list(runs[0])
+    for index, run in enumerate(runs[1:], start=1):
+        if set(run) != set(keys):
+            raise KebrError(
+                f"Run {index} has metrics {sorted(run)} but run 0 has {sorted(keys)}; they must match."
+            )
+    table = np.array([[float(run[key]) for key in keys] for run in runs], dtype=np.float64)  # (runs, metrics)
+    result: dict[str, tuple[float, float]] = {}
+    for column, key in enumerate(keys):
+        values = table[:, column]
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            result[key] = (math.nan, math.nan)
+        elif values.size == 1:
+            result[key] = (float(values[0]), 0.0)
+        else:
+            result[key] = (float(values.mean()), float(values.std(ddof=1)))
+    return result
