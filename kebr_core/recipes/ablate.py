@@ -1,0 +1,204 @@
+"""Recipe: the paper's ablations (§4.5, Table 4), the g-sweep (Fig. 4) and MCC variants (DESIGN §8).
+
+Configurations of Table 4:
+
+    C1  pretraining + TCMF + MCC      (the full model, the reference row)
+    C2  no pretraining                (fine-tune from the plain text encoder)
+    C3  no TCMF                       (late fusion: text is not injected with audio/vision, see LateFusion)
+    C4  no MCC                        (λ = 0 in both stages)
+    C5  none of the three
+
+Every configuration is fine-tuned with the same seeds as `kebr eval`. A pretraining run is keyed by what
+changes it (fusion, MCC on/off, g, form, alignment) and shared by every configuration that needs it;
+finished pretraining runs and finished fine-tuning seeds are skipped on rerun.
+
+"Avg" is the mean relative change over all metrics against C1, in percent: (m − m_C1)/|m_C1| · 100, with
+MAE's sign reversed so that positive always means better.
+
+Layout of the output directory: ablation.json (everything below, the contract `kebr analyze` reads),
+results.csv, pretrain/<key>/ (pretraining runs), runs/<name>/ (fine-tuning runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kebr_core.config import RunConfig
+from kebr_core.data.store import FeatureStore
+from kebr_core.metrics import METRIC_NAMES
+from kebr_core.recipes.finetune import finetune
+from kebr_core.recipes.pretrain import pretrain
+from kebr_core.training import ProgressFn, no_progress
+
+DEFAULT_G_SWEEP = tuple(round(x, 1) for x in np.linspace(-0.5, 0.5, 11))
+
+
+@dataclass
+class AblationSpec:
+    """One configuration: which of the three components are on, and the MCC geometry."""
+
+    name: str
+    kind: str  # table4 | g-sweep | variant
+    pretrain: bool = True
+    tcmf: bool = True
+    mcc: bool = True
+    g: float = 0.2
+    mcc_form: str = "paper"
+    mcc_align: str = "tile"
+
+    def pretrain_key(self) -> str:
+        fusion = "tcmf" if self.tcmf else "late"
+        if not self.mcc:
+            return f"{fusion}-nomcc"
+        return f"{fusion}-mcc-g{self.g:+.2f}-{self.mcc_form}-{self.mcc_align}"
+
+
+TABLE4 = (
+    AblationSpec("C1", "table4"),
+    AblationSpec("C2", "table4", pretrain=False),
+    AblationSpec("C3", "table4", tcmf=False),
+    AblationSpec("C4", "table4", mcc=False),
+    AblationSpec("C5", "table4", pretrain=False, tcmf=False, mcc=False),
+)
+
+
+def build_specs(
+    *, no_mcc: bool = False, no_tcmf: bool = False, no_pretrain: bool = False, all_table4: bool = False,
+    g_sweep: Sequence[float] | None = None, mcc_forms: Sequence[str] = (), mcc_aligns: Sequence[str] = (),
+    g: float = 0.2,
+) -> list[AblationSpec]:
+    """The configurations the flags ask for; C1 (the reference of "Avg") is always included."""
+    specs = [replace(s, g=g) for s in TABLE4]
+    chosen = [specs[0]]
+    if all_table4:
+        chosen = specs
+    elif no_mcc or no_tcmf or no_pretrain:
+        match = [s for s in specs if (not s.mcc) == no_mcc and (not s.tcmf) == no_tcmf and (not s.pretrain) == no_pretrain]
+        if match:
+            chosen.append(match[0])
+        else:
+            name = "+".join(n for n, on in (("no-pretrain", no_pretrain), ("no-tcmf", no_tcmf), ("no-mcc", no_mcc)) if on)
+            chosen.append(AblationSpec(name, "table4", pretrain=not no_pretrain, tcmf=not no_tcmf, mcc=not no_mcc, g=g))
+    for value in g_sweep or ():
+        chosen.append(AblationSpec(f"g={value:+.2f}", "g-sweep", g=float(value)))
+    for form in mcc_forms:
+        if form != "paper":
+            chosen.append(AblationSpec(f"form={form}", "variant", g=g, mcc_form=form))
+    for align in mcc_aligns:
+        if align != "tile":
+            chosen.append(AblationSpec(f"align={align}", "variant", g=g, mcc_align=align))
+    return chosen
+
+
+def apply_spec(base: RunConfig, spec: AblationSpec) -> RunConfig:
+    """The RunConfig of one configuration: fusion, λ (0 without MCC) and the MCC geometry."""
+    cfg = RunConfig.from_dict(base.to_dict())
+    cfg.model.fusion = "tcmf" if spec.tcmf else "late"
+    cfg.mcc.weight = base.mcc.weight if spec.mcc else 0.0
+    cfg.mcc.g, cfg.mcc.form, cfg.mcc.align = spec.g, spec.mcc_form, spec.mcc_align  # type: ignore[assignment]
+    return cfg
+
+
+def has_both_streams(store_path: str | Path) -> bool:
+    """Whether any sample has audio and vision frames (else MCC is undefined on the store)."""
+    a, v = FeatureStore(store_path).lengths()
+    return bool(((a > 0) & (v > 0)).any())
+
+
+@dataclass
+class AblationResult:
+    out: Path
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+
+def relative_change(metrics: dict[str, float], reference: dict[str, float]) -> float:
+    """Mean relative change over all metrics against the reference, in percent (MAE sign reversed)."""
+    changes = []
+    for k in METRIC_NAMES:
+        m, r = metrics.get(k, np.nan), reference.get(k, np.nan)
+        if np.isfinite(m) and np.isfinite(r) and r != 0:
+            c = (m - r) / abs(r) * 100.0
+            changes.append(-c if k == "mae" else c)
+    return float(np.mean(changes)) if changes else float("nan")
+
+
+def ablate(
+    dataset_store: str | Path,
+    pretrain_store: str | Path | None,
+    out: str | Path,
+    pretrain_cfg: RunConfig,
+    finetune_cfg: RunConfig,
+    specs: Sequence[AblationSpec],
+    *,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    progress: ProgressFn = no_progress,
+    on_note: Callable[[str], None] = lambda note: None,
+) -> AblationResult:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    def note(msg: str) -> None:
+        notes.append(msg)
+        on_note(msg)
+
+    if any(s.pretrain for s in specs) and pretrain_store is None:
+        pretrain_store = dataset_store
+        note(f"No pretraining store given: pretraining uses the samples of {dataset_store} (labels unused).")
+    mcc_defined = has_both_streams(dataset_store) and (pretrain_store is None or has_both_streams(pretrain_store))
+    if not mcc_defined:
+        note("MCC is undefined here: no sample has both audio and vision frames, so configurations that differ "
+             "from another only in MCC are skipped.")
+
+    rows: list[dict] = []
+    seen_without_mcc: dict[tuple, str] = {}
+    for n, spec in enumerate(specs):
+        row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"runs/{spec.name}", "status": "done",
+                              "mean": {}, "std": {}, "avg_change": None}
+        if not mcc_defined:
+            twin = (spec.pretrain, spec.tcmf)
+            if twin in seen_without_mcc:
+                row["status"] = f"skipped: identical to {seen_without_mcc[twin]} because MCC is undefined on this data"
+                rows.append(row)
+                continue
+            seen_without_mcc[twin] = spec.name
+        ft_cfg = apply_spec(finetune_cfg, spec)
+        checkpoint = None
+        if spec.pretrain:
+            pre_dir = out / "pretrain" / spec.pretrain_key()
+            row["pretrain_dir"] = str(pre_dir.relative_to(out))
+            checkpoint = pre_dir / "final"
+            if not (checkpoint / "model.safetensors").exists():
+                pre_cfg = apply_spec(pretrain_cfg, spec)
+                pretrain(pretrain_store, pre_dir, pre_cfg, resume=(pre_dir / "last").exists(), progress=progress)  # type: ignore[arg-type]
+        result = finetune(dataset_store, out / row["eval_dir"], ft_cfg, checkpoint=checkpoint, seeds=seeds, progress=progress)
+        row["mean"] = {k: v[0] for k, v in result.summary.items()}
+        row["std"] = {k: v[1] for k, v in result.summary.items()}
+        rows.append(row)
+        progress("configurations", n + 1, len(specs), {})
+
+    reference = next((r["mean"] for r in rows if r["name"] == "C1" and r["mean"]), None)
+    for r in rows:
+        if reference is not None and r["mean"]:
+            r["avg_change"] = relative_change(r["mean"], reference)
+    payload = {
+        "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
+        "seeds": list(seeds), "notes": notes, "configurations": rows,
+    }
+    (out / "ablation.json").write_text(json.dumps(payload, indent=2))
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "kind", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
+                    *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "avg_change"])
+        for r in rows:
+            w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
+                        r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
+                        *[r["std"].get(k, "") for k in METRIC_NAMES], r["avg_change"]])
+    return AblationResult(out=out, rows=rows, notes=notes)

@@ -1,0 +1,242 @@
+"""Recipe: fine-tune on labeled data, select the epoch on validation, test once (paper §3.5, §4.2; DESIGN §6–7).
+
+For each seed: build the model (from a pretraining checkpoint, or from the plain encoder for ablation
+C2), train on `train` with
+
+    L = L1(pred, y)  +  λ · L_mcc          (Eq. 17 with the sentiment label as the task)
+
+(Adam; lr 5e-6 for encoder and fusion and 1e-4 for the head, as the authors; cosine annealing), keep
+the weights of the epoch with the lowest validation MAE, and evaluate them once on `test`. We select on
+validation MAE, not on the validation loss including MCC as the authors' code does (DESIGN §7).
+
+Writes: config.json; seed-S/metrics.csv (per epoch: train loss terms, c_a, c_v, |Δθ|, valid MAE),
+seed-S/test.json (the chosen epoch and test metrics), seed-S/predictions.csv,
+seed-S/test_features.npz (pooled fused test representations, labels, predictions); results.json and
+results.csv (mean ± std over seeds). A seed whose test.json exists is skipped on rerun (resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from kebr_core.config import RunConfig
+from kebr_core.data.dataset import Collator, StoreDataset
+from kebr_core.data.store import FeatureStore
+from kebr_core.errors import KebrError
+from kebr_core.masking import tokenize_plain
+from kebr_core.metrics import aggregate, msa_metrics
+from kebr_core.model import KEBRModel, load_tokenizer
+from kebr_core.recipes.pretrain import configure_from_store
+from kebr_core.training import (
+    MetricsLog,
+    ProgressFn,
+    autocast,
+    balance_sums,
+    build_text_cache,
+    check_finite,
+    epoch_row,
+    load_checkpoint_weights,
+    move,
+    no_progress,
+    prepare_run_dir,
+    read_checkpoint_config,
+    resolve_checkpoint,
+    resolve_device,
+    seed_everything,
+)
+
+
+@dataclass
+class EvalResult:
+    run_dir: Path
+    per_seed: list[dict[str, float]]
+    summary: dict[str, tuple[float, float]]  # metric → (mean, std)
+    best_epochs: list[int] = field(default_factory=list)
+
+
+def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
+    """Fine-tuning uses the architecture the checkpoint was pretrained with (model and MCC geometry)."""
+    saved = RunConfig.from_dict(read_checkpoint_config(checkpoint))
+    keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout"}
+    for name, value in vars(saved.model).items():
+        if name not in keep:
+            setattr(cfg.model, name, value)
+
+
+def finetune(
+    store_path: str | Path,
+    run_dir: str | Path,
+    cfg: RunConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    progress: ProgressFn = no_progress,
+) -> EvalResult:
+    run_dir = Path(run_dir)
+    store = FeatureStore(store_path)
+    split_index = {s: store.indices(s) for s in ("train", "valid", "test")}
+    for s, idx in split_index.items():
+        if len(idx) == 0 or np.isnan(store.labels[idx]).all():
+            raise KebrError(f"Store {store_path} has no labeled '{s}' samples; eval needs train, valid and test labels.")
+    wanted = (len(store.audio_features), len(store.vision_features))
+    if checkpoint is not None:
+        checkpoint = resolve_checkpoint(checkpoint)
+        apply_checkpoint_config(cfg, Path(checkpoint))
+        if (cfg.model.d_audio, cfg.model.d_vision) != wanted:
+            raise KebrError(
+                f"Checkpoint {checkpoint} was trained on audio/vision features of {cfg.model.d_audio}/"
+                f"{cfg.model.d_vision} dims, but {store_path} has {wanted[0]}/{wanted[1]}."
+            )
+    configure_from_store(cfg, store)
+    device = resolve_device(cfg.train.device)
+    prepare_run_dir(
+        run_dir, cfg, resume=True,
+        extra={"stage": "finetune", "store": str(store_path), "checkpoint": str(checkpoint) if checkpoint else None,
+               "seeds": list(seeds), "selection": "epoch with the lowest validation MAE"},
+    )
+
+    tokenizer = load_tokenizer(cfg.model.text_model)
+    token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)  # once, for every split
+    encoded = [{"input_ids": t} for t in token_ids]
+    datasets = {s: StoreDataset(store_path, split=s, text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
+    collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len)
+
+    per_seed, best_epochs = [], []
+    for n_done, seed in enumerate(seeds):
+        seed_dir = run_dir / f"seed-{seed}"
+        done_file = seed_dir / "test.json"
+        if done_file.exists():  # finished earlier: resume skips it
+            result = json.loads(done_file.read_text())
+        else:
+            result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, progress)
+        per_seed.append(result["test"])
+        best_epochs.append(result["best_epoch"])
+        progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
+
+    summary = aggregate(per_seed)
+    _write_results(run_dir, seeds, per_seed, best_epochs, summary)
+    return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs)
+
+
+def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, progress) -> dict:
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    model = KEBRModel(cfg.model, cfg.mcc).to(device)
+    if checkpoint is not None:
+        load_checkpoint_weights(model, Path(checkpoint), skip_prefixes=("pretrain_head.",))
+    frozen = not cfg.train.unfreeze
+    model.set_encoder_trainable(not frozen)
+    cache = build_text_cache(model.encoder, token_ids, device) if frozen else None
+
+    lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr
+    groups = [
+        {"params": model.fusion_parameters(), "lr": lr_fusion},
+        {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
+    ]
+    if not frozen:
+        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
+    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
+
+    log_path = seed_dir / "metrics.csv"
+    log_path.unlink(missing_ok=True)
+    log = MetricsLog(log_path)
+    best = (math.inf, 0, None)  # (valid MAE, epoch, weights)
+    for epoch in range(1, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        loader = DataLoader(datasets["train"], batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
+                            collate_fn=collate, num_workers=cfg.train.workers, pin_memory=device.type == "cuda")
+        model.train()
+        if frozen:
+            model.encoder.eval()
+        sums = torch.zeros(8, device=device)
+        for step, batch in enumerate(loader):
+            batch = move(batch, device)
+            hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
+            with autocast(device, cfg.train.bf16):
+                out = model(batch, task="finetune", text_hidden=hidden)
+            task_loss = (out.pred.float() - batch["label"]).abs().mean()
+            loss = task_loss + cfg.mcc.weight * out.mcc.loss.float()
+            check_finite(loss, epoch, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                sums += balance_sums(loss, task_loss, out.mcc)
+        sched.step()
+        pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device)
+        valid = msa_metrics(pred, label)
+        row = epoch_row(epoch, sums, time.perf_counter() - t0, prefix="train_")
+        row |= {"valid_mae": valid["mae"], "valid_corr": valid["corr"], "valid_acc2_non0": valid["acc2_non0"]}
+        log.append(row)
+        progress(f"seed {seed}", epoch, cfg.train.epochs, row)
+        if valid["mae"] < best[0]:
+            best = (valid["mae"], epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+
+    model.load_state_dict(best[2])
+    pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, features=True)
+    test = msa_metrics(pred, label)
+    # Fused utterance representations of the test split, for `kebr analyze` (PCA coloured by label).
+    np.savez_compressed(seed_dir / "test_features.npz", features=pooled, labels=label, predictions=pred)
+    ids = [datasets["test"].store.ids[i] for i in datasets["test"].indices]
+    with (seed_dir / "predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "prediction"])
+        w.writerows(zip(ids, label.tolist(), pred.tolist()))
+    result = {"seed": seed, "best_epoch": best[1], "valid_mae": best[0], "test": test}
+    (seed_dir / "test.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+@torch.no_grad()
+def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, features: bool = False):
+    """Predictions and labels of a whole split, in dataset order: (N,), (N,) float64; with
+    `features`, also the pooled utterance representations (N, dt) float32."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=max(cfg.train.batch_size, 64), shuffle=False, collate_fn=collate,
+                        num_workers=cfg.train.workers)
+    preds, labels, pooled = [], [], []
+    for batch in loader:
+        batch = move(batch, device)
+        hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
+        with autocast(device, cfg.train.bf16):
+            out = model(batch, task="finetune", text_hidden=hidden)
+        preds.append(out.pred.float().cpu())
+        labels.append(batch["label"].cpu())
+        if features:
+            pooled.append(out.pooled.float().cpu())
+    pred, label = torch.cat(preds).numpy().astype(np.float64), torch.cat(labels).numpy().astype(np.float64)
+    if features:
+        return pred, label, torch.cat(pooled).numpy()
+    return pred, label
+
+
+def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary) -> None:
+    payload = {
+        "seeds": list(seeds),
+        "best_epochs": best_epochs,
+        "selection": "epoch with the lowest validation MAE; test evaluated once per seed",
+        "mean": {k: v[0] for k, v in summary.items()},
+        "std": {k: v[1] for k, v in summary.items()},
+        "per_seed": per_seed,
+    }
+    (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
+    with (run_dir / "results.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["metric", "mean", "std", *[f"seed_{s}" for s in seeds]])
+        for k, (m, sd) in summary.items():
+            w.writerow([k, m, sd, *[r[k] for r in per_seed]])

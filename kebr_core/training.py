@@ -1,0 +1,279 @@
+"""Pieces every training recipe shares: devices, seeds, run directories, checkpoints, the frozen-text cache.
+
+The recipes (`kebr_core/recipes/`) stay one readable loop each by calling these.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from kebr_core.config import RunConfig
+from kebr_core.errors import KebrError
+
+# progress callback: (stage, done, total, info) – the CLI renders it, kebr_core never prints.
+ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
+
+
+def no_progress(stage: str, done: int, total: int, info: dict[str, Any]) -> None:
+    return None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → cuda when available, else cpu; an explicit `cuda` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KebrError("--device cuda was asked for, but PyTorch sees no CUDA GPU on this machine.")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise KebrError(f"Unknown device '{name}': expected auto, cpu or cuda.")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, bf16: bool | None):
+    """bf16 autocast on CUDA by default (DESIGN §6); opt-in on CPU."""
+    use = (device.type == "cuda") if bf16 is None else bf16
+    if not use:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+
+
+# ───────────────────────── frozen text encoder: compute once, gather per batch ─────────────────────────
+
+
+@dataclass
+class TextCache:
+    """The frozen encoder's last hidden states of every sample, stored flat (DESIGN §6).
+
+    flat (T, dt) holds all samples' token states back to back; sample i is flat[offsets[i]:offsets[i+1]].
+    `gather` builds a padded batch with index arithmetic (no per-sample Python loop).
+    """
+
+    flat: Tensor  # (T, dt)
+    offsets: Tensor  # (N + 1,) long
+    dt: int
+
+    def gather(self, index: Tensor, length: int) -> Tensor:
+        """index (B,) store-order sample numbers, length = padded Lt of the batch → (B, Lt, dt)."""
+        index = index.to(self.offsets.device)
+        start = self.offsets[index]  # (B,)
+        n = self.offsets[index + 1] - start  # (B,)
+        pos = torch.arange(length, device=start.device)
+        valid = pos.unsqueeze(0) < n.unsqueeze(1)  # (B, Lt)
+        rows = (start.unsqueeze(1) + pos.unsqueeze(0)).clamp(max=self.flat.shape[0] - 1)
+        out = self.flat[rows]  # (B, Lt, dt)
+        return out * valid.unsqueeze(-1).to(out.dtype)
+
+
+@torch.no_grad()
+def build_text_cache(
+    encoder: torch.nn.Module,
+    token_ids: list[list[int]],
+    device: torch.device,
+    batch_size: int = 64,
+    progress: ProgressFn = no_progress,
+) -> TextCache:
+    """Run the frozen encoder once over every (already masked) text, batching similar lengths together."""
+    encoder.eval()
+    n = len(token_ids)
+    lengths = np.array([len(t) for t in token_ids])
+    order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: little padding
+    per_sample: list[Tensor | None] = [None] * n
+    for b0 in range(0, n, batch_size):
+        idx = order[b0 : b0 + batch_size]
+        L = int(lengths[idx].max())
+        ids = torch.zeros(len(idx), L, dtype=torch.long)
+        mask = torch.zeros(len(idx), L, dtype=torch.long)
+        for r, i in enumerate(idx):  # once per sample for the whole run, not per epoch
+            ids[r, : lengths[i]] = torch.tensor(token_ids[i])
+            mask[r, : lengths[i]] = 1
+        hidden = encoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
+        for r, i in enumerate(idx):
+            per_sample[i] = hidden[r, : lengths[i]]
+        progress("encode text", min(b0 + batch_size, n), n, {})
+    offsets = torch.zeros(n + 1, dtype=torch.long)
+    offsets[1:] = torch.as_tensor(np.cumsum(lengths))
+    flat = torch.cat(per_sample, 0) if n else torch.zeros(0, encoder.config.hidden_size)  # type: ignore[arg-type]
+    return TextCache(flat=flat.to(device), offsets=offsets.to(device), dt=flat.shape[-1])
+
+
+# ───────────────────────── run directories and checkpoints ─────────────────────────
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, extra: dict[str, Any] | None = None) -> None:
+    """Create the run directory and write config.json; refuse to overwrite a finished run silently."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.json"
+    if cfg_path.exists() and not resume and (run_dir / "metrics.csv").exists():
+        raise KebrError(
+            f"Run directory {run_dir} already holds a run: pass --resume to continue it or choose another --out."
+        )
+    payload = cfg.to_dict() | (extra or {})
+    cfg_path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def state_for_checkpoint(model: torch.nn.Module, include_encoder: bool) -> dict[str, Tensor]:
+    """The model's weights, without the encoder when it was frozen (it is reloaded by name)."""
+    state = model.state_dict()
+    if not include_encoder:
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    cfg: RunConfig,
+    include_encoder: bool,
+    trainer_state: dict[str, Any] | None = None,
+) -> None:
+    """A checkpoint folder: model.safetensors + config.json (+ trainer.pt for --resume), written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(state_for_checkpoint(model, include_encoder), str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(cfg.to_dict() | {"includes_encoder": include_encoder}, indent=2))
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer.pt")
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        path.rename(old)
+        tmp.rename(path)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        tmp.rename(path)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run directory whose final/ (else last/) checkpoint is meant."""
+    path = Path(path)
+    for candidate in (path, path / "final", path / "last"):
+        if (candidate / "model.safetensors").exists():
+            return candidate
+    raise KebrError(f"{path} is not a kebr checkpoint or run directory (no model.safetensors in it, final/ or last/).")
+
+
+def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    cfg_file = Path(path) / "config.json"
+    if not (Path(path) / "model.safetensors").exists() or not cfg_file.exists():
+        raise KebrError(f"{path} is not a kebr checkpoint (expected model.safetensors and config.json inside).")
+    return json.loads(cfg_file.read_text())
+
+
+def load_checkpoint_weights(model: torch.nn.Module, path: Path, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Load a checkpoint's weights into `model`; shape mismatches are one clear sentence."""
+    state = load_file(str(Path(path) / "model.safetensors"))
+    state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise KebrError(
+                f"Checkpoint {path} does not fit this data: weight {k} has shape {tuple(v.shape)}, "
+                f"the model needs {tuple(own[k].shape)} (different feature dimensions or text model?)."
+            )
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise KebrError(f"Checkpoint {path} has weights this model does not know, e.g. {unknown[0]}.")
+    model.load_state_dict(state, strict=False)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class MetricsLog:
+    """Per-epoch metrics appended to a CSV (header from the first row); survives resume."""
+
+    def __init__(self, path: Path, truncate_after_epoch: int | None = None):
+        self.path = path
+        if truncate_after_epoch is not None and path.exists():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= truncate_after_epoch]
+            self.path.unlink()
+            for r in rows:
+                self.append(r)
+
+    def append(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def check_finite(loss: Tensor, epoch: int, step: int) -> None:
+    """Stop on a NaN/inf loss, naming the epoch and batch (one sync per step; cheap next to a step)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise KebrError(
+            f"The loss became {value} at epoch {epoch}, batch {step}: lower the learning rate or check the "
+            "input features for NaN/inf values."
+        )
+
+
+def mean_of(values: Iterable[float]) -> float:
+    v = [x for x in values if x == x]
+    return float(sum(v) / len(v)) if v else float("nan")
+
+
+def balance_sums(loss: Tensor, task_loss: Tensor, mcc) -> Tensor:
+    """Per-batch sums for an epoch's metrics row, without a host sync. Returns (8,):
+    loss·B, task·B, mcc·B, B, then Σc_a, Σc_v, Σ|θ_a − θ_v| over the samples that have both streams
+    (MCC's `valid`), and their count."""
+    b = mcc.c_a.shape[0]
+    valid = mcc.valid.float()
+    c_a, c_v = mcc.c_a.float(), mcc.c_v.float()
+    dtheta = (torch.arccos(c_a.clamp(-1, 1)) - torch.arccos(c_v.clamp(-1, 1))).abs()
+    return torch.stack([
+        loss.detach().float() * b, task_loss.detach().float() * b, mcc.loss.detach().float() * b,
+        torch.tensor(float(b), device=valid.device),
+        (c_a * valid).sum(), (c_v * valid).sum(), (dtheta * valid).sum(), valid.sum(),
+    ])
+
+
+def epoch_row(epoch: int, sums: Tensor, seconds: float, prefix: str = "") -> dict[str, float]:
+    """An epoch's metrics.csv row from the summed `balance_sums` of its batches (one host sync)."""
+    loss, task, mcc, n, c_a, c_v, dtheta, n_valid = sums.tolist()
+    n, n_valid = max(n, 1.0), max(n_valid, 1.0)
+    return {
+        "epoch": epoch,
+        f"{prefix}loss": loss / n, f"{prefix}task_l1": task / n, f"{prefix}mcc": mcc / n,
+        f"{prefix}cos_a": c_a / n_valid, f"{prefix}cos_v": c_v / n_valid, f"{prefix}abs_dtheta": dtheta / n_valid,
+        "seconds": round(seconds, 3),
+    }

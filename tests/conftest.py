@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny labeled feature stores and the tiny random BERT used by fast tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_BERT = "random-bert:hidden=32,layers=2,heads=2"
+TEXTS = [
+    "it was a great movie", "i hate this so much", "the plot was okay i guess", "what a wonderful day",
+    "this is terrible and boring", "i like the actors", "the ending made me sad", "nothing special here",
+]
+
+
+def write_tiny_store(path: Path, n: int = 60, d_audio: int = 7, d_vision: int = 5, seed: int = 0,
+                     audio_value: float | None = None, labeled: bool = True, no_streams: bool = False) -> Path:
+    """A small store whose audio carries the label (so training has something to learn)."""
+    from kebr_core.data.store import Sample, StoreWriter
+
+    rng = np.random.default_rng(seed)
+    splits = ["train", "train", "train", "valid", "test"]
+    with StoreWriter(path, [f"a{i}" for i in range(d_audio)], [f"v{i}" for i in range(d_vision)]) as w:
+        for i in range(n):
+            label = float(np.round(rng.uniform(-3, 3), 1))
+            la = 0 if no_streams else int(rng.integers(1, 20))
+            lv = 0 if no_streams else int(rng.integers(1, 9))
+            audio = rng.normal(size=(la, d_audio)).astype(np.float32) + 0.3 * label
+            if audio_value is not None:
+                audio[:] = audio_value
+            w.add(Sample(
+                id=f"s{i:03d}", text=TEXTS[i % len(TEXTS)], audio=audio,
+                vision=rng.normal(size=(lv, d_vision)).astype(np.float32),
+                label=label if labeled else float("nan"), split=splits[i % 5] if labeled else "unlabeled",
+            ))
+    return path
+
+
+@pytest.fixture
+def tiny_store(tmp_path: Path) -> Path:
+    return write_tiny_store(tmp_path / "tiny.h5")

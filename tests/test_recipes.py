@@ -1,0 +1,119 @@
+"""Pretraining and fine-tuning recipes: outputs, bit-for-bit resume, errors on bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from kebr_core.config import RunConfig
+from kebr_core.errors import KebrError
+from kebr_core.metrics import METRIC_NAMES
+from kebr_core.recipes.finetune import finetune
+from kebr_core.recipes.pretrain import pretrain
+from tests.conftest import TINY_BERT, write_tiny_store
+
+
+def small_cfg(epochs: int = 3, unfreeze: bool = False) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.text_model = TINY_BERT
+    cfg.model.head_hidden = 16
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.checkpoint_every = epochs, 8, 2
+    cfg.train.unfreeze = unfreeze
+    return cfg
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_pretrain_writes_run_directory(tiny_store: Path, tmp_path: Path) -> None:
+    result = pretrain(tiny_store, tmp_path / "pre", small_cfg(epochs=4))
+    run = tmp_path / "pre"
+    assert json.loads((run / "config.json").read_text())["model"]["d_audio"] == 7
+    log = rows(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in log] == [1, 2, 3, 4]
+    assert all(np.isfinite(float(r["loss"])) and -1 <= float(r["cos_a"]) <= 1 for r in log)
+    # Frozen encoder: the checkpoint holds TCMF and heads, not the encoder.
+    weights = load_file(str(result.checkpoint / "model.safetensors"))
+    assert weights and not any(k.startswith("encoder.") for k in weights)
+    assert (run / "checkpoints" / "epoch-0002" / "model.safetensors").exists()
+    assert (run / "checkpoints" / "epoch-0004" / "model.safetensors").exists()
+
+
+def test_pretrain_frozen_encoder_learns_the_task(tiny_store: Path, tmp_path: Path) -> None:
+    cfg = small_cfg(epochs=12)
+    cfg.mcc.weight = 0.0
+    pretrain(tiny_store, tmp_path / "pre", cfg)
+    log = rows(tmp_path / "pre" / "metrics.csv")
+    assert float(log[-1]["task_l1"]) < float(log[0]["task_l1"])
+
+
+@pytest.mark.parametrize("unfreeze", [False, True])
+def test_pretrain_resume_is_bit_for_bit(tiny_store: Path, tmp_path: Path, unfreeze: bool) -> None:
+    pretrain(tiny_store, tmp_path / "full", small_cfg(epochs=4, unfreeze=unfreeze))
+    pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=2, unfreeze=unfreeze))
+    pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=4, unfreeze=unfreeze), resume=True)
+    a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k].numpy(), b[k].numpy()), k
+    assert rows(tmp_path / "full" / "metrics.csv") == rows(tmp_path / "split" / "metrics.csv")
+
+
+def test_pretrain_refuses_to_overwrite_a_finished_run(tiny_store: Path, tmp_path: Path) -> None:
+    pretrain(tiny_store, tmp_path / "pre", small_cfg(epochs=1))
+    with pytest.raises(KebrError, match="--resume"):
+        pretrain(tiny_store, tmp_path / "pre", small_cfg(epochs=1))
+
+
+def test_nan_loss_names_epoch_and_batch(tmp_path: Path) -> None:
+    store = write_tiny_store(tmp_path / "nan.h5", audio_value=float("nan"))
+    with pytest.raises(KebrError, match=r"epoch 1, batch 0"):
+        pretrain(store, tmp_path / "pre", small_cfg(epochs=1))
+
+
+def test_finetune_from_checkpoint_writes_results(tiny_store: Path, tmp_path: Path) -> None:
+    pre = pretrain(tiny_store, tmp_path / "pre", small_cfg(epochs=2))
+    result = finetune(tiny_store, tmp_path / "ft", small_cfg(epochs=3, unfreeze=True), checkpoint=pre.run_dir, seeds=[0, 1])
+    payload = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert set(payload["mean"]) == set(METRIC_NAMES) and len(payload["per_seed"]) == 2
+    assert all(1 <= e <= 3 for e in payload["best_epochs"])
+    # The chosen epoch is the one with the lowest validation MAE.
+    for seed, best in zip([0, 1], payload["best_epochs"]):
+        log = rows(tmp_path / "ft" / f"seed-{seed}" / "metrics.csv")
+        maes = [float(r["valid_mae"]) for r in log]
+        assert best == 1 + int(np.argmin(maes))
+        preds = list(csv.DictReader((tmp_path / "ft" / f"seed-{seed}" / "predictions.csv").open()))
+        assert len(preds) == 12  # 60 samples, every fifth is test
+    feats = np.load(tmp_path / "ft" / "seed-0" / "test_features.npz")
+    assert feats["features"].shape == (12, 32)
+    assert result.summary["mae"][0] == pytest.approx(np.mean([r["mae"] for r in result.per_seed]))
+
+
+def test_finetune_skips_finished_seeds(tiny_store: Path, tmp_path: Path) -> None:
+    finetune(tiny_store, tmp_path / "ft", small_cfg(epochs=1), seeds=[0])
+    marker = tmp_path / "ft" / "seed-0" / "test.json"
+    stamp = marker.stat().st_mtime_ns
+    finetune(tiny_store, tmp_path / "ft", small_cfg(epochs=1), seeds=[0, 1])
+    assert marker.stat().st_mtime_ns == stamp
+    assert (tmp_path / "ft" / "seed-1" / "test.json").exists()
+
+
+def test_finetune_needs_labels(tmp_path: Path) -> None:
+    store = write_tiny_store(tmp_path / "unlabeled.h5", labeled=False)
+    with pytest.raises(KebrError, match="no labeled 'train' samples"):
+        finetune(store, tmp_path / "ft", small_cfg(epochs=1), seeds=[0])
+
+
+def test_finetune_rejects_checkpoint_with_other_feature_dims(tiny_store: Path, tmp_path: Path) -> None:
+    other = write_tiny_store(tmp_path / "other.h5", d_audio=9)
+    pre = pretrain(other, tmp_path / "pre", small_cfg(epochs=1))
+    with pytest.raises(KebrError, match="9/5 dims"):
+        finetune(tiny_store, tmp_path / "ft", small_cfg(epochs=1), checkpoint=pre.checkpoint, seeds=[0])
