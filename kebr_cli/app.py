@@ -78,6 +78,34 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def is_main_process() -> bool:
+    """False on the ranks > 0 of a torchrun launch: only rank 0 prints."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def relaunch_distributed(nproc: int) -> "typer.Exit":
+    """Run this same command under torchrun with `nproc` processes (DDP) and return its exit.
+
+    The command line is taken from sys.argv without its --nproc-per-node option.
+    """
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if a.startswith("--nproc-per-node="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "kebr_cli", *args]
+    err_console.print(f"launching {nproc} processes: {' '.join(cmd[1:])}", highlight=False)
+    return typer.Exit(subprocess.call(cmd))
+
+
 def progress() -> Progress:
     """A Rich progress bar with count, rate-friendly columns and an ETA (quiet when not a TTY)."""
     return Progress(
@@ -88,5 +116,5 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=err_console,
-        disable=not sys.stderr.isatty() and os.environ.get("KEBR_PROGRESS") != "1",
+        disable=(not sys.stderr.isatty() and os.environ.get("KEBR_PROGRESS") != "1") or not is_main_process(),
     )

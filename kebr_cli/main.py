@@ -4,6 +4,11 @@ from kebr_cli.app import app
 
 # One import per command module; each registers its command(s) on `app`.
 # (keep this list sorted)
+import kebr_cli.ablate  # noqa: F401
+import kebr_cli.analyze  # noqa: F401
+import kebr_cli.data  # noqa: F401
+import kebr_cli.extract  # noqa: F401
+import kebr_cli.train  # noqa: F401
 
 
 def run() -> None:

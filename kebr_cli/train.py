@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, progress, user_errors
+from kebr_cli.app import app, console, is_main_process, progress, relaunch_distributed, user_errors
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
 from kebr_core.errors import KebrError
 from kebr_core.metrics import format_table_row
@@ -29,7 +29,7 @@ def build_config(
     preset: Optional[str], stage: str, *, text_model: str, g: float, s: float, lambda_mcc: float, mcc_form: str,
     mcc_align: str, layers: int, shared_layers: bool, heads: int, ffn: str, epochs: Optional[int], batch_size: int,
     lr: Optional[float], lr_encoder: Optional[float], lr_fusion: Optional[float], max_text_len: int, seed: int,
-    device: str, workers: int, checkpoint_every: int, unfreeze: bool, bf16: Optional[bool],
+    device: str, workers: int, checkpoint_every: int, unfreeze: bool, bf16: Optional[bool], dropout: float = 0.1,
 ) -> RunConfig:
     """Options → RunConfig. `--preset paper` starts from the paper's settings; explicit options win."""
     if preset not in (None, "paper"):
@@ -37,6 +37,7 @@ def build_config(
     cfg = paper_preset(stage) if preset == "paper" else RunConfig()  # type: ignore[arg-type]
     m, c, t = cfg.model, cfg.mcc, cfg.train
     m.text_model, m.layers, m.shared_layers, m.heads, m.max_text_len = text_model, layers, shared_layers, heads, max_text_len
+    m.dropout = dropout
     m.ffn = _choice(ffn, ("mlp", "linear"), "--ffn")  # type: ignore[assignment]
     c.g, c.s, c.weight = g, s, lambda_mcc
     c.form = _choice(mcc_form, MCC_FORMS, "--mcc-form")  # type: ignore[assignment]
@@ -74,6 +75,8 @@ Seed = typer.Option(0, "--seed", help="Random seed (a CPU run is repeatable bit 
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 Workers = typer.Option(0, "--workers", help="DataLoader worker processes.")
 BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off for CPU).")
+Dropout = typer.Option(0.1, "--dropout", help="Dropout in TCMF and the heads.")
+NProc = typer.Option(1, "--nproc-per-node", help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
 Preset = typer.Option(None, "--preset", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
 
 
@@ -101,11 +104,13 @@ def pretrain(
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save a checkpoint every N epochs (and at the end)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    preset: Optional[str] = Preset,
+    dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
 ) -> None:
     """Knowledge-enhanced pretraining: predict the masked sentiment word's intensity (L1) + λ·MCC."""
     from kebr_core.recipes.pretrain import pretrain as run_pretrain
 
+    if nproc_per_node > 1:
+        raise relaunch_distributed(nproc_per_node)
     with user_errors():
         if resume and (out / "config.json").exists():
             cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
@@ -117,9 +122,12 @@ def pretrain(
                 mcc_align=mcc_align, layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, epochs=epochs,
                 batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, lr_fusion=None, max_text_len=max_text_len,
                 seed=seed, device=device, workers=workers, checkpoint_every=checkpoint_every, unfreeze=unfreeze, bf16=bf16,
+                dropout=dropout,
             )
         with progress() as prog:
             result = run_pretrain(store, out, cfg, resume=resume, progress=_renderer(prog, {}))
+    if not is_main_process():
+        return
     row = result.last_row
     table = Table(title=f"pretraining: {result.epochs_done} epochs")
     for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta"):
@@ -158,22 +166,27 @@ def eval_(
     lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", help="Learning rate of TCMF (default 5e-6)."),
     max_text_len: int = MaxTextLen, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
-    preset: Optional[str] = Preset,
+    dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
 ) -> None:
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std."""
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.recipes.finetune import finetune
 
+    if nproc_per_node > 1:
+        raise relaunch_distributed(nproc_per_node)
     with user_errors():
         cfg = build_config(
             preset, "finetune", text_model=text_model, g=g, s=s, lambda_mcc=lambda_mcc, mcc_form=mcc_form,
             mcc_align=mcc_align, layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, epochs=epochs,
             batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, lr_fusion=lr_fusion, max_text_len=max_text_len,
             seed=0, device=device, workers=workers, checkpoint_every=1, unfreeze=not freeze_encoder, bf16=bf16,
+            dropout=dropout,
         )
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
         with progress() as prog:
             result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), progress=_renderer(prog, {}))
+    if not is_main_process():
+        return
     console.print(results_table(f"{dataset}: test split, mean ± std over {seeds} seed(s)", {"KEBR": result.summary}))
     console.print(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}")

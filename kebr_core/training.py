@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,28 +253,82 @@ def mean_of(values: Iterable[float]) -> float:
     return float(sum(v) / len(v)) if v else float("nan")
 
 
-def balance_sums(loss: Tensor, task_loss: Tensor, mcc) -> Tensor:
-    """Per-batch sums for an epoch's metrics row, without a host sync. Returns (8,):
-    loss·B, task·B, mcc·B, B, then Σc_a, Σc_v, Σ|θ_a − θ_v| over the samples that have both streams
+def balance_sums(abs_err: Tensor, mcc) -> Tensor:
+    """Per-batch sums for an epoch's metrics row, without a host sync. Returns (7,):
+    Σ|pred − y|, B, Σf_i and Σc_a, Σc_v, Σ|θ_a − θ_v| over the samples that have both streams
     (MCC's `valid`), and their count."""
-    b = mcc.c_a.shape[0]
     valid = mcc.valid.float()
     c_a, c_v = mcc.c_a.float(), mcc.c_v.float()
     dtheta = (torch.arccos(c_a.clamp(-1, 1)) - torch.arccos(c_v.clamp(-1, 1))).abs()
     return torch.stack([
-        loss.detach().float() * b, task_loss.detach().float() * b, mcc.loss.detach().float() * b,
-        torch.tensor(float(b), device=valid.device),
+        abs_err.detach().float().sum(), torch.ones_like(valid).sum(), (mcc.per_sample.detach().float() * valid).sum(),
         (c_a * valid).sum(), (c_v * valid).sum(), (dtheta * valid).sum(), valid.sum(),
     ])
 
 
-def epoch_row(epoch: int, sums: Tensor, seconds: float, prefix: str = "") -> dict[str, float]:
-    """An epoch's metrics.csv row from the summed `balance_sums` of its batches (one host sync)."""
-    loss, task, mcc, n, c_a, c_v, dtheta, n_valid = sums.tolist()
+def epoch_row(epoch: int, sums: Tensor, seconds: float, mcc_weight: float, prefix: str = "") -> dict[str, float]:
+    """An epoch's metrics.csv row from the summed `balance_sums` of its batches (one host sync):
+    task_l1 and mcc are epoch means, loss = task_l1 + λ·mcc, cosines and |Δθ| average valid samples."""
+    abs_err, n, f_sum, c_a, c_v, dtheta, n_valid = sums.tolist()
     n, n_valid = max(n, 1.0), max(n_valid, 1.0)
+    task, mcc = abs_err / n, f_sum / n_valid
     return {
         "epoch": epoch,
-        f"{prefix}loss": loss / n, f"{prefix}task_l1": task / n, f"{prefix}mcc": mcc / n,
+        f"{prefix}loss": task + mcc_weight * mcc, f"{prefix}task_l1": task, f"{prefix}mcc": mcc,
         f"{prefix}cos_a": c_a / n_valid, f"{prefix}cos_v": c_v / n_valid, f"{prefix}abs_dtheta": dtheta / n_valid,
         "seconds": round(seconds, 3),
     }
+
+
+def train_epoch(
+    net: torch.nn.Module,
+    dataset,
+    collate,
+    cache: TextCache | None,
+    opt: torch.optim.Optimizer,
+    cfg: RunConfig,
+    device: torch.device,
+    epoch: int,
+    *,
+    task: str,
+    frozen: bool,
+    info,
+    seed: int,
+    prefix: str = "",
+) -> dict[str, float]:
+    """One epoch of L = L1(pred, y) + λ·L_mcc (Eq. 16–17): y is the masked word's score when
+    pretraining, the utterance label when fine-tuning. `net` may be DDP-wrapped; `info` is the DistInfo.
+    Returns the epoch's metrics row (identical on every rank)."""
+    from torch.utils.data import DataLoader
+
+    from kebr_core.distributed import EpochBatches, all_reduce_sum, global_mean
+
+    model = net.module if hasattr(net, "module") else net
+    loader = DataLoader(
+        dataset, batch_sampler=EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info),
+        collate_fn=collate, num_workers=cfg.train.workers, pin_memory=device.type == "cuda",
+    )
+    target = "mask_label" if task == "pretrain" else "label"
+    net.train()
+    if frozen:
+        model.encoder.eval()  # no dropout in a frozen encoder: its cached outputs stay exact
+    t0 = time.perf_counter()
+    sums = torch.zeros(7, device=device)
+    for step, batch in enumerate(loader):
+        batch = move(batch, device)
+        hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
+        with autocast(device, cfg.train.bf16):
+            out = net(batch, task=task, text_hidden=hidden)
+        abs_err = (out.pred.float() - batch[target]).abs()
+        task_loss = global_mean(abs_err, torch.ones_like(abs_err), info)
+        mcc_loss = global_mean(out.mcc.per_sample.float(), out.mcc.valid.float(), info)
+        loss = task_loss + cfg.mcc.weight * mcc_loss
+        check_finite(loss, epoch, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            sums += balance_sums(abs_err, out.mcc)
+    return epoch_row(epoch, all_reduce_sum(sums, info), time.perf_counter() - t0, cfg.mcc.weight, prefix)

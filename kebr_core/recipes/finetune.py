@@ -28,11 +28,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
+from kebr_core.distributed import DistInfo, barrier, gather_predictions, init_distributed, shard
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import aggregate, msa_metrics
@@ -42,10 +44,7 @@ from kebr_core.training import (
     MetricsLog,
     ProgressFn,
     autocast,
-    balance_sums,
     build_text_cache,
-    check_finite,
-    epoch_row,
     load_checkpoint_weights,
     move,
     no_progress,
@@ -54,6 +53,7 @@ from kebr_core.training import (
     resolve_checkpoint,
     resolve_device,
     seed_everything,
+    train_epoch,
 )
 
 
@@ -99,18 +99,19 @@ def finetune(
                 f"{cfg.model.d_vision} dims, but {store_path} has {wanted[0]}/{wanted[1]}."
             )
     configure_from_store(cfg, store)
-    device = resolve_device(cfg.train.device)
-    prepare_run_dir(
-        run_dir, cfg, resume=True,
-        extra={"stage": "finetune", "store": str(store_path), "checkpoint": str(checkpoint) if checkpoint else None,
-               "seeds": list(seeds), "selection": "epoch with the lowest validation MAE"},
-    )
+    info, device = init_distributed(resolve_device(cfg.train.device))
+    if info.is_main:
+        prepare_run_dir(
+            run_dir, cfg, resume=True,
+            extra={"stage": "finetune", "store": str(store_path), "checkpoint": str(checkpoint) if checkpoint else None,
+                   "seeds": list(seeds), "selection": "epoch with the lowest validation MAE", "world_size": info.world},
+        )
 
     tokenizer = load_tokenizer(cfg.model.text_model)
     token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)  # once, for every split
     encoded = [{"input_ids": t} for t in token_ids]
-    datasets = {s: StoreDataset(store_path, split=s, text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
-    collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len)
+    datasets = {s: StoreDataset(store, split=s, text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
+    collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len, pad_id=tokenizer.pad_token_id or 0)
 
     per_seed, best_epochs = [], []
     for n_done, seed in enumerate(seeds):
@@ -119,24 +120,28 @@ def finetune(
         if done_file.exists():  # finished earlier: resume skips it
             result = json.loads(done_file.read_text())
         else:
-            result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, progress)
+            result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress)
         per_seed.append(result["test"])
         best_epochs.append(result["best_epoch"])
         progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
 
     summary = aggregate(per_seed)
-    _write_results(run_dir, seeds, per_seed, best_epochs, summary)
+    if info.is_main:
+        _write_results(run_dir, seeds, per_seed, best_epochs, summary)
+    barrier(info)
     return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs)
 
 
-def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, progress) -> dict:
-    seed_dir.mkdir(parents=True, exist_ok=True)
+def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress) -> dict:
+    if info.is_main:
+        seed_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     model = KEBRModel(cfg.model, cfg.mcc).to(device)
     if checkpoint is not None:
         load_checkpoint_weights(model, Path(checkpoint), skip_prefixes=("pretrain_head.",))
     frozen = not cfg.train.unfreeze
     model.set_encoder_trainable(not frozen)
+    model.pretrain_head.requires_grad_(False)  # unused while fine-tuning
     cache = build_text_cache(model.encoder, token_ids, device) if frozen else None
 
     lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr
@@ -148,66 +153,51 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
         groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
     opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
+    net = DistributedDataParallel(model) if info.enabled else model
 
-    log_path = seed_dir / "metrics.csv"
-    log_path.unlink(missing_ok=True)
-    log = MetricsLog(log_path)
+    log = None
+    if info.is_main:
+        (seed_dir / "metrics.csv").unlink(missing_ok=True)
+        log = MetricsLog(seed_dir / "metrics.csv")
     best = (math.inf, 0, None)  # (valid MAE, epoch, weights)
     for epoch in range(1, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(datasets["train"], batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
-                            collate_fn=collate, num_workers=cfg.train.workers, pin_memory=device.type == "cuda")
-        model.train()
-        if frozen:
-            model.encoder.eval()
-        sums = torch.zeros(8, device=device)
-        for step, batch in enumerate(loader):
-            batch = move(batch, device)
-            hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
-            with autocast(device, cfg.train.bf16):
-                out = model(batch, task="finetune", text_hidden=hidden)
-            task_loss = (out.pred.float() - batch["label"]).abs().mean()
-            loss = task_loss + cfg.mcc.weight * out.mcc.loss.float()
-            check_finite(loss, epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                sums += balance_sums(loss, task_loss, out.mcc)
+        row = train_epoch(net, datasets["train"], collate, cache, opt, cfg, device, epoch, task="finetune",
+                          frozen=frozen, info=info, seed=seed, prefix="train_")
         sched.step()
-        pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device)
+        pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device, info)
         valid = msa_metrics(pred, label)
-        row = epoch_row(epoch, sums, time.perf_counter() - t0, prefix="train_")
         row |= {"valid_mae": valid["mae"], "valid_corr": valid["corr"], "valid_acc2_non0": valid["acc2_non0"]}
-        log.append(row)
+        if log is not None:
+            log.append(row)
         progress(f"seed {seed}", epoch, cfg.train.epochs, row)
         if valid["mae"] < best[0]:
             best = (valid["mae"], epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
 
     model.load_state_dict(best[2])
-    pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, features=True)
+    pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, info, features=True)
     test = msa_metrics(pred, label)
-    # Fused utterance representations of the test split, for `kebr analyze` (PCA coloured by label).
-    np.savez_compressed(seed_dir / "test_features.npz", features=pooled, labels=label, predictions=pred)
-    ids = [datasets["test"].store.ids[i] for i in datasets["test"].indices]
-    with (seed_dir / "predictions.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label", "prediction"])
-        w.writerows(zip(ids, label.tolist(), pred.tolist()))
     result = {"seed": seed, "best_epoch": best[1], "valid_mae": best[0], "test": test}
-    (seed_dir / "test.json").write_text(json.dumps(result, indent=2))
+    if info.is_main:
+        # Fused utterance representations of the test split, for `kebr analyze` (PCA coloured by label).
+        np.savez_compressed(seed_dir / "test_features.npz", features=pooled, labels=label, predictions=pred)
+        ids = [datasets["test"].store.ids[i] for i in datasets["test"].indices]
+        with (seed_dir / "predictions.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "label", "prediction"])
+            w.writerows(zip(ids, label.tolist(), pred.tolist()))
+        (seed_dir / "test.json").write_text(json.dumps(result, indent=2))
+    barrier(info)
     return result
 
 
 @torch.no_grad()
-def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, features: bool = False):
-    """Predictions and labels of a whole split, in dataset order: (N,), (N,) float64; with
-    `features`, also the pooled utterance representations (N, dt) float32."""
+def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: DistInfo = DistInfo(), features: bool = False):
+    """Predictions and labels of a whole split, in dataset order: (N,), (N,) float64; with `features`,
+    also the pooled utterance representations (N, dt) float32. Under DDP each rank predicts a
+    contiguous shard and every rank gets the gathered whole."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=max(cfg.train.batch_size, 64), shuffle=False, collate_fn=collate,
+    part = Subset(dataset, shard(np.arange(len(dataset)), info).tolist())
+    loader = DataLoader(part, batch_size=max(cfg.train.batch_size, 64), shuffle=False, collate_fn=collate,
                         num_workers=cfg.train.workers)
     preds, labels, pooled = [], [], []
     for batch in loader:
@@ -215,14 +205,16 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, featur
         hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
         with autocast(device, cfg.train.bf16):
             out = model(batch, task="finetune", text_hidden=hidden)
-        preds.append(out.pred.float().cpu())
-        labels.append(batch["label"].cpu())
-        if features:
-            pooled.append(out.pooled.float().cpu())
-    pred, label = torch.cat(preds).numpy().astype(np.float64), torch.cat(labels).numpy().astype(np.float64)
-    if features:
-        return pred, label, torch.cat(pooled).numpy()
-    return pred, label
+        preds.append(out.pred.float().cpu().numpy())
+        labels.append(batch["label"].cpu().numpy())
+        pooled.append(out.pooled.float().cpu().numpy())
+    d = model.d_text if not hasattr(model, "module") else model.module.d_text
+    parts = [np.concatenate(preds) if preds else np.zeros(0, np.float32),
+             np.concatenate(labels) if labels else np.zeros(0, np.float32),
+             np.concatenate(pooled) if pooled else np.zeros((0, d), np.float32)]
+    pred, label, feats = gather_predictions(parts, info)
+    pred, label = pred.astype(np.float64), label.astype(np.float64)
+    return (pred, label, feats) if features else (pred, label)
 
 
 def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary) -> None:
