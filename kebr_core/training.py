@@ -150,12 +150,15 @@ def save_checkpoint(
     cfg: RunConfig,
     include_encoder: bool,
     trainer_state: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """A checkpoint folder: model.safetensors + config.json (+ trainer.pt for --resume), written atomically."""
+    """A checkpoint folder: model.safetensors + config.json (+ trainer.pt for --resume), written atomically.
+    `extra` adds keys to config.json (e.g. the training store's feature description)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(state_for_checkpoint(model, include_encoder), str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(cfg.to_dict() | {"includes_encoder": include_encoder}, indent=2))
+    payload = cfg.to_dict() | {"includes_encoder": include_encoder} | (extra or {})
+    (tmp / "config.json").write_text(json.dumps(payload, indent=2, default=str))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
     if path.exists():
@@ -176,6 +179,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if (candidate / "model.safetensors").exists():
             return candidate
     raise KebrError(f"{path} is not a kebr checkpoint or run directory (no model.safetensors in it, final/ or last/).")
+
+
+def store_features(store) -> dict[str, Any]:
+    """What a checkpoint must remember of its training data to score new videos the same way."""
+    keys = ("audio_features", "vision_features", "audio_rate_hz", "vision_fps", "extractor")
+    return {"features": {k: store.attrs.get(k) for k in keys}}
 
 
 def read_checkpoint_config(path: Path) -> dict[str, Any]:

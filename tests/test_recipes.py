@@ -95,6 +95,14 @@ def test_finetune_from_checkpoint_writes_results(tiny_store: Path, tmp_path: Pat
     feats = np.load(tmp_path / "ft" / "seed-0" / "test_features.npz")
     assert feats["features"].shape == (12, 32)
     assert result.summary["mae"][0] == pytest.approx(np.mean([r["mae"] for r in result.per_seed]))
+    # best-model/ is the seed with the lowest validation MAE, with the encoder (it was fine-tuned)
+    # and the store's feature description for `kebr predict`.
+    selection = json.loads((tmp_path / "ft" / "best-model" / "selection.json").read_text())
+    valid = {s: json.loads((tmp_path / "ft" / f"seed-{s}" / "test.json").read_text())["valid_mae"] for s in (0, 1)}
+    assert selection["seed"] == min(valid, key=valid.get)
+    saved = json.loads((tmp_path / "ft" / "best-model" / "config.json").read_text())
+    assert saved["features"]["audio_features"] == [f"a{i}" for i in range(7)] and saved["includes_encoder"]
+    assert any(k.startswith("encoder.") for k in load_file(str(tmp_path / "ft" / "best-model" / "model.safetensors")))
 
 
 def test_finetune_skips_finished_seeds(tiny_store: Path, tmp_path: Path) -> None:

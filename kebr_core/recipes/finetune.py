@@ -11,7 +11,8 @@ validation MAE, not on the validation loss including MCC as the authors' code do
 
 Writes: config.json; seed-S/metrics.csv (per epoch: train loss terms, c_a, c_v, |Δθ|, valid MAE),
 seed-S/test.json (the chosen epoch and test metrics), seed-S/predictions.csv,
-seed-S/test_features.npz (pooled fused test representations, labels, predictions); results.json and
+seed-S/test_features.npz (pooled fused test representations, labels, predictions);
+best-model/ (the fine-tuned checkpoint of the seed with the lowest validation MAE, for `kebr predict`); results.json and
 results.csv (mean ± std over seeds). A seed whose test.json exists is skipped on rerun (resume).
 """
 
@@ -52,7 +53,9 @@ from kebr_core.training import (
     read_checkpoint_config,
     resolve_checkpoint,
     resolve_device,
+    save_checkpoint,
     seed_everything,
+    store_features,
     train_epoch,
 )
 
@@ -120,7 +123,8 @@ def finetune(
         if done_file.exists():  # finished earlier: resume skips it
             result = json.loads(done_file.read_text())
         else:
-            result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress)
+            result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
+                               best_model_dir=run_dir / "best-model", features=store_features(store))
         per_seed.append(result["test"])
         best_epochs.append(result["best_epoch"])
         progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
@@ -132,7 +136,8 @@ def finetune(
     return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs)
 
 
-def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress) -> dict:
+def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
+              best_model_dir: Path, features: dict) -> dict:
     if info.is_main:
         seed_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -185,6 +190,12 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
             w = csv.writer(f)
             w.writerow(["id", "label", "prediction"])
             w.writerows(zip(ids, label.tolist(), pred.tolist()))
+        # The fine-tuned model of the seed with the lowest validation MAE so far, for `kebr predict`.
+        selection = best_model_dir / "selection.json"
+        if not selection.exists() or json.loads(selection.read_text())["valid_mae"] > best[0]:
+            save_checkpoint(best_model_dir, model, cfg, include_encoder=not frozen,
+                            extra=features | {"stage": "finetune", "seed": seed})
+            selection.write_text(json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
         (seed_dir / "test.json").write_text(json.dumps(result, indent=2))
     barrier(info)
     return result
