@@ -1,0 +1,600 @@
+"""Plots of KEBR runs for `kebr analyze` (paper Fig. 4, §4.5; DESIGN §8).
+
+Three kinds of directory are read (the formats the recipes write):
+
+- pretraining run: config.json ("stage": "pretrain") + metrics.csv
+  (epoch, loss, task_l1, mcc, cos_a, cos_v, abs_dtheta, seconds);
+- evaluation run: config.json ("stage": "finetune") + results.json + seed-S/metrics.csv
+  (epoch, train_loss, train_task_l1, train_mcc, train_cos_a, train_cos_v, train_abs_dtheta, seconds,
+  valid_mae, valid_corr, valid_acc2_non0) + seed-S/test_features.npz (features (N, dt), labels (N,),
+  predictions (N,));
+- ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs.
+
+and up to four PNGs are made, each 800×500 px:
+
+- g_sweep.png: F1 (non0, %) and MAE against the MCC angle penalty g, mean ± std over seeds (Fig. 4);
+- balance.png: per-epoch c_a = cos(X_K, X0a), c_v = cos(X_K, X0v) (Eq. 9) and |θ_a − θ_v| (Eq. 12),
+  with and without MCC — the modality balance MCC is meant to produce;
+- pca.png: 2-D PCA of the fused test representations, coloured by sentiment label;
+- training_curves.png: task loss, MCC loss, validation MAE and the per-modality cosines per epoch.
+
+A plot whose input is missing is skipped with a one-sentence reason, never a traceback. Figures are
+built on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot: no display, no global
+figure state, nothing to close.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
+from matplotlib.colors import Normalize
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from kebr_core.errors import KebrError
+
+RunKind = Literal["pretrain", "finetune", "ablation"]
+
+FIGSIZE_IN = (8.0, 5.0)
+DPI = 100  # → 800 × 500 px, the same for every plot so they line up in a report
+PLOT_NAMES = ("g_sweep", "balance", "pca", "training_curves")
+
+PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
+EVAL_COLUMNS = (
+    "epoch", "train_loss", "train_task_l1", "train_mcc", "train_cos_a", "train_cos_v", "train_abs_dtheta",
+    "valid_mae",
+)
+
+MCC_COLORS = {True: "tab:blue", False: "tab:red"}  # with / without MCC, in every plot
+
+
+class PlotSkipped(Exception):
+    """A plot cannot be made from what the run directory holds; the message is the reason (one sentence)."""
+
+
+# ───────────────────────────────────────────── report ─────────────────────────────────────────────
+
+
+@dataclass
+class AxesSummary:
+    """What one data panel of a figure shows (for tests and the CLI; colour bars are left out).
+
+    curves: (legend label, number of points) per Line2D or error-bar series, in drawing order.
+    points: number of scatter points (PCA panels).
+    """
+
+    title: str
+    xlabel: str
+    ylabel: str
+    curves: list[tuple[str, int]]
+    points: int
+
+
+@dataclass
+class PlotInfo:
+    name: str
+    path: Path | None  # None until saved
+    size_px: tuple[int, int]  # (width, height)
+    axes: list[AxesSummary]
+
+
+@dataclass
+class AnalysisReport:
+    """The outcome of `analyze`: the files written, why the others were skipped, what each plot shows."""
+
+    kind: RunKind
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # plot name → reason
+    plots: dict[str, PlotInfo] = field(default_factory=dict)
+
+
+def summarize(fig: Figure) -> list[AxesSummary]:
+    """Per data axes: every legend-labelled curve with its point count, and the scatter points."""
+    summaries = []
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        curves: list[tuple[str, int]] = []
+        in_containers = set()
+        for container in ax.containers:
+            if isinstance(container, ErrorbarContainer):
+                data_line = container.lines[0]
+                in_containers.add(id(data_line))
+                in_containers.update(id(cap) for cap in container.lines[1])
+                curves.append((container.get_label(), len(data_line.get_xdata())))
+        for line in ax.lines:
+            if id(line) not in in_containers and not line.get_label().startswith("_"):
+                curves.append((line.get_label(), len(np.atleast_1d(line.get_xdata()))))
+        points = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+        summaries.append(AxesSummary(ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), curves, points))
+    return summaries
+
+
+def _new_figure(title: str) -> Figure:
+    fig = Figure(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle(title)
+    return fig
+
+
+# ───────────────────────────────────────────── reading ─────────────────────────────────────────────
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object; a damaged file is the user's problem (KebrError) when it defines the run kind."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KebrError(f"{what} {path} cannot be read as JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise KebrError(f"{what} {path} must hold a JSON object, not {type(data).__name__}.")
+    return data
+
+
+def read_metrics_csv(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The given columns of a per-epoch metrics.csv as float64 arrays (E,), or PlotSkipped."""
+    if not path.is_file():
+        raise PlotSkipped(f"{path} does not exist.")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise PlotSkipped(f"{path} lacks the column(s) {', '.join(missing)}.")
+        rows = list(reader)
+    if not rows:
+        raise PlotSkipped(f"{path} holds no epochs yet.")
+    try:
+        table = np.array([[float(row[c]) for c in columns] for row in rows], dtype=np.float64)  # (E, C)
+    except (TypeError, ValueError):
+        raise PlotSkipped(f"{path} has a missing or non-numeric value in one of {', '.join(columns)}.") from None
+    return {c: table[:, j] for j, c in enumerate(columns)}
+
+
+def mean_over_seeds(tables: list[dict[str, np.ndarray]], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Average per-epoch columns over seeds, aligned on `epoch` (a seed that stopped early just
+    contributes fewer epochs). Returns {"epoch": (E,), column: (E,) ...} over the union of epochs."""
+    epochs = np.unique(np.concatenate([t["epoch"] for t in tables]))
+    out = {"epoch": epochs}
+    for column in columns:
+        grid = np.full((len(tables), len(epochs)), np.nan)  # (seeds, E)
+        for i, t in enumerate(tables):  # one row per seed (a handful), not per sample
+            grid[i, np.searchsorted(epochs, t["epoch"])] = t[column]
+        # Not np.nanmean: an epoch where no seed has a finite value stays NaN (a gap) without a warning.
+        finite = np.isfinite(grid)
+        counts = finite.sum(axis=0)
+        sums = np.where(finite, grid, 0.0).sum(axis=0)
+        out[column] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return out
+
+
+def eval_seeds(run_dir: Path) -> list[int]:
+    """The seeds of an evaluation run that have a seed-S directory, in the run's order
+    (results.json, else config.json, else numeric)."""
+    present = {}
+    for p in run_dir.glob("seed-*"):
+        m = re.fullmatch(r"seed-(-?\d+)", p.name)
+        if m and p.is_dir():
+            present[int(m.group(1))] = p
+    order: list[int] = []
+    for name in ("results.json", "config.json"):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                seeds = json.loads(path.read_text()).get("seeds") or []
+                order = [int(s) for s in seeds]
+            except (OSError, ValueError, TypeError, AttributeError, json.JSONDecodeError):
+                order = []
+            if order:
+                break
+    ordered = [s for s in order if s in present]
+    return ordered + sorted(s for s in present if s not in ordered)
+
+
+def eval_curves(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
+    """Seed-averaged per-epoch columns of an evaluation run, and the number of seeds averaged."""
+    seeds = eval_seeds(run_dir)
+    if not seeds:
+        raise PlotSkipped(f"Evaluation run {run_dir} has no seed-S directories with metrics.")
+    tables = []
+    for seed in seeds:
+        try:
+            tables.append(read_metrics_csv(run_dir / f"seed-{seed}" / "metrics.csv", EVAL_COLUMNS))
+        except PlotSkipped:
+            continue  # a seed that has not started yet; the others still make the plot
+    if not tables:
+        raise PlotSkipped(f"No seed of evaluation run {run_dir} has a readable seed-S/metrics.csv.")
+    return mean_over_seeds(tables, EVAL_COLUMNS[1:]), len(tables)
+
+
+def pretrain_curves(run_dir: Path) -> dict[str, np.ndarray]:
+    return read_metrics_csv(run_dir / "metrics.csv", PRETRAIN_COLUMNS)
+
+
+@dataclass
+class TestFeatures:
+    seed: int
+    features: np.ndarray  # (N, dt)
+    labels: np.ndarray  # (N,)
+
+
+def load_test_features(run_dir: Path) -> TestFeatures:
+    """The first seed's (in the run's seed order) seed-S/test_features.npz that exists."""
+    for seed in eval_seeds(run_dir):
+        path = run_dir / f"seed-{seed}" / "test_features.npz"
+        if not path.is_file():
+            continue
+        try:
+            with np.load(path) as npz:
+                features, labels = np.asarray(npz["features"], np.float64), np.asarray(npz["labels"], np.float64)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise PlotSkipped(f"{path} cannot be read as features/labels arrays ({e}).") from None
+        if features.ndim != 2 or labels.shape != (features.shape[0],):
+            raise PlotSkipped(f"{path} holds features {features.shape} and labels {labels.shape}; expected (N, dt) and (N,).")
+        if features.shape[0] < 2 or features.shape[1] < 2:
+            raise PlotSkipped(f"{path} holds {features.shape[0]} samples of {features.shape[1]} dims; a 2-D PCA needs at least 2 of each.")
+        if not np.isfinite(features).all():
+            raise PlotSkipped(f"{path} holds NaN or infinite features.")
+        return TestFeatures(seed, features, labels)
+    raise PlotSkipped(f"Evaluation run {run_dir} has no seed-S/test_features.npz.")
+
+
+def mcc_zero_cosine(run_dir: Path) -> float | None:
+    """cos θ = 0.5 − g, where the MCC loss of a run is 0 (Eq. 11–13), or None when MCC is off or unknown."""
+    try:
+        mcc = json.loads((run_dir / "config.json").read_text()).get("mcc", {})
+        if float(mcc.get("weight", 1.0)) == 0.0:
+            return None
+        return 0.5 - float(mcc["g"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
+        return None
+
+
+# ───────────────────────────────────────────── figures ─────────────────────────────────────────────
+
+
+@dataclass
+class SweepPoint:
+    g: float
+    f1: float  # percent
+    f1_std: float
+    mae: float
+    mae_std: float
+
+
+def g_sweep_figure(points: list[SweepPoint], dataset: str) -> Figure:
+    """Fig. 4: F1 (non0, %) and MAE against g, mean ± std over seeds, one panel each (shared g axis)."""
+    if not points:
+        raise PlotSkipped("The ablation has no finished g-sweep configuration.")
+    points = sorted(points, key=lambda p: p.g)
+    g, f1, f1_std, mae, mae_std = (np.array([getattr(p, k) for p in points], dtype=np.float64)
+                                   for k in ("g", "f1", "f1_std", "mae", "mae_std"))  # (P,) each
+    f1_std, mae_std = np.nan_to_num(f1_std), np.nan_to_num(mae_std)  # an undefined std draws no bar
+    fig = _new_figure(f"MCC angle penalty g on {dataset} (mean ± std over seeds)")
+    ax_f1, ax_mae = fig.subplots(2, 1, sharex=True)
+    ax_f1.errorbar(g, f1, yerr=f1_std, marker="o", capsize=3,
+                   color="tab:blue", label="F1 (non0)")
+    ax_f1.set(title="F1 (non-zero labels) vs g", ylabel="F1 (%)")
+    ax_mae.errorbar(g, mae, yerr=mae_std, marker="s", capsize=3,
+                    color="tab:red", label="MAE")
+    ax_mae.set(title="MAE vs g", xlabel="g (angle penalty, unitless; MCC zero at cos θ = 0.5 − g)",
+               ylabel="MAE (sentiment units)")
+    for ax in (ax_f1, ax_mae):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+@dataclass
+class BalanceSeries:
+    """One run's per-epoch balance columns in one stage."""
+
+    label: str  # e.g. "C1 (with MCC)"; "" for a single run
+    stage: Literal["fine-tuning", "pretraining"]
+    curves: dict[str, np.ndarray]  # epoch, cos_a, cos_v, abs_dtheta (E,) each
+    with_mcc: bool | None  # colours with/without MCC; None for a single run
+    mcc_zero: float | None = None  # cos θ where MCC's loss is 0, drawn as a reference line
+
+
+def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
+    """Columns: one per stage present; top row c_a and c_v (Eq. 9), bottom row |θ_a − θ_v| (Eq. 12)."""
+    stages = [s for s in ("fine-tuning", "pretraining") if any(b.stage == s for b in series)]
+    if not stages:
+        raise PlotSkipped("There are no per-epoch balance curves to plot.")
+    compared = any(b.with_mcc is not None for b in series)
+    fig = _new_figure(title)
+    grid = fig.subplots(2, len(stages), sharex="col", squeeze=False)
+    for col, stage in enumerate(stages):
+        ax_cos, ax_dtheta = grid[0, col], grid[1, col]
+        zeros = set()
+        for b in (b for b in series if b.stage == stage):
+            color = MCC_COLORS.get(b.with_mcc) if b.with_mcc is not None else None
+            prefix = f"{b.label}: " if b.label else ""
+            e = b.curves["epoch"]
+            ax_cos.plot(e, b.curves["cos_a"], color=color or "tab:green", linestyle="-", label=f"{prefix}c_a (audio)")
+            ax_cos.plot(e, b.curves["cos_v"], color=color or "tab:purple", linestyle="--", label=f"{prefix}c_v (vision)")
+            ax_dtheta.plot(e, b.curves["abs_dtheta"], color=color or "tab:orange", label=f"{b.label or '|θa − θv|'}")
+            if b.mcc_zero is not None:
+                zeros.add(round(b.mcc_zero, 6))
+        for z in sorted(zeros):
+            ax_cos.axhline(z, color="grey", linestyle=":", linewidth=1, label=f"MCC zero (cos = {z:.2f})")
+        ax_cos.set(title=f"{stage}: c_a, c_v (Eq. 9)", ylabel="cosine to X_K (unitless)")
+        ax_dtheta.set(title=f"{stage}: angle gap (Eq. 12)", xlabel="epoch", ylabel="|θa − θv| (rad)")
+        for ax in (ax_cos, ax_dtheta):
+            ax.grid(alpha=0.3)
+            if not compared:
+                ax.legend(loc="best", fontsize="x-small")
+    if compared:
+        # One legend for the whole figure: colour = configuration, line style = quantity. Proxy
+        # artists, so every panel keeps its plot area and the drawn lines keep their own labels.
+        proxies = [Line2D([], [], color=MCC_COLORS[b.with_mcc], label=b.label)
+                   for b in {b.label: b for b in series}.values()]
+        proxies += [Line2D([], [], color="black", linestyle="-", label="c_a (audio)"),
+                    Line2D([], [], color="black", linestyle="--", label="c_v (vision)")]
+        if any(b.mcc_zero is not None for b in series):
+            proxies.append(Line2D([], [], color="grey", linestyle=":", label="MCC zero: cos = 0.5 − g"))
+        fig.legend(handles=proxies, loc="outside lower center", ncol=len(proxies), fontsize="small")
+    return fig
+
+
+def pca_figure(panels: list[tuple[str, TestFeatures]], title: str) -> Figure:
+    """One 2-D PCA scatter per (panel title, test features), coloured by label on one shared
+    symmetric diverging scale so negative and positive sentiment read the same in every panel."""
+    from sklearn.decomposition import PCA  # scikit-learn is slow to import; only this plot needs it
+
+    fig = _new_figure(title)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    bound = max(float(np.nanmax(np.abs(tf.labels))) if np.isfinite(tf.labels).any() else 0.0 for _, tf in panels)
+    norm = Normalize(vmin=-(bound or 1.0), vmax=bound or 1.0)
+    scatter = None
+    for ax, (panel_title, tf) in zip(axes, panels):
+        pca = PCA(n_components=2, svd_solver="full", random_state=0)
+        xy = pca.fit_transform(tf.features)  # (N, 2)
+        var = 100.0 * pca.explained_variance_ratio_
+        scatter = ax.scatter(xy[:, 0], xy[:, 1], c=tf.labels, cmap="coolwarm_r", norm=norm, s=10, alpha=0.8,
+                             edgecolors="none")
+        ax.set(title=f"{panel_title} (seed {tf.seed}, N = {len(tf.labels)})",
+               xlabel=f"PC1 ({var[0]:.1f}% of variance)", ylabel=f"PC2 ({var[1]:.1f}% of variance)")
+        ax.grid(alpha=0.3)
+    fig.colorbar(scatter, ax=list(axes), label="sentiment label")
+    return fig
+
+
+def training_curves_figure(curves: dict[str, np.ndarray], stage: Literal["finetune", "pretrain"], title: str) -> Figure:
+    """Three panels per epoch: task L1 (and validation MAE when fine-tuning), the MCC loss (Eq. 10),
+    and the per-modality cosines c_a, c_v (Eq. 9)."""
+    p = "train_" if stage == "finetune" else ""
+    e = curves["epoch"]
+    fig = _new_figure(title)
+    ax_task, ax_mcc, ax_cos = fig.subplots(1, 3, sharex=True)
+    unit = "sentiment units" if stage == "finetune" else "lexicon-score units"
+    ax_task.plot(e, curves[f"{p}task_l1"], color="tab:blue", label="train task L1")
+    if stage == "finetune":
+        ax_task.plot(e, curves["valid_mae"], color="tab:red", linestyle="--", label="valid MAE")
+    ax_task.set(title="task loss", xlabel="epoch", ylabel=f"L1 / MAE ({unit})")
+    ax_mcc.plot(e, curves[f"{p}mcc"], color="tab:purple", label="MCC loss (Eq. 10)")
+    ax_mcc.set(title="MCC loss", xlabel="epoch", ylabel="L_mcc (unitless)")
+    ax_cos.plot(e, curves[f"{p}cos_a"], color="tab:green", label="c_a (audio)")
+    ax_cos.plot(e, curves[f"{p}cos_v"], color="tab:orange", linestyle="--", label="c_v (vision)")
+    ax_cos.set(title="c_a, c_v (Eq. 9)", xlabel="epoch", ylabel="cosine to X_K (unitless)")
+    for ax in (ax_task, ax_mcc, ax_cos):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="x-small")
+    return fig
+
+
+def _stage_columns(curves: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {"epoch": curves["epoch"], **{c: curves[prefix + c] for c in ("cos_a", "cos_v", "abs_dtheta")}}
+
+
+# ─────────────────────────────────────────── run directories ───────────────────────────────────────────
+
+
+def detect_kind(run_dir: Path) -> RunKind:
+    """ablation.json → ablation; else config.json's "stage" (pretrain / finetune); else KebrError."""
+    if not run_dir.exists():
+        raise KebrError(f"Run directory {run_dir} does not exist.")
+    if not run_dir.is_dir():
+        raise KebrError(f"{run_dir} is a file, not a run directory.")
+    if (run_dir / "ablation.json").is_file():
+        return "ablation"
+    if (run_dir / "config.json").is_file():
+        stage = _read_json(run_dir / "config.json", "Run config").get("stage")
+        if stage in ("pretrain", "finetune"):
+            return stage
+        raise KebrError(f"{run_dir / 'config.json'} names stage {stage!r}; expected 'pretrain' or 'finetune'.")
+    raise KebrError(
+        f"{run_dir} is not a KEBR run directory: it has neither ablation.json nor a config.json from pretrain or eval."
+    )
+
+
+PlotBuilder = Callable[[], Figure]
+
+
+def _pretrain_plots(run_dir: Path) -> dict[str, PlotBuilder]:
+    def balance() -> Figure:
+        curves = _stage_columns(pretrain_curves(run_dir), "")
+        return balance_figure([BalanceSeries("", "pretraining", curves, None, mcc_zero_cosine(run_dir))],
+                              f"Modality balance during pretraining: {run_dir.name}")
+
+    def training() -> Figure:
+        return training_curves_figure(pretrain_curves(run_dir), "pretrain", f"Pretraining curves: {run_dir.name}")
+
+    return {"balance": balance, "training_curves": training}
+
+
+def _eval_plots(run_dir: Path) -> dict[str, PlotBuilder]:
+    def balance() -> Figure:
+        curves, n = eval_curves(run_dir)
+        series = BalanceSeries("", "fine-tuning", _stage_columns(curves, "train_"), None, mcc_zero_cosine(run_dir))
+        return balance_figure([series], f"Modality balance during fine-tuning: {run_dir.name} (mean of {n} seeds)")
+
+    def pca() -> Figure:
+        return pca_figure([(run_dir.name, load_test_features(run_dir))], "PCA of fused test representations")
+
+    def training() -> Figure:
+        curves, n = eval_curves(run_dir)
+        return training_curves_figure(curves, "finetune", f"Fine-tuning curves: {run_dir.name} (mean of {n} seeds)")
+
+    return {"balance": balance, "pca": pca, "training_curves": training}
+
+
+@dataclass
+class AblationConfig:
+    """One entry of ablation.json, with its run directories resolved against the ablation dir."""
+
+    name: str
+    kind: str
+    mcc: bool
+    settings: tuple  # everything but mcc that defines the configuration (pairs differ only in mcc)
+    done: bool
+    mean: dict[str, float]
+    std: dict[str, float]
+    eval_dir: Path | None
+    pretrain_dir: Path | None
+    g: float | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({'with' if self.mcc else 'without'} MCC)"
+
+
+def read_ablation(run_dir: Path) -> tuple[dict[str, Any], list[AblationConfig]]:
+    path = run_dir / "ablation.json"
+    data = _read_json(path, "Ablation file")
+    raw = data.get("configurations")
+    if not isinstance(raw, list):
+        raise KebrError(f"{path} has no 'configurations' list.")
+    configs = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict) or "name" not in c:
+            raise KebrError(f"{path}: configuration {i} is not an object with a 'name'.")
+
+        def rel(key: str) -> Path | None:
+            return run_dir / str(c[key]) if c.get(key) else None  # an absolute path stays absolute
+
+        def metrics(key: str) -> dict[str, Any]:
+            return c[key] if isinstance(c.get(key), dict) else {}
+
+        g = _number(c.get("g"))
+        configs.append(AblationConfig(
+            name=str(c["name"]), kind=str(c.get("kind", "")), mcc=bool(c.get("mcc", True)),
+            settings=tuple(c.get(k) for k in ("pretrain", "tcmf", "g", "mcc_form", "mcc_align")),
+            done=c.get("status") == "done", mean=metrics("mean"), std=metrics("std"),
+            eval_dir=rel("eval_dir"), pretrain_dir=rel("pretrain_dir"), g=None if np.isnan(g) else g,
+        ))
+    return data, configs
+
+
+def mcc_pair(configs: list[AblationConfig]) -> tuple[AblationConfig, AblationConfig]:
+    """(with MCC, without MCC): C1 and C4 when both finished, else the first finished pair that differs only in mcc."""
+    done = [c for c in configs if c.done and c.eval_dir is not None]
+    by_name = {c.name: c for c in done}
+    if "C1" in by_name and "C4" in by_name and by_name["C1"].mcc and not by_name["C4"].mcc:
+        return by_name["C1"], by_name["C4"]
+    for a in done:
+        for b in done:
+            if a.mcc and not b.mcc and a.settings == b.settings:
+                return a, b
+    raise PlotSkipped("The ablation has no finished pair of configurations that differ only in MCC (e.g. C1 and C4).")
+
+
+def _number(x: Any, default: float = float("nan")) -> float:
+    """A metric value from ablation.json; null or a non-number reads as `default` (a gap, or no error bar)."""
+    try:
+        return float(x) if x is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
+    data, configs = read_ablation(run_dir)
+    dataset = str(data.get("dataset") or run_dir.name)
+
+    def g_sweep() -> Figure:
+        points = [
+            SweepPoint(c.g, 100.0 * _number(c.mean.get("f1_non0")), 100.0 * _number(c.std.get("f1_non0"), 0.0),
+                       _number(c.mean.get("mae")), _number(c.std.get("mae"), 0.0))
+            for c in configs if c.kind == "g-sweep" and c.done and c.g is not None
+        ]
+        return g_sweep_figure(points, dataset)
+
+    def balance() -> Figure:
+        series = []
+        for c in mcc_pair(configs):
+            curves, n = eval_curves(c.eval_dir)
+            zero = (0.5 - c.g) if c.mcc and c.g is not None else None
+            series.append(BalanceSeries(c.label, "fine-tuning", _stage_columns(curves, "train_"), c.mcc, zero))
+            if c.pretrain_dir is not None and (c.pretrain_dir / "metrics.csv").is_file():
+                series.append(BalanceSeries(c.label, "pretraining", _stage_columns(pretrain_curves(c.pretrain_dir), ""),
+                                            c.mcc, zero))
+        return balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: mean over seeds)")
+
+    def pca() -> Figure:
+        panels = [(c.label, load_test_features(c.eval_dir)) for c in mcc_pair(configs)]
+        return pca_figure(panels, f"PCA of fused test representations on {dataset}")
+
+    def training() -> Figure:
+        done = [c for c in configs if c.done and c.eval_dir is not None]
+        chosen = next((c for c in done if c.name == "C1"), done[0] if done else None)
+        if chosen is None:
+            raise PlotSkipped("The ablation has no finished configuration.")
+        curves, n = eval_curves(chosen.eval_dir)
+        return training_curves_figure(curves, "finetune", f"Fine-tuning curves: {chosen.label}, {dataset} (mean of {n} seeds)")
+
+    return {"g_sweep": g_sweep, "balance": balance, "pca": pca, "training_curves": training}
+
+
+def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict[str, str]]:
+    """Detect the directory kind and build every plot that applies, without saving.
+
+    Returns (kind, {plot name: Figure}, {plot name: reason it was skipped}). KebrError when the
+    directory is none of the three kinds."""
+    run_dir = Path(run_dir)
+    kind = detect_kind(run_dir)
+    planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots}
+    figures: dict[str, Figure] = {}
+    skipped: dict[str, str] = {}
+    for name, build in planners[kind](run_dir).items():
+        try:
+            figures[name] = build()
+        except PlotSkipped as e:
+            skipped[name] = str(e)
+    return kind, figures, skipped
+
+
+def analyze(run_dir: str | Path, out_dir: str | Path | None = None) -> AnalysisReport:
+    """Write the PNGs that apply to `run_dir` into `out_dir` (default run_dir/plots).
+
+    Returns an AnalysisReport (written paths, skipped plots with reasons, per-plot summaries)."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    kind, figures, skipped = build_figures(run_dir)
+    report = AnalysisReport(kind=kind, skipped=skipped)
+    if figures:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise KebrError(f"Output path {out_dir} is a file, not a directory.")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise KebrError(f"Output directory {out_dir} cannot be created ({e.strerror}).") from None
+    for name in PLOT_NAMES:
+        if name not in figures:
+            continue
+        fig = figures[name]
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=DPI, format="png")
+        width, height = fig.canvas.get_width_height()
+        report.written.append(path)
+        report.plots[name] = PlotInfo(name, path, (int(width), int(height)), summarize(fig))
+    return report

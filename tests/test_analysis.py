@@ -1,0 +1,415 @@
+"""`kebr analyze` and kebr_core.analysis: run directories written with the recipes' exact files
+(metrics rows from `training.epoch_row`, results.json / ablation.json / test_features.npz as the
+recipes lay them out), then the PNGs, what each figure draws, skipped plots and user errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from kebr_cli.main import app
+from kebr_core.analysis import (
+    AnalysisReport,
+    analyze,
+    build_figures,
+    detect_kind,
+    mean_over_seeds,
+    summarize,
+)
+from kebr_core.config import RunConfig
+from kebr_core.errors import KebrError
+from kebr_core.training import MetricsLog, epoch_row
+
+SEEDS = (0, 1, 2)
+EPOCHS = 6
+N_TEST, DT = 60, 12
+G_SWEEP = [round(-0.5 + 0.1 * i, 1) for i in range(11)]  # Fig. 4's grid, 11 values
+
+
+# ───────────────────────── realistic run directories ─────────────────────────
+
+
+def balance_values(epoch: int, seed: int, mcc: bool) -> tuple[float, float, float]:
+    """c_a, c_v, |Δθ| of one epoch: with MCC the two cosines meet; without, audio stays far ahead."""
+    if mcc:
+        c_a, c_v = 0.5 - 0.02 * epoch + 0.01 * seed, 0.1 + 0.03 * epoch + 0.01 * seed
+    else:
+        c_a, c_v = 0.6 + 0.01 * epoch + 0.01 * seed, 0.05 + 0.001 * epoch + 0.01 * seed
+    return c_a, c_v, abs(math.acos(c_a) - math.acos(c_v))
+
+
+def metrics_row(epoch: int, seed: int, mcc: bool, prefix: str) -> dict[str, float]:
+    """A metrics.csv row built by the recipes' own `epoch_row` from balance sums (see balance_sums)."""
+    task, mcc_loss = 1.2 - 0.1 * epoch + 0.02 * seed, (0.4 - 0.05 * epoch) if mcc else 0.3
+    loss = task + (mcc_loss if mcc else 0.0)
+    c_a, c_v, dtheta = balance_values(epoch, seed, mcc)
+    n, n_valid = 32.0, 30.0
+    sums = torch.tensor([loss * n, task * n, mcc_loss * n, n, c_a * n_valid, c_v * n_valid, dtheta * n_valid, n_valid],
+                        dtype=torch.float64)
+    return epoch_row(epoch, sums, seconds=1.5, prefix=prefix)
+
+
+def write_config(run_dir: Path, stage: str, g: float, weight: float, **extra) -> None:
+    cfg = RunConfig()
+    cfg.mcc.g, cfg.mcc.weight = g, weight
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict() | {"stage": stage, **extra}, indent=2))
+
+
+def write_pretrain_run(run_dir: Path, mcc: bool = True, g: float = 0.2, epochs: int = EPOCHS) -> Path:
+    run_dir.mkdir(parents=True)
+    write_config(run_dir, "pretrain", g, 1.0 if mcc else 0.0, store="feats.h5")
+    log = MetricsLog(run_dir / "metrics.csv")
+    for epoch in range(1, epochs + 1):
+        log.append(metrics_row(epoch, 0, mcc, prefix=""))
+    return run_dir
+
+
+def make_test_features(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features whose largest-variance direction carries the label: PC1 must recover it."""
+    rng = np.random.default_rng(seed)
+    labels = np.round(rng.uniform(-3, 3, N_TEST) * 5) / 5
+    direction = rng.normal(size=DT)
+    direction /= np.linalg.norm(direction)
+    features = 4.0 * labels[:, None] * direction[None] + 0.05 * rng.normal(size=(N_TEST, DT))
+    return features.astype(np.float32), labels
+
+
+def write_eval_run(run_dir: Path, mcc: bool = True, g: float = 0.2, seeds=SEEDS, epochs: int = EPOCHS) -> Path:
+    run_dir.mkdir(parents=True)
+    write_config(run_dir, "finetune", g, 1.0 if mcc else 0.0, store="mosi.h5", checkpoint=None, seeds=list(seeds))
+    per_seed = []
+    for seed in seeds:
+        seed_dir = run_dir / f"seed-{seed}"
+        seed_dir.mkdir()
+        log = MetricsLog(seed_dir / "metrics.csv")
+        for epoch in range(1, epochs + 1):
+            row = metrics_row(epoch, seed, mcc, prefix="train_")
+            log.append(row | {"valid_mae": 1.1 - 0.05 * epoch, "valid_corr": 0.5, "valid_acc2_non0": 0.7})
+        features, labels = make_test_features(seed)
+        np.savez_compressed(seed_dir / "test_features.npz", features=features, labels=labels, predictions=labels * 0.8)
+        per_seed.append({"acc2_non0": 0.8, "f1_non0": 0.8, "mae": 0.8, "corr": 0.7})
+    results = {"seeds": list(seeds), "best_epochs": [epochs] * len(seeds), "mean": per_seed[0], "std": per_seed[0],
+               "per_seed": per_seed}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def sweep_metrics(g: float) -> tuple[dict[str, float], dict[str, float]]:
+    f1 = 0.84 - 0.3 * (g - 0.1) ** 2
+    return {"f1_non0": f1, "mae": 0.7 + 0.2 * abs(g)}, {"f1_non0": 0.01 + 0.01 * abs(g), "mae": 0.02}
+
+
+def write_ablation(root: Path, with_c4: bool = True) -> Path:
+    root.mkdir(parents=True)
+    configurations = []
+    table4 = [("C1", True, True, True), ("C2", False, True, True), ("C3", True, False, True), ("C4", True, True, False),
+              ("C5", False, False, False)]
+    for name, pretrain, tcmf, mcc in table4:
+        has_runs = name == "C1" or (name == "C4" and with_c4)
+        if has_runs:
+            write_eval_run(root / name / "eval", mcc=mcc)
+            write_pretrain_run(root / name / "pretrain", mcc=mcc)
+        configurations.append({
+            "name": name, "kind": "table4", "pretrain": pretrain, "tcmf": tcmf, "mcc": mcc, "g": 0.2,
+            "mcc_form": "paper", "mcc_align": "tile", "pretrain_dir": f"{name}/pretrain" if pretrain else None,
+            "eval_dir": f"{name}/eval", "status": "done" if has_runs else "skipped: not run in this test",
+            "mean": {"f1_non0": 0.8, "mae": 0.8} if has_runs else {}, "std": {"f1_non0": 0.01, "mae": 0.01} if has_runs else {},
+            "avg_change": None,
+        })
+    for g in [0.25, *reversed(G_SWEEP)]:  # unsorted on purpose; g = 0.25 did not finish
+        mean, std = sweep_metrics(g)
+        configurations.append({
+            "name": f"g={g:+.2f}", "kind": "g-sweep", "pretrain": True, "tcmf": True, "mcc": True, "g": g,
+            "mcc_form": "paper", "mcc_align": "tile", "pretrain_dir": None, "eval_dir": f"g/{g:+.2f}",
+            "status": "skipped: interrupted" if g == 0.25 else "done", "mean": mean, "std": std, "avg_change": None,
+        })
+    (root / "ablation.json").write_text(json.dumps(
+        {"dataset": "mosi", "pretrain_store": "pre.h5", "seeds": list(SEEDS), "configurations": configurations}, indent=2))
+    return root
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = imread(path)
+    assert image.shape[:2] == (500, 800)  # 8 × 5 in at 100 dpi
+    assert image[..., :3].std() > 0.05  # something was drawn, not a blank canvas
+
+
+def curve(fig, axes_index: int, label: str):
+    ax = [a for a in fig.axes if a.get_label() != "<colorbar>"][axes_index]
+    for line in ax.lines:
+        if line.get_label() == label:
+            return np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+    raise AssertionError(f"no curve {label!r} in {[l.get_label() for l in ax.lines]}")
+
+
+# ───────────────────────── ablation directory ─────────────────────────
+
+
+@pytest.fixture(scope="module")
+def ablation_dir(tmp_path_factory) -> Path:
+    return write_ablation(tmp_path_factory.mktemp("abl") / "ablation")
+
+
+@pytest.fixture(scope="module")
+def ablation_figures(ablation_dir):
+    return build_figures(ablation_dir)
+
+
+def test_ablation_writes_four_pngs(ablation_dir, tmp_path):
+    report = analyze(ablation_dir, tmp_path / "plots")
+    assert isinstance(report, AnalysisReport) and report.kind == "ablation"
+    assert [p.name for p in report.written] == ["g_sweep.png", "balance.png", "pca.png", "training_curves.png"]
+    assert report.skipped == {}
+    for path in report.written:
+        assert path.parent == tmp_path / "plots"
+        assert_png(path)
+    for info in report.plots.values():
+        assert info.size_px == (800, 500)
+        assert all(a.title and a.xlabel or a.title and a.ylabel for a in info.axes)
+
+
+def test_g_sweep_has_eleven_points_per_series_with_std_error_bars(ablation_figures):
+    kind, figs, _ = ablation_figures
+    fig = figs["g_sweep"]
+    f1_ax, mae_ax = summarize(fig)
+    assert f1_ax.curves == [("F1 (non0)", 11)] and mae_ax.curves == [("MAE", 11)]
+    assert "%" in f1_ax.ylabel and mae_ax.xlabel.startswith("g")
+    bar = fig.axes[0].containers[0]
+    x, y = bar.lines[0].get_xdata(), bar.lines[0].get_ydata()
+    assert np.allclose(x, G_SWEEP)  # sorted by g, the unfinished g = 0.25 left out
+    expected = [sweep_metrics(g) for g in G_SWEEP]
+    assert np.allclose(y, [100 * m["f1_non0"] for m, _ in expected])
+    # each error bar spans mean ± std, in percent
+    segments = bar.lines[2][0].get_segments()
+    spans = np.array([[s[0][1], s[1][1]] for s in segments])
+    std = np.array([100 * s["f1_non0"] for _, s in expected])
+    assert np.allclose(np.sort(spans, axis=1), np.stack([y - std, y + std], axis=1))
+    mae_y = fig.axes[1].containers[0].lines[0].get_ydata()
+    assert np.allclose(mae_y, [m["mae"] for m, _ in expected])
+
+
+def test_balance_compares_c1_and_c4_in_both_stages(ablation_figures):
+    _, figs, _ = ablation_figures
+    fig = figs["balance"]
+    axes = summarize(fig)
+    assert len(axes) == 4  # (cosines, |Δθ|) × (fine-tuning, pretraining)
+    cos_ft, cos_pt, dth_ft, dth_pt = axes  # subplots(2, 2) are stored row by row
+    assert cos_ft.title.startswith("fine-tuning") and cos_pt.title.startswith("pretraining")
+    expected_cos = [("C1 (with MCC): c_a (audio)", EPOCHS), ("C1 (with MCC): c_v (vision)", EPOCHS),
+                    ("C4 (without MCC): c_a (audio)", EPOCHS), ("C4 (without MCC): c_v (vision)", EPOCHS),
+                    ("MCC zero (cos = 0.30)", 2)]
+    assert cos_ft.curves == expected_cos and cos_pt.curves == expected_cos
+    assert dth_ft.curves == [("C1 (with MCC)", EPOCHS), ("C4 (without MCC)", EPOCHS)] == dth_pt.curves
+    assert dth_ft.ylabel == "|θa − θv| (rad)" and dth_ft.xlabel == "epoch"
+    # fine-tuning curves are the mean over the three seeds: + 0.01 · mean(0, 1, 2) = + 0.01
+    x, y = curve(fig, 0, "C1 (with MCC): c_a (audio)")
+    assert np.allclose(x, np.arange(1, EPOCHS + 1))
+    assert np.allclose(y, [0.5 - 0.02 * e + 0.01 for e in range(1, EPOCHS + 1)], atol=1e-6)
+    _, dth = curve(fig, 2, "C4 (without MCC)")
+    want = [np.mean([balance_values(e, s, False)[2] for s in SEEDS]) for e in range(1, EPOCHS + 1)]
+    assert np.allclose(dth, want, atol=1e-6)
+    # pretraining panel: the single pretraining run (seed 0)
+    _, y = curve(fig, 1, "C4 (without MCC): c_v (vision)")
+    assert np.allclose(y, [balance_values(e, 0, False)[1] for e in range(1, EPOCHS + 1)], atol=1e-6)
+
+
+def test_pca_two_panels_coloured_by_label(ablation_figures):
+    _, figs, _ = ablation_figures
+    fig = figs["pca"]
+    with_mcc, without_mcc = summarize(fig)
+    assert with_mcc.points == N_TEST and without_mcc.points == N_TEST
+    assert "C1 (with MCC)" in with_mcc.title and "C4 (without MCC)" in without_mcc.title
+    assert with_mcc.xlabel.startswith("PC1 (") and "% of variance" in with_mcc.xlabel
+    colorbars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(colorbars) == 1 and colorbars[0].get_ylabel() == "sentiment label"
+    features, labels = make_test_features(0)  # first seed
+    scatter = fig.axes[0].collections[0]
+    assert np.allclose(scatter.get_array(), labels)
+    assert scatter.norm.vmin == -scatter.norm.vmax  # symmetric diverging scale around neutral 0
+    pc1 = scatter.get_offsets()[:, 0]
+    assert abs(np.corrcoef(pc1, labels)[0, 1]) > 0.999  # the label direction is the top component
+
+
+def test_training_curves_for_c1(ablation_figures):
+    _, figs, _ = ablation_figures
+    fig = figs["training_curves"]
+    assert "C1" in fig.get_suptitle()
+    task, mcc, cos = summarize(fig)
+    assert task.curves == [("train task L1", EPOCHS), ("valid MAE", EPOCHS)]
+    assert mcc.curves == [("MCC loss (Eq. 10)", EPOCHS)]
+    assert cos.curves == [("c_a (audio)", EPOCHS), ("c_v (vision)", EPOCHS)]
+    _, valid = curve(fig, 0, "valid MAE")
+    assert np.allclose(valid, [1.1 - 0.05 * e for e in range(1, EPOCHS + 1)])
+    _, task_l1 = curve(fig, 0, "train task L1")
+    assert np.allclose(task_l1, [1.2 - 0.1 * e + 0.02 for e in range(1, EPOCHS + 1)], atol=1e-6)
+
+
+def test_ablation_without_an_mcc_pair_skips_balance_and_pca(tmp_path):
+    root = write_ablation(tmp_path / "abl", with_c4=False)
+    report = analyze(root)
+    assert [p.name for p in report.written] == ["g_sweep.png", "training_curves.png"]
+    assert set(report.skipped) == {"balance", "pca"}
+    assert "differ only in MCC" in report.skipped["balance"]
+    assert report.written[0].parent == root / "plots"  # default output folder
+
+
+def test_ablation_with_a_missing_eval_dir_skips_with_the_path(tmp_path):
+    root = write_ablation(tmp_path / "abl")
+    for seed in SEEDS:  # C4 marked done, but its evaluation run was deleted
+        for f in (root / "C4" / "eval" / f"seed-{seed}").iterdir():
+            f.unlink()
+        (root / "C4" / "eval" / f"seed-{seed}").rmdir()
+    report = analyze(root)
+    assert [p.name for p in report.written] == ["g_sweep.png", "training_curves.png"]
+    assert "has no seed-S directories" in report.skipped["balance"] and str(root / "C4" / "eval") in report.skipped["balance"]
+    assert "test_features.npz" in report.skipped["pca"]
+
+
+def test_pair_found_by_settings_when_not_named_c1_c4(tmp_path):
+    root = tmp_path / "abl"
+    root.mkdir()
+    write_eval_run(root / "a", mcc=True)
+    write_eval_run(root / "b", mcc=False)
+    common = {"kind": "variant", "pretrain": False, "tcmf": True, "g": 0.1, "mcc_form": "reference",
+              "mcc_align": "projected", "pretrain_dir": None, "status": "done", "mean": {}, "std": {}, "avg_change": None}
+    configs = [{"name": "ref-on", "mcc": True, "eval_dir": "a", **common},
+               {"name": "ref-off", "mcc": False, "eval_dir": "b", **common}]
+    (root / "ablation.json").write_text(json.dumps({"dataset": "synth", "pretrain_store": None, "seeds": [0],
+                                                    "configurations": configs}))
+    kind, figs, skipped = build_figures(root)
+    assert set(figs) == {"balance", "pca", "training_curves"}
+    assert skipped == {"g_sweep": "The ablation has no finished g-sweep configuration."}
+    cos_ft, dth_ft = summarize(figs["balance"])  # fine-tuning only: one column
+    assert [c[0] for c in dth_ft.curves] == ["ref-on (with MCC)", "ref-off (without MCC)"]
+    assert ("MCC zero (cos = 0.40)", 2) in cos_ft.curves
+
+
+# ───────────────────────── single runs ─────────────────────────
+
+
+def test_eval_run_alone(tmp_path):
+    run = write_eval_run(tmp_path / "eval", mcc=True, g=0.1)
+    assert detect_kind(run) == "finetune"
+    report = analyze(run)
+    assert [p.name for p in report.written] == ["balance.png", "pca.png", "training_curves.png"]
+    for path in report.written:
+        assert_png(path)
+    cos, dth = report.plots["balance"].axes
+    assert cos.curves == [("c_a (audio)", EPOCHS), ("c_v (vision)", EPOCHS), ("MCC zero (cos = 0.40)", 2)]
+    assert dth.curves == [("|θa − θv|", EPOCHS)]
+    (pca,) = report.plots["pca"].axes
+    assert pca.points == N_TEST and "seed 0" in pca.title
+    assert [len(a.curves) for a in report.plots["training_curves"].axes] == [2, 1, 2]
+
+
+def test_eval_run_without_mcc_draws_no_target_and_skips_missing_features(tmp_path):
+    run = write_eval_run(tmp_path / "eval", mcc=False)
+    for seed in SEEDS:
+        (run / f"seed-{seed}" / "test_features.npz").unlink()
+    report = analyze(run, tmp_path / "out")
+    assert [p.name for p in report.written] == ["balance.png", "training_curves.png"]
+    assert "test_features.npz" in report.skipped["pca"] and str(run) in report.skipped["pca"]
+    cos, _ = report.plots["balance"].axes
+    assert [c[0] for c in cos.curves] == ["c_a (audio)", "c_v (vision)"]
+
+
+def test_pca_uses_first_seed_with_features(tmp_path):
+    run = write_eval_run(tmp_path / "eval")
+    (run / "seed-0" / "test_features.npz").unlink()
+    _, figs, _ = build_figures(run)
+    assert "seed 1" in figs["pca"].axes[0].get_title()
+    assert np.allclose(figs["pca"].axes[0].collections[0].get_array(), make_test_features(1)[1])
+
+
+def test_missing_column_skips_with_its_name(tmp_path):
+    run = write_eval_run(tmp_path / "eval", seeds=(0,))
+    path = run / "seed-0" / "metrics.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    keep = [i for i, h in enumerate(header) if h != "train_cos_v"]
+    path.write_text("\n".join(",".join(line.split(",")[i] for i in keep) for line in lines) + "\n")
+    _, figs, skipped = build_figures(run)
+    assert set(skipped) == {"balance", "training_curves"}
+    assert "No seed" in skipped["balance"] and set(figs) == {"pca"}
+
+
+def test_pretrain_run(tmp_path):
+    run = write_pretrain_run(tmp_path / "pre", mcc=True, g=0.2)
+    report = analyze(run)
+    assert report.kind == "pretrain"
+    assert [p.name for p in report.written] == ["balance.png", "training_curves.png"]
+    cos, dth = report.plots["balance"].axes
+    assert cos.title.startswith("pretraining") and len(cos.curves) == 3 and dth.curves == [("|θa − θv|", EPOCHS)]
+    task, mcc, cosines = report.plots["training_curves"].axes
+    assert task.curves == [("train task L1", EPOCHS)]  # no validation during pretraining
+    assert "lexicon" in task.ylabel
+
+
+def test_mean_over_seeds_aligns_epochs_and_ignores_nan():
+    seed0 = {"epoch": np.array([1.0, 2.0, 3.0]), "x": np.array([1.0, 2.0, np.nan])}
+    seed1 = {"epoch": np.array([1.0, 2.0]), "x": np.array([3.0, 6.0])}  # stopped after epoch 2
+    seed2 = {"epoch": np.array([2.0, 1.0]), "x": np.array([1.0, 5.0])}  # rows out of order
+    out = mean_over_seeds([seed0, seed1, seed2], ("x",))
+    assert np.array_equal(out["epoch"], [1.0, 2.0, 3.0])
+    assert np.allclose(out["x"][:2], [3.0, 3.0]) and np.isnan(out["x"][2])
+
+
+# ───────────────────────── user errors ─────────────────────────
+
+
+def test_directories_that_are_not_runs(tmp_path):
+    with pytest.raises(KebrError, match="not a KEBR run directory"):
+        analyze(tmp_path)
+    with pytest.raises(KebrError, match="does not exist"):
+        analyze(tmp_path / "nope")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(KebrError, match="is a file"):
+        analyze(tmp_path / "f.txt")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"stage": "extract"}')
+    with pytest.raises(KebrError, match="stage 'extract'"):
+        analyze(bad)
+    (bad / "ablation.json").write_text("{not json")
+    with pytest.raises(KebrError, match="cannot be read as JSON"):
+        analyze(bad)
+
+
+# ───────────────────────── CLI ─────────────────────────
+
+
+def test_cli_writes_and_lists_files(ablation_dir, tmp_path):
+    out = tmp_path / "figs"
+    result = CliRunner().invoke(app, ["analyze", str(ablation_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("g_sweep", "balance", "pca", "training_curves"):
+        assert str(out / f"{name}.png") in result.stdout
+        assert_png(out / f"{name}.png")
+    assert "wrote 4 plot(s)" in result.stdout
+
+
+def test_cli_reports_skipped_plots(tmp_path):
+    run = write_eval_run(tmp_path / "eval", seeds=(0,))
+    (run / "seed-0" / "test_features.npz").unlink()
+    result = CliRunner().invoke(app, ["analyze", str(run)])
+    assert result.exit_code == 0, result.output
+    assert str(run / "plots" / "balance.png") in result.stdout
+    assert "skipped pca:" in result.stderr
+
+
+def test_cli_bad_directory_is_one_sentence(tmp_path):
+    result = CliRunner().invoke(app, ["analyze", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert message.startswith("error:") and "not a KEBR run directory" in message
+    assert "\n" not in message and "Traceback" not in result.output
