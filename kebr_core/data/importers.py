@@ -1,0 +1,318 @@
+"""Importers into the feature store: MMSA processed pickles, MMSA label.csv, and merging stores.
+
+Every importer writes `OUT.tmp` and renames it to OUT only when everything succeeded; on any error
+the temporary file is removed, so an OUT that exists is always complete. Errors a user can cause
+(a file that is not what it claims, missing keys or columns, duplicate ids) raise KebrError with one
+sentence. Progress goes to an optional callback `progress(done, total)`.
+
+MMSA pickles (`unaligned_50.pkl`, `aligned_50.pkl` of MOSI/MOSEI/SIMS): a dict with splits
+"train"/"valid"/"test", each a dict of arrays: raw_text (N,), id (N,), regression_labels (N,),
+audio (N, La, d_a), vision (N, Lv, d_v), and in the unaligned files audio_lengths / vision_lengths
+(N,). Dimensions: MOSI 5 / 20, MOSEI 74 / 35, SIMS 33 / 709. Valid frames come first (MMSA packs
+them with these lengths); the frames beyond `*_lengths` are padding and are dropped. The aligned
+files of some MMSA versions have no `*_lengths`: then every frame that is exactly zero in all
+columns is taken for padding and dropped (aligned sequences are zero-padded to 50; a real feature
+frame is never all zeros, and for face features an all-zero frame means "no face", which the store
+represents by dropping the frame too). As MMSA's own loader does with -inf, non-finite values
+(±inf, NaN) are set to 0; how many were replaced is reported.
+
+MMSA label.csv (video_id,clip_id,text,label,annotation,mode[,label_by]): text-only samples with
+zero-length audio and vision, id "<video_id>$_$<clip_id>", split from `mode`, text_source "import".
+The store names no audio or vision feature columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
+from kebr_core.errors import KebrError
+
+ProgressFn = Callable[[int, int], None]
+
+MMSA_SPLITS = ("train", "valid", "test")
+MMSA_REQUIRED_KEYS = ("raw_text", "id", "regression_labels", "audio", "vision")
+LABEL_CSV_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+
+
+def _no_progress(done: int, total: int) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def atomic_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield `OUT.tmp` to write; rename it to OUT on success, delete it on any failure."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise KebrError(f"Output {out} already exists; choose another path or allow overwriting (--force).")
+    if out.is_dir():
+        raise KebrError(f"Output {out} is a directory, not a file path.")
+    tmp = out.with_name(out.name + ".tmp")
+    leftovers = (tmp, tmp.with_name(tmp.name + ".creating"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        raise
+
+
+# ── MMSA pickles ────────────────────────────────────────────────────────────────────────────────
+
+
+def _load_pickle(path: Path) -> Any:
+    if not path.is_file():
+        raise KebrError(f"MMSA pickle {path} does not exist.")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+        raise KebrError(f"{path} is not a readable pickle ({type(e).__name__}: {e}).") from None
+
+
+def _mmsa_split(data: Any, split: str, path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of one split, checked for keys and consistent shapes; None when the split is absent."""
+    part = data.get(split)
+    if part is None:
+        return None
+    if not isinstance(part, dict):
+        raise KebrError(f"MMSA pickle {path}: split {split!r} is a {type(part).__name__}, not a dict of arrays.")
+    missing = [k for k in MMSA_REQUIRED_KEYS if k not in part]
+    if missing:
+        raise KebrError(f"MMSA pickle {path}: split {split!r} lacks the key(s) {', '.join(missing)}.")
+    arrays = {k: np.asarray(part[k]) for k in (*MMSA_REQUIRED_KEYS, "audio_lengths", "vision_lengths") if k in part}
+    n = len(arrays["id"])
+    for key in ("audio", "vision"):
+        if arrays[key].ndim != 3:
+            raise KebrError(f"MMSA pickle {path}: {split}/{key} has shape {arrays[key].shape}, expected (N, L, d).")
+    for key, value in arrays.items():
+        if len(value) != n:
+            raise KebrError(f"MMSA pickle {path}: {split}/{key} has {len(value)} rows but {split}/id has {n}.")
+    return arrays
+
+
+def _str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _sample_frames(frames: np.ndarray, i: int, length: int | None) -> tuple[np.ndarray, int]:
+    """Sample i's frames without padding (the first `length`, else the not-all-zero ones), non-finite
+    values set to 0. Returns them and how many values were replaced. Works per sample, so a
+    MOSEI-sized pickle is never copied whole."""
+    x = frames[i]
+    x = x[: max(0, min(int(length), len(x)))] if length is not None else x[np.any(x != 0, axis=1)]
+    x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    n_bad = int(bad.sum())
+    if n_bad:
+        x = np.where(bad, np.float32(0), x)
+    return x, n_bad
+
+
+def import_mmsa_pickle(
+    src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Import an MMSA processed pickle into a new store at `out`.
+
+    Returns {"path", "samples", "splits": {split: n}, "audio_dim", "vision_dim", "lengths": "given" |
+    "nonzero frames", "nonfinite_replaced"}.
+    """
+    src, progress = Path(src), progress or _no_progress
+    data = _load_pickle(src)
+    if not isinstance(data, dict):
+        raise KebrError(f"{src} holds a {type(data).__name__}, not MMSA's dict of splits (train/valid/test).")
+    splits = {s: _mmsa_split(data, s, src) for s in MMSA_SPLITS}
+    splits = {s: a for s, a in splits.items() if a is not None}
+    if not splits:
+        raise KebrError(f"MMSA pickle {src} has none of the splits {', '.join(MMSA_SPLITS)}.")
+    dims = {(a["audio"].shape[2], a["vision"].shape[2]) for a in splits.values()}
+    if len(dims) != 1:
+        raise KebrError(f"MMSA pickle {src}: its splits disagree on feature dimensions {sorted(dims)}.")
+    d_audio, d_vision = dims.pop()
+    seen: dict[str, str] = {}
+    for split, arrays in splits.items():
+        for sample_id in arrays["id"].tolist():
+            sample_id = _str(sample_id)
+            if sample_id in seen:
+                raise KebrError(f"MMSA pickle {src}: id {sample_id!r} occurs twice (in {seen[sample_id]} and {split}).")
+            seen[sample_id] = split
+    has_lengths = all("audio_lengths" in a and "vision_lengths" in a for a in splits.values())
+    total = sum(len(a["id"]) for a in splits.values())
+
+    extractor = {"importer": "mmsa-pickle", "file": src.name,
+                 "padding": "audio_lengths/vision_lengths" if has_lengths else "all-zero frames dropped"}
+    done = nonfinite = 0
+    with atomic_output(out, overwrite) as tmp:
+        with StoreWriter(tmp, [f"mmsa_audio_{k}" for k in range(d_audio)], [f"mmsa_vision_{k}" for k in range(d_vision)],
+                         extractor=extractor, source=f"MMSA pickle {src.name}", flush_every=1024,
+                         flush_seconds=math.inf) as writer:
+            for split, arrays in splits.items():
+                n = len(arrays["id"])
+                a_len = arrays["audio_lengths"].astype(np.int64) if has_lengths else [None] * n
+                v_len = arrays["vision_lengths"].astype(np.int64) if has_lengths else [None] * n
+                labels = arrays["regression_labels"].astype(np.float32).reshape(n, -1)[:, 0]
+                for i, (sample_id, text) in enumerate(zip(arrays["id"].tolist(), arrays["raw_text"].tolist())):
+                    audio, bad_a = _sample_frames(arrays["audio"], i, a_len[i])
+                    vision, bad_v = _sample_frames(arrays["vision"], i, v_len[i])
+                    nonfinite += bad_a + bad_v
+                    writer.add(Sample(id=_str(sample_id), text=_str(text).strip(), audio=audio, vision=vision,
+                                      label=float(labels[i]), split=split, text_source="import"))
+                    done += 1
+                    if done % 256 == 0 or done == total:
+                        progress(done, total)
+    return {"path": str(out), "samples": total, "splits": {s: len(a["id"]) for s, a in splits.items()},
+            "audio_dim": d_audio, "vision_dim": d_vision,
+            "lengths": "given" if has_lengths else "nonzero frames", "nonfinite_replaced": nonfinite}
+
+
+# ── MMSA label.csv ──────────────────────────────────────────────────────────────────────────────
+
+
+def read_label_csv(src: str | Path) -> list[Sample]:
+    """Rows of an MMSA label.csv as text-only samples (zero-length audio and vision)."""
+    src = Path(src)
+    if not src.is_file():
+        raise KebrError(f"Label file {src} does not exist.")
+    try:
+        with open(src, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in LABEL_CSV_COLUMNS if c not in columns]
+            if missing:
+                raise KebrError(f"Label file {src} lacks the column(s) {', '.join(missing)} "
+                                f"(an MMSA label.csv has {','.join(LABEL_CSV_COLUMNS)}).")
+            reader.fieldnames = columns
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise KebrError(f"Label file {src} is not UTF-8 text.") from None
+    except csv.Error as e:
+        raise KebrError(f"Label file {src} is not valid CSV ({e}).") from None
+    if not rows:
+        raise KebrError(f"Label file {src} has a header but no rows.")
+
+    samples, seen = [], {}
+    empty = np.zeros((0, 0), dtype=np.float32)
+    for line, row in enumerate(rows, start=2):
+        sample_id = f"{(row['video_id'] or '').strip()}$_${(row['clip_id'] or '').strip()}"
+        if sample_id in seen:
+            raise KebrError(f"Label file {src}: id {sample_id!r} occurs twice (lines {seen[sample_id]} and {line}).")
+        seen[sample_id] = line
+        mode = (row["mode"] or "").strip()
+        if mode not in SPLITS or mode == "unlabeled":
+            raise KebrError(f"Label file {src} line {line}: mode {mode!r} is not train, valid or test.")
+        try:
+            label = float(row["label"])
+        except (TypeError, ValueError):
+            raise KebrError(f"Label file {src} line {line}: label {row['label']!r} is not a number.") from None
+        samples.append(Sample(id=sample_id, text=(row["text"] or "").strip(), audio=empty, vision=empty,
+                              label=label, split=mode, text_source="import"))
+    return samples
+
+
+def import_label_csv(
+    src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Import an MMSA label.csv as a text-only store. Returns {"path", "samples", "splits"}."""
+    src, progress = Path(src), progress or _no_progress
+    samples = read_label_csv(src)
+    counts = {s: 0 for s in MMSA_SPLITS}
+    with atomic_output(out, overwrite) as tmp:
+        with StoreWriter(tmp, [], [], extractor={"importer": "label-csv", "file": src.name},
+                         source=f"MMSA label.csv {src.name}", flush_every=4096, flush_seconds=math.inf) as writer:
+            for done, sample in enumerate(samples, start=1):
+                writer.add(sample)
+                counts[sample.split] += 1
+                if done % 512 == 0 or done == len(samples):
+                    progress(done, len(samples))
+    return {"path": str(out), "samples": len(samples), "splits": counts}
+
+
+def import_file(
+    src: str | Path, out: str | Path, *, fmt: str = "auto", progress: ProgressFn | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Import by format: "mmsa-pkl", "label-csv", or "auto" (by extension: .pkl/.pickle, .csv)."""
+    src = Path(src)
+    if fmt == "auto":
+        suffix = src.suffix.lower()
+        fmt = {".pkl": "mmsa-pkl", ".pickle": "mmsa-pkl", ".csv": "label-csv"}.get(suffix, "")
+        if not fmt:
+            raise KebrError(f"Cannot tell the format of {src} from its extension; use .pkl (MMSA pickle) or .csv "
+                            f"(MMSA label.csv), or name the format.")
+    if fmt == "mmsa-pkl":
+        return import_mmsa_pickle(src, out, progress=progress, overwrite=overwrite)
+    if fmt == "label-csv":
+        return import_label_csv(src, out, progress=progress, overwrite=overwrite)
+    raise KebrError(f"Unknown import format {fmt!r}; use auto, mmsa-pkl or label-csv.")
+
+
+# ── merge ───────────────────────────────────────────────────────────────────────────────────────
+
+
+def merge_stores(
+    inputs: Sequence[str | Path], out: str | Path, *, progress: ProgressFn | None = None,
+    overwrite: bool = False, block: int = 512,
+) -> dict[str, Any]:
+    """Concatenate stores (e.g. extraction shards) into a new store at `out`, in input order.
+
+    Refuses (KebrError, before writing) stores with different feature columns, audio rate or video
+    fps, and ids that occur in more than one input. Errors are kept unless the id is a sample in
+    another input (a shard that failed where another succeeded). Returns {"path", "samples", "errors"}.
+    """
+    progress = progress or _no_progress
+    paths = [Path(p) for p in inputs]
+    if len(paths) < 2:
+        raise KebrError("Merging needs at least two stores.")
+    if Path(out).resolve() in {p.resolve() for p in paths}:
+        raise KebrError(f"Output {out} is also an input; write the merge to a new file.")
+    stores = [FeatureStore(p) for p in paths]
+    first = stores[0]
+    for store in stores[1:]:
+        for key in ("audio_features", "vision_features", "audio_rate_hz", "vision_fps"):
+            theirs, mine = store.attrs[key], first.attrs[key]
+            if theirs != mine:
+                if key.endswith("features"):
+                    theirs, mine = describe_features(theirs), describe_features(mine)
+                raise KebrError(f"Cannot merge {store.path} with {first.path}: their {key.replace('_', ' ')} differ "
+                                f"({theirs} vs {mine}).")
+    owner: dict[str, Path] = {}
+    for store in stores:
+        for sample_id in store.ids:
+            if sample_id in owner:
+                raise KebrError(f"Cannot merge: id {sample_id!r} is in both {owner[sample_id]} and {store.path}.")
+            owner[sample_id] = store.path
+    errors: dict[str, str] = {}
+    for store in stores:
+        errors.update({k: v for k, v in store.errors().items() if k not in owner})
+
+    total, done = len(owner), 0
+    with atomic_output(out, overwrite) as tmp:
+        with StoreWriter(tmp, first.audio_features, first.vision_features, audio_rate_hz=first.attrs["audio_rate_hz"],
+                         vision_fps=first.attrs["vision_fps"], extractor=first.attrs.get("extractor", {}),
+                         source="merge of " + ", ".join(p.name for p in paths), flush_every=block,
+                         flush_seconds=math.inf) as writer:
+            for store in stores:
+                texts = store.texts
+                for lo in range(0, len(store), block):
+                    hi = min(lo + block, len(store))
+                    audio, vision = store.read_block(lo, hi)
+                    for j, i in enumerate(range(lo, hi)):
+                        writer.add(Sample(store.ids[i], texts[i], audio[j], vision[j], float(store.labels[i]),
+                                          str(store.splits[i]), str(store.text_sources[i])))
+                    done += hi - lo
+                    progress(done, total)
+                store.close()
+            for sample_id, message in errors.items():
+                writer.add_error(sample_id, message)
+    return {"path": str(out), "samples": total, "errors": len(errors)}

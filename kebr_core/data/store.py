@@ -1,0 +1,630 @@
+"""The HDF5 feature store: many utterances with ragged audio/vision sequences in one file (DESIGN §2).
+
+Layout (format_version 1; every name below is part of the public format):
+
+    attrs        format_version, created, kebr_version, audio_features, vision_features,
+                 audio_rate_hz, vision_fps (NaN = unknown), extractor (JSON text), source
+    id           (N,) utf-8 vlen     unique sample id, e.g. "<video_id>$_$<clip_id>"
+    text         (N,) utf-8 vlen     transcript
+    text_source  (N,) utf-8 vlen     manifest | sidecar | asr:<backend> | import
+    label        (N,) float32        sentiment in [-3, 3]; NaN = unlabeled
+    split        (N,) utf-8 vlen     train | valid | test | unlabeled
+    audio/data   (T_a, d_a) float32  all audio frames back to back (chunked, uncompressed by default); sample i is
+    audio/offsets (N+1,) int64         data[offsets[i]:offsets[i+1]] (zero length = no audio)
+    vision/data, vision/offsets      the same for vision
+    errors/id, errors/message        ids that failed (extraction), with one message each; not samples
+    committed    (2,) int64          [N, number of errors]: the commit record (see below)
+
+Crash safety. `StoreWriter` buffers samples and commits them in three steps, each ended by a flush:
+(1) append the frames to `*/data`, (2) append the rows of every per-sample dataset and the offsets,
+(3) write `committed`. Readers trust only `committed`: rows beyond it are leftovers of a writer that
+was killed before step 3, and the next writer truncates them. Two HDF5 settings make the earlier
+bytes immutable between commits: the file-space strategy "none" (freed space is never reused, so
+nothing a committed row points at is overwritten) and a metadata cache that never evicts (HDF5
+metadata reaches the file only in our flushes, not at arbitrary moments in between). A process
+killed at any point (SIGKILL included) therefore leaves a file that opens and holds every committed
+sample. One more leftover is cleared on resume: HDF5 writes raw chunks before metadata, so a kill
+inside a commit can leave uncommitted string rows pointing at heap objects that never reached the
+file; the resumed writer zeroes those rows (`_clear_stale_vlen_rows`) before it reuses them.
+Tested by killing writers with SIGKILL (tests/test_store.py). The remaining, rare window: a kill in
+the middle of a flush that splits a chunk-index B-tree node (once per ~32 new chunks of a dataset).
+Flushes hand data to the OS (no fsync): a killed process loses nothing committed, a power cut may.
+
+"Reported as written" means committed: `StoreWriter.committed` counts them and `on_commit` is called
+with their ids after each commit. `add` returns True when the sample is accepted (buffered); it is
+committed by the next automatic commit (every `flush_every` samples or `flush_seconds` seconds),
+by `flush()`, or by `close()`. `flush_every=1` makes every `add` durable before it returns.
+
+Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) once,
+closes the file, and opens it again on the first frame read in each process, so DataLoader workers
+each get their own handle. Frames are read per sample; memory does not grow with the frames stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import h5py
+import numpy as np
+
+from kebr_core import __version__
+from kebr_core.errors import KebrError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test", "unlabeled")
+
+_STR = h5py.string_dtype("utf-8")
+_PER_SAMPLE = ("id", "text", "text_source", "label", "split")  # (N,) datasets besides the offsets
+_INDEX_CHUNK = 4096  # rows per chunk of the per-sample datasets: few chunks, so the B-tree rarely splits
+# Frames per chunk of */data, and no compression by default: measured with `bench/store.py --sweep`
+# (random float32 features, single-process random reads): uncompressed 64 KB / 256 KB / 1 MB chunks
+# read 5.6k / 11.3k / 11.9k samples/s; lzf or gzip-1 save 7–14 % of the bytes but read 0.1k–1.5k
+# samples/s, because every sample read decompresses whole chunks. `compression=` still offers them.
+_DATA_CHUNK_BYTES = 256 * 1024
+_MAX_METADATA_CACHE = 64 << 20  # bytes of HDF5 metadata a writer keeps before it reopens the file
+
+
+@dataclass
+class Sample:
+    """One utterance.
+
+    audio (La, d_a) and vision (Lv, d_v) are float32; La or Lv may be 0 (no audio / no face).
+    """
+
+    id: str
+    text: str
+    audio: np.ndarray
+    vision: np.ndarray
+    label: float = float("nan")  # NaN = unlabeled
+    split: str = "unlabeled"  # train | valid | test | unlabeled
+    text_source: str = "import"  # manifest | sidecar | asr:<backend> | import
+
+
+def _valid_text_source(source: str) -> bool:
+    return source in ("manifest", "sidecar", "import") or (source.startswith("asr:") and len(source) > 4)
+
+
+def _decode(values: Any) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _open_h5(path: Path, mode: str, **kw: Any) -> h5py.File:
+    """h5py.File with the user-facing failures turned into one sentence."""
+    if not path.exists():
+        raise KebrError(f"Store {path} does not exist.")
+    if path.is_dir():
+        raise KebrError(f"Store {path} is a directory, not an HDF5 file.")
+    if mode == "r" and not h5py.is_hdf5(str(path)):
+        raise KebrError(f"{path} is not an HDF5 file (a kebr feature store is one).")
+    try:
+        # best-effort: lock where the file system supports it (a writer excludes readers), else go on.
+        return h5py.File(path, mode, locking="best-effort", **kw)
+    except OSError as e:
+        if isinstance(e, BlockingIOError) or "errno = 11" in str(e) or "temporarily unavailable" in str(e):
+            raise KebrError(f"Store {path} is being written by another process; wait for it to finish.") from None
+        raise KebrError(f"Store {path} cannot be opened as HDF5 ({e}).") from None
+
+
+def _check_layout(f: h5py.File, path: Path) -> None:
+    """Raise KebrError unless f is a kebr store of this FORMAT_VERSION with every dataset present."""
+    if "format_version" not in f.attrs:
+        raise KebrError(f"{path} is an HDF5 file but not a kebr feature store (no format_version attribute).")
+    version = int(f.attrs["format_version"])
+    if version != FORMAT_VERSION:
+        raise KebrError(
+            f"Store {path} has format_version {version}, but this kebr reads format_version {FORMAT_VERSION}; "
+            f"re-create it with this version of kebr."
+        )
+    required = [*_PER_SAMPLE, "audio/data", "audio/offsets", "vision/data", "vision/offsets",
+                "errors/id", "errors/message", "committed"]
+    missing = [name for name in required if name not in f]
+    if missing:
+        raise KebrError(f"Store {path} is damaged: dataset(s) {', '.join(missing)} missing.")
+
+
+def _read_attrs(f: h5py.File) -> dict[str, Any]:
+    """Root attributes as plain Python values (NaN rates → None, extractor JSON → dict)."""
+    attrs: dict[str, Any] = {}
+    for key, value in f.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        elif isinstance(value, np.ndarray):
+            value = _decode(value) if value.dtype.kind in "OSU" else value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        attrs[key] = value
+    for key in ("audio_features", "vision_features"):
+        attrs[key] = list(attrs.get(key, []))
+    for key in ("audio_rate_hz", "vision_fps"):
+        value = attrs.get(key)
+        attrs[key] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    try:
+        attrs["extractor"] = json.loads(attrs.get("extractor") or "{}")
+    except (TypeError, json.JSONDecodeError):
+        pass  # a foreign value: leave it as found
+    return attrs
+
+
+class FeatureStore:
+    """Reader of a feature store. Lazy: opens the HDF5 file on first frame access in each process.
+
+    The per-sample index (ids, labels, splits, text sources, offsets) is read at construction; texts
+    are read on first use of `texts` (or one at a time by `sample`); frames are read per sample.
+    Raises KebrError for a file that is not HDF5, has another format_version or misses datasets.
+    """
+
+    def __init__(self, path: str | Path, *, rdcc_nbytes: int | None = None):
+        self.path = Path(path)
+        with _open_h5(self.path, "r") as f:
+            _check_layout(f, self.path)
+            # Uncompressed chunks are read straight from the file (no chunk cache: measured 2× faster
+            # for random access, bench/store.py); compressed ones need a cache to decompress into.
+            compressed = any(f[f"{m}/data"].compression for m in ("audio", "vision"))
+            self._rdcc_nbytes = rdcc_nbytes if rdcc_nbytes is not None else (4 << 20 if compressed else 0)
+            n, n_errors = (int(v) for v in f["committed"][:2])
+            self.attrs: dict[str, Any] = _read_attrs(f)
+            self.ids: list[str] = _decode(f["id"][:n])
+            self.labels: np.ndarray = f["label"][:n].astype(np.float32)
+            self.splits: np.ndarray = np.array(_decode(f["split"][:n]), dtype=str)
+            self.text_sources: np.ndarray = np.array(_decode(f["text_source"][:n]), dtype=str)
+            self._audio_offsets: np.ndarray = f["audio/offsets"][: n + 1].astype(np.int64)
+            self._vision_offsets: np.ndarray = f["vision/offsets"][: n + 1].astype(np.int64)
+            self._n_errors = n_errors
+        if len(self._audio_offsets) != n + 1 or len(self._vision_offsets) != n + 1:
+            raise KebrError(f"Store {self.path} is damaged: its offsets are shorter than its {n} samples.")
+        self.audio_features: list[str] = self.attrs["audio_features"]
+        self.vision_features: list[str] = self.attrs["vision_features"]
+        self._texts: list[str] | None = None
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    # ── per-process handle ──────────────────────────────────────────────────────────────────────
+
+    def _handle(self) -> h5py.File:
+        # A handle inherited through fork() must not be used: each DataLoader worker opens its own.
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=self._rdcc_nbytes, locking="best-effort")
+            self._pid = os.getpid()
+            self._audio_data = self._file["audio/data"]
+            self._vision_data = self._file["vision/data"]
+        return self._file
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_file", "_pid", "_audio_data", "_vision_data"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._file, self._pid = None, None
+
+    def close(self) -> None:
+        """Close this process's handle (the next read opens it again)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid = None, None
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ── index ───────────────────────────────────────────────────────────────────────────────────
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def texts(self) -> list[str]:
+        """All transcripts, read on first use."""
+        if self._texts is None:
+            with h5py.File(self.path, "r", locking="best-effort") as f:
+                self._texts = _decode(f["text"][: len(self)])
+        return self._texts
+
+    def indices(self, split: str | Sequence[str] | None = None) -> np.ndarray:
+        """Store indices (ascending, int64) of the samples in `split` (a name or several); None = all."""
+        if split is None:
+            return np.arange(len(self), dtype=np.int64)
+        names = [split] if isinstance(split, str) else list(split)
+        unknown = [s for s in names if s not in SPLITS]
+        if unknown:
+            raise KebrError(f"Unknown split {unknown[0]!r}; a split is one of {', '.join(SPLITS)}.")
+        return np.flatnonzero(np.isin(self.splits, names)).astype(np.int64)
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Audio and vision sequence lengths (N,) int64, from the offsets (no frame is read)."""
+        return np.diff(self._audio_offsets), np.diff(self._vision_offsets)
+
+    # ── frames ──────────────────────────────────────────────────────────────────────────────────
+
+    def _frames(self, offsets: np.ndarray, name: str, width: int, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample index {i} out of range for a store of {len(self)} samples")
+        i = int(i) % len(self)
+        start, stop = int(offsets[i]), int(offsets[i + 1])
+        out = np.empty((stop - start, width), dtype=np.float32)
+        if stop > start:
+            self._handle()
+            data = self._audio_data if name == "audio" else self._vision_data
+            data.read_direct(out, np.s_[start:stop])
+        return out
+
+    def audio(self, i: int) -> np.ndarray:
+        """Audio frames of sample i: (La, d_a) float32, La ≥ 0."""
+        return self._frames(self._audio_offsets, "audio", len(self.audio_features), i)
+
+    def vision(self, i: int) -> np.ndarray:
+        """Vision frames of sample i: (Lv, d_v) float32, Lv ≥ 0."""
+        return self._frames(self._vision_offsets, "vision", len(self.vision_features), i)
+
+    def read_block(self, lo: int, hi: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Audio and vision of samples [lo, hi), one read per modality (for copying stores in bulk)."""
+        out = []
+        for name, offsets, width in (("audio", self._audio_offsets, len(self.audio_features)),
+                                     ("vision", self._vision_offsets, len(self.vision_features))):
+            start, stop = int(offsets[lo]), int(offsets[hi])
+            frames = np.empty((stop - start, width), dtype=np.float32)
+            if stop > start:
+                self._handle()
+                (self._audio_data if name == "audio" else self._vision_data).read_direct(frames, np.s_[start:stop])
+            out.append(np.split(frames, offsets[lo + 1: hi] - start) if hi > lo else [])
+        return out[0], out[1]
+
+    def text(self, i: int) -> str:
+        if self._texts is not None:
+            return self._texts[i]
+        value = self._handle()["text"][int(i) % len(self)]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def sample(self, i: int) -> Sample:
+        i = int(i)
+        return Sample(
+            id=self.ids[i], text=self.text(i), audio=self.audio(i), vision=self.vision(i),
+            label=float(self.labels[i]), split=str(self.splits[i]), text_source=str(self.text_sources[i]),
+        )
+
+    def errors(self) -> dict[str, str]:
+        """{id: message} of the ids that failed (they are not samples)."""
+        if self._n_errors == 0:
+            return {}
+        with h5py.File(self.path, "r", locking="best-effort") as f:
+            ids = _decode(f["errors/id"][: self._n_errors])
+            messages = _decode(f["errors/message"][: self._n_errors])
+        return dict(zip(ids, messages))
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({str(self.path)!r}, {len(self)} samples, audio {len(self.audio_features)}-d, "
+                f"vision {len(self.vision_features)}-d)")
+
+
+class StoreWriter:
+    """Append-and-resume writer (context manager).
+
+    Creates the file, or opens an existing store for append; `add` skips ids already present (returns
+    False). A killed writer leaves a file that opens and holds every committed sample ("reported as
+    written": `committed`, `on_commit`; see the module docstring). Opening an existing store with
+    other feature names raises KebrError.
+
+    flush_every / flush_seconds: commit when this many samples are buffered, or when the oldest
+    buffered sample has waited this long (checked on `add`). compression: None, "lzf" or "gzip"
+    (level 1) for `*/data`; chunk_bytes: target bytes per chunk of `*/data`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        audio_features: list[str],
+        vision_features: list[str],
+        *,
+        audio_rate_hz: float | None = None,
+        vision_fps: float | None = None,
+        extractor: dict | None = None,
+        source: str = "",
+        flush_every: int = 256,
+        flush_seconds: float = 2.0,
+        on_commit: Callable[[list[str]], None] | None = None,
+        compression: str | None = None,
+        chunk_bytes: int = _DATA_CHUNK_BYTES,
+    ):
+        if compression not in (None, "lzf", "gzip"):
+            raise ValueError(f"compression must be None, 'lzf' or 'gzip', not {compression!r}")
+        self.path = Path(path)
+        self.audio_features = [str(n) for n in audio_features]
+        self.vision_features = [str(n) for n in vision_features]
+        self.flush_every = max(1, int(flush_every))
+        self.flush_seconds = float(flush_seconds)
+        self.on_commit = on_commit
+        self._pending: list[Sample] = []
+        self._pending_errors: list[tuple[str, str]] = []
+        self._pending_since: float | None = None
+        self._resumed = self.path.exists()
+        if not self._resumed:
+            self._create(audio_rate_hz, vision_fps, extractor or {}, source, compression, chunk_bytes)
+        self._f = self._open_for_append()
+
+    # ── open / create ───────────────────────────────────────────────────────────────────────────
+
+    def _create(self, audio_rate_hz, vision_fps, extractor, source, compression, chunk_bytes) -> None:
+        """Build the empty layout in a side file and rename it, so a kill here leaves no half store."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".creating")
+        with h5py.File(tmp, "w", fs_strategy="none", locking="best-effort") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["kebr_version"] = __version__
+            f.attrs.create("audio_features", self.audio_features, dtype=_STR)
+            f.attrs.create("vision_features", self.vision_features, dtype=_STR)
+            f.attrs["audio_rate_hz"] = float("nan") if audio_rate_hz is None else float(audio_rate_hz)
+            f.attrs["vision_fps"] = float("nan") if vision_fps is None else float(vision_fps)
+            f.attrs["extractor"] = json.dumps(extractor, sort_keys=True)
+            f.attrs["source"] = str(source)
+            for name in ("id", "text", "text_source", "split"):
+                f.create_dataset(name, (0,), maxshape=(None,), chunks=(_INDEX_CHUNK,), dtype=_STR)
+            f.create_dataset("label", (0,), maxshape=(None,), chunks=(_INDEX_CHUNK,), dtype=np.float32)
+            for modality, width in (("audio", len(self.audio_features)), ("vision", len(self.vision_features))):
+                g = f.create_group(modality)
+                offsets = g.create_dataset("offsets", (1,), maxshape=(None,), chunks=(_INDEX_CHUNK,), dtype=np.int64)
+                offsets[0] = 0
+                if width == 0:  # no feature columns: every sample has zero frames; nothing to chunk
+                    g.create_dataset("data", (0, 0), dtype=np.float32)
+                    continue
+                rows = int(np.clip(chunk_bytes // (4 * width), 16, 1 << 16))
+                g.create_dataset(
+                    "data", (0, width), maxshape=(None, width), chunks=(rows, width), dtype=np.float32,
+                    compression=compression, compression_opts=1 if compression == "gzip" else None,
+                    shuffle=compression is not None,
+                )
+            e = f.create_group("errors")
+            for name in ("id", "message"):
+                e.create_dataset(name, (0,), maxshape=(None,), chunks=(256,), dtype=_STR)
+            f.create_dataset("committed", data=np.zeros(2, dtype=np.int64))
+        os.replace(tmp, self.path)
+
+    def _open_for_append(self) -> h5py.File:
+        if not h5py.is_hdf5(str(self.path)):
+            raise KebrError(f"{self.path} exists but is not an HDF5 file; remove it or choose another output.")
+        f = self._open_file()
+        try:
+            _check_layout(f, self.path)
+            attrs = _read_attrs(f)
+            for modality, mine in (("audio", self.audio_features), ("vision", self.vision_features)):
+                theirs = attrs[f"{modality}_features"]
+                if theirs != mine:
+                    raise KebrError(
+                        f"Store {self.path} holds {modality} features {describe_features(theirs)}, not {describe_features(mine)}; "
+                        f"write to another file."
+                    )
+            self._n, self._n_errors = (int(v) for v in f["committed"][:2])
+            self._truncate_uncommitted(f)
+            self._ids = set(_decode(f["id"][: self._n]))
+            self._error_ids = set(_decode(f["errors/id"][: self._n_errors]))
+            self._audio_end = int(f["audio/offsets"][self._n])
+            self._vision_end = int(f["vision/offsets"][self._n])
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def _open_file(self) -> h5py.File:
+        f = _open_h5(self.path, "r+")
+        # Metadata reaches the file only when we flush (see the module docstring).
+        config = f.id.get_mdc_config()
+        config.incr_mode, config.flash_incr_mode, config.decr_mode = 0, 0, 0
+        config.evictions_enabled = False
+        f.id.set_mdc_config(config)
+        return f
+
+    def _truncate_uncommitted(self, f: h5py.File) -> None:
+        """Drop rows and frames a killed writer appended after its last commit."""
+        n = self._n
+        for name in _PER_SAMPLE:
+            if f[name].shape[0] != n:
+                f[name].resize((n,))
+        for modality in ("audio", "vision"):
+            offsets, data = f[f"{modality}/offsets"], f[f"{modality}/data"]
+            if offsets.shape[0] != n + 1:
+                offsets.resize((n + 1,))
+            end = int(offsets[n])
+            if data.chunks is not None and data.shape[0] != end:
+                data.resize((end, data.shape[1]))
+        for name in ("errors/id", "errors/message"):
+            if f[name].shape[0] != self._n_errors:
+                f[name].resize((self._n_errors,))
+        f.flush()
+
+    # ── writing ─────────────────────────────────────────────────────────────────────────────────
+
+    @property
+    def committed(self) -> int:
+        """Samples durable in the file (a killed writer leaves exactly these)."""
+        return self._n
+
+    @property
+    def pending(self) -> int:
+        """Samples accepted by `add` and not yet committed."""
+        return len(self._pending)
+
+    def __contains__(self, sample_id: object) -> bool:
+        return sample_id in self._ids
+
+    def __len__(self) -> int:
+        return self._n + len(self._pending)
+
+    def add(self, sample: Sample) -> bool:
+        """Buffer one sample; False (and nothing written) when its id is already in the store.
+
+        Raises ValueError for a sample that does not fit the store (feature width, split, source).
+        """
+        if sample.id in self._ids:
+            return False
+        audio = self._check_frames(sample, "audio", sample.audio, len(self.audio_features))
+        vision = self._check_frames(sample, "vision", sample.vision, len(self.vision_features))
+        if sample.split not in SPLITS:
+            raise ValueError(f"sample {sample.id!r}: split {sample.split!r} is not one of {SPLITS}")
+        if not _valid_text_source(sample.text_source):
+            raise ValueError(f"sample {sample.id!r}: text_source {sample.text_source!r} is not "
+                             f"manifest|sidecar|asr:<backend>|import")
+        self._ids.add(sample.id)
+        self._pending.append(Sample(sample.id, str(sample.text), audio, vision, float(sample.label),
+                                    sample.split, sample.text_source))
+        self._maybe_commit()
+        return True
+
+    def add_error(self, sample_id: str, message: str) -> None:
+        """Record that sample_id failed, with a one-line message (committed with the next commit).
+
+        `FeatureStore.errors()` keeps the last message of an id recorded more than once.
+        """
+        self._pending_errors.append((str(sample_id), " ".join(str(message).split())))
+        self._maybe_commit()
+
+    @staticmethod
+    def _check_frames(sample: Sample, modality: str, frames: np.ndarray, width: int) -> np.ndarray:
+        frames = np.asarray(frames, dtype=np.float32)
+        if frames.ndim == 1 and frames.size == 0:
+            frames = frames.reshape(0, width)
+        if frames.ndim != 2 or frames.shape[1] != width:
+            raise ValueError(f"sample {sample.id!r}: {modality} has shape {frames.shape}, expected (L, {width})")
+        if width == 0 and len(frames):
+            raise ValueError(f"sample {sample.id!r}: {modality} has {len(frames)} frames, but the store names no "
+                             f"{modality} feature columns")
+        return frames
+
+    def _maybe_commit(self) -> None:
+        now = time.monotonic()
+        if self._pending_since is None:
+            self._pending_since = now
+        if len(self._pending) >= self.flush_every or now - self._pending_since >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit every buffered sample and error (three steps, each ended by a flush)."""
+        if not self._pending and not self._pending_errors:
+            return
+        f, batch, errors = self._f, self._pending, self._pending_errors
+        n, k = self._n, len(batch)
+
+        # 1. frames, appended beyond the committed end: invisible until step 3.
+        ends = {}
+        for modality, end in (("audio", self._audio_end), ("vision", self._vision_end)):
+            arrays = [getattr(s, modality) for s in batch]
+            lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+            total = int(lengths.sum())
+            if total:
+                data = f[f"{modality}/data"]
+                data.resize((end + total, data.shape[1]))
+                data[end:] = np.concatenate(arrays)
+            ends[modality] = end + np.cumsum(lengths)
+        f.flush()
+
+        # 2. per-sample rows and offsets.
+        if k:
+            columns = {
+                "id": [s.id for s in batch], "text": [s.text for s in batch],
+                "text_source": [s.text_source for s in batch], "split": [s.split for s in batch],
+                "label": np.array([s.label for s in batch], dtype=np.float32),
+            }
+            for name, values in columns.items():
+                f[name].resize((n + k,))
+                if name != "label" and self._resumed:
+                    _clear_stale_vlen_rows(f[name], n, n + k)
+                f[name][n:] = values
+            for modality in ("audio", "vision"):
+                offsets = f[f"{modality}/offsets"]
+                offsets.resize((n + k + 1,))
+                offsets[n + 1:] = ends[modality]
+        if errors:
+            m = self._n_errors
+            for j, name in enumerate(("id", "message")):
+                ds = f[f"errors/{name}"]
+                ds.resize((m + len(errors),))
+                if self._resumed:
+                    _clear_stale_vlen_rows(ds, m, m + len(errors))
+                ds[m:] = [e[j] for e in errors]
+        f.flush()
+
+        # 3. the commit record: one 16-byte write.
+        f["committed"][:] = [n + k, self._n_errors + len(errors)]
+        f.flush()
+
+        self._n += k
+        self._n_errors += len(errors)
+        self._error_ids.update(e[0] for e in errors)
+        self._audio_end = int(ends["audio"][-1]) if k else self._audio_end
+        self._vision_end = int(ends["vision"][-1]) if k else self._vision_end
+        self._pending, self._pending_errors, self._pending_since = [], [], None
+        # A cache that never evicts grows with what was written (~200 bytes a sample, mostly strings);
+        # right after a commit nothing is dirty, so closing and reopening empties it safely.
+        if f.id.get_mdc_size()[2] > _MAX_METADATA_CACHE:
+            f.close()
+            self._f = self._open_file()
+        if self.on_commit is not None and k:
+            self.on_commit([s.id for s in batch])
+
+    def close(self) -> None:
+        """Commit what is buffered and close the file."""
+        if self._f is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def error_ids(self) -> set[str]:
+        """Ids recorded by `add_error` (committed ones and buffered ones)."""
+        return self._error_ids | {e[0] for e in self._pending_errors}
+
+    def __del__(self) -> None:
+        # A writer dropped without close() still commits what it accepted (best effort).
+        if getattr(self, "_f", None) is not None:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+def _clear_stale_vlen_rows(ds: h5py.Dataset, start: int, stop: int) -> None:
+    """Zero the raw heap references of rows [start, stop) of a vlen-string dataset, bypassing HDF5.
+
+    A writer killed during a commit can leave rows beyond the committed end whose raw chunk reached
+    the file while the global-heap objects it references did not (HDF5 flushes raw data before
+    metadata). Overwriting such a row makes HDF5 free the old, missing heap object and fail ("bad heap
+    index"), so a resumed writer zeroes those bytes first (zero = no heap object). Committed rows
+    (< start) are left untouched.
+    """
+    rows_per_chunk = ds.chunks[0]
+    for chunk_start in range(start // rows_per_chunk * rows_per_chunk, stop, rows_per_chunk):
+        if ds.id.get_chunk_info_by_coord((chunk_start,)).byte_offset is None:
+            continue  # never allocated: HDF5 fills it with zeros
+        filter_mask, raw = ds.id.read_direct_chunk((chunk_start,))
+        rows = np.frombuffer(raw, dtype=np.uint8).reshape(rows_per_chunk, -1).copy()
+        lo, hi = max(start, chunk_start) - chunk_start, min(stop, chunk_start + rows_per_chunk) - chunk_start
+        if rows[lo:hi].any():
+            rows[lo:hi] = 0
+            ds.id.write_direct_chunk((chunk_start,), rows.tobytes(), filter_mask)
+
+
+def describe_features(names: list[str]) -> str:
+    """A short description of feature columns for messages: '33 columns: a0, a1, a2, …' (no brackets)."""
+    if not names:
+        return "no columns"
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return f"{len(names)} columns: {shown}"
