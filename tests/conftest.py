@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_BERT = "random-bert:hidden=32,layers=2,heads=2"
+# CMU-MOSI's MMSA label.csv, in the shared/ folder beside the checkout (as CI lays it out).
+MOSI_LABELS = Path(os.environ.get("KEBR_MOSI_LABELS", Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"))
 TEXTS = [
     "it was a great movie", "i hate this so much", "the plot was okay i guess", "what a wonderful day",
     "this is terrible and boring", "i like the actors", "the ending made me sad", "nothing special here",

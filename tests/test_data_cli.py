@@ -17,7 +17,7 @@ from kebr_core.data.synth import SENTIMENT_WORDS, FEELING_WORDS, read_latents
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import split_words
 
-MOSI_LABELS = Path("/work/shared/data/mosi/label.csv")
+from tests.conftest import MOSI_LABELS  # noqa: E402
 runner = CliRunner()
 
 

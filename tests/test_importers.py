@@ -13,7 +13,7 @@ from kebr_core.data.importers import import_label_csv, import_mmsa_pickle, merge
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter
 from kebr_core.errors import KebrError
 
-MOSI_LABELS = Path("/work/shared/data/mosi/label.csv")
+from tests.conftest import MOSI_LABELS  # noqa: E402
 
 
 def mmsa_split(rng: np.random.Generator, n: int, prefix: str, la: int, da: int, lv: int, dv: int,

@@ -24,7 +24,7 @@ from kebr_core.masking import (  # noqa: E402
     tokenize_plain,
 )
 
-MOSI_LABELS = Path("/work/shared/data/mosi/label.csv")
+from tests.conftest import MOSI_LABELS  # noqa: E402
 
 
 @pytest.fixture(scope="module")

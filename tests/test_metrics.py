@@ -24,7 +24,7 @@ from kebr_core.metrics import (
     msa_metrics,
 )
 
-MOSI_LABELS = Path("/work/shared/data/mosi/label.csv")
+from tests.conftest import MOSI_LABELS  # noqa: E402
 
 # Worked by hand (used by several tests):
 #   label = [ 1.5, -0.5,  0.0,  2.5, -2.0]

@@ -15,7 +15,7 @@ from kebr_core.errors import KebrError
 from kebr_core.metrics import METRIC_NAMES
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
-from tests.conftest import TINY_BERT, write_tiny_store
+from tests.conftest import MOSI_LABELS, TINY_BERT, write_tiny_store
 
 
 def small_cfg(epochs: int = 3, unfreeze: bool = False) -> RunConfig:
@@ -125,3 +125,25 @@ def test_finetune_rejects_checkpoint_with_other_feature_dims(tiny_store: Path, t
     pre = pretrain(other, tmp_path / "pre", small_cfg(epochs=1))
     with pytest.raises(KebrError, match="9/5 dims"):
         finetune(tiny_store, tmp_path / "ft", small_cfg(epochs=1), checkpoint=pre.checkpoint, seeds=[0])
+
+
+def test_text_only_store_from_label_csv_trains(tmp_path: Path) -> None:
+    """A store imported from MMSA's label.csv names no audio/vision features: it still fine-tunes
+    (CMA terms and MCC drop out) and MCC reports no valid sample."""
+    import csv as _csv
+
+    from kebr_core.data.importers import import_label_csv
+
+    src = MOSI_LABELS
+    rows_in = list(_csv.DictReader(src.open()))
+    small = tmp_path / "label.csv"
+    with small.open("w", newline="") as f:
+        w = _csv.DictWriter(f, fieldnames=list(rows_in[0]))
+        w.writeheader()
+        for mode in ("train", "valid", "test"):
+            w.writerows([r for r in rows_in if r["mode"] == mode][:16])
+    store = tmp_path / "text.h5"
+    import_label_csv(small, store)
+    result = finetune(store, tmp_path / "ft", small_cfg(epochs=1), seeds=[0])
+    log = rows(tmp_path / "ft" / "seed-0" / "metrics.csv")
+    assert float(log[0]["train_mcc"]) == 0.0 and np.isfinite(result.summary["mae"][0])

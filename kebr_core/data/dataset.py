@@ -146,7 +146,12 @@ class Collator:
             out["input_ids"] = torch.from_numpy(ids)
             out["attention_mask"] = torch.from_numpy(text_mask)
         for modality, cap in (("audio", self.max_audio_len), ("vision", self.max_vision_len)):
-            frames, mask = _pad([b[modality] for b in batch], cap, 0.0, np.float32)
+            arrays = [b[modality] for b in batch]
+            if arrays[0].shape[1] == 0:
+                # A text-only store (e.g. imported from label.csv) names no features: give the model one
+                # zero column, always masked, so its layers keep valid shapes.
+                arrays = [np.zeros((len(a), 1), np.float32) for a in arrays]
+            frames, mask = _pad(arrays, cap, 0.0, np.float32)
             out[modality] = torch.from_numpy(frames)
             out[f"{modality}_mask"] = torch.from_numpy(mask)
         out["label"] = torch.tensor([b["label"] for b in batch], dtype=torch.float32)

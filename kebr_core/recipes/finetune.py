@@ -92,7 +92,7 @@ def finetune(
     for s, idx in split_index.items():
         if len(idx) == 0 or np.isnan(store.labels[idx]).all():
             raise KebrError(f"Store {store_path} has no labeled '{s}' samples; eval needs train, valid and test labels.")
-    wanted = (len(store.audio_features), len(store.vision_features))
+    wanted = (max(len(store.audio_features), 1), max(len(store.vision_features), 1))
     if checkpoint is not None:
         checkpoint = resolve_checkpoint(checkpoint)
         apply_checkpoint_config(cfg, Path(checkpoint))

@@ -55,11 +55,10 @@ class PretrainResult:
 
 
 def configure_from_store(cfg: RunConfig, store: FeatureStore) -> None:
-    """The model's input widths come from the store's feature names."""
-    cfg.model.d_audio = len(store.audio_features)
-    cfg.model.d_vision = len(store.vision_features)
-    if cfg.model.d_audio == 0 or cfg.model.d_vision == 0:
-        raise KebrError(f"Store {store.path} names no audio or no vision features; KEBR needs both streams.")
+    """The model's input widths come from the store's feature names (a text-only store, which names
+    none, gets width 1: the collate gives it one always-masked zero column)."""
+    cfg.model.d_audio = max(len(store.audio_features), 1)
+    cfg.model.d_vision = max(len(store.vision_features), 1)
 
 
 def pretrain(
