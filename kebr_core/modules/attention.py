@@ -1,0 +1,78 @@
+"""Cross-modal attention: text queries attend to one non-verbal modality (paper Eq. 3–6, DESIGN §5).
+
+    Q = LN(X_{k-1}) W_Q          (B, Lt, dt)   Eq. 3 (the caller passes LN(X_{k-1}): Eq. 7 reuses it)
+    K = LN(X0m) W_K              (B, Lm, dt)   Eq. 4
+    V = LN(X0m) W_V              (B, Lm, dt)   Eq. 5
+    CMA = softmax(Q Kᵀ / √d) V   (B, Lt, dt)   Eq. 6
+
+Unlike the authors' code, padded modality frames are masked out of the softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CrossModalAttention(nn.Module):
+    """Text → modality attention with key-padding mask.
+
+    Attention width is `d_text` (the paper's d_t); with `heads` > 1 the width is split into heads of
+    d_t / heads and each head is scaled by 1/√(d_t / heads) (heads = 1 gives the paper's 1/√d_t).
+    As in Eq. 6 there is no output projection: the heads' outputs are concatenated.
+    """
+
+    def __init__(self, d_text: int, d_modality: int, heads: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_text % heads != 0:
+            raise ValueError(f"d_text={d_text} is not divisible by heads={heads}")
+        self.d_text = d_text
+        self.heads = heads
+        self.dropout = dropout
+        self.ln_modality = nn.LayerNorm(d_modality)
+        self.w_q = nn.Linear(d_text, d_text)
+        self.w_k = nn.Linear(d_modality, d_text)
+        self.w_v = nn.Linear(d_modality, d_text)
+
+    def forward(
+        self, text_ln: torch.Tensor, modality: torch.Tensor, modality_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend from (already layer-normed) text to a padded modality sequence.
+
+        Args:
+            text_ln: LN(X_{k-1}), (B, Lt, dt).
+            modality: X0m, (B, Lm, dm); padded frames may hold any finite values.
+            modality_mask: (B, Lm) bool, True = valid frame.
+        Returns:
+            out: CMA, (B, Lt, dt); all zeros for a sample with no valid frame (its CMA term drops out
+                of Eq. 7 rather than attending to padding).
+            value: V = LN(X0m) W_V, (B, Lm, dt) (used by MCC's "projected" alignment).
+        """
+        batch, text_len, _ = text_ln.shape
+        mod_len = modality.shape[1]
+        modality_ln = self.ln_modality(modality)
+        value = self.w_v(modality_ln)
+        if mod_len == 0:  # a batch in which no sample has this modality: a shape, not a value, check
+            return text_ln.new_zeros(batch, text_len, self.d_text), value
+
+        d_head = self.d_text // self.heads
+        q = self.w_q(text_ln).view(batch, text_len, self.heads, d_head).transpose(1, 2)
+        k = self.w_k(modality_ln).view(batch, mod_len, self.heads, d_head).transpose(1, 2)
+        v = value.view(batch, mod_len, self.heads, d_head).transpose(1, 2)
+
+        # SDPA turns an all-masked row into NaN. For a sample with no valid frame we unmask frame 0 so
+        # the softmax is defined, then zero that sample's output; both steps are tensor ops, so no
+        # host-device synchronisation is needed.
+        has_frames = modality_mask.any(dim=1)  # (B,)
+        first_frame = torch.zeros_like(modality_mask)
+        first_frame[:, 0] = True
+        attend = modality_mask | (first_frame & ~has_frames[:, None])
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attend[:, None, None, :],  # (B, 1, 1, Lm), broadcast over heads and queries
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        out = out.transpose(1, 2).reshape(batch, text_len, self.d_text)
+        out = torch.where(has_frames[:, None, None], out, torch.zeros_like(out))
+        return out, value

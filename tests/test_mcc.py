@@ -1,0 +1,400 @@
+"""MCC loss (paper Eq. 9–13, DESIGN §5): alignments, both forms, masks, gradients, no host sync."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kebr_core.config import MCCConfig
+from kebr_core.errors import KebrError
+from kebr_core.modules.mcc import mcc_from_cosines, mcc_loss, projected_cosines, tile_cosines
+
+
+def lengths_to_mask(lengths: list[int], max_len: int) -> torch.Tensor:
+    return torch.arange(max_len)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def numpy_tile_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The authors' alignment, materialised: normalise, tile the shorter r times, zero-pad, cosine."""
+    if a.size == 0 or b.size == 0:
+        return 0.0
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    long, short = (a, b) if a.size >= b.size else (b, a)
+    r = long.size // short.size
+    tiled = np.concatenate([np.tile(short, r), np.zeros(long.size - r * short.size)])
+    return float(long @ tiled / (np.linalg.norm(long) * np.linalg.norm(tiled)))
+
+
+def numpy_tile_cosines(fused, t_len, modality, m_len) -> np.ndarray:
+    pairs = [(fused[i, : t_len[i]], modality[i, : m_len[i]]) for i in range(len(t_len))]
+    return np.array([numpy_tile_cosine(t.reshape(-1).numpy(), m.reshape(-1).numpy()) for t, m in pairs])
+
+
+def paper_f(c_a: float, c_v: float, g: float, s: float) -> float:
+    """Eq. 11–12 on Python floats."""
+    th_a, th_v = math.acos(c_a), math.acos(c_v)
+    y = math.cos((th_a + th_v) / 2) * math.exp(abs(th_a - th_v))
+    f = s * abs(math.cos(math.pi * (y + g)))
+    return f if (c_a >= 0 and c_v >= 0) else s + f
+
+
+def reference_f(c_a: float, c_v: float, g: float, s: float) -> float:
+    if c_a >= 0 and c_v >= 0:
+        return s * abs(math.cos(math.pi * ((c_a + c_v) / 2 + g) * math.exp(0.5 * abs(c_a - c_v))))
+    return s * (1 + abs(c_a) + abs(c_v))
+
+
+# ---------------------------------------------------------------- tile alignment
+
+
+def test_tile_cosines_hand_computed() -> None:
+    """dt = 3, dm = 2; every value below is worked out on paper (garbage in the padding)."""
+    pad = 7.0
+    fused = torch.tensor(
+        [
+            [[1.0, 2.0, 0.0], [1.0, 0.0, 0.0]],  # n_t = 6
+            [[1.0, 0.0, 0.0], [pad, pad, pad]],  # n_t = 3
+            [[0.0, 1.0, 0.0], [pad, -pad, pad]],  # n_t = 3
+            [[-1.0, 0.0, 0.0], [pad, pad, pad]],  # n_t = 3
+        ]
+    )
+    modality = torch.tensor(
+        [
+            [[1.0, 1.0], [pad, pad], [pad, pad]],  # n_m = 2
+            [[1.0, 0.0], [0.0, 1.0], [pad, pad]],  # n_m = 4
+            [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]],  # n_m = 6
+            [[1.0, 0.0], [pad, -pad], [pad, pad]],  # n_m = 2
+        ]
+    )
+    text_mask = lengths_to_mask([2, 1, 1, 1], 2)
+    mod_mask = lengths_to_mask([1, 2, 3, 1], 3)
+    # 0: text longer, r = 3: t = [1,2,0,1,0,0], tile = [1,1,1,1,1,1]: 4 / (√6 · √6) = 2/3
+    # 1: modality longer, r = 1: tile(t) = [1,0,0,0], m = [1,0,0,1]: 1 / (1 · √2)
+    # 2: modality longer, r = 2: tile(t) = [0,1,0,0,1,0], m = [1,0,0,1,1,1]: 1 / (√2 · 2)
+    # 3: text longer, r = 1: t = [-1,0,0], tile = [1,0,0]: -1
+    expected = torch.tensor([2 / 3, 1 / math.sqrt(2), 1 / (2 * math.sqrt(2)), -1.0])
+    torch.testing.assert_close(tile_cosines(fused, text_mask, modality, mod_mask), expected)
+
+
+def test_tile_cosines_two_samples_match_materialised_tiles() -> None:
+    gen = torch.Generator().manual_seed(1)
+    fused = torch.randn(2, 5, 8, generator=gen, dtype=torch.float64)
+    modality = torch.randn(2, 7, 3, generator=gen, dtype=torch.float64)
+    t_len, m_len = [5, 2], [3, 7]  # sample 0: text longer (40 vs 9); sample 1: modality (16 vs 21)
+    got = tile_cosines(fused, lengths_to_mask(t_len, 5), modality, lengths_to_mask(m_len, 7))
+    np.testing.assert_allclose(got.numpy(), numpy_tile_cosines(fused, t_len, modality, m_len), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "text_shape, mod_shape",
+    [((6, 4), (9, 3)), ((3, 7), (20, 2)), ((5, 2), (2, 11)), ((4, 16), (3, 5)), ((2, 6), (4, 3))],
+)
+def test_tile_cosines_random_lengths_match_materialised_tiles(text_shape, mod_shape) -> None:
+    """All regimes: text or modality longer, equal lengths, r = 1 to ~30, a frame wider than a row."""
+    gen = torch.Generator().manual_seed(sum(text_shape) * 31 + sum(mod_shape))
+    batch = 16
+    (lt, dt), (lm, dm) = text_shape, mod_shape
+    fused = torch.randn(batch, lt, dt, generator=gen, dtype=torch.float64)
+    modality = torch.randn(batch, lm, dm, generator=gen, dtype=torch.float64)
+    t_len = torch.randint(1, lt + 1, (batch,), generator=gen).tolist()
+    m_len = torch.randint(1, lm + 1, (batch,), generator=gen).tolist()
+    got = tile_cosines(fused, lengths_to_mask(t_len, lt), modality, lengths_to_mask(m_len, lm))
+    np.testing.assert_allclose(got.numpy(), numpy_tile_cosines(fused, t_len, modality, m_len), atol=1e-12)
+    assert got.abs().max() <= 1.0
+
+
+def test_tile_cosine_of_equal_lengths_is_the_plain_cosine() -> None:
+    gen = torch.Generator().manual_seed(2)
+    fused = torch.randn(3, 2, 6, generator=gen, dtype=torch.float64)
+    modality = torch.randn(3, 4, 3, generator=gen, dtype=torch.float64)
+    ones_t, ones_m = torch.ones(3, 2, dtype=torch.bool), torch.ones(3, 4, dtype=torch.bool)
+    expected = torch.nn.functional.cosine_similarity(fused.reshape(3, -1), modality.reshape(3, -1), dim=1)
+    torch.testing.assert_close(tile_cosines(fused, ones_t, modality, ones_m), expected)
+
+
+def test_tile_cosine_does_not_swap_audio_and_vision() -> None:
+    """The authors' code put the audio vector in the vision slot; here each cosine uses its own."""
+    fused = torch.tensor([[[1.0, 0.0]]])
+    audio = torch.tensor([[[1.0, 0.0]]])
+    vision = torch.tensor([[[0.0, 1.0]]])
+    ones = torch.ones(1, 1, dtype=torch.bool)
+    out = mcc_loss(fused, ones, audio, ones, vision, ones, MCCConfig())
+    torch.testing.assert_close(out.c_a, torch.tensor([1.0]))
+    torch.testing.assert_close(out.c_v, torch.tensor([0.0]))
+
+
+# ---------------------------------------------------------------- projected alignment
+
+
+def test_projected_cosines_hand_computed() -> None:
+    fused = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]]])  # valid mean [2, 1]
+    value = torch.tensor([[[1.0, 2.0], [-5.0, 5.0]]])  # valid mean [1, 2]
+    got = projected_cosines(fused, lengths_to_mask([2], 3), value, lengths_to_mask([1], 2))
+    torch.testing.assert_close(got, torch.tensor([4.0 / 5.0]))  # (2·1 + 1·2) / (√5 · √5)
+
+
+# ---------------------------------------------------------------- f_i from cosines
+
+
+@pytest.mark.parametrize("g", [-0.4, -0.1, 0.0, 0.2, 0.45])
+@pytest.mark.parametrize("form", ["paper", "reference"])
+def test_fixed_point_gives_zero_loss(g: float, form: str) -> None:
+    c = torch.full((1,), 0.5 - g, dtype=torch.float64)
+    f = mcc_from_cosines(c, c, g=g, s=1.0, form=form)
+    assert f.item() == pytest.approx(0.0, abs=1e-9)
+    # and only there: moving one cosine away raises the loss
+    assert mcc_from_cosines(c, c + 0.05, g=g, s=1.0, form=form).item() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "c_a, c_v", [(0.6, 0.2), (0.0, 0.9), (-0.3, 0.5), (0.4, -0.01), (-0.7, -0.2), (0.95, 0.1)]
+)
+@pytest.mark.parametrize("form", ["paper", "reference"])
+def test_f_matches_the_formulas(c_a: float, c_v: float, form: str) -> None:
+    g, s = 0.2, 1.5
+    ref = paper_f if form == "paper" else reference_f
+    c_a_t, c_v_t = torch.tensor([c_a], dtype=torch.float64), torch.tensor([c_v], dtype=torch.float64)
+    got = mcc_from_cosines(c_a_t, c_v_t, g, s, form)
+    assert got.item() == pytest.approx(ref(c_a, c_v, g, s), abs=1e-9)
+
+
+def test_branch_conditions_hand_values() -> None:
+    g, s = 0.2, 1.0
+    c_a = torch.tensor([0.0, -1e-4, 0.3, 0.3], dtype=torch.float64)
+    c_v = torch.tensor([0.0, 0.5, 0.3, -0.3], dtype=torch.float64)
+    f = mcc_from_cosines(c_a, c_v, g, s, "paper")
+    # c_a = c_v = 0: θ = π/2 both, y = cos(π/2)·e^0 = 0, f = |cos(0.2π)| (the c ≥ 0 branch)
+    assert f[0].item() == pytest.approx(math.cos(0.2 * math.pi), abs=1e-5)
+    # a tiny negative cosine takes the "s + f" branch
+    th_a, th_v = math.acos(-1e-4), math.acos(0.5)
+    y = math.cos((th_a + th_v) / 2) * math.exp(abs(th_a - th_v))
+    assert f[1].item() == pytest.approx(s + s * abs(math.cos(math.pi * (y + g))), abs=1e-9)
+    # the fixed point (0.3 = 0.5 − g) and its negative mirror: the extra loss is exactly s
+    assert f[2].item() == pytest.approx(0.0, abs=1e-9)
+    assert f[3].item() >= 1.0
+    ref = mcc_from_cosines(c_a, c_v, g, s, "reference")
+    assert ref[1].item() == pytest.approx(1 + 1e-4 + 0.5)
+    assert ref[3].item() == pytest.approx(1.6)
+    assert mcc_from_cosines(c_a[3:], c_v[3:], g, 2.0, "reference").item() == pytest.approx(3.2)
+
+
+def test_clamped_cosines_keep_gradients_finite() -> None:
+    c = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    d = torch.tensor([1.0, 0.5, -1.0], dtype=torch.float64, requires_grad=True)
+    mcc_from_cosines(c, d, 0.2, 1.0, "paper").sum().backward()
+    assert torch.isfinite(c.grad).all() and torch.isfinite(d.grad).all()
+
+
+def test_unknown_form_and_alignment_are_user_errors() -> None:
+    x = torch.randn(1, 2, 3)
+    m = torch.ones(1, 2, dtype=torch.bool)
+    with pytest.raises(KebrError, match="form"):
+        mcc_loss(x, m, x, m, x, m, MCCConfig(form="papr"))
+    with pytest.raises(KebrError, match="alignment"):
+        mcc_loss(x, m, x, m, x, m, MCCConfig(align="tiles"))
+    with pytest.raises(ValueError, match="value_audio"):
+        mcc_loss(x, m, x, m, x, m, MCCConfig(align="projected"))
+
+
+# ---------------------------------------------------------------- the batched loss
+
+
+def random_batch(batch: int, seed: int, dtype=torch.float64, lt=6, dt=8, la=10, da=3, lv=4, dv=7):
+    gen = torch.Generator().manual_seed(seed)
+    t_len = torch.randint(1, lt + 1, (batch,), generator=gen).tolist()
+    a_len = torch.randint(1, la + 1, (batch,), generator=gen).tolist()
+    v_len = torch.randint(1, lv + 1, (batch,), generator=gen).tolist()
+    return dict(
+        fused=torch.randn(batch, lt, dt, generator=gen, dtype=dtype),
+        text_mask=lengths_to_mask(t_len, lt),
+        audio=torch.randn(batch, la, da, generator=gen, dtype=dtype),
+        audio_mask=lengths_to_mask(a_len, la),
+        vision=torch.randn(batch, lv, dv, generator=gen, dtype=dtype),
+        vision_mask=lengths_to_mask(v_len, lv),
+        value_audio=torch.randn(batch, la, dt, generator=gen, dtype=dtype),
+        value_vision=torch.randn(batch, lv, dt, generator=gen, dtype=dtype),
+    ), (t_len, a_len, v_len)
+
+
+def test_mcc_loss_hand_computed() -> None:
+    """Tile cosines known by hand (see test_tile_cosines_hand_computed), f from the formulas."""
+    fused = torch.tensor([[[1.0, 2.0, 0.0], [1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0], [5.0, 5.0, 5.0]]])
+    audio = torch.tensor([[[1.0, 1.0], [3.0, 3.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    vision = torch.tensor([[[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]]])
+    text_mask = lengths_to_mask([2, 1], 2)
+    audio_mask = lengths_to_mask([1, 2], 2)
+    vision_mask = lengths_to_mask([1, 1], 1)
+    # sample 0: c_a = 2/3 (r = 3); c_v: t = [1,2,0,1,0,0], v = [1,0,0,1,0,0]: 2 / (√6·√2) = 1/√3
+    # sample 1: c_a: tile(t) = [0,1,0,0], a = [1,0,0,1]: 0
+    #           c_v: tile(t) = [0,1,0,0,1,0], v = [0,1,0,0,0,0]: 1 / (√2 · 1)
+    c_a, c_v = [2 / 3, 0.0], [1 / math.sqrt(3), 1 / math.sqrt(2)]
+    for form, ref in (("paper", paper_f), ("reference", reference_f)):
+        out = mcc_loss(fused, text_mask, audio, audio_mask, vision, vision_mask, MCCConfig(form=form))
+        torch.testing.assert_close(out.c_a, torch.tensor(c_a))
+        torch.testing.assert_close(out.c_v, torch.tensor(c_v))
+        f = [ref(a, v, 0.2, 1.0) for a, v in zip(c_a, c_v)]
+        torch.testing.assert_close(out.per_sample, torch.tensor(f), atol=1e-5, rtol=1e-5)
+        assert out.loss.item() == pytest.approx(sum(f) / 2, abs=1e-5)
+
+
+@pytest.mark.parametrize("align", ["tile", "projected"])
+@pytest.mark.parametrize("form", ["paper", "reference"])
+def test_batched_loss_equals_per_sample_loop(align: str, form: str) -> None:
+    inputs, (t_len, a_len, v_len) = random_batch(7, seed=3)
+    cfg = MCCConfig(g=0.1, s=2.0, form=form, align=align)
+    out = mcc_loss(**inputs, cfg=cfg)
+    per_sample = []
+    for i in range(7):  # each sample alone, cropped to its own lengths (no padding at all)
+        crop = dict(
+            fused=inputs["fused"][i : i + 1, : t_len[i]],
+            text_mask=torch.ones(1, t_len[i], dtype=torch.bool),
+            audio=inputs["audio"][i : i + 1, : a_len[i]],
+            audio_mask=torch.ones(1, a_len[i], dtype=torch.bool),
+            vision=inputs["vision"][i : i + 1, : v_len[i]],
+            vision_mask=torch.ones(1, v_len[i], dtype=torch.bool),
+            value_audio=inputs["value_audio"][i : i + 1, : a_len[i]],
+            value_vision=inputs["value_vision"][i : i + 1, : v_len[i]],
+        )
+        per_sample.append(mcc_loss(**crop, cfg=cfg).loss)
+    torch.testing.assert_close(out.per_sample, torch.stack(per_sample))
+    torch.testing.assert_close(out.loss, torch.stack(per_sample).mean())
+    if align == "tile":  # and against the materialised numpy tiles
+        expected = numpy_tile_cosines(inputs["fused"], t_len, inputs["audio"], a_len)
+        np.testing.assert_allclose(out.c_a.numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("align", ["tile", "projected"])
+def test_padding_garbage_changes_nothing(align: str) -> None:
+    inputs, _ = random_batch(5, seed=4)
+    cfg = MCCConfig(align=align)
+    base = mcc_loss(**inputs, cfg=cfg)
+    gen = torch.Generator().manual_seed(5)
+    padded = {}
+    for name, mask_name, extra in (
+        ("fused", "text_mask", 3), ("audio", "audio_mask", 4), ("vision", "vision_mask", 2)
+    ):
+        x, mask = inputs[name], inputs[mask_name]
+        garbage = 100 * torch.randn(x.shape[0], extra, x.shape[2], generator=gen, dtype=x.dtype)
+        # also overwrite the existing padding with garbage
+        padded[name] = torch.cat([torch.where(mask[:, :, None], x, 55.0), garbage], dim=1)
+        padded[mask_name] = torch.cat([mask, torch.zeros(x.shape[0], extra, dtype=torch.bool)], dim=1)
+    for name, mask_name in (("value_audio", "audio_mask"), ("value_vision", "vision_mask")):
+        x = inputs[name]
+        extra = padded[mask_name].shape[1] - x.shape[1]
+        padded[name] = torch.cat([x, -77 * torch.ones(x.shape[0], extra, x.shape[2], dtype=x.dtype)], dim=1)
+    out = mcc_loss(**padded, cfg=cfg)
+    torch.testing.assert_close(out.per_sample, base.per_sample)
+    torch.testing.assert_close(out.c_a, base.c_a)
+    torch.testing.assert_close(out.c_v, base.c_v)
+
+
+@pytest.mark.parametrize("align", ["tile", "projected"])
+def test_sample_without_a_modality_is_excluded(align: str) -> None:
+    inputs, _ = random_batch(4, seed=6)
+    inputs["audio_mask"][1] = False  # sample 1 has no audio
+    inputs["vision_mask"][3] = False  # sample 3 has no face
+    fused = inputs.pop("fused").requires_grad_()
+    out = mcc_loss(fused=fused, **inputs, cfg=MCCConfig(align=align))
+    assert out.valid.tolist() == [True, False, True, False]
+    assert out.per_sample[1].item() == 0.0 and out.per_sample[3].item() == 0.0
+    assert out.loss.item() == pytest.approx((out.per_sample[0] + out.per_sample[2]).item() / 2)
+    out.loss.backward()
+    assert torch.isfinite(fused.grad).all()
+    assert fused.grad[1].abs().sum() == 0 and fused.grad[3].abs().sum() == 0
+    assert fused.grad[0].abs().sum() > 0
+
+
+def test_no_valid_sample_gives_zero_loss_with_a_graph() -> None:
+    inputs, _ = random_batch(3, seed=7)
+    inputs["vision"] = inputs["vision"][:, :0]  # nobody in the batch has a face
+    inputs["vision_mask"] = inputs["vision_mask"][:, :0]
+    fused = inputs.pop("fused").requires_grad_()
+    out = mcc_loss(fused=fused, **inputs, cfg=MCCConfig())
+    assert out.loss.item() == 0.0 and not out.valid.any()
+    out.loss.backward()
+    assert torch.equal(fused.grad, torch.zeros_like(fused))
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_shapes(batch: int) -> None:
+    inputs, _ = random_batch(batch, seed=8, dtype=torch.float32)
+    out = mcc_loss(**inputs, cfg=MCCConfig())
+    assert out.loss.shape == ()
+    for t in (out.per_sample, out.c_a, out.c_v, out.valid):
+        assert t.shape == (batch,)
+    assert torch.isfinite(out.per_sample).all()
+
+
+def test_bf16_inputs_are_computed_in_float32() -> None:
+    inputs, _ = random_batch(4, seed=9, dtype=torch.float32)
+    ref = mcc_loss(**inputs, cfg=MCCConfig())
+    low = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    out = mcc_loss(**low, cfg=MCCConfig())
+    assert out.c_a.dtype == torch.float32
+    torch.testing.assert_close(out.c_a, ref.c_a, atol=2e-2, rtol=0)
+
+
+def kink_distance(c_a: torch.Tensor, c_v: torch.Tensor, g: float, form: str) -> float:
+    """Distance of the cosines from the non-differentiable points of f (|·| zeros, branch edges)."""
+    if form == "paper":
+        th_a, th_v = torch.acos(c_a), torch.acos(c_v)
+        inner = math.pi * (torch.cos((th_a + th_v) / 2) * torch.exp((th_a - th_v).abs()) + g)
+        gap = (th_a - th_v).abs()
+    else:
+        inner = math.pi * ((c_a + c_v) / 2 + g) * torch.exp(0.5 * (c_a - c_v).abs())
+        gap = (c_a - c_v).abs()
+    distances = (c_a.abs(), c_v.abs(), torch.cos(inner).abs(), gap)
+    return min(d.min().item() for d in distances)
+
+
+@pytest.mark.parametrize("align", ["tile", "projected"])
+@pytest.mark.parametrize("form", ["paper", "reference"])
+def test_gradcheck(align: str, form: str) -> None:
+    inputs, _ = random_batch(3, seed=10, lt=3, dt=4, la=4, da=2, lv=2, dv=3)
+    # a shared direction gives larger, more varied cosines than pure noise
+    inputs["fused"] = inputs["fused"] + 0.8
+    inputs["value_audio"] = inputs["value_audio"] + 0.5
+    cfg = MCCConfig(g=0.1, s=1.3, form=form, align=align)
+    out = mcc_loss(**inputs, cfg=cfg)
+    assert kink_distance(out.c_a, out.c_v, cfg.g, form) > 1e-3  # gradcheck must not straddle a kink
+    negative = (out.c_a < 0) | (out.c_v < 0)
+    assert negative.any() and not negative.all()  # both branches of Eq. 11 are exercised
+
+    grads = ["fused", "audio", "vision"] if align == "tile" else ["fused", "value_audio", "value_vision"]
+    leaves = [inputs[name].clone().requires_grad_() for name in grads]
+
+    def loss(*xs: torch.Tensor) -> torch.Tensor:
+        return mcc_loss(**{**inputs, **dict(zip(grads, xs))}, cfg=cfg).loss
+
+    assert torch.autograd.gradcheck(loss, leaves)
+
+
+def test_gradcheck_tile_cosines_with_variable_lengths() -> None:
+    inputs, (t_len, a_len, _) = random_batch(4, seed=11, lt=3, dt=4, la=6, da=3)
+    fused = inputs["fused"].requires_grad_()
+    audio = inputs["audio"].requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda f, a: tile_cosines(f, inputs["text_mask"], a, inputs["audio_mask"]), (fused, audio)
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("align", ["tile", "projected"])
+def test_no_host_device_sync_on_cuda(align: str) -> None:
+    inputs, _ = random_batch(8, seed=12, dtype=torch.float32)
+    inputs = {k: v.cuda() for k, v in inputs.items()}
+    inputs["vision_mask"][2] = False  # a sample without a face on the way
+    fused = inputs.pop("fused").requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = mcc_loss(fused=fused, **inputs, cfg=MCCConfig(align=align))
+        out.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu_inputs = {k: v.cpu() for k, v in inputs.items()}
+    cpu = mcc_loss(fused=fused.detach().cpu(), **cpu_inputs, cfg=MCCConfig(align=align))
+    torch.testing.assert_close(out.per_sample.cpu(), cpu.per_sample, atol=1e-5, rtol=1e-5)
