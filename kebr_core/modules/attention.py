@@ -35,8 +35,20 @@ class CrossModalAttention(nn.Module):
         self.w_k = nn.Linear(d_modality, d_text)
         self.w_v = nn.Linear(d_modality, d_text)
 
+    def project(self, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K = LN(X0m) W_K and V = LN(X0m) W_V (Eq. 4–5): (B, Lm, dm) → (B, Lm, dt) each.
+
+        They depend on X0m only, so a TCMF layer applied K times (shared weights) computes them once.
+        """
+        modality_ln = self.ln_modality(modality)
+        return self.w_k(modality_ln), self.w_v(modality_ln)
+
     def forward(
-        self, text_ln: torch.Tensor, modality: torch.Tensor, modality_mask: torch.Tensor
+        self,
+        text_ln: torch.Tensor,
+        modality: torch.Tensor,
+        modality_mask: torch.Tensor,
+        keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend from (already layer-normed) text to a padded modality sequence.
 
@@ -44,6 +56,7 @@ class CrossModalAttention(nn.Module):
             text_ln: LN(X_{k-1}), (B, Lt, dt).
             modality: X0m, (B, Lm, dm); padded frames may hold any finite values.
             modality_mask: (B, Lm) bool, True = valid frame.
+            keys_values: `project(modality)` when the caller already has it.
         Returns:
             out: CMA, (B, Lt, dt); all zeros for a sample with no valid frame (its CMA term drops out
                 of Eq. 7 rather than attending to padding).
@@ -51,14 +64,13 @@ class CrossModalAttention(nn.Module):
         """
         batch, text_len, _ = text_ln.shape
         mod_len = modality.shape[1]
-        modality_ln = self.ln_modality(modality)
-        value = self.w_v(modality_ln)
+        key, value = keys_values if keys_values is not None else self.project(modality)
         if mod_len == 0:  # a batch in which no sample has this modality: a shape, not a value, check
             return text_ln.new_zeros(batch, text_len, self.d_text), value
 
         d_head = self.d_text // self.heads
         q = self.w_q(text_ln).view(batch, text_len, self.heads, d_head).transpose(1, 2)
-        k = self.w_k(modality_ln).view(batch, mod_len, self.heads, d_head).transpose(1, 2)
+        k = key.view(batch, mod_len, self.heads, d_head).transpose(1, 2)
         v = value.view(batch, mod_len, self.heads, d_head).transpose(1, 2)
 
         # SDPA turns an all-masked row into NaN. For a sample with no valid frame we unmask frame 0 so

@@ -68,13 +68,16 @@ class TCMFLayer(nn.Module):
         audio_mask: torch.Tensor,
         vision: torch.Tensor,
         vision_mask: torch.Tensor,
+        kv_audio: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_vision: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TCMFOutput:
         """text: X_{k-1} (B, Lt, dt); audio: X0a (B, La, da); vision: X0v (B, Lv, dv); masks (B, L·)
-        bool, True = valid. Text padding positions are computed like any other and ignored downstream
-        (every operation here is position-wise in the text, so they never affect valid positions)."""
+        bool, True = valid; kv_audio/kv_vision: this layer's K, V of X0a/X0v if already computed.
+        Text padding positions are computed like any other and ignored downstream (every operation
+        here is position-wise in the text, so they never affect valid positions)."""
         text_ln = self.ln_text(text)  # shared by the queries (Eq. 3) and the residual (Eq. 7)
-        cma_a, value_a = self.cma_audio(text_ln, audio, audio_mask)
-        cma_v, value_v = self.cma_vision(text_ln, vision, vision_mask)
+        cma_a, value_a = self.cma_audio(text_ln, audio, audio_mask, kv_audio)
+        cma_v, value_v = self.cma_vision(text_ln, vision, vision_mask, kv_vision)
         fused = cma_a + text_ln + cma_v  # Eq. 7
         fused = self.ffn(self.ln_fused(fused)) + fused  # Eq. 8
         return TCMFOutput(fused, value_a, value_v)
@@ -138,7 +141,13 @@ class TCMF(nn.Module):
         """text: X0t (B, Lt, dt); audio (B, La, da); vision (B, Lv, dv); masks bool, True = valid.
         Returns X_K (B, Lt, dt) and the last layer's V_a (B, La, dt), V_v (B, Lv, dt)."""
         x = text
+        kv_audio = kv_vision = None
+        if self.shared:
+            # X0a and X0v are re-injected unchanged at every k (Eq. 2), so the shared layer's keys and
+            # values are the same each time: project once instead of K times (most of the FLOPs).
+            kv_audio = self.layers[0].cma_audio.project(audio)
+            kv_vision = self.layers[0].cma_vision.project(vision)
         for k in range(self.num_layers):  # num_layers >= 1, so the values below are always bound
             layer = self.layers[0 if self.shared else k]
-            x, value_a, value_v = layer(x, audio, audio_mask, vision, vision_mask)
+            x, value_a, value_v = layer(x, audio, audio_mask, vision, vision_mask, kv_audio, kv_vision)
         return TCMFOutput(x, value_a, value_v)
