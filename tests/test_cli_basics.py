@@ -1,0 +1,50 @@
+"""`kebr --help`, `kebr --version`, and the README's command table kept in sync with the CLI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from kebr_cli.main import app
+from kebr_core import __version__
+
+runner = CliRunner()
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def registered_commands() -> set[str]:
+    return {c.name or c.callback.__name__ for c in app.registered_commands}
+
+
+def test_version() -> None:
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"kebr {__version__}"
+
+
+def test_help_lists_every_command_with_a_description() -> None:
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for name in registered_commands():
+        assert re.search(rf"│ {name}\s+\S", r.output), name
+
+
+def test_every_command_has_help() -> None:
+    for name in registered_commands():
+        r = runner.invoke(app, [name, "--help"])
+        assert r.exit_code == 0, name
+        assert "Usage" in r.output
+
+
+def test_readme_documents_every_command() -> None:
+    """The README's command table names exactly the commands the CLI has."""
+    documented = set(re.findall(r"^\| `kebr (\w+)", README.read_text(), flags=re.M))
+    assert documented == registered_commands()
+
+
+def test_console_script_runs_as_module() -> None:
+    out = subprocess.run([sys.executable, "-m", "kebr_cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and __version__ in out.stdout
