@@ -48,12 +48,11 @@ def balance_values(epoch: int, seed: int, mcc: bool) -> tuple[float, float, floa
 def metrics_row(epoch: int, seed: int, mcc: bool, prefix: str) -> dict[str, float]:
     """A metrics.csv row built by the recipes' own `epoch_row` from balance sums (see balance_sums)."""
     task, mcc_loss = 1.2 - 0.1 * epoch + 0.02 * seed, (0.4 - 0.05 * epoch) if mcc else 0.3
-    loss = task + (mcc_loss if mcc else 0.0)
     c_a, c_v, dtheta = balance_values(epoch, seed, mcc)
     n, n_valid = 32.0, 30.0
-    sums = torch.tensor([loss * n, task * n, mcc_loss * n, n, c_a * n_valid, c_v * n_valid, dtheta * n_valid, n_valid],
+    sums = torch.tensor([task * n, n, mcc_loss * n_valid, c_a * n_valid, c_v * n_valid, dtheta * n_valid, n_valid],
                         dtype=torch.float64)
-    return epoch_row(epoch, sums, seconds=1.5, prefix=prefix)
+    return epoch_row(epoch, sums, seconds=1.5, mcc_weight=1.0 if mcc else 0.0, prefix=prefix)
 
 
 def write_config(run_dir: Path, stage: str, g: float, weight: float, **extra) -> None:
