@@ -74,6 +74,10 @@ def load_tokenizer(name: str):
 def load_text_encoder(name: str) -> nn.Module:
     """A Hugging Face encoder returning `last_hidden_state` (B, Lt, dt); one clear error if unavailable."""
     from transformers import AutoModel, BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress reporting is the CLI's; keep logs clean
+    hf_logging.set_verbosity_error()
 
     if name.startswith(RANDOM_PREFIX):
         sizes = _parse_random_spec(name)
