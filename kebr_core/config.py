@@ -73,6 +73,7 @@ class TrainConfig:
     workers: int = 0
     checkpoint_every: int = 5
     grad_clip: float | None = None
+    length_bucketing: bool = True  # batches of similar lengths (kebr_core.distributed.EpochBatches)
 
 
 @dataclass

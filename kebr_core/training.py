@@ -313,8 +313,13 @@ def train_epoch(
     from kebr_core.distributed import EpochBatches, all_reduce_sum, global_mean
 
     model = net.module if hasattr(net, "module") else net
+    sizes = None
+    if cfg.train.length_bucketing:
+        # A sample's padded cost, each stream relative to its cap: batches of similar samples pad little.
+        caps = np.array([cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len], np.float64)
+        sizes = (np.minimum(dataset.lengths(), caps) / caps).sum(axis=1)
     loader = DataLoader(
-        dataset, batch_sampler=EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info),
+        dataset, batch_sampler=EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=sizes),
         collate_fn=collate, num_workers=cfg.train.workers, pin_memory=device.type == "cuda",
     )
     target = "mask_label" if task == "pretrain" else "label"

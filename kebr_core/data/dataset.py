@@ -87,6 +87,12 @@ class StoreDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def lengths(self) -> np.ndarray:
+        """(N, 3) int64: text tokens (0 without a text encoder), audio frames and vision frames per item."""
+        audio, vision = self.store.lengths()
+        text = np.diff(self._token_offsets) if self._token_ids is not None else np.zeros(len(self), np.int64)
+        return np.stack([text, audio[self.indices], vision[self.indices]], axis=1)
+
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.indices[k])
         item: dict[str, Any] = {
