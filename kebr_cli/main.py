@@ -7,7 +7,9 @@ from kebr_cli.app import app
 import kebr_cli.ablate  # noqa: F401
 import kebr_cli.analyze  # noqa: F401
 import kebr_cli.data  # noqa: F401
+import kebr_cli.demo  # noqa: F401
 import kebr_cli.extract  # noqa: F401
+import kebr_cli.predict  # noqa: F401
 import kebr_cli.train  # noqa: F401
 
 

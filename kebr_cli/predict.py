@@ -1,0 +1,95 @@
+"""`kebr predict VIDEO... --checkpoint RUN/best-model`: the sentiment of new videos (kebr_core.recipes.predict)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from kebr_cli.app import app, console, fail, progress, user_errors
+from kebr_core.errors import KebrError
+
+_POLARITY_STYLE = {"positive": "green", "negative": "red", "neutral": "yellow"}
+
+
+def predictions_table(predictions: list, title: str) -> Table:
+    """One row per video: score, 7-class label, polarity, transcript; a failed video shows its reason."""
+    table = Table(title=title)
+    table.add_column("video", overflow="fold")
+    table.add_column("score", justify="right")
+    table.add_column("class", justify="right")
+    table.add_column("sentiment")
+    table.add_column("polarity")
+    table.add_column("transcript", overflow="fold")
+    for p in predictions:
+        if not p.ok:
+            table.add_row(p.video, "-", "-", "[red]not scored[/]", "-", f"[red]{p.error}[/]")
+            continue
+        style = _POLARITY_STYLE[p.polarity]
+        transcript = p.text or "[dim](empty)[/]"
+        if p.notes:
+            transcript += " [dim]· " + "; ".join(p.notes) + "[/]"
+        table.add_row(p.video, f"{p.score:+.2f}", f"{p.sentiment_class:+d}", p.label, f"[{style}]{p.polarity}[/]", transcript)
+    return table
+
+
+@app.command()
+def predict(
+    videos: list[Path] = typer.Argument(..., help="Videos to score (files, or folders searched recursively)."),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", "-c", help="A fine-tuned checkpoint (RUN/best-model) or a `kebr eval` run directory."
+    ),
+    text: Optional[str] = typer.Option(None, "--text", help="The transcript of the (single) video, instead of a sidecar or ASR."),
+    asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no --text or sidecar (.txt/.srt/.vtt): pocketsphinx (offline), whisper (needs --asr-model) or none."),
+    asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
+    openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="For a checkpoint trained on OpenFace CSVs: the folder with <stem>.csv per video."),
+    as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON (a list, one entry per video) instead of a table."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the predictions as JSON to this file."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Videos scored together by the model."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Extraction worker processes (0 = extract in this process)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Score videos: sentiment in [-3, 3], its 7-class label and polarity (neutral = class 0, |score| ≤ 0.5).
+
+    Videos are extracted with the settings of the checkpoint's training data. A video that cannot be
+    read gets its reason and the others are still scored; the exit code is non-zero only when no
+    video could be scored."""
+    from kebr_core.recipes.predict import predict as run_predict
+
+    with user_errors(), ExitStack() as stack:
+        tasks: dict = {}
+
+        # The bar starts on the first event, after any worker processes are forked (as `kebr extract`).
+        def on_progress(stage: str, done: int, total: int, info: dict) -> None:
+            if "prog" not in tasks:
+                tasks["prog"] = stack.enter_context(progress())
+            prog = tasks["prog"]
+            if stage not in tasks:
+                tasks[stage] = prog.add_task(stage, total=total, info="")
+            prog.update(tasks[stage], completed=done, total=total)
+
+        predictions = run_predict(
+            videos, checkpoint, text=text, asr=asr, asr_model=asr_model, openface_dir=openface_dir, workers=workers,
+            batch_size=batch_size, device=device, progress=on_progress,
+        )
+        payload = [p.to_dict() for p in predictions]
+        if out is not None:
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(payload, indent=2) + "\n")
+            except OSError as e:
+                raise KebrError(f"The predictions cannot be written to {out} ({e.strerror}).") from None
+
+    scored = sum(p.ok for p in predictions)
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        console.print(predictions_table(predictions, f"kebr predict: {scored} of {len(predictions)} video(s) scored"))
+        if out is not None:
+            console.print(f"predictions: [bold]{out}[/]", highlight=False)
+    if scored == 0:
+        raise fail(f"none of the {len(predictions)} video(s) could be scored; see the reasons above")

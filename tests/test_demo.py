@@ -1,0 +1,160 @@
+"""`kebr demo --quick` through the real CLI: every output it announces exists and is what it says
+(stores open, checkpoints load into a KEBRModel, results hold the metrics, plots are PNGs, one
+prediction per held-out clip); without espeak-ng the synthetic steps still run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import TINY_BERT
+from kebr_cli.main import app
+from kebr_core.config import RunConfig
+from kebr_core.data.store import FeatureStore
+from kebr_core.extract.vision import MEDIAPIPE_FEATURES
+from kebr_core.metrics import METRIC_NAMES
+from kebr_core.model import KEBRModel
+from kebr_core.recipes.demo import CLIP_STEPS, QUICK, STEPS
+from kebr_core.recipes.predict import SENTIMENT_CLASSES
+from kebr_core.training import load_checkpoint_weights, read_checkpoint_config
+
+import media  # tests/media.py
+
+runner = CliRunner()
+
+
+def announced(outputs: dict) -> list[Path]:
+    paths = []
+    for value in outputs.values():
+        paths += [Path(v) for v in value] if isinstance(value, list) else [Path(value)]
+    return paths
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, object]:
+    if not media.espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); CI installs it")
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--text-model", TINY_BERT, "--device", "cpu"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "summary.json").read_text()), result
+
+
+def test_quick_demo_runs_every_step_and_every_announced_output_exists(demo):
+    out, summary, result = demo
+    assert list(summary["steps"]) == list(STEPS) and summary["quick"] is True and summary["text_model"] == TINY_BERT
+    for name, step in summary["steps"].items():
+        assert step["status"] == "done", (name, step)
+        assert step["outputs"], name
+        for path in announced(step["outputs"]):
+            assert path.exists(), (name, path)
+            assert out in path.parents, path  # everything stays inside --out
+        assert name in result.stdout  # the closing table names every step
+    assert str(out / "summary.json") in result.stdout.replace("\n", "")
+    assert not any("espeak" in note for note in summary["notes"])
+
+
+def test_demo_stores_match_the_manifest_and_the_synth_size(demo):
+    out, summary, _ = demo
+    with open(summary["steps"]["clips"]["outputs"]["manifest"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == QUICK.clips and {r["mode"] for r in rows} == {"train", "valid", "test"}
+    store = FeatureStore(summary["steps"]["extract"]["outputs"]["store"])
+    assert store.ids == [f"{r['video_id']}$_${r['clip_id']}" for r in rows]
+    assert store.texts == [r["text"] for r in rows]
+    np.testing.assert_allclose(store.labels, [float(r["label"]) for r in rows], atol=1e-6)
+    assert [store.sample(i).split for i in range(len(store))] == [r["mode"] for r in rows]
+    assert len(store.audio_features) == 33
+    audio_len, vision_len = store.lengths()
+    assert (audio_len > 40).all()  # ≥ 1 s of speech at 43 frames/s
+    if find_spec("mediapipe") is not None:
+        assert store.vision_features == list(MEDIAPIPE_FEATURES) and (vision_len > 5).all()  # a face in every clip
+    synth = FeatureStore(summary["steps"]["synth"]["outputs"]["store"])
+    assert len(synth) == QUICK.synth_n + QUICK.synth_unlabeled
+
+
+def test_demo_checkpoints_load_into_a_kebr_model(demo):
+    _, summary, _ = demo
+    checkpoints = [Path(s["outputs"]["checkpoint"]) for s in summary["steps"].values() if "checkpoint" in s["outputs"]]
+    assert len(checkpoints) == 3  # pretrain/final, eval/best-model, clips-eval/best-model
+    for path in checkpoints:
+        cfg = RunConfig.from_dict(read_checkpoint_config(path))
+        assert cfg.model.text_model == TINY_BERT
+        model = KEBRModel(cfg.model, cfg.mcc)
+        load_checkpoint_weights(model, path)
+        saved = load_file(str(path / "model.safetensors"))
+        state = model.state_dict()
+        assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
+    clip_cfg = read_checkpoint_config(checkpoints[-1])
+    assert clip_cfg["features"]["extractor"]["tool"] == "kebr extract"
+
+
+def test_demo_results_hold_the_metrics_and_the_plots_are_pngs(demo):
+    _, summary, _ = demo
+    for step in ("eval", "finetune-clips"):
+        results = json.loads(Path(summary["steps"][step]["outputs"]["results"]).read_text())
+        assert list(results["mean"]) == list(METRIC_NAMES) and len(METRIC_NAMES) == 8  # 7 of the paper + acc5
+        assert results["seeds"] == list(QUICK.seeds)
+        assert set(summary["steps"][step]["test"]) == set(METRIC_NAMES)
+    ablation = json.loads(Path(summary["steps"]["ablate"]["outputs"]["ablation"]).read_text())
+    names = [c["name"] for c in ablation["configurations"]]
+    assert names == ["C1", "C4"] and all(c["status"] == "done" and c["mean"] for c in ablation["configurations"])
+    plots = [Path(p) for p in summary["steps"]["analyze"]["outputs"]["plots"]]
+    assert {p.name for p in plots} >= {"balance.png", "training_curves.png"}
+    for plot in plots:
+        head = plot.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        assert struct.unpack(">II", head[16:24]) == (800, 500)
+
+
+def test_demo_predicts_every_held_out_clip(demo):
+    _, summary, result = demo
+    heldout = [Path(p) for p in summary["steps"]["clips"]["outputs"]["heldout"]]
+    entries = json.loads(Path(summary["steps"]["predict"]["outputs"]["predictions"]).read_text())
+    assert len(entries) == len(heldout) == QUICK.heldout
+    for entry, clip, label in zip(entries, heldout, summary["steps"]["clips"]["heldout_labels"]):
+        assert entry["video"] == str(clip) and entry["error"] is None
+        assert -3 <= entry["score"] <= 3 and entry["label"] == SENTIMENT_CLASSES[entry["sentiment_class"]]
+        assert entry["text"] == clip.with_suffix(".txt").read_text().strip() and entry["text_source"] == "sidecar"
+        assert entry["expected_label"] == label
+    assert "held-out clips" in result.stdout
+
+
+def test_demo_refuses_an_existing_demo_without_force(demo):
+    out, _, _ = demo
+    again = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert again.exit_code == 1
+    assert "already holds a demo" in again.stderr and "--force" in again.stderr
+
+
+def test_demo_without_espeak_runs_the_synthetic_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")  # a previous demo: --force replaces it
+    (out / "keep.txt").write_text("mine")  # not the demo's: --force leaves it
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # espeak-ng cannot be found
+    result = runner.invoke(app, ["demo", "--quick", "--force", "--out", str(out), "--text-model", TINY_BERT,
+                                 "--device", "cpu"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert (out / "keep.txt").read_text() == "mine"
+    summary = json.loads((out / "summary.json").read_text())
+    for name, step in summary["steps"].items():
+        if name in CLIP_STEPS:
+            assert step["status"] == "skipped" and "espeak-ng is not installed" in step["reason"]
+        else:
+            assert step["status"] == "done" and all(p.exists() for p in announced(step["outputs"]))
+    assert any("apt-get install espeak-ng" in note for note in summary["notes"])
+    assert "apt-get install espeak-ng" in result.stdout.replace("\n", " ")
+    assert not (out / "clips").exists() and not (out / "predictions.json").exists()

@@ -1,0 +1,176 @@
+"""Tests of `kebr predict` (kebr_core.recipes.predict, kebr_cli/predict.py) on real media: clips made
+with espeak-ng over a real face photo are extracted with a manifest into a store, a model is fine-tuned
+on it for one epoch (tiny random BERT, frozen encoder), and that checkpoint scores new files: a good
+clip, a corrupt file, a clip without an audio track. A test clip scored by `kebr predict` must get the
+very prediction the fine-tuning run wrote for it (same extraction settings, same model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY_BERT
+from kebr_cli.main import app
+from kebr_core.config import RunConfig
+from kebr_core.data.store import FeatureStore
+from kebr_core.data.synth import SynthConfig, generate_synth
+from kebr_core.errors import KebrError
+from kebr_core.extract.pipeline import ExtractOptions, extract, read_manifest
+from kebr_core.recipes.finetune import finetune
+from kebr_core.recipes.predict import SENTIMENT_CLASSES, polarity, predict, sentiment_class
+
+import media  # tests/media.py
+
+needs_espeak = pytest.mark.skipif(
+    not media.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it"
+)
+VISION = "mediapipe" if find_spec("mediapipe") is not None else "none"
+runner = CliRunner()
+
+
+def tiny_config(epochs: int = 1) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.text_model = TINY_BERT
+    cfg.model.layers = 1
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.device, cfg.train.lr = epochs, 4, "cpu", 1e-3
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Demo clips → store (manifest text, labels, splits) → a 1-epoch fine-tuned checkpoint."""
+    if not media.espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); CI installs it")
+    from kebr_core.demo_media import make_demo_clips
+
+    root = tmp_path_factory.mktemp("predict")
+    clips = make_demo_clips(root / "clips", n=6, heldout=1, fps=10)
+    store = root / "clips.h5"
+    summary = extract(read_manifest(clips.manifest, clips.root), store, ExtractOptions(vision=VISION, asr="none", workers=0))
+    assert summary.done == 6 and summary.failed == 0
+    run = root / "run"
+    finetune(store, run, tiny_config(), seeds=[0])
+    return {"root": root, "clips": clips, "store": store, "run": run, "checkpoint": run / "best-model"}
+
+
+def test_sentiment_class_and_polarity_hand_values():
+    # round half to even, as Acc-7 (DESIGN §7); neutral is class 0, so |score| <= 0.5
+    cases = {2.5: (2, "positive"), -0.5: (0, "neutral"), 0.5: (0, "neutral"), 0.51: (1, "positive"),
+             -0.51: (-1, "negative"), -1.5: (-2, "negative"), 3.7: (3, "positive"), -9.0: (-3, "negative"), 0.0: (0, "neutral")}
+    for score, (cls, pol) in cases.items():
+        assert sentiment_class(score) == cls and polarity(score) == pol, score
+    assert str(sentiment_class(-0.2)) == "0"  # no "-0"
+    assert SENTIMENT_CLASSES[-3] == "highly negative" and SENTIMENT_CLASSES[1] == "weakly positive"
+
+
+@needs_espeak
+def test_predict_reproduces_the_finetuning_prediction_of_a_test_clip(trained: dict):
+    store = FeatureStore(trained["store"])
+    with open(trained["run"] / "seed-0" / "predictions.csv") as f:
+        expected = {row["id"]: float(row["prediction"]) for row in csv.DictReader(f)}
+    sample_id = next(iter(expected))  # a test-split clip
+    i = store.ids.index(sample_id)
+    video_id, clip_id = sample_id.split("$_$")
+    video = trained["clips"].root / video_id / f"{clip_id}.mp4"
+
+    result = runner.invoke(app, ["predict", str(video), "-c", str(trained["run"]), "--text", store.text(i),
+                                 "--asr", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    assert entry["raw_score"] == pytest.approx(expected[sample_id], abs=1e-4)
+    assert entry["score"] == pytest.approx(float(np.clip(expected[sample_id], -3, 3)), abs=1e-4)
+    assert entry["text"] == store.text(i) and entry["text_source"] == "option" and entry["error"] is None
+
+
+@needs_espeak
+def test_predict_scores_good_and_no_audio_clips_and_gives_the_corrupt_ones_reason(trained: dict, tmp_path: Path):
+    good = trained["clips"].heldout[0]  # with a sidecar transcript beside it
+    noaudio = media.make_clip(tmp_path / "noaudio.mp4", "the film was fine", audio=False, fps=10).path
+    corrupt = media.make_corrupt(tmp_path / "corrupt.mp4", like=good)
+    out = tmp_path / "out" / "predictions.json"
+
+    result = runner.invoke(app, ["predict", str(good), str(corrupt), str(noaudio), "-c", str(trained["checkpoint"]),
+                                 "--asr", "none", "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    entries = json.loads(result.stdout)
+    assert json.loads(out.read_text()) == entries
+    assert [e["video"] for e in entries] == [str(good), str(corrupt), str(noaudio)]
+    ok, bad, silent = entries
+
+    for e in (ok, silent):  # scored: the score is the clipped raw output, class and polarity follow it
+        assert e["error"] is None and -3 <= e["score"] <= 3
+        assert e["score"] == pytest.approx(min(3.0, max(-3.0, e["raw_score"])))
+        assert e["sentiment_class"] == int(np.round(e["score"])) + 0
+        assert e["label"] == SENTIMENT_CLASSES[e["sentiment_class"]]
+        assert e["polarity"] == ("positive" if e["sentiment_class"] > 0 else "negative" if e["sentiment_class"] < 0 else "neutral")
+    assert ok["text"] == good.with_suffix(".txt").read_text().strip() and ok["text_source"] == "sidecar"
+    assert ok["notes"] == []
+    assert silent["notes"][0].startswith("no audio track") and "empty transcript" in silent["notes"]
+    assert bad["score"] is None and bad["polarity"] is None
+    assert str(corrupt) in bad["error"] and bad["notes"] == []
+
+    # The same videos through the library, one per batch: batching does not change a score.
+    singles = predict([good, corrupt, noaudio], trained["checkpoint"], asr="none", batch_size=1)
+    assert [p.raw_score for p in singles] == pytest.approx([ok["raw_score"], None, silent["raw_score"]], abs=1e-5)
+
+    # The table names every video and the reason of the corrupt one.
+    table = runner.invoke(app, ["predict", str(good), str(corrupt), "-c", str(trained["checkpoint"]), "--asr", "none"],
+                          env={"COLUMNS": "250"})
+    assert table.exit_code == 0, table.output
+    assert "1 of 2 video(s) scored" in table.output and "not scored" in table.output
+    assert "cannot be opened" in table.output or "cannot be decoded" in table.output or "Invalid data" in table.output
+
+
+@needs_espeak
+def test_predict_exits_non_zero_only_when_nothing_was_scored(trained: dict, tmp_path: Path):
+    corrupt = media.make_corrupt(tmp_path / "corrupt.mp4")
+    empty = media.make_empty(tmp_path / "empty.mov")
+    result = runner.invoke(app, ["predict", str(corrupt), str(empty), "-c", str(trained["checkpoint"]), "--asr", "none", "--json"])
+    assert result.exit_code == 1
+    entries = json.loads(result.stdout)
+    assert all(e["score"] is None for e in entries) and "empty" in entries[1]["error"]
+    assert "none of the 2 video(s) could be scored" in result.stderr
+
+
+@needs_espeak
+def test_predict_refuses_a_checkpoint_trained_on_synthetic_features(trained: dict, tmp_path: Path):
+    synth = tmp_path / "synth.h5"
+    generate_synth(synth, SynthConfig(n=40, audio_len=(5, 10), vision_len=(2, 5)))
+    finetune(synth, tmp_path / "synth-run", tiny_config(), seeds=[0])
+    good = trained["clips"].heldout[0]
+    result = runner.invoke(app, ["predict", str(good), "-c", str(tmp_path / "synth-run"), "--asr", "none"])
+    assert result.exit_code == 1
+    assert "made by kebr synth" in result.stderr and "cannot be computed from videos" in result.stderr
+    assert "Traceback" not in result.output
+
+    # A checkpoint without a feature record (e.g. pretraining's) and one whose names differ.
+    ckpt = tmp_path / "copy"
+    shutil.copytree(trained["checkpoint"], ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "features"}))
+    with pytest.raises(KebrError, match="does not record the features"):
+        predict([good], ckpt, asr="none")
+    cfg["features"]["audio_features"] = ["f0"] + cfg["features"]["audio_features"][1:]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(KebrError, match="audio features that this kebr does not compute"):
+        predict([good], ckpt, asr="none")
+
+
+@needs_espeak
+def test_predict_option_errors_are_one_sentence(trained: dict, tmp_path: Path):
+    good = trained["clips"].heldout[0]
+    two = runner.invoke(app, ["predict", str(good), str(good), "-c", str(trained["checkpoint"]), "--text", "hi"])
+    assert two.exit_code == 1 and "--text gives the transcript of one video, but 2 were given" in two.stderr
+    nowhere = runner.invoke(app, ["predict", str(good), "-c", str(tmp_path / "missing")])
+    assert nowhere.exit_code == 1 and "does not exist" in nowhere.stderr
+    not_ckpt = runner.invoke(app, ["predict", str(good), "-c", str(tmp_path)])
+    assert not_ckpt.exit_code == 1 and "is not a fine-tuned checkpoint" in not_ckpt.stderr
+    assert math.isfinite(predict([good], trained["checkpoint"], asr="none")[0].score)
