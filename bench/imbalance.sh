@@ -2,7 +2,7 @@
 # Does MCC balance the modalities? (issue 6; paper §4.5–4.6, Appendix D)
 # A synthetic store where audio carries 10× the label weight of vision, then C1 (with MCC) against
 # C4 (no MCC), 3 seeds, frozen embedded MiniLM; tables and plots land in docs/imbalance/.
-#   usage: bash bench/imbalance.sh [OUT_DIR]   (about 15 minutes on 2 CPU cores)
+#   usage: bash bench/imbalance.sh [OUT_DIR]   (about 60 minutes on 2 busy CPU cores; see docs/imbalance/README.md)
 set -euo pipefail
 OUT=${1:-runs/imbalance}
 KEBR=${KEBR:-.venv/bin/kebr}

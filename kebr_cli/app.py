@@ -30,8 +30,9 @@ if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-console = Console()
-err_console = Console(stderr=True)
+# Tables stay whole when the output is a file or a pipe (Rich would otherwise assume 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 app = typer.Typer(
     name="kebr",
