@@ -67,7 +67,7 @@ from kebr_core.metrics import aggregate, format_table_row, msa_metrics  # noqa: 
 from kebr_core.model import load_text_encoder, load_tokenizer  # noqa: E402
 from kebr_core.recipes.finetune import finetune  # noqa: E402
 
-LABEL_CSV = Path("/work/shared/data/mosi/label.csv")
+LABEL_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"  # shared/ beside the checkout
 RESULTS = Path(__file__).resolve().parent / "results" / "mosi_text.json"
 
 # The chosen settings (see the docstring) and the validation grid they were chosen from.

@@ -73,7 +73,7 @@ from kebr_core.model import KEBRModel, load_tokenizer, masked_mean  # noqa: E402
 from kebr_core.distributed import DistInfo, EpochBatches  # noqa: E402
 from kebr_core.training import autocast, build_text_cache, move, train_epoch  # noqa: E402
 
-LABEL_CSV = Path("/work/shared/data/mosi/label.csv")
+LABEL_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"  # shared/ beside the checkout
 D_AUDIO = 33
 AUDIO_FPS = 22050 / 512  # kebr33: 43.07 frames/s
 VISION_FPS = 10.0

@@ -289,6 +289,16 @@ def epoch_row(epoch: int, sums: Tensor, seconds: float, mcc_weight: float, prefi
     }
 
 
+def item_lengths(dataset) -> np.ndarray | None:
+    """(N, 3) text/audio/vision lengths of a StoreDataset or a Subset of one; None for other datasets."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        parent = item_lengths(dataset.dataset)
+        return None if parent is None else parent[np.asarray(dataset.indices)]
+    return dataset.lengths() if hasattr(dataset, "lengths") else None
+
+
 def train_epoch(
     net: torch.nn.Module,
     dataset,
@@ -314,10 +324,11 @@ def train_epoch(
 
     model = net.module if hasattr(net, "module") else net
     sizes = None
-    if cfg.train.length_bucketing:
+    lengths = item_lengths(dataset)
+    if cfg.train.length_bucketing and lengths is not None:
         # A sample's padded cost, each stream relative to its cap: batches of similar samples pad little.
         caps = np.array([cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len], np.float64)
-        sizes = (np.minimum(dataset.lengths(), caps) / caps).sum(axis=1)
+        sizes = (np.minimum(lengths, caps) / caps).sum(axis=1)
     loader = DataLoader(
         dataset, batch_sampler=EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=sizes),
         collate_fn=collate, num_workers=cfg.train.workers, pin_memory=device.type == "cuda",
