@@ -45,7 +45,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -59,6 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import cpu_name  # noqa: E402
 from kebr_core.config import RunConfig  # noqa: E402
 from kebr_core.data.importers import import_label_csv  # noqa: E402
 from kebr_core.data.store import FeatureStore  # noqa: E402
@@ -148,16 +148,6 @@ def tune(store_path: Path, text_model: str, tmp: Path) -> None:
         best = min(rows, key=lambda r: float(r["valid_mae"]))
         print(f"setting {k}: best epoch {best['epoch']}: valid MAE {float(best['valid_mae']):.3f}, Corr "
               f"{float(best['valid_corr']):.3f}, Acc-2 non0 {float(best['valid_acc2_non0']):.3f}", flush=True)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def markdown_table(ridge: dict[str, Any], summary: dict[str, tuple[float, float]], n_seeds: int) -> str:

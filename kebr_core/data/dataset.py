@@ -180,15 +180,3 @@ def collate(
 ) -> dict[str, Tensor]:
     """Functional form of `Collator` (pad id 0)."""
     return Collator(max_text_len, max_audio_len, max_vision_len)(batch)
-
-
-def plain_text_encoder(tokenizer: Any, max_length: int) -> TextEncoder:
-    """A text_encoder for fine-tuning: the tokenizer's ids with special tokens, truncated to max_length."""
-
-    def encode(texts: list[str]) -> list[dict]:
-        if not texts:
-            return []
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-        return [{"input_ids": list(ids)} for ids in encoded["input_ids"]]
-
-    return encode
