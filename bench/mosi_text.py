@@ -63,7 +63,7 @@ from kebr_core.config import RunConfig  # noqa: E402
 from kebr_core.data.importers import import_label_csv  # noqa: E402
 from kebr_core.data.store import FeatureStore  # noqa: E402
 from kebr_core.masking import tokenize_plain  # noqa: E402
-from kebr_core.metrics import aggregate, format_table_row, msa_metrics  # noqa: E402
+from kebr_core.metrics import format_table_row, msa_metrics  # noqa: E402
 from kebr_core.model import load_text_encoder, load_tokenizer  # noqa: E402
 from kebr_core.recipes.finetune import finetune  # noqa: E402
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -255,11 +254,6 @@ def check_finite(loss: Tensor, epoch: int, step: int) -> None:
             f"The loss became {value} at epoch {epoch}, batch {step}: lower the learning rate or check the "
             "input features for NaN/inf values."
         )
-
-
-def mean_of(values: Iterable[float]) -> float:
-    v = [x for x in values if x == x]
-    return float(sum(v) / len(v)) if v else float("nan")
 
 
 def balance_sums(abs_err: Tensor, mcc) -> Tensor:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
-from kebr_core.config import MCCConfig, RunConfig
+from kebr_core.config import RunConfig
 from kebr_core.model import KEBRModel
 from kebr_core.modules.fusion import LateFusion
 from kebr_core.modules.tcmf import TCMF

@@ -22,7 +22,6 @@ import copy
 import csv
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence

@@ -15,7 +15,6 @@ Writes into the run directory: config.json, metrics.csv (one row per epoch), che
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
