@@ -116,6 +116,7 @@ def finetune(
     collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len, pad_id=tokenizer.pad_token_id or 0)
 
     per_seed, best_epochs = [], []
+    text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
     for n_done, seed in enumerate(seeds):
         seed_dir = run_dir / f"seed-{seed}"
         done_file = seed_dir / "test.json"
@@ -123,7 +124,8 @@ def finetune(
             result = json.loads(done_file.read_text())
         else:
             result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
-                               best_model_dir=run_dir / "best-model", features=store_features(store))
+                               best_model_dir=run_dir / "best-model", features=store_features(store),
+                               text_cache=text_cache)
         per_seed.append(result["test"])
         best_epochs.append(result["best_epoch"])
         progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
@@ -136,7 +138,7 @@ def finetune(
 
 
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
-              best_model_dir: Path, features: dict) -> dict:
+              best_model_dir: Path, features: dict, text_cache: dict) -> dict:
     if info.is_main:
         seed_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -146,7 +148,11 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
     frozen = not cfg.train.unfreeze
     model.set_encoder_trainable(not frozen)
     model.pretrain_head.requires_grad_(False)  # unused while fine-tuning
-    cache = build_text_cache(model.encoder, token_ids, device) if frozen else None
+    cache = None
+    if frozen:
+        if "cache" not in text_cache:
+            text_cache["cache"] = build_text_cache(model.encoder, token_ids, device)
+        cache = text_cache["cache"]
 
     lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr
     groups = [
