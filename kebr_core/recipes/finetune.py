@@ -39,7 +39,7 @@ from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import aggregate, msa_metrics
 from kebr_core.model import KEBRModel, load_tokenizer
-from kebr_core.recipes.pretrain import configure_from_store
+from kebr_core.recipes.pretrain import configure_from_store, store_widths
 from kebr_core.training import (
     MetricsLog,
     ProgressFn,
@@ -91,7 +91,7 @@ def finetune(
     for s, idx in split_index.items():
         if len(idx) == 0 or np.isnan(store.labels[idx]).all():
             raise KebrError(f"Store {store_path} has no labeled '{s}' samples; eval needs train, valid and test labels.")
-    wanted = (max(len(store.audio_features), 1), max(len(store.vision_features), 1))
+    wanted = store_widths(store)
     if checkpoint is not None:
         checkpoint = resolve_checkpoint(checkpoint)
         apply_checkpoint_config(cfg, Path(checkpoint))

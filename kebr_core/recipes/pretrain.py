@@ -53,11 +53,14 @@ class PretrainResult:
     last_row: dict[str, float]
 
 
+def store_widths(store: FeatureStore) -> tuple[int, int]:
+    """The model's audio and vision input widths for a store: its feature counts (a text-only store,
+    which names none, gets width 1: the collate gives it one always-masked zero column)."""
+    return max(len(store.audio_features), 1), max(len(store.vision_features), 1)
+
+
 def configure_from_store(cfg: RunConfig, store: FeatureStore) -> None:
-    """The model's input widths come from the store's feature names (a text-only store, which names
-    none, gets width 1: the collate gives it one always-masked zero column)."""
-    cfg.model.d_audio = max(len(store.audio_features), 1)
-    cfg.model.d_vision = max(len(store.vision_features), 1)
+    cfg.model.d_audio, cfg.model.d_vision = store_widths(store)
 
 
 def pretrain(
