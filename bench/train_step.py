@@ -6,21 +6,25 @@ estimated from its word count (3 words/s, ±20 % log-normal jitter); audio is `k
 43 frames/s, 33 columns) capped at 400 frames, vision 10 frames/s (the extractor's default) × 709 columns
 (OpenFace's width; `--d-vision`) capped at 55 frames. Mean lengths: ~15 tokens, ~170 audio, ~40 vision frames.
 
-Both sides use the SAME model (one `KEBRModel`: text encoder, `TCMF`, heads; copied so each side trains
-its own), the same optimiser settings (paper preset: Adam, batch 32), the same store and the same
-samples, so only the pipeline around the model differs:
+Both sides use the SAME model weights and modules (one `KEBRModel`: text encoder, `TCMF`, heads; copied
+so each side trains its own), the same optimiser settings (paper preset: Adam, batch 32), the same store
+and the same samples, so only the computation around the modules differs:
 
   authors' pipeline (written here, after the authors' code)
     - `__getitem__` tokenises (and, for pretraining, masks) its text, pads every item to a FIXED 39
       tokens / 400 audio / 55 vision frames, and turns each array into a tensor on the device;
+    - TCMF (`authors_tcmf`): the shared layer is applied K times as a layer module, so each application
+      projects X0a and X0v to keys and values again, and runs its FFN over every padded text position;
     - MCC (Eq. 9–13) is a per-sample Python loop: flatten, L2-normalise, materialise the tiled shorter
       vector, `if c_a >= 0 and c_v >= 0` in Python;
     - pretraining: the frozen encoder's forward pass is recomputed at every step of every epoch.
   kebr_core (the recipe's own code)
     - `kebr_core.training.train_epoch` itself (the epoch loop both recipes call), after the recipes'
       set-up: texts masked (`mask_batch`) or tokenised (`tokenize_plain`) once, `StoreDataset`,
-      `Collator` with dynamic padding, the batch-vectorised `mcc_loss` inside `KEBRModel.forward`, and
-      for pretraining the frozen encoder's outputs computed once (`build_text_cache`).
+      `Collator` with dynamic padding of length-bucketed batches, `TCMF.forward` (keys and values of
+      X0a, X0v projected once per forward, the FFN on valid text tokens only), the batch-vectorised
+      `mcc_loss` inside `KEBRModel.forward`, and for pretraining the frozen encoder's outputs computed
+      once (`build_text_cache`).
 
 Fine-tuning trains the encoder on both sides (`kebr eval`'s default; lr 5e-6). Texts are truncated at
 39 tokens on both sides (the authors' MOSI length; the recipe's default is 50). Before timing, the bench
@@ -71,7 +75,7 @@ from kebr_core.lexicon import load_lexicon  # noqa: E402
 from kebr_core.masking import mask_batch, mask_sentiment_word, split_words, tokenize_plain  # noqa: E402
 from kebr_core.model import KEBRModel, load_tokenizer, masked_mean  # noqa: E402
 from kebr_core.distributed import DistInfo, EpochBatches  # noqa: E402
-from kebr_core.training import autocast, build_text_cache, move, train_epoch  # noqa: E402
+from kebr_core.training import autocast, bucket_sizes, build_text_cache, move, train_epoch  # noqa: E402
 
 LABEL_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"  # shared/ beside the checkout
 D_AUDIO = 33
@@ -198,10 +202,22 @@ def authors_mcc(fused: torch.Tensor, text_len: list[int], audio: torch.Tensor, a
     return torch.stack(losses).mean() if losses else fused.sum() * 0
 
 
+def authors_tcmf(model: KEBRModel, x0t: torch.Tensor, audio: torch.Tensor, audio_mask: torch.Tensor,
+                 vision: torch.Tensor, vision_mask: torch.Tensor) -> torch.Tensor:
+    """X_K as the authors compute it: the shared TCMF layer applied K times, each application projecting
+    X0a and X0v to keys and values again, over every (padded) text position. Same modules and weights as
+    `TCMF.forward`, which projects once per forward and skips text padding in the FFN."""
+    tcmf = model.fusion
+    x = x0t
+    for k in range(tcmf.num_layers):
+        x = tcmf.layers[0 if tcmf.shared else k](x, audio, audio_mask, vision, vision_mask).fused
+    return x
+
+
 def authors_loss(model: KEBRModel, batch: dict[str, torch.Tensor], cfg: RunConfig, stage: str,
                  device: torch.device) -> torch.Tensor:
-    """One step's loss: encoder forward on the fixed-length batch (no_grad when frozen), then the same
-    TCMF and heads as `KEBRModel.forward`, and the looped MCC."""
+    """One step's loss: encoder forward on the fixed-length batch (no_grad when frozen), then the authors'
+    TCMF loop (`authors_tcmf`), the same heads as `KEBRModel.forward`, and the looped MCC."""
     text_mask = batch["attention_mask"].bool()
     frames = torch.arange(FIXED_AUDIO, device=device)
     audio_mask = frames[None, :] < batch["audio_len"][:, None]
@@ -212,7 +228,8 @@ def authors_loss(model: KEBRModel, batch: dict[str, torch.Tensor], cfg: RunConfi
                 x0t = model.encode_text(batch["input_ids"], text_mask)
         else:
             x0t = model.encode_text(batch["input_ids"], text_mask)
-        fused, fused_mask, _, _ = model._fuse(x0t, text_mask, batch["audio"], audio_mask, batch["vision"], vision_mask)
+        fused = authors_tcmf(model, x0t, batch["audio"], audio_mask, batch["vision"], vision_mask)
+        fused_mask = text_mask
         if stage == "pretrain":
             idx = batch["mask_pos"].view(-1, 1, 1).expand(-1, 1, fused.shape[-1])
             pred = model.pretrain_head(fused.gather(1, idx).squeeze(1))
@@ -354,7 +371,8 @@ def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: An
     data_time = {}
     for side, loader in (
         ("ours", DataLoader(Subset(ours_data, timed_idx), collate_fn=collate,
-                            batch_sampler=EpochBatches(len(timed_idx), bsz, cfg.train.seed, 1, DistInfo()))),
+                            batch_sampler=EpochBatches(len(timed_idx), bsz, cfg.train.seed, 1, DistInfo(),
+                                                       sizes=bucket_sizes(Subset(ours_data, timed_idx), cfg)))),
         ("authors", DataLoader(Subset(authors_data, timed_idx), batch_size=bsz, shuffle=True,
                                generator=torch.Generator().manual_seed(1))),
     ):
@@ -363,7 +381,7 @@ def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: An
         for batch in loader:
             widths.append([batch[k].shape[1] for k in ("input_ids", "audio", "vision")])
         data_time[side] = (time.perf_counter() - start) / timed_steps
-        if side == "ours":  # how much dynamic padding saves with random batches
+        if side == "ours":  # how much dynamic padding with length-bucketed batches saves
             padded = np.mean(widths, axis=0).tolist()
     return {
         "stage": stage, "samples": n, "steps_per_epoch": steps_per_epoch, "timed_steps": timed_steps,
@@ -427,10 +445,10 @@ def main() -> None:
     print("| stage | pipeline | s/step | of it data | steps/epoch | s/epoch | samples/s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in results:
-        for side, name in (("authors", "authors' (fixed padding, per-item tensors, MCC loop"
+        for side, name in (("authors", "authors' (fixed padding, per-item tensors, K/V per layer, MCC loop"
                             + (", encoder every step)" if r["stage"] == "pretrain" else ")")),
                            ("ours", "kebr_core (" + ("TextCache, " if r["stage"] == "pretrain" else "")
-                            + "StoreDataset + Collator, mcc_loss)")):
+                            + "bucketed StoreDataset + Collator, TCMF, mcc_loss)")):
             s = r["per_step"][side]
             print(f"| {r['stage']} | {name} | {s:.3f} | {r['data_per_step'][side]:.3f} | {r['steps_per_epoch']} | "
                   f"{r['epoch'][side]:.1f} | "

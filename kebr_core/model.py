@@ -140,7 +140,8 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 class KEBRModel(nn.Module):
     """The KEBR network. `forward(batch, task)` returns predictions and the MCC terms.
 
-    batch keys (from `kebr_core.data.dataset.Collator`): input_ids/attention_mask (B, Lt),
+    batch keys (from `kebr_core.data.dataset.Collator`): input_ids/attention_mask (B, Lt), optional
+    text_index (N,) (flat positions of the valid tokens; TCMF's FFN then skips text padding),
     audio (B, La, da) + audio_mask (B, La), vision (B, Lv, dv) + vision_mask (B, Lv), and for
     pretraining mask_pos (B,). `text_hidden` (B, Lt, dt) replaces the encoder's forward when the
     frozen encoder's outputs were computed once (pretraining, DESIGN §6).
@@ -172,7 +173,9 @@ class KEBRModel(nn.Module):
         audio, audio_mask = batch["audio"], batch["audio_mask"]
         vision, vision_mask = batch["vision"], batch["vision_mask"]
 
-        fused, fused_mask, value_a, value_v = self._fuse(x0t, text_mask, audio, audio_mask, vision, vision_mask)
+        fused, fused_mask, value_a, value_v = self._fuse(
+            x0t, text_mask, audio, audio_mask, vision, vision_mask, batch.get("text_index")
+        )
 
         if task == "pretrain":
             # x_MASK (Eq. 14): the fused state at the masked position, (B, dt). Late fusion (C3) has a
@@ -193,10 +196,11 @@ class KEBRModel(nn.Module):
         )
         return KEBROutput(pred=pred, fused=fused, pooled=pooled, mcc=mcc)
 
-    def _fuse(self, x0t, text_mask, audio, audio_mask, vision, vision_mask):
-        """Returns (fused (B, Lf, dt), fused_mask (B, Lf), V_a (B, La, dt), V_v (B, Lv, dt))."""
+    def _fuse(self, x0t, text_mask, audio, audio_mask, vision, vision_mask, text_index=None):
+        """Returns (fused (B, Lf, dt), fused_mask (B, Lf), V_a (B, La, dt), V_v (B, Lv, dt)).
+        text_index: the Collator's flat positions of valid tokens; TCMF then skips padding in its FFN."""
         if self.cfg.fusion == "tcmf":
-            fused, value_a, value_v = self.fusion(x0t, audio, audio_mask, vision, vision_mask)
+            fused, value_a, value_v = self.fusion(x0t, audio, audio_mask, vision, vision_mask, text_index)
             return fused, text_mask, value_a, value_v
         return tuple(self.fusion(x0t, text_mask, audio, audio_mask, vision, vision_mask))
 

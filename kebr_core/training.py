@@ -293,6 +293,17 @@ def item_lengths(dataset) -> np.ndarray | None:
     return dataset.lengths() if hasattr(dataset, "lengths") else None
 
 
+def bucket_sizes(dataset, cfg: RunConfig) -> np.ndarray | None:
+    """(N,) per-sample padded cost for EpochBatches' length bucketing: each stream's length relative to
+    its cap, summed, so batches of similar samples pad little. None when bucketing is off or the
+    dataset has no lengths."""
+    lengths = item_lengths(dataset)
+    if not cfg.train.length_bucketing or lengths is None:
+        return None
+    caps = np.array([cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len], np.float64)
+    return (np.minimum(lengths, caps) / caps).sum(axis=1)
+
+
 def train_epoch(
     net: torch.nn.Module,
     dataset,
@@ -317,12 +328,7 @@ def train_epoch(
     from kebr_core.distributed import EpochBatches, all_reduce_sum, global_mean
 
     model = net.module if hasattr(net, "module") else net
-    sizes = None
-    lengths = item_lengths(dataset)
-    if cfg.train.length_bucketing and lengths is not None:
-        # A sample's padded cost, each stream relative to its cap: batches of similar samples pad little.
-        caps = np.array([cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len], np.float64)
-        sizes = (np.minimum(lengths, caps) / caps).sum(axis=1)
+    sizes = bucket_sizes(dataset, cfg)
     loader = DataLoader(
         dataset, batch_sampler=EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=sizes),
         collate_fn=collate, num_workers=cfg.train.workers, pin_memory=device.type == "cuda",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from torch import nn
 
 from kebr_core.config import MCCConfig, ModelConfig
 from kebr_core.errors import KebrError
-from kebr_core.modules.attention import CrossModalAttention
+from kebr_core.modules.attention import CrossModalAttention, attention_with_dropout
 from kebr_core.modules.fusion import LateFusion
 from kebr_core.modules.mcc import mcc_loss
 from kebr_core.modules.tcmf import TCMF, TCMFLayer
@@ -97,6 +98,32 @@ def test_cma_matches_reference_with_masks(heads: int) -> None:
 def test_cma_heads_must_divide_width() -> None:
     with pytest.raises(ValueError, match="divisible"):
         CrossModalAttention(d_text=6, d_modality=3, heads=4)
+
+
+def test_attention_with_dropout_is_sdpa_and_drops_unbiased() -> None:
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, n, 4, generator=gen, dtype=torch.float64) for n in (3, 5, 5))
+    mask = lengths_to_mask([5, 2], 5)[:, None, None, :]
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(attention_with_dropout(q, k, v, mask, 0.0), sdpa)
+    torch.manual_seed(0)
+    draws = torch.stack([attention_with_dropout(q, k, v, mask, 0.5) for _ in range(4000)])
+    assert (draws != sdpa).any(dim=(1, 2, 3, 4)).all()  # every draw drops something
+    torch.testing.assert_close(draws.mean(0), sdpa, atol=0.08, rtol=0)  # E[dropout(w)] = w
+
+
+def test_cma_training_with_dropout_on_cpu_uses_the_explicit_path() -> None:
+    torch.manual_seed(4)
+    cma = CrossModalAttention(d_text=8, d_modality=3, heads=2, dropout=0.3).train()
+    text, modality = torch.randn(2, 4, 8), torch.randn(2, 5, 3)
+    mask = lengths_to_mask([5, 3], 5)
+    torch.manual_seed(5)
+    out, _ = cma(text, modality, mask)
+    key, value = cma.project(modality)
+    split = lambda x: x.view(2, -1, 2, 4).transpose(1, 2)  # noqa: E731
+    torch.manual_seed(5)
+    expected = attention_with_dropout(split(cma.w_q(text)), split(key), split(value), mask[:, None, None, :], 0.3)
+    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(2, 4, 8))
 
 
 def test_cma_empty_modality_tensor() -> None:
@@ -232,6 +259,28 @@ def test_padding_changes_nothing() -> None:
     torch.testing.assert_close(out.fused[:, :4], base.fused)
     valid = inputs["audio_mask"]
     torch.testing.assert_close(out.value_audio[:, :5][valid], base.value_audio[valid])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_token_index_skips_text_padding_exactly(shared: bool) -> None:
+    """With the Collator's text_index, the FFN runs on valid tokens only: the same X_K there, and
+    padding positions keep M_k; gradients of the weights are the same."""
+    torch.manual_seed(17)
+    tcmf = TCMF(8, 3, 6, layers=3, shared=shared, heads=2).double().eval()
+    inputs = small_inputs(3, seed=18, dtype=torch.float64)
+    text_mask = lengths_to_mask([4, 1, 2], 4)
+    token_index = torch.from_numpy(np.flatnonzero(text_mask.numpy()))
+    full = tcmf(**inputs)
+    packed = tcmf(**inputs, token_index=token_index)
+    torch.testing.assert_close(packed.fused[text_mask], full.fused[text_mask])
+    torch.testing.assert_close(packed.value_audio, full.value_audio)
+    grads = []
+    for out in (full, packed):
+        tcmf.zero_grad()
+        (out.fused[text_mask] ** 2).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in tcmf.parameters()])
+    for g_full, g_packed in zip(*grads):
+        torch.testing.assert_close(g_packed, g_full)
 
 
 def test_zero_length_modality_drops_its_cma_term() -> None:

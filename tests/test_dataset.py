@@ -38,6 +38,9 @@ def test_collate_pads_each_batch_to_its_own_longest_and_masks() -> None:
     assert out["index"].tolist() == [1, 2, 3] and out["index"].dtype == torch.long
     assert out["attention_mask"].dtype == torch.bool and out["audio_mask"].dtype == torch.bool
     assert "mask_pos" not in out
+    # flat positions b·Lt + t of the valid tokens (rows of width 5: 3, 5 and 2 tokens)
+    assert out["text_index"].tolist() == [0, 1, 2, 5, 6, 7, 8, 9, 10, 11]
+    assert out["text_index"].dtype == torch.long
 
 
 def test_collate_truncates_to_first_frames_and_keeps_one_frame_when_all_empty() -> None:

@@ -151,6 +151,9 @@ class Collator:
             ids, text_mask = _pad([np.asarray(b["input_ids"]) for b in batch], self.max_text_len, self.pad_id, np.int64)
             out["input_ids"] = torch.from_numpy(ids)
             out["attention_mask"] = torch.from_numpy(text_mask)
+            # Flat positions b·Lt + t of the valid tokens, found here on the CPU so the model can skip
+            # text padding without a host-device synchronisation (TCMFLayer.forward).
+            out["text_index"] = torch.from_numpy(np.flatnonzero(text_mask))
         for modality, cap in (("audio", self.max_audio_len), ("vision", self.max_vision_len)):
             arrays = [b[modality] for b in batch]
             if arrays[0].shape[1] == 0:

@@ -15,6 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    """dropout(softmax(Q Kᵀ / √d_head) masked) V, the same as SDPA with dropout_p = p.
+
+    q (B, H, Lt, d), k and v (B, H, Lm, d), mask broadcastable to (B, H, Lt, Lm), True = attend; every
+    row must attend somewhere. SDPA has no CPU kernel with dropout; its fallback rescales the keys on
+    each call, a strided copy of (B, H, d, Lm) that took ~6 % of a CPU pretraining step. Scaling the
+    queries instead (Lt ≪ Lm) computes the same thing.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, H, Lt, Lm)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return F.dropout(weights, p) @ v  # (B, H, Lt, d)
+
+
 class CrossModalAttention(nn.Module):
     """Text → modality attention with key-padding mask.
 
@@ -80,11 +93,12 @@ class CrossModalAttention(nn.Module):
         first_frame = torch.zeros_like(modality_mask)
         first_frame[:, 0] = True
         attend = modality_mask | (first_frame & ~has_frames[:, None])
-        out = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=attend[:, None, None, :],  # (B, 1, 1, Lm), broadcast over heads and queries
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        mask = attend[:, None, None, :]  # (B, 1, 1, Lm), broadcast over heads and queries
+        dropout = self.dropout if self.training else 0.0
+        if dropout > 0 and q.device.type == "cpu":
+            out = attention_with_dropout(q, k, v, mask, dropout)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, text_len, self.d_text)
         out = torch.where(has_frames[:, None, None], out, torch.zeros_like(out))
         return out, value

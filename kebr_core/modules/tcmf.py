@@ -70,16 +70,25 @@ class TCMFLayer(nn.Module):
         vision_mask: torch.Tensor,
         kv_audio: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_vision: tuple[torch.Tensor, torch.Tensor] | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> TCMFOutput:
         """text: X_{k-1} (B, Lt, dt); audio: X0a (B, La, da); vision: X0v (B, Lv, dv); masks (B, L·)
-        bool, True = valid; kv_audio/kv_vision: this layer's K, V of X0a/X0v if already computed.
-        Text padding positions are computed like any other and ignored downstream (every operation
-        here is position-wise in the text, so they never affect valid positions)."""
+        bool, True = valid; kv_audio/kv_vision: this layer's K, V of X0a/X0v if already computed;
+        token_index: (N,) flat positions b·Lt + t of the valid text tokens (the Collator's `text_index`).
+
+        Every operation here is position-wise in the text, so text padding positions never affect
+        valid ones and are ignored downstream. Without token_index they are computed like any other;
+        with it, the FFN of Eq. 8 (most of a layer's arithmetic) runs on the N valid tokens only and
+        padding positions keep M_k."""
         text_ln = self.ln_text(text)  # shared by the queries (Eq. 3) and the residual (Eq. 7)
         cma_a, value_a = self.cma_audio(text_ln, audio, audio_mask, kv_audio)
         cma_v, value_v = self.cma_vision(text_ln, vision, vision_mask, kv_vision)
-        fused = cma_a + text_ln + cma_v  # Eq. 7
-        fused = self.ffn(self.ln_fused(fused)) + fused  # Eq. 8
+        fused = cma_a + text_ln + cma_v  # Eq. 7: M_k
+        if token_index is None:
+            return TCMFOutput(self.ffn(self.ln_fused(fused)) + fused, value_a, value_v)  # Eq. 8
+        flat = fused.reshape(-1, fused.shape[-1])  # (B·Lt, dt)
+        update = self.ffn(self.ln_fused(flat.index_select(0, token_index)))  # (N, dt)
+        fused = flat.index_add(0, token_index, update).view_as(fused)  # Eq. 8 at the valid tokens
         return TCMFOutput(fused, value_a, value_v)
 
 
@@ -137,8 +146,10 @@ class TCMF(nn.Module):
         audio_mask: torch.Tensor,
         vision: torch.Tensor,
         vision_mask: torch.Tensor,
+        token_index: torch.Tensor | None = None,
     ) -> TCMFOutput:
-        """text: X0t (B, Lt, dt); audio (B, La, da); vision (B, Lv, dv); masks bool, True = valid.
+        """text: X0t (B, Lt, dt); audio (B, La, da); vision (B, Lv, dv); masks bool, True = valid;
+        token_index: optional (N,) flat positions of the valid text tokens (see `TCMFLayer.forward`).
         Returns X_K (B, Lt, dt) and the last layer's V_a (B, La, dt), V_v (B, Lv, dt)."""
         x = text
         kv_audio = kv_vision = None
@@ -149,5 +160,5 @@ class TCMF(nn.Module):
             kv_vision = self.layers[0].cma_vision.project(vision)
         for k in range(self.num_layers):  # num_layers >= 1, so the values below are always bound
             layer = self.layers[0 if self.shared else k]
-            x, value_a, value_v = layer(x, audio, audio_mask, vision, vision_mask, kv_audio, kv_vision)
+            x, value_a, value_v = layer(x, audio, audio_mask, vision, vision_mask, kv_audio, kv_vision, token_index)
         return TCMFOutput(x, value_a, value_v)
