@@ -120,7 +120,10 @@ def test_cma_training_with_dropout_on_cpu_uses_the_explicit_path() -> None:
     torch.manual_seed(5)
     out, _ = cma(text, modality, mask)
     key, value = cma.project(modality)
-    split = lambda x: x.view(2, -1, 2, 4).transpose(1, 2)  # noqa: E731
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # (B, L, 8) → (B, 2 heads, L, 4)
+        return x.view(2, -1, 2, 4).transpose(1, 2)
+
     torch.manual_seed(5)
     expected = attention_with_dropout(split(cma.w_q(text)), split(key), split(value), mask[:, None, None, :], 0.3)
     torch.testing.assert_close(out, expected.transpose(1, 2).reshape(2, 4, 8))
