@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import app, console, progress, user_errors
-from kebr_cli.train import _renderer, build_config
+from kebr_cli.train import MCC_ALIGNS, _choice, _renderer, build_config
 from kebr_core.config import DEFAULT_TEXT_MODEL
 from kebr_core.errors import KebrError
 from kebr_core.metrics import format_table_row
@@ -39,6 +39,8 @@ def ablate(
     mcc_align: str = typer.Option("", "--mcc-align", help="Compare MCC alignments, e.g. tile,projected."),
     seeds: int = typer.Option(5, "--seeds", help="Fine-tuning seeds per configuration (as eval)."),
     g: float = typer.Option(0.2, "--g", help="g of every configuration outside the sweep."),
+    align: str = typer.Option("tile", "--align", help="MCC alignment of every configuration outside --mcc-align "
+                              "(tile or projected); a configuration without MCC logs its cosines with it."),
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", help="Pretraining epochs (default 20)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 10)."),
     batch_size: int = typer.Option(32, "--batch-size"),
@@ -51,16 +53,18 @@ def ablate(
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.recipes.ablate import ablate as run_ablate, build_specs
 
-    common = dict(text_model=text_model, g=g, s=1.0, lambda_mcc=1.0, mcc_form="paper", mcc_align="tile", layers=layers,
+    common = dict(text_model=text_model, g=g, s=1.0, lambda_mcc=1.0, mcc_form="paper", mcc_align=align, layers=layers,
                   shared_layers=True, heads=1, ffn="mlp", batch_size=batch_size, lr=None, lr_encoder=None, lr_fusion=None,
                   max_text_len=50, seed=0, device=device, workers=0, bf16=None)
     with user_errors():
+        _choice(align, MCC_ALIGNS, "--align")
         pre_cfg = build_config(None, "pretrain", epochs=pretrain_epochs, checkpoint_every=5, unfreeze=False, **common)
         ft_cfg = build_config(None, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder, **common)
         specs = build_specs(
             no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,
             g_sweep=_floats(g_values, "--g-values") if g_sweep else None,
             mcc_forms=[x for x in mcc_form.split(",") if x], mcc_aligns=[x for x in mcc_align.split(",") if x], g=g,
+            align=align,
         )
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         store = resolve_dataset(dataset, data_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))

@@ -270,8 +270,10 @@ class _Timed:
 class Extractor:
     """Backends of one process (built once, reused for every video it is given)."""
 
-    def __init__(self, options: ExtractOptions) -> None:
+    def __init__(self, options: ExtractOptions, decode_threads: int = 0) -> None:
+        """decode_threads: FFmpeg threads per video decode (0 = one per core; worker processes use 1)."""
         self.options = options
+        self.decode_threads = decode_threads
         self.feature_set = audio_mod.get_feature_set(options.audio_features)
         self.vision: VisionBackend = make_vision(options.vision, options.fps, options.openface_dir)
         self._asr: AsrBackend | None = None
@@ -335,7 +337,7 @@ class Extractor:
         t = time.perf_counter()
         n_no_face = 0
         if self.vision.reads_frames:
-            frames = _Timed(iter_frames(path, opt.fps, opt.max_side) if info.has_video else ())
+            frames = _Timed(iter_frames(path, opt.fps, opt.max_side, self.decode_threads) if info.has_video else ())
             feats_v, n_no_face = self.vision.features(frames, video=path, key=item.key)
             timings["decode"] += frames.seconds
             timings["vision"] += time.perf_counter() - t - frames.seconds
@@ -386,7 +388,7 @@ def _init_worker(options: ExtractOptions) -> None:
         threadpool_limits(1)
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         pass
-    _EXTRACTOR = Extractor(options)
+    _EXTRACTOR = Extractor(options, decode_threads=1)  # one decoding thread, as one BLAS thread above
 
 
 def _die_with_parent() -> None:

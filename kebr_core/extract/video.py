@@ -111,7 +111,7 @@ def sample_times(n_frames: int, fps: float) -> np.ndarray:
     return np.arange(n_frames, dtype=np.float64) / fps
 
 
-def iter_frames(path: Path, fps: float, max_side: int | None = 640) -> Iterator[np.ndarray]:
+def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int = 0) -> Iterator[np.ndarray]:
     """Yield RGB pictures (H, W, 3) uint8 sampled at `fps`: the picture shown at t = 0, 1/fps, 2/fps, ...
 
     A decoded picture with presentation time t_i is on screen over [t_i, t_{i+1}); the last one for one
@@ -119,6 +119,8 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640) -> Iterator[
     gives ceil(D * fps) pictures whatever the source frame rate (sample-and-hold, no interpolation).
     Only the pictures that are used are converted to RGB (and shrunk so the longer side is at most
     `max_side`: landmark models work at ~200 px, and conversion of HD frames dominates otherwise).
+    `threads`: FFmpeg decoding threads, 0 = as many as cores (one process); extraction workers use 1,
+    since the workers are the parallelism and a second decoding thread each would oversubscribe the cores.
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
@@ -126,7 +128,11 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640) -> Iterator[
         if not container.streams.video:
             return
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if threads == 1:
+            stream.thread_type = "NONE"
+        else:
+            stream.thread_type = "AUTO"
+            stream.thread_count = threads
         tb = float(stream.time_base) if stream.time_base else 0.0
         period = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / 25.0
         start = None

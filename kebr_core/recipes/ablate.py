@@ -54,8 +54,8 @@ class AblationSpec:
 
     def pretrain_key(self) -> str:
         fusion = "tcmf" if self.tcmf else "late"
-        if not self.mcc:
-            return f"{fusion}-nomcc"
+        if not self.mcc:  # λ = 0: the alignment changes only the cosines it logs
+            return f"{fusion}-nomcc" if self.mcc_align == "tile" else f"{fusion}-nomcc-{self.mcc_align}"
         return f"{fusion}-mcc-g{self.g:+.2f}-{self.mcc_form}-{self.mcc_align}"
 
 
@@ -72,9 +72,13 @@ def build_specs(
     *, no_mcc: bool = False, no_tcmf: bool = False, no_pretrain: bool = False, all_table4: bool = False,
     g_sweep: Sequence[float] | None = None, mcc_forms: Sequence[str] = (), mcc_aligns: Sequence[str] = (),
     g: float = 0.2,
+    align: str = "tile",
 ) -> list[AblationSpec]:
-    """The configurations the flags ask for; C1 (the reference of "Avg") is always included."""
-    specs = [replace(s, g=g) for s in TABLE4]
+    """The configurations the flags ask for; C1 (the reference of "Avg") is always included.
+
+    g and align are those of every configuration outside the sweep and the comparisons; a configuration
+    without MCC still logs its cosines c_a, c_v with `align` (the balance plots compare them)."""
+    specs = [replace(s, g=g, mcc_align=align) for s in TABLE4]
     chosen = [specs[0]]
     if all_table4:
         chosen = specs
@@ -84,15 +88,16 @@ def build_specs(
             chosen.append(match[0])
         else:
             name = "+".join(n for n, on in (("no-pretrain", no_pretrain), ("no-tcmf", no_tcmf), ("no-mcc", no_mcc)) if on)
-            chosen.append(AblationSpec(name, "table4", pretrain=not no_pretrain, tcmf=not no_tcmf, mcc=not no_mcc, g=g))
+            chosen.append(AblationSpec(name, "table4", pretrain=not no_pretrain, tcmf=not no_tcmf, mcc=not no_mcc, g=g,
+                                       mcc_align=align))
     for value in g_sweep or ():
-        chosen.append(AblationSpec(f"g={value:+.2f}", "g-sweep", g=float(value)))
+        chosen.append(AblationSpec(f"g={value:+.2f}", "g-sweep", g=float(value), mcc_align=align))
     for form in mcc_forms:
         if form != "paper":
-            chosen.append(AblationSpec(f"form={form}", "variant", g=g, mcc_form=form))
-    for align in mcc_aligns:
-        if align != "tile":
-            chosen.append(AblationSpec(f"align={align}", "variant", g=g, mcc_align=align))
+            chosen.append(AblationSpec(f"form={form}", "variant", g=g, mcc_form=form, mcc_align=align))
+    for other in mcc_aligns:
+        if other != align:
+            chosen.append(AblationSpec(f"align={other}", "variant", g=g, mcc_align=other))
     return chosen
 
 
