@@ -13,7 +13,7 @@ from kebr_cli.app import app, console, err_console, fail, user_errors
 @app.command()
 def analyze(
     run_dir: Path = typer.Argument(..., help="A pretraining run, an evaluation run (kebr eval --out) or an ablation directory."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the PNGs (default: RUN_DIR/plots)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the PNGs and, for an ablation, balance.csv (default: RUN_DIR/plots)."),
 ) -> None:
     """Plot a run: F1/MAE vs g, modality balance (c_a, c_v, |θa − θv|) with and without MCC, PCA of the
     fused test representations, and per-epoch training curves — whichever the directory allows."""
@@ -28,3 +28,5 @@ def analyze(
     console.print(f"[bold]{report.kind}[/] directory {run_dir}: wrote {len(report.written)} plot(s)", highlight=False)
     for path in report.written:
         console.print(f"  {path}", highlight=False, soft_wrap=True)
+    for path in report.tables:
+        console.print(f"  {path}  (c_a, c_v, |θa − θv| at the end of each configuration)", highlight=False, soft_wrap=True)

@@ -93,7 +93,8 @@ class AnalysisReport:
     """The outcome of `analyze`: the files written, why the others were skipped, what each plot shows."""
 
     kind: RunKind
-    written: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # PNGs
+    tables: list[Path] = field(default_factory=list)  # CSVs (an ablation's balance.csv)
     skipped: dict[str, str] = field(default_factory=dict)  # plot name → reason
     plots: dict[str, PlotInfo] = field(default_factory=dict)
 
@@ -555,6 +556,53 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     return {"g_sweep": g_sweep, "balance": balance, "pca": pca, "training_curves": training}
 
 
+BALANCE_COLUMNS = ("config", "mcc", "mcc_align", "stage", "epoch", "seeds", "cos_a", "cos_a_std", "cos_v", "cos_v_std",
+                   "abs_dtheta", "abs_dtheta_std")
+
+
+def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The modality balance at the end of training of each finished configuration of an ablation.
+
+    One row per configuration and stage (its pretraining run, then its fine-tuning seeds): the last
+    epoch's c_a, c_v (Eq. 9) and |θ_a − θ_v| (Eq. 12), mean and sample std (ddof=1, 0 for one run) over
+    seeds. Stages whose metrics.csv is missing or unreadable are left out."""
+    _, configs = read_ablation(Path(run_dir))
+    rows: list[dict[str, Any]] = []
+    for c in configs:
+        if not c.done or c.eval_dir is None:
+            continue
+        stages = []
+        if c.pretrain_dir is not None:
+            stages.append(("pretraining", [c.pretrain_dir / "metrics.csv"], PRETRAIN_COLUMNS, ""))
+        seeds = [c.eval_dir / f"seed-{s}" / "metrics.csv" for s in eval_seeds(c.eval_dir)]
+        stages.append(("fine-tuning", seeds, EVAL_COLUMNS, "train_"))
+        for stage, paths, columns, prefix in stages:
+            last = []
+            for path in paths:
+                try:
+                    table = read_metrics_csv(path, columns)
+                except PlotSkipped:
+                    continue
+                last.append({k: table[k][-1] for k in ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")})
+            if not last:
+                continue
+            row: dict[str, Any] = {"config": c.name, "mcc": c.mcc, "mcc_align": c.settings[-1], "stage": stage,
+                                   "epoch": int(max(r["epoch"] for r in last)), "seeds": len(last)}
+            for name in ("cos_a", "cos_v", "abs_dtheta"):
+                values = np.array([r[prefix + name] for r in last])
+                row[name] = float(values.mean())
+                row[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            rows.append(row)
+    return rows
+
+
+def write_balance_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=BALANCE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict[str, str]]:
     """Detect the directory kind and build every plot that applies, without saving.
 
@@ -574,7 +622,8 @@ def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict
 
 
 def analyze(run_dir: str | Path, out_dir: str | Path | None = None) -> AnalysisReport:
-    """Write the PNGs that apply to `run_dir` into `out_dir` (default run_dir/plots).
+    """Write the PNGs that apply to `run_dir` into `out_dir` (default run_dir/plots), and for an
+    ablation balance.csv (`balance_table`: c_a, c_v, |θ_a − θ_v| at the end of each configuration).
 
     Returns an AnalysisReport (written paths, skipped plots with reasons, per-plot summaries)."""
     run_dir = Path(run_dir)
@@ -597,4 +646,10 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None) -> AnalysisR
         width, height = fig.canvas.get_width_height()
         report.written.append(path)
         report.plots[name] = PlotInfo(name, path, (int(width), int(height)), summarize(fig))
+    if kind == "ablation":
+        rows = balance_table(run_dir)
+        if rows:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_balance_csv(rows, out_dir / "balance.csv")
+            report.tables.append(out_dir / "balance.csv")
     return report

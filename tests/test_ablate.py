@@ -36,6 +36,13 @@ def test_flags_choose_configurations() -> None:
     assert [s.g for s in sweep[1:]] == [-0.5, 0.0, 0.5] and all(s.kind == "g-sweep" for s in sweep[1:])
     variants = build_specs(mcc_forms=["paper", "reference"], mcc_aligns=["projected"])
     assert [(s.mcc_form, s.mcc_align) for s in variants[1:]] == [("reference", "tile"), ("paper", "projected")]
+    # --align sets every configuration's alignment; a no-MCC run logs its cosines with it
+    projected = build_specs(no_mcc=True, mcc_aligns=["tile", "projected"], align="projected")
+    assert [(s.name, s.mcc, s.mcc_align) for s in projected] == [
+        ("C1", True, "projected"), ("C4", False, "projected"), ("align=tile", True, "tile")]
+    assert [s.pretrain_key() for s in projected] == [
+        "tcmf-mcc-g+0.20-paper-projected", "tcmf-nomcc-projected", "tcmf-mcc-g+0.20-paper-tile"]
+    assert apply_spec(RunConfig(), projected[1]).mcc.align == "projected"
 
 
 @pytest.mark.parametrize("spec", build_specs(all_table4=True), ids=lambda s: s.name)
@@ -80,6 +87,13 @@ def test_ablate_all_runs_five_rows_and_reuses_work(tmp_path: Path) -> None:
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing recomputed
+
+
+def test_ablate_bad_align_is_one_sentence(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["ablate", "--dataset", "synth", "-o", str(tmp_path / "abl"), "--align", "diagonal"])
+    assert r.exit_code != 0
+    assert "--align must be one of tile, projected, not 'diagonal'." in r.output
+    assert not (tmp_path / "abl").exists()
 
 
 def test_ablate_without_streams_skips_what_cannot_differ(tmp_path: Path) -> None:

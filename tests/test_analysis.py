@@ -4,6 +4,7 @@ recipes lay them out), then the PNGs, what each figure draws, skipped plots and 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from kebr_cli.main import app
 from kebr_core.analysis import (
     AnalysisReport,
     analyze,
+    balance_table,
     build_figures,
     detect_kind,
     mean_over_seeds,
@@ -174,6 +176,28 @@ def test_ablation_writes_four_pngs(ablation_dir, tmp_path):
     for info in report.plots.values():
         assert info.size_px == (800, 500)
         assert all(a.title and a.xlabel or a.title and a.ylabel for a in info.axes)
+
+
+def test_balance_table_holds_the_last_epoch_of_each_stage(ablation_dir, tmp_path):
+    rows = balance_table(ablation_dir)
+    assert [(r["config"], r["stage"]) for r in rows] == [
+        ("C1", "pretraining"), ("C1", "fine-tuning"), ("C4", "pretraining"), ("C4", "fine-tuning")]
+    for r in rows:
+        seeds = (0,) if r["stage"] == "pretraining" else SEEDS
+        assert r["epoch"] == EPOCHS and r["seeds"] == len(seeds) and r["mcc"] == (r["config"] == "C1")
+        expected = np.array([balance_values(EPOCHS, s, r["mcc"]) for s in seeds])  # (seeds, 3)
+        for j, name in enumerate(("cos_a", "cos_v", "abs_dtheta")):
+            assert r[name] == pytest.approx(expected[:, j].mean(), abs=1e-6)
+            spread = expected[:, j].std(ddof=1) if len(seeds) > 1 else 0.0
+            assert r[f"{name}_std"] == pytest.approx(spread, abs=1e-6)
+    # the fixture's MCC run ends with the smaller angle gap, and analyze writes the table
+    gap = {(r["config"], r["stage"]): r["abs_dtheta"] for r in rows}
+    assert gap[("C1", "fine-tuning")] < gap[("C4", "fine-tuning")]
+    report = analyze(ablation_dir, tmp_path / "plots")
+    assert report.tables == [tmp_path / "plots" / "balance.csv"]
+    with (tmp_path / "plots" / "balance.csv").open() as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == 4 and float(written[3]["abs_dtheta"]) == pytest.approx(rows[3]["abs_dtheta"])
 
 
 def test_g_sweep_has_eleven_points_per_series_with_std_error_bars(ablation_figures):
@@ -393,7 +417,7 @@ def test_cli_writes_and_lists_files(ablation_dir, tmp_path):
     for name in ("g_sweep", "balance", "pca", "training_curves"):
         assert str(out / f"{name}.png") in result.stdout
         assert_png(out / f"{name}.png")
-    assert "wrote 4 plot(s)" in result.stdout
+    assert "wrote 4 plot(s)" in result.stdout and str(out / "balance.csv") in result.stdout
 
 
 def test_cli_reports_skipped_plots(tmp_path):
