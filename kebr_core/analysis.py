@@ -586,6 +586,7 @@ def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
                 last.append({k: table[k][-1] for k in ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")})
             if not last:
                 continue
+            # c.settings ends with mcc_align (read_ablation)
             row: dict[str, Any] = {"config": c.name, "mcc": c.mcc, "mcc_align": c.settings[-1], "stage": stage,
                                    "epoch": int(max(r["epoch"] for r in last)), "seeds": len(last)}
             for name in ("cos_a", "cos_v", "abs_dtheta"):
