@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import textwrap
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +125,7 @@ def summarize(fig: Figure) -> list[AxesSummary]:
 def _new_figure(title: str) -> Figure:
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 80, break_on_hyphens=False))  # ~90 characters fit across 800 px; a long path must not be cut off
     return fig
 
 

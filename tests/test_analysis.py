@@ -200,6 +200,18 @@ def test_balance_table_holds_the_last_epoch_of_each_stage(ablation_dir, tmp_path
     assert len(written) == 4 and float(written[3]["abs_dtheta"]) == pytest.approx(rows[3]["abs_dtheta"])
 
 
+def test_long_titles_wrap_instead_of_running_off_the_image(tmp_path):
+    root = write_ablation(tmp_path / "abl")
+    data = json.loads((root / "ablation.json").read_text())
+    data["dataset"] = "runs/an/experiment/with/a/rather/long/path/to/its/synthetic/store.h5"
+    (root / "ablation.json").write_text(json.dumps(data))
+    _, figs, _ = build_figures(root)
+    title = figs["balance"].get_suptitle()
+    lines = title.splitlines()
+    assert len(lines) > 1 and max(len(line) for line in lines) <= 80
+    assert " ".join(lines) == f"Modality balance with and without MCC on {data['dataset']} (fine-tuning: mean over seeds)"
+
+
 def test_g_sweep_has_eleven_points_per_series_with_std_error_bars(ablation_figures):
     kind, figs, _ = ablation_figures
     fig = figs["g_sweep"]
