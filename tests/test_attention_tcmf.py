@@ -286,6 +286,19 @@ def test_token_index_skips_text_padding_exactly(shared: bool) -> None:
         torch.testing.assert_close(g_packed, g_full)
 
 
+def test_token_index_under_bf16_autocast() -> None:
+    torch.manual_seed(19)
+    tcmf = TCMF(16, 3, 6, layers=2, heads=2).eval()
+    inputs = small_inputs(3, seed=20, dt=16)
+    text_mask = lengths_to_mask([4, 2, 3], 4)
+    token_index = torch.from_numpy(np.flatnonzero(text_mask.numpy()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = tcmf(**inputs)
+        packed = tcmf(**inputs, token_index=token_index)
+    assert packed.fused.dtype == full.fused.dtype
+    torch.testing.assert_close(packed.fused[text_mask], full.fused[text_mask])
+
+
 def test_zero_length_modality_drops_its_cma_term() -> None:
     torch.manual_seed(12)
     layer = TCMFLayer(8, 3, 6).eval()

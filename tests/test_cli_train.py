@@ -37,6 +37,18 @@ def test_pretrain_then_eval_writes_results(tiny_store: Path, tmp_path: Path) -> 
     assert json.loads((ev / "config.json").read_text())["checkpoint"].endswith("final")
 
 
+def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Path) -> None:
+    """bf16 (the CUDA default) through the whole model: TCMF's packed FFN, attention, MCC, heads."""
+    pre, ev = tmp_path / "pre", tmp_path / "ev"
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(pre), "--epochs", "1", "--bf16", *FAST])
+    assert r.exit_code == 0, r.output
+    assert json.loads((pre / "config.json").read_text())["train"]["bf16"] is True
+    r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "-c", str(pre), "-o", str(ev), "--epochs", "1",
+                            "--seeds", "1", "--bf16", *FAST])
+    assert r.exit_code == 0, r.output
+    assert np.isfinite(json.loads((ev / "results.json").read_text())["mean"]["mae"])
+
+
 def test_pretrain_resume_through_cli(tiny_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "pre"
     assert runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(out), "--epochs", "1", *FAST]).exit_code == 0

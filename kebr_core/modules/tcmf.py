@@ -88,7 +88,9 @@ class TCMFLayer(nn.Module):
             return TCMFOutput(self.ffn(self.ln_fused(fused)) + fused, value_a, value_v)  # Eq. 8
         flat = fused.reshape(-1, fused.shape[-1])  # (B·Lt, dt)
         update = self.ffn(self.ln_fused(flat.index_select(0, token_index)))  # (N, dt)
-        fused = flat.index_add(0, token_index, update).view_as(fused)  # Eq. 8 at the valid tokens
+        # Eq. 8 at the valid tokens; under autocast the FFN's output is bf16 while M_k is float32, and
+        # index_add (unlike `+`) does not promote
+        fused = flat.index_add(0, token_index, update.to(flat.dtype)).view_as(fused)
         return TCMFOutput(fused, value_a, value_v)
 
 
