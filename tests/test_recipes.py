@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from kebr_core.config import RunConfig
@@ -62,6 +63,26 @@ def test_pretrain_resume_is_bit_for_bit(tiny_store: Path, tmp_path: Path, unfree
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "final" / "model.safetensors"))
     assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k].numpy(), b[k].numpy()), k
+    assert rows(tmp_path / "full" / "metrics.csv") == rows(tmp_path / "split" / "metrics.csv")
+
+
+def test_ctrl_c_between_epochs_then_resume_is_bit_for_bit(tiny_store: Path, tmp_path: Path) -> None:
+    """Ctrl-C after epoch 3 (here: while the progress of epoch 3 is drawn, before last/ was due again,
+    checkpoint_every = 2): last/ is written as epoch 3, and --resume gives the uninterrupted run."""
+    pretrain(tiny_store, tmp_path / "full", small_cfg(epochs=5))
+
+    def ctrl_c_after_epoch_3(stage: str, done: int, total: int, row: dict) -> None:
+        if stage == "pretrain" and done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=5), progress=ctrl_c_after_epoch_3)
+    assert torch.load(tmp_path / "split" / "last" / "trainer.pt", weights_only=False)["epoch"] == 3
+    pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=5), resume=True)
+    a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "final" / "model.safetensors"))
     for k in a:
         assert np.array_equal(a[k].numpy(), b[k].numpy()), k
     assert rows(tmp_path / "full" / "metrics.csv") == rows(tmp_path / "split" / "metrics.csv")

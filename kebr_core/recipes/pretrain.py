@@ -116,11 +116,13 @@ def pretrain(
             save_checkpoint(path, model, cfg, include_encoder=not frozen, trainer_state=state)
         barrier(info)
 
-    epoch, row = start_epoch - 1, {}
+    epoch = completed = start_epoch - 1
+    row: dict = {}
     try:
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
                               info=info, seed=cfg.train.seed)
+            completed = epoch
             if log is not None:
                 log.append(row)
             progress("pretrain", epoch, cfg.train.epochs, row)
@@ -129,10 +131,12 @@ def pretrain(
                 if epoch % cfg.train.checkpoint_every == 0:
                     checkpoint(run_dir / "checkpoints" / f"epoch-{epoch:04d}", epoch, trainer=False)
     except KeyboardInterrupt:
-        # The epoch in flight is dropped; last/ holds the last complete one, and --resume goes on from it.
+        # last/ gets the state as it is now, labelled with the last epoch that finished, so --resume starts
+        # at the next one. Stopped between epochs, the resumed run is bit for bit the uninterrupted one;
+        # stopped inside an epoch, that epoch's finished steps stay in the weights and it is run again.
         if info.is_main:
             save_checkpoint(last_dir, model, cfg, include_encoder=not frozen,
-                            trainer_state={"optimizer": opt.state_dict(), "rng": rng_state(), "epoch": epoch - 1})
+                            trainer_state={"optimizer": opt.state_dict(), "rng": rng_state(), "epoch": completed})
         raise
     final = run_dir / "final"
     checkpoint(final, epoch, trainer=False)
