@@ -266,8 +266,8 @@ def test_padding_changes_nothing() -> None:
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_token_index_skips_text_padding_exactly(shared: bool) -> None:
-    """With the Collator's text_index, the FFN runs on valid tokens only: the same X_K there, and
-    padding positions keep M_k; gradients of the weights are the same."""
+    """With the Collator's text_index, the FFN runs on valid tokens only: the same X_K there and the
+    same weight gradients; padding positions (ignored downstream) differ, so the packed path ran."""
     torch.manual_seed(17)
     tcmf = TCMF(8, 3, 6, layers=3, shared=shared, heads=2).double().eval()
     inputs = small_inputs(3, seed=18, dtype=torch.float64)
@@ -276,6 +276,7 @@ def test_token_index_skips_text_padding_exactly(shared: bool) -> None:
     full = tcmf(**inputs)
     packed = tcmf(**inputs, token_index=token_index)
     torch.testing.assert_close(packed.fused[text_mask], full.fused[text_mask])
+    assert not torch.allclose(packed.fused[~text_mask], full.fused[~text_mask])
     torch.testing.assert_close(packed.value_audio, full.value_audio)
     grads = []
     for out in (full, packed):
