@@ -203,17 +203,24 @@ def eval_seeds(run_dir: Path) -> list[int]:
     return ordered + sorted(s for s in present if s not in ordered)
 
 
+def readable_tables(paths: list[Path], columns: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+    """`read_metrics_csv` of each path that can be read; the others (e.g. a seed that has not started
+    yet) are left out, so the rest still make a plot or a table."""
+    tables = []
+    for path in paths:
+        try:
+            tables.append(read_metrics_csv(path, columns))
+        except PlotSkipped:
+            continue
+    return tables
+
+
 def eval_curves(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
     """Seed-averaged per-epoch columns of an evaluation run, and the number of seeds averaged."""
     seeds = eval_seeds(run_dir)
     if not seeds:
         raise PlotSkipped(f"Evaluation run {run_dir} has no seed-S directories with metrics.")
-    tables = []
-    for seed in seeds:
-        try:
-            tables.append(read_metrics_csv(run_dir / f"seed-{seed}" / "metrics.csv", EVAL_COLUMNS))
-        except PlotSkipped:
-            continue  # a seed that has not started yet; the others still make the plot
+    tables = readable_tables([run_dir / f"seed-{seed}" / "metrics.csv" for seed in seeds], EVAL_COLUMNS)
     if not tables:
         raise PlotSkipped(f"No seed of evaluation run {run_dir} has a readable seed-S/metrics.csv.")
     return mean_over_seeds(tables, EVAL_COLUMNS[1:]), len(tables)
@@ -578,13 +585,8 @@ def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
         seeds = [c.eval_dir / f"seed-{s}" / "metrics.csv" for s in eval_seeds(c.eval_dir)]
         stages.append(("fine-tuning", seeds, EVAL_COLUMNS, "train_"))
         for stage, paths, columns, prefix in stages:
-            last = []
-            for path in paths:
-                try:
-                    table = read_metrics_csv(path, columns)
-                except PlotSkipped:
-                    continue
-                last.append({k: table[k][-1] for k in ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")})
+            names = ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")
+            last = [{k: table[k][-1] for k in names} for table in readable_tables(paths, columns)]
             if not last:
                 continue
             # c.settings ends with mcc_align (read_ablation)
