@@ -18,7 +18,7 @@ from kebr_core.recipes.predict import Scorer
 from kebr_core.training import save_checkpoint
 from tests.conftest import TINY_BERT
 
-BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def lengths_to_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -42,16 +42,17 @@ def mosi_like_batch(seed: int = 0, batch: int = 8) -> dict[str, torch.Tensor]:
     )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("align", ["tile", "projected"])
-def test_mcc_under_bf16_autocast_is_the_float32_result(align: str) -> None:
+def test_mcc_under_bf16_autocast_is_the_float32_result(align: str, device: str) -> None:
     """The same float32 inputs with and without bf16 autocast: cosines within 1e-5 (autocast would cast
     the matmul/vecdot to bf16, ~1e-3 off), the loss too, and its gradient."""
-    inputs = mosi_like_batch()
+    inputs = {k: v.to(device) for k, v in mosi_like_batch().items()}
     fused = inputs.pop("fused").requires_grad_()
     cfg = MCCConfig(align=align)
     plain = mcc_loss(fused, **inputs, cfg=cfg)
     (grad_plain,) = torch.autograd.grad(plain.loss, fused)
-    with torch.autocast(**BF16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         mixed = mcc_loss(fused, **inputs, cfg=cfg)
     (grad_mixed,) = torch.autograd.grad(mixed.loss, fused)
     for name in ("c_a", "c_v", "per_sample"):
@@ -80,16 +81,17 @@ def tiny_batch(batch: int = 6) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("task, head", [("finetune", "finetune_head"), ("pretrain", "pretrain_head")])
-def test_heads_predict_in_float32_under_bf16_autocast(task: str, head: str) -> None:
+def test_heads_predict_in_float32_under_bf16_autocast(task: str, head: str, device: str) -> None:
     """pred is float32 and is the float32 last Linear of the head's (bf16) hidden layer, not a bf16
     number (bf16 steps are 1/64 for |y| in [2, 4))."""
-    model = tiny_model()
+    model = tiny_model().to(device)
     head_module = getattr(model, head)
     seen = {}
     head_module.net[-1].register_forward_pre_hook(lambda m, args: seen.update(hidden=args[0]))
-    with torch.no_grad(), torch.autocast(**BF16):
-        out = model(tiny_batch(), task=task)
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+        out = model({k: v.to(device) for k, v in tiny_batch().items()}, task=task)
     assert out.pred.dtype == torch.float32 and seen["hidden"].dtype == torch.float32
     last = head_module.net[-1]
     expected = (seen["hidden"].double() @ last.weight.double().T + last.bias.double()).squeeze(-1)
