@@ -13,6 +13,7 @@ tiny randomly initialised BERT (with the MiniLM vocabulary) for tests and quick 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,10 +133,15 @@ def encoder_attention_mask(encoder: nn.Module, mask: Tensor) -> Tensor:
     """The padding mask (B, Lt) bool as a Hugging Face encoder takes it without a host-device sync.
 
     Given a 2-D mask, transformers' SDPA path asks `mask.all()` on every forward (to drop a mask without
-    padding), which waits for the GPU; a prepared 4-D mask is used as it is. SDPA takes the boolean
-    (B, 1, 1, Lt), True = attend; eager attention adds a float bias (0 or the dtype's minimum).
-    Other implementations (flash attention needs the 2-D form) get the 2-D mask, and sync.
+    padding), which waits for the GPU; a prepared 4-D mask is used as it is by the models that build
+    their masks with `masking_utils.create_bidirectional_mask` (BERT, RoBERTa, MPNet, …). SDPA takes
+    the boolean (B, 1, 1, Lt), True = attend; eager attention adds a float bias (0 or the dtype's
+    minimum). Other models and implementations (flash attention needs the 2-D form) get the 2-D
+    mask, and sync once per forward.
     """
+    modeling = sys.modules.get(type(encoder).__module__)
+    if not hasattr(modeling, "create_bidirectional_mask"):
+        return mask.long()
     implementation = getattr(encoder.config, "_attn_implementation", None)
     if implementation == "sdpa":
         return mask[:, None, None, :]

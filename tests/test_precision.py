@@ -137,3 +137,14 @@ def test_predict_runs_the_encoder_in_the_precision_of_training(fine_tuned_encode
     scores = scorer(samples)
     assert scores.shape == (2,) and np.isfinite(scores).all()
     assert autocast_in == {"encoder": fine_tuned_encoder, "fusion": True}
+
+
+def test_encoders_that_do_not_build_masks_with_masking_utils_get_the_2d_mask() -> None:
+    """A 4-D mask means something else to a model with its own mask code (DeBERTa multiplies by it):
+    only models built on transformers' `create_bidirectional_mask` get one."""
+
+    class OwnMaskEncoder(torch.nn.Module):
+        config = type("Config", (), {"_attn_implementation": "eager"})()
+
+    mask = lengths_to_mask(torch.tensor([3, 1]), 3)
+    assert torch.equal(encoder_attention_mask(OwnMaskEncoder(), mask), mask.long())
