@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from kebr_core.config import MCCConfig, RunConfig
 from kebr_core.data.store import Sample
 from kebr_core.model import KEBRModel, encoder_attention_mask, load_text_encoder
 from kebr_core.modules.mcc import mcc_loss
 from kebr_core.recipes.predict import Scorer
-from kebr_core.training import save_checkpoint
 from tests.conftest import TINY_BERT
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -124,7 +124,9 @@ def test_predict_runs_the_encoder_in_the_precision_of_training(fine_tuned_encode
     cfg = RunConfig()
     cfg.model.text_model, cfg.model.d_audio, cfg.model.d_vision, cfg.model.head_hidden = TINY_BERT, 7, 5, 16
     cfg.train.bf16 = True
-    save_checkpoint(tmp_path / "ckpt", tiny_model(), cfg, include_encoder=fine_tuned_encoder)
+    (tmp_path / "ckpt").mkdir()
+    state = {k: v for k, v in tiny_model().state_dict().items() if fine_tuned_encoder or not k.startswith("encoder.")}
+    save_file(state, str(tmp_path / "ckpt" / "model.safetensors"))
     scorer = Scorer(tmp_path / "ckpt", cfg, fine_tuned_encoder, torch.device("cpu"))
     autocast_in = {}
     scorer.model.encoder.register_forward_pre_hook(

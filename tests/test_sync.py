@@ -99,3 +99,16 @@ def test_the_counter_sees_a_per_step_read(tmp_path: Path, monkeypatch: pytest.Mo
     sites = record_host_reads(monkeypatch)
     epoch()
     assert sites[("test_sync.py", "global_mean_with_a_read")] == 2 * 6  # two means per step, 6 steps
+
+
+def test_dataloader_workers_default_to_some_on_cuda_and_none_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train.workers` None (auto): HDF5 reads overlap the GPU's compute with up to 4 workers per process,
+    fewer when torchrun puts many processes on the machine; the CPU keeps its cores for the model."""
+    from kebr_core.training import loader_workers
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_workers(None, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, cuda) == 0
+    assert loader_workers(None, cuda) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert loader_workers(None, cuda) == 1
