@@ -294,13 +294,15 @@ class FeatureStore:
         )
 
     def errors(self) -> dict[str, str]:
-        """{id: message} of the ids that failed (they are not samples)."""
+        """{id: message} of the ids that failed and are not samples (an id retried successfully, with
+        `kebr extract --retry-failed`, is a sample and no longer an error)."""
         if self._n_errors == 0:
             return {}
         with h5py.File(self.path, "r", locking="best-effort") as f:
             ids = _decode(f["errors/id"][: self._n_errors])
             messages = _decode(f["errors/message"][: self._n_errors])
-        return dict(zip(ids, messages))
+        samples = set(self.ids)
+        return {i: m for i, m in zip(ids, messages) if i not in samples}
 
     def __repr__(self) -> str:
         return (f"FeatureStore({str(self.path)!r}, {len(self)} samples, audio {len(self.audio_features)}-d, "
@@ -408,6 +410,7 @@ class StoreWriter:
             self._truncate_uncommitted(f)
             self._ids = set(_decode(f["id"][: self._n]))
             self._error_ids = set(_decode(f["errors/id"][: self._n_errors]))
+            self._sources = json.loads(attrs["sources"]) if "sources" in attrs else [attrs.get("source", "")]
             self._audio_end = int(f["audio/offsets"][self._n])
             self._vision_end = int(f["vision/offsets"][self._n])
         except BaseException:
@@ -586,6 +589,18 @@ class StoreWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def sources(self) -> list[str]:
+        """The inputs this store was written from (the `source` of its creation, then each other one
+        passed to `add_source`): `kebr extract` tells a resumed run from another folder's clashing ids."""
+        return list(self._sources)
+
+    def add_source(self, source: str) -> None:
+        """Record one more input of this store (attribute `sources`, JSON; written with the next commit)."""
+        if source not in self._sources:
+            self._sources.append(source)
+            self._f.attrs["sources"] = json.dumps(self._sources)
 
     @property
     def error_ids(self) -> set[str]:
