@@ -42,9 +42,11 @@ each get their own handle. Frames are read per sample; memory does not grow with
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -68,6 +70,8 @@ _INDEX_CHUNK = 4096  # rows per chunk of the per-sample datasets: few chunks, so
 # read 5.6k / 11.3k / 11.9k samples/s; lzf or gzip-1 save 7–14 % of the bytes but read 0.1k–1.5k
 # samples/s, because every sample read decompresses whole chunks. `compression=` still offers them.
 _DATA_CHUNK_BYTES = 256 * 1024
+# Free space a commit must leave: every dataset may allocate a new chunk, and metadata is written too.
+_COMMIT_MARGIN_BYTES = 16 * 1024 * 1024
 _MAX_METADATA_CACHE = 64 << 20  # bytes of HDF5 metadata a writer keeps before it reopens the file
 
 
@@ -359,6 +363,7 @@ class StoreWriter:
     def _create(self, audio_rate_hz, vision_fps, extractor, source, compression, chunk_bytes) -> None:
         """Build the empty layout in a side file and rename it, so a kill here leaves no half store."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_space([], [])
         tmp = self.path.with_name(self.path.name + ".creating")
         with h5py.File(tmp, "w", fs_strategy="none", locking="best-effort") as f:
             f.attrs["format_version"] = FORMAT_VERSION
@@ -516,6 +521,7 @@ class StoreWriter:
             return
         f, batch, errors = self._f, self._pending, self._pending_errors
         n, k = self._n, len(batch)
+        self._check_space(batch, errors)
 
         # 1. frames, appended beyond the committed end: invisible until step 3.
         ends = {}
@@ -573,6 +579,22 @@ class StoreWriter:
             self._f = self._open_file()
         if self.on_commit is not None and k:
             self.on_commit([s.id for s in batch])
+
+    def _check_space(self, batch: list[Sample], errors: list[tuple[str, str]]) -> None:
+        """Raise OSError(ENOSPC) before a commit that might not fit on the disk, and drop what is buffered.
+
+        HDF5 cannot recover from a write that fails half-way: a dataset whose dirty chunks cannot be
+        written fails to close and crashes the process when freed. Refusing the commit up front leaves
+        the store as of its last commit (a rerun resumes from there) and the file closes cleanly.
+        """
+        frames = sum(s.audio.nbytes + s.vision.nbytes for s in batch)
+        strings = sum(len(s.id) + len(s.text) + 32 for s in batch) + sum(len(i) + len(m) for i, m in errors)
+        needed = 2 * (frames + 4 * strings) + _COMMIT_MARGIN_BYTES
+        free = shutil.disk_usage(self.path.parent).free
+        if free < needed:
+            self._pending, self._pending_errors, self._pending_since = [], [], None
+            raise OSError(errno.ENOSPC, f"No space left on device ({free // 2**20} MiB free, a commit needs "
+                                        f"{needed // 2**20} MiB)", str(self.path))
 
     def close(self) -> None:
         """Commit what is buffered and close the file."""
