@@ -23,6 +23,7 @@ _OS_ADVICE = {
     _errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere, then rerun the same command",
     _errno.ENOENT: "no such file or folder; check the path, or create the folder first",
     _errno.ENOTDIR: "a part of this path is a file, not a folder; check the path",
+    _errno.EEXIST: "already exists and is a file, not a folder; check the path",
     _errno.EISDIR: "is a folder, not a file; give a file path",
     _errno.ENAMETOOLONG: "name too long for the file system; use a shorter path",
 }
