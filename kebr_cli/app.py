@@ -24,7 +24,7 @@ from rich.progress import (
 )
 
 from kebr_core import __version__
-from kebr_core.errors import KebrError, os_error_message
+from kebr_core.errors import KebrError, native_write_error, os_error_message
 
 # No downloads unless the user opts in: a missing model fails fast with a clear sentence.
 if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
@@ -113,12 +113,11 @@ def user_errors(resume_flag: str | None = None) -> Iterator[None]:
         raise fail(str(e)) from None
     except OSError as e:
         raise fail(os_error_message(e)) from None
-    except RuntimeError as e:
-        # torch.save reports a failed write (full disk) as a C++ stream error, not an OSError.
-        if "PytorchStreamWriter" not in str(e) and "basic_ios" not in str(e):
+    except Exception as e:
+        message = native_write_error(e)  # torch.save / safetensors report a full disk without an OSError
+        if message is None:
             raise
-        raise fail("writing a checkpoint failed (is the disk full or read-only?); free space or write elsewhere, "
-                   f"then continue with: {resume_command(resume_flag)}") from None
+        raise fail(f"{message[:-1]}; then continue with: {resume_command(resume_flag)}") from None
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted[/]; what was finished is kept. To continue, run: "
                           f"{resume_command(resume_flag)}", highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ disk, a missing folder) are turned into one sentence by `os_error_message`.
 """
 
 import errno as _errno
+import os as _os
 import re as _re
 
 
@@ -46,3 +47,19 @@ def os_error_message(error: OSError) -> str:
     if advice is None:
         advice = error.strerror or first_line
     return f"{path}: {advice}." if path else f"{advice} ({first_line})."
+
+
+def native_write_error(error: BaseException) -> str | None:
+    """One sentence for a failed write that native code reports without an OSError, else None.
+
+    safetensors raises SafetensorError("... (os error 28)"); torch.save raises RuntimeError from its
+    C++ zip writer ("PytorchStreamWriter failed", "inline_container.cc", "basic_ios::clear"), which names
+    neither the file nor the cause."""
+    text = str(error)
+    found = _re.search(r"os error (\d+)", text)
+    if found:
+        code = int(found.group(1))
+        return f"writing a checkpoint failed: {_OS_ADVICE.get(code, _os.strerror(code))}."
+    if any(marker in text for marker in ("PytorchStreamWriter", "inline_container.cc", "basic_ios")):
+        return "writing a checkpoint failed (is the disk full or read-only?); free some space or write elsewhere."
+    return None
