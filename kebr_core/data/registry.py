@@ -9,6 +9,7 @@ NAME is `mosi`, `mosei`, `synth` or the path of a store. Under the data director
     <data>/mosi/label.csv, <data>/MOSI/label.csv     MMSA's transcripts and labels only: imported to
                                                      <data>/mosi-text.h5, with a warning (no audio, no vision)
 
+Pickles are read as data only (`importers.load_data_pickle`): one that could run code is refused.
 `synth` is generated once at <data>/synth.h5 (seed 0, MOSI-sized, strong audio/vision imbalance).
 """
 

@@ -18,7 +18,12 @@ paths and the stored sample is kept. Sharding (`shard=(i, n)`, 0 <= i < n) keeps
 is i modulo n, a split that does not depend on the order in which the files are listed.
 
 Transcripts: `text_source` is `manifest`, `sidecar`, or `asr:<backend>` (the ASR's output, possibly
-empty); with `asr="none"` and no other source the text is empty and the source `asr:none`.
+empty); with `asr="none"` and no other source the text is empty and the source `asr:none`, counted
+as "no ASR" (nothing was listened for), not as "no speech" (measured: silence, or an ASR that heard
+nothing).
+
+Manifests may come from anyone: a row whose clip path leads outside the root is not read (`refused`)
+and becomes an error; ±inf labels are refused (KebrError naming the ids).
 
 Bad input never stops the batch: a missing, empty, corrupt or undecodable file becomes an entry in
 the store's `errors`; a video without an audio track, with silence, or without a face is still a
