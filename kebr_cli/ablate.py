@@ -42,7 +42,7 @@ def ablate(
     mcc_form: str = typer.Option("", "--mcc-form", help="Compare MCC forms, e.g. paper,reference."),
     mcc_align: str = typer.Option("", "--mcc-align", help="Compare MCC alignments, e.g. tile,projected."),
     seeds: int = typer.Option(5, "--seeds", min=1, help="Fine-tuning seeds per configuration (as eval)."),
-    g: float = typer.Option(0.2, "--g", parser=number(-0.5, 0.5, low_open=True, high_open=True), help="g of every configuration outside the sweep."),
+    g: float = typer.Option(0.2, "--g", help="g of every configuration outside the sweep."),
     align: str = typer.Option("tile", "--align", help="MCC alignment of every configuration outside --mcc-align "
                               "(tile or projected); a configuration without MCC logs its cosines with it."),
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1, help="Pretraining epochs (default 20)."),

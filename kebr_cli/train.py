@@ -69,7 +69,7 @@ def check_run_dir(out: Path, *inputs: Path) -> None:
 
 # Options shared by both commands (Typer needs them spelled out per command).
 TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
-G = typer.Option(0.2, "--g", parser=number(-0.5, 0.5, low_open=True, high_open=True), help="MCC angle penalty g: the loss is 0 where cos θ_a = cos θ_v = 0.5 − g (Eq. 11–13).")
+G = typer.Option(0.2, "--g", help="MCC angle penalty g: the loss is 0 where cos θ_a = cos θ_v = 0.5 − g (Eq. 11–13).")
 S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
 MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12) or reference (the authors' code).")
