@@ -199,24 +199,37 @@ def _blocker(tmp: Path) -> Path:
 LONG = "x" * 300  # longer than NAME_MAX (255) of every common file system
 
 
-def _read_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read-only file system under `ro/`: creating anything there fails with EROFS (as a real one does)."""
-    import h5py
+def _refuse_writes(folder: str, code: int) -> Callable[[pytest.MonkeyPatch], None]:
+    """A patch under which creating anything below `/<folder>/` fails with OSError(code), as a read-only
+    file system (EROFS) or a folder without write permission (EACCES, as chmod gives a user who is not
+    root) make it fail."""
 
-    real_file, real_mkdir = h5py.File, Path.mkdir
+    def patch(monkeypatch: pytest.MonkeyPatch) -> None:
+        import h5py
 
-    def file(name, mode="r", *args, **kwargs):
-        if "/ro/" in str(name) and mode != "r":
-            raise OSError(errno.EROFS, "Read-only file system", str(name))
-        return real_file(name, mode, *args, **kwargs)
+        real_file, real_mkdir = h5py.File, Path.mkdir
 
-    def mkdir(self, *args, **kwargs):
-        if "/ro" in str(self):
-            raise OSError(errno.EROFS, "Read-only file system", str(self))
-        return real_mkdir(self, *args, **kwargs)
+        def refuse(path) -> None:
+            if f"/{folder}" in str(path):
+                raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(h5py, "File", file)
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+        def file(name, mode="r", *args, **kwargs):
+            if mode != "r":
+                refuse(name)
+            return real_file(name, mode, *args, **kwargs)
+
+        def mkdir(self, *args, **kwargs):
+            refuse(self)
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(h5py, "File", file)
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+
+    return patch
+
+
+_read_only = _refuse_writes("ro", errno.EROFS)
+_permission_denied = _refuse_writes("locked", errno.EACCES)
 
 
 def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,6 +311,11 @@ OS_ERRORS = [
     Case("import: permission denied", lambda t: _no_write(t, ["import", str(label_csv(t / "l.csv", ["1"])), "-o",
                                                               str(t / "locked" / "s.h5")]), 1, "permission denied",
          root_skips=True),
+    Case("import: permission denied (simulated, so that it runs as root too)",
+         lambda t: ["import", str(label_csv(t / "l.csv", ["1"])), "-o", str(t / "locked" / "s.h5")], 1,
+         "permission denied", patch=_permission_denied),
+    Case("extract: permission denied", lambda t: ["extract", str(_videos(t)), "-o", str(t / "locked" / "x.h5"),
+                                                  *EXTRACT_FAST], 1, "permission denied", patch=_permission_denied),
     Case("missing input store (already one sentence)", lambda t: ["inspect", str(t / "nope.h5")], 1, "does not exist"),
 ]
 
