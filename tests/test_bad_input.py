@@ -418,6 +418,11 @@ def test_real_mmsa_pickles_still_load_with_the_data_only_unpickler(tmp_path: Pat
         loaded = load_data_pickle(path)["train"]
         assert loaded["raw_text"].tolist() == ["a b", "c"] and loaded["scalar"] == 2.5
         np.testing.assert_array_equal(loaded["regression_labels"], data["train"]["regression_labels"])
+    # numpy 1.x wrote `numpy.core.multiarray` where numpy 2 writes `numpy._core.multiarray` (MMSA's files are numpy 1).
+    numpy1 = pickle.dumps(data, protocol=2).replace(b"numpy._core.", b"numpy.core.")
+    assert b"numpy.core.multiarray" in numpy1
+    (tmp_path / "numpy1.pkl").write_bytes(numpy1)
+    assert load_data_pickle(tmp_path / "numpy1.pkl")["train"]["raw_text"].tolist() == ["a b", "c"]
 
 
 @pytest.mark.parametrize("payload", [
