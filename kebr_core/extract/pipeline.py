@@ -33,9 +33,9 @@ sample (zero-length streams, empty text) and is counted in the summary.
 from __future__ import annotations
 
 import csv
-import os
 import math
 import multiprocessing
+import os
 import time
 import zlib
 from collections import deque
