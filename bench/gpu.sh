@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of kebr, for the first machine with a CUDA GPU (about 8 minutes on one GPU).
+# The GPU checks of kebr, for the first machine with a CUDA GPU (at most 465 s of limits on one GPU).
 #
 #   bash bench/gpu.sh                 # on a CUDA machine: results in bench/results/gpu.txt
 #   bash bench/gpu.sh --cpu-smoke     # the same pieces on the CPU with tiny sizes (checks the script)
@@ -67,7 +67,7 @@ PY
   echo "note: MOSI's label.csv not found: train_step.py runs on MOSI-like random texts ($labels)" | tee -a "$RESULTS"
 fi
 
-piece "environment" 60 bash -c "\"$PYTHON\" -c 'import torch, transformers; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"transformers\", transformers.__version__); print(\"gpu:\", torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"none\")'; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true; date -u"
+piece "environment" 45 bash -c "\"$PYTHON\" -c 'import torch, transformers; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"transformers\", transformers.__version__); print(\"gpu:\", torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"none\")'; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true; date -u"
 
 if [ "$SMOKE" = 1 ]; then
   piece "cuda-marked tests (collected only)" 120 "$PYTHON" -m pytest -q -m cuda --collect-only tests
@@ -76,7 +76,7 @@ if [ "$SMOKE" = 1 ]; then
   piece "attention (tiny, cpu)" 120 "$PYTHON" bench/attention.py --device cpu --tiny --reps 2
 else
   piece "cuda-marked tests" 150 "$PYTHON" -m pytest -q -m cuda -rs tests
-  piece "train_step, BERT-base size, bf16" 200 "$PYTHON" bench/train_step.py --device cuda --text-model random-bert:hidden=768,layers=12,heads=12 --steps 10 --repeats 2 --label-csv "$labels"
+  piece "train_step, BERT-base size, bf16" 180 "$PYTHON" bench/train_step.py --device cuda --text-model random-bert:hidden=768,layers=12,heads=12 --steps 10 --repeats 2 --label-csv "$labels"
   piece "mcc" 45 "$PYTHON" bench/mcc.py --device cuda --reps 20 --step
   piece "attention: SDPA vs explicit" 45 "$PYTHON" bench/attention.py --device cuda --reps 20
 fi
