@@ -134,6 +134,9 @@ def pretrain(
         table.add_column(k, justify="right")
     table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")])
     console.print(table)
+    console.print(f"pretrained on {result.samples} sample(s)"
+                  + (f"; {result.samples_without_words} without words in their transcript left out (nothing to mask)"
+                     if result.samples_without_words else ""))
     console.print(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}")
 
 

@@ -102,3 +102,32 @@ def test_ddp_two_cpu_processes_match_one(tiny_store: Path, tmp_path: Path) -> No
     pa = np.loadtxt(tmp_path / "one" / "seed-0" / "predictions.csv", delimiter=",", skiprows=1, usecols=2)
     pb = np.loadtxt(tmp_path / "two" / "seed-0" / "predictions.csv", delimiter=",", skiprows=1, usecols=2)
     np.testing.assert_allclose(pb, pa, rtol=1e-4, atol=1e-5)
+
+
+def test_pretrain_leaves_out_texts_without_words(tmp_path: Path) -> None:
+    """A silent video's empty transcript has no word to mask: the sample is left out and counted, the run goes on;
+    a store where no text has words is one sentence."""
+    import h5py
+
+    from kebr_core.data.store import Sample, StoreWriter
+
+    store = write_tiny_store(tmp_path / "s.h5", n=20)
+    with StoreWriter(store, [f"a{i}" for i in range(7)], [f"v{i}" for i in range(5)]) as w:
+        for i, text in enumerate(["", " -- ", ""]):
+            w.add(Sample(id=f"silent{i}", text=text, audio=np.ones((3, 7), np.float32),
+                         vision=np.ones((2, 5), np.float32), label=0.0, split="train"))
+    with h5py.File(store) as f:
+        assert int(f["committed"][0]) == 23
+    out = tmp_path / "pre"
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(out), "--epochs", "1", *FAST])
+    assert r.exit_code == 0, r.output
+    assert "pretrained on 20 sample(s); 3 without words" in " ".join(r.output.split())
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["samples"], cfg["samples_without_words"]) == (20, 3)
+
+    silent = tmp_path / "silent.h5"
+    with StoreWriter(silent, ["a0"], ["v0"]) as w:
+        w.add(Sample(id="x", text="", audio=np.ones((3, 1), np.float32), vision=np.ones((2, 1), np.float32),
+                     label=0.0, split="train"))
+    r = runner.invoke(app, ["pretrain", str(silent), "-o", str(tmp_path / "p2"), "--epochs", "1", *FAST])
+    assert r.exit_code != 0 and "has a word in its transcript" in r.output and "Traceback" not in r.output
