@@ -106,3 +106,31 @@ def test_ablate_without_streams_skips_what_cannot_differ(tmp_path: Path) -> None
     rows = json.loads((out / "ablation.json").read_text())["configurations"]
     assert rows[0]["status"] == "done"
     assert rows[1]["status"].startswith("skipped: identical to C1")
+
+
+def test_ablate_pretrains_without_the_test_split_unless_asked(tmp_path: Path) -> None:
+    """Without --pretrain-store the dataset's test inputs stay out of pretraining (the paper pretrains on
+    separate video); --pretrain-on-test opts in; the choice is in ablation.json, config.json and the caption."""
+    store = write_tiny_store(tmp_path / "s.h5", n=40)  # 24 train, 8 valid, 8 test
+    common = ["--dataset", str(store), "--seeds", "1", "--pretrain-epochs", "1", "--epochs", "1",
+              "--text-model", TINY_BERT, "--batch-size", "8", "--freeze-encoder"]
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "-o", str(out), *common])
+    assert r.exit_code == 0, r.output
+    payload = json.loads((out / "ablation.json").read_text())
+    assert payload["pretrain_splits"] == ["train", "valid", "unlabeled"] and payload["pretrain_on_test"] is False
+    pre_cfg = json.loads((out / "pretrain" / "tcmf-mcc-g+0.20-paper-tile" / "config.json").read_text())
+    assert pre_cfg["splits"] == ["train", "valid", "unlabeled"] and pre_cfg["samples"] == 32
+    assert "test inputs left out" in " ".join(r.output.split())
+
+    out2 = tmp_path / "abl2"
+    r = runner.invoke(app, ["ablate", "-o", str(out2), "--pretrain-on-test", *common])
+    assert r.exit_code == 0, r.output
+    payload = json.loads((out2 / "ablation.json").read_text())
+    assert payload["pretrain_splits"] is None and payload["pretrain_on_test"] is True
+    assert json.loads((out2 / "pretrain" / "tcmf-mcc-g+0.20-paper-tile" / "config.json").read_text())["samples"] == 40
+    assert "test inputs included" in " ".join(r.output.split())
+
+    # a finished pretraining run on other data is not silently reused
+    r = runner.invoke(app, ["ablate", "-o", str(out2), *common])
+    assert r.exit_code != 0 and "was pretrained on" in r.output and "Traceback" not in r.output
