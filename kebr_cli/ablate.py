@@ -49,6 +49,7 @@ def ablate(
     layers: int = typer.Option(4, "--layers", help="TCMF layers K."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
+    probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
 ) -> None:
     """Run the paper's ablations; finished configurations are skipped when rerun."""
     from kebr_core.data.registry import resolve_dataset
@@ -71,9 +72,11 @@ def ablate(
         store = resolve_dataset(dataset, data_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
         with progress() as prog:
             result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
-                                pretrain_on_test=pretrain_on_test, progress=_renderer(prog, {}),
+                                pretrain_on_test=pretrain_on_test, probe=probe, progress=_renderer(prog, {}),
                                 on_note=lambda m: console.print(f"[yellow]note:[/] {m}"))
     console.print(ablation_table(result.rows, result.caption))
+    if probe:
+        console.print(probe_table(result.rows))
     console.print(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   plots: kebr analyze {out}")
 
 
@@ -94,4 +97,22 @@ def ablation_table(rows: list[dict], caption: str = "") -> Table:
         avg = "" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"
         table.add_row(r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}",
                       cells["Acc-2"], cells["F1"], cells["Acc-7"], cells["MAE"], cells["Corr"], avg)
+    return table
+
+
+def probe_table(rows: list[dict]) -> Table:
+    """Test MAE and Acc-2 (non0) of each configuration with all streams and with one removed (mean ± std)."""
+    table = Table(title="Modality removed at test time (test split, mean ± std over seeds)")
+    names = [name for r in rows if r.get("probe") for name in r["probe"]][:4]
+    table.add_column("config")
+    for name in ["all streams", *names]:
+        table.add_column(f"{name}\nMAE / Acc-2", justify="right")
+
+    def cell(mean: dict, std: dict) -> str:
+        return f"{mean['mae']:.3f}±{std['mae']:.3f} / {100 * mean['acc2_non0']:.1f}"
+
+    for r in rows:
+        if r.get("probe"):
+            table.add_row(r["name"], cell(r["mean"], r["std"]),
+                          *[cell(r["probe"][n]["mean"], r["probe"][n]["std"]) for n in names])
     return table

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
@@ -134,3 +136,66 @@ def test_ablate_pretrains_without_the_test_split_unless_asked(tmp_path: Path) ->
     # a finished pretraining run on other data is not silently reused
     r = runner.invoke(app, ["ablate", "-o", str(out2), *common])
     assert r.exit_code != 0 and "was pretrained on" in r.output and "Traceback" not in r.output
+
+
+def test_remove_modality_zeroes_or_hides_one_stream() -> None:
+
+    from kebr_core.recipes.finetune import remove_modality
+
+    batch = {"audio": torch.ones(2, 3, 4), "audio_mask": torch.tensor([[True, True, False]] * 2),
+             "vision": torch.ones(2, 2, 5), "vision_mask": torch.ones(2, 2, dtype=torch.bool)}
+    zeroed = remove_modality(batch, "audio", "zeroed")
+    assert (zeroed["audio"] == 0).all() and torch.equal(zeroed["audio_mask"], batch["audio_mask"])
+    assert zeroed["vision"] is batch["vision"] and (batch["audio"] == 1).all()  # the input batch is unchanged
+    absent = remove_modality(batch, "vision", "absent")
+    assert (absent["vision"] == 0).all() and not absent["vision_mask"].any() and absent["audio"] is batch["audio"]
+
+
+def test_probe_equals_testing_on_a_store_without_that_modality(tmp_path: Path) -> None:
+    """predict_split(remove=(m, how)) gives exactly the predictions of the same model on a copy of the store
+    whose m frames are all 0 (zeroed) or missing (absent)."""
+    from kebr_core.data.dataset import Collator, StoreDataset
+    from kebr_core.masking import tokenize_plain
+    from kebr_core.model import load_tokenizer
+    from kebr_core.recipes.finetune import predict_split
+
+    cfg = RunConfig()
+    cfg.model.text_model, cfg.model.layers, cfg.model.d_audio, cfg.model.d_vision = TINY_BERT, 1, 7, 5
+    cfg.train.device = "cpu"
+    model = KEBRModel(cfg.model, cfg.mcc).eval()
+    tokenizer = load_tokenizer(TINY_BERT)
+    collate = Collator(50, 400, 55, pad_id=tokenizer.pad_token_id)
+
+    def predictions(store: Path, remove=None) -> np.ndarray:
+        encoder = lambda texts: [{"input_ids": ids} for ids in tokenize_plain(texts, tokenizer, 50)]  # noqa: E731
+        return predict_split(model, StoreDataset(store, "test", encoder), collate, None, cfg, torch.device("cpu"),
+                             remove=remove)[0]
+
+    base = write_tiny_store(tmp_path / "base.h5", n=30, seed=3)
+    for how, kwargs in (("zeroed", {"audio_value": 0.0}), ("absent", {"no_audio": True})):
+        without = write_tiny_store(tmp_path / f"{how}.h5", n=30, seed=3, **kwargs)
+        probed = predictions(base, remove=("audio", how))
+        np.testing.assert_allclose(probed, predictions(without), atol=1e-6)
+        assert not np.allclose(probed, predictions(base))  # the model does read audio
+
+
+def test_ablate_probe_tests_each_configuration_with_a_modality_removed(tmp_path: Path) -> None:
+    """--probe: each configuration's test metrics with audio or vision zeroed or absent, per seed and as mean
+    over seeds, in test.json, results.json, ablation.json and the printed table."""
+    store = write_tiny_store(tmp_path / "s.h5", n=30)
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(out), "--probe", "--seeds", "2",
+                            "--pretrain-epochs", "1", "--epochs", "1", "--text-model", TINY_BERT, "--batch-size", "8",
+                            "--layers", "1", "--freeze-encoder"])
+    assert r.exit_code == 0, r.output
+    assert "Modality removed at test time" in r.output
+    (row,) = json.loads((out / "ablation.json").read_text())["configurations"]
+    names = ["audio zeroed", "audio absent", "vision zeroed", "vision absent"]
+    assert list(row["probe"]) == names
+    assert all(set(row["probe"][n]["mean"]) == set(row["mean"]) for n in names)
+    results = json.loads((out / row["eval_dir"] / "results.json").read_text())
+    assert results["probe"]["audio absent"] == row["probe"]["audio absent"]
+    per_seed = [json.loads((out / row["eval_dir"] / f"seed-{s}" / "test.json").read_text()) for s in (0, 1)]
+    for name in names:
+        assert np.mean([p["probe"][name]["mae"] for p in per_seed]) == pytest.approx(row["probe"][name]["mean"]["mae"])
+    assert row["probe"]["audio absent"]["mean"]["mae"] != row["mean"]["mae"]

@@ -179,11 +179,13 @@ def ablate(
     *,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     pretrain_on_test: bool = False,
+    probe: bool = False,
     progress: ProgressFn = no_progress,
     on_note: Callable[[str], None] = lambda note: None,
 ) -> AblationResult:
     """Run `specs` (see the module docstring). Without a pretraining store, pretraining uses the dataset's
-    splits except test, or all of them with pretrain_on_test."""
+    splits except test, or all of them with pretrain_on_test. probe: also test every configuration with a
+    modality removed (`finetune`'s probe; each row's "probe")."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -230,9 +232,13 @@ def ablate(
                 pre_cfg = apply_spec(pretrain_cfg, spec)
                 pretrain(pretrain_store, pre_dir, pre_cfg, splits=pretrain_splits,  # type: ignore[arg-type]
                          resume=(pre_dir / "last").exists(), progress=progress)
-        result = finetune(dataset_store, out / row["eval_dir"], ft_cfg, checkpoint=checkpoint, seeds=seeds, progress=progress)
+        result = finetune(dataset_store, out / row["eval_dir"], ft_cfg, checkpoint=checkpoint, seeds=seeds, probe=probe,
+                          progress=progress)
         row["mean"] = {k: v[0] for k, v in result.summary.items()}
         row["std"] = {k: v[1] for k, v in result.summary.items()}
+        if probe:
+            row["probe"] = {name: {"mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()}}
+                            for name, stats in result.probe.items()}
         rows.append(row)
         progress("configurations", n + 1, len(specs), {})
 

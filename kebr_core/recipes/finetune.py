@@ -14,6 +14,11 @@ seed-S/test.json (the chosen epoch and test metrics), seed-S/predictions.csv,
 seed-S/test_features.npz (pooled fused test representations, labels, predictions);
 best-model/ (the fine-tuned checkpoint of the seed with the lowest validation MAE, for `kebr predict`); results.json and
 results.csv (mean ± std over seeds). A seed whose test.json exists is skipped on rerun (resume).
+
+With `probe=True` the chosen weights are also tested with one modality removed (`PROBES`): its features
+zeroed (frames kept, every value 0) or absent (no frames, as a video without audio or face). The metrics
+go to test.json's "probe" and results.json's "probe" (mean and std over seeds): how much the model uses
+each stream.
 """
 
 from __future__ import annotations
@@ -59,12 +64,27 @@ from kebr_core.training import (
 )
 
 
+PROBES = (("audio", "zeroed"), ("audio", "absent"), ("vision", "zeroed"), ("vision", "absent"))
+
+
 @dataclass
 class EvalResult:
     run_dir: Path
     per_seed: list[dict[str, float]]
     summary: dict[str, tuple[float, float]]  # metric → (mean, std)
     best_epochs: list[int] = field(default_factory=list)
+    probe: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # "audio absent" → metric → (mean, std)
+
+
+def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> dict[str, torch.Tensor]:
+    """The batch with `modality` ("audio" or "vision") zeroed (features 0, frames kept) or absent (no valid frame)."""
+    if how not in ("zeroed", "absent"):
+        raise ValueError(f"how must be 'zeroed' or 'absent', not {how!r}")
+    out = dict(batch)
+    out[modality] = torch.zeros_like(batch[modality])
+    if how == "absent":
+        out[f"{modality}_mask"] = torch.zeros_like(batch[f"{modality}_mask"])
+    return out
 
 
 def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
@@ -83,6 +103,7 @@ def finetune(
     *,
     checkpoint: str | Path | None = None,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    probe: bool = False,
     progress: ProgressFn = no_progress,
 ) -> EvalResult:
     run_dir = Path(run_dir)
@@ -115,30 +136,32 @@ def finetune(
     datasets = {s: StoreDataset(store, split=s, text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
     collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len, pad_id=tokenizer.pad_token_id or 0)
 
-    per_seed, best_epochs = [], []
+    per_seed, best_epochs, probes = [], [], []
     text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
     for n_done, seed in enumerate(seeds):
         seed_dir = run_dir / f"seed-{seed}"
         done_file = seed_dir / "test.json"
-        if done_file.exists():  # finished earlier: resume skips it
-            result = json.loads(done_file.read_text())
-        else:
+        result = json.loads(done_file.read_text()) if done_file.exists() else None  # finished earlier: resume skips it
+        if result is None or (probe and "probe" not in result):
             result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
                                best_model_dir=run_dir / "best-model", features=store_features(store),
-                               text_cache=text_cache)
+                               text_cache=text_cache, probe=probe)
         per_seed.append(result["test"])
+        if probe:
+            probes.append(result["probe"])
         best_epochs.append(result["best_epoch"])
         progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
 
     summary = aggregate(per_seed)
+    probe_summary = {name: aggregate([p[name] for p in probes]) for name in probes[0]} if probes else {}
     if info.is_main:
-        _write_results(run_dir, seeds, per_seed, best_epochs, summary)
+        _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary)
     barrier(info)
-    return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs)
+    return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary)
 
 
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
-              best_model_dir: Path, features: dict, text_cache: dict) -> dict:
+              best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False) -> dict:
     if info.is_main:
         seed_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -187,6 +210,12 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
     pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, info, features=True)
     test = msa_metrics(pred, label)
     result = {"seed": seed, "best_epoch": best[1], "valid_mae": best[0], "test": test}
+    if probe:
+        result["probe"] = {
+            f"{modality} {how}": msa_metrics(*predict_split(model, datasets["test"], collate, cache, cfg, device, info,
+                                                            remove=(modality, how)))
+            for modality, how in PROBES
+        }
     if info.is_main:
         # Fused utterance representations of the test split, for `kebr analyze` (PCA coloured by label).
         np.savez_compressed(seed_dir / "test_features.npz", features=pooled, labels=label, predictions=pred)
@@ -207,10 +236,12 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
 
 
 @torch.no_grad()
-def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: DistInfo = DistInfo(), features: bool = False):
+def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: DistInfo = DistInfo(), features: bool = False,
+                  remove: tuple[str, str] | None = None):
     """Predictions and labels of a whole split, in dataset order: (N,), (N,) float64; with `features`,
     also the pooled utterance representations (N, dt) float32. Under DDP each rank predicts a
-    contiguous shard and every rank gets the gathered whole."""
+    contiguous shard and every rank gets the gathered whole. remove: (modality, how) for
+    `remove_modality`, the probe of how much a stream is used."""
     model.eval()
     part = Subset(dataset, shard(np.arange(len(dataset)), info).tolist())
     loader = DataLoader(part, batch_size=max(cfg.train.batch_size, 64), shuffle=False, collate_fn=collate,
@@ -218,6 +249,8 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
     preds, labels, pooled = [], [], []
     for batch in loader:
         batch = move(batch, device)
+        if remove is not None:
+            batch = remove_modality(batch, *remove)
         hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
         with autocast(device, cfg.train.bf16):
             out = model(batch, task="finetune", text_hidden=hidden)
@@ -233,7 +266,7 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
     return (pred, label, feats) if features else (pred, label)
 
 
-def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary) -> None:
+def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_summary) -> None:
     payload = {
         "seeds": list(seeds),
         "best_epochs": best_epochs,
@@ -242,6 +275,9 @@ def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary) -> None
         "std": {k: v[1] for k, v in summary.items()},
         "per_seed": per_seed,
     }
+    if probe_summary:
+        payload["probe"] = {name: {"mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()}}
+                            for name, stats in probe_summary.items()}
     (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
     with (run_dir / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
