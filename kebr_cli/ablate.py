@@ -45,6 +45,7 @@ def ablate(
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", help="Pretraining epochs (default 20)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 10)."),
     batch_size: int = typer.Option(32, "--batch-size"),
+    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", help="Fine-tuning learning rate of TCMF (default 5e-6, the authors'; pretraining uses 1e-4)."),
     text_model: str = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Text encoder (name or folder)."),
     layers: int = typer.Option(4, "--layers", help="TCMF layers K."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -56,12 +57,14 @@ def ablate(
     from kebr_core.recipes.ablate import ablate as run_ablate, build_specs
 
     common = dict(text_model=text_model, g=g, s=1.0, lambda_mcc=1.0, mcc_form="paper", mcc_align=align, layers=layers,
-                  shared_layers=True, heads=1, ffn="mlp", batch_size=batch_size, lr=None, lr_encoder=None, lr_fusion=None,
+                  shared_layers=True, heads=1, ffn="mlp", batch_size=batch_size, lr=None, lr_encoder=None,
                   max_text_len=50, seed=0, device=device, workers=0, bf16=None)
     with user_errors():
         _choice(align, MCC_ALIGNS, "--align")
-        pre_cfg = build_config(None, "pretrain", epochs=pretrain_epochs, checkpoint_every=5, unfreeze=False, **common)
-        ft_cfg = build_config(None, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder, **common)
+        pre_cfg = build_config(None, "pretrain", epochs=pretrain_epochs, checkpoint_every=5, unfreeze=False,
+                               lr_fusion=None, **common)
+        ft_cfg = build_config(None, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder,
+                              lr_fusion=lr_fusion, **common)
         specs = build_specs(
             no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,
             g_sweep=_floats(g_values, "--g-values") if g_sweep else None,
