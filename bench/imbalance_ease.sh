@@ -11,13 +11,14 @@ set -euo pipefail
 OUT=${1:-runs/imbalance-ease}
 KEBR=${KEBR:-.venv/bin/kebr}
 PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 DOCS=docs/imbalance/ease
 mkdir -p "$OUT" "$DOCS"
-$KEBR synth -o "$OUT/synth.h5" --n 600 --unlabeled 400 --text-strength 0 --audio-strength 1 --vision-strength 1 \
+$KEBR synth -o "$OUT/synth.h5" --n 1000 --unlabeled 1000 --text-strength 0 --audio-strength 1 --vision-strength 1 \
   --label-noise 0.2 --audio-signal 1.0 --audio-noise 0.5 --vision-signal 0.25 --vision-noise 1.5 \
   --audio-len 10-40 --vision-len 10-40 --audio-dim 16 --vision-dim 16 --seed 0 --force | tee "$DOCS/synth.txt"
-$KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --align tile --mcc-align projected --probe --seeds 3 \
-  --pretrain-epochs 25 --epochs 10 --lr-fusion 1e-4 --layers 2 --freeze-encoder \
+$KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --align tile --mcc-align authors,projected --probe --seeds 5 \
+  --pretrain-epochs 50 --epochs 15 --lr-fusion 1e-4 --layers 2 --freeze-encoder \
   --text-model "random-bert:hidden=32,layers=2,heads=2" -o "$OUT/ablate" | tee "$DOCS/table.txt"
 $KEBR analyze "$OUT/ablate" --out "$DOCS"
 cp "$OUT/ablate/ablation.json" "$OUT/ablate/results.csv" "$DOCS/"

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import app, console, progress, user_errors
-from kebr_cli.train import MCC_ALIGNS, _choice, _renderer, build_config
+from kebr_cli.train import _choice, _renderer, build_config
 from kebr_core.config import DEFAULT_TEXT_MODEL
 from kebr_core.errors import KebrError
 from kebr_core.metrics import format_table_row
@@ -36,12 +36,12 @@ def ablate(
     all_: bool = typer.Option(False, "--all", help="All five configurations C1–C5 of Table 4."),
     g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4)."),
     g_values: str = typer.Option("-0.5,-0.4,-0.3,-0.2,-0.1,0,0.1,0.2,0.3,0.4,0.5", "--g-values", help="g values of the sweep."),
-    mcc_form: str = typer.Option("", "--mcc-form", help="Compare MCC forms, e.g. paper,reference."),
-    mcc_align: str = typer.Option("", "--mcc-align", help="Compare MCC alignments, e.g. tile,projected."),
+    mcc_form: str = typer.Option("", "--mcc-form", help="Compare MCC forms, e.g. paper,reference,mean-cosine."),
+    mcc_align: str = typer.Option("", "--mcc-align", help="Compare MCC alignments, e.g. tile,authors,projected."),
     seeds: int = typer.Option(5, "--seeds", help="Fine-tuning seeds per configuration (as eval)."),
     g: float = typer.Option(0.2, "--g", help="g of every configuration outside the sweep."),
     align: str = typer.Option("tile", "--align", help="MCC alignment of every configuration outside --mcc-align "
-                              "(tile or projected); a configuration without MCC logs its cosines with it."),
+                              "(tile, authors or projected); a configuration without MCC logs its cosines with it."),
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", help="Pretraining epochs (default 20)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 10)."),
     batch_size: int = typer.Option(32, "--batch-size"),
@@ -54,13 +54,18 @@ def ablate(
 ) -> None:
     """Run the paper's ablations; finished configurations are skipped when rerun."""
     from kebr_core.data.registry import resolve_dataset
+    from kebr_core.modules.mcc import ALIGNS, FORMS
     from kebr_core.recipes.ablate import ablate as run_ablate, build_specs
 
     common = dict(text_model=text_model, g=g, s=1.0, lambda_mcc=1.0, mcc_form="paper", mcc_align=align, layers=layers,
                   shared_layers=True, heads=1, ffn="mlp", batch_size=batch_size, lr=None, lr_encoder=None,
                   max_text_len=50, seed=0, device=device, workers=0, bf16=None)
     with user_errors():
-        _choice(align, MCC_ALIGNS, "--align")
+        _choice(align, ALIGNS, "--align")
+        for name in [x for x in mcc_form.split(",") if x]:
+            _choice(name, FORMS, "--mcc-form")
+        for name in [x for x in mcc_align.split(",") if x]:
+            _choice(name, ALIGNS, "--mcc-align")
         pre_cfg = build_config(None, "pretrain", epochs=pretrain_epochs, checkpoint_every=5, unfreeze=False,
                                lr_fusion=None, **common)
         ft_cfg = build_config(None, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder,

@@ -15,8 +15,6 @@ from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
 from kebr_core.errors import KebrError
 from kebr_core.metrics import format_table_row
 
-MCC_FORMS = ("paper", "reference")
-MCC_ALIGNS = ("tile", "projected")
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -32,6 +30,8 @@ def build_config(
     device: str, workers: int, checkpoint_every: int, unfreeze: bool, bf16: Optional[bool], dropout: float = 0.1,
 ) -> RunConfig:
     """Options → RunConfig. `--preset paper` starts from the paper's settings; explicit options win."""
+    from kebr_core.modules.mcc import ALIGNS, FORMS  # here, not at import: `kebr --help` stays free of torch
+
     if preset not in (None, "paper"):
         raise KebrError(f"--preset must be 'paper', not '{preset}'.")
     cfg = paper_preset(stage) if preset == "paper" else RunConfig()  # type: ignore[arg-type]
@@ -40,8 +40,8 @@ def build_config(
     m.dropout = dropout
     m.ffn = _choice(ffn, ("mlp", "linear"), "--ffn")  # type: ignore[assignment]
     c.g, c.s, c.weight = g, s, lambda_mcc
-    c.form = _choice(mcc_form, MCC_FORMS, "--mcc-form")  # type: ignore[assignment]
-    c.align = _choice(mcc_align, MCC_ALIGNS, "--mcc-align")  # type: ignore[assignment]
+    c.form = _choice(mcc_form, FORMS, "--mcc-form")
+    c.align = _choice(mcc_align, ALIGNS, "--mcc-align")
     if epochs is not None:
         t.epochs = epochs
     elif preset is None:
@@ -54,17 +54,17 @@ def build_config(
         if value is not None:
             setattr(t, name, value)
     if not -0.5 < g < 0.5:
-        raise KebrError(f"--g must lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine, not {g}.")
+        raise KebrError(f"--g must lie in (-0.5, 0.5) so MCC's balanced zero cos θ = 0.5 − g is a cosine, not {g}.")
     return cfg
 
 
 # Options shared by both commands (Typer needs them spelled out per command).
 TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
-G = typer.Option(0.2, "--g", help="MCC angle penalty g: the loss is 0 where cos θ_a = cos θ_v = 0.5 − g (Eq. 11–13).")
+G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g, one of several (others lie off the diagonal; docs/design.md, \"MCC\").")
 S = typer.Option(1.0, "--s", help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
-MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12) or reference (the authors' code).")
-MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (the authors') or projected.")
+MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")
+MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).")
 Layers = typer.Option(4, "--layers", help="Number of TCMF layers K (Eq. 2).")
 Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF layer applied K times (the authors') or K independent layers.")
 Heads = typer.Option(1, "--heads", help="Attention heads in cross-modal attention (paper: 1).")

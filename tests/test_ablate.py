@@ -94,7 +94,7 @@ def test_ablate_all_runs_five_rows_and_reuses_work(tmp_path: Path) -> None:
 def test_ablate_bad_align_is_one_sentence(tmp_path: Path) -> None:
     r = runner.invoke(app, ["ablate", "--dataset", "synth", "-o", str(tmp_path / "abl"), "--align", "diagonal"])
     assert r.exit_code != 0
-    assert "--align must be one of tile, projected, not 'diagonal'." in r.output
+    assert "--align must be one of tile, authors, projected, not 'diagonal'." in r.output
     assert not (tmp_path / "abl").exists()
 
 
