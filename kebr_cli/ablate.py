@@ -50,6 +50,7 @@ def ablate(
     layers: int = typer.Option(4, "--layers", help="TCMF layers K."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
+    std: str = typer.Option("sample", "--std", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
 ) -> None:
     """Run the paper's ablations; finished configurations are skipped when rerun."""
@@ -62,6 +63,7 @@ def ablate(
                   max_text_len=50, seed=0, device=device, workers=0, bf16=None)
     with user_errors():
         _choice(align, ALIGNS, "--align")
+        _choice(std, ("sample", "population"), "--std")
         for name in [x for x in mcc_form.split(",") if x]:
             _choice(name, FORMS, "--mcc-form")
         for name in [x for x in mcc_align.split(",") if x]:
@@ -80,18 +82,19 @@ def ablate(
         store = resolve_dataset(dataset, data_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
         with progress() as prog:
             result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
-                                pretrain_on_test=pretrain_on_test, probe=probe, progress=_renderer(prog, {}),
+                                pretrain_on_test=pretrain_on_test, probe=probe, std=std,
+                                progress=_renderer(prog, {}),
                                 on_note=lambda m: console.print(f"[yellow]note:[/] {m}"))
-    console.print(ablation_table(result.rows, result.caption))
+    console.print(ablation_table(result.rows, result.caption, std))
     if probe:
-        console.print(probe_table(result.rows))
+        console.print(probe_table(result.rows, std))
     console.print(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   plots: kebr analyze {out}")
 
 
-def ablation_table(rows: list[dict], caption: str = "") -> Table:
+def ablation_table(rows: list[dict], caption: str = "", std: str = "sample") -> Table:
     """Table 4's shape: configuration, its components, the metrics (mean ± std) and Avg; the caption says
     what pretraining used."""
-    table = Table(title="Ablation (test split, mean ± std over seeds; Avg = mean relative change vs C1, %)",
+    table = Table(title=f"Ablation (test split, mean ± {std_words(std)} over seeds; Avg = mean relative change vs C1, %)",
                   caption=caption or None)
     for col in ("config", "pretrain", "TCMF", "MCC", "g", "Acc-2", "F1", "Acc-7", "MAE", "Corr", "Avg"):
         table.add_column(col, justify="right" if col not in ("config",) else "left")
@@ -108,9 +111,13 @@ def ablation_table(rows: list[dict], caption: str = "") -> Table:
     return table
 
 
-def probe_table(rows: list[dict]) -> Table:
+def std_words(std: str) -> str:
+    return {"sample": "sample std (ddof=1)", "population": "population std (ddof=0)"}[std]
+
+
+def probe_table(rows: list[dict], std: str = "sample") -> Table:
     """Test MAE and Acc-2 (non0) of each configuration with all streams and with one removed (mean ± std)."""
-    table = Table(title="Modality removed at test time (test split, mean ± std over seeds)")
+    table = Table(title=f"Modality removed at test time (test split, mean ± {std_words(std)} over seeds)")
     names = [name for r in rows if r.get("probe") for name in r["probe"]][:4]
     table.add_column("config")
     for name in ["all streams", *names]:

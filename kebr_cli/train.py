@@ -160,6 +160,8 @@ def eval_(
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
     seeds: int = typer.Option(5, "--seeds", help="Number of runs with seeds 0..N-1 (paper: 5) → mean ± std."),
+    std: str = typer.Option("sample", "--std", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
+    probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 10; paper preset 20)."),
@@ -185,11 +187,15 @@ def eval_(
             seed=0, device=device, workers=workers, checkpoint_every=1, unfreeze=not freeze_encoder, bf16=bf16,
             dropout=dropout,
         )
+        _choice(std, ("sample", "population"), "--std")
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
         with progress() as prog:
-            result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), progress=_renderer(prog, {}))
+            result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), probe=probe, std=std,
+                              progress=_renderer(prog, {}))
     if not is_main_process():
         return
-    console.print(results_table(f"{dataset}: test split, mean ± std over {seeds} seed(s)", {"KEBR": result.summary}))
+    spread = "sample std (ddof=1)" if std == "sample" else "population std (ddof=0)"
+    rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
+    console.print(results_table(f"{dataset}: test split, mean ± {spread} over {seeds} seed(s)", rows))
     console.print(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}")

@@ -131,3 +131,22 @@ def test_pretrain_leaves_out_texts_without_words(tmp_path: Path) -> None:
                      label=0.0, split="train"))
     r = runner.invoke(app, ["pretrain", str(silent), "-o", str(tmp_path / "p2"), "--epochs", "1", *FAST])
     assert r.exit_code != 0 and "has a word in its transcript" in r.output and "Traceback" not in r.output
+
+
+def test_eval_std_convention_is_written_and_population_is_mmsas(tiny_store: Path, tmp_path: Path) -> None:
+    """--std population gives MMSA's np.std (ddof=0) of the same per-seed results; both files say which."""
+    runs = {}
+    for std in ("sample", "population"):
+        out = tmp_path / std
+        r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "-o", str(out), "--epochs", "1", "--seeds", "2",
+                                "--std", std, "--freeze-encoder", "--layers", "1", *FAST])
+        assert r.exit_code == 0, r.output
+        assert f"{std} std (ddof={1 if std == 'sample' else 0})" in " ".join(r.output.split())
+        runs[std] = json.loads((out / "results.json").read_text())
+        assert runs[std]["std_ddof"] == (1 if std == "sample" else 0)
+        assert (out / "results.csv").read_text().splitlines()[0].startswith("metric,mean,std,std_ddof,seed_0")
+    maes = [s["mae"] for s in runs["sample"]["per_seed"]]
+    assert runs["sample"]["std"]["mae"] == pytest.approx(np.std(maes, ddof=1))
+    assert runs["population"]["std"]["mae"] == pytest.approx(np.std(maes))  # MMSA: np.std(values)
+    r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "-o", str(tmp_path / "x"), "--std", "ddof1", *FAST])
+    assert r.exit_code != 0 and "--std must be one of sample, population" in r.output

@@ -37,7 +37,7 @@ import numpy as np
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
-from kebr_core.metrics import METRIC_NAMES
+from kebr_core.metrics import METRIC_NAMES, STD_DDOF
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.training import ProgressFn, no_progress
@@ -180,12 +180,16 @@ def ablate(
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     pretrain_on_test: bool = False,
     probe: bool = False,
+    std: str = "sample",
     progress: ProgressFn = no_progress,
     on_note: Callable[[str], None] = lambda note: None,
 ) -> AblationResult:
     """Run `specs` (see the module docstring). Without a pretraining store, pretraining uses the dataset's
     splits except test, or all of them with pretrain_on_test. probe: also test every configuration with a
-    modality removed (`finetune`'s probe; each row's "probe")."""
+    modality removed (`finetune`'s probe; each row's "probe"). std: the spread over seeds, "sample" (ddof = 1)
+    or "population" (ddof = 0, MMSA's); ablation.json's std_ddof says which."""
+    if std not in STD_DDOF:
+        raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -233,7 +237,7 @@ def ablate(
                 pretrain(pretrain_store, pre_dir, pre_cfg, splits=pretrain_splits,  # type: ignore[arg-type]
                          resume=(pre_dir / "last").exists(), progress=progress)
         result = finetune(dataset_store, out / row["eval_dir"], ft_cfg, checkpoint=checkpoint, seeds=seeds, probe=probe,
-                          progress=progress)
+                          std=std, progress=progress)
         row["mean"] = {k: v[0] for k, v in result.summary.items()}
         row["std"] = {k: v[1] for k, v in result.summary.items()}
         if probe:
@@ -250,15 +254,15 @@ def ablate(
         "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
         "pretrain_splits": pretrain_splits,
         "pretrain_on_test": pretrain_on_test and str(pretrain_store) == str(dataset_store),
-        "seeds": list(seeds), "notes": notes, "configurations": rows,
+        "seeds": list(seeds), "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
     }
     (out / "ablation.json").write_text(json.dumps(payload, indent=2))
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "kind", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
-                    *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "avg_change"])
+                    *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "std_ddof", "avg_change"])
         for r in rows:
             w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
                         r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
-                        *[r["std"].get(k, "") for k in METRIC_NAMES], r["avg_change"]])
+                        *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"]])
     return AblationResult(out=out, rows=rows, notes=notes, caption=pretraining_caption(payload))

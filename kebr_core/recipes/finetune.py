@@ -13,7 +13,8 @@ Writes: config.json; seed-S/metrics.csv (per epoch: train loss terms, c_a, c_v, 
 seed-S/test.json (the chosen epoch and test metrics), seed-S/predictions.csv,
 seed-S/test_features.npz (pooled fused test representations, labels, predictions);
 best-model/ (the fine-tuned checkpoint of the seed with the lowest validation MAE, for `kebr predict`); results.json and
-results.csv (mean ± std over seeds). A seed whose test.json exists is skipped on rerun (resume).
+results.csv (mean ± std over seeds; the sample std, ddof = 1, unless std="population", MMSA's ddof = 0; both
+files say which). A seed whose test.json exists is skipped on rerun (resume).
 
 With `probe=True` the chosen weights are also tested with one modality removed (`PROBES`): its features
 zeroed (frames kept, every value 0) or absent (no frames, as a video without audio or face). The metrics
@@ -42,7 +43,7 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo, barrier, gather_predictions, init_distributed, shard
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
-from kebr_core.metrics import aggregate, msa_metrics
+from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics
 from kebr_core.model import KEBRModel, load_tokenizer
 from kebr_core.recipes.pretrain import configure_from_store, store_widths
 from kebr_core.training import (
@@ -104,9 +105,14 @@ def finetune(
     checkpoint: str | Path | None = None,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     probe: bool = False,
+    std: str = "sample",
     progress: ProgressFn = no_progress,
 ) -> EvalResult:
+    """Fine-tune and test once per seed (module docstring); std: the spread over seeds, "sample" (ddof = 1)
+    or "population" (ddof = 0, MMSA's)."""
     run_dir = Path(run_dir)
+    if std not in STD_DDOF:
+        raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     store = FeatureStore(store_path)
     split_index = {s: store.indices(s) for s in ("train", "valid", "test")}
     for s, idx in split_index.items():
@@ -152,10 +158,10 @@ def finetune(
         best_epochs.append(result["best_epoch"])
         progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
 
-    summary = aggregate(per_seed)
-    probe_summary = {name: aggregate([p[name] for p in probes]) for name in probes[0]} if probes else {}
+    summary = aggregate(per_seed, std)
+    probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
     if info.is_main:
-        _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary)
+        _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std)
     barrier(info)
     return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary)
 
@@ -266,13 +272,14 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
     return (pred, label, feats) if features else (pred, label)
 
 
-def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_summary) -> None:
+def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_summary, std: str) -> None:
     payload = {
         "seeds": list(seeds),
         "best_epochs": best_epochs,
         "selection": "epoch with the lowest validation MAE; test evaluated once per seed",
         "mean": {k: v[0] for k, v in summary.items()},
         "std": {k: v[1] for k, v in summary.items()},
+        "std_ddof": STD_DDOF[std],  # 1: sample std (kebr's default); 0: population std (MMSA's np.std)
         "per_seed": per_seed,
     }
     if probe_summary:
@@ -281,6 +288,6 @@ def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_s
     (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
     with (run_dir / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["metric", "mean", "std", *[f"seed_{s}" for s in seeds]])
+        w.writerow(["metric", "mean", "std", "std_ddof", *[f"seed_{s}" for s in seeds]])
         for k, (m, sd) in summary.items():
-            w.writerow([k, m, sd, *[r[k] for r in per_seed]])
+            w.writerow([k, m, sd, STD_DDOF[std], *[r[k] for r in per_seed]])
