@@ -170,7 +170,7 @@ def synth(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Generate a seeded synthetic store with a known text/audio/vision share of the label, each stream as easy
-    to read as asked (the generative formula: docs/design.md, "Synthetic data")."""
+    to read as asked (the generative formula: docs/design.md §9)."""
     from kebr_core.data.synth import SynthConfig, generate_synth
 
     with user_errors():

@@ -60,7 +60,7 @@ def build_config(
 
 # Options shared by both commands (Typer needs them spelled out per command).
 TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
-G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g, one of several (others lie off the diagonal; docs/design.md, \"MCC\").")
+G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g, one of several (others lie off the diagonal; docs/design.md §5.5).")
 S = typer.Option(1.0, "--s", help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
 MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")

@@ -1,4 +1,4 @@
-"""Plots of KEBR runs for `kebr analyze` (paper Fig. 4, §4.5; DESIGN §8).
+"""Plots of KEBR runs for `kebr analyze` (paper Fig. 4, §4.5; docs/design.md §8).
 
 Three kinds of directory are read (the formats the recipes write):
 

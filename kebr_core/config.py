@@ -1,4 +1,4 @@
-"""Settings of the model, the MCC loss and training, as dataclasses (docs/design.md, "Defaults").
+"""Settings of the model, the MCC loss and training, as dataclasses (docs/design.md §11).
 
 Every knob the CLI exposes lives here, so a run directory's `config.json` fully describes a run.
 `paper_preset()` returns the settings of the paper (§4.2); the defaults are smaller where the paper's
@@ -19,7 +19,7 @@ DEFAULT_TEXT_MODEL = "embedded:all-MiniLM-L6-v2"
 
 @dataclass
 class MCCConfig:
-    """Multimodal cosine constraint (paper Eq. 9–13; docs/design.md, "MCC").
+    """Multimodal cosine constraint (paper Eq. 9–13; docs/design.md §5.5).
 
     g: angle penalty, in (−0.5, 0.5); the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g,
        one of several (`kebr_core.modules.mcc` says where the others are).
@@ -40,7 +40,7 @@ class MCCConfig:
 
 @dataclass
 class ModelConfig:
-    """KEBR model: text encoder + K TCMF layers + heads (paper §3.3, §3.5; docs/design.md, "Model")."""
+    """KEBR model: text encoder + K TCMF layers + heads (paper §3.3, §3.5; docs/design.md §5)."""
 
     text_model: str = DEFAULT_TEXT_MODEL
     d_audio: int = 33
@@ -60,7 +60,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by pretraining and fine-tuning (docs/design.md, "Training")."""
+    """Optimisation settings shared by pretraining and fine-tuning (docs/design.md §6)."""
 
     epochs: int = 20
     batch_size: int = 32

@@ -5,7 +5,7 @@ mask token, giving T' = {w_1, ..., w_mask, ..., w_n} (Eq. 1), and its score (VAD
 [-3, 3]) is the pretraining label. A transcript without a lexicon word gets one random word masked
 and label 0.0.
 
-What this file does on purpose (docs/design.md, "Sentiment-knowledge masking"):
+What this file does on purpose (docs/design.md §4):
 - EVERY wordpiece of EVERY occurrence of the chosen word is masked ("good quite good" → "[MASK]
   quite [MASK]"), as the authors masked every occurrence: a visible copy would give the answer
   away. Only ~30% of VADER words are one wordpiece ("unlovable" → un ##lova ##ble); masking only one

@@ -1,4 +1,4 @@
-"""The multimodal-sentiment metrics, with MMSA's conventions (DESIGN.md §7, paper §4.3).
+"""The multimodal-sentiment metrics, with MMSA's conventions (docs/design.md §7, paper §4.3).
 
 Predictions p and labels y are regression scores in [-3, 3]. The literature's tables come from MMSA's
 `metricsTop.py`; its conventions are copied exactly, because each of them moves the numbers:
@@ -106,7 +106,7 @@ def pearson(pred: np.ndarray, label: np.ndarray) -> float:
 
 
 def msa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """All MSA metrics of predictions against labels, with MMSA's conventions (DESIGN §7).
+    """All MSA metrics of predictions against labels, with MMSA's conventions (docs/design.md §7).
 
     Args:
         pred: (N,) predicted sentiment scores (any shape with N elements is flattened).

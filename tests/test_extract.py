@@ -1,4 +1,4 @@
-"""Tests of `kebr extract` (DESIGN §3) on real media made here: espeak-ng speech over a drifting real
+"""Tests of `kebr extract` (docs/design.md §3) on real media made here: espeak-ng speech over a drifting real
 face photo, encoded with PyAV; plus a clip without audio, a silent one, one without a face, a corrupt
 and an empty file. Feature values are checked against hand-derived numbers (tones of known pitch,
 subtitle files with known text, a photo with a known face box), and the store against itself under

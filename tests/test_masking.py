@@ -1,4 +1,4 @@
-"""Sentiment lexicon and sentiment-knowledge masking (paper §3.2, DESIGN §4), with the real MiniLM tokenizer."""
+"""Sentiment lexicon and sentiment-knowledge masking (paper §3.2, docs/design.md §4), with the real MiniLM tokenizer."""
 
 from __future__ import annotations
 

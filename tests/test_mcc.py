@@ -1,4 +1,4 @@
-"""MCC loss (paper Eq. 9–13; docs/design.md, "MCC"): alignments, forms, masks, gradients, where the loss is
+"""MCC loss (paper Eq. 9–13; docs/design.md §5.5): alignments, forms, masks, gradients, where the loss is
 zero, no host sync."""
 
 from __future__ import annotations

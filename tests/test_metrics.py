@@ -1,4 +1,4 @@
-"""Tests of the MSA metrics (DESIGN.md §7): hand-computed cases, scikit-learn/scipy cross-checks,
+"""Tests of the MSA metrics (docs/design.md §7): hand-computed cases, scikit-learn/scipy cross-checks,
 MMSA's conventions (zero ties, half-to-even rounding) and the real MOSI test labels."""
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def test_aggregate_rejects_bad_runs() -> None:
 def test_mosi_test_split() -> None:
     train, test = _mosi_split("train"), _mosi_split("test")
     assert (train.size, test.size) == (1284, 686)
-    # DESIGN §7: 18 test labels sit exactly on x.5 (where the rounding rule matters).
+    # docs/design.md §7: 18 test labels sit exactly on x.5 (where the rounding rule matters).
     assert sum(1 for y in test.tolist() if abs(y) % 1 == 0.5) == 18
 
     # Perfect predictions.

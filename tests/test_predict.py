@@ -62,7 +62,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_sentiment_class_and_polarity_hand_values():
-    # round half to even, as Acc-7 (DESIGN §7); neutral is class 0, so |score| <= 0.5
+    # round half to even, as Acc-7 (docs/design.md §7); neutral is class 0, so |score| <= 0.5
     cases = {2.5: (2, "positive"), -0.5: (0, "neutral"), 0.5: (0, "neutral"), 0.51: (1, "positive"),
              -0.51: (-1, "negative"), -1.5: (-2, "negative"), 3.7: (3, "positive"), -9.0: (-3, "negative"), 0.0: (0, "neutral")}
     for score, (cls, pol) in cases.items():

@@ -1,4 +1,4 @@
-"""The synthetic benchmark (docs/design.md, "Synthetic data"): multimodal samples whose label is carried
+"""The synthetic benchmark (docs/design.md §9): multimodal samples whose label is carried
 by text, audio and vision in known, controllable shares, each stream as easy or hard to read as asked. It tests the pipeline and shows what TCMF and MCC do under
 known ground truth; it is never reported as a MOSI/MOSEI result.
 

@@ -1,4 +1,4 @@
-"""Multimodal Cosine Constraint, MCC (paper §3.4, Eq. 9–13; docs/design.md, "MCC").
+"""Multimodal Cosine Constraint, MCC (paper §3.4, Eq. 9–13; docs/design.md §5.5).
 
 Per sample i, with cosines c_a = cos(X_K, X0a) and c_v = cos(X_K, X0v) and angles
 θ_m = arccos(clamp(c_m, −1+ε, 1−ε)):

@@ -1,4 +1,4 @@
-"""Recipe: the paper's ablations (§4.5, Table 4), the g-sweep (Fig. 4) and MCC variants (DESIGN §8).
+"""Recipe: the paper's ablations (§4.5, Table 4), the g-sweep (Fig. 4) and MCC variants (docs/design.md §8).
 
 Configurations of Table 4:
 

@@ -1,4 +1,4 @@
-"""Recipe: fine-tune on labeled data, select the epoch on validation, test once (paper §3.5, §4.2; DESIGN §6–7).
+"""Recipe: fine-tune on labeled data, select the epoch on validation, test once (paper §3.5, §4.2; docs/design.md §6–7).
 
 For each seed: build the model (from a pretraining checkpoint, or from the plain encoder for ablation
 C2), train on `train` with
@@ -7,7 +7,7 @@ C2), train on `train` with
 
 (Adam; lr 5e-6 for encoder and fusion and 1e-4 for the head, as the authors; cosine annealing), keep
 the weights of the epoch with the lowest validation MAE, and evaluate them once on `test`. We select on
-validation MAE, not on the validation loss including MCC as the authors' code does (DESIGN §7).
+validation MAE, not on the validation loss including MCC as the authors' code does (docs/design.md §7).
 
 Writes: config.json; seed-S/metrics.csv (per epoch: train loss terms, c_a, c_v, |Δθ|, valid MAE),
 seed-S/test.json (the chosen epoch and test metrics), seed-S/predictions.csv,

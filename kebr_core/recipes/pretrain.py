@@ -1,4 +1,4 @@
-"""Recipe: knowledge-enhanced pretraining (paper §3.2, §3.5; docs/design.md, "Training").
+"""Recipe: knowledge-enhanced pretraining (paper §3.2, §3.5; docs/design.md §6).
 
 Every sample of the store (or of the chosen splits; labels are not needed) has its strongest sentiment
 word masked (§3.2). The model predicts that word's lexicon score from the fused representation at the
