@@ -150,3 +150,20 @@ def test_eval_std_convention_is_written_and_population_is_mmsas(tiny_store: Path
     assert runs["population"]["std"]["mae"] == pytest.approx(np.std(maes))  # MMSA: np.std(values)
     r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "-o", str(tmp_path / "x"), "--std", "ddof1", *FAST])
     assert r.exit_code != 0 and "--std must be one of sample, population" in r.output
+
+
+def test_pretrain_with_the_authors_alignment_and_pretraining_form(tiny_store: Path, tmp_path: Path) -> None:
+    """Each of the authors' MCC variants runs by name: alignment `authors`, form `mean-cosine` (their
+    pretraining settings g = 1/4, λ = 0.5)."""
+    out = tmp_path / "pre"
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(out), "--epochs", "1", "--mcc-align", "authors",
+                            "--mcc-form", "mean-cosine", "--g", "0.25", "--lambda-mcc", "0.5", "--layers", "1", *FAST])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())["mcc"]
+    assert (cfg["align"], cfg["form"], cfg["g"], cfg["weight"]) == ("authors", "mean-cosine", 0.25, 0.5)
+    header, row = (out / "metrics.csv").read_text().splitlines()[:2]
+    values = dict(zip(header.split(","), map(float, row.split(","))))
+    assert np.isfinite(values["mcc"]) and values["mcc"] > 0 and values["loss"] == pytest.approx(
+        values["task_l1"] + 0.5 * values["mcc"])
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(tmp_path / "x"), "--mcc-align", "theirs", *FAST])
+    assert r.exit_code != 0 and "--mcc-align must be one of tile, authors, projected" in r.output
