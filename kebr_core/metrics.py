@@ -219,3 +219,8 @@ def aggregate(runs: Sequence[Mapping[str, float]], std: str = "sample") -> dict[
         else:
             result[key] = (float(values.mean()), float(values.std(ddof=STD_DDOF[std])))
     return result
+
+
+def split_summary(summary: Mapping[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
+    """`aggregate`'s {metric: (mean, std)} as {"mean": {metric: mean}, "std": {metric: std}} (the JSON files' shape)."""
+    return {"mean": {k: v[0] for k, v in summary.items()}, "std": {k: v[1] for k, v in summary.items()}}

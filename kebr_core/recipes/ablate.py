@@ -37,7 +37,7 @@ import numpy as np
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
-from kebr_core.metrics import METRIC_NAMES, STD_DDOF
+from kebr_core.metrics import METRIC_NAMES, STD_DDOF, split_summary
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.training import ProgressFn, no_progress
@@ -238,11 +238,9 @@ def ablate(
                          resume=(pre_dir / "last").exists(), progress=progress)
         result = finetune(dataset_store, out / row["eval_dir"], ft_cfg, checkpoint=checkpoint, seeds=seeds, probe=probe,
                           std=std, progress=progress)
-        row["mean"] = {k: v[0] for k, v in result.summary.items()}
-        row["std"] = {k: v[1] for k, v in result.summary.items()}
+        row |= split_summary(result.summary)
         if probe:
-            row["probe"] = {name: {"mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()}}
-                            for name, stats in result.probe.items()}
+            row["probe"] = {name: split_summary(stats) for name, stats in result.probe.items()}
         rows.append(row)
         progress("configurations", n + 1, len(specs), {})
 

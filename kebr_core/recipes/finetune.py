@@ -43,7 +43,7 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo, barrier, gather_predictions, init_distributed, shard
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
-from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics
+from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import KEBRModel, load_tokenizer
 from kebr_core.recipes.pretrain import configure_from_store, store_widths
 from kebr_core.training import (
@@ -277,14 +277,12 @@ def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_s
         "seeds": list(seeds),
         "best_epochs": best_epochs,
         "selection": "epoch with the lowest validation MAE; test evaluated once per seed",
-        "mean": {k: v[0] for k, v in summary.items()},
-        "std": {k: v[1] for k, v in summary.items()},
+        **split_summary(summary),
         "std_ddof": STD_DDOF[std],  # 1: sample std (kebr's default); 0: population std (MMSA's np.std)
         "per_seed": per_seed,
     }
     if probe_summary:
-        payload["probe"] = {name: {"mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()}}
-                            for name, stats in probe_summary.items()}
+        payload["probe"] = {name: split_summary(stats) for name, stats in probe_summary.items()}
     (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
     with (run_dir / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
