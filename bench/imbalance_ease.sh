@@ -2,10 +2,12 @@
 # A fair test of MCC's premise (paper §3.4, Table 4; issue 14 item 8): audio and vision carry EQUAL,
 # independent (complementary) shares of the label, text none, but audio is easy to read (high
 # signal-to-noise) and vision hard (low), so a model without MCC may settle on audio. C1 (with MCC) vs C4
-# (no MCC); C1 under both MCC alignments (tile, projected; C4 does not depend on the alignment: λ = 0);
-# 3 fine-tuning seeds; every configuration also tested with audio or vision removed (--probe).
-# Small on purpose (tiny random text encoder, short sequences, 16-d features) so it finishes in about half
-# an hour on a shared 2-core CPU; tables, plots and the run's JSON land in docs/imbalance/ease/.
+# (no MCC), with C1 under each MCC alignment (tile, authors, projected; C4 does not depend on the
+# alignment: λ = 0); 5 fine-tuning seeds; every configuration also tested with audio or vision removed
+# (--probe). Small on purpose (tiny random text encoder: text carries no label here; short sequences,
+# 16-d features; one torch thread, because on a loaded machine two threads per process ran ~70× slower)
+# so it finishes in about 30 minutes on a shared 2-core CPU; tables, plots and the run's JSON land in
+# docs/imbalance/ease/ (see its README.md).
 #   usage: bash bench/imbalance_ease.sh [OUT_DIR]        (KEBR=... to run another kebr command)
 set -euo pipefail
 OUT=${1:-runs/imbalance-ease}

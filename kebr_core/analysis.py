@@ -354,7 +354,7 @@ def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
                     Line2D([], [], color="black", linestyle="--", label="c_v (vision)")]
         if any(b.mcc_zero is not None for b in series):
             proxies.append(Line2D([], [], color="grey", linestyle=":", label="MCC balanced zero: c_a = c_v = 0.5 − g"))
-        fig.legend(handles=proxies, loc="outside lower center", ncol=len(proxies), fontsize="small")
+        fig.legend(handles=proxies, loc="outside lower center", ncol=min(len(proxies), 3), fontsize="small")
     return fig
 
 
