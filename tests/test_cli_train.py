@@ -60,8 +60,8 @@ def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Pat
                             "--seeds", "1", "--bf16", *FAST])
     assert r.exit_code == 0, r.output
     assert np.isfinite(json.loads((ev / "results.json").read_text())["mean"]["mae"])
-    assert {task for task, *_ in forwards} == {"pretrain", "finetune"}
-    assert all(state == (True, torch.bfloat16, torch.bfloat16) for _, *state in forwards), set(forwards)
+    bf16 = torch.bfloat16
+    assert set(forwards) == {("pretrain", True, bf16, bf16), ("finetune", True, bf16, bf16)}
 
 
 def test_pretrain_resume_through_cli(tiny_store: Path, tmp_path: Path) -> None:

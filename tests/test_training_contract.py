@@ -11,7 +11,7 @@ Each test was checked against a deliberate break of the code (docs/testing.md li
     test_pretraining_backpropagates_task_plus_lambda_mcc   drop MCC from the loss; ignore λ (weight 1)
     test_balance_sums_by_hand                              count invalid samples' f_i; a signed angle gap
     test_text_cache_equals_a_fresh_encoder_forward         shuffle the cache order; pad with stale states
-    test_*_options_reach_the_config_and_the_optimiser      ignore an option; a wrong group rate; no cosine
+    test_*_options_reach_…, test_paper_preset_…             ignore an option; a wrong group rate; no cosine
 """
 
 from __future__ import annotations
@@ -213,13 +213,13 @@ def test_pretraining_backpropagates_task_plus_lambda_mcc(tmp_path: Path, lambda_
 def test_balance_sums_by_hand() -> None:
     """Σ|err|, B, then over the valid samples only: Σf_i, Σc_a, Σc_v, Σ|θ_a − θ_v|, their count."""
     c_a = torch.tensor([0.5, -1.0, 0.2, 1.0])
-    c_v = torch.tensor([1.0, 0.0, 0.9, 1.0])
+    c_v = torch.tensor([1.0, 0.0, 0.9, 0.0])
     mcc = MCCOutput(loss=torch.tensor(0.0), per_sample=torch.tensor([0.3, 0.7, 5.0, 0.0]), c_a=c_a, c_v=c_v,
                     valid=torch.tensor([True, True, False, True]))
     sums = balance_sums(torch.tensor([0.5, 1.5, 2.0, 0.25]), mcc)
-    # θ: arccos 0.5 = π/3, arccos 1 = 0, arccos(−1) = π, arccos 0 = π/2
-    dtheta = abs(math.pi / 3 - 0) + abs(math.pi - math.pi / 2) + 0.0
-    expected = [4.25, 4.0, 0.3 + 0.7 + 0.0, 0.5 - 1.0 + 1.0, 1.0 + 0.0 + 1.0, dtheta, 3.0]
+    # θ: arccos 0.5 = π/3, arccos 1 = 0, arccos(−1) = π, arccos 0 = π/2; the last gap is θ_a < θ_v
+    dtheta = abs(math.pi / 3 - 0) + abs(math.pi - math.pi / 2) + abs(0 - math.pi / 2)
+    expected = [4.25, 4.0, 0.3 + 0.7 + 0.0, 0.5 - 1.0 + 1.0, 1.0 + 0.0 + 0.0, dtheta, 3.0]
     torch.testing.assert_close(sums, torch.tensor(expected), atol=1e-6, rtol=0)
 
 
@@ -318,15 +318,18 @@ def test_eval_defaults_are_the_authors_rates(tiny_store: Path, tmp_path: Path) -
     assert group_names(finetune_optimizer(model, cfg)[0], model) == [(5e-6, {"fusion"}), (1e-4, {"finetune_head"})]
 
 
-@pytest.mark.parametrize("stage, epochs", [("pretrain", 200), ("eval", 20)])
-def test_paper_preset_sets_the_papers_epochs_and_options_win(tmp_path: Path, stage: str, epochs: int) -> None:
-    """--preset paper: 200 pretraining / 20 fine-tuning epochs (§4.2; the defaults are 20 / 10); an explicit
+@pytest.mark.parametrize("stage, epochs, lr_fusion", [("pretrain", 200, None), ("eval", 20, 5e-6)])
+def test_paper_preset_sets_the_papers_settings_and_options_win(tmp_path: Path, stage: str, epochs: int,
+                                                                lr_fusion: float | None) -> None:
+    """--preset paper: 200 pretraining / 20 fine-tuning epochs (§4.2; the defaults are 20 / 10), batch 32,
+    Adam at 1e-4 (head; fusion too when pretraining), 5e-6 (encoder; fusion when fine-tuning); an explicit
     option still wins over the preset."""
     store = write_tiny_store(tmp_path / "s.h5", n=10, seed=1)
     target = ["pretrain", store] if stage == "pretrain" else ["eval", "--dataset", store, "--seeds", "1", "--freeze-encoder"]
     quick = ["--checkpoint-every", "1000"] if stage == "pretrain" else []
-    invoke(*target, "-o", tmp_path / "paper", "--preset", "paper", *quick, "--batch-size", "32", "--text-model", TINY_BERT,
-           "--lr", "1e-9")
-    assert run_config(tmp_path / "paper")["train"]["epochs"] == epochs
+    invoke(*target, "-o", tmp_path / "paper", "--preset", "paper", *quick, "--text-model", TINY_BERT)
+    train = run_config(tmp_path / "paper")["train"]
+    assert {k: train[k] for k in ("epochs", "batch_size", "lr", "lr_encoder", "lr_fusion")} == {
+        "epochs": epochs, "batch_size": 32, "lr": 1e-4, "lr_encoder": 5e-6, "lr_fusion": lr_fusion}
     invoke(*target, "-o", tmp_path / "mine", "--preset", "paper", "--epochs", "1", "--text-model", TINY_BERT)
     assert run_config(tmp_path / "mine")["train"]["epochs"] == 1
