@@ -67,6 +67,11 @@ def metric_column(path: Path, name: str) -> list[float]:
         return [float(row[name]) for row in csv.DictReader(f)]
 
 
+def saved_optimizer_state(run_dir: Path) -> dict:
+    """The Adam state_dict a pretraining run saved for --resume (its last/ checkpoint)."""
+    return torch.load(run_dir / "last" / "trainer.pt", weights_only=False)["optimizer"]
+
+
 def load_model(checkpoint: Path) -> tuple[KEBRModel, RunConfig]:
     """The model a checkpoint folder describes, with its weights, in eval mode."""
     cfg = RunConfig.from_dict(read_checkpoint_config(checkpoint))
@@ -185,7 +190,7 @@ def test_pretraining_backpropagates_task_plus_lambda_mcc(tmp_path: Path, lambda_
     cfg = tiny_run_config(epochs=1, batch_size=64, lr=1e-12)
     cfg.mcc.weight, cfg.mcc.g = lambda_mcc, 0.1
     pretrain(store, tmp_path / "pre", cfg)
-    trainer = torch.load(tmp_path / "pre" / "last" / "trainer.pt", weights_only=False)["optimizer"]
+    trainer = saved_optimizer_state(tmp_path / "pre")
     (group,) = trainer["param_groups"]
     beta1 = group["betas"][0]
 
@@ -200,13 +205,14 @@ def test_pretraining_backpropagates_task_plus_lambda_mcc(tmp_path: Path, lambda_
     batch = whole_split(store, None, saved_cfg, masked=True)
     out = model(batch, task="pretrain")
     task = (out.pred - batch["mask_label"]).abs().mean()
-    params = [p for n, p in model.named_parameters() if n in seen]
+    trained = [(n, p) for n, p in model.named_parameters() if n in seen]
+    params = [p for _, p in trained]
     g_task = torch.autograd.grad(task, params, retain_graph=True)
     g_mcc = torch.autograd.grad(out.mcc.loss, params, allow_unused=True, materialize_grads=True)  # not the head
     scale = max(g.abs().max().item() for g in g_task)
     # The MCC gradient is 100× the tolerance below: dropping it, or weighting it by anything but λ, shows.
     assert max(g.abs().max().item() for g in g_mcc) > 0.01 * scale
-    for (name, p), gt, gm in zip(((n, p) for n, p in model.named_parameters() if n in seen), g_task, g_mcc):
+    for (name, _), gt, gm in zip(trained, g_task, g_mcc):
         torch.testing.assert_close(seen[name], gt + lambda_mcc * gm, atol=1e-4 * scale, rtol=1e-3, msg=name)
 
 
@@ -271,8 +277,7 @@ def test_pretrain_options_reach_the_config_and_the_optimiser(tiny_store: Path, t
     assert group_names(pretrain_optimizer(model, cfg), model) == [
         (3e-3, {"fusion", "pretrain_head"}), (2e-5, {"encoder"})]
     # …and the run itself trained with those rates.
-    trainer = torch.load(pre / "last" / "trainer.pt", weights_only=False)["optimizer"]
-    assert [g["lr"] for g in trainer["param_groups"]] == [3e-3, 2e-5]
+    assert [g["lr"] for g in saved_optimizer_state(pre)["param_groups"]] == [3e-3, 2e-5]
 
 
 def test_pretrain_keeps_a_frozen_encoder_out_of_the_optimiser() -> None:
