@@ -77,7 +77,9 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
             setattr(cfg.model, name, value)
 
 
-def finetune_optimizer(model: KEBRModel, cfg: RunConfig) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
+def finetune_optimizer(
+    model: KEBRModel, cfg: RunConfig
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
     """Adam over what fine-tuning trains, as the authors (DESIGN §6): TCMF at `lr_fusion` (None = `lr`), the
     fine-tuning head at `lr`, the text encoder at `lr_encoder` unless it is frozen (then it is not in the
     optimiser); every rate follows cosine annealing with T_max = `cosine_tmax`, stepped once per epoch."""
