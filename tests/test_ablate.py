@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from kebr_cli.main import app
 from kebr_core.config import RunConfig
+from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import KEBRModel
 from kebr_core.modules.fusion import LateFusion
 from kebr_core.modules.tcmf import TCMF
@@ -84,6 +86,19 @@ def test_ablate_all_runs_five_rows_and_reuses_work(tmp_path: Path) -> None:
         assert cfg["model"]["fusion"] == ("tcmf" if row["tcmf"] else "late")
         assert cfg["mcc"]["weight"] == (1.0 if row["mcc"] else 0.0)
         assert (cfg["checkpoint"] is not None) == row["pretrain"]
+        if row["pretrain"]:  # λ = 0 in both stages for C4: its pretraining run and checkpoint say so too
+            for pre_cfg in (out / row["pretrain_dir"] / "config.json", out / row["pretrain_dir"] / "final" / "config.json"):
+                saved = json.loads(pre_cfg.read_text())
+                assert saved["mcc"]["weight"] == cfg["mcc"]["weight"] and saved["model"]["fusion"] == cfg["model"]["fusion"]
+    # results.csv: one row per configuration with the means and relative changes of ablation.json.
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["name"] for r in table] == ["C1", "C2", "C3", "C4", "C5"]
+    for line, row in zip(table, rows):
+        assert line["status"] == "done" and line["mcc"] == str(row["mcc"])
+        for k in METRIC_NAMES:
+            assert float(line[f"{k}_mean"]) == pytest.approx(row["mean"][k], nan_ok=True)
+        assert float(line["avg_change"]) == pytest.approx(row["avg_change"])
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("test.json")} | {
         p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     r = runner.invoke(app, args)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
+from kebr_core.model import KEBRModel
 from kebr_core.metrics import METRIC_NAMES
 from tests.conftest import TINY_BERT, write_tiny_store
 
@@ -37,8 +39,19 @@ def test_pretrain_then_eval_writes_results(tiny_store: Path, tmp_path: Path) -> 
     assert json.loads((ev / "config.json").read_text())["checkpoint"].endswith("final")
 
 
-def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Path) -> None:
-    """bf16 (the CUDA default) through the whole model: TCMF's packed FFN, attention, MCC, heads."""
+def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Path, monkeypatch) -> None:
+    """bf16 (the CUDA default) through the whole model: TCMF's packed FFN, attention, MCC, heads. Every
+    forward (training steps, validation and test predictions) runs inside bf16 autocast, and the heads
+    compute in bf16."""
+    forwards: list[tuple[str, bool, torch.dtype, torch.dtype]] = []
+    forward = KEBRModel.forward
+
+    def recording_forward(self, batch, task="finetune", text_hidden=None):
+        out = forward(self, batch, task=task, text_hidden=text_hidden)
+        forwards.append((task, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), out.pred.dtype))
+        return out
+
+    monkeypatch.setattr(KEBRModel, "forward", recording_forward)
     pre, ev = tmp_path / "pre", tmp_path / "ev"
     r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(pre), "--epochs", "1", "--bf16", *FAST])
     assert r.exit_code == 0, r.output
@@ -47,6 +60,8 @@ def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Pat
                             "--seeds", "1", "--bf16", *FAST])
     assert r.exit_code == 0, r.output
     assert np.isfinite(json.loads((ev / "results.json").read_text())["mean"]["mae"])
+    bf16 = torch.bfloat16
+    assert set(forwards) == {("pretrain", True, bf16, bf16), ("finetune", True, bf16, bf16)}
 
 
 def test_pretrain_resume_through_cli(tiny_store: Path, tmp_path: Path) -> None:

@@ -467,12 +467,17 @@ def test_shapes(batch: int) -> None:
 
 
 def test_bf16_inputs_are_computed_in_float32() -> None:
+    """bf16 inputs give what float32 arithmetic gives on the same (rounded) values; the only error left
+    is the inputs' rounding (measured ≤ 2.7e-3 here)."""
     inputs, _ = random_batch(4, seed=9, dtype=torch.float32)
-    ref = mcc_loss(**inputs, cfg=MCCConfig())
     low = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
     out = mcc_loss(**low, cfg=MCCConfig())
-    assert out.c_a.dtype == torch.float32
-    torch.testing.assert_close(out.c_a, ref.c_a, atol=2e-2, rtol=0)
+    same_values = mcc_loss(**{k: v.float() if v.is_floating_point() else v for k, v in low.items()}, cfg=MCCConfig())
+    exact = mcc_loss(**inputs, cfg=MCCConfig())
+    for name in ("c_a", "c_v", "per_sample", "loss"):
+        assert getattr(out, name).dtype == torch.float32
+        torch.testing.assert_close(getattr(out, name), getattr(same_values, name), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(getattr(out, name), getattr(exact, name), atol=5e-3, rtol=0)
 
 
 def kink_distance(c_a: torch.Tensor, c_v: torch.Tensor, g: float, form: str) -> float:

@@ -10,7 +10,6 @@ import csv
 import json
 import math
 import shutil
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,6 @@ import media  # tests/media.py
 needs_espeak = pytest.mark.skipif(
     not media.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it"
 )
-VISION = "mediapipe" if find_spec("mediapipe") is not None else "none"
 runner = CliRunner()
 
 
@@ -54,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("predict")
     clips = make_demo_clips(root / "clips", n=6, heldout=1, fps=10)
     store = root / "clips.h5"
-    summary = extract(read_manifest(clips.manifest, clips.root), store, ExtractOptions(vision=VISION, asr="none", workers=0))
+    summary = extract(read_manifest(clips.manifest, clips.root), store, ExtractOptions(vision="mediapipe", asr="none", workers=0))
     assert summary.done == 6 and summary.failed == 0
     run = root / "run"
     finetune(store, run, tiny_config(), seeds=[0])

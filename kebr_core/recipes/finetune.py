@@ -98,6 +98,23 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
             setattr(cfg.model, name, value)
 
 
+def finetune_optimizer(
+    model: KEBRModel, cfg: RunConfig
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    """Adam over what fine-tuning trains, as the authors (DESIGN §6): TCMF at `lr_fusion` (None = `lr`), the
+    fine-tuning head at `lr`, the text encoder at `lr_encoder` unless it is frozen (then it is not in the
+    optimiser); every rate follows cosine annealing with T_max = `cosine_tmax`, stepped once per epoch."""
+    lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr
+    groups = [
+        {"params": model.fusion_parameters(), "lr": lr_fusion},
+        {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
+    ]
+    if cfg.train.unfreeze:
+        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
+    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
+
+
 def finetune(
     store_path: str | Path,
     run_dir: str | Path,
@@ -196,15 +213,7 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
             text_cache["cache"] = build_text_cache(model.encoder, token_ids, device)
         cache = text_cache["cache"]
 
-    lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr
-    groups = [
-        {"params": model.fusion_parameters(), "lr": lr_fusion},
-        {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
-    ]
-    if not frozen:
-        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
+    opt, sched = finetune_optimizer(model, cfg)
     net = DistributedDataParallel(model) if info.enabled else model
 
     log = None

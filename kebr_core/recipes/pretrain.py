@@ -73,6 +73,15 @@ def configure_from_store(cfg: RunConfig, store: FeatureStore) -> None:
     cfg.model.d_audio, cfg.model.d_vision = store_widths(store)
 
 
+def pretrain_optimizer(model: KEBRModel, cfg: RunConfig) -> torch.optim.Adam:
+    """Adam over what pretraining trains (DESIGN §6): TCMF and the pretraining head at `lr`, and the text
+    encoder at `lr_encoder` with `unfreeze` (a frozen encoder is not in the optimiser). Constant rate."""
+    groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
+    if cfg.train.unfreeze:
+        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
+    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+
+
 def pretrain(
     store_path: str | Path,
     run_dir: str | Path,
@@ -125,10 +134,7 @@ def pretrain(
     model.finetune_head.requires_grad_(False)  # unused while pretraining
     cache = build_text_cache(model.encoder, [e["input_ids"] for e in encoded], device, progress=progress) if frozen else None
 
-    groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
-    if not frozen:
-        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    opt = pretrain_optimizer(model, cfg)
 
     start_epoch = 1
     last_dir = run_dir / "last"
