@@ -44,7 +44,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, bf16: bool | None):
-    """bf16 autocast on CUDA by default (DESIGN §6); opt-in on CPU."""
+    """bf16 autocast on CUDA by default (docs/design.md §6); opt-in on CPU."""
     use = (device.type == "cuda") if bf16 is None else bf16
     if not use:
         return nullcontext()
@@ -79,7 +79,7 @@ def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
 
 @dataclass
 class TextCache:
-    """The frozen encoder's last hidden states of every sample, stored flat (DESIGN §6).
+    """The frozen encoder's last hidden states of every sample, stored flat (docs/design.md §6).
 
     flat (T, dt) holds all samples' token states back to back; sample i is flat[offsets[i]:offsets[i+1]].
     `gather` builds a padded batch with index arithmetic (no per-sample Python loop).
@@ -274,11 +274,13 @@ def check_finite(bad_steps: Tensor, epoch: int) -> None:
         )
 
 
-def balance_sums(abs_err: Tensor, mcc, weight: Tensor) -> Tensor:
+def balance_sums(abs_err: Tensor, mcc, weight: Tensor | None = None) -> Tensor:
     """Per-batch sums for an epoch's metrics row, without a host sync. Returns (7,):
     Σ|pred − y|, B, Σf_i and Σc_a, Σc_v, Σ|θ_a − θ_v| over the samples that have both streams
-    (MCC's `valid`), and their count. weight (B,): 1 for real samples, 0 for DDP padding
-    (`EpochBatches.weights`), which counts nowhere."""
+    (MCC's `valid`), and their count. weight (B,): 1 for real samples (the default), 0 for DDP
+    padding (`EpochBatches.weights`), which counts nowhere."""
+    if weight is None:
+        weight = torch.ones_like(abs_err, dtype=torch.float32)
     valid = mcc.valid.float() * weight
     c_a, c_v = mcc.c_a.float(), mcc.c_v.float()
     dtheta = (torch.arccos(c_a.clamp(-1, 1)) - torch.arccos(c_v.clamp(-1, 1))).abs()

@@ -43,7 +43,7 @@ def mosi_like_batch(seed: int = 0, batch: int = 8) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("align", ["tile", "projected"])
+@pytest.mark.parametrize("align", ["tile", "projected", "authors"])
 def test_mcc_under_bf16_autocast_is_the_float32_result(align: str, device: str) -> None:
     """The same float32 inputs with and without bf16 autocast: cosines within 1e-5 (autocast would cast
     the matmul/vecdot to bf16, ~1e-3 off), the loss too, and its gradient."""
