@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from kebr_cli.app import app, console, progress, user_errors
+from kebr_cli.tables import ablation_table
 from kebr_cli.train import MCC_ALIGNS, _choice, _renderer, build_config
 from kebr_core.config import DEFAULT_TEXT_MODEL
 from kebr_core.errors import KebrError
-from kebr_core.metrics import format_table_row
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -71,23 +70,8 @@ def ablate(
         with progress() as prog:
             result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
                                 progress=_renderer(prog, {}), on_note=lambda m: console.print(f"[yellow]note:[/] {m}"))
-    console.print(ablation_table(result.rows))
-    console.print(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   plots: kebr analyze {out}")
-
-
-def ablation_table(rows: list[dict]) -> Table:
-    """Table 4's shape: configuration, its components, the metrics (mean ± std) and Avg."""
-    table = Table(title="Ablation (test split, mean ± std over seeds; Avg = mean relative change vs C1, %)")
-    for col in ("config", "pretrain", "TCMF", "MCC", "g", "Acc-2", "F1", "Acc-7", "MAE", "Corr", "Avg"):
-        table.add_column(col, justify="right" if col not in ("config",) else "left")
-    mark = {True: "✓", False: "✗"}
-    for r in rows:
+    console.print(ablation_table(result.rows, list(range(seeds)), width=console.width))
+    for r in result.rows:
         if not r["mean"]:
-            table.add_row(r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}",
-                          r["status"], "", "", "", "", "")
-            continue
-        cells = format_table_row({k: (r["mean"][k], r["std"][k]) for k in r["mean"]})
-        avg = "" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"
-        table.add_row(r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}",
-                      cells["Acc-2"], cells["F1"], cells["Acc-7"], cells["MAE"], cells["Corr"], avg)
-    return table
+            console.print(f"[yellow]{r['name']}[/] {r['status']}", highlight=False, soft_wrap=True)
+    console.print(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   plots: kebr analyze {out}")

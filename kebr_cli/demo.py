@@ -113,12 +113,12 @@ def demo(
         torch.set_num_threads(threads_before)  # a process that goes on (tests) keeps its own setting
     steps = result.steps
     if steps.get("eval", {}).get("status") == "done":
-        from kebr_cli.train import results_table
+        from kebr_cli.tables import results_table
 
         test = steps["eval"]["test"]
         std = steps["eval"].get("test_std", {})
-        console.print(results_table("eval on synth: test split, mean ± std over seeds",
-                                    {"KEBR": {k: (v, std.get(k, float("nan"))) for k, v in test.items()}}))
+        console.print(results_table("eval on synth: test split", {"KEBR": {k: (v, std.get(k, float("nan"))) for k, v in test.items()}},
+                                    steps["eval"]["seeds"], width=console.width))
     if steps.get("predict", {}).get("status") == "done":
         console.print(predictions_table(steps["predict"]["predictions"]))
     console.print(summary_table(steps, f"kebr demo → {out} ({result.elapsed:.0f} s)"))

@@ -11,9 +11,9 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import app, console, is_main_process, progress, relaunch_distributed, user_errors
+from kebr_cli.tables import results_table
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
 from kebr_core.errors import KebrError
-from kebr_core.metrics import format_table_row
 
 MCC_FORMS = ("paper", "reference")
 MCC_ALIGNS = ("tile", "projected")
@@ -137,19 +137,6 @@ def pretrain(
     console.print(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}")
 
 
-def results_table(title: str, rows: dict[str, dict]) -> Table:
-    """A table shaped like the paper's Table 1: one row per model/configuration."""
-    table = Table(title=title)
-    table.add_column("model")
-    cols = ["Acc-2", "F1", "Acc-7", "Acc-5", "MAE", "Corr"]
-    for col in cols:
-        table.add_column(col, justify="right")
-    for name, summary in rows.items():
-        cells = format_table_row(summary)
-        table.add_row(name, *[cells[c] for c in cols])
-    return table
-
-
 @app.command("eval")
 def eval_(
     dataset: str = typer.Option(..., "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
@@ -188,5 +175,5 @@ def eval_(
             result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), progress=_renderer(prog, {}))
     if not is_main_process():
         return
-    console.print(results_table(f"{dataset}: test split, mean ± std over {seeds} seed(s)", {"KEBR": result.summary}))
+    console.print(results_table(f"{dataset}: test split", {"KEBR": result.summary}, list(range(seeds)), width=console.width))
     console.print(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}")

@@ -225,7 +225,7 @@ def run_demo(
         return {"outputs": {"run": str(eval_dir), "results": str(eval_dir / "results.json"),
                             "checkpoint": str(eval_dir / "best-model")},
                 "test": {k: v[0] for k, v in result.summary.items()},
-                "test_std": {k: v[1] for k, v in result.summary.items()}}
+                "test_std": {k: v[1] for k, v in result.summary.items()}, "seeds": list(size.seeds)}
 
     run("eval", eval_step)
 
