@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from kebr_cli.app import app, console, progress, user_errors
+from kebr_cli.app import Reporter, app, console, user_errors
 from kebr_cli.tables import ablation_table
-from kebr_cli.train import MCC_ALIGNS, _choice, _renderer, build_config
+from kebr_cli.train import MCC_ALIGNS, _choice, build_config
 from kebr_core.config import DEFAULT_TEXT_MODEL
 from kebr_core.errors import KebrError
 
@@ -47,6 +48,7 @@ def ablate(
     layers: int = typer.Option(4, "--layers", help="TCMF layers K."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
+    as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
 ) -> None:
     """Run the paper's ablations; finished configurations are skipped when rerun."""
     from kebr_core.data.registry import resolve_dataset
@@ -55,7 +57,7 @@ def ablate(
     common = dict(text_model=text_model, g=g, s=1.0, lambda_mcc=1.0, mcc_form="paper", mcc_align=align, layers=layers,
                   shared_layers=True, heads=1, ffn="mlp", batch_size=batch_size, lr=None, lr_encoder=None, lr_fusion=None,
                   max_text_len=50, seed=0, device=device, workers=0, bf16=None)
-    with user_errors():
+    with user_errors(), Reporter(out) as report:
         _choice(align, MCC_ALIGNS, "--align")
         pre_cfg = build_config(None, "pretrain", epochs=pretrain_epochs, checkpoint_every=5, unfreeze=False, **common)
         ft_cfg = build_config(None, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder, **common)
@@ -66,12 +68,14 @@ def ablate(
             align=align,
         )
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
-        store = resolve_dataset(dataset, data_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-        with progress() as prog:
-            result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
-                                progress=_renderer(prog, {}), on_note=lambda m: console.print(f"[yellow]note:[/] {m}"))
-    console.print(ablation_table(result.rows, list(range(seeds)), width=console.width))
-    for r in result.rows:
-        if not r["mean"]:
-            console.print(f"[yellow]{r['name']}[/] {r['status']}", highlight=False, soft_wrap=True)
-    console.print(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   plots: kebr analyze {out}")
+        store = resolve_dataset(dataset, data_dir, warn=report.warning)
+        result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
+                            progress=report, on_note=report.note)
+        report.result(ablation_table(result.rows, list(range(seeds)), width=console.width), to_stdout=not as_json)
+        for r in result.rows:
+            if not r["mean"]:
+                report.note(f"{r['name']} {r['status']}")
+        report.result(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   log: {report.log_path}   "
+                      f"plots: kebr analyze {out}", to_stdout=not as_json)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out)} | json.loads((out / "ablation.json").read_text()), indent=2))

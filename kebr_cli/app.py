@@ -6,10 +6,15 @@ Commands only parse options, call a `kebr_core` recipe and render Rich output; `
 
 from __future__ import annotations
 
+import io
 import os
 import sys
-from contextlib import contextmanager
-from typing import Iterator
+import time
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -34,6 +39,15 @@ if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
 console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
+
+class Verbosity(IntEnum):
+    QUIET = 0  # results and errors only
+    NORMAL = 1  # + progress bars (plain lines every 10 s off a terminal) and a line per finished epoch
+    VERBOSE = 2  # + the run's settings, plain progress lines every second
+
+
+settings = {"verbosity": Verbosity.NORMAL}  # set by the global --quiet / --verbose
+
 app = typer.Typer(
     name="kebr",
     help=(
@@ -41,7 +55,7 @@ app = typer.Typer(
         "analysis. Extract features from videos, pretrain, fine-tune and evaluate, ablate, predict."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -55,10 +69,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors: no progress, no per-epoch lines."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the run's settings, and progress lines every second when not on a terminal."),
 ) -> None:
     """KEBR toolkit."""
+    if quiet and verbose:
+        raise fail("--quiet and --verbose contradict each other: give one of them.", code=2)
+    settings["verbosity"] = Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else Verbosity.NORMAL
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
@@ -107,15 +126,170 @@ def relaunch_distributed(nproc: int) -> "typer.Exit":
     return typer.Exit(subprocess.call(cmd))
 
 
+def verbosity() -> Verbosity:
+    return settings["verbosity"]
+
+
+def show_progress() -> bool:
+    """Live Rich bars: on a terminal (or KEBR_PROGRESS=1), rank 0, not --quiet."""
+    return (sys.stderr.isatty() or os.environ.get("KEBR_PROGRESS") == "1") and is_main_process() and verbosity() > Verbosity.QUIET
+
+
 def progress() -> Progress:
-    """A Rich progress bar with count, rate-friendly columns and an ETA (quiet when not a TTY)."""
+    """A Rich progress display: what, a bar, done/total, elapsed and ETA; nothing squeezes the bar
+    (metrics go on lines of their own, see `Reporter`). Disabled off a terminal and with --quiet."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=None),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
         console=err_console,
-        disable=(not sys.stderr.isatty() and os.environ.get("KEBR_PROGRESS") != "1") or not is_main_process(),
+        expand=True,
+        disable=not show_progress(),
     )
+
+
+def _metrics_text(info: dict) -> str:
+    """'loss 0.4123 · task_l1 0.3901 · … (12.3 s)': every number of an event, in its order."""
+    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+             if k not in ("epoch", "seconds") and isinstance(v, (int, float))]
+    text = " · ".join(parts)
+    if isinstance(info.get("seconds"), (int, float)):
+        text += f" ({info['seconds']:.1f} s)"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Reporter:
+    """Renders kebr_core's progress events (`kebr_core.training.ProgressFn`) for a person.
+
+    On a terminal: one Rich bar per stage (epochs, seeds, configurations) and one for the batches of
+    the epoch in progress, each with its ETA; every finished epoch prints its metrics as a line above
+    the bars. Off a terminal (CI logs, `| tee`): the same epoch lines, and a plain progress line per
+    stage at most every 10 s (1 s with --verbose). --quiet prints neither. With `log_dir`, every line,
+    the results and any error also go to log_dir/log.txt (appended, so a resumed run keeps its history).
+    """
+
+    def __init__(self, log_dir: Optional[Path] = None):
+        self.log_path = log_dir / "log.txt" if log_dir is not None and is_main_process() else None
+        self._log = None
+        self._pending: list[str] = []  # lines before the run started (bad options leave no run directory)
+        self._stack = ExitStack()
+        self._bars: Optional[Progress] = None
+        self._tasks: dict[str, int] = {}
+        self._started: dict[str, tuple[float, int]] = {}  # stage → (time, done) of its first event
+        self._last: dict[str, int] = {}
+        self._printed: dict[str, float] = {}
+
+    def __enter__(self) -> "Reporter":
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        self.log(f"── {now} · kebr {__version__} · {' '.join(['kebr', *sys.argv[1:]])}")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self._log is not None:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {exc}" if isinstance(exc, KebrError) else f"failed: {exc!r}"
+            self.log(reason)
+        self._stack.close()
+
+    def _open_log(self) -> None:
+        """Start log.txt once the run has started (its first progress event or result)."""
+        if self.log_path is None or self._log is not None:
+            return
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self._stack.enter_context(self.log_path.open("a", encoding="utf-8"))
+        except OSError as e:
+            raise KebrError(f"The log file {self.log_path} cannot be written ({e.strerror}).") from None
+        for text in self._pending:
+            self.log(text)
+        self._pending.clear()
+
+    def log(self, text: str) -> None:
+        """A line for log.txt only."""
+        if self._log is None:
+            self._pending.append(text)
+            return
+        self._log.write(text + "\n")
+        self._log.flush()
+
+    def line(self, text: str, *, level: Verbosity = Verbosity.NORMAL) -> None:
+        """A line for the person (stderr, above any bars) and the log."""
+        self.log(text)
+        if verbosity() >= level and is_main_process():
+            target = self._bars.console if self._bars is not None else err_console
+            target.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def note(self, text: str, kind: str = "note") -> None:
+        """A note or warning: on stderr (stdout stays for results and JSON), and in the log."""
+        self.log(f"{kind}: {text}")
+        if is_main_process():
+            err_console.print(f"[yellow]{kind}:[/] {text}", highlight=False, soft_wrap=True)
+
+    def warning(self, text: str) -> None:
+        self.note(text, kind="warning")
+
+    def result(self, renderable: Any, *, to_stdout: bool = True) -> None:
+        """A result (a table, a sentence): on stdout unless --json, and as plain text in the log."""
+        self._open_log()
+        if self._log is not None:
+            plain = Console(file=io.StringIO(), width=120, color_system=None)
+            plain.print(renderable)
+            self.log(plain.file.getvalue().rstrip())  # type: ignore[attr-defined]
+        if to_stdout and is_main_process():
+            console.print(renderable)
+
+    def __call__(self, stage: str, done: int, total: int, info: dict) -> None:
+        """kebr_core's progress callback."""
+        from kebr_core.training import BATCH_STAGE
+
+        self._open_log()
+        batch = stage == BATCH_STAGE
+        label = f"  epoch {info.get('epoch', '')} batches" if batch else stage
+        if not batch and _metrics_text(info):
+            unit = "epoch" if "epoch" in info else ""
+            self.line(f"{stage} {unit + ' ' if unit else ''}{done}/{total}: {_metrics_text(info)}")
+        if verbosity() == Verbosity.QUIET or not is_main_process():
+            return
+        if show_progress():
+            self._bar(stage, label, done, total)
+        else:
+            self._plain(stage, label, done, total)
+
+    def _bar(self, stage: str, label: str, done: int, total: int) -> None:
+        if self._bars is None:
+            self._bars = self._stack.enter_context(progress())
+        task = self._tasks.get(stage)
+        if task is None:
+            task = self._tasks[stage] = self._bars.add_task(label, total=total)
+        elif done < self._bars.tasks[task].completed:  # a new epoch / seed: the bar starts again
+            self._bars.reset(task, total=total, description=label)
+        self._bars.update(task, completed=done, total=total, description=label)
+
+    def _plain(self, stage: str, label: str, done: int, total: int) -> None:
+        """A progress line at most every 10 s per stage (1 s with --verbose), and when a stage (other than
+        an epoch's batches, which its epoch line follows) finishes. The ETA is the mean time per unit
+        since the stage's first event times the units left."""
+        from kebr_core.training import BATCH_STAGE
+
+        now = time.monotonic()
+        start = self._started.get(stage)
+        if start is None or done < self._last.get(stage, 0):  # first event, or the stage began again
+            start = self._started[stage] = (now, done)
+        self._last[stage] = done
+        every = 1.0 if verbosity() >= Verbosity.VERBOSE else 10.0
+        finished = done >= total and stage != BATCH_STAGE
+        if now - self._printed.get(stage, -every) < every and not finished:
+            return
+        self._printed[stage] = now
+        t0, done0 = start
+        text = f"{label.strip()}: {done}/{total}" + (f" ({100 * done / total:.0f}%)" if total else "")
+        if done > done0 and done < total:
+            text += f" · ETA {_duration((now - t0) / (done - done0) * (total - done))}"
+        err_console.print(text, highlight=False, markup=False, soft_wrap=True)

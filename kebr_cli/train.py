@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, is_main_process, progress, relaunch_distributed, user_errors
+from kebr_cli.app import Reporter, Verbosity, app, console, is_main_process, relaunch_distributed, user_errors
 from kebr_cli.tables import results_table
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
 from kebr_core.errors import KebrError
@@ -80,16 +80,6 @@ NProc = typer.Option(1, "--nproc-per-node", help="Processes for data-parallel tr
 Preset = typer.Option(None, "--preset", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
 
 
-def _renderer(prog, tasks: dict):
-    def on_progress(stage: str, done: int, total: int, info: dict) -> None:
-        if stage not in tasks:
-            tasks[stage] = prog.add_task(stage, total=total, info="")
-        short = " ".join(f"{k}={v:.4g}" for k, v in info.items() if isinstance(v, float))[:90]
-        prog.update(tasks[stage], completed=done, total=total, info=short)
-
-    return on_progress
-
-
 @app.command()
 def pretrain(
     store: Path = typer.Argument(..., help="Feature store (.h5) to pretrain on; labels are not needed."),
@@ -111,7 +101,7 @@ def pretrain(
 
     if nproc_per_node > 1:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors():
+    with user_errors(), Reporter(out) as report:
         if resume and (out / "config.json").exists():
             cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
             if epochs is not None:
@@ -124,17 +114,18 @@ def pretrain(
                 seed=seed, device=device, workers=workers, checkpoint_every=checkpoint_every, unfreeze=unfreeze, bf16=bf16,
                 dropout=dropout,
             )
-        with progress() as prog:
-            result = run_pretrain(store, out, cfg, resume=resume, progress=_renderer(prog, {}))
-    if not is_main_process():
-        return
-    row = result.last_row
-    table = Table(title=f"pretraining: {result.epochs_done} epochs")
-    for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta"):
-        table.add_column(k, justify="right")
-    table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")])
-    console.print(table)
-    console.print(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}")
+        report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
+        result = run_pretrain(store, out, cfg, resume=resume, progress=report)
+        if not is_main_process():
+            return
+        row = result.last_row
+        columns = ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
+        table = Table(title=f"pretraining: {result.epochs_done} epochs (last epoch's means)")
+        for k in columns:
+            table.add_column(k, justify="right")
+        table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in columns])
+        report.result(table)
+        report.result(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}   log: {report.log_path}")
 
 
 @app.command("eval")
@@ -154,6 +145,7 @@ def eval_(
     max_text_len: int = MaxTextLen, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
+    as_json: bool = typer.Option(False, "--json", help="Print the results (results.json: mean, std, each seed) as one JSON document on stdout instead of the table."),
 ) -> None:
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std."""
     from kebr_core.data.registry import resolve_dataset
@@ -161,7 +153,7 @@ def eval_(
 
     if nproc_per_node > 1:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors():
+    with user_errors(), Reporter(out) as report:
         cfg = build_config(
             preset, "finetune", text_model=text_model, g=g, s=s, lambda_mcc=lambda_mcc, mcc_form=mcc_form,
             mcc_align=mcc_align, layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, epochs=epochs,
@@ -169,11 +161,15 @@ def eval_(
             seed=0, device=device, workers=workers, checkpoint_every=1, unfreeze=not freeze_encoder, bf16=bf16,
             dropout=dropout,
         )
+        report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
-        resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
-        with progress() as prog:
-            result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), progress=_renderer(prog, {}))
-    if not is_main_process():
-        return
-    console.print(results_table(f"{dataset}: test split", {"KEBR": result.summary}, list(range(seeds)), width=console.width))
-    console.print(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}")
+        resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
+        result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), progress=report)
+        if not is_main_process():
+            return
+        report.result(results_table(f"{dataset}: test split", {"KEBR": result.summary}, list(range(seeds)),
+                                    width=console.width), to_stdout=not as_json)
+        report.result(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}   log: {report.log_path}",
+                      to_stdout=not as_json)
+    if as_json:
+        typer.echo(json.dumps({"run_dir": str(out)} | json.loads((out / "results.json").read_text()), indent=2))
