@@ -152,8 +152,9 @@ def progress() -> Progress:
 
 
 def _metrics_text(info: dict) -> str:
-    """'loss 0.4123 · task_l1 0.3901 · … (12.3 s)': every number of an event, in its order."""
-    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+    """'loss 0.4123 · task_l1 0.3901 · … (12.3 s)': every number of an event, in its order (a fine-tuning
+    epoch's train_ prefix left out: the line is about training, valid_ columns keep theirs)."""
+    parts = [f"{k.removeprefix('train_')} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
              if k not in ("epoch", "seconds") and isinstance(v, (int, float))]
     text = " · ".join(parts)
     if isinstance(info.get("seconds"), (int, float)):
@@ -176,8 +177,10 @@ class Reporter:
     the results and any error also go to log_dir/log.txt (appended, so a resumed run keeps its history).
     """
 
-    def __init__(self, log_dir: Optional[Path] = None):
+    def __init__(self, log_dir: Optional[Path] = None, epoch_lines: Verbosity = Verbosity.NORMAL):
         self.log_path = log_dir / "log.txt" if log_dir is not None and is_main_process() else None
+        self.epoch_lines = epoch_lines  # the verbosity from which finished epochs print their line
+        self.scope = ""  # a prefix of bars and lines, e.g. the demo's current step
         self._log = None
         self._pending: list[str] = []  # lines before the run started (bad options leave no run directory)
         self._stack = ExitStack()
@@ -188,8 +191,8 @@ class Reporter:
         self._printed: dict[str, float] = {}
 
     def __enter__(self) -> "Reporter":
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        self.log(f"── {now} · kebr {__version__} · {' '.join(['kebr', *sys.argv[1:]])}")
+        today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        self.log(f"── {today} · kebr {__version__} · {' '.join(['kebr', *sys.argv[1:]])}")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -207,12 +210,14 @@ class Reporter:
             self._log = self._stack.enter_context(self.log_path.open("a", encoding="utf-8"))
         except OSError as e:
             raise KebrError(f"The log file {self.log_path} cannot be written ({e.strerror}).") from None
-        for text in self._pending:
-            self.log(text)
+        self._log.write("".join(text + "\n" for text in self._pending))
         self._pending.clear()
 
     def log(self, text: str) -> None:
         """A line for log.txt only."""
+        if self.log_path is None:
+            return
+        text = f"{datetime.now().strftime('%H:%M:%S')} {text}"  # local time; the header has the date
         if self._log is None:
             self._pending.append(text)
             return
@@ -241,7 +246,7 @@ class Reporter:
         if self._log is not None:
             plain = Console(file=io.StringIO(), width=120, color_system=None)
             plain.print(renderable)
-            self.log(plain.file.getvalue().rstrip())  # type: ignore[attr-defined]
+            self.log("\n" + plain.file.getvalue().rstrip())  # type: ignore[attr-defined]
         if to_stdout and is_main_process():
             console.print(renderable)
 
@@ -250,17 +255,44 @@ class Reporter:
         from kebr_core.training import BATCH_STAGE
 
         self._open_log()
-        batch = stage == BATCH_STAGE
-        label = f"  epoch {info.get('epoch', '')} batches" if batch else stage
-        if not batch and _metrics_text(info):
-            unit = "epoch" if "epoch" in info else ""
-            self.line(f"{stage} {unit + ' ' if unit else ''}{done}/{total}: {_metrics_text(info)}")
+        scope = f"{self.scope}: " if self.scope else ""
+        key, batch = scope + stage, stage == BATCH_STAGE
+        label = f"  {scope}epoch {info.get('epoch', '')} batches" if batch else key
+        eta = self._eta(key, done, total, info.get("seconds"))
+        live = show_progress()
+        metrics = "" if batch else _metrics_text(info)
+        if metrics:  # a finished epoch / seed: its line (with the stage's ETA where no bar shows one)
+            unit = "epoch " if "epoch" in info else ""
+            when = f" · ETA {_duration(eta)}" if eta is not None and not live else ""
+            self.line(f"{key} {unit}{done}/{total}: {metrics}{when}", level=self.epoch_lines)
         if verbosity() == Verbosity.QUIET or not is_main_process():
             return
-        if show_progress():
-            self._bar(stage, label, done, total)
-        else:
-            self._plain(stage, label, done, total)
+        if live:
+            self._bar(key, label, done, total)
+        elif not (metrics and verbosity() >= self.epoch_lines):  # no second line for what was just printed
+            self._plain(key, label, done, total, eta, finished=bool(total) and done >= total and not batch)
+
+    def _eta(self, key: str, done: int, total: int, seconds: Any) -> Optional[float]:
+        """Seconds left in a stage: the mean time per unit since its first event times the units left
+        (for the first unit, its own "seconds" if the event has them); None when done or unknown."""
+        now = time.monotonic()
+        start = self._started.get(key)
+        if start is None or done < self._last.get(key, 0):  # first event, or the stage began again
+            start = self._started[key] = (now, done)
+        self._last[key] = done
+        if not total or done >= total:
+            return None
+        t0, done0 = start
+        if done > done0:
+            return (now - t0) / (done - done0) * (total - done)
+        return float(seconds) / max(done, 1) * (total - done) if isinstance(seconds, (int, float)) else None
+
+    def drop_bars(self, keep: tuple[str, ...] = ()) -> None:
+        """Remove the finished stages' bars (all but the stages in `keep`)."""
+        for stage in [s for s in self._tasks if s not in keep]:
+            if self._bars is not None:
+                self._bars.remove_task(self._tasks[stage])
+            del self._tasks[stage]
 
     def _bar(self, stage: str, label: str, done: int, total: int) -> None:
         if self._bars is None:
@@ -272,24 +304,15 @@ class Reporter:
             self._bars.reset(task, total=total, description=label)
         self._bars.update(task, completed=done, total=total, description=label)
 
-    def _plain(self, stage: str, label: str, done: int, total: int) -> None:
-        """A progress line at most every 10 s per stage (1 s with --verbose), and when a stage (other than
-        an epoch's batches, which its epoch line follows) finishes. The ETA is the mean time per unit
-        since the stage's first event times the units left."""
-        from kebr_core.training import BATCH_STAGE
-
+    def _plain(self, key: str, label: str, done: int, total: int, eta: Optional[float], finished: bool) -> None:
+        """A progress line per stage at most every 10 s (1 s with --verbose), and when a stage finishes
+        (an epoch's batches excepted: its epoch line follows)."""
         now = time.monotonic()
-        start = self._started.get(stage)
-        if start is None or done < self._last.get(stage, 0):  # first event, or the stage began again
-            start = self._started[stage] = (now, done)
-        self._last[stage] = done
         every = 1.0 if verbosity() >= Verbosity.VERBOSE else 10.0
-        finished = done >= total and stage != BATCH_STAGE
-        if now - self._printed.get(stage, -every) < every and not finished:
+        if now - self._printed.get(key, -every) < every and not finished:
             return
-        self._printed[stage] = now
-        t0, done0 = start
+        self._printed[key] = now
         text = f"{label.strip()}: {done}/{total}" + (f" ({100 * done / total:.0f}%)" if total else "")
-        if done > done0 and done < total:
-            text += f" · ETA {_duration((now - t0) / (done - done0) * (total - done))}"
+        if eta is not None:
+            text += f" · ETA {_duration(eta)}"
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)

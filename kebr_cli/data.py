@@ -9,16 +9,12 @@ from typing import Any, Callable
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, progress, user_errors
+from kebr_cli.app import Reporter, app, console, user_errors
 
 
-def _progress_callback(bar: Any, description: str) -> Callable[[int, int], None]:
-    task = bar.add_task(description, total=None, info="")
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return update
+def _progress_callback(report: Reporter, stage: str) -> Callable[[int, int], None]:
+    """The data functions' progress(done, total) as the Reporter's events."""
+    return lambda done, total: report(stage, done, total, {})
 
 
 @app.command("import")
@@ -31,8 +27,8 @@ def import_(
     """Import MMSA data into a feature store (written to OUT.tmp, renamed when complete)."""
     from kebr_core.data.importers import import_file
 
-    with user_errors(), progress() as bar:
-        result = import_file(src, out, fmt=fmt, progress=_progress_callback(bar, "import"), overwrite=force)
+    with user_errors(), Reporter() as report:
+        result = import_file(src, out, fmt=fmt, progress=_progress_callback(report, "import"), overwrite=force)
     splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples ({splits})", soft_wrap=True)
     if result.get("nonfinite_replaced"):
@@ -50,8 +46,8 @@ def merge(
     """Merge stores with the same features; refuses duplicate ids."""
     from kebr_core.data.importers import merge_stores
 
-    with user_errors(), progress() as bar:
-        result = merge_stores(inputs, out, progress=_progress_callback(bar, "merge"), overwrite=force)
+    with user_errors(), Reporter() as report:
+        result = merge_stores(inputs, out, progress=_progress_callback(report, "merge"), overwrite=force)
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples, {result['errors']} errors from {len(inputs)} stores",
                   soft_wrap=True)
 
@@ -157,8 +153,8 @@ def synth(
     cfg = SynthConfig(n=n, unlabeled=unlabeled, audio_dim=audio_dim, vision_dim=vision_dim, text_strength=text_strength,
                       audio_strength=audio_strength, vision_strength=vision_strength, label_noise=label_noise,
                       missing_vision=missing_vision, seed=seed)
-    with user_errors(), progress() as bar:
-        result = generate_synth(out, cfg, progress=_progress_callback(bar, "synth"), overwrite=force)
+    with user_errors(), Reporter() as report:
+        result = generate_synth(out, cfg, progress=_progress_callback(report, "synth"), overwrite=force)
     splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples ({splits}); label = clip(({text_strength}·t + "
                   f"{audio_strength}·a + {vision_strength}·v) / {text_strength + audio_strength + vision_strength:g} + noise)",

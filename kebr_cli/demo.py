@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, err_console, progress, user_errors
+from kebr_cli.app import Reporter, Verbosity, app, console, err_console, user_errors
 from kebr_core.config import DEFAULT_TEXT_MODEL
 
 _STATUS_STYLE = {"done": "green", "skipped": "yellow"}
@@ -55,33 +55,26 @@ def predictions_table(entries: list[dict]) -> Table:
 
 
 def _run(out: Path, **options) -> tuple:
-    """run_demo under a Rich progress display (one bar for the steps, one per stage of the current
-    step) → (DemoResult, the distinct warning messages raised on the way)."""
+    """run_demo under a Reporter (one bar for the steps, one per stage of the current step; epoch lines
+    only with --verbose, all of them in out/log.txt) → (DemoResult, the distinct warnings raised on the way)."""
     from kebr_core.recipes.demo import STEPS, run_demo
 
-    with user_errors(), warnings.catch_warnings(record=True) as caught, progress() as prog:
+    with user_errors(), warnings.catch_warnings(record=True) as caught, Reporter(out, epoch_lines=Verbosity.VERBOSE) as report:
         warnings.simplefilter("always")
-        overall = prog.add_task("kebr demo", total=len(STEPS), info="")
-        tasks: dict[str, int] = {}
-        current = {"step": ""}
+        finished = []
 
         def on_step(step: str, status: str, info: dict) -> None:
             if status == "start":
-                current["step"] = step
-                prog.update(overall, info=step)
+                report.scope = step
                 return
-            for key in [k for k in tasks if k.startswith(f"{step}: ")]:  # the step's bars are done: drop them
-                prog.remove_task(tasks.pop(key))
-            prog.advance(overall)
+            report.scope = ""
+            report.drop_bars(keep=("kebr demo",))  # the step's bars are done
+            finished.append(step)
+            report("kebr demo", len(finished), len(STEPS), {})
+            seconds = f" in {info['seconds']:.1f} s" if "seconds" in info else ""
+            report.line(f"{step}: {status}{seconds}" + (f" ({info['reason']})" if status == "skipped" else ""))
 
-        def on_progress(stage: str, done: int, total: int, info: dict) -> None:
-            key = f"{current['step']}: {stage}"
-            if key not in tasks:
-                tasks[key] = prog.add_task(f"  {key}", total=total, info="")
-            short = " ".join(f"{k}={v:.3g}" for k, v in info.items() if isinstance(v, float) and k != "seconds")[:70]
-            prog.update(tasks[key], completed=done, total=total, info=short)
-
-        result = run_demo(out, progress=on_progress, on_step=on_step, **options)
+        result = run_demo(out, progress=report, on_step=on_step, **options)
     return result, sorted({str(w.message) for w in caught})
 
 

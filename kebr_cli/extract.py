@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, fail, progress, user_errors
+from kebr_cli.app import Reporter, app, console, fail, user_errors
 from kebr_core.errors import KebrError
 
 
@@ -71,25 +70,13 @@ def extract(
             raise KebrError("give a folder of videos or a video file, or --manifest label.csv (with --root)")
         else:
             source, label = inputs, str(inputs)
-        # The bar starts on the first event, i.e. after the worker processes are forked: no Rich
-        # refresh thread exists while they are (a fork copies locks that thread may hold).
-        with ExitStack() as stack:
-            bar: dict = {}
+        # The Reporter starts its bar on the first event, i.e. after the worker processes are forked: no
+        # Rich refresh thread exists while they are (a fork copies locks that thread may hold).
+        with Reporter() as report:
 
             def on_progress(event: ProgressEvent) -> None:
-                if not bar:
-                    bar["prog"] = prog = stack.enter_context(progress())
-                    bar["task"] = prog.add_task("extract", total=None, info="")
-                prog, task = bar["prog"], bar["task"]
-                fresh = event.completed - event.skipped
-                rate = fresh / event.elapsed if event.elapsed > 0 else 0.0
-                info = f"{rate:.2f} videos/s"
-                if event.skipped:
-                    info += f" · {event.skipped} resumed"
-                if event.failed:
-                    info += f" · [red]{event.failed} failed[/]"
                 # Resumed videos are done already: the bar (and its ETA) covers this run's work only.
-                prog.update(task, total=event.total - event.skipped, completed=fresh, info=info)
+                report("extract", event.completed - event.skipped, event.total - event.skipped, {})
 
             summary = run_extract(source, out, options, progress=on_progress, source=label)
 

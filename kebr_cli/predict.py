@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, fail, progress, user_errors
+from kebr_cli.app import Reporter, app, console, fail, user_errors
 from kebr_core.errors import KebrError
 
 _POLARITY_STYLE = {"positive": "green", "negative": "red", "neutral": "yellow"}
@@ -60,21 +59,11 @@ def predict(
     video could be scored."""
     from kebr_core.recipes.predict import predict as run_predict
 
-    with user_errors(), ExitStack() as stack:
-        tasks: dict = {}
-
-        # The bar starts on the first event, after any worker processes are forked (as `kebr extract`).
-        def on_progress(stage: str, done: int, total: int, info: dict) -> None:
-            if "prog" not in tasks:
-                tasks["prog"] = stack.enter_context(progress())
-            prog = tasks["prog"]
-            if stage not in tasks:
-                tasks[stage] = prog.add_task(stage, total=total, info="")
-            prog.update(tasks[stage], completed=done, total=total)
-
+    # The Reporter starts its bar on the first event, after any worker processes are forked (as `kebr extract`).
+    with user_errors(), Reporter() as report:
         predictions = run_predict(
             videos, checkpoint, text=text, asr=asr, asr_model=asr_model, openface_dir=openface_dir, workers=workers,
-            batch_size=batch_size, device=device, progress=on_progress,
+            batch_size=batch_size, device=device, progress=report,
         )
         payload = [p.to_dict() for p in predictions]
         if out is not None:

@@ -167,7 +167,7 @@ def eval_(
         result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), progress=report)
         if not is_main_process():
             return
-        report.result(results_table(f"{dataset}: test split", {"KEBR": result.summary}, list(range(seeds)),
+        report.result(results_table(f"{Path(dataset).name}: test split", {"KEBR": result.summary}, list(range(seeds)),
                                     width=console.width), to_stdout=not as_json)
         report.result(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}   log: {report.log_path}",
                       to_stdout=not as_json)
