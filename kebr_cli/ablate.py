@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from kebr_cli.app import Reporter, app, console, user_errors
+from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, user_errors
 from kebr_cli.tables import ablation_table
 from kebr_cli.train import MCC_ALIGNS, _choice, build_config
 from kebr_core.config import DEFAULT_TEXT_MODEL
@@ -46,7 +46,7 @@ def ablate(
     batch_size: int = typer.Option(32, "--batch-size"),
     text_model: str = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Text encoder (name or folder)."),
     layers: int = typer.Option(4, "--layers", help="TCMF layers K."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
     as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
 ) -> None:

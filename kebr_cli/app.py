@@ -12,7 +12,7 @@ import sys
 import time
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
-from enum import IntEnum
+from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -27,6 +27,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from typer.core import TyperOption
+
 from kebr_core import __version__
 from kebr_core.errors import KebrError
 
@@ -34,6 +36,15 @@ from kebr_core.errors import KebrError
 if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Help shows a flag as its name alone: Typer ≥ 0.25 would print "<bool>" after every on/off switch.
+if hasattr(TyperOption, "display_type_rich"):
+    _typer_option_type = TyperOption.display_type_rich
+
+    def _option_type(self: TyperOption, ctx) -> Optional[str]:
+        return None if self.is_flag else _typer_option_type(self, ctx)
+
+    TyperOption.display_type_rich = _option_type  # type: ignore[method-assign]
 
 # Tables stay whole when the output is a file or a pipe (Rich would otherwise assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -78,6 +89,15 @@ def main(
     if quiet and verbose:
         raise fail("--quiet and --verbose contradict each other: give one of them.", code=2)
     settings["verbosity"] = Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else Verbosity.NORMAL
+
+
+def choices(name: str, *values: str) -> type[Enum]:
+    """An option's allowed values as an Enum, so help shows them (<kebr33|mmsa33>) and click refuses any
+    other in one sentence. Pass `.value` on to kebr_core."""
+    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+DEVICE_METAVAR = "auto|cpu|cuda[:N]"  # --device stays a string: cuda:1 names the second GPU
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":

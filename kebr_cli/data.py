@@ -9,7 +9,7 @@ from typing import Any, Callable
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, app, console, user_errors
+from kebr_cli.app import Reporter, app, choices, console, user_errors
 
 
 def _progress_callback(report: Reporter, stage: str) -> Callable[[int, int], None]:
@@ -17,18 +17,21 @@ def _progress_callback(report: Reporter, stage: str) -> Callable[[int, int], Non
     return lambda done, total: report(stage, done, total, {})
 
 
+ImportFormat = choices("ImportFormat", "auto", "mmsa-pkl", "label-csv")
+
+
 @app.command("import")
 def import_(
     src: Path = typer.Argument(..., help="MMSA pickle (unaligned_50.pkl / aligned_50.pkl) or MMSA label.csv."),
     out: Path = typer.Option(..., "--out", "-o", help="Feature store to create (.h5)."),
-    fmt: str = typer.Option("auto", "--format", "-f", help="auto (by extension), mmsa-pkl or label-csv."),
+    fmt: ImportFormat = typer.Option("auto", "--format", "-f", help="auto (by extension), mmsa-pkl or label-csv."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Import MMSA data into a feature store (written to OUT.tmp, renamed when complete)."""
     from kebr_core.data.importers import import_file
 
     with user_errors(), Reporter() as report:
-        result = import_file(src, out, fmt=fmt, progress=_progress_callback(report, "import"), overwrite=force)
+        result = import_file(src, out, fmt=fmt.value, progress=_progress_callback(report, "import"), overwrite=force)
     splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples ({splits})", soft_wrap=True)
     if result.get("nonfinite_replaced"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, Verbosity, app, console, err_console, user_errors
+from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, console, err_console, user_errors
 from kebr_core.config import DEFAULT_TEXT_MODEL
 
 _STATUS_STYLE = {"done": "green", "skipped": "yellow"}
@@ -83,7 +83,7 @@ def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything the demo makes (summary.json lists it all)."),
     quick: bool = typer.Option(False, "--quick", help="A reduced size (8 clips, 120 synthetic samples, 1-2 epochs, one seed), for tests."),
     text_model: str = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Text encoder (default: the embedded all-MiniLM-L6-v2; e.g. random-bert:hidden=32,layers=2,heads=2)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
     force: bool = typer.Option(False, "--force", help="Replace a demo already in --out (only the demo's own files are removed)."),
     threads: int = typer.Option(1, "--threads", help="CPU threads of PyTorch (0 = its default). The demo's batches are small: one thread is nearly as fast on an idle machine and many times faster on a busy one."),
 ) -> None:

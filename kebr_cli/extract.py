@@ -9,8 +9,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, app, console, fail, user_errors
+from kebr_cli.app import Reporter, app, choices, console, fail, user_errors
 from kebr_core.errors import KebrError
+
+
+AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
+Vision = choices("Vision", "mediapipe", "openface-csv", "none")
+ASR = choices("ASR", "pocketsphinx", "whisper", "none")
 
 
 def parse_shard(value: Optional[str]) -> tuple[int, int] | None:
@@ -39,11 +44,11 @@ def extract(
     root: Optional[Path] = typer.Option(
         None, "--root", help="With --manifest: the clips' root (default: INPUTS, else Raw/ beside the manifest, else its folder).",
     ),
-    audio_features: str = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
-    vision: str = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
+    audio_features: AudioFeatures = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
+    vision: Vision = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
     fps: float = typer.Option(10.0, "--fps", help="Vision frames per second."),
-    asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
+    asr: ASR = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
     workers: int = typer.Option(1, "--workers", "-j", help="Worker processes (the main process alone writes the store; 0 = extract in the main process)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: extract only this job's share (0 <= i < n), then `kebr merge` the stores."),
@@ -55,7 +60,7 @@ def extract(
 
     with user_errors():
         options = ExtractOptions(
-            audio_features=audio_features, vision=vision, openface_dir=openface_dir, fps=fps, asr=asr,
+            audio_features=audio_features.value, vision=vision.value, openface_dir=openface_dir, fps=fps, asr=asr.value,
             asr_model=asr_model, workers=workers, shard=parse_shard(shard), max_side=max_side,
         )
         options.validate()

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, app, console, fail, user_errors
+from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, fail, user_errors
+from kebr_cli.extract import ASR
 from kebr_core.errors import KebrError
 
 _POLARITY_STYLE = {"positive": "green", "negative": "red", "neutral": "yellow"}
@@ -43,14 +44,14 @@ def predict(
         ..., "--checkpoint", "-c", help="A fine-tuned checkpoint (RUN/best-model) or a `kebr eval` run directory."
     ),
     text: Optional[str] = typer.Option(None, "--text", help="The transcript of the (single) video, instead of a sidecar or ASR."),
-    asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no --text or sidecar (.txt/.srt/.vtt): pocketsphinx (offline), whisper (needs --asr-model) or none."),
+    asr: ASR = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no --text or sidecar (.txt/.srt/.vtt): pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="For a checkpoint trained on OpenFace CSVs: the folder with <stem>.csv per video."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON (a list, one entry per video) instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the predictions as JSON to this file."),
     batch_size: int = typer.Option(32, "--batch-size", help="Videos scored together by the model."),
     workers: int = typer.Option(0, "--workers", "-j", help="Extraction worker processes (0 = extract in this process)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
 ) -> None:
     """Score videos: sentiment in [-3, 3], its 7-class label and polarity (neutral = class 0, |score| ≤ 0.5).
 
@@ -62,7 +63,7 @@ def predict(
     # The Reporter starts its bar on the first event, after any worker processes are forked (as `kebr extract`).
     with user_errors(), Reporter() as report:
         predictions = run_predict(
-            videos, checkpoint, text=text, asr=asr, asr_model=asr_model, openface_dir=openface_dir, workers=workers,
+            videos, checkpoint, text=text, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=workers,
             batch_size=batch_size, device=device, progress=report,
         )
         payload = [p.to_dict() for p in predictions]

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, Verbosity, app, console, is_main_process, relaunch_distributed, user_errors
+from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, console, is_main_process, relaunch_distributed, user_errors
 from kebr_cli.tables import results_table
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
 from kebr_core.errors import KebrError
@@ -72,7 +72,7 @@ FFN = typer.Option("mlp", "--ffn", help="TCMF feed-forward: mlp (Linear-GELU-Lin
 BatchSize = typer.Option(32, "--batch-size", help="Batch size.")
 MaxTextLen = typer.Option(50, "--max-text-len", help="Maximum text length in wordpieces (the masked word is kept inside).")
 Seed = typer.Option(0, "--seed", help="Random seed (a CPU run is repeatable bit for bit).")
-Device = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+Device = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N).")
 Workers = typer.Option(0, "--workers", help="DataLoader worker processes.")
 BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off for CPU).")
 Dropout = typer.Option(0.1, "--dropout", help="Dropout in TCMF and the heads.")

@@ -21,8 +21,9 @@ def registered_commands() -> set[str]:
 
 
 def test_version() -> None:
-    r = runner.invoke(app, ["--version"])
-    assert r.exit_code == 0 and r.output.strip() == f"kebr {__version__}"
+    for flag in ("--version", "-V"):
+        r = runner.invoke(app, [flag])
+        assert r.exit_code == 0 and r.output.strip() == f"kebr {__version__}"
 
 
 def test_help_lists_every_command_with_a_description() -> None:
@@ -40,9 +41,26 @@ def test_every_command_has_help() -> None:
 
 
 def test_readme_documents_every_command() -> None:
-    """The README's command table names exactly the commands the CLI has."""
-    documented = set(re.findall(r"^\| `kebr (\w+)", README.read_text(), flags=re.M))
-    assert documented == registered_commands()
+    """The README's command table names exactly the commands the CLI has, in the order `kebr --help` lists them."""
+    documented = re.findall(r"^\| `kebr (\w+)", README.read_text(), flags=re.M)
+    assert documented == [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
+def test_help_lists_commands_in_workflow_order_under_panels() -> None:
+    out = runner.invoke(app, ["--help"], env={"COLUMNS": "120"}).output
+    panels = re.findall(r"╭─ (\w+) ─", out)
+    assert panels == ["Options", "Data", "Training", "Analysis", "Use"]
+    listed = re.findall(r"^│ (\w+) {2,}", out, flags=re.M)
+    assert listed == ["extract", "import", "synth", "merge", "inspect", "pretrain", "eval", "ablate", "analyze",
+                      "predict", "demo"]
+
+
+def test_help_shows_choices_and_no_bool_type() -> None:
+    out = runner.invoke(app, ["extract", "--help"], env={"COLUMNS": "200"}).output
+    assert "<kebr33|mmsa33>" in out and "<mediapipe|openface-csv|none>" in out
+    assert "<bool>" not in out and "<bool>" not in runner.invoke(app, ["--help"]).output
+    r = runner.invoke(app, ["extract", "v", "-o", "x.h5", "--vision", "webcam"])
+    assert r.exit_code == 2 and "'webcam' is not one of 'mediapipe', 'openface-csv', 'none'" in " ".join(r.output.replace("│", " ").split())
 
 
 def test_console_script_runs_as_module() -> None:
