@@ -100,6 +100,28 @@ def choices(name: str, *values: str) -> type[Enum]:
 DEVICE_METAVAR = "auto|cpu|cuda[:N]"  # --device stays a string: cuda:1 names the second GPU
 
 
+def renamed(new_value: Any, old_value: Any, new: str, old: str) -> Any:
+    """The value of an option given by its new name or its old one (a hidden alias kept for one
+    release, which prints a note); None when neither was given."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise KebrError(f"{new} was given twice: also as {old}, its old name; keep {new}.")
+    err_console.print(f"[yellow]note:[/] {old} is now {new}; the old name goes away in the next release.",
+                      highlight=False, soft_wrap=True)
+    return old_value
+
+
+def one_store(positional: Optional[Path], option: Optional[Path], command: str) -> Path:
+    """The store a command reads, given as `-d/--dataset STORE` or (as before) positionally."""
+    if positional is not None and option is not None and positional != option:
+        raise KebrError(f"kebr {command} got two stores, {positional} and -d {option}: give one.")
+    store = option or positional
+    if store is None:
+        raise KebrError(f"kebr {command} needs a store: -d STORE.h5 (or the store as its first argument).")
+    return store
+
+
 def fail(message: str, code: int = 1) -> "typer.Exit":
     """Print one sentence in red on stderr and return the exit to raise."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

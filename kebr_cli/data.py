@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, app, choices, console, user_errors
+from kebr_cli.app import Reporter, app, choices, console, one_store, user_errors
 
 
 def _progress_callback(report: Reporter, stage: str) -> Callable[[int, int], None]:
@@ -121,14 +121,15 @@ def _render(summary: dict[str, Any]) -> None:
 
 @app.command()
 def inspect(
-    store: Path = typer.Argument(..., help="Feature store (.h5)."),
+    store: Optional[Path] = typer.Argument(None, help="Feature store (.h5), or give it as -d."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Feature store (.h5) to summarise."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
 ) -> None:
     """Summarise a store: splits, labels, features, sequence lengths, text sources, errors."""
     from kebr_core.data.summary import summarize
 
     with user_errors():
-        summary = summarize(store)
+        summary = summarize(one_store(store, dataset, "inspect"))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:

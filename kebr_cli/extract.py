@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, app, choices, console, fail, user_errors
+from kebr_cli.app import Reporter, app, choices, console, fail, renamed, user_errors
 from kebr_core.errors import KebrError
 
 
@@ -50,7 +50,8 @@ def extract(
     fps: float = typer.Option(10.0, "--fps", help="Vision frames per second."),
     asr: ASR = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
-    workers: int = typer.Option(1, "--workers", "-j", help="Worker processes (the main process alone writes the store; 0 = extract in the main process)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Extraction processes (default 1; the main process alone writes the store; 0 = extract in the main process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", hidden=True, help="Old name of --jobs."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: extract only this job's share (0 <= i < n), then `kebr merge` the stores."),
     max_side: int = typer.Option(640, "--max-side", help="Shrink pictures to this longer side before face detection."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the summary (counts, failures, timings) as JSON here."),
@@ -59,9 +60,10 @@ def extract(
     from kebr_core.extract.pipeline import ExtractOptions, ProgressEvent, extract as run_extract, read_manifest
 
     with user_errors():
+        jobs = renamed(jobs, workers, "--jobs", "--workers")
         options = ExtractOptions(
             audio_features=audio_features.value, vision=vision.value, openface_dir=openface_dir, fps=fps, asr=asr.value,
-            asr_model=asr_model, workers=workers, shard=parse_shard(shard), max_side=max_side,
+            asr_model=asr_model, workers=1 if jobs is None else jobs, shard=parse_shard(shard), max_side=max_side,
         )
         options.validate()
         if manifest is not None:

@@ -66,3 +66,31 @@ def test_help_shows_choices_and_no_bool_type() -> None:
 def test_console_script_runs_as_module() -> None:
     out = subprocess.run([sys.executable, "-m", "kebr_cli", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_old_option_names_are_hidden_aliases(tmp_path: Path) -> None:
+    """--checkpoint (predict) and --workers (extract, predict) still work for one release, with a note,
+    and no longer show in --help; giving both spellings is one clear sentence."""
+    help_text = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).output
+    assert "--model" in help_text and "--jobs" in help_text
+    assert "--checkpoint" not in help_text and "--workers" not in help_text
+    missing = tmp_path / "missing"
+    old = runner.invoke(app, ["predict", "v.mp4", "-c", str(missing)])
+    assert "note: --checkpoint is now --model" in old.stderr and f"{missing} does not exist" in old.stderr
+    both = runner.invoke(app, ["predict", "v.mp4", "-c", "a", "--model", "b"])
+    assert both.exit_code == 1 and "--model was given twice: also as --checkpoint" in both.stderr
+    none = runner.invoke(app, ["predict", "v.mp4"])
+    assert none.exit_code == 1 and "needs the fine-tuned model: --model" in none.stderr
+    r = runner.invoke(app, ["extract", str(tmp_path), "-o", str(tmp_path / "x.h5"), "--workers", "-1"])
+    assert "note: --workers is now --jobs" in r.stderr and "--jobs must be 0" in r.stderr
+
+
+def test_inspect_reads_the_store_from_d_or_its_argument(tmp_path: Path) -> None:
+    from tests.conftest import write_tiny_store
+
+    store = write_tiny_store(tmp_path / "t.h5")
+    for args in (["-d", str(store)], [str(store)]):
+        r = runner.invoke(app, ["inspect", *args, "--json"])
+        assert r.exit_code == 0 and '"samples": 60' in r.stdout
+    r = runner.invoke(app, ["inspect"])
+    assert r.exit_code == 1 and "needs a store: -d STORE.h5" in r.stderr
