@@ -149,7 +149,7 @@ def _new_figure(title: str) -> Figure:
 def _epoch_axis(ax) -> None:
     """Whole epochs only: no 1.5 tick on a short run, and one epoch shows as one tick."""
     low, high = ax.get_xlim()
-    if high - low < 2:
+    if high - low < 1:  # a single epoch (matplotlib's default span around one point is ±5 %)
         centre = round((low + high) / 2)
         ax.set_xlim(centre - 0.5, centre + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -684,7 +684,7 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
                                             c.mcc, zero))
         fig = balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: {seeds})")
         return _captioned(fig, f"c_a, c_v and |θa − θv| per epoch, {pair[0].name} with MCC vs {pair[1].name} without, "
-                               f"in pretraining and fine-tuning ({seeds}).")
+                               f"in pretraining (one run) and fine-tuning ({seeds}).")
 
     def pca() -> Figure:
         pair = mcc_pair(configs)
@@ -790,8 +790,8 @@ def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
         files = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in info.paths)
         lines.append(f"- **{name}** ({files}): {info.caption}")
     for path in report.tables:
-        lines.append(f"- **{path.stem}** ([csv]({path.name})): c_a, c_v and |θa − θv| at the end of each "
-                     "configuration and stage, mean and std over seeds.")
+        lines.append(f"- **{path.name}**: c_a, c_v and |θa − θv| at the end of each configuration and stage, "
+                     "mean and std over seeds.")
     if report.skipped:
         lines += ["", "Not plotted:", ""] + [f"- {name}: {reason}" for name, reason in report.skipped.items()]
     path = out_dir / "index.md"
