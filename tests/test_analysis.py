@@ -340,6 +340,9 @@ def test_one_epoch_run_shows_its_points_on_one_whole_tick(tmp_path):
         ticks = [t for t in bottom.get_xticks() if bottom.get_xlim()[0] <= t <= bottom.get_xlim()[1]]
         assert ticks == [1.0]
     assert not any(c.get_label().startswith("_") for ax in figs["balance"].axes for c in ax.collections)  # 1 seed: no band
+    two = write_eval_run(tmp_path / "eval2", seeds=(0,), epochs=2)
+    bottom = build_figures(two)[1]["training_curves"].axes[0]
+    assert [t for t in bottom.get_xticks() if bottom.get_xlim()[0] <= t <= bottom.get_xlim()[1]] == [1.0, 2.0]
 
 
 def test_tiny_differences_are_not_blown_up_and_far_reference_lines_do_not_flatten_curves():
