@@ -7,6 +7,7 @@ Commands only parse options, call a `kebr_core` recipe and render Rich output; `
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from enum import Enum, IntEnum
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -29,7 +30,7 @@ from rich.progress import (
 from typer.core import TyperOption
 
 from kebr_core import __version__
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, native_write_error, os_error_message
 
 # No downloads unless the user opts in: a missing model fails fast with a clear sentence.
 if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
@@ -127,15 +128,59 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], float]:
+    """A Typer `parser=` for a float option: finite (no nan/inf) and within [low, high] (open ends as
+    given); anything else is a usage error (exit 2) naming the option. Click's FloatRange lets nan through."""
+    low_text = "" if low is None else f"{'>' if low_open else '≥'} {low:g}"
+    high_text = "" if high is None else f"{'<' if high_open else '≤'} {high:g}"
+    wanted = " and ".join(t for t in (low_text, high_text) if t)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{text!r} is not a number") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise typer.BadParameter(f"must be a finite number{' ' + wanted if wanted else ''}, not {text}")
+        return value
+
+    return parse
+
+
+def resume_command(flag: str | None = None) -> str:
+    """This command line as a user can paste it again, with `flag` (e.g. "--resume") added if missing."""
+    import shlex
+
+    args = sys.argv[1:]
+    if flag and flag not in args:
+        args = [*args, flag]
+    return shlex.join(["kebr", *args])
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn `KebrError` (bad user input) into one sentence and exit code 1."""
+def user_errors(resume_flag: str | None = None) -> Iterator[None]:
+    """Turn what a user can cause into one red sentence and a non-zero exit (no traceback).
+
+    KebrError and OS errors (read-only or full disk, permissions, missing folder, long names) exit 1;
+    Ctrl-C exits 130 and prints the command that continues the run (this one, plus `resume_flag`).
+    """
     try:
         yield
     except KebrError as e:
         raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(os_error_message(e)) from None
+    except Exception as e:
+        message = native_write_error(e)  # torch.save / safetensors report a full disk without an OSError
+        if message is None:
+            raise
+        raise fail(f"{message[:-1]}; then continue with: {resume_command(resume_flag)}") from None
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        err_console.print(f"[yellow]interrupted[/]; what was finished is kept. To continue, run: "
+                          f"{resume_command(resume_flag)}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 
@@ -346,11 +391,13 @@ class Reporter:
         self._bars.update(task, completed=done, total=total, description=label)
 
     def _plain(self, key: str, label: str, done: int, total: int, eta: Optional[float], finished: bool) -> None:
-        """A progress line per stage at most every 10 s (1 s with --verbose), and when a stage finishes
-        (an epoch's batches excepted: its epoch line follows)."""
+        """A progress line per stage every 10 s (1 s with --verbose), the first after that long, so a
+        short stage prints nothing; a stage that printed one also says when it finishes (an epoch's
+        batches excepted: its epoch line follows)."""
         now = time.monotonic()
         every = 1.0 if verbosity() >= Verbosity.VERBOSE else 10.0
-        if now - self._printed.get(key, -every) < every and not finished:
+        last = self._printed.get(key, self._started[key][0])
+        if not (now - last >= every or (finished and key in self._printed)):
             return
         self._printed[key] = now
         text = f"{label.strip()}: {done}/{total}" + (f" ({100 * done / total:.0f}%)" if total else "")

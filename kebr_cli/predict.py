@@ -50,9 +50,9 @@ def predict(
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="For a checkpoint trained on OpenFace CSVs: the folder with <stem>.csv per video."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON (a list, one entry per video) instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the predictions as JSON to this file."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Videos scored together by the model."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Extraction processes (default 0: extract in this process)."),
-    workers: Optional[int] = typer.Option(None, "--workers", hidden=True, help="Old name of --jobs."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Videos scored together by the model."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=0, help="Extraction processes (default 0: extract in this process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, hidden=True, help="Old name of --jobs."),
     device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
 ) -> None:
     """Score videos: sentiment in [-3, 3], its 7-class label and polarity (neutral = class 0, |score| ≤ 0.5).

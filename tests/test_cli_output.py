@@ -50,13 +50,22 @@ def test_plain_lines_off_a_terminal(clock: Clock, capsys, monkeypatch) -> None:
         report("pretrain", 2, 4, {"epoch": 2, "loss": 0.4, "task_l1": 0.29, "seconds": 50.0})
     lines = capsys.readouterr().err.splitlines()
     batch_lines = [line for line in lines if line.startswith("epoch 1 batches")]
-    assert 4 <= len(batch_lines) <= 6 and batch_lines[0] == "epoch 1 batches: 1/100 (1%)"
-    # the ETA of the batches: 0.5 s per batch since the first event, times what is left
-    assert "epoch 1 batches: 21/100 (21%) · ETA 0:00:40" in batch_lines
+    # the first line once the stage has run 10 s; the ETA: 0.5 s per batch since the first event, times what is left
+    assert batch_lines == ["epoch 1 batches: 21/100 (21%) · ETA 0:00:40", "epoch 1 batches: 41/100 (41%) · ETA 0:00:30",
+                           "epoch 1 batches: 61/100 (61%) · ETA 0:00:20", "epoch 1 batches: 81/100 (81%) · ETA 0:00:10"]
     epoch_lines = [line for line in lines if line.startswith("pretrain")]
     # the first epoch's ETA comes from its own seconds (3 × 51 s), the next from the time between events
     assert epoch_lines == ["pretrain epoch 1/4: loss 0.4123 · task_l1 0.3 (51.0 s) · ETA 0:02:33",
                            "pretrain epoch 2/4: loss 0.4 · task_l1 0.29 (50.0 s) · ETA 0:01:40"]
+
+
+def test_a_short_stage_prints_no_progress_line(clock: Clock, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(cli_app.settings, "verbosity", Verbosity.NORMAL)
+    with Reporter() as report:
+        for done in range(1, 6):
+            clock.now += 1.0
+            report("extract", done, 5, {})
+    assert capsys.readouterr().err == ""
 
 
 def test_quiet_prints_nothing_and_verbose_every_second(clock: Clock, capsys, monkeypatch) -> None:
