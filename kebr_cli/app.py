@@ -327,8 +327,11 @@ class Reporter:
         self.note(text, kind="warning")
 
     def result(self, renderable: Any, *, to_stdout: bool = True) -> None:
-        """A result (a table, a sentence): on stdout unless --json, and as plain text in the log."""
+        """A result (a table, a sentence): on stdout unless --json, and as plain text in the log. The
+        bars stop first, so the result is not printed into them."""
         self._open_log()
+        if self._bars is not None:
+            self._bars.stop()
         if self._log is not None:
             plain = Console(file=io.StringIO(), width=120, color_system=None)
             plain.print(renderable)
