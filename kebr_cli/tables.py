@@ -34,17 +34,18 @@ def table_width(table: Table) -> int:
 
 def metrics_table(
     title: str, lead: Sequence[str], metrics: Sequence[str], tail: Sequence[str], rows: Sequence[Row],
-    seeds: Sequence[int], width: Optional[int] = None, caption: Optional[str] = None,
+    seeds: Sequence[int], width: Optional[int] = None, caption: Optional[str] = None, std: str = "sample",
 ) -> Table:
     """Leading columns, the metric columns (`TABLE_HEADERS` keys) and trailing columns. The title ends
-    with the seeds and the std convention (`seeds_caption`); with one seed no cell prints "±".
+    with the seeds and the std convention (`seeds_caption`: sample or population std); with one seed no
+    cell prints "±".
 
     Wider than `width`, the table is rebuilt narrow: no vertical rules, headers over two lines and the
     std on a second line of each cell, so nothing is cut at 80 columns."""
     spread = len(seeds) > 1
 
     def build(narrow: bool) -> Table:
-        table = Table(title=f"{title}, {seeds_caption(seeds)}", caption=caption)
+        table = Table(title=f"{title}, {seeds_caption(seeds, std)}", caption=caption)
         if narrow:
             table.box, table.padding = box.SIMPLE_HEAD, (0, 0)
         if narrow:  # "pre-train" over "pre-" and "train", "Acc-2 has0/non0" over "Acc-2" and "has0/non0"
@@ -68,15 +69,18 @@ def metrics_table(
     return table
 
 
-def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width: Optional[int] = None) -> Table:
+def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width: Optional[int] = None,
+                  std: str = "sample") -> Table:
     """The paper's Table 1: one row per model, {metric: (mean, std)} each."""
     return metrics_table(title, ["model"], list(TABLE_HEADERS), [],
-                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width)
+                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std)
 
 
-def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] = None) -> Table:
+def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] = None, std: str = "sample",
+                   note: str = "") -> Table:
     """Table 4: configuration, its components (a configuration without MCC has no g), the metrics and
-    Avg. A configuration without results says "skipped" (its reason is its row's "status")."""
+    Avg. A configuration without results says "skipped" (its reason is its row's "status"). `note` (e.g.
+    what pretraining used) goes into the caption above the meaning of Avg."""
     mark = {True: "✓", False: "✗"}
     body: list[Row] = []
     for r in rows:
@@ -85,5 +89,6 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
         avg = "" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"
         body.append((components, summary, [avg], "skipped"))
     return metrics_table("Ablation on the test split", ["config", "pre-train", "TCMF", "MCC", "g"],
-                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg"], body, seeds, width,
-                         caption="Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)")
+                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg"], body, seeds, width, std=std,
+                         caption=(f"{note}\n" if note else "")
+                         + "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)")
