@@ -153,7 +153,7 @@ RANGES = [
     Case("pretrain --checkpoint-every 0", _pretrain("--checkpoint-every", "0"), 2, "--checkpoint-every"),
     Case("pretrain --dropout 2", _pretrain("--dropout", "2"), 2, "--dropout"),
     Case("pretrain --dropout 1", _pretrain("--dropout", "1"), 2, "--dropout"),
-    Case("pretrain --workers -1", _pretrain("--workers", "-1"), 2, "--workers"),
+    Case("pretrain --loader-workers -1", _pretrain("--loader-workers", "-1"), 2, "--loader-workers"),
     Case("pretrain --epochs 0", _pretrain("--epochs", "0"), 2, "--epochs"),
     Case("pretrain --lr -1", _pretrain("--lr", "-1"), 2, "must be a finite number > 0, not -1"),
     Case("pretrain --lr nan", _pretrain("--lr", "nan"), 2, "must be a finite number > 0, not nan"),

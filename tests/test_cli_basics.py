@@ -94,3 +94,32 @@ def test_inspect_reads_the_store_from_d_or_its_argument(tmp_path: Path) -> None:
         assert r.exit_code == 0 and '"samples": 60' in r.stdout
     r = runner.invoke(app, ["inspect"])
     assert r.exit_code == 1 and "needs a store: -d STORE.h5" in r.stderr
+
+
+def test_training_choices_match_the_core() -> None:
+    """The choices `pretrain`, `eval` and `ablate` show are the ones kebr_core accepts."""
+    from kebr_cli.train import ALIGN_CHOICES, FORM_CHOICES
+    from kebr_core.modules.mcc import ALIGNS, FORMS
+
+    assert FORM_CHOICES.split("|") == list(FORMS) and ALIGN_CHOICES.split("|") == list(ALIGNS)
+    for command in ("pretrain", "eval", "ablate"):
+        out = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        assert f"{FORM_CHOICES}" in out and f"{ALIGN_CHOICES}" in out and "<bool>" not in out
+
+
+def test_training_option_names_agree() -> None:
+    """--loader-workers (DataLoader) in every training command, --pretrained in eval, -d in pretrain; the old
+    names are hidden aliases; ablate has every training option eval and pretrain have."""
+    helps = {c: runner.invoke(app, [c, "--help"], env={"COLUMNS": "200"}).output for c in ("pretrain", "eval", "ablate")}
+    for command, text in helps.items():
+        assert "--loader-workers" in text and "--workers" not in text, command
+    assert "--pretrained" in helps["eval"] and "--checkpoint " not in helps["eval"]
+    assert "--dataset" in helps["pretrain"] and "-d" in helps["pretrain"]
+
+    def options(text: str) -> set[str]:
+        return set(re.findall(r"│ (?:\*\s+)?(--[a-z0-9-]+)", text))
+
+    training = (options(helps["pretrain"]) | options(helps["eval"])) - {
+        "--resume", "--seed", "--checkpoint-every", "--help", "--epochs", "--pretrained", "--dataset", "--out"}
+    missing = training - options(helps["ablate"])
+    assert not missing, missing

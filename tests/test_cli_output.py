@@ -130,14 +130,14 @@ def test_pretrain_prints_epoch_lines_and_logs_them(pretrained) -> None:
 def test_eval_json_is_the_whole_of_stdout_and_quiet_keeps_the_results(pretrained, tmp_path) -> None:
     store, pre, _ = pretrained
     out = tmp_path / "ev"
-    r = runner.invoke(app, ["eval", "-d", str(store), "-c", str(pre), "-o", str(out), "--epochs", "1", "--seeds", "2",
+    r = runner.invoke(app, ["eval", "-d", str(store), "--pretrained", str(pre), "-o", str(out), "--epochs", "1", "--seeds", "2",
                             "--json", *FAST])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)  # nothing but the document
     assert doc["run_dir"] == str(out) and doc["seeds"] == [0, 1] and len(doc["per_seed"]) == 2
     assert doc["mean"] == json.loads((out / "results.json").read_text())["mean"]
     assert "seed 1 epoch 1/1" in r.stderr and "seed 1 epoch 1/1" in (out / "log.txt").read_text()
-    r = runner.invoke(app, ["-q", "eval", "-d", str(store), "-c", str(pre), "-o", str(tmp_path / "q"), "--epochs", "1",
+    r = runner.invoke(app, ["-q", "eval", "-d", str(store), "--pretrained", str(pre), "-o", str(tmp_path / "q"), "--epochs", "1",
                             "--seeds", "1", *FAST])
     assert r.exit_code == 0, r.output
     assert r.stderr == "" and "tiny.h5: test split, 1 seed (0), no spread" in " ".join(r.stdout.split())
