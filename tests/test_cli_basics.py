@@ -123,3 +123,17 @@ def test_training_option_names_agree() -> None:
         "--resume", "--seed", "--checkpoint-every", "--help", "--epochs", "--pretrained", "--dataset", "--out"}
     missing = training - options(helps["ablate"])
     assert not missing, missing
+
+
+def test_training_commands_take_old_names_and_d(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["eval", "-d", str(tmp_path / "none.h5"), "-c", str(tmp_path / "pre"), "-o", str(tmp_path / "ev")])
+    assert r.exit_code == 1 and "note: --checkpoint is now --pretrained" in r.stderr
+    r = runner.invoke(app, ["eval", "-d", "x.h5", "--pretrained", "a", "-c", "b", "-o", str(tmp_path / "ev")])
+    assert r.exit_code == 1 and "--pretrained was given twice: also as --checkpoint" in r.stderr
+    r = runner.invoke(app, ["pretrain", "-o", str(tmp_path / "pre")])
+    assert r.exit_code == 1 and "kebr pretrain needs a store: -d STORE.h5" in r.stderr
+    r = runner.invoke(app, ["pretrain", "a.h5", "-d", "b.h5", "-o", str(tmp_path / "pre")])
+    assert r.exit_code == 1 and "got two stores, a.h5 and -d b.h5" in r.stderr
+    r = runner.invoke(app, ["pretrain", "-d", str(tmp_path / "none.h5"), "--workers", "1", "-o", str(tmp_path / "pre")])
+    assert r.exit_code == 1 and "note: --workers is now --loader-workers" in r.stderr
+    assert not (tmp_path / "pre").exists() and not (tmp_path / "ev").exists()
