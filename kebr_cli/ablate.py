@@ -66,7 +66,7 @@ def ablate(
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a pretraining checkpoint every N epochs (and at the end)."),
     nproc_per_node: int = NProc, preset: Optional[str] = Preset,
-    std: str = typer.Option("sample", "--std", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
+    std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
     as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
 ) -> None:

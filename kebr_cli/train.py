@@ -160,7 +160,7 @@ def eval_(
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
     seeds: int = typer.Option(5, "--seeds", min=1, help="Number of runs with seeds 0..N-1 (paper: 5) → mean ± std."),
-    std: str = typer.Option("sample", "--std", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
+    std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
