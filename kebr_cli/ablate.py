@@ -10,21 +10,24 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import app, console, progress, user_errors
-from kebr_cli.train import MCC_ALIGNS, _choice, _renderer, build_config
-from kebr_core.config import DEFAULT_TEXT_MODEL
+from kebr_cli.train import ConfigFile, Force, PrintConfig, Set, _renderer, given_options, print_config
+from kebr_core import runs
+from kebr_core.config import DEFAULT_TEXT_MODEL, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.metrics import format_table_row
+from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
 
 
 def _floats(text: str, option: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise KebrError(f"{option} takes comma-separated numbers, e.g. -0.5,0,0.5, not '{text}'.") from None
+        raise KebrError(f"{option} takes comma-separated numbers, e.g. -0.4,0,0.4, not '{text}'.") from None
 
 
 @app.command()
 def ablate(
+    ctx: typer.Context,
     dataset: str = typer.Option("synth", "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
     pretrain_store: Optional[Path] = typer.Option(None, "--pretrain-store", "-p", help="Store to pretrain on (default: the dataset's own samples)."),
     out: Path = typer.Option(Path("runs/ablate"), "--out", "-o", help="Output directory (ablation.json, results.csv, runs)."),
@@ -34,10 +37,10 @@ def ablate(
     no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Add the configuration without pretraining (C2)."),
     all_: bool = typer.Option(False, "--all", help="All five configurations C1–C5 of Table 4."),
     g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4)."),
-    g_values: str = typer.Option("-0.5,-0.4,-0.3,-0.2,-0.1,0,0.1,0.2,0.3,0.4,0.5", "--g-values", help="g values of the sweep."),
+    g_values: str = typer.Option(",".join(f"{g:g}" for g in DEFAULT_G_SWEEP), "--g-values", help="g values of the sweep, each in (-0.5, 0.5)."),
     mcc_form: str = typer.Option("", "--mcc-form", help="Compare MCC forms, e.g. paper,reference."),
     mcc_align: str = typer.Option("", "--mcc-align", help="Compare MCC alignments, e.g. tile,projected."),
-    seeds: int = typer.Option(5, "--seeds", help="Fine-tuning seeds per configuration (as eval)."),
+    seeds: str = typer.Option("5", "--seeds", help="Fine-tuning seeds per configuration: a count (5 = 0..4) or a list (1111,1112)."),
     g: float = typer.Option(0.2, "--g", help="g of every configuration outside the sweep."),
     align: str = typer.Option("tile", "--align", help="MCC alignment of every configuration outside --mcc-align "
                               "(tile or projected); a configuration without MCC logs its cosines with it."),
@@ -48,31 +51,53 @@ def ablate(
     layers: int = typer.Option(4, "--layers", help="TCMF layers K."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
+    config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
+    results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
 ) -> None:
-    """Run the paper's ablations; finished configurations are skipped when rerun."""
+    """Run the paper's ablations; finished configurations with the same settings are reused when rerun,
+    and a rerun with more flags adds its configurations to the record. --config and --set apply to
+    both stages; --pretrain-epochs and --epochs to one each."""
     from kebr_core.data.registry import resolve_dataset
-    from kebr_core.recipes.ablate import ablate as run_ablate, build_specs
+    from kebr_core.recipes.ablate import ablate as run_ablate, apply_spec, build_specs
 
-    common = dict(text_model=text_model, g=g, s=1.0, lambda_mcc=1.0, mcc_form="paper", mcc_align=align, layers=layers,
-                  shared_layers=True, heads=1, ffn="mlp", batch_size=batch_size, lr=None, lr_encoder=None, lr_fusion=None,
-                  max_text_len=50, seed=0, device=device, workers=0, bf16=None)
     with user_errors():
-        _choice(align, MCC_ALIGNS, "--align")
-        pre_cfg = build_config(None, "pretrain", epochs=pretrain_epochs, checkpoint_every=5, unfreeze=False, **common)
-        ft_cfg = build_config(None, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder, **common)
+        values, labels = given_options(ctx, skip=("epochs", "mcc_form", "mcc_align"))  # those two list variants here
+        stage_epochs = {"pretrain": pretrain_epochs, "finetune": epochs}
+        cfgs = {}
+        for stage, option in (("pretrain", "--pretrain-epochs"), ("finetune", "--epochs")):
+            own = {"train.epochs": stage_epochs[stage]} if stage_epochs[stage] is not None else {}
+            if stage == "pretrain":  # fine-tuning options
+                own |= {k: v for k, v in values.items() if k not in ("train.unfreeze", "train.seeds")}
+            else:
+                own = values | own
+            cfgs[stage] = resolve_config(stage, file=config, options=own, labels=labels | {"train.epochs": option},
+                                         sets=set_)
+        if print_config_:
+            print_config({stage: cfg.to_dict() for stage, cfg in cfgs.items()})
+            return
         specs = build_specs(
             no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,
             g_sweep=_floats(g_values, "--g-values") if g_sweep else None,
-            mcc_forms=[x for x in mcc_form.split(",") if x], mcc_aligns=[x for x in mcc_align.split(",") if x], g=g,
-            align=align,
+            mcc_forms=[x for x in mcc_form.split(",") if x], mcc_aligns=[x for x in mcc_align.split(",") if x],
+            g=cfgs["finetune"].mcc.g, align=cfgs["finetune"].mcc.align,
         )
+        for spec in specs:  # every configuration's settings go through the same checks as eval/pretrain
+            for base in cfgs.values():
+                apply_spec(base, spec).validate(labels={"mcc.g": "--g-values" if spec.kind == "g-sweep" else "--g",
+                                                        "mcc.form": "--mcc-form", "mcc.align": "--mcc-align"})
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         store = resolve_dataset(dataset, data_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
         with progress() as prog:
-            result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
+            result = run_ablate(store, pretrain_store, out, cfgs["pretrain"], cfgs["finetune"], specs, force=force,
                                 progress=_renderer(prog, {}), on_note=lambda m: console.print(f"[yellow]note:[/] {m}"))
+        table_path = results_table_path or out.parent / runs.RESULTS_TABLE
+        runs.update_results_table(table_path, [
+            runs.ResultsRow(r["name"], dataset, out / r["eval_dir"], result.seeds, {k: (r["mean"][k], r["std"][k]) for k in r["mean"]})
+            for r in result.rows if r["mean"]
+        ])
     console.print(ablation_table(result.rows))
-    console.print(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   plots: kebr analyze {out}")
+    console.print(f"results: [bold]{out / runs.ABLATION_JSON}[/], {out / runs.RESULTS_CSV}; across runs: {table_path}   "
+                  f"plots: kebr analyze {out}")
 
 
 def ablation_table(rows: list[dict]) -> Table:

@@ -25,7 +25,7 @@ from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import KEBRModel
 from kebr_core.recipes.demo import CLIP_STEPS, QUICK, STEPS
 from kebr_core.recipes.predict import SENTIMENT_CLASSES
-from kebr_core.training import load_checkpoint_weights, read_checkpoint_config
+from kebr_core.runs import load_checkpoint_weights, read_checkpoint_config
 
 import media  # tests/media.py
 

@@ -9,18 +9,21 @@ With the text encoder frozen (the default, as the authors), the encoder's output
 text is the same every epoch, so it is computed once (`TextCache`) and gathered per batch; only TCMF and
 the head are trained. Each batch is padded to its own longest sequence.
 
-Writes into the run directory: config.json, metrics.csv (one row per epoch), checkpoints/epoch-NNNN
-(every `checkpoint_every` epochs), last/ (weights + optimizer + RNG state, for --resume) and final/.
+Writes into the run directory (`kebr_core.runs`): config.json, metrics.csv (one row per epoch),
+checkpoints/epoch-NNNN/ (weights + optimizer state, every `checkpoint_every` epochs and at the end; the
+newest `keep_checkpoints` are kept) with checkpoints/latest naming the newest, and final/.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
@@ -29,20 +32,8 @@ from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch
 from kebr_core.model import KEBRModel, load_tokenizer
-from kebr_core.training import (
-    MetricsLog,
-    ProgressFn,
-    build_text_cache,
-    load_checkpoint_weights,
-    no_progress,
-    prepare_run_dir,
-    resolve_device,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-    train_epoch,
-)
+from kebr_core.runs import MetricsLog
+from kebr_core.training import ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch
 
 
 @dataclass
@@ -63,22 +54,47 @@ def configure_from_store(cfg: RunConfig, store: FeatureStore) -> None:
     cfg.model.d_audio, cfg.model.d_vision = store_widths(store)
 
 
+def pretrain_identity(store_path: str | Path, cfg: RunConfig) -> dict:
+    """What a pretraining run directory is tied to (`kebr_core.runs`): the configuration completed from
+    the store, and the store's fingerprint."""
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    configure_from_store(cfg, FeatureStore(store_path))
+    return runs.run_identity(cfg, "pretrain", runs.data_fingerprint(store_path))
+
+
 def pretrain(
     store_path: str | Path,
     run_dir: str | Path,
     cfg: RunConfig,
     *,
     resume: bool = False,
+    resume_if_possible: bool = False,
+    force: bool = False,
     progress: ProgressFn = no_progress,
 ) -> PretrainResult:
+    """Pretrain on every sample of the store into `run_dir` (layout: `kebr_core.runs`).
+
+    resume: continue from the run's latest checkpoint (KebrError when there is none, unless
+    `resume_if_possible`, which starts afresh then); `train.epochs` may grow on resume. force: start
+    afresh, removing the run's own files. A directory holding another run (other settings or data)
+    is refused, naming the differing keys."""
     run_dir = Path(run_dir)
+    cfg.validate()
     store = FeatureStore(store_path)
     if len(store) == 0:
         raise KebrError(f"Store {store_path} holds no samples to pretrain on.")
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
+    resume = resume or resume_if_possible
+    latest = runs.latest_checkpoint(run_dir) if resume and not force else None
+    if resume and latest is None and not resume_if_possible and not force:
+        raise KebrError(f"Nothing to resume in {run_dir}: it holds no checkpoint (pass --resume-if-possible to "
+                        "start afresh when there is none).")
     if info.is_main:
-        prepare_run_dir(run_dir, cfg, resume, extra={"stage": "pretrain", "store": str(store_path), "world_size": info.world})
+        identity = pretrain_identity(store_path, cfg)
+        runs.prepare_run_dir(run_dir, identity, resume=resume, force=force, may_differ=("train.epochs",) if resume else (),
+                             extra={"store": str(store_path), "world_size": info.world})
+    barrier(info)
     seed_everything(cfg.train.seed)
 
     # Masking is seeded per sample, so it is done once here and the masked texts never change.
@@ -100,44 +116,48 @@ def pretrain(
     opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
 
     start_epoch = 1
-    last_dir = run_dir / "last"
-    if resume and last_dir.exists():
-        state = torch.load(last_dir / "trainer.pt", weights_only=False)
-        load_checkpoint_weights(model, last_dir)
+    if latest is not None:
+        # Loaded to the CPU (a run checkpointed on a GPU resumes anywhere); Adam moves its state to the
+        # parameters' device, and the CPU copy is dropped with `state`.
+        state = runs.load_trainer_state(latest)
+        runs.load_checkpoint_weights(model, latest)
         opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
+        del state
     net = DistributedDataParallel(model) if info.enabled else model
-    log = MetricsLog(run_dir / "metrics.csv", truncate_after_epoch=start_epoch - 1) if info.is_main else None
+    log = MetricsLog(run_dir / runs.METRICS, truncate_after_epoch=start_epoch - 1) if info.is_main else None
+    payload = runs.checkpoint_payload(cfg, include_encoder=not frozen)
 
-    def checkpoint(path: Path, epoch: int, trainer: bool = True) -> None:
+    def save(epoch: int, weights: dict, optimizer: dict) -> None:
         if info.is_main:
-            state = {"optimizer": opt.state_dict(), "rng": rng_state(), "epoch": epoch} if trainer else None
-            save_checkpoint(path, model, cfg, include_encoder=not frozen, trainer_state=state)
+            runs.save_resume_checkpoint(run_dir, epoch, weights, payload, {"optimizer": optimizer},
+                                        keep=cfg.train.keep_checkpoints)
         barrier(info)
 
-    epoch = completed = start_epoch - 1
+    epoch = saved = start_epoch - 1
     row: dict = {}
+    snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
     try:
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
                               info=info, seed=cfg.train.seed)
-            completed = epoch
+            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
+                save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
+                saved, snapshot = epoch, None
+            elif info.is_main:
+                # Kept in memory so that Ctrl-C at any later moment saves this epoch's end exactly
+                # (the random streams are seeded per epoch: `seed_epoch`), never a half-done step.
+                snapshot = (epoch, runs.model_weights(model, not frozen), copy.deepcopy(opt.state_dict()))
             if log is not None:
                 log.append(row)
             progress("pretrain", epoch, cfg.train.epochs, row)
-            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
-                checkpoint(last_dir, epoch)
-                if epoch % cfg.train.checkpoint_every == 0:
-                    checkpoint(run_dir / "checkpoints" / f"epoch-{epoch:04d}", epoch, trainer=False)
     except KeyboardInterrupt:
-        # last/ gets the state as it is now, labelled with the last epoch that finished, so --resume starts
-        # at the next one. Stopped between epochs, the resumed run is bit for bit the uninterrupted one;
-        # stopped inside an epoch, that epoch's finished steps stay in the weights and it is run again.
-        if info.is_main:
-            save_checkpoint(last_dir, model, cfg, include_encoder=not frozen,
-                            trainer_state={"optimizer": opt.state_dict(), "rng": rng_state(), "epoch": completed})
+        if info.is_main and snapshot is not None and snapshot[0] > saved:
+            runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
+                                        keep=cfg.train.keep_checkpoints)
         raise
-    final = run_dir / "final"
-    checkpoint(final, epoch, trainer=False)
+    final = run_dir / runs.FINAL
+    if info.is_main:
+        runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
+    barrier(info)
     return PretrainResult(run_dir=run_dir, checkpoint=final, epochs_done=epoch, last_row=row)
