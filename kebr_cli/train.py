@@ -11,8 +11,6 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import app, console, is_main_process, progress, relaunch_distributed, user_errors
-from click.core import ParameterSource
-
 from kebr_core import runs
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.metrics import format_table_row
@@ -41,7 +39,8 @@ def given_options(ctx: typer.Context, skip: tuple[str, ...] = ()) -> tuple[dict[
         name = param.name or ""
         if name not in OPTION_FIELDS or name in skip:
             continue
-        if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+        source = ctx.get_parameter_source(name)  # an enum of the click Typer bundles: compared by name
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
             continue
         key = OPTION_FIELDS[name]
         values[key] = CONVERT.get(name, lambda v: v)(ctx.params[name])

@@ -103,13 +103,13 @@ def epoch_dir(run_dir: Path, epoch: int) -> Path:
 
 
 def data_fingerprint(store_path: str | Path) -> dict[str, Any]:
-    """What identifies a store's content cheaply: path, count, a hash of ids/splits/labels, frame
+    """What identifies a store's content cheaply: path, count, a hash of ids/splits/texts/labels, frame
     counts, feature names and extraction settings."""
     from kebr_core.data.store import FeatureStore
 
     store = FeatureStore(store_path)
     digest = hashlib.sha256()
-    for values in (store.ids, store.splits):
+    for values in (store.ids, store.splits, store.texts):
         digest.update("\n".join(values).encode())
         digest.update(b"\0")
     digest.update(np.ascontiguousarray(store.labels, dtype=np.float32).tobytes())
@@ -420,13 +420,13 @@ class MetricsLog:
             w.writerow(row)
 
 
-def checkpoint_fingerprint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint folder's path and a hash of its weights (a retrained checkpoint is another input)."""
+def weights_sha256(path: str | Path) -> str:
+    """A hash of a checkpoint's weights (a retrained checkpoint is another input of the runs made from it)."""
     digest = hashlib.sha256()
     with open(Path(path) / WEIGHTS, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"path": str(Path(path).resolve()), "weights_sha256": digest.hexdigest()[:16]}
+    return digest.hexdigest()[:16]
 
 
 # ───────────────────────── the results table across runs ─────────────────────────

@@ -108,7 +108,8 @@ def finetune(
     info, device = init_distributed(resolve_device(cfg.train.device))
     if info.is_main:
         identity = runs.run_identity(cfg, "finetune", runs.data_fingerprint(store_path),
-                                     checkpoint=runs.checkpoint_fingerprint(checkpoint) if checkpoint else None)
+                                     checkpoint=str(checkpoint) if checkpoint else None,
+                                     checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
         runs.prepare_run_dir(
             run_dir, identity, resume=True, force=force,
             extra={"store": str(store_path), "seeds": seeds, "selection": "epoch with the lowest validation MAE",
