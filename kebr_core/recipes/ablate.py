@@ -203,8 +203,8 @@ def ablate(
         rows.append(row)
         progress("configurations", n + 1, len(specs), {})
 
-    names = {r["name"] for r in rows}
-    rows = [r for r in earlier if r["name"] not in names] + rows
+    new = {r["name"]: r for r in rows}  # earlier configurations keep their place; this run's replace or follow them
+    rows = [new.pop(r["name"], r) for r in earlier] + list(new.values())
     reference = next((r["mean"] for r in rows if r["name"] == "C1" and r["mean"]), None)
     for r in rows:
         r["avg_change"] = relative_change(r["mean"], reference) if reference is not None and r["mean"] else None
