@@ -10,7 +10,6 @@ import pickle
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,9 +18,10 @@ from typer.testing import CliRunner
 from kebr_cli.main import app
 from kebr_core import runs
 from kebr_core.config import RunConfig, parse_seeds, resolve_config
+from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
-from kebr_core.recipes.finetune import build_finetune_model, finetune
-from kebr_core.recipes.pretrain import pretrain
+from kebr_core.recipes.finetune import apply_checkpoint_config, build_finetune_model, finetune
+from kebr_core.recipes.pretrain import configure_from_store, pretrain
 from tests.conftest import TINY_BERT, write_tiny_store
 
 runner = CliRunner()
@@ -202,10 +202,6 @@ def test_config_replay_gives_identical_results(tiny_store: Path, tmp_path: Path)
 def test_each_seed_starts_with_its_own_head_and_the_same_pretrained_weights(tiny_store: Path, tmp_path: Path) -> None:
     pre = pretrain(tiny_store, tmp_path / "pre", small_cfg("pretrain"))
     cfg = small_cfg()
-    from kebr_core.recipes.finetune import apply_checkpoint_config
-    from kebr_core.recipes.pretrain import configure_from_store
-    from kebr_core.data.store import FeatureStore
-
     apply_checkpoint_config(cfg, pre.checkpoint)
     configure_from_store(cfg, FeatureStore(tiny_store))
     saved = load_file(str(pre.checkpoint / runs.WEIGHTS))
@@ -333,6 +329,10 @@ def test_ablate_rerun_adds_configurations_and_keeps_earlier_ones(tmp_path: Path)
     assert len(table) == 4  # C1, C4, C2: one row each across the two runs
     r = runner.invoke(app, [*common, "--pretrain-epochs", "2"])  # C1's pretraining ran 1 epoch
     assert r.exit_code == 1 and "Configuration C1" in r.stderr and "train.epochs (1 → 2)" in r.stderr
+    other = write_tiny_store(tmp_path / "other.h5", n=40, seed=3)
+    r = runner.invoke(app, ["ablate", "--dataset", str(other), *base[3:]])
+    assert r.exit_code == 1 and f"holds an ablation of {store}" in r.stderr
+    assert [r["name"] for r in json.loads((out / runs.ABLATION_JSON).read_text())["configurations"]] == ["C1", "C4", "C2"]
 
 
 def test_analyze_removes_only_its_own_stale_outputs(tmp_path: Path) -> None:
@@ -362,3 +362,18 @@ def test_appending_to_a_store_with_other_extraction_settings_is_refused(tmp_path
     check_extraction_settings(path, _extractor_info(options))  # the same settings: appending is fine
     with pytest.raises(KebrError, match=r"other settings \(--fps 10.0 → 5.0; --asr none → pocketsphinx"):
         check_extraction_settings(path, _extractor_info(ExtractOptions(vision="none", asr="pocketsphinx", fps=5.0)))
+
+
+def test_each_epoch_and_rank_has_its_own_random_stream() -> None:
+    """Dropout streams are a function of (seed, epoch, rank): a resumed run or another rank needs no saved
+    RNG state, and ranks > 0 do not repeat rank 0's stream."""
+    from kebr_core.training import seed_epoch
+
+    def draw(seed: int, epoch: int, rank: int) -> torch.Tensor:
+        torch.manual_seed(12345)  # whatever ran before does not matter
+        seed_epoch(seed, epoch, rank)
+        return torch.rand(4)
+
+    assert torch.equal(draw(0, 3, 0), draw(0, 3, 0))
+    streams = [draw(0, 3, 0), draw(0, 3, 1), draw(0, 4, 0), draw(1, 3, 0)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(streams) for b in streams[i + 1:])

@@ -178,6 +178,7 @@ def ablate(
     earlier = [] if force else _earlier_rows(out, dataset_store)
     rows: list[dict] = []
     seen_without_mcc: dict[tuple, str] = {}
+    forced: set[Path] = set()
     for n, spec in enumerate(specs):
         row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"{runs.ABLATION_RUNS}/{spec.name}", "status": "done",
                               "mean": {}, "std": {}, "avg_change": None}
@@ -193,7 +194,9 @@ def ablate(
             if spec.pretrain:
                 pre_dir = out / runs.ABLATION_PRETRAIN / spec.pretrain_key()
                 row["pretrain_dir"] = str(pre_dir.relative_to(out))
-                checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec), force, progress)  # type: ignore[arg-type]
+                checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
+                                         force and pre_dir not in forced, progress)
+                forced.add(pre_dir)  # shared by configurations: started afresh once
             result = finetune(dataset_store, out / row["eval_dir"], apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
                               seeds=seeds, force=force, progress=progress)
         except KebrError as e:

@@ -39,7 +39,7 @@ from kebr_core.training import ProgressFn, build_text_cache, no_progress, resolv
 @dataclass
 class PretrainResult:
     run_dir: Path
-    checkpoint: Path  # final/ (or last/ when interrupted)
+    checkpoint: Path  # final/
     epochs_done: int
     last_row: dict[str, float]
 
