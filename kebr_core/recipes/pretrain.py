@@ -147,7 +147,8 @@ def pretrain(
             elif info.is_main:
                 # Kept in memory so that Ctrl-C at any later moment saves this epoch's end exactly
                 # (the random streams are seeded per epoch: `seed_epoch`), never a half-done step.
-                snapshot = (epoch, runs.model_weights(model, not frozen), copy.deepcopy(opt.state_dict()))
+                weights = {k: v.clone() for k, v in runs.model_weights(model, not frozen).items()}  # not views
+                snapshot = (epoch, weights, copy.deepcopy(opt.state_dict()))
             if log is not None:
                 log.append(row)
             progress("pretrain", epoch, cfg.train.epochs, row)
