@@ -282,6 +282,9 @@ def test_resume_without_a_checkpoint_fails_unless_if_possible(tiny_store: Path, 
                             "--keep-checkpoints", "1", "--checkpoint-every", "1", *FAST])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (out / runs.CHECKPOINTS).iterdir()) == ["epoch-0002", "latest"]
+    # resuming takes the run's own settings; one typed now that differs from them is refused, named
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(out), "--epochs", "3", "--resume", "--lr", "1e-3"])
+    assert r.exit_code == 1 and "train.lr (0.0001 → 0.001)" in r.stderr and "--force" in r.stderr
 
 
 class _Payload:
