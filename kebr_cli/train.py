@@ -10,9 +10,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, is_main_process, progress, relaunch_distributed, user_errors
+from kebr_cli.app import app, console, is_main_process, number, progress, relaunch_distributed, user_errors
 from kebr_core import runs
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
+from kebr_core.errors import KebrError
 from kebr_core.metrics import format_table_row
 
 # Which RunConfig field each command-line option sets (kebr_core.config holds defaults and checks).
@@ -48,6 +49,15 @@ def given_options(ctx: typer.Context, skip: tuple[str, ...] = ()) -> tuple[dict[
     return values, labels
 
 
+def seeds_option(text: str) -> str:
+    """Typer callback of --seeds: a count or a list (`parse_seeds`), else a usage error (exit 2)."""
+    try:
+        parse_seeds(text)
+    except KebrError as e:
+        raise typer.BadParameter(str(e)) from None
+    return text
+
+
 def command_config(ctx: typer.Context, stage: str, *, preset: Optional[str], config_file: Optional[Path],
                    sets: list[str], skip: tuple[str, ...] = ()) -> RunConfig:
     """defaults of the stage < --preset < --config FILE < options typed < --set key=value."""
@@ -59,25 +69,34 @@ def print_config(payload: dict) -> None:
     console.print_json(json.dumps(payload, default=str))
 
 
+def check_run_dir(out: Path, *inputs: Path) -> None:
+    """A run directory must not be an input file (or any other file): one sentence instead of FileExistsError."""
+    for path in inputs:
+        if path.exists() and out.resolve() == path.resolve():
+            raise KebrError(f"--out {out} is the input {path}; give a new folder for the run (e.g. runs/NAME).")
+    if out.exists() and not out.is_dir():
+        raise KebrError(f"--out {out} is a file; give a folder for the run (e.g. runs/NAME).")
+
+
 # Options shared by both commands (Typer needs them spelled out per command).
 TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
 G = typer.Option(0.2, "--g", help="MCC angle penalty g: the loss is 0 where cos θ_a = cos θ_v = 0.5 − g (Eq. 11–13).")
-S = typer.Option(1.0, "--s", help="MCC scaling factor s.")
-LambdaMCC = typer.Option(1.0, "--lambda-mcc", help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
+S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
+LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
 MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12) or reference (the authors' code).")
 MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (the authors') or projected.")
-Layers = typer.Option(4, "--layers", help="Number of TCMF layers K (Eq. 2).")
+Layers = typer.Option(4, "--layers", min=1, help="Number of TCMF layers K (Eq. 2).")
 Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF layer applied K times (the authors') or K independent layers.")
-Heads = typer.Option(1, "--heads", help="Attention heads in cross-modal attention (paper: 1).")
+Heads = typer.Option(1, "--heads", min=1, help="Attention heads in cross-modal attention (paper: 1).")
 FFN = typer.Option("mlp", "--ffn", help="TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors').")
-BatchSize = typer.Option(32, "--batch-size", help="Batch size.")
-MaxTextLen = typer.Option(50, "--max-text-len", help="Maximum text length in wordpieces (the masked word is kept inside).")
-Seed = typer.Option(0, "--seed", help="Random seed (a CPU run is repeatable bit for bit).")
+BatchSize = typer.Option(32, "--batch-size", min=1, help="Batch size.")
+MaxTextLen = typer.Option(50, "--max-text-len", min=3, help="Maximum text length in wordpieces (the masked word is kept inside).")
+Seed = typer.Option(0, "--seed", min=0, help="Random seed (a CPU run is repeatable bit for bit).")
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-Workers = typer.Option(0, "--workers", help="DataLoader worker processes.")
+Workers = typer.Option(0, "--workers", min=0, help="DataLoader worker processes.")
 BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off for CPU).")
-Dropout = typer.Option(0.1, "--dropout", help="Dropout in TCMF and the heads.")
-NProc = typer.Option(1, "--nproc-per-node", help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
+Dropout = typer.Option(0.1, "--dropout", parser=number(0, 1, high_open=True), help="Dropout in TCMF and the heads.")
+NProc = typer.Option(1, "--nproc-per-node", min=1, help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
 Preset = typer.Option(None, "--preset", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
 ConfigFile = typer.Option(None, "--config", help="Settings from a file: JSON (any run's config.json replays that run) or TOML with [model], [mcc], [train]. Options typed here override it.")
 Set = typer.Option([], "--set", help="Override one setting, dotted and type-checked, e.g. --set mcc.g=0.3 --set train.lr=2e-5 (repeatable; wins over everything).")
@@ -102,14 +121,14 @@ def pretrain(
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory (config, metrics.csv, checkpoints)."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 20; the paper used 200: --preset paper)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (default 20; the paper used 200: --preset paper)."),
     batch_size: int = BatchSize,
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of TCMF and the head (default 1e-4)."),
-    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", help="Learning rate of the encoder with --unfreeze (default 5e-6)."),
+    lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of TCMF and the head (default 1e-4)."),
+    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder with --unfreeze (default 5e-6)."),
     max_text_len: int = MaxTextLen, seed: int = Seed, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
-    checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save a checkpoint every N epochs (and at the end)."),
-    keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", help="Keep only the newest N checkpoints/epoch-NNNN folders (0 = all)."),
+    checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a checkpoint every N epochs (and at the end)."),
+    keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders (0 = all)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint (an error when there is none)."),
     resume_if_possible: bool = typer.Option(False, "--resume-if-possible", help="Continue the run in --out when it has a checkpoint, else start it."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
@@ -120,7 +139,8 @@ def pretrain(
 
     if nproc_per_node > 1 and not print_config_:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors():
+    with user_errors(resume_flag="--resume"):
+        check_run_dir(out, store)
         if config is None and (resume or resume_if_possible) and not force:
             # A resumed run starts from its own settings; options typed now override them (and must match).
             config = out / runs.CONFIG if (out / runs.CONFIG).is_file() else None
@@ -162,14 +182,14 @@ def eval_(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Pretraining checkpoint folder (…/final); none = fine-tune the plain encoder (ablation C2)."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
-    seeds: str = typer.Option("5", "--seeds", help="A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std."),
+    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 10; paper preset 20)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10; paper preset 20)."),
     batch_size: int = BatchSize,
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the head (default 1e-4)."),
-    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", help="Learning rate of the encoder (default 5e-6)."),
-    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", help="Learning rate of TCMF (default 5e-6)."),
+    lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of the head (default 1e-4)."),
+    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder (default 5e-6)."),
+    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", parser=number(0, low_open=True), help="Learning rate of TCMF (default 5e-6)."),
     max_text_len: int = MaxTextLen, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
@@ -187,6 +207,7 @@ def eval_(
         if print_config_:
             print_config(cfg.to_dict())
             return
+        check_run_dir(out, Path(dataset), *([checkpoint] if checkpoint else []))
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
         with progress() as prog:
@@ -197,4 +218,8 @@ def eval_(
         runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, cfg.train.seeds, result.summary)])
     n = len(cfg.train.seeds)
     console.print(results_table(f"{dataset}: test split, mean ± std over {n} seed(s)", {"KEBR": result.summary}))
+    left_out = {s: n for s, n in result.unlabeled.items() if n}
+    if left_out:
+        console.print("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "
+                      + ", ".join(f"{s} {n}" for s, n in left_out.items()))
     console.print(f"results: [bold]{out / runs.RESULTS_JSON}[/], {out / runs.RESULTS_CSV}; across runs: {table_path}")
