@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,7 @@ def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = No
         value = getattr(obj, f.name)
         key = f"{section}.{f.name}"
         label = (labels or {}).get(key, key)
-        _check_type(key, label, value, _field_types(type(obj))[f.name])
+        _check_type(label, value, _field_types(type(obj))[f.name])
         rule = _RULES.get((section, f.name))
         if rule is not None and not rule[0](value):
             raise KebrError(f"{label} must {rule[1]}, not {_show(value)}.")
@@ -177,7 +178,7 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _check_type(key: str, label: str, value: Any, tp: Any) -> None:
+def _check_type(label: str, value: Any, tp: Any) -> None:
     if not _is_instance(value, tp):
         raise KebrError(f"{label} must be {_type_name(tp)}, not {_show(value)} ({type(value).__name__}).")
 
@@ -186,7 +187,7 @@ def _is_instance(value: Any, tp: Any) -> bool:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return isinstance(value, str)  # which strings: the rules say, with the choices
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return any(_is_instance(value, a) for a in args)
     if origin is list:
         return isinstance(value, list) and all(_is_instance(v, args[0]) for v in value)
@@ -203,7 +204,7 @@ def _type_name(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return "one of " + ", ".join(args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
     if origin is list:
         return f"a list of {_type_name(args[0])}s"
@@ -214,7 +215,7 @@ def _parse_text(key: str, text: str, tp: Any) -> Any:
     """A `--set key=value` string → a value of the field's type (then checked like any other)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     low = text.strip().lower()
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         if low in ("none", "null", ""):
             return None
         return _parse_text(key, text, next(a for a in args if a is not type(None)))
@@ -304,7 +305,7 @@ class RunConfig:
             section, name = _split_key(key, source)
             obj = getattr(self, section)
             label = (labels or {}).get(key, key)
-            _check_type(key, label, value, _field_types(type(obj))[name])
+            _check_type(label, value, _field_types(type(obj))[name])
             setattr(obj, name, list(value) if isinstance(value, list) else value)
         return self.validate(labels)
 

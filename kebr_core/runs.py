@@ -209,11 +209,6 @@ def check_identity(run_dir: Path, identity: Mapping[str, Any], may_differ: Itera
         )
 
 
-def read_run_config(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / CONFIG
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 # ───────────────────────── files written crash-safely ─────────────────────────
 
 
