@@ -69,6 +69,13 @@ def print_config(payload: dict) -> None:
     console.print_json(json.dumps(payload, default=str))
 
 
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    """A check of an option that is not a RunConfig field (those are checked by kebr_core.config)."""
+    if value not in allowed:
+        raise KebrError(f"{option} must be one of {', '.join(allowed)}, not '{value}'.")
+    return value
+
+
 def check_run_dir(out: Path, *inputs: Path) -> None:
     """A run directory must not be an input file (or any other file): one sentence instead of FileExistsError."""
     for path in inputs:
@@ -80,11 +87,11 @@ def check_run_dir(out: Path, *inputs: Path) -> None:
 
 # Options shared by both commands (Typer needs them spelled out per command).
 TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
-G = typer.Option(0.2, "--g", help="MCC angle penalty g: the loss is 0 where cos θ_a = cos θ_v = 0.5 − g (Eq. 11–13).")
+G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g, one of several (others lie off the diagonal; docs/design.md §5.5).")
 S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
-MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12) or reference (the authors' code).")
-MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (the authors') or projected.")
+MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")
+MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).")
 Layers = typer.Option(4, "--layers", min=1, help="Number of TCMF layers K (Eq. 2).")
 Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF layer applied K times (the authors') or K independent layers.")
 Heads = typer.Option(1, "--heads", min=1, help="Attention heads in cross-modal attention (paper: 1).")
@@ -159,6 +166,9 @@ def pretrain(
         table.add_column(k, justify="right")
     table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")])
     console.print(table)
+    console.print(f"pretrained on {result.samples} sample(s)"
+                  + (f"; {result.samples_without_words} without words in their transcript left out (nothing to mask)"
+                     if result.samples_without_words else ""))
     console.print(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / runs.METRICS}")
 
 
@@ -183,6 +193,8 @@ def eval_(
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
     seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std."),
+    std: str = typer.Option("sample", "--std", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
+    probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10; paper preset 20)."),
@@ -207,17 +219,20 @@ def eval_(
         if print_config_:
             print_config(cfg.to_dict())
             return
+        _choice(std, ("sample", "population"), "--std")
         check_run_dir(out, Path(dataset), *([checkpoint] if checkpoint else []))
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
         with progress() as prog:
-            result = finetune(resolved, out, cfg, checkpoint=checkpoint, force=force, progress=_renderer(prog, {}))
+            result = finetune(resolved, out, cfg, checkpoint=checkpoint, probe=probe, std=std, force=force,
+                              progress=_renderer(prog, {}))
         if not is_main_process():
             return
         table_path = results_table_path or out.parent / runs.RESULTS_TABLE
         runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, cfg.train.seeds, result.summary)])
-    n = len(cfg.train.seeds)
-    console.print(results_table(f"{dataset}: test split, mean ± std over {n} seed(s)", {"KEBR": result.summary}))
+    spread = "sample std (ddof=1)" if std == "sample" else "population std (ddof=0)"
+    rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
+    console.print(results_table(f"{dataset}: test split, mean ± {spread} over {len(cfg.train.seeds)} seed(s)", rows))
     left_out = {s: n for s, n in result.unlabeled.items() if n}
     if left_out:
         console.print("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "

@@ -1,4 +1,4 @@
-"""Settings of the model, the MCC loss and training, as dataclasses (DESIGN.md §5–6): the one place
+"""Settings of the model, the MCC loss and training, as dataclasses (docs/design.md §11): the one place
 where defaults live and where every value is checked.
 
 Every knob the CLI exposes lives here, so a run directory's `config.json` fully describes a run.
@@ -40,20 +40,23 @@ SECTIONS = ("model", "mcc", "train")
 
 @dataclass
 class MCCConfig:
-    """Multimodal cosine constraint (paper Eq. 9–13, DESIGN §5).
+    """Multimodal cosine constraint (paper Eq. 9–13; docs/design.md §5.5).
 
-    g: angle penalty; the loss is 0 where cos θ_a = cos θ_v = 0.5 − g.
+    g: angle penalty, in (−0.5, 0.5); the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g,
+       one of several (`kebr_core.modules.mcc` says where the others are).
     s: scaling factor (and the extra loss for a negative cosine).
     weight: λ in L = L_task + λ·L_mcc (Eq. 17); 0 disables MCC (ablation C4).
-    form: "paper" (Eq. 11–12) or "reference" (the authors' fine-tuning code).
-    align: "tile" (flatten, L2-normalise, tile the shorter vector) or "projected" (pooled means in d_t).
+    form: one of `kebr_core.modules.mcc.FORMS`: "paper" (Eq. 11–12), "reference" (the authors'
+          fine-tuning code) or "mean-cosine" (the authors' pretraining code).
+    align: one of `kebr_core.modules.mcc.ALIGNS`: "tile" (kebr's pairwise tile), "authors" (the
+           authors' three-way alignment, padding included) or "projected" (pooled means in d_t).
     """
 
     g: float = 0.2
     s: float = 1.0
     weight: float = 1.0
-    form: Literal["paper", "reference"] = "paper"
-    align: Literal["tile", "projected"] = "tile"
+    form: str = "paper"
+    align: str = "tile"
 
     def __post_init__(self) -> None:
         _check_section("mcc", self)
@@ -61,7 +64,7 @@ class MCCConfig:
 
 @dataclass
 class ModelConfig:
-    """KEBR model: text encoder + K TCMF layers + heads (paper §3.3, §3.5; DESIGN §5)."""
+    """KEBR model: text encoder + K TCMF layers + heads (paper §3.3, §3.5; docs/design.md §5)."""
 
     text_model: str = DEFAULT_TEXT_MODEL
     d_audio: int = 33
@@ -84,7 +87,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by pretraining and fine-tuning (DESIGN §6)."""
+    """Optimisation settings shared by pretraining and fine-tuning (docs/design.md §6)."""
 
     epochs: int = 20
     batch_size: int = 32
@@ -123,6 +126,13 @@ def _at_least(n: int):
     return lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= n
 
 
+def _mcc_choices(name: str) -> tuple[str, ...]:
+    """`kebr_core.modules.mcc`'s FORMS or ALIGNS (imported when a value is checked: that module imports this one)."""
+    from kebr_core.modules import mcc
+
+    return getattr(mcc, name)
+
+
 def _one_of(*choices: str):
     return lambda x: x in choices
 
@@ -132,8 +142,8 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
                    "lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine"),
     ("mcc", "s"): (_positive, "be a positive number"),
     ("mcc", "weight"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0 turns MCC off)"),
-    ("mcc", "form"): (_one_of("paper", "reference"), "be one of paper, reference"),
-    ("mcc", "align"): (_one_of("tile", "projected"), "be one of tile, projected"),
+    ("mcc", "form"): (lambda x: x in _mcc_choices("FORMS"), lambda: "be one of " + ", ".join(_mcc_choices("FORMS"))),
+    ("mcc", "align"): (lambda x: x in _mcc_choices("ALIGNS"), lambda: "be one of " + ", ".join(_mcc_choices("ALIGNS"))),
     ("model", "text_model"): (lambda x: isinstance(x, str) and x.strip() != "", "name a text encoder"),
     ("model", "ffn"): (_one_of("mlp", "linear"), "be one of mlp, linear"),
     ("model", "fusion"): (_one_of("tcmf", "late"), "be one of tcmf, late"),
@@ -167,7 +177,8 @@ def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = No
         _check_type(label, value, _field_types(type(obj))[f.name])
         rule = _RULES.get((section, f.name))
         if rule is not None and not rule[0](value):
-            raise KebrError(f"{label} must {rule[1]}, not {_show(value)}.")
+            wanted = rule[1]() if callable(rule[1]) else rule[1]
+            raise KebrError(f"{label} must {wanted}, not {_show(value)}.")
 
 
 def _show(value: Any) -> str:

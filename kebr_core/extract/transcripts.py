@@ -1,4 +1,4 @@
-"""Sidecar transcripts: `<stem>.txt`, `<stem>.srt` or `<stem>.vtt` next to a video (DESIGN §3).
+"""Sidecar transcripts: `<stem>.txt`, `<stem>.srt` or `<stem>.vtt` next to a video (docs/design.md §3).
 
 The transcript order is manifest text -> sidecar -> ASR; this module is the middle step. Subtitles
 become plain text: cue numbers, timing lines, WebVTT headers/NOTE/STYLE/REGION blocks and inline tags

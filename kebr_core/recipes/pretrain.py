@@ -1,13 +1,18 @@
-"""Recipe: knowledge-enhanced pretraining (paper §3.2, §3.5; DESIGN §6).
+"""Recipe: knowledge-enhanced pretraining (paper §3.2, §3.5; docs/design.md §6).
 
-Every sample of the store (labels are not needed) has its strongest sentiment word masked (§3.2). The
-model predicts that word's lexicon score from the fused representation at the masked position:
+Every sample of the store (or of the chosen splits; labels are not needed) has its strongest sentiment
+word masked (§3.2). The model predicts that word's lexicon score from the fused representation at the
+masked position:
 
     L = L1(pred, y_mask)  (Eq. 16)  +  λ · L_mcc  (Eq. 10, 17)
 
 With the text encoder frozen (the default, as the authors), the encoder's output for an unchanged masked
 text is the same every epoch, so it is computed once (`TextCache`) and gathered per batch; only TCMF and
 the head are trained. Each batch is padded to its own longest sequence.
+
+A sample whose transcript has no words (extraction keeps silent videos, with empty text) has no word
+to mask and so no target: it is left out, counted, and the count is written to config.json
+(`samples_without_words`) and returned; a selection where no sample has words is an error.
 
 Writes into the run directory (`kebr_core.runs`): config.json, metrics.csv (one row per epoch),
 checkpoints/epoch-NNNN/ (weights + optimizer state, every `checkpoint_every` epochs and at the end; the
@@ -19,9 +24,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 
 from kebr_core import runs
 from kebr_core.config import RunConfig
@@ -30,7 +38,7 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import barrier, init_distributed
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
-from kebr_core.masking import mask_batch
+from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import KEBRModel, load_tokenizer
 from kebr_core.runs import MetricsLog
 from kebr_core.training import ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch
@@ -42,6 +50,8 @@ class PretrainResult:
     checkpoint: Path  # final/
     epochs_done: int
     last_row: dict[str, float]
+    samples: int  # samples pretrained on
+    samples_without_words: int  # selected samples left out: their text has no word to mask
 
 
 def store_widths(store: FeatureStore) -> tuple[int, int]:
@@ -54,12 +64,22 @@ def configure_from_store(cfg: RunConfig, store: FeatureStore) -> None:
     cfg.model.d_audio, cfg.model.d_vision = store_widths(store)
 
 
-def pretrain_identity(store_path: str | Path, cfg: RunConfig) -> dict:
+def pretrain_identity(store_path: str | Path, cfg: RunConfig, splits: Sequence[str] | None = None) -> dict:
     """What a pretraining run directory is tied to (`kebr_core.runs`): the configuration completed from
-    the store, and the store's fingerprint."""
+    the store, the store's fingerprint and the splits pretrained on."""
     cfg = RunConfig.from_dict(cfg.to_dict())
     configure_from_store(cfg, FeatureStore(store_path))
-    return runs.run_identity(cfg, "pretrain", runs.data_fingerprint(store_path))
+    return runs.run_identity(cfg, "pretrain", runs.data_fingerprint(store_path),
+                             splits=list(splits) if splits is not None else None)
+
+
+def pretrain_optimizer(model: KEBRModel, cfg: RunConfig) -> torch.optim.Adam:
+    """Adam over what pretraining trains (DESIGN §6): TCMF and the pretraining head at `lr`, and the text
+    encoder at `lr_encoder` with `unfreeze` (a frozen encoder is not in the optimiser). Constant rate."""
+    groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
+    if cfg.train.unfreeze:
+        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
+    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
 
 
 def pretrain(
@@ -67,22 +87,26 @@ def pretrain(
     run_dir: str | Path,
     cfg: RunConfig,
     *,
+    splits: Sequence[str] | None = None,
     resume: bool = False,
     resume_if_possible: bool = False,
     force: bool = False,
     progress: ProgressFn = no_progress,
 ) -> PretrainResult:
-    """Pretrain on every sample of the store into `run_dir` (layout: `kebr_core.runs`).
+    """Pretrain on the samples of `splits` of the store (None: all of them) into `run_dir` (layout:
+    `kebr_core.runs`).
 
     resume: continue from the run's latest checkpoint (KebrError when there is none, unless
     `resume_if_possible`, which starts afresh then); `train.epochs` may grow on resume. force: start
-    afresh, removing the run's own files. A directory holding another run (other settings or data)
-    is refused, naming the differing keys."""
+    afresh, removing the run's own files. A directory holding another run (other settings, data or
+    splits) is refused, naming the differing keys."""
     run_dir = Path(run_dir)
     cfg.validate()
     store = FeatureStore(store_path)
-    if len(store) == 0:
-        raise KebrError(f"Store {store_path} holds no samples to pretrain on.")
+    selected = store.indices(list(splits) if splits is not None else None)
+    if len(selected) == 0:
+        where = f"in split(s) {', '.join(splits)}" if splits is not None else "at all"
+        raise KebrError(f"Store {store_path} holds no samples {where} to pretrain on.")
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
     resume = resume or resume_if_possible
@@ -90,18 +114,32 @@ def pretrain(
     if resume and latest is None and not resume_if_possible and not force:
         raise KebrError(f"Nothing to resume in {run_dir}: it holds no checkpoint (pass --resume-if-possible to "
                         "start afresh when there is none).")
+
+    # Masking is seeded per store index, so it is done once here and the masked texts never change.
+    tokenizer = load_tokenizer(cfg.model.text_model)
+    masked = mask_batch(store.texts, tokenizer, load_lexicon(), cfg.model.max_text_len, seed=cfg.train.seed,
+                        skip_empty=True)
+    has_words = np.array([m is not None for m in masked])
+    used = selected[has_words[selected]]
+    if len(used) == 0:
+        raise KebrError(f"No sample of {store_path} selected for pretraining has a word in its transcript, "
+                        "so there is no word to mask.")
+    without_words = len(selected) - len(used)
     if info.is_main:
-        identity = pretrain_identity(store_path, cfg)
-        runs.prepare_run_dir(run_dir, identity, resume=resume, force=force, may_differ=("train.epochs",) if resume else (),
-                             extra={"store": str(store_path), "world_size": info.world})
+        runs.prepare_run_dir(run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
+                             may_differ=("train.epochs",) if resume else (),
+                             extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
+                                    "samples_without_words": without_words})
     barrier(info)
     seed_everything(cfg.train.seed)
-
-    # Masking is seeded per sample, so it is done once here and the masked texts never change.
-    tokenizer = load_tokenizer(cfg.model.text_model)
-    masked = mask_batch(store.texts, tokenizer, load_lexicon(), cfg.model.max_text_len, seed=cfg.train.seed)
-    encoded = [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} for m in masked]
-    dataset = StoreDataset(store, split=None, text_encoder=lambda texts: encoded)
+    # Samples outside `used` keep a placeholder ([CLS] [SEP], never read: the Subset leaves them out) so
+    # the dataset and the text cache stay indexed by store index.
+    placeholder = {"input_ids": tokenize_plain([""], tokenizer, cfg.model.max_text_len)[0], "mask_pos": 0, "mask_label": 0.0}
+    in_use = np.zeros(len(store), dtype=bool)
+    in_use[used] = True
+    encoded = [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i] else placeholder
+               for i, m in enumerate(masked)]
+    dataset = Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
     collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len, pad_id=tokenizer.pad_token_id or 0)
 
     model = KEBRModel(cfg.model, cfg.mcc).to(device)
@@ -110,10 +148,7 @@ def pretrain(
     model.finetune_head.requires_grad_(False)  # unused while pretraining
     cache = build_text_cache(model.encoder, [e["input_ids"] for e in encoded], device, progress=progress) if frozen else None
 
-    groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
-    if not frozen:
-        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    opt = pretrain_optimizer(model, cfg)
 
     start_epoch = 1
     if latest is not None:
@@ -161,4 +196,5 @@ def pretrain(
     if info.is_main:
         runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
     barrier(info)
-    return PretrainResult(run_dir=run_dir, checkpoint=final, epochs_done=epoch, last_row=row)
+    return PretrainResult(run_dir=run_dir, checkpoint=final, epochs_done=epoch, last_row=row, samples=len(used),
+                          samples_without_words=without_words)
