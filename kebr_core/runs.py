@@ -1,4 +1,4 @@
-"""The run-directory contract: file names, identity, checkpoints (DESIGN §6).
+"""The run-directory contract: file names, identity, checkpoints (docs/design.md §6).
 
 Every writer (`pretrain`, `finetune`, `ablate`) and reader (`analysis`, `predict`) goes through this
 module; no other module spells a run file's name.

@@ -329,9 +329,9 @@ def test_clamped_cosines_keep_gradients_finite() -> None:
 def test_unknown_form_and_alignment_are_user_errors() -> None:
     x = torch.randn(1, 2, 3)
     m = torch.ones(1, 2, dtype=torch.bool)
-    with pytest.raises(KebrError, match="mcc.form must be one of paper, reference"):
+    with pytest.raises(KebrError, match="mcc.form must be one of paper, reference, mean-cosine"):
         MCCConfig(form="papr")  # refused on construction (kebr_core.config) ...
-    with pytest.raises(KebrError, match="mcc.align must be one of tile, projected"):
+    with pytest.raises(KebrError, match="mcc.align must be one of tile, authors, projected"):
         MCCConfig(align="tiles")
     bad_form, bad_align = MCCConfig(), MCCConfig()
     bad_form.form, bad_align.align = "papr", "tiles"  # ... and by the loss when set by hand afterwards
