@@ -101,7 +101,7 @@ class TrainConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fine-tuning: one run per seed
     device: str = "auto"
     bf16: bool | None = None  # None = on for CUDA, off for CPU
-    workers: int = 0
+    workers: int | None = None  # DataLoader workers; None = auto (training.loader_workers: up to 4 on CUDA, 0 on CPU)
     checkpoint_every: int = 5
     keep_checkpoints: int = 0  # checkpoints/epoch-NNNN folders kept (the newest); 0 = all
     grad_clip: float | None = None
@@ -158,7 +158,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
                          and len(set(xs)) == len(xs), "be one or more distinct integers ≥ 0"),
     ("train", "device"): (lambda x: isinstance(x, str) and (x in ("auto", "cpu", "cuda") or x.startswith("cuda:")),
                           "be auto, cpu, cuda or cuda:N"),
-    ("train", "workers"): (_at_least(0), "be an integer ≥ 0"),
+    ("train", "workers"): (lambda x: x is None or _at_least(0)(x), "be an integer ≥ 0 (or unset: auto)"),
     ("train", "keep_checkpoints"): (_at_least(0), "be an integer ≥ 0 (0 keeps all)"),
 }
 # Sizes, lengths and counts: integers ≥ 1.
