@@ -14,10 +14,14 @@ from rich.table import Table
 from kebr_cli.app import Reporter, app, console, number, relaunch_distributed, renamed, user_errors
 from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
-    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, Device, Dropout, Heads, LambdaMCC, Layers, LoaderWorkers, MaxTextLen, NProc, Preset,
-    Shared, TextModel, _choice, build_config,
+    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, ConfigFile, Device, Dropout, Force, Heads, LambdaMCC,
+    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PrintConfig, Set, Shared, TextModel, _choice, given_options,
+    print_config, seeds_option,
 )
+from kebr_core import runs
+from kebr_core.config import parse_seeds, resolve_config
 from kebr_core.errors import KebrError
+from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -26,12 +30,13 @@ def _floats(text: str, option: str) -> list[float]:
     except ValueError:
         values = [math.nan]
     if not all(math.isfinite(v) for v in values):
-        raise KebrError(f"{option} takes comma-separated finite numbers, e.g. -0.5,0,0.5, not '{text}'.")
+        raise KebrError(f"{option} takes comma-separated finite numbers, e.g. -0.4,0,0.4, not '{text}'.")
     return values
 
 
 @app.command()
 def ablate(
+    ctx: typer.Context,
     dataset: str = typer.Option("synth", "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
     pretrain_store: Optional[Path] = typer.Option(None, "--pretrain-store", "-p", help="Store to pretrain on, all its samples (default: the dataset's train, valid and unlabeled samples; labels unused)."),
     pretrain_on_test: bool = typer.Option(False, "--pretrain-on-test", help="Without --pretrain-store, pretrain on the test split's inputs too (transductive; labels still unused)."),
@@ -42,15 +47,15 @@ def ablate(
     no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Add the configuration without pretraining (C2)."),
     all_: bool = typer.Option(False, "--all", help="All five configurations C1–C5 of Table 4."),
     g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4)."),
-    g_values: str = typer.Option("-0.5,-0.4,-0.3,-0.2,-0.1,0,0.1,0.2,0.3,0.4,0.5", "--g-values", help="g values of the sweep."),
+    g_values: str = typer.Option(",".join(f"{g:g}" for g in DEFAULT_G_SWEEP), "--g-values", help="g values of the sweep, each in (-0.5, 0.5)."),
     compare_forms: str = typer.Option("", "--compare-forms", help="Add a configuration per other MCC form, e.g. paper,reference,mean-cosine."),
     compare_aligns: str = typer.Option("", "--compare-aligns", help="Add a configuration per other MCC alignment, e.g. tile,authors,projected."),
-    seeds: int = typer.Option(5, "--seeds", min=1, help="Fine-tuning seeds per configuration (as eval)."),
+    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="Fine-tuning seeds per configuration: a count (5 = 0..4) or a list (1111,1112)."),
     g: float = G,
     mcc_form: Optional[str] = typer.Option(None, "--mcc-form", metavar=FORM_CHOICES, help="MCC form of every configuration outside --compare-forms (default paper)."),
     mcc_align: Optional[str] = typer.Option(None, "--mcc-align", metavar=ALIGN_CHOICES, help="MCC alignment of every configuration outside --compare-aligns (default tile); a configuration without MCC logs its cosines with it."),
     align: Optional[str] = typer.Option(None, "--align", hidden=True, help="Old name of --mcc-align."),
-    s_: float = S, lambda_mcc: float = LambdaMCC, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN,
+    s: float = S, lambda_mcc: float = LambdaMCC, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN,
     max_text_len: int = MaxTextLen, dropout: float = Dropout, bf16: Optional[bool] = BF16,
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1, help="Pretraining epochs (default 20)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10)."),
@@ -68,57 +73,87 @@ def ablate(
     nproc_per_node: int = NProc, preset: Optional[str] = Preset,
     std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
+    config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
+    results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
     as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
 ) -> None:
-    """Run the paper's ablations; finished configurations are skipped when rerun."""
+    """Run the paper's ablations; finished configurations with the same settings are reused when rerun,
+    and a rerun with more flags adds its configurations to the record. Training options, --config and
+    --set apply to both stages, except --pretrain-epochs, --unfreeze and --checkpoint-every (pretraining)
+    and --epochs, --lr-fusion, --freeze-encoder and --seeds (fine-tuning)."""
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.modules.mcc import ALIGNS, FORMS
-    from kebr_core.recipes.ablate import ablate as run_ablate, build_specs
+    from kebr_core.recipes.ablate import ablate as run_ablate, apply_spec, build_specs
 
-    if nproc_per_node > 1:
+    if nproc_per_node > 1 and not print_config_:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors(), Reporter(out) as report:
+    with user_errors():
         for option, value in (("--mcc-form", mcc_form), ("--mcc-align", mcc_align)):
             if value is not None and "," in value:  # the old spelling of the comparisons
                 raise KebrError(f"{option} sets every configuration's value now (as in eval); to compare several, "
                                 f"use --compare-{option.split('-')[-1]}s {value}.")
-        mcc_align = renamed(mcc_align, align, "--mcc-align", "--align") or "tile"
-        mcc_form = mcc_form or "paper"
+        renamed(mcc_align, align, "--mcc-align", "--align")  # the old name: a note, or an error if both
+        # Options of one stage only are set per stage below; the rest apply to both.
+        one_stage = ("epochs", "unfreeze", "freeze_encoder", "checkpoint_every", "lr_fusion", "seeds")
+        values, labels = given_options(ctx, skip=one_stage)
+        typed = {name: ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP") for name in one_stage}
+        stage_options = {
+            "pretrain": {"train.epochs": pretrain_epochs, "train.unfreeze": unfreeze if typed["unfreeze"] else None,
+                         "train.checkpoint_every": checkpoint_every if typed["checkpoint_every"] else None},
+            "finetune": {"train.epochs": epochs, "train.unfreeze": (not freeze_encoder) if typed["freeze_encoder"] else None,
+                         "train.lr_fusion": lr_fusion, "train.seeds": parse_seeds(seeds) if typed["seeds"] else None},
+        }
+        stage_labels = {"pretrain": {"train.epochs": "--pretrain-epochs", "train.unfreeze": "--unfreeze",
+                                     "train.checkpoint_every": "--checkpoint-every"},
+                        "finetune": {"train.epochs": "--epochs", "train.unfreeze": "--freeze-encoder",
+                                     "train.lr_fusion": "--lr-fusion", "train.seeds": "--seeds"}}
+        cfgs = {}
+        for stage in ("pretrain", "finetune"):
+            own = values | {k: v for k, v in stage_options[stage].items() if v is not None}
+            cfgs[stage] = resolve_config(stage, preset=preset, file=config, options=own,
+                                         labels=labels | stage_labels[stage], sets=set_)
+        if print_config_:
+            print_config({stage: cfg.to_dict() for stage, cfg in cfgs.items()})
+            return
         _choice(std, ("sample", "population"), "--std")
         for name in [x for x in compare_forms.split(",") if x]:
             _choice(name, FORMS, "--compare-forms")
         for name in [x for x in compare_aligns.split(",") if x]:
             _choice(name, ALIGNS, "--compare-aligns")
-        common = dict(text_model=text_model, g=g, s=s_, lambda_mcc=lambda_mcc, mcc_form=mcc_form, mcc_align=mcc_align,
-                      layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, batch_size=batch_size, lr=lr,
-                      lr_encoder=lr_encoder, max_text_len=max_text_len, seed=0, device=device,
-                      workers=loader_workers, bf16=bf16, dropout=dropout)
-        pre_cfg = build_config(preset, "pretrain", epochs=pretrain_epochs, checkpoint_every=checkpoint_every,
-                               unfreeze=unfreeze, lr_fusion=None, **common)
-        ft_cfg = build_config(preset, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder,
-                              lr_fusion=lr_fusion, **common)
+        base = cfgs["finetune"].mcc
         specs = build_specs(
             no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,
             g_sweep=_floats(g_values, "--g-values") if g_sweep else None,
             mcc_forms=[x for x in compare_forms.split(",") if x], mcc_aligns=[x for x in compare_aligns.split(",") if x],
-            g=g, align=mcc_align, form=mcc_form,
+            g=base.g, align=base.align, form=base.form,
         )
+        for spec in specs:  # every configuration's settings go through the same checks as eval/pretrain
+            for stage_cfg in cfgs.values():
+                apply_spec(stage_cfg, spec).validate(labels={"mcc.g": "--g-values" if spec.kind == "g-sweep" else "--g",
+                                                             "mcc.form": "--compare-forms", "mcc.align": "--compare-aligns"})
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
-        store = resolve_dataset(dataset, data_dir, warn=report.warning)
-        result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
-                            pretrain_on_test=pretrain_on_test, probe=probe, std=std, progress=report,
-                            on_note=report.note)
-        report.result(ablation_table(result.rows, list(range(seeds)), width=console.width, std=std,
-                                     note=result.caption), to_stdout=not as_json)
-        if probe:
-            report.result(probe_table(result.rows, std), to_stdout=not as_json)
-        for r in result.rows:
-            if not r["mean"]:
-                report.note(f"{r['name']} {r['status']}")
-        report.result(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   log: {report.log_path}   "
-                      f"plots: kebr analyze {out}", to_stdout=not as_json)
+        with Reporter(out) as report:
+            store = resolve_dataset(dataset, data_dir, warn=report.warning)
+            result = run_ablate(store, pretrain_store, out, cfgs["pretrain"], cfgs["finetune"], specs,
+                                pretrain_on_test=pretrain_on_test, probe=probe, std=std, force=force,
+                                progress=report, on_note=report.note)
+            table_path = results_table_path or out.parent / runs.RESULTS_TABLE
+            runs.update_results_table(table_path, [
+                runs.ResultsRow(r["name"], dataset, out / r["eval_dir"], result.seeds,
+                                {k: (r["mean"][k], r["std"][k]) for k in r["mean"]})
+                for r in result.rows if r["mean"]
+            ])
+            report.result(ablation_table(result.rows, list(result.seeds), width=console.width, std=std,
+                                         note=result.caption), to_stdout=not as_json)
+            if probe:
+                report.result(probe_table(result.rows, std), to_stdout=not as_json)
+            for r in result.rows:
+                if not r["mean"]:
+                    report.note(f"{r['name']} {r['status']}")
+            report.result(f"results: [bold]{out / runs.ABLATION_JSON}[/], {out / runs.RESULTS_CSV}; across runs: "
+                          f"{table_path}   log: {report.log_path}   plots: kebr analyze {out}", to_stdout=not as_json)
     if as_json:
-        typer.echo(json.dumps({"out": str(out)} | json.loads((out / "ablation.json").read_text()), indent=2))
+        typer.echo(json.dumps({"out": str(out)} | json.loads((out / runs.ABLATION_JSON).read_text()), indent=2))
 
 
 def std_words(std: str) -> str:

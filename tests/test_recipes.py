@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
@@ -78,18 +79,34 @@ def test_pretrain_resume_is_bit_for_bit(tiny_store: Path, tmp_path: Path, unfree
     assert rows(tmp_path / "full" / "metrics.csv") == rows(tmp_path / "split" / "metrics.csv")
 
 
-def test_ctrl_c_between_epochs_then_resume_is_bit_for_bit(tiny_store: Path, tmp_path: Path) -> None:
-    """Ctrl-C after epoch 3 (here: while the progress of epoch 3 is drawn, before last/ was due again,
-    checkpoint_every = 2): last/ is written as epoch 3, and --resume gives the uninterrupted run."""
+@pytest.mark.parametrize("where", ["between epochs", "first step after an epoch"])
+def test_ctrl_c_then_resume_is_bit_for_bit(tiny_store: Path, tmp_path: Path, monkeypatch, where: str) -> None:
+    """Ctrl-C after epoch 3 (checkpoint_every = 2, so epoch 3 is not on disk yet): while epoch 3's progress
+    is drawn, or inside epoch 4's first step after its optimizer step. Either way the checkpoint saved is
+    epoch 3's end, and --resume gives the uninterrupted run bit for bit."""
+    import kebr_core.training as training
+
     pretrain(tiny_store, tmp_path / "full", small_cfg(epochs=5))
+    armed = {"on": False}
+    balance_sums = training.balance_sums
+
+    def interrupt_in_step(*args):  # called after opt.step(): the weights already moved
+        if armed["on"]:
+            raise KeyboardInterrupt
+        return balance_sums(*args)
+
+    monkeypatch.setattr(training, "balance_sums", interrupt_in_step)
 
     def ctrl_c_after_epoch_3(stage: str, done: int, total: int, row: dict) -> None:
         if stage == "pretrain" and done == 3:
-            raise KeyboardInterrupt
+            if where == "between epochs":
+                raise KeyboardInterrupt
+            armed["on"] = True
 
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=5), progress=ctrl_c_after_epoch_3)
-    assert torch.load(tmp_path / "split" / "last" / "trainer.pt", weights_only=False)["epoch"] == 3
+    monkeypatch.setattr(training, "balance_sums", balance_sums)
+    assert runs.load_trainer_state(runs.latest_checkpoint(tmp_path / "split"))["epoch"] == 3
     pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=5), resume=True)
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "final" / "model.safetensors"))
@@ -137,9 +154,11 @@ def test_finetune_from_checkpoint_writes_results(tiny_store: Path, tmp_path: Pat
 
 
 def test_finetune_skips_finished_seeds(tiny_store: Path, tmp_path: Path) -> None:
-    finetune(tiny_store, tmp_path / "ft", small_cfg(epochs=1), seeds=[0])
+    """A rerun of the same run (here: seed 1 had not finished) reuses the seeds that finished."""
+    finetune(tiny_store, tmp_path / "ft", small_cfg(epochs=1), seeds=[0, 1])
     marker = tmp_path / "ft" / "seed-0" / "test.json"
     stamp = marker.stat().st_mtime_ns
+    (tmp_path / "ft" / "seed-1" / "test.json").unlink()
     finetune(tiny_store, tmp_path / "ft", small_cfg(epochs=1), seeds=[0, 1])
     assert marker.stat().st_mtime_ns == stamp
     assert (tmp_path / "ft" / "seed-1" / "test.json").exists()

@@ -578,6 +578,7 @@ def extract(
     feature_set = audio_mod.get_feature_set(options.audio_features)
     vision_names = vision_feature_names(options.vision)
     start = time.perf_counter()
+    check_extraction_settings(out_path, _extractor_info(options))
     samples_before, failed_before = _already_in(out_path)
     work_left = any(it.id not in samples_before and (retry_failed or it.id not in failed_before) for it in items)
     executor = _pool(options) if options.workers > 0 and work_left else None
@@ -643,6 +644,36 @@ def extract(
             executor.shutdown(wait=True, cancel_futures=True)
         summary.elapsed = time.perf_counter() - start
     return summary
+
+
+# The settings of `_extractor_info` that change the features: a store holds one set of them.
+EXTRACTION_SETTINGS = ("audio", "vision", "fps", "max_side", "asr", "asr_backend")
+_OPTION_OF_SETTING = {"audio": "--audio-features", "vision": "--vision", "fps": "--fps", "max_side": "--max-side",
+                      "asr": "--asr", "asr_backend": "--asr-model"}
+
+
+def check_extraction_settings(out_path: Path, new: dict[str, str]) -> None:
+    """Refuse to append to a store extracted with other settings (fps, audio set, vision backend, ASR),
+    naming them: its samples would not be comparable. A version change of a backend is not refused."""
+    if not Path(out_path).exists():
+        return
+    from kebr_core.data.store import FeatureStore
+
+    old = FeatureStore(out_path).attrs.get("extractor") or {}
+    if old.get("tool") != new.get("tool"):
+        return  # not written by `kebr extract` (imported, synthetic): the feature names are checked instead
+
+    def setting(info: dict, key: str) -> str:
+        value = str(info.get(key, ""))
+        return value.split("-")[0] if key == "asr_backend" and not value.startswith("whisper") else value
+
+    diffs = [f"{_OPTION_OF_SETTING[k]} {setting(old, k) or 'unset'} → {setting(new, k) or 'unset'}"
+             for k in EXTRACTION_SETTINGS if setting(old, k) != setting(new, k)]
+    if diffs:
+        raise KebrError(
+            f"Store {out_path} was extracted with other settings ({'; '.join(diffs)}); extract into another file "
+            "or use the store's settings."
+        )
 
 
 def _already_in(out_path: Path) -> tuple[set[str], set[str]]:

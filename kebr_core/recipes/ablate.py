@@ -14,8 +14,12 @@ video, and pretraining on the test inputs would be transductive. `pretrain_on_te
 samples. The choice is recorded in ablation.json (`pretrain_splits`) and each pretraining run's config.json.
 
 Every configuration is fine-tuned with the same seeds as `kebr eval`. A pretraining run is keyed by what
-changes it (fusion, MCC on/off, g, form, alignment) and shared by every configuration that needs it;
-finished pretraining runs and finished fine-tuning seeds are skipped on rerun.
+changes it (fusion, MCC on/off, g, form, alignment) and shared by every configuration that needs it.
+
+Reruns: finished pretraining runs and fine-tuning seeds are reused when their identity (settings, data,
+seeds; `kebr_core.runs`) matches, and a configuration whose runs hold other settings is refused with one
+sentence naming it and the differing keys (`force` starts them afresh). A rerun with other flags adds
+its configurations to ablation.json and results.csv; the configurations of earlier runs stay.
 
 "Avg" is the mean relative change over all metrics against C1, in percent: (m − m_C1)/|m_C1| · 100, with
 MAE's sign reversed so that positive always means better.
@@ -34,15 +38,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, split_summary
 from kebr_core.recipes.finetune import finetune
-from kebr_core.recipes.pretrain import pretrain
+from kebr_core.recipes.pretrain import pretrain, pretrain_identity
 from kebr_core.training import ProgressFn, no_progress
 
-DEFAULT_G_SWEEP = tuple(round(x, 1) for x in np.linspace(-0.5, 0.5, 11))
+# g must lie in (−0.5, 0.5) (kebr_core.config): the sweep's ends are ±0.4.
+DEFAULT_G_SWEEP = tuple(round(x, 1) for x in np.linspace(-0.4, 0.4, 9))
 PRETRAIN_SPLITS_WITHOUT_TEST = ("train", "valid", "unlabeled")
 
 
@@ -129,23 +135,9 @@ def has_both_streams(store_path: str | Path) -> bool:
 class AblationResult:
     out: Path
     rows: list[dict]
+    seeds: list[int]
     notes: list[str] = field(default_factory=list)
     caption: str = ""  # what pretraining used (`pretraining_caption`)
-
-
-def _check_pretraining_data(pre_dir: Path, store: str | Path, splits: list[str] | None) -> None:
-    """A pretraining run reused from an earlier call must have seen the same data (store and splits)."""
-    cfg_file = pre_dir / "config.json"
-    if not cfg_file.exists():
-        return
-    earlier = json.loads(cfg_file.read_text())
-    if earlier.get("store") != str(store) or earlier.get("splits") != splits:
-
-        def what(st: str | Path | None, sp: list[str] | None) -> str:
-            return f"{st} ({'all splits' if sp is None else ', '.join(sp)})"
-
-        raise KebrError(f"{pre_dir} was pretrained on {what(earlier.get('store'), earlier.get('splits'))}, not "
-                        f"{what(store, splits)}: choose another --out or the same pretraining data.")
 
 
 def pretraining_caption(payload: dict) -> str:
@@ -179,21 +171,26 @@ def ablate(
     finetune_cfg: RunConfig,
     specs: Sequence[AblationSpec],
     *,
-    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    seeds: Sequence[int] | None = None,
     pretrain_on_test: bool = False,
     probe: bool = False,
     std: str = "sample",
+    force: bool = False,
     progress: ProgressFn = no_progress,
     on_note: Callable[[str], None] = lambda note: None,
 ) -> AblationResult:
-    """Run `specs` (see the module docstring). Without a pretraining store, pretraining uses the dataset's
-    splits except test, or all of them with pretrain_on_test. probe: also test every configuration with a
-    modality removed (`finetune`'s probe; each row's "probe"). std: the spread over seeds, "sample" (ddof = 1)
-    or "population" (ddof = 0, MMSA's); ablation.json's std_ddof says which."""
+    """Run `specs` (see the module docstring) and write ablation.json and results.csv; configurations of
+    earlier runs into `out` that this one does not name are kept (`force`: started afresh, earlier rows
+    dropped). Fine-tuning seeds: `seeds`, default `finetune_cfg.train.seeds`. Without a pretraining store,
+    pretraining uses the dataset's splits except test, or all of them with pretrain_on_test. probe: also
+    test every configuration with a modality removed (`finetune`'s probe; each row's "probe"). std: the
+    spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's); ablation.json's std_ddof
+    says which."""
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    seeds = list(seeds) if seeds is not None else list(finetune_cfg.train.seeds)
     notes: list[str] = []
 
     def note(msg: str) -> None:
@@ -215,10 +212,12 @@ def ablate(
         note("MCC is undefined here: no sample has both audio and vision frames, so configurations that differ "
              "from another only in MCC are skipped.")
 
+    earlier = [] if force else _earlier_rows(out, dataset_store)
     rows: list[dict] = []
     seen_without_mcc: dict[tuple, str] = {}
+    forced: set[Path] = set()
     for n, spec in enumerate(specs):
-        row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"runs/{spec.name}", "status": "done",
+        row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"{runs.ABLATION_RUNS}/{spec.name}", "status": "done",
                               "mean": {}, "std": {}, "avg_change": None}
         if not mcc_defined:
             twin = (spec.pretrain, spec.tcmf)
@@ -227,37 +226,37 @@ def ablate(
                 rows.append(row)
                 continue
             seen_without_mcc[twin] = spec.name
-        ft_cfg = apply_spec(finetune_cfg, spec)
-        checkpoint = None
-        if spec.pretrain:
-            pre_dir = out / "pretrain" / spec.pretrain_key()
-            row["pretrain_dir"] = str(pre_dir.relative_to(out))
-            checkpoint = pre_dir / "final"
-            _check_pretraining_data(pre_dir, pretrain_store, pretrain_splits)
-            if not (checkpoint / "model.safetensors").exists():
-                pre_cfg = apply_spec(pretrain_cfg, spec)
-                pretrain(pretrain_store, pre_dir, pre_cfg, splits=pretrain_splits,  # type: ignore[arg-type]
-                         resume=(pre_dir / "last").exists(), progress=progress)
-        result = finetune(dataset_store, out / row["eval_dir"], ft_cfg, checkpoint=checkpoint, seeds=seeds, probe=probe,
-                          std=std, progress=progress)
+        try:
+            checkpoint = None
+            if spec.pretrain:
+                pre_dir = out / runs.ABLATION_PRETRAIN / spec.pretrain_key()
+                row["pretrain_dir"] = str(pre_dir.relative_to(out))
+                checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
+                                         pretrain_splits, force and pre_dir not in forced, progress)
+                forced.add(pre_dir)  # shared by configurations: started afresh once
+            result = finetune(dataset_store, out / row["eval_dir"], apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
+                              seeds=seeds, probe=probe, std=std, force=force, progress=progress)
+        except KebrError as e:
+            raise KebrError(f"Configuration {spec.name}: {e}") from None
         row |= split_summary(result.summary)
         if probe:
             row["probe"] = {name: split_summary(stats) for name, stats in result.probe.items()}
         rows.append(row)
         progress("configurations", n + 1, len(specs), {})
 
+    new = {r["name"]: r for r in rows}  # earlier configurations keep their place; this run's replace or follow them
+    rows = [new.pop(r["name"], r) for r in earlier] + list(new.values())
     reference = next((r["mean"] for r in rows if r["name"] == "C1" and r["mean"]), None)
     for r in rows:
-        if reference is not None and r["mean"]:
-            r["avg_change"] = relative_change(r["mean"], reference)
+        r["avg_change"] = relative_change(r["mean"], reference) if reference is not None and r["mean"] else None
     payload = {
         "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
         "pretrain_splits": pretrain_splits,
         "pretrain_on_test": pretrain_on_test and str(pretrain_store) == str(dataset_store),
-        "seeds": list(seeds), "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
+        "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
     }
-    (out / "ablation.json").write_text(json.dumps(payload, indent=2))
-    with (out / "results.csv").open("w", newline="") as f:
+    runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
+    with (out / runs.RESULTS_CSV).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "kind", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
                     *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "std_ddof", "avg_change"])
@@ -265,4 +264,31 @@ def ablate(
             w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
                         r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
                         *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"]])
-    return AblationResult(out=out, rows=rows, notes=notes, caption=pretraining_caption(payload))
+    return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=pretraining_caption(payload))
+
+
+def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[str] | None, force: bool,
+                progress: ProgressFn) -> Path:
+    """The final/ checkpoint of a configuration's pretraining: reused when finished with the same identity
+    (settings, store, splits), else trained (resumed from its latest checkpoint when there is one)."""
+    final = run_dir / runs.FINAL
+    if not force and (final / runs.WEIGHTS).exists():
+        runs.check_identity(run_dir, pretrain_identity(store, cfg, splits))
+        return final
+    return pretrain(store, run_dir, cfg, splits=splits, resume_if_possible=True, force=force, progress=progress).checkpoint
+
+
+def _earlier_rows(out: Path, dataset_store: str | Path) -> list[dict]:
+    """The configurations an earlier ablation into `out` recorded (their runs' identities are checked when
+    they are named again); an ablation of another dataset there is refused."""
+    path = out / runs.ABLATION_JSON
+    if not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise KebrError(f"{path} is not an ablation record; pass --force to start afresh or choose another --out.") from None
+    if Path(str(earlier.get("dataset"))).resolve() != Path(dataset_store).resolve():
+        raise KebrError(f"{out} holds an ablation of {earlier.get('dataset')}, not {dataset_store}; pass --force to start "
+                        "it afresh or choose another --out.")
+    return [r for r in earlier.get("configurations", []) if isinstance(r, dict) and "name" in r]

@@ -36,14 +36,18 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable
 
-from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig
+from kebr_core import runs
+from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.training import ProgressFn, no_progress
 
 STEPS = ("clips", "extract", "synth", "pretrain", "eval", "ablate", "analyze", "finetune-clips", "predict")
 CLIP_STEPS = ("clips", "extract", "finetune-clips", "predict")
-# What the demo writes into `out`; `force` removes exactly these, nothing else a user may keep there.
-OWN_ENTRIES = ("clips", "stores", "runs", "predictions.json", "summary.json", "log.txt")  # log.txt: the CLI's
+# What the demo writes into `out`. Before writing, it records them in MANIFEST; `force` removes exactly
+# the paths the manifest lists, and a path in the way that no manifest lists (a user's own) is refused.
+OWN_PATHS = ("clips", "stores/clips.h5", "stores/synth.h5", "runs/ablate", "runs/clips-eval", "predictions.json",
+             "summary.json", "log.txt")  # log.txt: the CLI's
+MANIFEST = ".kebr-demo.json"
 
 # on_step(step, status, info): status is "start", "done" or "skipped" (info["reason"] says why).
 StepFn = Callable[[str, str, dict[str, Any]], None]
@@ -83,22 +87,33 @@ class DemoResult:
     elapsed: float = 0.0
 
 
-def _config(text_model: str, device: str, epochs: int, batch_size: int, *, lr: float, lr_fusion: float | None) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.text_model = text_model
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.device = epochs, batch_size, device
-    cfg.train.lr, cfg.train.lr_fusion = lr, lr_fusion
-    cfg.train.unfreeze = False  # frozen encoder: its outputs are cached once per run
-    cfg.train.checkpoint_every = max(epochs, 1)
-    cfg.train.cosine_tmax = max(epochs, 1)
-    return cfg
-
+def _config(stage: str, text_model: str, device: str, epochs: int, batch_size: int, *, lr: float,
+            lr_fusion: float | None) -> RunConfig:
+    """The stage's configuration (kebr_core.config) at the demo's size, with a frozen encoder (its outputs
+    are cached once per run)."""
+    return resolve_config(stage, options={
+        "model.text_model": text_model, "train.epochs": epochs, "train.batch_size": batch_size, "train.device": device,
+        "train.lr": lr, "train.lr_fusion": lr_fusion, "train.unfreeze": False, "train.checkpoint_every": max(epochs, 1),
+        "train.cosine_tmax": max(epochs, 1),
+    })
 
 def prepare_out(out: Path, force: bool) -> None:
-    """Refuse to mix a new demo into an existing one unless `force` (which removes only the demo's own files)."""
+    """Refuse to mix a new demo into an existing one unless `force`, which removes only what the earlier
+    demo recorded in its manifest; refuse, naming them, paths in the way that the demo did not make."""
     if out.exists() and not out.is_dir():
         raise KebrError(f"The demo output {out} is a file, not a folder.")
-    present = [name for name in OWN_ENTRIES if (out / name).exists()]
+    manifest = out / MANIFEST
+    try:
+        ours = set(json.loads(manifest.read_text()).get("paths", [])) if manifest.is_file() else set()
+    except (OSError, ValueError, AttributeError):
+        ours = set()
+    present = [name for name in OWN_PATHS if (out / name).exists()]
+    foreign = [name for name in present if name not in ours]
+    if foreign:
+        raise KebrError(
+            f"{out} holds {', '.join(foreign)}, which no earlier demo recorded making (no {MANIFEST} lists it); "
+            "move it away or choose another --out."
+        )
     if present and not force:
         raise KebrError(
             f"{out} already holds a demo ({', '.join(present)}); pass --force to replace it or choose another --out."
@@ -107,6 +122,7 @@ def prepare_out(out: Path, force: bool) -> None:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"paths": list(OWN_PATHS)}, indent=2) + "\n")
 
 
 def run_demo(
@@ -150,8 +166,8 @@ def run_demo(
         steps[step] = {"status": "skipped", "reason": reason, "outputs": {}}
         on_step(step, "skipped", {"reason": reason})
 
-    pre_cfg = _config(text_model, device, size.pretrain_epochs, size.batch_size, lr=1e-3, lr_fusion=None)
-    ft_cfg = _config(text_model, device, size.finetune_epochs, size.batch_size, lr=1e-3, lr_fusion=1e-4)
+    pre_cfg = _config("pretrain", text_model, device, size.pretrain_epochs, size.batch_size, lr=1e-3, lr_fusion=None)
+    ft_cfg = _config("finetune", text_model, device, size.finetune_epochs, size.batch_size, lr=1e-3, lr_fusion=1e-4)
 
     # (a) clips -------------------------------------------------------------------------------------
     have_espeak = espeak_available()
@@ -209,22 +225,22 @@ def run_demo(
     # ablation reuses them (it skips finished runs): step (f) only adds C4, the same without MCC.
     specs = build_specs(no_mcc=True)  # [C1, C4]
     ablate_dir = out / "runs" / "ablate"
-    pretrain_dir = ablate_dir / "pretrain" / specs[0].pretrain_key()
-    eval_dir = ablate_dir / "runs" / specs[0].name
+    pretrain_dir = ablate_dir / runs.ABLATION_PRETRAIN / specs[0].pretrain_key()
+    eval_dir = ablate_dir / runs.ABLATION_RUNS / specs[0].name
 
     def pretrain_step() -> dict[str, Any]:
         result = pretrain(synth_store, pretrain_dir, apply_spec(pre_cfg, specs[0]), splits=PRETRAIN_SPLITS_WITHOUT_TEST,
                           progress=progress)
         return {"outputs": {"run": str(result.run_dir), "checkpoint": str(result.checkpoint),
-                            "metrics": str(result.run_dir / "metrics.csv")}, "last_epoch": result.last_row}
+                            "metrics": str(result.run_dir / runs.METRICS)}, "last_epoch": result.last_row}
 
     run("pretrain", pretrain_step)
 
     def eval_step() -> dict[str, Any]:
-        result = finetune(synth_store, eval_dir, apply_spec(ft_cfg, specs[0]), checkpoint=pretrain_dir / "final",
+        result = finetune(synth_store, eval_dir, apply_spec(ft_cfg, specs[0]), checkpoint=pretrain_dir / runs.FINAL,
                           seeds=size.seeds, progress=progress)
-        return {"outputs": {"run": str(eval_dir), "results": str(eval_dir / "results.json"),
-                            "checkpoint": str(eval_dir / "best-model")},
+        return {"outputs": {"run": str(eval_dir), "results": str(eval_dir / runs.RESULTS_JSON),
+                            "checkpoint": str(eval_dir / runs.BEST_MODEL)},
                 "test": {k: v[0] for k, v in result.summary.items()},
                 "test_std": {k: v[1] for k, v in result.summary.items()}, "seeds": list(size.seeds)}
 
@@ -233,8 +249,8 @@ def run_demo(
     def ablate_step() -> dict[str, Any]:
         result = ablate(synth_store, None, ablate_dir, pre_cfg, ft_cfg, specs, seeds=size.seeds,
                         progress=progress, on_note=notes.append)
-        return {"outputs": {"run": str(ablate_dir), "ablation": str(ablate_dir / "ablation.json"),
-                            "results": str(ablate_dir / "results.csv")},
+        return {"outputs": {"run": str(ablate_dir), "ablation": str(ablate_dir / runs.ABLATION_JSON),
+                            "results": str(ablate_dir / runs.RESULTS_CSV)},
                 "configurations": {r["name"]: {"status": r["status"], "avg_change": r["avg_change"]} for r in result.rows}}
 
     run("ablate", ablate_step)
@@ -259,11 +275,11 @@ def run_demo(
             run_dir = out / "runs" / "clips-eval"
             # From the plain encoder, not the synth checkpoint: synthetic audio/vision columns mean nothing
             # for real video. Two dozen clips need many small steps before the head reads the text.
-            cfg = _config(text_model, device, size.clip_epochs, 4, lr=1e-3, lr_fusion=1e-3)
+            cfg = _config("finetune", text_model, device, size.clip_epochs, 4, lr=1e-3, lr_fusion=1e-3)
             result = finetune(out / "stores" / "clips.h5", run_dir, cfg, seeds=size.seeds[:1], progress=progress)
-            state["clip_checkpoint"] = run_dir / "best-model"
-            return {"outputs": {"run": str(run_dir), "results": str(run_dir / "results.json"),
-                                "checkpoint": str(run_dir / "best-model")},
+            state["clip_checkpoint"] = run_dir / runs.BEST_MODEL
+            return {"outputs": {"run": str(run_dir), "results": str(run_dir / runs.RESULTS_JSON),
+                                "checkpoint": str(run_dir / runs.BEST_MODEL)},
                     "test": {k: v[0] for k, v in result.summary.items()}}
 
         run("finetune-clips", finetune_clips)

@@ -37,6 +37,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
@@ -46,20 +47,15 @@ from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import KEBRModel, load_tokenizer
 from kebr_core.recipes.pretrain import configure_from_store, store_widths
+from kebr_core.runs import MetricsLog
 from kebr_core.training import (
-    MetricsLog,
     ProgressFn,
     autocast,
     build_text_cache,
-    load_checkpoint_weights,
     loader_workers,
     move,
     no_progress,
-    prepare_run_dir,
-    read_checkpoint_config,
-    resolve_checkpoint,
     resolve_device,
-    save_checkpoint,
     seed_everything,
     store_features,
     train_epoch,
@@ -92,7 +88,7 @@ def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> 
 
 def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
     """Fine-tuning uses the architecture the checkpoint was pretrained with (model and MCC geometry)."""
-    saved = RunConfig.from_dict(read_checkpoint_config(checkpoint))
+    saved = RunConfig.from_dict(runs.read_checkpoint_config(checkpoint), source=f"checkpoint {checkpoint}")
     keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout"}
     for name, value in vars(saved.model).items():
         if name not in keep:
@@ -122,16 +118,24 @@ def finetune(
     cfg: RunConfig,
     *,
     checkpoint: str | Path | None = None,
-    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    seeds: Sequence[int] | None = None,
     probe: bool = False,
     std: str = "sample",
+    force: bool = False,
     progress: ProgressFn = no_progress,
 ) -> EvalResult:
-    """Fine-tune and test once per seed (module docstring); std: the spread over seeds, "sample" (ddof = 1)
-    or "population" (ddof = 0, MMSA's)."""
+    """Fine-tune and test once per seed (`seeds`, default `cfg.train.seeds`; module docstring) into
+    `run_dir`; std: the spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's).
+    Seeds finished by an earlier call with the same identity are reused. A directory holding another
+    run (other settings, data, checkpoint or seeds) is refused naming the differing keys; `force`
+    starts afresh."""
     run_dir = Path(run_dir)
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
+    if seeds is not None:
+        cfg.train.seeds = [int(s) for s in seeds]
+    cfg.validate()
+    seeds = list(cfg.train.seeds)
     store = FeatureStore(store_path)
     # A NaN label means unlabeled (README): such samples are left out of fine-tuning and evaluation, and counted.
     labels = store.labels
@@ -149,7 +153,7 @@ def finetune(
             raise KebrError(f"Store {store_path} has no labeled '{s}' samples; eval needs train, valid and test labels.")
     wanted = store_widths(store)
     if checkpoint is not None:
-        checkpoint = resolve_checkpoint(checkpoint)
+        checkpoint = runs.resolve_checkpoint(checkpoint)
         apply_checkpoint_config(cfg, Path(checkpoint))
         if (cfg.model.d_audio, cfg.model.d_vision) != wanted:
             raise KebrError(
@@ -159,11 +163,15 @@ def finetune(
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
     if info.is_main:
-        prepare_run_dir(
-            run_dir, cfg, resume=True,
-            extra={"stage": "finetune", "store": str(store_path), "checkpoint": str(checkpoint) if checkpoint else None,
-                   "seeds": list(seeds), "selection": "epoch with the lowest validation MAE", "world_size": info.world},
+        identity = runs.run_identity(cfg, "finetune", runs.data_fingerprint(store_path),
+                                     checkpoint=str(checkpoint) if checkpoint else None,
+                                     checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
+        runs.prepare_run_dir(
+            run_dir, identity, resume=True, force=force,
+            extra={"store": str(store_path), "seeds": seeds, "selection": "epoch with the lowest validation MAE",
+                   "world_size": info.world},
         )
+    barrier(info)
 
     tokenizer = load_tokenizer(cfg.model.text_model)
     token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)  # once, for every split
@@ -175,12 +183,13 @@ def finetune(
     per_seed, best_epochs, probes = [], [], []
     text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
     for n_done, seed in enumerate(seeds):
-        seed_dir = run_dir / f"seed-{seed}"
-        done_file = seed_dir / "test.json"
-        result = json.loads(done_file.read_text()) if done_file.exists() else None  # finished earlier: resume skips it
+        seed_dir = runs.seed_dir(run_dir, seed)
+        done_file = seed_dir / runs.TEST_JSON
+        # finished earlier by this same run (prepare_run_dir checked): reused
+        result = json.loads(done_file.read_text()) if done_file.exists() else None
         if result is None or (probe and "probe" not in result):
             result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
-                               best_model_dir=run_dir / "best-model", features=store_features(store),
+                               best_model_dir=run_dir / runs.BEST_MODEL, features=store_features(store),
                                text_cache=text_cache, probe=probe)
         per_seed.append(result["test"])
         if probe:
@@ -197,14 +206,23 @@ def finetune(
                       unlabeled=unlabeled)
 
 
+def build_finetune_model(cfg: RunConfig, seed: int, checkpoint: Path | None, device: torch.device) -> KEBRModel:
+    """The model a fine-tuning seed starts from: every weight initialised from `seed`, then the pretrained
+    ones (TCMF, and the encoder when it was saved) loaded over it. Both heads keep their seed's
+    initialisation: the checkpoint's fine-tuning head was never trained, and loading it would give every
+    seed the same head (their spread would then understate the std)."""
+    seed_everything(seed)
+    model = KEBRModel(cfg.model, cfg.mcc).to(device)
+    if checkpoint is not None:
+        runs.load_checkpoint_weights(model, Path(checkpoint), skip_prefixes=("pretrain_head.", "finetune_head."))
+    return model
+
+
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
               best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False) -> dict:
     if info.is_main:
         seed_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
-    model = KEBRModel(cfg.model, cfg.mcc).to(device)
-    if checkpoint is not None:
-        load_checkpoint_weights(model, Path(checkpoint), skip_prefixes=("pretrain_head.",))
+    model = build_finetune_model(cfg, seed, checkpoint, device)
     frozen = not cfg.train.unfreeze
     model.set_encoder_trainable(not frozen)
     model.pretrain_head.requires_grad_(False)  # unused while fine-tuning
@@ -219,8 +237,8 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
 
     log = None
     if info.is_main:
-        (seed_dir / "metrics.csv").unlink(missing_ok=True)
-        log = MetricsLog(seed_dir / "metrics.csv")
+        (seed_dir / runs.METRICS).unlink(missing_ok=True)
+        log = MetricsLog(seed_dir / runs.METRICS)
     best = (math.inf, 0, None)  # (valid MAE, epoch, weights)
     for epoch in range(1, cfg.train.epochs + 1):
         row = train_epoch(net, datasets["train"], collate, cache, opt, cfg, device, epoch, task="finetune",
@@ -247,19 +265,19 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
         }
     if info.is_main:
         # Fused utterance representations of the test split, for `kebr analyze` (PCA coloured by label).
-        np.savez_compressed(seed_dir / "test_features.npz", features=pooled, labels=label, predictions=pred)
+        np.savez_compressed(seed_dir / runs.TEST_FEATURES, features=pooled, labels=label, predictions=pred)
         ids = [datasets["test"].store.ids[i] for i in datasets["test"].indices]
-        with (seed_dir / "predictions.csv").open("w", newline="") as f:
+        with (seed_dir / runs.PREDICTIONS_CSV).open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "label", "prediction"])
             w.writerows(zip(ids, label.tolist(), pred.tolist()))
         # The fine-tuned model of the seed with the lowest validation MAE so far, for `kebr predict`.
-        selection = best_model_dir / "selection.json"
+        selection = best_model_dir / runs.SELECTION
         if not selection.exists() or json.loads(selection.read_text())["valid_mae"] > best[0]:
-            save_checkpoint(best_model_dir, model, cfg, include_encoder=not frozen,
-                            extra=features | {"stage": "finetune", "seed": seed})
-            selection.write_text(json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
-        (seed_dir / "test.json").write_text(json.dumps(result, indent=2))
+            runs.save_checkpoint(best_model_dir, model, cfg, include_encoder=not frozen,
+                                 extra=features | {"stage": "finetune", "seed": seed})
+            runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
+        runs.atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
     barrier(info)
     return result
 
@@ -308,8 +326,8 @@ def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_s
     }
     if probe_summary:
         payload["probe"] = {name: split_summary(stats) for name, stats in probe_summary.items()}
-    (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
-    with (run_dir / "results.csv").open("w", newline="") as f:
+    runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
+    with (run_dir / runs.RESULTS_CSV).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["metric", "mean", "std", "std_ddof", *[f"seed_{s}" for s in seeds]])
         for k, (m, sd) in summary.items():

@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import Sample
@@ -49,9 +50,7 @@ from kebr_core.model import KEBRModel, load_tokenizer
 from kebr_core.training import (
     ProgressFn,
     autocast,
-    load_checkpoint_weights,
     no_progress,
-    read_checkpoint_config,
     resolve_device,
 )
 
@@ -108,13 +107,13 @@ class Prediction:
 def resolve_predict_checkpoint(path: str | Path) -> Path:
     """A fine-tuned checkpoint folder, or a `kebr eval` run directory (its best-model/)."""
     path = Path(path)
-    for candidate in (path, path / "best-model"):
-        if (candidate / "model.safetensors").is_file() and (candidate / "config.json").is_file():
-            return candidate
+    found = runs.resolve_model_dir(path)
+    if found is not None:
+        return found
     if not path.exists():
         raise KebrError(f"The checkpoint {path} does not exist.")
     raise KebrError(
-        f"{path} is not a fine-tuned checkpoint (no model.safetensors and config.json in it or in best-model/); "
+        f"{path} is not a fine-tuned checkpoint (no {runs.WEIGHTS} and {runs.CONFIG} in it or in {runs.BEST_MODEL}/); "
         "give the best-model/ folder of a `kebr eval` run."
     )
 
@@ -184,14 +183,14 @@ class Scorer:
         self.cfg, self.device, self.includes_encoder = cfg, device, includes_encoder
         self.tokenizer = load_tokenizer(cfg.model.text_model)
         self.model = KEBRModel(cfg.model, cfg.mcc)  # a frozen encoder was not saved: it loads by name here
-        with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
+        with safe_open(str(checkpoint / runs.WEIGHTS), framework="pt") as f:
             saved = set(f.keys())
         needed = [k for k in self.model.state_dict() if k.startswith(("fusion.", "finetune_head."))
                   or (includes_encoder and k.startswith("encoder."))]
         missing = [k for k in needed if k not in saved]
         if missing:
             raise KebrError(f"Checkpoint {checkpoint} lacks weights the model needs, e.g. {missing[0]} (not a fine-tuned checkpoint?).")
-        load_checkpoint_weights(self.model, checkpoint, skip_prefixes=("pretrain_head.",))
+        runs.load_checkpoint_weights(self.model, checkpoint, skip_prefixes=("pretrain_head.",))
         self.model.to(device).eval()
         m = cfg.model
         self.collate = Collator(m.max_text_len, m.max_audio_len, m.max_vision_len, pad_id=self.tokenizer.pad_token_id or 0)
@@ -319,7 +318,7 @@ def predict(
     if batch_size < 1:
         raise KebrError(f"--batch-size must be at least 1, not {batch_size}.")
     path = resolve_predict_checkpoint(checkpoint)
-    saved = read_checkpoint_config(path)
+    saved = runs.read_checkpoint_config(path)
     options = extract_options_for(path, saved.get("features"), asr=asr, asr_model=asr_model,
                                   openface_dir=openface_dir, workers=workers)
     items = video_items(videos, text)

@@ -14,12 +14,14 @@ A sample whose transcript has no words (extraction keeps silent videos, with emp
 to mask and so no target: it is left out, counted, and the count is written to config.json
 (`samples_without_words`) and returned; a selection where no sample has words is an error.
 
-Writes into the run directory: config.json, metrics.csv (one row per epoch), checkpoints/epoch-NNNN
-(every `checkpoint_every` epochs), last/ (weights + optimizer + RNG state, for --resume) and final/.
+Writes into the run directory (`kebr_core.runs`): config.json, metrics.csv (one row per epoch),
+checkpoints/epoch-NNNN/ (weights + optimizer state, every `checkpoint_every` epochs and at the end; the
+newest `keep_checkpoints` are kept) with checkpoints/latest naming the newest, and final/.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
+from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
@@ -37,26 +40,14 @@ from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import KEBRModel, load_tokenizer
-from kebr_core.training import (
-    MetricsLog,
-    ProgressFn,
-    build_text_cache,
-    load_checkpoint_weights,
-    no_progress,
-    prepare_run_dir,
-    resolve_device,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-    train_epoch,
-)
+from kebr_core.runs import MetricsLog
+from kebr_core.training import ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch
 
 
 @dataclass
 class PretrainResult:
     run_dir: Path
-    checkpoint: Path  # final/ (or last/ when interrupted)
+    checkpoint: Path  # final/
     epochs_done: int
     last_row: dict[str, float]
     samples: int  # samples pretrained on
@@ -71,6 +62,15 @@ def store_widths(store: FeatureStore) -> tuple[int, int]:
 
 def configure_from_store(cfg: RunConfig, store: FeatureStore) -> None:
     cfg.model.d_audio, cfg.model.d_vision = store_widths(store)
+
+
+def pretrain_identity(store_path: str | Path, cfg: RunConfig, splits: Sequence[str] | None = None) -> dict:
+    """What a pretraining run directory is tied to (`kebr_core.runs`): the configuration completed from
+    the store, the store's fingerprint and the splits pretrained on."""
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    configure_from_store(cfg, FeatureStore(store_path))
+    return runs.run_identity(cfg, "pretrain", runs.data_fingerprint(store_path),
+                             splits=list(splits) if splits is not None else None)
 
 
 def pretrain_optimizer(model: KEBRModel, cfg: RunConfig) -> torch.optim.Adam:
@@ -89,10 +89,19 @@ def pretrain(
     *,
     splits: Sequence[str] | None = None,
     resume: bool = False,
+    resume_if_possible: bool = False,
+    force: bool = False,
     progress: ProgressFn = no_progress,
 ) -> PretrainResult:
-    """Pretrain on the samples of `splits` of the store (None: all of them), writing into run_dir."""
+    """Pretrain on the samples of `splits` of the store (None: all of them) into `run_dir` (layout:
+    `kebr_core.runs`).
+
+    resume: continue from the run's latest checkpoint (KebrError when there is none, unless
+    `resume_if_possible`, which starts afresh then); `train.epochs` may grow on resume. force: start
+    afresh, removing the run's own files. A directory holding another run (other settings, data or
+    splits) is refused, naming the differing keys."""
     run_dir = Path(run_dir)
+    cfg.validate()
     store = FeatureStore(store_path)
     selected = store.indices(list(splits) if splits is not None else None)
     if len(selected) == 0:
@@ -100,6 +109,11 @@ def pretrain(
         raise KebrError(f"Store {store_path} holds no samples {where} to pretrain on.")
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
+    resume = resume or resume_if_possible
+    latest = runs.latest_checkpoint(run_dir) if resume and not force else None
+    if resume and latest is None and not resume_if_possible and not force:
+        raise KebrError(f"Nothing to resume in {run_dir}: it holds no checkpoint (pass --resume-if-possible to "
+                        "start afresh when there is none).")
 
     # Masking is seeded per store index, so it is done once here and the masked texts never change.
     tokenizer = load_tokenizer(cfg.model.text_model)
@@ -112,11 +126,11 @@ def pretrain(
                         "so there is no word to mask.")
     without_words = len(selected) - len(used)
     if info.is_main:
-        prepare_run_dir(run_dir, cfg, resume, extra={
-            "stage": "pretrain", "store": str(store_path), "world_size": info.world,
-            "splits": list(splits) if splits is not None else None, "samples": len(used),
-            "samples_without_words": without_words,
-        })
+        runs.prepare_run_dir(run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
+                             may_differ=("train.epochs",) if resume else (),
+                             extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
+                                    "samples_without_words": without_words})
+    barrier(info)
     seed_everything(cfg.train.seed)
     # Samples outside `used` keep a placeholder ([CLS] [SEP], never read: the Subset leaves them out) so
     # the dataset and the text cache stay indexed by store index.
@@ -137,45 +151,50 @@ def pretrain(
     opt = pretrain_optimizer(model, cfg)
 
     start_epoch = 1
-    last_dir = run_dir / "last"
-    if resume and last_dir.exists():
-        state = torch.load(last_dir / "trainer.pt", weights_only=False)
-        load_checkpoint_weights(model, last_dir)
+    if latest is not None:
+        # Loaded to the CPU (a run checkpointed on a GPU resumes anywhere); Adam moves its state to the
+        # parameters' device, and the CPU copy is dropped with `state`.
+        state = runs.load_trainer_state(latest)
+        runs.load_checkpoint_weights(model, latest)
         opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
+        del state
     net = DistributedDataParallel(model) if info.enabled else model
-    log = MetricsLog(run_dir / "metrics.csv", truncate_after_epoch=start_epoch - 1) if info.is_main else None
+    log = MetricsLog(run_dir / runs.METRICS, truncate_after_epoch=start_epoch - 1) if info.is_main else None
+    payload = runs.checkpoint_payload(cfg, include_encoder=not frozen)
 
-    def checkpoint(path: Path, epoch: int, trainer: bool = True) -> None:
+    def save(epoch: int, weights: dict, optimizer: dict) -> None:
         if info.is_main:
-            state = {"optimizer": opt.state_dict(), "rng": rng_state(), "epoch": epoch} if trainer else None
-            save_checkpoint(path, model, cfg, include_encoder=not frozen, trainer_state=state)
+            runs.save_resume_checkpoint(run_dir, epoch, weights, payload, {"optimizer": optimizer},
+                                        keep=cfg.train.keep_checkpoints)
         barrier(info)
 
-    epoch = completed = start_epoch - 1
+    epoch = saved = start_epoch - 1
     row: dict = {}
+    snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
     try:
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
                               info=info, seed=cfg.train.seed, progress=progress)
-            completed = epoch
+            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
+                save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
+                saved, snapshot = epoch, None
+            elif info.is_main:
+                # Kept in memory so that Ctrl-C at any later moment saves this epoch's end exactly
+                # (the random streams are seeded per epoch: `seed_epoch`), never a half-done step.
+                weights = {k: v.clone() for k, v in runs.model_weights(model, not frozen).items()}  # not views
+                snapshot = (epoch, weights, copy.deepcopy(opt.state_dict()))
             if log is not None:
                 log.append(row)
             progress("pretrain", epoch, cfg.train.epochs, row)
-            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
-                checkpoint(last_dir, epoch)
-                if epoch % cfg.train.checkpoint_every == 0:
-                    checkpoint(run_dir / "checkpoints" / f"epoch-{epoch:04d}", epoch, trainer=False)
     except KeyboardInterrupt:
-        # last/ gets the state as it is now, labelled with the last epoch that finished, so --resume starts
-        # at the next one. Stopped between epochs, the resumed run is bit for bit the uninterrupted one;
-        # stopped inside an epoch, that epoch's finished steps stay in the weights and it is run again.
-        if info.is_main:
-            save_checkpoint(last_dir, model, cfg, include_encoder=not frozen,
-                            trainer_state={"optimizer": opt.state_dict(), "rng": rng_state(), "epoch": completed})
+        if info.is_main and snapshot is not None and snapshot[0] > saved:
+            runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
+                                        keep=cfg.train.keep_checkpoints)
         raise
-    final = run_dir / "final"
-    checkpoint(final, epoch, trainer=False)
+    final = run_dir / runs.FINAL
+    if info.is_main:
+        runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
+    barrier(info)
     return PretrainResult(run_dir=run_dir, checkpoint=final, epochs_done=epoch, last_row=row, samples=len(used),
                           samples_without_words=without_words)

@@ -1,0 +1,475 @@
+"""The run-directory contract: file names, identity, checkpoints (docs/design.md §6).
+
+Every writer (`pretrain`, `finetune`, `ablate`) and reader (`analysis`, `predict`) goes through this
+module; no other module spells a run file's name.
+
+A pretraining run:
+
+    config.json                 the resolved RunConfig + "stage", "store", "data" (the store's fingerprint)
+    metrics.csv                 one row per epoch (columns: `PRETRAIN_COLUMNS`)
+    checkpoints/epoch-NNNN/     model.safetensors + config.json + trainer.pt (optimizer state, epoch)
+    checkpoints/latest          the name of the newest complete epoch-NNNN folder (what --resume loads)
+    final/                      model.safetensors + config.json (what `kebr eval -c` loads)
+
+An evaluation run: config.json, results.json, results.csv, seed-S/ (metrics.csv, test.json,
+predictions.csv, test_features.npz) and best-model/ (the seed with the lowest validation MAE).
+An ablation: ablation.json, results.csv, pretrain/<key>/ and runs/<name>/ (runs of the layouts above).
+
+Identity. A run directory belongs to one resolved configuration and one input store (its path, sample
+count, a hash of ids/splits/labels, frame counts and feature description). Writing into a directory
+that holds another run stops with one sentence naming the differing keys; `force=True` removes the
+files the run wrote (the names above, nothing else) and starts afresh.
+
+Crash safety. A checkpoint is written as `<name>.tmp/`, its files fsynced, and renamed into place; the
+`latest` pointer is replaced atomically (write, fsync, `os.replace`) only after that, and older epoch
+folders are removed only after the pointer moved. A kill -9 at any point leaves `latest` naming a
+complete checkpoint (the new or the previous one). Trainer state holds only tensors, numbers and plain
+containers and is loaded with `torch.load(weights_only=True, map_location="cpu")`: a crafted file
+cannot run code.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from kebr_core.config import RunConfig
+from kebr_core.errors import KebrError
+
+# ── file and folder names ──
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+FINAL = "final"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+WEIGHTS = "model.safetensors"
+TRAINER_STATE = "trainer.pt"
+BEST_MODEL = "best-model"
+SELECTION = "selection.json"
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+TEST_JSON = "test.json"
+PREDICTIONS_CSV = "predictions.csv"
+TEST_FEATURES = "test_features.npz"
+ABLATION_JSON = "ablation.json"
+ABLATION_PRETRAIN = "pretrain"
+ABLATION_RUNS = "runs"
+PLOTS = "plots"
+LOG = "log.txt"  # what the CLI printed, appended on resume
+RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
+
+# ── metrics.csv columns (`training.epoch_row` writes them) ──
+PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
+EVAL_COLUMNS = (
+    "epoch", "train_loss", "train_task_l1", "train_mcc", "train_cos_a", "train_cos_v", "train_abs_dtheta",
+    "valid_mae", "valid_corr", "valid_acc2_non0",
+)
+
+# Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
+OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints"})
+# What a run directory's own files are: `force` removes these and nothing else.
+_OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG)
+_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last")  # last/: the layout before checkpoints/latest
+_SEED_DIR = re.compile(r"seed-(-?\d+)")
+_EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
+
+
+def seed_dir(run_dir: Path, seed: int) -> Path:
+    return Path(run_dir) / f"seed-{seed}"
+
+
+def run_seeds(run_dir: Path) -> list[int]:
+    """The seeds of an evaluation run that have a seed-S folder, numerically."""
+    found = [int(m.group(1)) for p in Path(run_dir).glob("seed-*") if (m := _SEED_DIR.fullmatch(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def epoch_dir(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"epoch-{epoch:04d}"
+
+
+# ───────────────────────── identity ─────────────────────────
+
+
+def data_fingerprint(store_path: str | Path) -> dict[str, Any]:
+    """What identifies a store's content cheaply: path, count, a hash of ids/splits/texts/labels, frame
+    counts, feature names and extraction settings."""
+    from kebr_core.data.store import FeatureStore
+
+    store = FeatureStore(store_path)
+    digest = hashlib.sha256()
+    for values in (store.ids, store.splits, store.texts):
+        digest.update("\n".join(values).encode())
+        digest.update(b"\0")
+    digest.update(np.ascontiguousarray(store.labels, dtype=np.float32).tobytes())
+    a, v = store.lengths()
+    return {
+        "store": str(Path(store_path).resolve()),
+        "samples": len(store),
+        "content_sha256": digest.hexdigest()[:16],
+        "audio_frames": int(np.sum(a)), "vision_frames": int(np.sum(v)),
+        "audio_features": len(store.audio_features), "vision_features": len(store.vision_features),
+        "features_sha256": hashlib.sha256(json.dumps([store.audio_features, store.vision_features]).encode()).hexdigest()[:16],
+        "extractor": store.attrs.get("extractor") or {},
+    }
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"mcc": {"g": 0.2}} → {"mcc.g": 0.2}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """The dotted keys whose values differ, as 'key (old → new)', operational keys left out."""
+    a, b = flatten(old), flatten(new)
+    skip = OPERATIONAL_KEYS | set(ignore)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in skip or a.get(key) == b.get(key):
+            continue
+        diffs.append(f"{key} ({_short(a.get(key, 'unset'))} → {_short(b.get(key, 'unset'))})")
+    return diffs
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else "…" + text[-57:]
+
+
+def run_identity(cfg: RunConfig, stage: str, data: Mapping[str, Any], **inputs: Any) -> dict[str, Any]:
+    """What a run directory is tied to: the stage, the configuration, the data and other inputs."""
+    return {"stage": stage, **cfg.to_dict(), "data": dict(data), **inputs}
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Remove what a kebr run wrote into `run_dir` (the contract's names), nothing else."""
+    for name in _OWN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in _OWN_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for seed in run_seeds(run_dir):
+        shutil.rmtree(seed_dir(run_dir, seed), ignore_errors=True)
+
+
+def prepare_run_dir(run_dir: Path, identity: Mapping[str, Any], *, resume: bool, force: bool = False,
+                    may_differ: Iterable[str] = (), extra: Mapping[str, Any] | None = None) -> None:
+    """Create `run_dir` and write config.json (`identity` + `extra`), or check that the run already there
+    is this one.
+
+    - empty or new folder: start;
+    - `force`: remove the run's own files, start afresh;
+    - another run there (a differing key outside OPERATIONAL_KEYS and `may_differ`): refused, naming the keys;
+    - the same run, `resume`: continue; the same run without `resume` after it trained: refused (--resume).
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG
+    if force:
+        remove_run_files(run_dir)
+    elif cfg_path.exists():
+        check_identity(run_dir, identity, may_differ)
+        if not resume and (run_dir / METRICS).exists():
+            raise KebrError(
+                f"Run directory {run_dir} already holds this run: pass --resume to continue it, --force to start it "
+                "afresh, or choose another --out."
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = dict(identity) | dict(extra or {})
+    atomic_write_text(cfg_path, json.dumps(payload, indent=2, default=str))
+
+
+def check_identity(run_dir: Path, identity: Mapping[str, Any], may_differ: Iterable[str] = ()) -> None:
+    """Refuse (one sentence naming the differing keys) when `run_dir` holds a run other than `identity`."""
+    cfg_path = Path(run_dir) / CONFIG
+    try:
+        old = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise KebrError(f"{cfg_path} is not a kebr run configuration; pass --force to start afresh or choose another --out.") from None
+    diffs = identity_differences({k: old.get(k) for k in identity}, identity, ignore=may_differ)
+    if diffs:
+        raise KebrError(
+            f"Run directory {run_dir} holds a run with other settings or data: {'; '.join(diffs)}; pass --force "
+            "to start it afresh (removes only that run's files) or choose another --out."
+        )
+
+
+# ───────────────────────── files written crash-safely ─────────────────────────
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write, fsync, rename: a reader sees the old or the new file, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_checkpoint_files(folder: Path, weights: Mapping[str, Tensor], payload: Mapping[str, Any],
+                            trainer_state: Mapping[str, Any] | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(dict(weights), str(folder / WEIGHTS))
+    (folder / CONFIG).write_text(json.dumps(payload, indent=2, default=str))
+    if trainer_state is not None:
+        torch.save(dict(trainer_state), folder / TRAINER_STATE)
+    for f in folder.iterdir():
+        _fsync_file(f)
+    _fsync_dir(folder)
+
+
+def model_weights(model: torch.nn.Module, include_encoder: bool) -> dict[str, Tensor]:
+    """The model's weights on the CPU, without the encoder when it was frozen (it is reloaded by name)."""
+    state = model.state_dict()
+    if not include_encoder:
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def checkpoint_payload(cfg: RunConfig, include_encoder: bool, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's config.json: the configuration, whether the encoder is inside, and `extra`."""
+    return cfg.to_dict() | {"includes_encoder": include_encoder} | dict(extra or {})
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, cfg: RunConfig, include_encoder: bool,
+                    extra: dict[str, Any] | None = None) -> None:
+    """A model folder (final/, best-model/): model.safetensors + config.json, replaced crash-safely:
+    written as `<path>.tmp`, the old folder moved to `<path>.old` and back by `recover_folder` if a kill
+    comes between the two renames."""
+    path = Path(path)
+    recover_folder(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_checkpoint_files(tmp, model_weights(model, include_encoder), checkpoint_payload(cfg, include_encoder, extra), None)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(path: Path) -> None:
+    """After a kill inside `save_checkpoint`: put `<path>.old` back when `<path>` is missing."""
+    old = path.with_name(path.name + ".old")
+    if old.exists() and not path.exists():
+        os.replace(old, path)
+    elif old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tensor], payload: Mapping[str, Any],
+                           trainer_state: Mapping[str, Any], keep: int = 0) -> Path:
+    """checkpoints/epoch-NNNN/ with trainer state, then the `latest` pointer, then retention (`keep` newest
+    epoch folders; 0 keeps all). Every step leaves `latest` naming a complete checkpoint."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    target = epoch_dir(run_dir, epoch)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_checkpoint_files(tmp, weights, payload, dict(trainer_state) | {"epoch": epoch})
+    current = latest_checkpoint(run_dir)
+    if target.exists() and target != current:  # left by a run killed before its pointer moved: stale
+        shutil.rmtree(target)
+    if target.exists():  # the same epoch saved again (its content is the same state): keep the one there
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, target)
+        _fsync_dir(root)
+    atomic_write_text(root / LATEST, target.name + "\n")
+    _apply_retention(root, target, keep)
+    return target
+
+
+def _apply_retention(root: Path, latest: Path, keep: int) -> None:
+    for stray in root.glob("*.tmp"):  # left by a kill before a rename
+        shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
+    if keep <= 0:
+        return
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and _EPOCH_DIR.fullmatch(p.name)), key=lambda p: p.name)
+    for old in folders[:-keep]:
+        if old != latest:
+            shutil.rmtree(old)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` names (complete by construction), or None when there is none."""
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    if not (folder / TRAINER_STATE).is_file():
+        raise KebrError(f"{pointer} names {folder.name}, which holds no {TRAINER_STATE}; the run cannot be resumed.")
+    return folder
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state, loaded to the CPU with weights_only=True: only tensors, numbers and
+    plain containers are accepted, so a crafted file is refused instead of running its code."""
+    path = Path(folder) / TRAINER_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for a crafted file; RuntimeError for a damaged one
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KebrError(f"{path} is not a safe kebr trainer state and was not loaded ({first[:160]}).") from None
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or "optimizer" not in state:
+        raise KebrError(f"{path} is not a kebr trainer state (expected the keys epoch and optimizer).")
+    return state
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run directory whose final/ (else its latest checkpoint) is meant."""
+    path = Path(path)
+    recover_folder(path / FINAL)
+    for candidate in (path, path / FINAL):
+        if (candidate / WEIGHTS).exists():
+            return candidate
+    latest = latest_checkpoint(path) if (path / CHECKPOINTS / LATEST).is_file() else None
+    if latest is not None:
+        return latest
+    raise KebrError(f"{path} is not a kebr checkpoint or run directory (no {WEIGHTS} in it, {FINAL}/ or {CHECKPOINTS}/).")
+
+
+def resolve_model_dir(path: str | Path) -> Path | None:
+    """A fine-tuned model folder: `path` itself or its best-model/ (for `kebr predict`); None if neither."""
+    path = Path(path)
+    recover_folder(path / BEST_MODEL)
+    for candidate in (path, path / BEST_MODEL):
+        if (candidate / WEIGHTS).is_file() and (candidate / CONFIG).is_file():
+            return candidate
+    return None
+
+
+def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    cfg_file = Path(path) / CONFIG
+    if not (Path(path) / WEIGHTS).exists() or not cfg_file.exists():
+        raise KebrError(f"{path} is not a kebr checkpoint (expected {WEIGHTS} and {CONFIG} inside).")
+    return json.loads(cfg_file.read_text())
+
+
+def load_checkpoint_weights(model: torch.nn.Module, path: Path, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Load a checkpoint's weights into `model`; shape mismatches are one clear sentence."""
+    state = load_file(str(Path(path) / WEIGHTS))
+    state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise KebrError(
+                f"Checkpoint {path} does not fit this data: weight {k} has shape {tuple(v.shape)}, "
+                f"the model needs {tuple(own[k].shape)} (different feature dimensions or text model?)."
+            )
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise KebrError(f"Checkpoint {path} has weights this model does not know, e.g. {unknown[0]}.")
+    model.load_state_dict(state, strict=False)
+
+
+# ───────────────────────── metrics.csv ─────────────────────────
+
+
+class MetricsLog:
+    """Per-epoch metrics appended to a CSV (header from the first row); survives resume."""
+
+    def __init__(self, path: Path, truncate_after_epoch: int | None = None):
+        self.path = path
+        if truncate_after_epoch is not None and path.exists():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= truncate_after_epoch]
+            self.path.unlink()
+            for r in rows:
+                self.append(r)
+
+    def append(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def weights_sha256(path: str | Path) -> str:
+    """A hash of a checkpoint's weights (a retrained checkpoint is another input of the runs made from it)."""
+    digest = hashlib.sha256()
+    with open(Path(path) / WEIGHTS, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# ───────────────────────── the results table across runs ─────────────────────────
+
+# MMSA's result columns (its results/<dataset>.csv), then where the row comes from.
+RESULTS_TABLE_METRICS = {
+    "Has0_acc_2": "acc2_has0", "Has0_F1_score": "f1_has0", "Non0_acc_2": "acc2_non0", "Non0_F1_score": "f1_non0",
+    "Mult_acc_5": "acc5", "Mult_acc_7": "acc7", "MAE": "mae", "Corr": "corr",
+}
+RESULTS_TABLE_COLUMNS = ("Model", "Dataset", *RESULTS_TABLE_METRICS, "Seeds", "Run")
+
+
+@dataclass
+class ResultsRow:
+    """One configuration's result on one dataset: `summary` maps metric → (mean, std) over `seeds`."""
+
+    model: str
+    dataset: str
+    run_dir: Path
+    seeds: list[int]
+    summary: Mapping[str, tuple[float, float]]
+
+    def cells(self) -> dict[str, str]:
+        """MMSA's cells: "(mean, std)", accuracies and F1 in percent with 2 decimals, MAE and Corr with 4."""
+        cells = {"Model": self.model, "Dataset": self.dataset}
+        for column, key in RESULTS_TABLE_METRICS.items():
+            mean, std = self.summary.get(key, (float("nan"), float("nan")))
+            scale, digits = (1.0, 4) if key in ("mae", "corr") else (100.0, 2)
+            cells[column] = f"({round(mean * scale, digits)}, {round(std * scale, digits)})"
+        return cells | {"Seeds": ",".join(str(s) for s in self.seeds), "Run": str(Path(self.run_dir).resolve())}
+
+
+def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
+    """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others."""
+    path = Path(path)
+    table: dict[tuple[str, str], dict[str, str]] = {}
+    if path.is_file():
+        with path.open(newline="") as f:
+            for r in csv.DictReader(f):
+                table[(r.get("Run", ""), r.get("Dataset", ""))] = r
+    for row in rows:
+        cells = row.cells()
+        table[(cells["Run"], cells["Dataset"])] = cells
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULTS_TABLE_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(table.values())
+    os.replace(tmp, path)
