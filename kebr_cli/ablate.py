@@ -70,6 +70,7 @@ def ablate(
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder while pretraining too (default: frozen, as the authors)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a pretraining checkpoint every N epochs (and at the end)."),
+    keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders of each pretraining (0 = all)."),
     nproc_per_node: int = NProc, preset: Optional[str] = Preset,
     std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),

@@ -120,7 +120,8 @@ def test_training_option_names_agree() -> None:
         return set(re.findall(r"│ (?:\*\s+)?(--[a-z0-9-]+)", text))
 
     training = (options(helps["pretrain"]) | options(helps["eval"])) - {
-        "--resume", "--seed", "--checkpoint-every", "--help", "--epochs", "--pretrained", "--dataset", "--out"}
+        "--resume", "--resume-if-possible", "--seed", "--checkpoint-every", "--help", "--epochs", "--pretrained", "--dataset",
+        "--out"}  # ablate always continues its finished work: no --resume flags
     missing = training - options(helps["ablate"])
     assert not missing, missing
 
