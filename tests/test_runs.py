@@ -287,6 +287,28 @@ def test_resume_without_a_checkpoint_fails_unless_if_possible(tiny_store: Path, 
     assert r.exit_code == 1 and "train.lr (0.0001 → 0.001)" in r.stderr and "--force" in r.stderr
 
 
+def test_a_run_checkpointed_on_a_gpu_resumes_on_the_cpu(tiny_store: Path, tmp_path: Path) -> None:
+    """A trainer state whose tensors were saved from CUDA (its storages tagged "cuda:0", as torch.save
+    writes them on a GPU) loads on a CPU-only machine: load_trainer_state maps it to the CPU. Without
+    map_location, torch.load refuses such a file when CUDA is absent."""
+    from unittest import mock
+
+    out = tmp_path / "pre"
+    pretrain(tiny_store, out, small_cfg("pretrain", epochs=1))
+    path = runs.latest_checkpoint(out) / runs.TRAINER_STATE
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
+        torch.save(state, path)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)  # the file really claims a GPU
+    loaded = runs.load_trainer_state(path.parent)
+    moments = [v for s in loaded["optimizer"]["state"].values() for v in s.values() if torch.is_tensor(v)]
+    assert moments and all(v.device.type == "cpu" for v in moments)
+    result = pretrain(tiny_store, out, small_cfg("pretrain", epochs=2), resume=True)
+    assert result.epochs_done == 2
+
+
 class _Payload:
     def __init__(self, marker: Path):
         self.marker = marker
