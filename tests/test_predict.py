@@ -29,9 +29,6 @@ from kebr_core.recipes.predict import SENTIMENT_CLASSES, polarity, predict, sent
 
 import media  # tests/media.py
 
-needs_espeak = pytest.mark.skipif(
-    not media.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it"
-)
 VISION = "mediapipe" if find_spec("mediapipe") is not None else "none"
 runner = CliRunner()
 
@@ -47,8 +44,6 @@ def tiny_config(epochs: int = 1) -> RunConfig:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Demo clips → store (manifest text, labels, splits) → a 1-epoch fine-tuned checkpoint."""
-    if not media.espeak_available():
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); CI installs it")
     from kebr_core.demo_media import make_demo_clips
 
     root = tmp_path_factory.mktemp("predict")
@@ -71,7 +66,6 @@ def test_sentiment_class_and_polarity_hand_values():
     assert SENTIMENT_CLASSES[-3] == "highly negative" and SENTIMENT_CLASSES[1] == "weakly positive"
 
 
-@needs_espeak
 def test_predict_reproduces_the_finetuning_prediction_of_a_test_clip(trained: dict):
     store = FeatureStore(trained["store"])
     with open(trained["run"] / "seed-0" / "predictions.csv") as f:
@@ -90,7 +84,6 @@ def test_predict_reproduces_the_finetuning_prediction_of_a_test_clip(trained: di
     assert entry["text"] == store.text(i) and entry["text_source"] == "option" and entry["error"] is None
 
 
-@needs_espeak
 def test_predict_scores_good_and_no_audio_clips_and_gives_the_corrupt_ones_reason(trained: dict, tmp_path: Path):
     good = trained["clips"].heldout[0]  # with a sidecar transcript beside it
     noaudio = media.make_clip(tmp_path / "noaudio.mp4", "the film was fine", audio=False, fps=10).path
@@ -129,7 +122,6 @@ def test_predict_scores_good_and_no_audio_clips_and_gives_the_corrupt_ones_reaso
     assert "cannot be opened" in table.output or "cannot be decoded" in table.output or "Invalid data" in table.output
 
 
-@needs_espeak
 def test_predict_exits_non_zero_only_when_nothing_was_scored(trained: dict, tmp_path: Path):
     corrupt = media.make_corrupt(tmp_path / "corrupt.mp4")
     empty = media.make_empty(tmp_path / "empty.mov")
@@ -140,7 +132,6 @@ def test_predict_exits_non_zero_only_when_nothing_was_scored(trained: dict, tmp_
     assert "none of the 2 video(s) could be scored" in result.stderr
 
 
-@needs_espeak
 def test_predict_refuses_a_checkpoint_trained_on_synthetic_features(trained: dict, tmp_path: Path):
     synth = tmp_path / "synth.h5"
     generate_synth(synth, SynthConfig(n=40, audio_len=(5, 10), vision_len=(2, 5)))
@@ -164,7 +155,6 @@ def test_predict_refuses_a_checkpoint_trained_on_synthetic_features(trained: dic
         predict([good], ckpt, asr="none")
 
 
-@needs_espeak
 def test_predict_option_errors_are_one_sentence(trained: dict, tmp_path: Path):
     good = trained["clips"].heldout[0]
     two = runner.invoke(app, ["predict", str(good), str(good), "-c", str(trained["checkpoint"]), "--text", "hi"])

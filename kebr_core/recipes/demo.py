@@ -17,8 +17,8 @@ Steps (each a real recipe of kebr_core, called in this process), and where their
     predict         the held-out clips scored by that checkpoint            predictions.json
 
 and `summary.json`: every output path by step, the status and time of each step, the test metrics
-of `eval`, the predictions and the notes. Without espeak-ng the clip steps are skipped (the note says
-how to install it) and the synth steps still run. The text encoder is frozen in every stage (its
+of `eval`, the predictions and the notes. Speech needs no system package; should espeak-ng's library
+fail to load, the clip steps are skipped (the note says how to reinstall it) and the synth steps still run. The text encoder is frozen in every stage (its
 outputs are computed once per run). Measured: the full demo took 183 s with the embedded MiniLM on 2 CPU
 cores shared with other jobs (load ≈ 4), one PyTorch thread (`kebr demo --threads`).
 
@@ -120,7 +120,7 @@ def run_demo(
     on_step: StepFn = lambda step, status, info: None,
 ) -> DemoResult:
     """Run every step of the demo into `out` and write out/summary.json. Raises KebrError for a bad
-    output folder; a missing espeak-ng skips the clip steps with a note instead."""
+    output folder; an espeak-ng library that cannot be loaded skips the clip steps with a note instead."""
     from kebr_core.analysis import analyze
     from kebr_core.data.synth import SynthConfig, generate_synth
     from kebr_core.demo_media import ESPEAK_HINT, espeak_available, make_demo_clips
@@ -158,7 +158,7 @@ def run_demo(
     if not have_espeak:
         notes.append(f"{ESPEAK_HINT}; the video steps were skipped and the demo ran on the synthetic store only.")
         for step in ("clips", "extract"):
-            skip(step, "espeak-ng is not installed")
+            skip(step, "espeak-ng could not be loaded")
     else:
         def clips() -> dict[str, Any]:
             made = make_demo_clips(out / "clips", n=size.clips, heldout=size.heldout)
@@ -252,7 +252,7 @@ def run_demo(
     # (g) fine-tune on the clips, predict the held-out ones -------------------------------------------
     if not have_espeak:
         for step in ("finetune-clips", "predict"):
-            skip(step, "espeak-ng is not installed")
+            skip(step, "espeak-ng could not be loaded")
     else:
         def finetune_clips() -> dict[str, Any]:
             run_dir = out / "runs" / "clips-eval"
