@@ -44,6 +44,10 @@ def extract(
     vision: str = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
     fps: float = typer.Option(10.0, "--fps", help="Vision frames per second."),
+    transcripts: Optional[Path] = typer.Option(
+        None, "--transcripts",
+        help="A table of transcripts, one row per video: a header with id and text columns, tab- or comma-separated (id = path below INPUTS without extension). Read before sidecars and ASR.",
+    ),
     asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
     workers: int = typer.Option(1, "--workers", "-j", help="Worker processes (the main process alone writes the store; 0 = extract in the main process)."),
@@ -91,7 +95,7 @@ def extract(
                 # Resumed videos are done already: the bar (and its ETA) covers this run's work only.
                 prog.update(task, total=event.total - event.skipped, completed=fresh, info=info)
 
-            summary = run_extract(source, out, options, progress=on_progress, source=label)
+            summary = run_extract(source, out, options, progress=on_progress, source=label, transcripts=transcripts)
 
     table = Table(title=f"kebr extract → {out}")
     for name in ("videos", "done", "skipped", "no audio", "no speech", "no face", "failed", "time", "speed"):
@@ -105,6 +109,10 @@ def extract(
     console.print(table)
     if summary.no_face_frames:
         console.print(f"{summary.no_face_frames} frames without a face were dropped.")
+    if summary.unmatched_transcripts:
+        shown = ", ".join(summary.unmatched_transcripts[:5]) + (" …" if len(summary.unmatched_transcripts) > 5 else "")
+        console.print(f"[yellow]{len(summary.unmatched_transcripts)} id(s) of {transcripts} name no video here:[/] {shown}",
+                      highlight=False)
     if summary.unsupported:
         shown = ", ".join(summary.unsupported[:5]) + (" …" if len(summary.unsupported) > 5 else "")
         console.print(f"[yellow]{len(summary.unsupported)} file(s) ignored (unsupported extension):[/] {shown}")

@@ -44,6 +44,10 @@ def predict(
         ..., "--checkpoint", "-c", help="A fine-tuned checkpoint (RUN/best-model) or a `kebr eval` run directory."
     ),
     text: Optional[str] = typer.Option(None, "--text", help="The transcript of the (single) video, instead of a sidecar or ASR."),
+    transcripts: Optional[Path] = typer.Option(
+        None, "--transcripts",
+        help="A table of transcripts for many videos: a header with id and text columns, tab- or comma-separated (id = file name without extension, or path below a folder given). Read before sidecars and ASR.",
+    ),
     asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no --text or sidecar (.txt/.srt/.vtt): pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="For a checkpoint trained on OpenFace CSVs: the folder with <stem>.csv per video."),
@@ -73,7 +77,7 @@ def predict(
             prog.update(tasks[stage], completed=done, total=total)
 
         predictions = run_predict(
-            videos, checkpoint, text=text, asr=asr, asr_model=asr_model, openface_dir=openface_dir, workers=workers,
+            videos, checkpoint, text=text, transcripts=transcripts, asr=asr, asr_model=asr_model, openface_dir=openface_dir, workers=workers,
             batch_size=batch_size, device=device, progress=on_progress,
         )
         payload = [p.to_dict() for p in predictions]

@@ -164,3 +164,34 @@ def test_predict_option_errors_are_one_sentence(trained: dict, tmp_path: Path):
     not_ckpt = runner.invoke(app, ["predict", str(good), "-c", str(tmp_path)])
     assert not_ckpt.exit_code == 1 and "is not a fine-tuned checkpoint" in not_ckpt.stderr
     assert math.isfinite(predict([good], trained["checkpoint"], asr="none")[0].score)
+
+
+def test_predict_reads_a_transcript_table(trained: dict, tmp_path: Path):
+    store = FeatureStore(trained["store"])
+    with open(trained["run"] / "seed-0" / "predictions.csv") as f:
+        expected = {row["id"]: float(row["prediction"]) for row in csv.DictReader(f)}
+    sample_id = next(iter(expected))  # a test-split clip: the table gives it its manifest text
+    video_id, clip_id = sample_id.split("$_$")
+    table = tmp_path / "transcripts.tsv"
+    table.write_text(f"id\ttext\n{video_id}/{clip_id}.mp4\t{store.text(store.ids.index(sample_id))}\n"
+                     "heldout/heldout0\tnot what the sidecar says\nsomewhere/else\tno such video\n")
+    root = trained["clips"].root  # a folder: ids are paths below it
+    result = runner.invoke(app, ["predict", str(root), "-c", str(trained["run"]), "--transcripts", str(table),
+                                 "--asr", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    entries = {Path(e["video"]).relative_to(root).with_suffix("").as_posix(): e for e in json.loads(result.stdout)}
+    clip = entries[f"{video_id}/{clip_id}"]
+    assert clip["text_source"] == "table" and clip["raw_score"] == pytest.approx(expected[sample_id], abs=1e-4)
+    held = entries["heldout/heldout0"]
+    assert held["text"] == "not what the sidecar says" and held["text_source"] == "table"  # before the sidecar
+    others = [e for key, e in entries.items() if key not in (f"{video_id}/{clip_id}", "heldout/heldout0")]
+    assert others and all(e["text_source"] == "asr:none" and e["text"] == "" for e in others)
+
+    # Two files with the same name: the table cannot tell them apart; --text and a table: one or the other.
+    a, b = (str(root / vid / "0.mp4") for vid in sorted({i.split("$_$")[0] for i in store.ids})[:2])
+    twins = tmp_path / "twins.csv"
+    twins.write_text("id,text\n0,hello\n")
+    result = runner.invoke(app, ["predict", a, b, "-c", str(trained["run"]), "--transcripts", str(twins)])
+    assert result.exit_code == 1 and "The id '0' in" in result.stderr and "names 2 videos" in result.stderr
+    result = runner.invoke(app, ["predict", a, "-c", str(trained["run"]), "--transcripts", str(twins), "--text", "hi"])
+    assert result.exit_code == 1 and "not both" in result.stderr and "Traceback" not in result.output

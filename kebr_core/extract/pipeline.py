@@ -5,7 +5,7 @@
 
 Per video (`Extractor.process`, in a worker process, or in this process with `workers=0`): decode
 the audio once with PyAV (22050 Hz for features, 16 kHz for ASR), compute the audio feature set,
-find the transcript (manifest text -> sidecar -> ASR), sample the pictures at `fps` and run the
+find the transcript (manifest text or transcript table -> sidecar -> ASR), sample the pictures at `fps` and run the
 vision backend. Nothing is written there: the main process alone writes the store, in input order
 whatever the number of workers, so a run with 4 workers, a resumed run and a single uninterrupted
 run give the same store.
@@ -15,8 +15,8 @@ decoded. Failed ids are not retried by a rerun (the store keeps errors apart fro
 the retry to a new store and merge. Sharding (`shard=(i, n)`, 0 <= i < n) keeps the ids whose CRC-32
 is i modulo n, a split that does not depend on the order in which the files are listed.
 
-Transcripts: `text_source` is `manifest`, `sidecar`, or `asr:<backend>` (the ASR's output, possibly
-empty); with `asr="none"` and no other source the text is empty and the source `asr:none`.
+Transcripts: `text_source` is `manifest`, `table` (`transcripts=`, a file of id and text; see
+kebr_core.extract.transcripts), `sidecar`, or `asr:<backend>` (the ASR's output, possibly empty); with `asr="none"` and no other source the text is empty and the source `asr:none`.
 
 Bad input never stops the batch: a missing, empty, corrupt or undecodable file becomes an entry in
 the store's `errors`; a video without an audio track, with silence, or without a face is still a
@@ -33,7 +33,7 @@ import zlib
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -43,7 +43,7 @@ from kebr_core.data.store import Sample, StoreWriter
 from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
 from kebr_core.extract.asr import ASR_SAMPLE_RATE, AsrBackend, check_asr_options, make_asr
-from kebr_core.extract.transcripts import SIDECAR_EXTENSIONS, find_sidecar, read_sidecar
+from kebr_core.extract.transcripts import SIDECAR_EXTENSIONS, find_sidecar, read_sidecar, read_transcript_table
 from kebr_core.extract.video import VIDEO_EXTENSIONS, MediaError, iter_frames, probe, read_audio
 from kebr_core.extract.vision import (
     VisionBackend,
@@ -91,12 +91,14 @@ class ExtractOptions:
 @dataclass
 class VideoItem:
     """One video to extract. `key` is its path below the input folder without extension (OpenFace CSV
-    lookup); `text` is the manifest transcript (None: look for a sidecar, then ASR)."""
+    lookup, transcript tables); `text` is the manifest's or the table's transcript, as `text_source`
+    says (None: look for a sidecar, then ASR)."""
 
     id: str
     path: Path
     key: str = ""
     text: str | None = None
+    text_source: str = "manifest"
     label: float = float("nan")
     split: str = "unlabeled"
 
@@ -142,6 +144,7 @@ class ExtractSummary:
     no_face: int = 0  # samples without a single face frame
     no_face_frames: int = 0  # frames dropped for lack of a face, over all samples
     unsupported: list[str] = field(default_factory=list)  # files ignored for their extension
+    unmatched_transcripts: list[str] = field(default_factory=list)  # transcript table ids naming no video
     failures: dict[str, str] = field(default_factory=dict)  # id -> message
     no_face_frames_by_id: dict[str, int] = field(default_factory=dict)  # ids with >= 1 dropped frame
     elapsed: float = 0.0
@@ -238,6 +241,34 @@ def resolve_inputs(inputs: Path | Sequence[VideoItem]) -> tuple[list[VideoItem],
     raise KebrError(f"the input {path} does not exist")
 
 
+def attach_transcripts(items: Sequence[VideoItem], table_path: Path) -> tuple[list[VideoItem], list[str]]:
+    """(the items, those whose key the transcript table names given that row's text with source
+    `table`, and the table's ids that name no item). The other items keep looking for a sidecar,
+    then ASR. Raises KebrError when an item already has a transcript (a manifest), when an id names
+    two videos, or when no id names any."""
+    table = read_transcript_table(table_path)
+    if any(item.text is not None for item in items):
+        raise KebrError(f"The videos already have transcripts from their manifest; give them there or in "
+                        f"{table_path}, not both.")
+    by_key: dict[str, list[int]] = {}
+    for k, item in enumerate(items):
+        by_key.setdefault(item.key, []).append(k)
+    items = list(items)
+    for video_id, text in table.items():
+        named = by_key.get(video_id, [])
+        if len(named) > 1:
+            raise KebrError(f"The id {video_id!r} in {table_path} names {len(named)} videos "
+                            f"({', '.join(str(items[k].path) for k in named)}); give the videos as one folder, whose paths tell them apart.")
+        for k in named:
+            items[k] = replace(items[k], text=text, text_source="table")
+    unmatched = [video_id for video_id in table if video_id not in by_key]
+    if len(unmatched) == len(table):
+        example = next(iter(by_key), "clip01")
+        raise KebrError(f"None of the {len(table)} ids in {table_path} names one of the videos (ids are the path "
+                        f"below the folder without extension, e.g. {example!r}; the table's first is {unmatched[0]!r}).")
+    return items, unmatched
+
+
 def in_shard(sample_id: str, shard: tuple[int, int] | None) -> bool:
     if shard is None:
         return True
@@ -304,7 +335,7 @@ class Extractor:
             raise MediaError(f"{path} has neither an audio nor a video stream")
 
         # Transcript sources that need no audio come first; ASR only when they give nothing.
-        text, source = item.text, "manifest"
+        text, source = item.text, item.text_source
         if text is None:
             sidecar = find_sidecar(path)
             if sidecar is not None:
@@ -510,12 +541,14 @@ def extract(
     progress: Callable[[ProgressEvent], None] | None = None,
     *,
     source: str | None = None,
+    transcripts: Path | None = None,
 ) -> ExtractSummary:
     """Extract every video of `inputs` (a folder, a video file, or items) into the store `out_path`.
 
     Returns the counts; raises KebrError for bad options or inputs (one sentence). An exception
     raised by `progress` stops the run after committing what was written (the next run resumes).
-    `source` is recorded in the store's attrs (default: the input path).
+    `source` is recorded in the store's attrs (default: the input path). `transcripts`: a table of
+    id and text (`attach_transcripts`) read before the sidecars and ASR.
     """
     options = options or ExtractOptions()
     options.validate()
@@ -524,7 +557,10 @@ def extract(
         raise KebrError(
             f"no videos found in {inputs} (looked for {', '.join(VIDEO_EXTENSIONS)}, recursively)"
         )
-    summary = ExtractSummary(unsupported=unsupported)
+    unmatched: list[str] = []
+    if transcripts is not None:
+        items, unmatched = attach_transcripts(items, transcripts)
+    summary = ExtractSummary(unsupported=unsupported, unmatched_transcripts=unmatched)
     seen: set[str] = set()
     unique = []
     for item in items:
