@@ -216,12 +216,18 @@ DEMO_SENTENCES: tuple[tuple[str, float], ...] = (
     ("a sweet and charming little story", 2.0),
     ("the script was dull and lame", -2.0),
 )
-# Held out of the labeled set: what `kebr demo` predicts at the end (positive, negative, neutral).
+# Held out of the labeled set: what `kebr demo` predicts at the end. Sentences with none of the
+# training sentences' exact wording; all but one clearly positive or negative (|label| >= 1).
 DEMO_HELDOUT: tuple[tuple[str, float], ...] = (
     ("i loved the movie it was amazing", 2.6),
     ("the film was horrible and boring", -2.4),
     ("the movie was shot in the winter", 0.0),
+    ("a great film with a wonderful cast", 2.4),
+    ("the story was awful and the acting was bad", -2.6),
+    ("i enjoyed it and the music was beautiful", 2.2),
+    ("a dull and terrible waste of time", -2.6),
 )
+CLEAR = 1.0  # a held-out label at least this far from 0 has a sign the demo's model should get right
 VOICES = ("en-us+m3", "en-us+f3")
 
 
