@@ -38,14 +38,9 @@ CROP_ORIGIN = (70, 10)  # its mean top-left corner (x, y): the face sits near th
 SPEECH_VOICE = "en-us+m3"  # of espeak-ng's voices, the one PocketSphinx recognises best (measured)
 SPEECH_RATE = 160  # words per minute
 SPEECH_PITCH = 50  # espeak-ng's default pitch (0-99)
-ESPEAK_HINT = "espeak-ng's library could not be loaded; reinstall it with `pip install espeakng-loader`"
 
 # A photo and the (x, y) position of its top-left corner in the astronaut photo's coordinates.
 Photo = tuple[np.ndarray, tuple[int, int]]
-
-
-def espeak_available() -> bool:
-    return tts.available()
 
 
 @lru_cache(maxsize=64)

@@ -21,6 +21,7 @@ import numpy as np
 from kebr_core.errors import KebrError
 
 WORKER = Path(__file__).with_name("espeak_worker.py")
+UNAVAILABLE = "espeak-ng's library could not be loaded; reinstall it with `pip install espeakng-loader`"
 
 
 def available() -> bool:

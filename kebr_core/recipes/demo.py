@@ -14,13 +14,15 @@ Steps (each a real recipe of kebr_core, called in this process), and where their
     analyze         PNG plots of the ablation, the evaluation and the pretraining   <run>/plots/
     finetune-clips  fine-tuning on the clips store: a checkpoint that scores videos
                                                                             runs/clips-eval/best-model/
-    predict         the held-out clips scored by that checkpoint, with how long it trained and how
-                    many clearly positive/negative clips got the right sign predictions.json
+    predict         the held-out clips scored by that checkpoint            predictions.json
+                    (with how long it trained, and how many clearly positive or negative
+                    clips got the right sign)
 
 and `summary.json`: every output path by step, the status and time of each step, the test metrics
-of `eval`, the predictions and the notes. Speech needs no system package; should espeak-ng's library
-fail to load, the clip steps are skipped (the note says how to reinstall it) and the synth steps still run. The text encoder is frozen in every stage (its
-outputs are computed once per run). Measured: the full demo took 183 s with the embedded MiniLM on 2 CPU
+of `eval`, the predictions and the notes. Speech needs no system package (kebr_core.speech); should
+espeak-ng's library fail to load, the clip steps are skipped (the note says how to reinstall it) and
+the synth steps still run. The text encoder is frozen in every stage (its outputs are computed once
+per run). Measured: the full demo took 183 s with the embedded MiniLM on 2 CPU
 cores shared with other jobs (load ≈ 4), one PyTorch thread (`kebr demo --threads`).
 
 `quick=True` is a reduced size for tests (8 clips, 120 synthetic samples, 1–2 epochs, one seed): a
@@ -144,7 +146,8 @@ def run_demo(
     from kebr_core.analysis import analyze
     from kebr_core.data.synth import SynthConfig, generate_synth
     from kebr_core.data.store import FeatureStore
-    from kebr_core.demo_media import ESPEAK_HINT, espeak_available, make_demo_clips
+    from kebr_core import speech
+    from kebr_core.demo_media import make_demo_clips
     from kebr_core.extract.pipeline import ExtractOptions, extract, read_manifest
     from kebr_core.recipes.ablate import ablate, apply_spec, build_specs
     from kebr_core.recipes.finetune import finetune
@@ -175,9 +178,9 @@ def run_demo(
     ft_cfg = _config(text_model, device, size.finetune_epochs, size.batch_size, lr=1e-3, lr_fusion=1e-4)
 
     # (a) clips -------------------------------------------------------------------------------------
-    have_espeak = espeak_available()
+    have_espeak = speech.available()
     if not have_espeak:
-        notes.append(f"{ESPEAK_HINT}; the video steps were skipped and the demo ran on the synthetic store only.")
+        notes.append(f"{speech.UNAVAILABLE}; the video steps were skipped and the demo ran on the synthetic store only.")
         for step in ("clips", "extract"):
             skip(step, "espeak-ng could not be loaded")
     else:
