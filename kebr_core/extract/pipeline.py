@@ -5,8 +5,8 @@
 
 Per video (`Extractor.process`, in a worker process, or in this process with `workers=0`): decode
 the audio once with PyAV (22050 Hz for features, 16 kHz for ASR), compute the audio feature set,
-find the transcript (manifest text or transcript table -> sidecar -> ASR), sample the pictures at `fps` and run the
-vision backend. Nothing is written there: the main process alone writes the store, in input order
+find the transcript (manifest text or transcript table -> sidecar -> ASR), sample the pictures at
+`fps` and run the vision backend. Nothing is written there: the main process alone writes the store, in input order
 whatever the number of workers, so a run with 4 workers, a resumed run and a single uninterrupted
 run give the same store.
 
@@ -16,7 +16,8 @@ the retry to a new store and merge. Sharding (`shard=(i, n)`, 0 <= i < n) keeps 
 is i modulo n, a split that does not depend on the order in which the files are listed.
 
 Transcripts: `text_source` is `manifest`, `table` (`transcripts=`, a file of id and text; see
-kebr_core.extract.transcripts), `sidecar`, or `asr:<backend>` (the ASR's output, possibly empty); with `asr="none"` and no other source the text is empty and the source `asr:none`.
+kebr_core.extract.transcripts), `sidecar`, or `asr:<backend>` (the ASR's output, possibly empty);
+with `asr="none"` and no other source the text is empty and the source `asr:none`.
 
 Bad input never stops the batch: a missing, empty, corrupt or undecodable file becomes an entry in
 the store's `errors`; a video without an audio track, with silence, or without a face is still a
@@ -242,10 +243,10 @@ def resolve_inputs(inputs: Path | Sequence[VideoItem]) -> tuple[list[VideoItem],
 
 
 def attach_transcripts(items: Sequence[VideoItem], table_path: Path) -> tuple[list[VideoItem], list[str]]:
-    """(the items, those whose key the transcript table names given that row's text with source
-    `table`, and the table's ids that name no item). The other items keep looking for a sidecar,
-    then ASR. Raises KebrError when an item already has a transcript (a manifest), when an id names
-    two videos, or when no id names any."""
+    """Copies of `items` in which those whose key the transcript table names carry that row's text
+    (source `table`); the others keep looking for a sidecar, then ASR. Returns (the items, the
+    table's ids that name no item). Raises KebrError when an item already has a transcript (from a
+    manifest), when an id names two videos, or when no id names any."""
     table = read_transcript_table(table_path)
     if any(item.text is not None for item in items):
         raise KebrError(f"The videos already have transcripts from their manifest; give them there or in "
