@@ -101,10 +101,11 @@ def demo(
     force: bool = typer.Option(False, "--force", help="Replace a demo already in --out (only the demo's own files are removed)."),
     threads: int = typer.Option(1, "--threads", help="CPU threads of PyTorch (0 = its default). The demo's batches are small: one thread is nearly as fast on an idle machine and many times faster on a busy one."),
 ) -> None:
-    """Run KEBR end to end with no data of yours and no downloads: make talking-face clips (espeak-ng),
-    extract them, make a synthetic store, pretrain, evaluate, ablate MCC, plot, fine-tune on the clips
-    and predict held-out clips. Everything goes into --out; summary.json says where. About 3 minutes on
-    2 CPU cores (measured: 183 s)."""
+    """Run KEBR end to end with no data of yours, no downloads and no system package: make talking-face
+    clips (espeak-ng speech from its pip wheel), extract them, make a synthetic store, pretrain,
+    evaluate, ablate MCC, plot, fine-tune on the clips and predict held-out clips. Everything goes into
+    --out; summary.json says where. About 3 to 5 minutes on 2 CPU cores (measured: 315 s with the
+    cores shared by other jobs)."""
     import torch
     from transformers.utils import logging as hf_logging
 
