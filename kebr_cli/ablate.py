@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -9,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, progress, user_errors
+from kebr_cli.app import app, console, number, progress, user_errors
 from kebr_cli.train import MCC_ALIGNS, _choice, _renderer, build_config
 from kebr_core.config import DEFAULT_TEXT_MODEL
 from kebr_core.errors import KebrError
@@ -18,9 +19,12 @@ from kebr_core.metrics import format_table_row
 
 def _floats(text: str, option: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise KebrError(f"{option} takes comma-separated numbers, e.g. -0.5,0,0.5, not '{text}'.") from None
+        values = [math.nan]
+    if not all(math.isfinite(v) for v in values):
+        raise KebrError(f"{option} takes comma-separated finite numbers, e.g. -0.5,0,0.5, not '{text}'.")
+    return values
 
 
 @app.command()
@@ -37,15 +41,15 @@ def ablate(
     g_values: str = typer.Option("-0.5,-0.4,-0.3,-0.2,-0.1,0,0.1,0.2,0.3,0.4,0.5", "--g-values", help="g values of the sweep."),
     mcc_form: str = typer.Option("", "--mcc-form", help="Compare MCC forms, e.g. paper,reference."),
     mcc_align: str = typer.Option("", "--mcc-align", help="Compare MCC alignments, e.g. tile,projected."),
-    seeds: int = typer.Option(5, "--seeds", help="Fine-tuning seeds per configuration (as eval)."),
+    seeds: int = typer.Option(5, "--seeds", min=1, help="Fine-tuning seeds per configuration (as eval)."),
     g: float = typer.Option(0.2, "--g", help="g of every configuration outside the sweep."),
     align: str = typer.Option("tile", "--align", help="MCC alignment of every configuration outside --mcc-align "
                               "(tile or projected); a configuration without MCC logs its cosines with it."),
-    pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", help="Pretraining epochs (default 20)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 10)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1, help="Pretraining epochs (default 20)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
     text_model: str = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Text encoder (name or folder)."),
-    layers: int = typer.Option(4, "--layers", help="TCMF layers K."),
+    layers: int = typer.Option(4, "--layers", min=1, help="TCMF layers K."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
 ) -> None:

@@ -6,10 +6,11 @@ Commands only parse options, call a `kebr_core` recipe and render Rich output; `
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -23,7 +24,7 @@ from rich.progress import (
 )
 
 from kebr_core import __version__
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, native_write_error, os_error_message
 
 # No downloads unless the user opts in: a missing model fails fast with a clear sentence.
 if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
@@ -67,15 +68,59 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], float]:
+    """A Typer `parser=` for a float option: finite (no nan/inf) and within [low, high] (open ends as
+    given); anything else is a usage error (exit 2) naming the option. Click's FloatRange lets nan through."""
+    low_text = "" if low is None else f"{'>' if low_open else '≥'} {low:g}"
+    high_text = "" if high is None else f"{'<' if high_open else '≤'} {high:g}"
+    wanted = " and ".join(t for t in (low_text, high_text) if t)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{text!r} is not a number") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise typer.BadParameter(f"must be a finite number{' ' + wanted if wanted else ''}, not {text}")
+        return value
+
+    return parse
+
+
+def resume_command(flag: str | None = None) -> str:
+    """This command line as a user can paste it again, with `flag` (e.g. "--resume") added if missing."""
+    import shlex
+
+    args = sys.argv[1:]
+    if flag and flag not in args:
+        args = [*args, flag]
+    return shlex.join(["kebr", *args])
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn `KebrError` (bad user input) into one sentence and exit code 1."""
+def user_errors(resume_flag: str | None = None) -> Iterator[None]:
+    """Turn what a user can cause into one red sentence and a non-zero exit (no traceback).
+
+    KebrError and OS errors (read-only or full disk, permissions, missing folder, long names) exit 1;
+    Ctrl-C exits 130 and prints the command that continues the run (this one, plus `resume_flag`).
+    """
     try:
         yield
     except KebrError as e:
         raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(os_error_message(e)) from None
+    except Exception as e:
+        message = native_write_error(e)  # torch.save / safetensors report a full disk without an OSError
+        if message is None:
+            raise
+        raise fail(f"{message[:-1]}; then continue with: {resume_command(resume_flag)}") from None
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        err_console.print(f"[yellow]interrupted[/]; what was finished is kept. To continue, run: "
+                          f"{resume_command(resume_flag)}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 

@@ -9,7 +9,8 @@ from typing import Any, Callable
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, progress, user_errors
+from kebr_cli.app import app, console, number, progress, user_errors
+from kebr_core.data.labels import outside_range_warning
 
 
 def _progress_callback(bar: Any, description: str) -> Callable[[int, int], None]:
@@ -27,16 +28,23 @@ def import_(
     out: Path = typer.Option(..., "--out", "-o", help="Feature store to create (.h5)."),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto (by extension), mmsa-pkl or label-csv."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
+    clip_labels: bool = typer.Option(False, "--clip-labels", help="Clip labels outside [-3, 3] onto it (default: keep them, with a warning)."),
 ) -> None:
-    """Import MMSA data into a feature store (written to OUT.tmp, renamed when complete)."""
+    """Import MMSA data into a feature store (written to OUT.tmp, renamed when complete).
+
+    A pickle is read as data only: one that names anything but numpy arrays, dicts, lists, strings and
+    numbers is refused unread (a pickle can run code)."""
     from kebr_core.data.importers import import_file
 
     with user_errors(), progress() as bar:
-        result = import_file(src, out, fmt=fmt, progress=_progress_callback(bar, "import"), overwrite=force)
+        result = import_file(src, out, fmt=fmt, progress=_progress_callback(bar, "import"), overwrite=force,
+                             clip_labels=clip_labels)
     splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples ({splits})", soft_wrap=True)
     if result.get("nonfinite_replaced"):
         console.print(f"[yellow]{result['nonfinite_replaced']} non-finite feature values were set to 0 (as MMSA does).[/]")
+    if result.get("labels_outside_range"):
+        console.print(f"[yellow]warning:[/] {outside_range_warning(result['labels_outside_range'], result['labels_clipped'])}")
     if result.get("lengths") == "nonzero frames":
         console.print("[yellow]no *_lengths in the pickle: all-zero padding frames were dropped.[/]")
 
@@ -79,6 +87,11 @@ def _render(summary: dict[str, Any]) -> None:
     labels = summary["labels"]
     hist = Table(title=f"labels: {labels['labeled']} labeled (mean {_fmt(labels['mean'])}, std {_fmt(labels['std'])}, "
                        f"range {_fmt(labels['min'])}…{_fmt(labels['max'])}), {labels['unlabeled']} unlabeled")
+    if labels["outside_range"]:
+        console.print(f"[yellow]warning:[/] {outside_range_warning(labels['outside_range'], clipped=False)}")
+    if labels["infinite"]:
+        console.print(f"[yellow]warning:[/] {labels['infinite']} label(s) are infinite; they are left out of these "
+                      "statistics and of training (re-import the data with finite labels).")
     hist.add_column("class round(y)", justify="right")
     hist.add_column("samples", justify="right")
     hist.add_column("")
@@ -139,16 +152,16 @@ def inspect(
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Synthetic store to create (.h5)."),
-    n: int = typer.Option(2199, "--n", help="Labeled samples, split train/valid/test as CMU-MOSI (2199 = MOSI's size)."),
-    unlabeled: int = typer.Option(0, "--unlabeled", help="Extra unlabeled samples (the pretraining split)."),
-    audio_dim: int = typer.Option(33, "--audio-dim", help="Audio feature columns."),
-    vision_dim: int = typer.Option(35, "--vision-dim", help="Vision feature columns."),
-    text_strength: float = typer.Option(1.0, "--text-strength", help="Text's weight in the label."),
-    audio_strength: float = typer.Option(1.0, "--audio-strength", help="Audio's weight in the label."),
-    vision_strength: float = typer.Option(0.25, "--vision-strength", help="Vision's weight in the label (the imbalance)."),
-    label_noise: float = typer.Option(0.2, "--label-noise", help="Std of the noise added to the label."),
-    missing_vision: float = typer.Option(0.0, "--missing-vision", help="Fraction of samples with no vision frames."),
-    seed: int = typer.Option(0, "--seed"),
+    n: int = typer.Option(2199, "--n", min=0, help="Labeled samples, split train/valid/test as CMU-MOSI (2199 = MOSI's size)."),
+    unlabeled: int = typer.Option(0, "--unlabeled", min=0, help="Extra unlabeled samples (the pretraining split)."),
+    audio_dim: int = typer.Option(33, "--audio-dim", min=1, help="Audio feature columns."),
+    vision_dim: int = typer.Option(35, "--vision-dim", min=1, help="Vision feature columns."),
+    text_strength: float = typer.Option(1.0, "--text-strength", parser=number(0), help="Text's weight in the label."),
+    audio_strength: float = typer.Option(1.0, "--audio-strength", parser=number(0), help="Audio's weight in the label."),
+    vision_strength: float = typer.Option(0.25, "--vision-strength", parser=number(0), help="Vision's weight in the label (the imbalance)."),
+    label_noise: float = typer.Option(0.2, "--label-noise", parser=number(0), help="Std of the noise added to the label."),
+    missing_vision: float = typer.Option(0.0, "--missing-vision", parser=number(0, 1), help="Fraction of samples with no vision frames."),
+    seed: int = typer.Option(0, "--seed", min=0),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Generate a seeded synthetic store with a known text/audio/vision share of the label (DESIGN §9)."""

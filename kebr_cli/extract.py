@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
@@ -10,7 +11,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, fail, progress, user_errors
+from kebr_cli.app import app, console, fail, number, progress, user_errors
+from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
 
 
@@ -43,19 +45,21 @@ def extract(
     audio_features: str = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
     vision: str = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
-    fps: float = typer.Option(10.0, "--fps", help="Vision frames per second."),
+    fps: float = typer.Option(10.0, "--fps", parser=number(0, low_open=True), help="Vision frames per second."),
     transcripts: Optional[Path] = typer.Option(
         None, "--transcripts",
         help="A table of transcripts, one row per video: a header with id and text columns, tab- or comma-separated (id = path below INPUTS without extension). Read before sidecars and ASR.",
     ),
     asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
-    workers: int = typer.Option(1, "--workers", "-j", help="Worker processes (the main process alone writes the store; 0 = extract in the main process)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=0, help="Worker processes (the main process alone writes the store; 0 = extract in the main process)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: extract only this job's share (0 <= i < n), then `kebr merge` the stores."),
-    max_side: int = typer.Option(640, "--max-side", help="Shrink pictures to this longer side before face detection."),
+    max_side: int = typer.Option(640, "--max-side", min=64, help="Shrink pictures to this longer side before face detection."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the summary (counts, failures, timings) as JSON here."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Extract again the ids that failed in an earlier run into this store (default: skip them)."),
+    clip_labels: bool = typer.Option(False, "--clip-labels", help="Clip manifest labels outside [-3, 3] onto it (default: keep them, with a warning)."),
 ) -> None:
-    """Extract audio, vision and transcripts from videos into a feature store (resumable)."""
+    """Extract audio, vision and transcripts from videos into a feature store (resumable: rerun the same command)."""
     from kebr_core.extract.pipeline import ExtractOptions, ProgressEvent, extract as run_extract, read_manifest
 
     with user_errors():
@@ -70,11 +74,12 @@ def extract(
             root = root or inputs or (manifest.parent / "Raw" if (manifest.parent / "Raw").is_dir() else manifest.parent)
             if not root.is_dir():
                 raise KebrError(f"the clips' root {root} is not a folder (it should hold <video_id>/<clip_id>.mp4)")
-            source, label = read_manifest(manifest, root), f"{manifest} (clips in {root})"
+            # Absolute paths in the label: the store tells a rerun from another input by it.
+            source, label = read_manifest(manifest, root), f"{os.path.abspath(manifest)} (clips in {os.path.abspath(root)})"
         elif inputs is None:
             raise KebrError("give a folder of videos or a video file, or --manifest label.csv (with --root)")
         else:
-            source, label = inputs, str(inputs)
+            source, label = inputs, os.path.abspath(inputs)
         # The bar starts on the first event, i.e. after the worker processes are forked: no Rich
         # refresh thread exists while they are (a fork copies locks that thread may hold).
         with ExitStack() as stack:
@@ -95,18 +100,33 @@ def extract(
                 # Resumed videos are done already: the bar (and its ETA) covers this run's work only.
                 prog.update(task, total=event.total - event.skipped, completed=fresh, info=info)
 
-            summary = run_extract(source, out, options, progress=on_progress, source=label, transcripts=transcripts)
+            summary = run_extract(source, out, options, progress=on_progress, source=label,
+                                  retry_failed=retry_failed, clip_labels=clip_labels, transcripts=transcripts)
+        if report is not None:  # before the tables: a report that cannot be written is one sentence, not a traceback
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
 
     table = Table(title=f"kebr extract → {out}")
-    for name in ("videos", "done", "skipped", "no audio", "no speech", "no face", "failed", "time", "speed"):
-        table.add_column(name, justify="right")
+    columns = ["videos", "done", "skipped", "no audio", "no speech", "no ASR", "no face", "failed", "time", "speed"]
     speed = summary.media_seconds / summary.elapsed if summary.elapsed > 0 else 0.0
-    table.add_row(
+    cells = [
         str(summary.total), str(summary.done), str(summary.skipped), str(summary.no_audio), str(summary.no_speech),
-        str(summary.no_face), f"[red]{summary.failed}[/]" if summary.failed else "0",
+        str(summary.no_asr), str(summary.no_face), f"[red]{summary.failed}[/]" if summary.failed else "0",
         f"{summary.elapsed:.1f} s", f"{speed:.1f}× RT" if summary.done else "-",
-    )
+    ]
+    for name in columns:
+        table.add_column(name, justify="right")
+    table.add_row(*cells)
     console.print(table)
+    if summary.labels_outside_range:
+        console.print(f"[yellow]warning:[/] {outside_range_warning(summary.labels_outside_range, summary.labels_clipped)}")
+    if summary.skipped_failed:
+        console.print(f"[yellow]{summary.skipped_failed} id(s) failed in an earlier run and were skipped[/]; "
+                      "rerun with --retry-failed to try them again.", soft_wrap=True)
+    for message in list(summary.clashes.values())[:10]:
+        console.print(f"[yellow]clash:[/] {message}", highlight=False, soft_wrap=True)
+    if len(summary.clashes) > 10:
+        console.print(f"… and {len(summary.clashes) - 10} more clashing ids.")
     if summary.no_face_frames:
         console.print(f"{summary.no_face_frames} frames without a face were dropped.")
     if summary.unmatched_transcripts:
@@ -120,8 +140,5 @@ def extract(
         console.print(f"[red]failed[/] {sample_id}: {message}", highlight=False)
     if len(summary.failures) > 10:
         console.print(f"… and {len(summary.failures) - 10} more (FeatureStore(...).errors() lists them all).")
-    if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     if not summary.ok:
         raise fail(f"nothing could be extracted from {label}: all {summary.total} video(s) failed")

@@ -53,8 +53,8 @@ def predict(
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="For a checkpoint trained on OpenFace CSVs: the folder with <stem>.csv per video."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON (a list, one entry per video) instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the predictions as JSON to this file."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Videos scored together by the model."),
-    workers: int = typer.Option(0, "--workers", "-j", help="Extraction worker processes (0 = extract in this process)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Videos scored together by the model."),
+    workers: int = typer.Option(0, "--workers", "-j", min=0, help="Extraction worker processes (0 = extract in this process)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Score videos: sentiment in [-3, 3], its 7-class label and polarity (neutral = class 0, |score| ≤ 0.5).

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, is_main_process, progress, relaunch_distributed, user_errors
+from kebr_cli.app import app, console, is_main_process, number, progress, relaunch_distributed, user_errors
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
 from kebr_core.errors import KebrError
 from kebr_core.metrics import format_table_row
@@ -58,25 +58,34 @@ def build_config(
     return cfg
 
 
+def check_run_dir(out: Path, *inputs: Path) -> None:
+    """A run directory must not be an input file (or any other file): one sentence instead of FileExistsError."""
+    for path in inputs:
+        if path.exists() and out.resolve() == path.resolve():
+            raise KebrError(f"--out {out} is the input {path}; give a new folder for the run (e.g. runs/NAME).")
+    if out.exists() and not out.is_dir():
+        raise KebrError(f"--out {out} is a file; give a folder for the run (e.g. runs/NAME).")
+
+
 # Options shared by both commands (Typer needs them spelled out per command).
 TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
 G = typer.Option(0.2, "--g", help="MCC angle penalty g: the loss is 0 where cos θ_a = cos θ_v = 0.5 − g (Eq. 11–13).")
-S = typer.Option(1.0, "--s", help="MCC scaling factor s.")
-LambdaMCC = typer.Option(1.0, "--lambda-mcc", help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
+S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
+LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
 MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12) or reference (the authors' code).")
 MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (the authors') or projected.")
-Layers = typer.Option(4, "--layers", help="Number of TCMF layers K (Eq. 2).")
+Layers = typer.Option(4, "--layers", min=1, help="Number of TCMF layers K (Eq. 2).")
 Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF layer applied K times (the authors') or K independent layers.")
-Heads = typer.Option(1, "--heads", help="Attention heads in cross-modal attention (paper: 1).")
+Heads = typer.Option(1, "--heads", min=1, help="Attention heads in cross-modal attention (paper: 1).")
 FFN = typer.Option("mlp", "--ffn", help="TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors').")
-BatchSize = typer.Option(32, "--batch-size", help="Batch size.")
-MaxTextLen = typer.Option(50, "--max-text-len", help="Maximum text length in wordpieces (the masked word is kept inside).")
-Seed = typer.Option(0, "--seed", help="Random seed (a CPU run is repeatable bit for bit).")
+BatchSize = typer.Option(32, "--batch-size", min=1, help="Batch size.")
+MaxTextLen = typer.Option(50, "--max-text-len", min=3, help="Maximum text length in wordpieces (the masked word is kept inside).")
+Seed = typer.Option(0, "--seed", min=0, help="Random seed (a CPU run is repeatable bit for bit).")
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-Workers = typer.Option(0, "--workers", help="DataLoader worker processes.")
+Workers = typer.Option(0, "--workers", min=0, help="DataLoader worker processes.")
 BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off for CPU).")
-Dropout = typer.Option(0.1, "--dropout", help="Dropout in TCMF and the heads.")
-NProc = typer.Option(1, "--nproc-per-node", help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
+Dropout = typer.Option(0.1, "--dropout", parser=number(0, 1, high_open=True), help="Dropout in TCMF and the heads.")
+NProc = typer.Option(1, "--nproc-per-node", min=1, help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
 Preset = typer.Option(None, "--preset", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
 
 
@@ -96,13 +105,13 @@ def pretrain(
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory (config, metrics.csv, checkpoints)."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 20; the paper used 200: --preset paper)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (default 20; the paper used 200: --preset paper)."),
     batch_size: int = BatchSize,
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of TCMF and the head (default 1e-4)."),
-    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", help="Learning rate of the encoder with --unfreeze (default 5e-6)."),
+    lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of TCMF and the head (default 1e-4)."),
+    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder with --unfreeze (default 5e-6)."),
     max_text_len: int = MaxTextLen, seed: int = Seed, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
-    checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save a checkpoint every N epochs (and at the end)."),
+    checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a checkpoint every N epochs (and at the end)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
 ) -> None:
@@ -111,7 +120,8 @@ def pretrain(
 
     if nproc_per_node > 1:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors():
+    with user_errors(resume_flag="--resume"):
+        check_run_dir(out, store)
         if resume and (out / "config.json").exists():
             cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
             if epochs is not None:
@@ -156,14 +166,14 @@ def eval_(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Pretraining checkpoint folder (…/final); none = fine-tune the plain encoder (ablation C2)."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
-    seeds: int = typer.Option(5, "--seeds", help="Number of runs with seeds 0..N-1 (paper: 5) → mean ± std."),
+    seeds: int = typer.Option(5, "--seeds", min=1, help="Number of runs with seeds 0..N-1 (paper: 5) → mean ± std."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (default 10; paper preset 20)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10; paper preset 20)."),
     batch_size: int = BatchSize,
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the head (default 1e-4)."),
-    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", help="Learning rate of the encoder (default 5e-6)."),
-    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", help="Learning rate of TCMF (default 5e-6)."),
+    lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of the head (default 1e-4)."),
+    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder (default 5e-6)."),
+    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", parser=number(0, low_open=True), help="Learning rate of TCMF (default 5e-6)."),
     max_text_len: int = MaxTextLen, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
@@ -182,6 +192,7 @@ def eval_(
             seed=0, device=device, workers=workers, checkpoint_every=1, unfreeze=not freeze_encoder, bf16=bf16,
             dropout=dropout,
         )
+        check_run_dir(out, Path(dataset), *([checkpoint] if checkpoint else []))
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
         with progress() as prog:
@@ -189,4 +200,8 @@ def eval_(
     if not is_main_process():
         return
     console.print(results_table(f"{dataset}: test split, mean ± std over {seeds} seed(s)", {"KEBR": result.summary}))
+    left_out = {s: n for s, n in result.unlabeled.items() if n}
+    if left_out:
+        console.print("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "
+                      + ", ".join(f"{s} {n}" for s, n in left_out.items()))
     console.print(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}")

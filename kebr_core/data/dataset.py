@@ -42,6 +42,7 @@ class StoreDataset(Dataset):
     """Samples of a store restricted to split(s), with texts encoded once.
 
     store: a FeatureStore or its path. split: a split name, several, or None for all samples.
+    labeled_only: keep only the samples whose label is not NaN (fine-tuning and evaluation).
     text_encoder(texts) → one dict per text with "input_ids" (list[int]) and optionally "mask_pos"
     (int) and "mask_label" (float); it is called once with the texts of the selected samples, in
     store order. None = no text keys in the items (and none in the batch).
@@ -55,9 +56,12 @@ class StoreDataset(Dataset):
         store: FeatureStore | str | Path,
         split: str | Sequence[str] | None = None,
         text_encoder: TextEncoder | None = None,
+        labeled_only: bool = False,
     ):
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         self.indices: np.ndarray = self.store.indices(split)  # (N,) store indices
+        if labeled_only:
+            self.indices = self.indices[~np.isnan(self.store.labels[self.indices])]
         self.labels: np.ndarray = self.store.labels[self.indices]
         self._token_ids: np.ndarray | None = None
         self._mask_pos: np.ndarray | None = None

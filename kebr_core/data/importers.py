@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from kebr_core.data.labels import check_labels
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
 from kebr_core.errors import KebrError
 
@@ -48,9 +49,14 @@ def _no_progress(done: int, total: int) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield `OUT.tmp` to write; rename it to OUT on success, delete it on any failure."""
+def atomic_output(out: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Yield `OUT.tmp` to write; rename it to OUT on success, delete it on any failure.
+
+    OUT may not be one of `inputs` (not even with `overwrite`)."""
     out = Path(out)
+    inputs = {Path(p).resolve() for p in inputs}
+    if out.resolve() in inputs:
+        raise KebrError(f"Output {out} is also an input; write to a new file.")
     if out.exists() and not overwrite:
         raise KebrError(f"Output {out} already exists; choose another path or allow overwriting (--force).")
     if out.is_dir():
@@ -64,20 +70,62 @@ def atomic_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, out)
     except BaseException:
         for path in leftovers:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder: report the first error, not this one
+                path.unlink(missing_ok=True)
         raise
 
 
 # ── MMSA pickles ────────────────────────────────────────────────────────────────────────────────
 
 
-def _load_pickle(path: Path) -> Any:
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The globals an MMSA pickle may name: numpy's array, dtype and scalar rebuilders, under the
+    module names of numpy 1 (`numpy.core`) and numpy 2 (`numpy._core`), and `_codecs.encode` (how
+    protocol 2 stores bytes). Nothing here can run code of the file's choosing."""
+    import codecs
+
+    core = np._core if hasattr(np, "_core") else np.core  # type: ignore[attr-defined]
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): codecs.encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = core.multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = core.numeric._frombuffer
+    return allowed
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, tuples, strings, numbers and numpy arrays/dtypes/scalars, nothing else.
+
+    A pickle calls whatever global it names (`os.system`, via `__reduce__`); here every global outside
+    `_numpy_globals()` is refused before anything is called."""
+
+    allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return found
+
+
+class _RefusedGlobal(Exception):
+    """A pickle named a global `_DataOnlyUnpickler` does not allow (args[0]: "module.name")."""
+
+
+def load_data_pickle(path: Path) -> Any:
+    """Load an MMSA pickle without running code from it (only data types, see `_DataOnlyUnpickler`)."""
+    path = Path(path)
     if not path.is_file():
         raise KebrError(f"MMSA pickle {path} does not exist.")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+            return _DataOnlyUnpickler(f).load()
+    except _RefusedGlobal as e:
+        raise KebrError(f"{path} was refused: it names {e.args[0]}, which is not plain data (an MMSA pickle holds "
+                        "only dicts, lists, strings, numbers and numpy arrays), and loading it could run code.") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError) as e:
         raise KebrError(f"{path} is not a readable pickle ({type(e).__name__}: {e}).") from None
 
 
@@ -121,15 +169,18 @@ def _sample_frames(frames: np.ndarray, i: int, length: int | None) -> tuple[np.n
 
 
 def import_mmsa_pickle(
-    src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False
+    src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False,
+    clip_labels: bool = False,
 ) -> dict[str, Any]:
     """Import an MMSA processed pickle into a new store at `out`.
 
+    The pickle is read without running code from it (`load_data_pickle`). ±inf labels are refused;
+    labels outside [-3, 3] are counted (and clipped with `clip_labels`).
     Returns {"path", "samples", "splits": {split: n}, "audio_dim", "vision_dim", "lengths": "given" |
-    "nonzero frames", "nonfinite_replaced"}.
+    "nonzero frames", "nonfinite_replaced", "labels_outside_range", "labels_clipped"}.
     """
     src, progress = Path(src), progress or _no_progress
-    data = _load_pickle(src)
+    data = load_data_pickle(src)
     if not isinstance(data, dict):
         raise KebrError(f"{src} holds a {type(data).__name__}, not MMSA's dict of splits (train/valid/test).")
     splits = {s: _mmsa_split(data, s, src) for s in MMSA_SPLITS}
@@ -147,13 +198,20 @@ def import_mmsa_pickle(
             if sample_id in seen:
                 raise KebrError(f"MMSA pickle {src}: id {sample_id!r} occurs twice (in {seen[sample_id]} and {split}).")
             seen[sample_id] = split
+    outside = 0
+    for split, arrays in splits.items():
+        n = len(arrays["id"])
+        labels = arrays["regression_labels"].astype(np.float64).reshape(n, -1)[:, 0]
+        arrays["regression_labels"], n_out = check_labels(
+            labels, [_str(i) for i in arrays["id"].tolist()], f"MMSA pickle {src} ({split})", clip=clip_labels)
+        outside += n_out
     has_lengths = all("audio_lengths" in a and "vision_lengths" in a for a in splits.values())
     total = sum(len(a["id"]) for a in splits.values())
 
     extractor = {"importer": "mmsa-pickle", "file": src.name,
                  "padding": "audio_lengths/vision_lengths" if has_lengths else "all-zero frames dropped"}
     done = nonfinite = 0
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, inputs=[src]) as tmp:
         with StoreWriter(tmp, [f"mmsa_audio_{k}" for k in range(d_audio)], [f"mmsa_vision_{k}" for k in range(d_vision)],
                          extractor=extractor, source=f"MMSA pickle {src.name}", flush_every=1024,
                          flush_seconds=math.inf) as writer:
@@ -161,7 +219,7 @@ def import_mmsa_pickle(
                 n = len(arrays["id"])
                 a_len = arrays["audio_lengths"].astype(np.int64) if has_lengths else [None] * n
                 v_len = arrays["vision_lengths"].astype(np.int64) if has_lengths else [None] * n
-                labels = arrays["regression_labels"].astype(np.float32).reshape(n, -1)[:, 0]
+                labels = arrays["regression_labels"]
                 for i, (sample_id, text) in enumerate(zip(arrays["id"].tolist(), arrays["raw_text"].tolist())):
                     audio, bad_a = _sample_frames(arrays["audio"], i, a_len[i])
                     vision, bad_v = _sample_frames(arrays["vision"], i, v_len[i])
@@ -173,7 +231,8 @@ def import_mmsa_pickle(
                         progress(done, total)
     return {"path": str(out), "samples": total, "splits": {s: len(a["id"]) for s, a in splits.items()},
             "audio_dim": d_audio, "vision_dim": d_vision,
-            "lengths": "given" if has_lengths else "nonzero frames", "nonfinite_replaced": nonfinite}
+            "lengths": "given" if has_lengths else "nonzero frames", "nonfinite_replaced": nonfinite,
+            "labels_outside_range": outside, "labels_clipped": clip_labels}
 
 
 # ── MMSA label.csv ──────────────────────────────────────────────────────────────────────────────
@@ -221,13 +280,21 @@ def read_label_csv(src: str | Path) -> list[Sample]:
 
 
 def import_label_csv(
-    src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False
+    src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False,
+    clip_labels: bool = False,
 ) -> dict[str, Any]:
-    """Import an MMSA label.csv as a text-only store. Returns {"path", "samples", "splits"}."""
+    """Import an MMSA label.csv as a text-only store. ±inf labels are refused; labels outside [-3, 3]
+    are counted (and clipped with `clip_labels`).
+
+    Returns {"path", "samples", "splits", "labels_outside_range", "labels_clipped"}."""
     src, progress = Path(src), progress or _no_progress
     samples = read_label_csv(src)
+    labels, outside = check_labels(np.array([s.label for s in samples]), [s.id for s in samples], f"Label file {src}",
+                                   clip=clip_labels)
+    for sample, label in zip(samples, labels.tolist()):
+        sample.label = label
     counts = {s: 0 for s in MMSA_SPLITS}
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, inputs=[src]) as tmp:
         with StoreWriter(tmp, [], [], extractor={"importer": "label-csv", "file": src.name},
                          source=f"MMSA label.csv {src.name}", flush_every=4096, flush_seconds=math.inf) as writer:
             for done, sample in enumerate(samples, start=1):
@@ -235,12 +302,13 @@ def import_label_csv(
                 counts[sample.split] += 1
                 if done % 512 == 0 or done == len(samples):
                     progress(done, len(samples))
-    return {"path": str(out), "samples": len(samples), "splits": counts}
+    return {"path": str(out), "samples": len(samples), "splits": counts, "labels_outside_range": outside,
+            "labels_clipped": clip_labels}
 
 
 def import_file(
     src: str | Path, out: str | Path, *, fmt: str = "auto", progress: ProgressFn | None = None,
-    overwrite: bool = False,
+    overwrite: bool = False, clip_labels: bool = False,
 ) -> dict[str, Any]:
     """Import by format: "mmsa-pkl", "label-csv", or "auto" (by extension: .pkl/.pickle, .csv)."""
     src = Path(src)
@@ -251,9 +319,9 @@ def import_file(
             raise KebrError(f"Cannot tell the format of {src} from its extension; use .pkl (MMSA pickle) or .csv "
                             f"(MMSA label.csv), or name the format.")
     if fmt == "mmsa-pkl":
-        return import_mmsa_pickle(src, out, progress=progress, overwrite=overwrite)
+        return import_mmsa_pickle(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
     if fmt == "label-csv":
-        return import_label_csv(src, out, progress=progress, overwrite=overwrite)
+        return import_label_csv(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
     raise KebrError(f"Unknown import format {fmt!r}; use auto, mmsa-pkl or label-csv.")
 
 
@@ -297,7 +365,7 @@ def merge_stores(
         errors.update({k: v for k, v in store.errors().items() if k not in owner})
 
     total, done = len(owner), 0
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, inputs=paths) as tmp:
         with StoreWriter(tmp, first.audio_features, first.vision_features, audio_rate_hz=first.attrs["audio_rate_hz"],
                          vision_fps=first.attrs["vision_fps"], extractor=first.attrs.get("extractor", {}),
                          source="merge of " + ", ".join(p.name for p in paths), flush_every=block,

@@ -9,6 +9,7 @@ NAME is `mosi`, `mosei`, `synth` or the path of a store. Under the data director
     <data>/mosi/label.csv, <data>/MOSI/label.csv     MMSA's transcripts and labels only: imported to
                                                      <data>/mosi-text.h5, with a warning (no audio, no vision)
 
+Pickles are read as data only (`importers.load_data_pickle`): one that could run code is refused.
 `synth` is generated once at <data>/synth.h5 (seed 0, MOSI-sized, strong audio/vision imbalance).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
 
 KNOWN = ("mosi", "mosei")
@@ -54,13 +56,17 @@ def resolve_dataset(name: str, data_dir: str | Path, warn: Callable[[str], None]
         return store
     for pkl in _candidates(data_dir, name, ("unaligned_50.pkl", "aligned_50.pkl")):
         if pkl.exists():
-            import_mmsa_pickle(pkl, store)
+            result = import_mmsa_pickle(pkl, store)
+            if result["labels_outside_range"]:
+                warn(f"{pkl}: {outside_range_warning(result['labels_outside_range'], clipped=False)}")
             return store
     text_store = data_dir / f"{name}-text.h5"
     for csv in _candidates(data_dir, name, ("label.csv",)):
         if csv.exists() or text_store.exists():
             if not text_store.exists():
-                import_label_csv(csv, text_store)
+                result = import_label_csv(csv, text_store)
+                if result["labels_outside_range"]:
+                    warn(f"{csv}: {outside_range_warning(result['labels_outside_range'], clipped=False)}")
             warn(f"{name}: only transcripts and labels were found ({csv}); audio and vision are absent, so TCMF "
                  "injects nothing and MCC is undefined: this is a text-only result.")
             return text_store

@@ -42,9 +42,11 @@ each get their own handle. Frames are read per sample; memory does not grow with
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -68,6 +70,8 @@ _INDEX_CHUNK = 4096  # rows per chunk of the per-sample datasets: few chunks, so
 # read 5.6k / 11.3k / 11.9k samples/s; lzf or gzip-1 save 7–14 % of the bytes but read 0.1k–1.5k
 # samples/s, because every sample read decompresses whole chunks. `compression=` still offers them.
 _DATA_CHUNK_BYTES = 256 * 1024
+# Free space a commit must leave: every dataset may allocate a new chunk, and metadata is written too.
+_COMMIT_MARGIN_BYTES = 16 * 1024 * 1024
 _MAX_METADATA_CACHE = 64 << 20  # bytes of HDF5 metadata a writer keeps before it reopens the file
 
 
@@ -294,13 +298,15 @@ class FeatureStore:
         )
 
     def errors(self) -> dict[str, str]:
-        """{id: message} of the ids that failed (they are not samples)."""
+        """{id: message} of the ids that failed and are not samples (an id retried successfully, with
+        `kebr extract --retry-failed`, is a sample and no longer an error)."""
         if self._n_errors == 0:
             return {}
         with h5py.File(self.path, "r", locking="best-effort") as f:
             ids = _decode(f["errors/id"][: self._n_errors])
             messages = _decode(f["errors/message"][: self._n_errors])
-        return dict(zip(ids, messages))
+        samples = set(self.ids)
+        return {i: m for i, m in zip(ids, messages) if i not in samples}
 
     def __repr__(self) -> str:
         return (f"FeatureStore({str(self.path)!r}, {len(self)} samples, audio {len(self.audio_features)}-d, "
@@ -357,6 +363,7 @@ class StoreWriter:
     def _create(self, audio_rate_hz, vision_fps, extractor, source, compression, chunk_bytes) -> None:
         """Build the empty layout in a side file and rename it, so a kill here leaves no half store."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_space([], [])
         tmp = self.path.with_name(self.path.name + ".creating")
         with h5py.File(tmp, "w", fs_strategy="none", locking="best-effort") as f:
             f.attrs["format_version"] = FORMAT_VERSION
@@ -408,6 +415,7 @@ class StoreWriter:
             self._truncate_uncommitted(f)
             self._ids = set(_decode(f["id"][: self._n]))
             self._error_ids = set(_decode(f["errors/id"][: self._n_errors]))
+            self._sources = json.loads(attrs["sources"]) if "sources" in attrs else [attrs.get("source", "")]
             self._audio_end = int(f["audio/offsets"][self._n])
             self._vision_end = int(f["vision/offsets"][self._n])
         except BaseException:
@@ -513,6 +521,7 @@ class StoreWriter:
             return
         f, batch, errors = self._f, self._pending, self._pending_errors
         n, k = self._n, len(batch)
+        self._check_space(batch, errors)
 
         # 1. frames, appended beyond the committed end: invisible until step 3.
         ends = {}
@@ -571,6 +580,22 @@ class StoreWriter:
         if self.on_commit is not None and k:
             self.on_commit([s.id for s in batch])
 
+    def _check_space(self, batch: list[Sample], errors: list[tuple[str, str]]) -> None:
+        """Raise OSError(ENOSPC) before a commit that might not fit on the disk, and drop what is buffered.
+
+        HDF5 cannot recover from a write that fails half-way: a dataset whose dirty chunks cannot be
+        written fails to close and crashes the process when freed. Refusing the commit up front leaves
+        the store as of its last commit (a rerun resumes from there) and the file closes cleanly.
+        """
+        frames = sum(s.audio.nbytes + s.vision.nbytes for s in batch)
+        strings = sum(len(s.id) + len(s.text) + 32 for s in batch) + sum(len(i) + len(m) for i, m in errors)
+        needed = 2 * (frames + 4 * strings) + _COMMIT_MARGIN_BYTES
+        free = shutil.disk_usage(self.path.parent).free
+        if free < needed:
+            self._pending, self._pending_errors, self._pending_since = [], [], None
+            raise OSError(errno.ENOSPC, f"No space left on device ({free // 2**20} MiB free, a commit needs "
+                                        f"{needed // 2**20} MiB)", str(self.path))
+
     def close(self) -> None:
         """Commit what is buffered and close the file."""
         if self._f is None:
@@ -586,6 +611,18 @@ class StoreWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def sources(self) -> list[str]:
+        """The inputs this store was written from (the `source` of its creation, then each other one
+        passed to `add_source`): `kebr extract` tells a resumed run from another folder's clashing ids."""
+        return list(self._sources)
+
+    def add_source(self, source: str) -> None:
+        """Record one more input of this store (attribute `sources`, JSON; written with the next commit)."""
+        if source not in self._sources:
+            self._sources.append(source)
+            self._f.attrs["sources"] = json.dumps(self._sources)
 
     @property
     def error_ids(self) -> set[str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from kebr_core.data.labels import LABEL_RANGE
 from kebr_core.data.store import SPLITS, FeatureStore
 
 
@@ -26,8 +27,8 @@ def _length_stats(lengths: np.ndarray) -> dict[str, Any]:
 
 
 def label_histogram(labels: np.ndarray) -> dict[str, int]:
-    """Counts of the 7 sentiment classes round(clip(y, -3, 3)) (round half to even, as Acc-7), NaN skipped."""
-    labeled = labels[~np.isnan(labels)]
+    """Counts of the 7 sentiment classes round(clip(y, -3, 3)) (round half to even, as Acc-7), NaN and ±inf skipped."""
+    labeled = labels[np.isfinite(labels)]
     classes = np.round(np.clip(labeled, -3, 3)).astype(int)
     counts = np.bincount(classes + 3, minlength=7)
     return {str(k): int(counts[k + 3]) for k in range(-3, 4)}
@@ -37,14 +38,15 @@ def summarize(store: FeatureStore | str | Path, max_errors: int = 10) -> dict[st
     """Samples per split, labels, features, sequence lengths, text sources and errors of a store.
 
     Keys: path, file_bytes, format_version, created, kebr_version, source, extractor, samples,
-    splits {split: n}, labels {labeled, unlabeled, mean, std, min, max, histogram {"-3".."3": n}},
+    splits {split: n}, labels {labeled, unlabeled, infinite, outside_range (finite labels outside
+    [-3, 3]), mean, std, min, max, histogram {"-3".."3": n}} (statistics over finite labels),
     audio / vision {dim, features, rate_hz | fps, lengths {min, mean, median, p95, max, zero,
     total_frames}}, text {sources {source: n}, words {mean, max}, empty}, errors {count, by_message,
     examples [{id, message}]}.
     """
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     labels = store.labels
-    labeled = labels[~np.isnan(labels)]
+    labeled = labels[np.isfinite(labels)]  # ±inf (only in stores written before kebr refused it) is no label either
     audio_lengths, vision_lengths = store.lengths()
     words = np.array([len(t.split()) for t in store.texts], dtype=np.int64)
     errors = store.errors()
@@ -61,7 +63,9 @@ def summarize(store: FeatureStore | str | Path, max_errors: int = 10) -> dict[st
         "splits": {s: int((store.splits == s).sum()) for s in SPLITS},
         "labels": {
             "labeled": int(len(labeled)),
-            "unlabeled": int(len(labels) - len(labeled)),
+            "unlabeled": int(np.isnan(labels).sum()),
+            "infinite": int(np.isinf(labels).sum()),
+            "outside_range": int(((labeled < LABEL_RANGE[0]) | (labeled > LABEL_RANGE[1])).sum()),
             "mean": float(labeled.mean()) if len(labeled) else None,
             "std": float(labeled.std()) if len(labeled) else None,
             "min": float(labeled.min()) if len(labeled) else None,

@@ -11,13 +11,19 @@ whatever the number of workers, so a run with 4 workers, a resumed run and a sin
 run give the same store.
 
 Resume: ids already in the store (samples or recorded errors) are skipped before anything is
-decoded. Failed ids are not retried by a rerun (the store keeps errors apart from samples); write
-the retry to a new store and merge. Sharding (`shard=(i, n)`, 0 <= i < n) keeps the ids whose CRC-32
+decoded. Failed ids are retried only with `retry_failed=True` (`kebr extract --retry-failed`); an id
+that then succeeds becomes a sample and leaves the store's errors. An id already in the store whose
+file is another one (a clip of the same name in another folder) is a clash: it is reported with both
+paths and the stored sample is kept. Sharding (`shard=(i, n)`, 0 <= i < n) keeps the ids whose CRC-32
 is i modulo n, a split that does not depend on the order in which the files are listed.
 
 Transcripts: `text_source` is `manifest`, `table` (`transcripts=`, a file of id and text; see
 kebr_core.extract.transcripts), `sidecar`, or `asr:<backend>` (the ASR's output, possibly empty);
-with `asr="none"` and no other source the text is empty and the source `asr:none`.
+with `asr="none"` and no other source the text is empty and the source `asr:none`, counted as "no
+ASR" (nothing was listened for), not as "no speech" (measured: silence, or an ASR that heard nothing).
+
+Manifests may come from anyone: a row whose clip path leads outside the root is not read (`refused`)
+and becomes an error; ±inf labels are refused (KebrError naming the ids).
 
 Bad input never stops the batch: a missing, empty, corrupt or undecodable file becomes an entry in
 the store's `errors`; a video without an audio track, with silence, or without a face is still a
@@ -29,6 +35,7 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing
+import os
 import time
 import zlib
 from collections import deque
@@ -40,6 +47,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from kebr_core.data.labels import check_labels
 from kebr_core.data.store import Sample, StoreWriter
 from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
@@ -102,6 +110,7 @@ class VideoItem:
     text_source: str = "manifest"
     label: float = float("nan")
     split: str = "unlabeled"
+    refused: str = ""  # why this item is not read at all (a manifest path outside the root); "" = fine
 
 
 @dataclass
@@ -113,6 +122,7 @@ class ItemResult:
     error: str | None = None
     no_audio: bool = False
     no_speech: bool = False
+    no_asr: bool = False
     no_face: bool = False
     no_face_frames: int = 0
     media_seconds: float = 0.0
@@ -138,10 +148,15 @@ class ExtractSummary:
 
     total: int = 0  # videos in this run (after sharding)
     done: int = 0  # samples written
-    skipped: int = 0  # already in the store (resume)
+    skipped: int = 0  # already in the store (resume), including skipped_failed
+    skipped_failed: int = 0  # ids that failed in an earlier run and were not retried (retry_failed=False)
+    clashes: dict[str, str] = field(default_factory=dict)  # id -> message: same id, another file than the stored one
     failed: int = 0  # recorded in the store's errors
+    labels_outside_range: int = 0  # manifest labels outside [-3, 3] (kept, or clipped with clip_labels)
+    labels_clipped: bool = False
     no_audio: int = 0  # samples without an audio track
     no_speech: int = 0  # an audio track that is silent, or in which ASR recognised nothing
+    no_asr: int = 0  # samples with no transcript source at all (`--asr none`, no manifest text, no sidecar)
     no_face: int = 0  # samples without a single face frame
     no_face_frames: int = 0  # frames dropped for lack of a face, over all samples
     unsupported: list[str] = field(default_factory=list)  # files ignored for their extension
@@ -202,8 +217,10 @@ def read_manifest(manifest: Path, root: Path) -> list[VideoItem]:
                 "(expected MMSA's label.csv: video_id,clip_id,text,label,annotation,mode)"
             )
         items = []
+        root_abs = os.path.abspath(root)
         for line, row in enumerate(reader, start=2):
             vid, clip = row["video_id"].strip(), row["clip_id"].strip()
+            path = Path(os.path.normpath(os.path.join(root_abs, vid, f"{clip}.mp4")))
             try:
                 label = float(row["label"]) if row.get("label", "").strip() else float("nan")
             except ValueError:
@@ -213,14 +230,19 @@ def read_manifest(manifest: Path, root: Path) -> list[VideoItem]:
             if split not in ("train", "valid", "test", "unlabeled"):
                 raise KebrError(f"{manifest} line {line}: mode {split!r} is not train, valid or test")
             text = (row.get("text") or "").strip() or None
+            # A manifest may come from anyone: a video_id like ../../x or /etc must not reach outside the root.
+            inside = os.path.commonpath([root_abs, str(path)]) == root_abs
             items.append(
                 VideoItem(
                     id=f"{vid}$_${clip}",
-                    path=Path(root) / vid / f"{clip}.mp4",
+                    path=path,
                     key=f"{vid}/{clip}",
                     text=text,
                     label=label,
                     split=split,
+                    refused="" if inside else (
+                        f"{manifest} line {line}: the clip path {vid}/{clip}.mp4 leads outside the root {root}, "
+                        "so it was not read"),
                 )
             )
     return items
@@ -328,6 +350,8 @@ class Extractor:
     def _process(self, item: VideoItem) -> ItemResult:
         opt, timings = self.options, {s: 0.0 for s in STAGES}
         path = Path(item.path)
+        if item.refused:
+            raise MediaError(item.refused)
         if path.suffix.lower() not in VIDEO_EXTENSIONS:
             raise MediaError(f"{path} has an unsupported extension ({', '.join(VIDEO_EXTENSIONS)} are read)")
         t = time.perf_counter()
@@ -362,8 +386,10 @@ class Extractor:
             text = asr.transcribe(y16) if asr is not None else ""
             source = f"asr:{opt.asr}"  # "asr:none" = no transcript source at all
             timings["asr"] += time.perf_counter() - t
-        # "No speech" is about an audio track that exists; a missing track is counted as no_audio.
-        no_speech = info.has_audio and (silent or (source.startswith("asr:") and not text))
+        # "No speech" is about an audio track that exists (a missing track is counted as no_audio) and
+        # is measured: silence, or an ASR that heard nothing. Without ASR nothing was listened for.
+        no_asr = source == "asr:none"
+        no_speech = info.has_audio and (silent or (source.startswith("asr:") and not no_asr and not text))
 
         # Vision: pictures are decoded lazily while the backend consumes them.
         t = time.perf_counter()
@@ -394,6 +420,7 @@ class Extractor:
             sample=sample,
             no_audio=not info.has_audio,
             no_speech=no_speech,
+            no_asr=no_asr,
             no_face=self.vision.name != "none" and len(feats_v) == 0,
             no_face_frames=n_no_face,
             media_seconds=duration,
@@ -542,14 +569,18 @@ def extract(
     progress: Callable[[ProgressEvent], None] | None = None,
     *,
     source: str | None = None,
+    retry_failed: bool = False,
+    clip_labels: bool = False,
     transcripts: Path | None = None,
 ) -> ExtractSummary:
     """Extract every video of `inputs` (a folder, a video file, or items) into the store `out_path`.
 
-    Returns the counts; raises KebrError for bad options or inputs (one sentence). An exception
-    raised by `progress` stops the run after committing what was written (the next run resumes).
-    `source` is recorded in the store's attrs (default: the input path). `transcripts`: a table of
-    id and text (`attach_transcripts`) read before the sidecars and ASR.
+    Returns the counts; raises KebrError for bad options or inputs (one sentence), including ±inf
+    labels. An exception raised by `progress` stops the run after committing what was written (the
+    next run resumes). `source` is recorded in the store's attrs (default: the input path).
+    retry_failed: extract again the ids the store records as failed (default: skip them, and count
+    them in `skipped_failed`). clip_labels: clip labels outside [-3, 3] (they are counted either way).
+    transcripts: a table of id and text (`attach_transcripts`) read before the sidecars and ASR.
     """
     options = options or ExtractOptions()
     options.validate()
@@ -558,10 +589,16 @@ def extract(
         raise KebrError(
             f"no videos found in {inputs} (looked for {', '.join(VIDEO_EXTENSIONS)}, recursively)"
         )
+    if source is None:
+        source = str(inputs) if isinstance(inputs, (str, Path)) else ""
     unmatched: list[str] = []
     if transcripts is not None:
         items, unmatched = attach_transcripts(items, transcripts)
-    summary = ExtractSummary(unsupported=unsupported, unmatched_transcripts=unmatched)
+    summary = ExtractSummary(unsupported=unsupported, labels_clipped=clip_labels, unmatched_transcripts=unmatched)
+    labels, summary.labels_outside_range = check_labels(
+        np.array([it.label for it in items]), [it.id for it in items], source or "the manifest", clip=clip_labels)
+    for item, label in zip(items, labels.tolist()):
+        item.label = label
     seen: set[str] = set()
     unique = []
     for item in items:
@@ -577,8 +614,8 @@ def extract(
     feature_set = audio_mod.get_feature_set(options.audio_features)
     vision_names = vision_feature_names(options.vision)
     start = time.perf_counter()
-    present = _already_in(out_path)
-    work_left = any(it.id not in present for it in items)
+    samples_before, failed_before = _already_in(out_path)
+    work_left = any(it.id not in samples_before and (retry_failed or it.id not in failed_before) for it in items)
     executor = _pool(options) if options.workers > 0 and work_left else None
     try:
         with StoreWriter(
@@ -588,11 +625,16 @@ def extract(
             audio_rate_hz=audio_mod.AUDIO_RATE_HZ,
             vision_fps=options.fps if options.vision != "none" else None,
             extractor=_extractor_info(options),
-            source=source if source is not None else str(inputs) if isinstance(inputs, (str, Path)) else "",
+            source=source,
         ) as writer:
-            done_before = writer.error_ids
-            todo = [it for it in items if it.id not in writer and it.id not in done_before]
+            failed_before = writer.error_ids
+            todo = [it for it in items if it.id not in writer and (retry_failed or it.id not in failed_before)]
             summary.skipped = len(items) - len(todo)
+            if not retry_failed:
+                summary.skipped_failed = sum(it.id not in writer and it.id in failed_before for it in items)
+            summary.clashes = _clashes(items, writer, out_path, source)
+            if source:
+                writer.add_source(source)
             completed = summary.skipped
 
             def report(item_id: str, status: str) -> None:
@@ -623,6 +665,7 @@ def extract(
                 summary.done += 1
                 summary.no_audio += result.no_audio
                 summary.no_speech += result.no_speech
+                summary.no_asr += result.no_asr
                 summary.no_face += result.no_face
                 summary.no_face_frames += result.no_face_frames
                 if result.no_face_frames:
@@ -638,14 +681,27 @@ def extract(
     return summary
 
 
-def _already_in(out_path: Path) -> set[str]:
-    """Ids an existing store holds (samples and recorded errors), read before any worker starts."""
+def _already_in(out_path: Path) -> tuple[set[str], set[str]]:
+    """Sample ids and failed ids of an existing store, read before any worker starts."""
     if not Path(out_path).exists():
-        return set()
+        return set(), set()
     from kebr_core.data.store import FeatureStore
 
     store = FeatureStore(out_path)  # KebrError (one sentence) for a file that is not a store
-    return set(store.ids) | set(store.errors())
+    return set(store.ids), set(store.errors())
+
+
+def _clashes(items: list[VideoItem], writer: StoreWriter, out_path: Path, source: str) -> dict[str, str]:
+    """{id: message} for ids this run would skip as "already extracted" although the stored sample came from
+    other inputs (a clip of the same name in another folder): the store's recorded sources do not
+    include this run's source. The stored sample is kept."""
+    if not source or source in writer.sources:
+        return {}
+    return {
+        it.id: (f"{it.path} has the id {it.id!r} of a sample already in {out_path} (from {' / '.join(writer.sources)}); "
+                "the stored sample was kept: rename the file or extract into another store")
+        for it in items if it.id in writer
+    }
 
 
 def _extractor_info(options: ExtractOptions) -> dict[str, str]:

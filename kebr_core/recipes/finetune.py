@@ -65,6 +65,7 @@ class EvalResult:
     per_seed: list[dict[str, float]]
     summary: dict[str, tuple[float, float]]  # metric → (mean, std)
     best_epochs: list[int] = field(default_factory=list)
+    unlabeled: dict[str, int] = field(default_factory=dict)  # split → samples left out for a NaN label
 
 
 def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
@@ -87,9 +88,19 @@ def finetune(
 ) -> EvalResult:
     run_dir = Path(run_dir)
     store = FeatureStore(store_path)
-    split_index = {s: store.indices(s) for s in ("train", "valid", "test")}
-    for s, idx in split_index.items():
-        if len(idx) == 0 or np.isnan(store.labels[idx]).all():
+    # A NaN label means unlabeled (README): such samples are left out of fine-tuning and evaluation, and counted.
+    labels = store.labels
+    infinite = np.flatnonzero(np.isinf(labels))
+    if len(infinite):
+        shown = ", ".join(repr(store.ids[i]) for i in infinite[:5]) + (" …" if len(infinite) > 5 else "")
+        raise KebrError(f"Store {store_path} has {len(infinite)} infinite label(s) (ids {shown}); re-import or "
+                        "re-extract it with finite labels (kebr refuses them now).")
+    split_index, unlabeled = {}, {}
+    for s in ("train", "valid", "test"):
+        idx = store.indices(s)
+        split_index[s] = idx[~np.isnan(labels[idx])]
+        unlabeled[s] = len(idx) - len(split_index[s])
+        if len(split_index[s]) == 0:
             raise KebrError(f"Store {store_path} has no labeled '{s}' samples; eval needs train, valid and test labels.")
     wanted = store_widths(store)
     if checkpoint is not None:
@@ -112,7 +123,8 @@ def finetune(
     tokenizer = load_tokenizer(cfg.model.text_model)
     token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)  # once, for every split
     encoded = [{"input_ids": t} for t in token_ids]
-    datasets = {s: StoreDataset(store, split=s, text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
+    datasets = {s: StoreDataset(store, split=s, labeled_only=True,
+                                text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
     collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len, pad_id=tokenizer.pad_token_id or 0)
 
     per_seed, best_epochs = [], []
@@ -132,9 +144,9 @@ def finetune(
 
     summary = aggregate(per_seed)
     if info.is_main:
-        _write_results(run_dir, seeds, per_seed, best_epochs, summary)
+        _write_results(run_dir, seeds, per_seed, best_epochs, summary, unlabeled)
     barrier(info)
-    return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs)
+    return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, unlabeled=unlabeled)
 
 
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
@@ -233,10 +245,11 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
     return (pred, label, feats) if features else (pred, label)
 
 
-def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary) -> None:
+def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, unlabeled: dict[str, int]) -> None:
     payload = {
         "seeds": list(seeds),
         "best_epochs": best_epochs,
+        "unlabeled_left_out": unlabeled,
         "selection": "epoch with the lowest validation MAE; test evaluated once per seed",
         "mean": {k: v[0] for k, v in summary.items()},
         "std": {k: v[1] for k, v in summary.items()},

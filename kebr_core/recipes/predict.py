@@ -294,6 +294,8 @@ def _notes(result: ItemResult) -> list[str]:
         notes.append("no audio track: scored from text and vision")
     elif result.no_speech:
         notes.append("no speech found in the audio track")
+    elif result.no_asr:
+        notes.append("no ASR (--asr none) and no transcript given")
     if result.no_face:
         notes.append("no face found: scored without vision")
     if result.sample is not None and not result.sample.text.strip():
