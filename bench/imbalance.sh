@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Does MCC balance the modalities? (issue 6; paper §4.5–4.6, Appendix D)
 # A synthetic store where audio carries 10× the label weight of vision, then C1 (with MCC) against
-# C4 (no MCC), 3 seeds, frozen embedded MiniLM, once per MCC alignment (tile: the authors'; projected);
+# C4 (no MCC), 3 seeds, frozen embedded MiniLM, once per MCC alignment (tile: kebr's pairwise tile; projected);
 # tables, balance.csv and plots land in docs/imbalance/<alignment>/.
 #   usage: bash bench/imbalance.sh [OUT_DIR]   (about 25 minutes on 2 quiet CPU cores; see docs/imbalance/README.md)
 set -euo pipefail

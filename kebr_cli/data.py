@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 from rich.table import Table
 
 from kebr_cli.app import app, console, number, progress, user_errors
 from kebr_core.data.labels import outside_range_warning
+from kebr_core.errors import KebrError
 
 
 def _progress_callback(bar: Any, description: str) -> Callable[[int, int], None]:
@@ -149,6 +150,14 @@ def inspect(
         _render(summary)
 
 
+def _length_range(text: str, option: str) -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise KebrError(f"{option} takes a frame range MIN-MAX, e.g. 30-300, not '{text}'.") from None
+    return low, high
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Synthetic store to create (.h5)."),
@@ -160,19 +169,35 @@ def synth(
     audio_strength: float = typer.Option(1.0, "--audio-strength", parser=number(0), help="Audio's weight in the label."),
     vision_strength: float = typer.Option(0.25, "--vision-strength", parser=number(0), help="Vision's weight in the label (the imbalance)."),
     label_noise: float = typer.Option(0.2, "--label-noise", parser=number(0), help="Std of the noise added to the label."),
+    signal: float = typer.Option(0.5, "--signal", parser=number(0), help="β: how strongly a stream's frames show its latent (both streams)."),
+    noise: float = typer.Option(1.0, "--noise", parser=number(0), help="σ: the std of the frames' noise (both streams)."),
+    audio_signal: Optional[float] = typer.Option(None, "--audio-signal", parser=number(0), help="β of audio alone (default --signal): with --audio-noise, how easy audio is to read."),
+    audio_noise: Optional[float] = typer.Option(None, "--audio-noise", parser=number(0), help="σ of audio alone (default --noise)."),
+    vision_signal: Optional[float] = typer.Option(None, "--vision-signal", parser=number(0), help="β of vision alone (default --signal)."),
+    vision_noise: Optional[float] = typer.Option(None, "--vision-noise", parser=number(0), help="σ of vision alone (default --noise)."),
+    latent_correlation: float = typer.Option(0.0, "--latent-correlation", parser=number(0, 1), help="ρ in [0, 1] between the audio and vision latents: 0 = independent (complementary), 1 = the same (redundant)."),
+    audio_len: str = typer.Option("30-300", "--audio-len", help="Audio frames per sample, MIN-MAX."),
+    vision_len: str = typer.Option("10-55", "--vision-len", help="Vision frames per sample, MIN-MAX."),
     missing_vision: float = typer.Option(0.0, "--missing-vision", parser=number(0, 1), help="Fraction of samples with no vision frames."),
     seed: int = typer.Option(0, "--seed", min=0),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
-    """Generate a seeded synthetic store with a known text/audio/vision share of the label (DESIGN §9)."""
+    """Generate a seeded synthetic store with a known text/audio/vision share of the label, each stream as easy
+    to read as asked (the generative formula: docs/design.md §9)."""
     from kebr_core.data.synth import SynthConfig, generate_synth
 
-    cfg = SynthConfig(n=n, unlabeled=unlabeled, audio_dim=audio_dim, vision_dim=vision_dim, text_strength=text_strength,
-                      audio_strength=audio_strength, vision_strength=vision_strength, label_noise=label_noise,
-                      missing_vision=missing_vision, seed=seed)
+    with user_errors():
+        cfg = SynthConfig(n=n, unlabeled=unlabeled, audio_dim=audio_dim, vision_dim=vision_dim, text_strength=text_strength,
+                          audio_strength=audio_strength, vision_strength=vision_strength, label_noise=label_noise,
+                          signal=signal, noise=noise, audio_signal=audio_signal, audio_noise=audio_noise,
+                          vision_signal=vision_signal, vision_noise=vision_noise, latent_correlation=latent_correlation,
+                          audio_len=_length_range(audio_len, "--audio-len"),
+                          vision_len=_length_range(vision_len, "--vision-len"), missing_vision=missing_vision, seed=seed)
     with user_errors(), progress() as bar:
         result = generate_synth(out, cfg, progress=_progress_callback(bar, "synth"), overwrite=force)
     splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
+    (beta_a, sigma_a), (beta_v, sigma_v) = cfg.stream("audio"), cfg.stream("vision")
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples ({splits}); label = clip(({text_strength}·t + "
-                  f"{audio_strength}·a + {vision_strength}·v) / {text_strength + audio_strength + vision_strength:g} + noise)",
+                  f"{audio_strength}·a + {vision_strength}·v) / {text_strength + audio_strength + vision_strength:g} + noise); "
+                  f"signal/noise audio {beta_a:g}/{sigma_a:g}, vision {beta_v:g}/{sigma_v:g}",
                   soft_wrap=True)

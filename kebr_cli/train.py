@@ -15,8 +15,6 @@ from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
 from kebr_core.errors import KebrError
 from kebr_core.metrics import format_table_row
 
-MCC_FORMS = ("paper", "reference")
-MCC_ALIGNS = ("tile", "projected")
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -32,6 +30,8 @@ def build_config(
     device: str, workers: int, checkpoint_every: int, unfreeze: bool, bf16: Optional[bool], dropout: float = 0.1,
 ) -> RunConfig:
     """Options → RunConfig. `--preset paper` starts from the paper's settings; explicit options win."""
+    from kebr_core.modules.mcc import ALIGNS, FORMS  # here, not at import: `kebr --help` stays free of torch
+
     if preset not in (None, "paper"):
         raise KebrError(f"--preset must be 'paper', not '{preset}'.")
     cfg = paper_preset(stage) if preset == "paper" else RunConfig()  # type: ignore[arg-type]
@@ -40,8 +40,8 @@ def build_config(
     m.dropout = dropout
     m.ffn = _choice(ffn, ("mlp", "linear"), "--ffn")  # type: ignore[assignment]
     c.g, c.s, c.weight = g, s, lambda_mcc
-    c.form = _choice(mcc_form, MCC_FORMS, "--mcc-form")  # type: ignore[assignment]
-    c.align = _choice(mcc_align, MCC_ALIGNS, "--mcc-align")  # type: ignore[assignment]
+    c.form = _choice(mcc_form, FORMS, "--mcc-form")
+    c.align = _choice(mcc_align, ALIGNS, "--mcc-align")
     if epochs is not None:
         t.epochs = epochs
     elif preset is None:
@@ -54,7 +54,7 @@ def build_config(
         if value is not None:
             setattr(t, name, value)
     if not -0.5 < g < 0.5:
-        raise KebrError(f"--g must lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine, not {g}.")
+        raise KebrError(f"--g must lie in (-0.5, 0.5) so MCC's balanced zero cos θ = 0.5 − g is a cosine, not {g}.")
     return cfg
 
 
@@ -69,11 +69,11 @@ def check_run_dir(out: Path, *inputs: Path) -> None:
 
 # Options shared by both commands (Typer needs them spelled out per command).
 TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
-G = typer.Option(0.2, "--g", help="MCC angle penalty g: the loss is 0 where cos θ_a = cos θ_v = 0.5 − g (Eq. 11–13).")
+G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g, one of several (others lie off the diagonal; docs/design.md §5.5).")
 S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
-MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12) or reference (the authors' code).")
-MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (the authors') or projected.")
+MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")
+MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).")
 Layers = typer.Option(4, "--layers", min=1, help="Number of TCMF layers K (Eq. 2).")
 Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF layer applied K times (the authors') or K independent layers.")
 Heads = typer.Option(1, "--heads", min=1, help="Attention heads in cross-modal attention (paper: 1).")
@@ -144,6 +144,9 @@ def pretrain(
         table.add_column(k, justify="right")
     table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")])
     console.print(table)
+    console.print(f"pretrained on {result.samples} sample(s)"
+                  + (f"; {result.samples_without_words} without words in their transcript left out (nothing to mask)"
+                     if result.samples_without_words else ""))
     console.print(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}")
 
 
@@ -167,6 +170,8 @@ def eval_(
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
     seeds: int = typer.Option(5, "--seeds", min=1, help="Number of runs with seeds 0..N-1 (paper: 5) → mean ± std."),
+    std: str = typer.Option("sample", "--std", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
+    probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10; paper preset 20)."),
@@ -192,14 +197,18 @@ def eval_(
             seed=0, device=device, workers=workers, checkpoint_every=1, unfreeze=not freeze_encoder, bf16=bf16,
             dropout=dropout,
         )
+        _choice(std, ("sample", "population"), "--std")
         check_run_dir(out, Path(dataset), *([checkpoint] if checkpoint else []))
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
         with progress() as prog:
-            result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), progress=_renderer(prog, {}))
+            result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), probe=probe, std=std,
+                              progress=_renderer(prog, {}))
     if not is_main_process():
         return
-    console.print(results_table(f"{dataset}: test split, mean ± std over {seeds} seed(s)", {"KEBR": result.summary}))
+    spread = "sample std (ddof=1)" if std == "sample" else "population std (ddof=0)"
+    rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
+    console.print(results_table(f"{dataset}: test split, mean ± {spread} over {seeds} seed(s)", rows))
     left_out = {s: n for s, n in result.unlabeled.items() if n}
     if left_out:
         console.print("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "

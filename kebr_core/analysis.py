@@ -1,4 +1,4 @@
-"""Plots of KEBR runs for `kebr analyze` (paper Fig. 4, §4.5; DESIGN §8).
+"""Plots of KEBR runs for `kebr analyze` (paper Fig. 4, §4.5; docs/design.md §8).
 
 Three kinds of directory are read (the formats the recipes write):
 
@@ -259,7 +259,9 @@ def load_test_features(run_dir: Path) -> TestFeatures:
 
 
 def mcc_zero_cosine(run_dir: Path) -> float | None:
-    """cos θ = 0.5 − g, where the MCC loss of a run is 0 (Eq. 11–13), or None when MCC is off or unknown."""
+    """cos θ = 0.5 − g, MCC's balanced zero (c_a = c_v there; Eq. 11–13), or None when MCC is off or unknown.
+    The loss has other zeros off the diagonal (`kebr_core.modules.mcc`), so this is a reference, not the
+    only place the loss is 0."""
     try:
         mcc = json.loads((run_dir / "config.json").read_text()).get("mcc", {})
         if float(mcc.get("weight", 1.0)) == 0.0:
@@ -296,7 +298,7 @@ def g_sweep_figure(points: list[SweepPoint], dataset: str) -> Figure:
     ax_f1.set(title="F1 (non-zero labels) vs g", ylabel="F1 (%)")
     ax_mae.errorbar(g, mae, yerr=mae_std, marker="s", capsize=3,
                     color="tab:red", label="MAE")
-    ax_mae.set(title="MAE vs g", xlabel="g (angle penalty, unitless; MCC zero at cos θ = 0.5 − g)",
+    ax_mae.set(title="MAE vs g", xlabel="g (angle penalty, unitless; MCC's balanced zero at c_a = c_v = 0.5 − g)",
                ylabel="MAE (sentiment units)")
     for ax in (ax_f1, ax_mae):
         ax.grid(alpha=0.3)
@@ -312,7 +314,7 @@ class BalanceSeries:
     stage: Literal["fine-tuning", "pretraining"]
     curves: dict[str, np.ndarray]  # epoch, cos_a, cos_v, abs_dtheta (E,) each
     with_mcc: bool | None  # colours with/without MCC; None for a single run
-    mcc_zero: float | None = None  # cos θ where MCC's loss is 0, drawn as a reference line
+    mcc_zero: float | None = None  # MCC's balanced zero c_a = c_v = 0.5 − g (one of its zeros), a reference line
 
 
 def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
@@ -336,7 +338,7 @@ def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
             if b.mcc_zero is not None:
                 zeros.add(round(b.mcc_zero, 6))
         for z in sorted(zeros):
-            ax_cos.axhline(z, color="grey", linestyle=":", linewidth=1, label=f"MCC zero (cos = {z:.2f})")
+            ax_cos.axhline(z, color="grey", linestyle=":", linewidth=1, label=f"MCC balanced zero (c_a = c_v = {z:.2f})")
         ax_cos.set(title=f"{stage}: c_a, c_v (Eq. 9)", ylabel="cosine to X_K (unitless)")
         ax_dtheta.set(title=f"{stage}: angle gap (Eq. 12)", xlabel="epoch", ylabel="|θa − θv| (rad)")
         for ax in (ax_cos, ax_dtheta):
@@ -351,8 +353,8 @@ def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
         proxies += [Line2D([], [], color="black", linestyle="-", label="c_a (audio)"),
                     Line2D([], [], color="black", linestyle="--", label="c_v (vision)")]
         if any(b.mcc_zero is not None for b in series):
-            proxies.append(Line2D([], [], color="grey", linestyle=":", label="MCC zero: cos = 0.5 − g"))
-        fig.legend(handles=proxies, loc="outside lower center", ncol=len(proxies), fontsize="small")
+            proxies.append(Line2D([], [], color="grey", linestyle=":", label="MCC balanced zero: c_a = c_v = 0.5 − g"))
+        fig.legend(handles=proxies, loc="outside lower center", ncol=min(len(proxies), 3), fontsize="small")
     return fig
 
 

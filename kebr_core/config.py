@@ -1,4 +1,4 @@
-"""Settings of the model, the MCC loss and training, as dataclasses (DESIGN.md §5–6).
+"""Settings of the model, the MCC loss and training, as dataclasses (docs/design.md §11).
 
 Every knob the CLI exposes lives here, so a run directory's `config.json` fully describes a run.
 `paper_preset()` returns the settings of the paper (§4.2); the defaults are smaller where the paper's
@@ -19,25 +19,28 @@ DEFAULT_TEXT_MODEL = "embedded:all-MiniLM-L6-v2"
 
 @dataclass
 class MCCConfig:
-    """Multimodal cosine constraint (paper Eq. 9–13, DESIGN §5).
+    """Multimodal cosine constraint (paper Eq. 9–13; docs/design.md §5.5).
 
-    g: angle penalty; the loss is 0 where cos θ_a = cos θ_v = 0.5 − g.
+    g: angle penalty, in (−0.5, 0.5); the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g,
+       one of several (`kebr_core.modules.mcc` says where the others are).
     s: scaling factor (and the extra loss for a negative cosine).
     weight: λ in L = L_task + λ·L_mcc (Eq. 17); 0 disables MCC (ablation C4).
-    form: "paper" (Eq. 11–12) or "reference" (the authors' fine-tuning code).
-    align: "tile" (flatten, L2-normalise, tile the shorter vector) or "projected" (pooled means in d_t).
+    form: one of `kebr_core.modules.mcc.FORMS`: "paper" (Eq. 11–12), "reference" (the authors'
+          fine-tuning code) or "mean-cosine" (the authors' pretraining code).
+    align: one of `kebr_core.modules.mcc.ALIGNS`: "tile" (kebr's pairwise tile), "authors" (the
+           authors' three-way alignment, padding included) or "projected" (pooled means in d_t).
     """
 
     g: float = 0.2
     s: float = 1.0
     weight: float = 1.0
-    form: Literal["paper", "reference"] = "paper"
-    align: Literal["tile", "projected"] = "tile"
+    form: str = "paper"
+    align: str = "tile"
 
 
 @dataclass
 class ModelConfig:
-    """KEBR model: text encoder + K TCMF layers + heads (paper §3.3, §3.5; DESIGN §5)."""
+    """KEBR model: text encoder + K TCMF layers + heads (paper §3.3, §3.5; docs/design.md §5)."""
 
     text_model: str = DEFAULT_TEXT_MODEL
     d_audio: int = 33
@@ -57,7 +60,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by pretraining and fine-tuning (DESIGN §6)."""
+    """Optimisation settings shared by pretraining and fine-tuning (docs/design.md §6)."""
 
     epochs: int = 20
     batch_size: int = 32

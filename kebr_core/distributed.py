@@ -1,4 +1,4 @@
-"""Data-parallel training with torch.distributed (DDP), launched by `torchrun` (DESIGN §6).
+"""Data-parallel training with torch.distributed (DDP), launched by `torchrun` (docs/design.md §6).
 
 The recipes run unchanged in one process (world size 1). Under torchrun every rank:
 - takes its share of each *global* batch: the same shuffled batches a single process would see,

@@ -1,4 +1,4 @@
-"""The sentiment lexicon that decides which word to mask (paper §3.2, DESIGN §4).
+"""The sentiment lexicon that decides which word to mask (paper §3.2, docs/design.md §4).
 
 The default is VADER's `vader_lexicon.txt`, shipped inside the `vaderSentiment` package. Each line is
 tab-separated: token, mean rating in [-4, 4], standard deviation, the raw ratings. Only the token and

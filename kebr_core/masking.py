@@ -5,12 +5,14 @@ mask token, giving T' = {w_1, ..., w_mask, ..., w_n} (Eq. 1), and its score (VAD
 [-3, 3]) is the pretraining label. A transcript without a lexicon word gets one random word masked
 and label 0.0.
 
-Two things the authors' code got wrong and this file does on purpose (DESIGN §4):
-- EVERY wordpiece of the chosen word is masked. Only ~30% of VADER words are one wordpiece
-  ("unlovable" → un ##lova ##ble); masking only one piece would leave the rest to give the word away.
-  The prediction position is the first masked piece.
-- Truncation never cuts the masked word out: when the pieces do not fit in `max_length`, the window
-  of content pieces is shifted right just enough to end with the masked word.
+What this file does on purpose (docs/design.md §4):
+- EVERY wordpiece of EVERY occurrence of the chosen word is masked ("good quite good" → "[MASK]
+  quite [MASK]"), as the authors masked every occurrence: a visible copy would give the answer
+  away. Only ~30% of VADER words are one wordpiece ("unlovable" → un ##lova ##ble); masking only one
+  piece would leave the rest to give the word away (the authors' code skipped such words). The
+  prediction position is the first piece of the first occurrence.
+- Truncation never cuts the first occurrence out: when the pieces do not fit in `max_length`, the
+  window of content pieces is shifted right just enough to end with it.
 
 Words come from `split_words` (lower-cased, punctuation stripped at word edges), and the SAME words
 are fed to the tokenizer with `is_split_into_words=True`, so `word_ids()` tells exactly which pieces
@@ -18,7 +20,9 @@ belong to which word. `tokenize_plain` (fine-tuning) uses the same words, so pre
 fine-tuning see identical token sequences apart from the mask. Punctuation at word edges is therefore
 not part of the model input; CMU-MOSI transcripts carry none anyway.
 
-A text with no words at all (empty, or only punctuation) cannot be masked and raises KebrError.
+A text with no words at all (empty, or only punctuation: a silent video's transcript) cannot be
+masked: `mask_sentiment_word` raises KebrError, `mask_batch(..., skip_empty=True)` gives None for it
+(pretraining leaves such samples out: they carry no target).
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ class MaskedText:
     """One masked transcript, ready for the pretraining collate.
 
     input_ids: [L] token ids with the special tokens, L ≤ max_length, no padding.
-    mask_positions: positions in input_ids of every masked wordpiece (contiguous, ascending).
-    mask_pos: mask_positions[0], where the sentiment score is predicted.
+    mask_positions: positions in input_ids of every masked wordpiece, ascending: every piece of every
+        occurrence of the word inside the window (contiguous when the word occurs once).
+    mask_pos: mask_positions[0], the first piece of the first occurrence, where the score is predicted.
     label: the masked word's score in [-3, 3]; 0.0 when no lexicon word was found.
     word: the masked word as `split_words` gives it.
     from_lexicon: True when the word was chosen by the lexicon, False when picked at random.
@@ -76,7 +81,7 @@ def mask_sentiment_word(
     max_length: int,
     rng: random.Random | int,
 ) -> MaskedText:
-    """Mask every wordpiece of the strongest sentiment word of `text` (paper Eq. 1).
+    """Mask every wordpiece of every occurrence of the strongest sentiment word of `text` (paper Eq. 1).
 
     tokenizer: a fast Hugging Face tokenizer with a mask token (e.g. the MiniLM/BERT one).
     lexicon: {lower-cased word: score in [-3, 3]}, e.g. `kebr_core.lexicon.load_lexicon()`.
@@ -85,7 +90,7 @@ def mask_sentiment_word(
     Raises KebrError when the text has no words or max_length leaves no room for one.
     """
     rng = rng if isinstance(rng, random.Random) else random.Random(rng)
-    return _mask_texts([text], tokenizer, lexicon, max_length, [rng], [repr(text)])[0]
+    return _mask_texts([text], tokenizer, lexicon, max_length, [rng], [repr(text)])[0]  # type: ignore[return-value]
 
 
 def mask_batch(
@@ -94,15 +99,18 @@ def mask_batch(
     lexicon: Mapping[str, float],
     max_length: int,
     seed: int,
-) -> list[MaskedText]:
+    skip_empty: bool = False,
+) -> list[MaskedText | None]:
     """`mask_sentiment_word` for many texts, tokenised in one call; deterministic given `seed`.
 
     Text i uses its own `random.Random(f"kebr-mask:{seed}:{i}")`, so its random choice depends only on
     (seed, i, text), not on the other texts or on how many were drawn before it.
+    skip_empty: a text without words gives None instead of raising KebrError (a silent video's empty
+    transcript has no word to mask, hence no target).
     """
     rngs = [random.Random(f"kebr-mask:{seed}:{i}") for i in range(len(texts))]
     names = [f"#{i} ({text!r})" for i, text in enumerate(texts)]
-    return _mask_texts(list(texts), tokenizer, lexicon, max_length, rngs, names)
+    return _mask_texts(list(texts), tokenizer, lexicon, max_length, rngs, names, skip_empty)
 
 
 def tokenize_plain(texts: Sequence[str], tokenizer: Any, max_length: int) -> list[list[int]]:
@@ -133,7 +141,8 @@ def _mask_texts(
     max_length: int,
     rngs: list[random.Random],
     names: list[str],
-) -> list[MaskedText]:
+    skip_empty: bool = False,
+) -> list[MaskedText | None]:
     if not getattr(tokenizer, "is_fast", False):
         raise KebrError(
             f"Tokenizer {type(tokenizer).__name__} is not a fast tokenizer, "
@@ -146,16 +155,17 @@ def _mask_texts(
         return []
 
     word_lists = [split_words(text) for text in texts]
-    for words, name in zip(word_lists, names):
-        if not words:
-            raise KebrError(f"Text {name} has no words to mask.")
+    if not skip_empty:
+        for words, name in zip(word_lists, names):
+            if not words:
+                raise KebrError(f"Text {name} has no words to mask.")
     # No truncation here: the window is chosen per text, after the masked word is known.
     encoded = tokenizer(word_lists, is_split_into_words=True, truncation=False)
     return [
         _mask_one(
             words, encoded["input_ids"][i], encoded.word_ids(i), lexicon, room, rngs[i],
             tokenizer.mask_token_id, names[i],
-        )
+        ) if words else None
         for i, words in enumerate(word_lists)
     ]
 
@@ -199,23 +209,27 @@ def _mask_one(
         if score is not None and (chosen is None or abs(score) > abs(best)):
             chosen, best = w, score
     from_lexicon = chosen is not None
-    if chosen is None:
-        candidates = sorted(spans)
+    if chosen is None:  # a random word (each distinct word equally likely), predicted at its first occurrence
+        first_occurrence: dict[str, int] = {}
+        for w in sorted(spans):
+            first_occurrence.setdefault(words[w], w)
+        candidates = list(first_occurrence.values())
         chosen = candidates[rng.randrange(len(candidates))]
         best = 0.0
 
-    start, end = spans[chosen]
-    for pos in range(start, end):
+    # Every occurrence is masked (a visible copy would give the answer away); `chosen` is the first one.
+    masked = [pos for w in spans if words[w] == words[chosen] for pos in range(*spans[w])]
+    for pos in masked:
         content_ids[pos] = mask_token_id
 
     # Keep `room` content pieces: from the left as usual, shifted right just enough to end with the
-    # masked word; a word longer than the whole window keeps its first `room` pieces.
+    # first occurrence; a word longer than the whole window keeps its first `room` pieces.
+    start, end = spans[chosen]
     window_start = min(start, max(0, end - room))
     window_end = window_start + room
     kept = content_ids[window_start:window_end]
     input_ids = list(ids[:n_prefix]) + kept + list(ids[len(ids) - n_suffix :])
-    first, last = n_prefix + start - window_start, n_prefix + min(end, window_end) - window_start
-    mask_positions = list(range(first, last))
+    mask_positions = [n_prefix + pos - window_start for pos in sorted(masked) if window_start <= pos < window_end]
     return MaskedText(
         input_ids=input_ids,
         mask_positions=mask_positions,

@@ -1,4 +1,4 @@
-"""The multimodal-sentiment metrics, with MMSA's conventions (DESIGN.md §7, paper §4.3).
+"""The multimodal-sentiment metrics, with MMSA's conventions (docs/design.md §7, paper §4.3).
 
 Predictions p and labels y are regression scores in [-3, 3]. The literature's tables come from MMSA's
 `metricsTop.py`; its conventions are copied exactly, because each of them moves the numbers:
@@ -106,7 +106,7 @@ def pearson(pred: np.ndarray, label: np.ndarray) -> float:
 
 
 def msa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """All MSA metrics of predictions against labels, with MMSA's conventions (DESIGN §7).
+    """All MSA metrics of predictions against labels, with MMSA's conventions (docs/design.md §7).
 
     Args:
         pred: (N,) predicted sentiment scores (any shape with N elements is flattened).
@@ -177,21 +177,30 @@ def format_table_row(metrics: Mapping[str, float | tuple[float, float]]) -> dict
     return row
 
 
-def aggregate(runs: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+# The spread over seeds: "sample" (ddof = 1, kebr's default, the unbiased variance's root, usual for a
+# handful of seeds) or "population" (ddof = 0: MMSA's `np.std(values)` in run.py, for comparing with
+# numbers made by MMSA). With 5 seeds the population std is √(4/5) ≈ 0.894 of the sample std.
+STD_DDOF = {"sample": 1, "population": 0}
+
+
+def aggregate(runs: Sequence[Mapping[str, float]], std: str = "sample") -> dict[str, tuple[float, float]]:
     """Mean and standard deviation of each metric over runs (e.g. the paper's five seeds, §4.4).
 
     NaN values (an undefined Corr in one run) are left out of that metric's statistics. The std is the
-    sample std (ddof=1), the usual spread reported for a handful of seeds; with a single finite value it
-    is 0, and with none both mean and std are NaN.
+    sample std (ddof=1) by default, or MMSA's population std (ddof=0) with std="population" (`STD_DDOF`);
+    with a single finite value it is 0, and with none both mean and std are NaN.
 
     Args:
         runs: one `msa_metrics` dict per run; all must have the same keys.
+        std: "sample" or "population".
 
     Returns:
         {metric: (mean, std)} with the keys of the first run, in its order.
     """
     if not runs:
         raise KebrError("There are no runs to aggregate: pass at least one metrics dict.")
+    if std not in STD_DDOF:
+        raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     keys = list(runs[0])
     for index, run in enumerate(runs[1:], start=1):
         if set(run) != set(keys):
@@ -208,5 +217,10 @@ def aggregate(runs: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, flo
         elif values.size == 1:
             result[key] = (float(values[0]), 0.0)
         else:
-            result[key] = (float(values.mean()), float(values.std(ddof=1)))
+            result[key] = (float(values.mean()), float(values.std(ddof=STD_DDOF[std])))
     return result
+
+
+def split_summary(summary: Mapping[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
+    """`aggregate`'s {metric: (mean, std)} as {"mean": {metric: mean}, "std": {metric: std}} (the JSON files' shape)."""
+    return {"mean": {k: v[0] for k, v in summary.items()}, "std": {k: v[1] for k, v in summary.items()}}

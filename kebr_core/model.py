@@ -1,4 +1,4 @@
-"""KEBRModel: text encoder + text-based cross-modal fusion (TCMF) + heads (paper §3.3–3.5, DESIGN §5).
+"""KEBRModel: text encoder + text-based cross-modal fusion (TCMF) + heads (paper §3.3–3.5, docs/design.md §5).
 
     input_ids ──encoder──▶ X0t (B, Lt, dt) ─┐
     audio  X0a (B, La, da) ─────────────────┼─TCMF × K (Eq. 2, 7–8)─▶ X_K (B, Lt, dt) ─┬─ pretrain head at mask_pos (Eq. 15)
@@ -144,7 +144,7 @@ class KEBRModel(nn.Module):
     text_index (N,) (flat positions of the valid tokens; TCMF's FFN then skips text padding),
     audio (B, La, da) + audio_mask (B, La), vision (B, Lv, dv) + vision_mask (B, Lv), and for
     pretraining mask_pos (B,). `text_hidden` (B, Lt, dt) replaces the encoder's forward when the
-    frozen encoder's outputs were computed once (pretraining, DESIGN §6).
+    frozen encoder's outputs were computed once (pretraining, docs/design.md §6).
     """
 
     def __init__(self, cfg: ModelConfig, mcc: MCCConfig | None = None, encoder: nn.Module | None = None):

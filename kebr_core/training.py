@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, bf16: bool | None):
-    """bf16 autocast on CUDA by default (DESIGN §6); opt-in on CPU."""
+    """bf16 autocast on CUDA by default (docs/design.md §6); opt-in on CPU."""
     use = (device.type == "cuda") if bf16 is None else bf16
     if not use:
         return nullcontext()
@@ -66,7 +66,7 @@ def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
 
 @dataclass
 class TextCache:
-    """The frozen encoder's last hidden states of every sample, stored flat (DESIGN §6).
+    """The frozen encoder's last hidden states of every sample, stored flat (docs/design.md §6).
 
     flat (T, dt) holds all samples' token states back to back; sample i is flat[offsets[i]:offsets[i+1]].
     `gather` builds a padded batch with index arithmetic (no per-sample Python loop).

@@ -27,8 +27,10 @@ TEXTS = [
 
 
 def write_tiny_store(path: Path, n: int = 60, d_audio: int = 7, d_vision: int = 5, seed: int = 0,
-                     audio_value: float | None = None, labeled: bool = True, no_streams: bool = False) -> Path:
-    """A small store whose audio carries the label (so training has something to learn)."""
+                     audio_value: float | None = None, labeled: bool = True, no_streams: bool = False,
+                     no_audio: bool = False) -> Path:
+    """A small store whose audio carries the label (so training has something to learn). audio_value: every
+    audio value; no_audio: no audio frames (the same random draws otherwise, so stores differ only there)."""
     from kebr_core.data.store import Sample, StoreWriter
 
     rng = np.random.default_rng(seed)
@@ -41,6 +43,8 @@ def write_tiny_store(path: Path, n: int = 60, d_audio: int = 7, d_vision: int = 
             audio = rng.normal(size=(la, d_audio)).astype(np.float32) + 0.3 * label
             if audio_value is not None:
                 audio[:] = audio_value
+            if no_audio:
+                audio = audio[:0]
             w.add(Sample(
                 id=f"s{i:03d}", text=TEXTS[i % len(TEXTS)], audio=audio,
                 vision=rng.normal(size=(lv, d_vision)).astype(np.float32),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
 from kebr_core.config import RunConfig
+from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import KEBRModel
 from kebr_core.modules.fusion import LateFusion
 from kebr_core.modules.tcmf import TCMF
@@ -82,6 +86,19 @@ def test_ablate_all_runs_five_rows_and_reuses_work(tmp_path: Path) -> None:
         assert cfg["model"]["fusion"] == ("tcmf" if row["tcmf"] else "late")
         assert cfg["mcc"]["weight"] == (1.0 if row["mcc"] else 0.0)
         assert (cfg["checkpoint"] is not None) == row["pretrain"]
+        if row["pretrain"]:  # λ = 0 in both stages for C4: its pretraining run and checkpoint say so too
+            for pre_cfg in (out / row["pretrain_dir"] / "config.json", out / row["pretrain_dir"] / "final" / "config.json"):
+                saved = json.loads(pre_cfg.read_text())
+                assert saved["mcc"]["weight"] == cfg["mcc"]["weight"] and saved["model"]["fusion"] == cfg["model"]["fusion"]
+    # results.csv: one row per configuration with the means and relative changes of ablation.json.
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["name"] for r in table] == ["C1", "C2", "C3", "C4", "C5"]
+    for line, row in zip(table, rows):
+        assert line["status"] == "done" and line["mcc"] == str(row["mcc"])
+        for k in METRIC_NAMES:
+            assert float(line[f"{k}_mean"]) == pytest.approx(row["mean"][k], nan_ok=True)
+        assert float(line["avg_change"]) == pytest.approx(row["avg_change"])
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("test.json")} | {
         p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     r = runner.invoke(app, args)
@@ -92,7 +109,7 @@ def test_ablate_all_runs_five_rows_and_reuses_work(tmp_path: Path) -> None:
 def test_ablate_bad_align_is_one_sentence(tmp_path: Path) -> None:
     r = runner.invoke(app, ["ablate", "--dataset", "synth", "-o", str(tmp_path / "abl"), "--align", "diagonal"])
     assert r.exit_code != 0
-    assert "--align must be one of tile, projected, not 'diagonal'." in r.output
+    assert "--align must be one of tile, authors, projected, not 'diagonal'." in r.output
     assert not (tmp_path / "abl").exists()
 
 
@@ -106,3 +123,94 @@ def test_ablate_without_streams_skips_what_cannot_differ(tmp_path: Path) -> None
     rows = json.loads((out / "ablation.json").read_text())["configurations"]
     assert rows[0]["status"] == "done"
     assert rows[1]["status"].startswith("skipped: identical to C1")
+
+
+def test_ablate_pretrains_without_the_test_split_unless_asked(tmp_path: Path) -> None:
+    """Without --pretrain-store the dataset's test inputs stay out of pretraining (the paper pretrains on
+    separate video); --pretrain-on-test opts in; the choice is in ablation.json, config.json and the caption."""
+    store = write_tiny_store(tmp_path / "s.h5", n=40)  # 24 train, 8 valid, 8 test
+    common = ["--dataset", str(store), "--seeds", "1", "--pretrain-epochs", "1", "--epochs", "1",
+              "--text-model", TINY_BERT, "--batch-size", "8", "--freeze-encoder"]
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "-o", str(out), *common])
+    assert r.exit_code == 0, r.output
+    payload = json.loads((out / "ablation.json").read_text())
+    assert payload["pretrain_splits"] == ["train", "valid", "unlabeled"] and payload["pretrain_on_test"] is False
+    pre_cfg = json.loads((out / "pretrain" / "tcmf-mcc-g+0.20-paper-tile" / "config.json").read_text())
+    assert pre_cfg["splits"] == ["train", "valid", "unlabeled"] and pre_cfg["samples"] == 32
+    assert "test inputs left out" in " ".join(r.output.split())
+
+    out2 = tmp_path / "abl2"
+    r = runner.invoke(app, ["ablate", "-o", str(out2), "--pretrain-on-test", *common])
+    assert r.exit_code == 0, r.output
+    payload = json.loads((out2 / "ablation.json").read_text())
+    assert payload["pretrain_splits"] is None and payload["pretrain_on_test"] is True
+    assert json.loads((out2 / "pretrain" / "tcmf-mcc-g+0.20-paper-tile" / "config.json").read_text())["samples"] == 40
+    assert "test inputs included" in " ".join(r.output.split())
+
+    # a finished pretraining run on other data is not silently reused
+    r = runner.invoke(app, ["ablate", "-o", str(out2), *common])
+    assert r.exit_code != 0 and "was pretrained on" in r.output and "Traceback" not in r.output
+
+
+def test_remove_modality_zeroes_or_hides_one_stream() -> None:
+
+    from kebr_core.recipes.finetune import remove_modality
+
+    batch = {"audio": torch.ones(2, 3, 4), "audio_mask": torch.tensor([[True, True, False]] * 2),
+             "vision": torch.ones(2, 2, 5), "vision_mask": torch.ones(2, 2, dtype=torch.bool)}
+    zeroed = remove_modality(batch, "audio", "zeroed")
+    assert (zeroed["audio"] == 0).all() and torch.equal(zeroed["audio_mask"], batch["audio_mask"])
+    assert zeroed["vision"] is batch["vision"] and (batch["audio"] == 1).all()  # the input batch is unchanged
+    absent = remove_modality(batch, "vision", "absent")
+    assert (absent["vision"] == 0).all() and not absent["vision_mask"].any() and absent["audio"] is batch["audio"]
+
+
+def test_probe_equals_testing_on_a_store_without_that_modality(tmp_path: Path) -> None:
+    """predict_split(remove=(m, how)) gives exactly the predictions of the same model on a copy of the store
+    whose m frames are all 0 (zeroed) or missing (absent)."""
+    from kebr_core.data.dataset import Collator, StoreDataset
+    from kebr_core.masking import tokenize_plain
+    from kebr_core.model import load_tokenizer
+    from kebr_core.recipes.finetune import predict_split
+
+    cfg = RunConfig()
+    cfg.model.text_model, cfg.model.layers, cfg.model.d_audio, cfg.model.d_vision = TINY_BERT, 1, 7, 5
+    cfg.train.device = "cpu"
+    model = KEBRModel(cfg.model, cfg.mcc).eval()
+    tokenizer = load_tokenizer(TINY_BERT)
+    collate = Collator(50, 400, 55, pad_id=tokenizer.pad_token_id)
+
+    def predictions(store: Path, remove=None) -> np.ndarray:
+        encoder = lambda texts: [{"input_ids": ids} for ids in tokenize_plain(texts, tokenizer, 50)]  # noqa: E731
+        return predict_split(model, StoreDataset(store, "test", encoder), collate, None, cfg, torch.device("cpu"),
+                             remove=remove)[0]
+
+    base = write_tiny_store(tmp_path / "base.h5", n=30, seed=3)
+    for how, kwargs in (("zeroed", {"audio_value": 0.0}), ("absent", {"no_audio": True})):
+        without = write_tiny_store(tmp_path / f"{how}.h5", n=30, seed=3, **kwargs)
+        probed = predictions(base, remove=("audio", how))
+        np.testing.assert_allclose(probed, predictions(without), atol=1e-6)
+        assert not np.allclose(probed, predictions(base))  # the model does read audio
+
+
+def test_ablate_probe_tests_each_configuration_with_a_modality_removed(tmp_path: Path) -> None:
+    """--probe: each configuration's test metrics with audio or vision zeroed or absent, per seed and as mean
+    over seeds, in test.json, results.json, ablation.json and the printed table."""
+    store = write_tiny_store(tmp_path / "s.h5", n=30)
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(out), "--probe", "--seeds", "2",
+                            "--pretrain-epochs", "1", "--epochs", "1", "--text-model", TINY_BERT, "--batch-size", "8",
+                            "--layers", "1", "--freeze-encoder"])
+    assert r.exit_code == 0, r.output
+    assert "Modality removed at test time" in r.output
+    (row,) = json.loads((out / "ablation.json").read_text())["configurations"]
+    names = ["audio zeroed", "audio absent", "vision zeroed", "vision absent"]
+    assert list(row["probe"]) == names
+    assert all(set(row["probe"][n]["mean"]) == set(row["mean"]) for n in names)
+    results = json.loads((out / row["eval_dir"] / "results.json").read_text())
+    assert results["probe"]["audio absent"] == row["probe"]["audio absent"]
+    per_seed = [json.loads((out / row["eval_dir"] / f"seed-{s}" / "test.json").read_text()) for s in (0, 1)]
+    for name in names:
+        assert np.mean([p["probe"][name]["mae"] for p in per_seed]) == pytest.approx(row["probe"][name]["mean"]["mae"])
+    assert row["probe"]["audio absent"]["mean"]["mae"] != row["mean"]["mae"]

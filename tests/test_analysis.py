@@ -241,7 +241,7 @@ def test_balance_compares_c1_and_c4_in_both_stages(ablation_figures):
     assert cos_ft.title.startswith("fine-tuning") and cos_pt.title.startswith("pretraining")
     expected_cos = [("C1 (with MCC): c_a (audio)", EPOCHS), ("C1 (with MCC): c_v (vision)", EPOCHS),
                     ("C4 (without MCC): c_a (audio)", EPOCHS), ("C4 (without MCC): c_v (vision)", EPOCHS),
-                    ("MCC zero (cos = 0.30)", 2)]
+                    ("MCC balanced zero (c_a = c_v = 0.30)", 2)]
     assert cos_ft.curves == expected_cos and cos_pt.curves == expected_cos
     assert dth_ft.curves == [("C1 (with MCC)", EPOCHS), ("C4 (without MCC)", EPOCHS)] == dth_pt.curves
     assert dth_ft.ylabel == "|θa − θv| (rad)" and dth_ft.xlabel == "epoch"
@@ -325,7 +325,7 @@ def test_pair_found_by_settings_when_not_named_c1_c4(tmp_path):
     assert skipped == {"g_sweep": "The ablation has no finished g-sweep configuration."}
     cos_ft, dth_ft = summarize(figs["balance"])  # fine-tuning only: one column
     assert [c[0] for c in dth_ft.curves] == ["ref-on (with MCC)", "ref-off (without MCC)"]
-    assert ("MCC zero (cos = 0.40)", 2) in cos_ft.curves
+    assert ("MCC balanced zero (c_a = c_v = 0.40)", 2) in cos_ft.curves
 
 
 # ───────────────────────── single runs ─────────────────────────
@@ -339,7 +339,7 @@ def test_eval_run_alone(tmp_path):
     for path in report.written:
         assert_png(path)
     cos, dth = report.plots["balance"].axes
-    assert cos.curves == [("c_a (audio)", EPOCHS), ("c_v (vision)", EPOCHS), ("MCC zero (cos = 0.40)", 2)]
+    assert cos.curves == [("c_a (audio)", EPOCHS), ("c_v (vision)", EPOCHS), ("MCC balanced zero (c_a = c_v = 0.40)", 2)]
     assert dth.curves == [("|θa − θv|", EPOCHS)]
     (pca,) = report.plots["pca"].axes
     assert pca.points == N_TEST and "seed 0" in pca.title

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
+from kebr_core.model import KEBRModel
 from kebr_core.metrics import METRIC_NAMES
 from tests.conftest import TINY_BERT, write_tiny_store
 
@@ -37,8 +39,19 @@ def test_pretrain_then_eval_writes_results(tiny_store: Path, tmp_path: Path) -> 
     assert json.loads((ev / "config.json").read_text())["checkpoint"].endswith("final")
 
 
-def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Path) -> None:
-    """bf16 (the CUDA default) through the whole model: TCMF's packed FFN, attention, MCC, heads."""
+def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Path, monkeypatch) -> None:
+    """bf16 (the CUDA default) through the whole model: TCMF's packed FFN, attention, MCC, heads. Every
+    forward (training steps, validation and test predictions) runs inside bf16 autocast, and the heads
+    compute in bf16."""
+    forwards: list[tuple[str, bool, torch.dtype, torch.dtype]] = []
+    forward = KEBRModel.forward
+
+    def recording_forward(self, batch, task="finetune", text_hidden=None):
+        out = forward(self, batch, task=task, text_hidden=text_hidden)
+        forwards.append((task, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), out.pred.dtype))
+        return out
+
+    monkeypatch.setattr(KEBRModel, "forward", recording_forward)
     pre, ev = tmp_path / "pre", tmp_path / "ev"
     r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(pre), "--epochs", "1", "--bf16", *FAST])
     assert r.exit_code == 0, r.output
@@ -47,6 +60,8 @@ def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Pat
                             "--seeds", "1", "--bf16", *FAST])
     assert r.exit_code == 0, r.output
     assert np.isfinite(json.loads((ev / "results.json").read_text())["mean"]["mae"])
+    bf16 = torch.bfloat16
+    assert set(forwards) == {("pretrain", True, bf16, bf16), ("finetune", True, bf16, bf16)}
 
 
 def test_pretrain_resume_through_cli(tiny_store: Path, tmp_path: Path) -> None:
@@ -102,3 +117,68 @@ def test_ddp_two_cpu_processes_match_one(tiny_store: Path, tmp_path: Path) -> No
     pa = np.loadtxt(tmp_path / "one" / "seed-0" / "predictions.csv", delimiter=",", skiprows=1, usecols=2)
     pb = np.loadtxt(tmp_path / "two" / "seed-0" / "predictions.csv", delimiter=",", skiprows=1, usecols=2)
     np.testing.assert_allclose(pb, pa, rtol=1e-4, atol=1e-5)
+
+
+def test_pretrain_leaves_out_texts_without_words(tmp_path: Path) -> None:
+    """A silent video's empty transcript has no word to mask: the sample is left out and counted, the run goes on;
+    a store where no text has words is one sentence."""
+    import h5py
+
+    from kebr_core.data.store import Sample, StoreWriter
+
+    store = write_tiny_store(tmp_path / "s.h5", n=20)
+    with StoreWriter(store, [f"a{i}" for i in range(7)], [f"v{i}" for i in range(5)]) as w:
+        for i, text in enumerate(["", " -- ", ""]):
+            w.add(Sample(id=f"silent{i}", text=text, audio=np.ones((3, 7), np.float32),
+                         vision=np.ones((2, 5), np.float32), label=0.0, split="train"))
+    with h5py.File(store) as f:
+        assert int(f["committed"][0]) == 23
+    out = tmp_path / "pre"
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(out), "--epochs", "1", *FAST])
+    assert r.exit_code == 0, r.output
+    assert "pretrained on 20 sample(s); 3 without words" in " ".join(r.output.split())
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["samples"], cfg["samples_without_words"]) == (20, 3)
+
+    silent = tmp_path / "silent.h5"
+    with StoreWriter(silent, ["a0"], ["v0"]) as w:
+        w.add(Sample(id="x", text="", audio=np.ones((3, 1), np.float32), vision=np.ones((2, 1), np.float32),
+                     label=0.0, split="train"))
+    r = runner.invoke(app, ["pretrain", str(silent), "-o", str(tmp_path / "p2"), "--epochs", "1", *FAST])
+    assert r.exit_code != 0 and "has a word in its transcript" in r.output and "Traceback" not in r.output
+
+
+def test_eval_std_convention_is_written_and_population_is_mmsas(tiny_store: Path, tmp_path: Path) -> None:
+    """--std population gives MMSA's np.std (ddof=0) of the same per-seed results; both files say which."""
+    runs = {}
+    for std in ("sample", "population"):
+        out = tmp_path / std
+        r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "-o", str(out), "--epochs", "1", "--seeds", "2",
+                                "--std", std, "--freeze-encoder", "--layers", "1", *FAST])
+        assert r.exit_code == 0, r.output
+        assert f"{std} std (ddof={1 if std == 'sample' else 0})" in " ".join(r.output.split())
+        runs[std] = json.loads((out / "results.json").read_text())
+        assert runs[std]["std_ddof"] == (1 if std == "sample" else 0)
+        assert (out / "results.csv").read_text().splitlines()[0].startswith("metric,mean,std,std_ddof,seed_0")
+    maes = [s["mae"] for s in runs["sample"]["per_seed"]]
+    assert runs["sample"]["std"]["mae"] == pytest.approx(np.std(maes, ddof=1))
+    assert runs["population"]["std"]["mae"] == pytest.approx(np.std(maes))  # MMSA: np.std(values)
+    r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "-o", str(tmp_path / "x"), "--std", "ddof1", *FAST])
+    assert r.exit_code != 0 and "--std must be one of sample, population" in r.output
+
+
+def test_pretrain_with_the_authors_alignment_and_pretraining_form(tiny_store: Path, tmp_path: Path) -> None:
+    """Each of the authors' MCC variants runs by name: alignment `authors`, form `mean-cosine` (their
+    pretraining settings g = 1/4, λ = 0.5)."""
+    out = tmp_path / "pre"
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(out), "--epochs", "1", "--mcc-align", "authors",
+                            "--mcc-form", "mean-cosine", "--g", "0.25", "--lambda-mcc", "0.5", "--layers", "1", *FAST])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())["mcc"]
+    assert (cfg["align"], cfg["form"], cfg["g"], cfg["weight"]) == ("authors", "mean-cosine", 0.25, 0.5)
+    header, row = (out / "metrics.csv").read_text().splitlines()[:2]
+    values = dict(zip(header.split(","), map(float, row.split(","))))
+    assert np.isfinite(values["mcc"]) and values["mcc"] > 0 and values["loss"] == pytest.approx(
+        values["task_l1"] + 0.5 * values["mcc"])
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(tmp_path / "x"), "--mcc-align", "theirs", *FAST])
+    assert r.exit_code != 0 and "--mcc-align must be one of tile, authors, projected" in r.output

@@ -172,3 +172,40 @@ def test_stronger_audio_raises_the_audio_label_correlation(tmp_path: Path) -> No
         corr[strength] = np.corrcoef(audio_mean, store.labels)[0, 1]
     assert corr[3.0] > corr[0.2] + 0.3, corr
     assert corr[3.0] > 0.8
+
+
+def test_synth_signal_noise_and_length_knobs_set_how_easy_each_stream_is(tmp_path: Path) -> None:
+    """Per-stream β/σ and lengths follow the documented formula: the steady columns' mean over a sample's
+    frames is β_m·m/3 + noise of std σ_m/√(L·k); the label shares stay those of the strengths."""
+    out = tmp_path / "s.h5"
+    result = kebr("synth", "-o", out, "--n", 400, "--text-strength", 0, "--vision-strength", 1, "--label-noise", 0,
+                  "--audio-signal", 1.0, "--audio-noise", 0.0, "--vision-signal", 0.2, "--vision-noise", 2.0,
+                  "--audio-len", "5-8", "--vision-len", "40-40", "--audio-dim", 16, "--vision-dim", 16)
+    assert result.exit_code == 0, result.output
+    assert "signal/noise audio 1/0, vision 0.2/2" in " ".join(result.output.split())
+    store, latent = FeatureStore(out), read_latents(out)
+    _, a, v = latent.T
+    np.testing.assert_allclose(store.labels, np.clip((a + v) / 2, -3, 3), atol=1e-5)
+    audio_lengths, vision_lengths = store.lengths()
+    assert audio_lengths.min() >= 5 and audio_lengths.max() <= 8 and (vision_lengths == 40).all()
+    k = 2  # 16 // 8 steady columns
+    for i in range(0, 400, 37):  # noiseless audio: every steady value is exactly β_a·a/3; noise-only columns are 0
+        np.testing.assert_allclose(store.audio(i)[:, :k], 1.0 * a[i] / 3, rtol=1e-5, atol=1e-6)
+        assert (store.audio(i)[:, 2 * k:] == 0).all()
+    vision_mean = np.array([store.vision(i)[:, :k].mean() for i in range(len(store))])
+    residual = vision_mean - 0.2 * v / 3
+    assert residual.std() == pytest.approx(2.0 / np.sqrt(40 * k), rel=0.15)
+
+
+def test_synth_latent_correlation_makes_audio_and_vision_share_their_latent(tmp_path: Path) -> None:
+    corr = {}
+    for rho in (0.0, 0.5, 1.0):
+        out = tmp_path / f"r{rho}.h5"
+        assert kebr("synth", "-o", out, "--n", 600, "--latent-correlation", rho).exit_code == 0
+        _, a, v = read_latents(out).T
+        assert a.min() >= -3 and a.max() <= 3 and abs(a.mean()) < 0.3 and a.std() == pytest.approx(6 / np.sqrt(12), rel=0.1)
+        corr[rho] = np.corrcoef(a, v)[0, 1]
+    assert abs(corr[0.0]) < 0.1 and 0.35 < corr[0.5] < 0.65 and corr[1.0] == pytest.approx(1.0)
+    bad = kebr("synth", "-o", tmp_path / "bad.h5", "--latent-correlation", 1.5)  # a usage error, as other ranges
+    assert bad.exit_code == 2 and "--latent-correlation" in bad.output and "1.5" in bad.output
+    assert_one_sentence_failure(kebr("synth", "-o", tmp_path / "bad.h5", "--audio-len", "30..300"), "--audio-len takes")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import struct
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +74,7 @@ def test_demo_stores_match_the_manifest_and_the_synth_size(demo):
     assert len(store.audio_features) == 33
     audio_len, vision_len = store.lengths()
     assert (audio_len > 40).all()  # ≥ 1 s of speech at 43 frames/s
-    if find_spec("mediapipe") is not None:
-        assert store.vision_features == list(MEDIAPIPE_FEATURES) and (vision_len > 5).all()  # a face in every clip
+    assert store.vision_features == list(MEDIAPIPE_FEATURES) and (vision_len > 5).all()  # a face in every clip
     synth = FeatureStore(summary["steps"]["synth"]["outputs"]["store"])
     assert len(synth) == QUICK.synth_n + QUICK.synth_unlabeled
 

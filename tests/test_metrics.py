@@ -1,4 +1,4 @@
-"""Tests of the MSA metrics (DESIGN.md §7): hand-computed cases, scikit-learn/scipy cross-checks,
+"""Tests of the MSA metrics (docs/design.md §7): hand-computed cases, scikit-learn/scipy cross-checks,
 MMSA's conventions (zero ties, half-to-even rounding) and the real MOSI test labels."""
 
 from __future__ import annotations
@@ -245,6 +245,16 @@ def test_aggregate_feeds_format_table_row() -> None:
     assert row["Acc-2"] == "80.00±28.28/100.00±0.00"
 
 
+def test_aggregate_population_std_is_mmsas() -> None:
+    """std="population" is MMSA's np.std (ddof = 0): deviations 0.1, 0.1, 0 → variance 0.02 / 3."""
+    runs = [{"acc7": 0.4}, {"acc7": 0.6}, {"acc7": 0.5}]
+    assert aggregate(runs, std="population")["acc7"] == pytest.approx((0.5, math.sqrt(0.02 / 3)))
+    assert aggregate(runs, std="sample")["acc7"] == pytest.approx((0.5, 0.1))
+    assert aggregate([{"mae": 0.7}], std="population") == {"mae": (0.7, 0.0)}
+    with pytest.raises(KebrError, match="std convention"):
+        aggregate(runs, std="ddof1")
+
+
 def test_aggregate_rejects_bad_runs() -> None:
     with pytest.raises(KebrError, match="no runs"):
         aggregate([])
@@ -259,7 +269,7 @@ def test_aggregate_rejects_bad_runs() -> None:
 def test_mosi_test_split(source: Path, sizes: tuple[int, int]) -> None:
     train, test = _mosi_split(source, "train"), _mosi_split(source, "test")
     assert (train.size, test.size) == sizes
-    # DESIGN §7: 18 test labels sit exactly on x.5 (where the rounding rule matters); the sample keeps them all.
+    # docs/design.md §7: 18 test labels sit exactly on x.5 (where the rounding rule matters); the sample keeps them all.
     assert sum(1 for y in test.tolist() if abs(y) % 1 == 0.5) == 18
 
     # Perfect predictions.

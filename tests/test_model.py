@@ -137,4 +137,5 @@ def test_embedded_minilm_forward_backward_on_a_real_sentence(monkeypatch) -> Non
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     assert all(g is not None and torch.isfinite(g).all() for name, g in grads.items() if not name.startswith("finetune_head"))
     assert model.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
-    assert model.fusion.layers[0].cma_audio is not None
+    layer = model.fusion.layers[0]
+    assert layer.cma_audio.w_k.weight.grad.abs().sum() > 0 and layer.cma_vision.w_k.weight.grad.abs().sum() > 0

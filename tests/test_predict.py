@@ -10,7 +10,6 @@ import csv
 import json
 import math
 import shutil
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,6 @@ from kebr_core.recipes.predict import SENTIMENT_CLASSES, polarity, predict, sent
 
 import media  # tests/media.py
 
-VISION = "mediapipe" if find_spec("mediapipe") is not None else "none"
 runner = CliRunner()
 
 
@@ -49,7 +47,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("predict")
     clips = make_demo_clips(root / "clips", n=6, heldout=1, fps=10)
     store = root / "clips.h5"
-    summary = extract(read_manifest(clips.manifest, clips.root), store, ExtractOptions(vision=VISION, asr="none", workers=0))
+    summary = extract(read_manifest(clips.manifest, clips.root), store, ExtractOptions(vision="mediapipe", asr="none", workers=0))
     assert summary.done == 6 and summary.failed == 0
     run = root / "run"
     finetune(store, run, tiny_config(), seeds=[0])
@@ -57,7 +55,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_sentiment_class_and_polarity_hand_values():
-    # round half to even, as Acc-7 (DESIGN §7); neutral is class 0, so |score| <= 0.5
+    # round half to even, as Acc-7 (docs/design.md §7); neutral is class 0, so |score| <= 0.5
     cases = {2.5: (2, "positive"), -0.5: (0, "neutral"), 0.5: (0, "neutral"), 0.51: (1, "positive"),
              -0.51: (-1, "negative"), -1.5: (-2, "negative"), 3.7: (3, "positive"), -9.0: (-3, "negative"), 0.0: (0, "neutral")}
     for score, (cls, pol) in cases.items():

@@ -84,7 +84,7 @@ def test_round_trip_with_zero_length_sequences(tmp_path: Path) -> None:
         store.indices("val")
     store.close()
 
-    # The public layout of DESIGN §2, readable with plain h5py.
+    # The public layout of docs/design.md §2, readable with plain h5py.
     with h5py.File(path, "r") as f:
         assert f["audio/offsets"][:].tolist() == [0, *np.cumsum(audio_len).tolist()]
         assert f["audio/data"].shape == (int(audio_len.sum()), 3) and f["audio/data"].dtype == np.float32

@@ -1,6 +1,6 @@
 """The training data path: a torch Dataset over a feature store, and the collate that pads batches.
 
-`StoreDataset` tokenises every text once, at construction (DESIGN §6: never per epoch), and keeps
+`StoreDataset` tokenises every text once, at construction (docs/design.md §6: never per epoch), and keeps
 the token ids flat in NumPy arrays, so forked DataLoader workers share them without copy-on-write
 growth; audio and vision are read from the store per item, lazily, by each worker's own handle.
 
@@ -139,7 +139,7 @@ class Collator:
 
     Sequences longer than a max length keep their first tokens/frames. A mask_pos that would be cut
     off by max_text_len is an error (the text encoder must truncate with the same max length and
-    keep the masked word, DESIGN §4).
+    keep the masked word, docs/design.md §4).
     """
 
     max_text_len: int = 50

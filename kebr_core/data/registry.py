@@ -1,4 +1,4 @@
-"""Dataset names → feature stores (`kebr eval --dataset NAME`, DESIGN §6).
+"""Dataset names → feature stores (`kebr eval --dataset NAME`, docs/design.md §6).
 
 NAME is `mosi`, `mosei`, `synth` or the path of a store. Under the data directory (`--data-dir`, env
 `KEBR_DATA`, default `./data`), the first of these that exists is used for `mosi` (likewise `mosei`):

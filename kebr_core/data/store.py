@@ -1,4 +1,4 @@
-"""The HDF5 feature store: many utterances with ragged audio/vision sequences in one file (DESIGN §2).
+"""The HDF5 feature store: many utterances with ragged audio/vision sequences in one file (docs/design.md §2).
 
 Layout (format_version 1; every name below is part of the public format):
 

@@ -1,15 +1,20 @@
-"""The synthetic benchmark (DESIGN §9): multimodal samples whose label is carried by text, audio and
-vision in known, controllable shares. It tests the pipeline and shows what TCMF and MCC do under
+"""The synthetic benchmark (docs/design.md §9): multimodal samples whose label is carried
+by text, audio and vision in known, controllable shares, each stream as easy or hard to read as asked. It tests the pipeline and shows what TCMF and MCC do under
 known ground truth; it is never reported as a MOSI/MOSEI result.
 
 Generative model (all draws from one seeded numpy Generator, so a seed fixes every byte of data):
 
 Per sample i, three latent sentiment scores on the label scale:
     t_i  text:   the VADER score × 3/4 of the one sentiment word in the sentence (`kebr_core.lexicon`),
-                 i.e. exactly the label sentiment-knowledge masking predicts for it (DESIGN §4);
+                 i.e. exactly the label sentiment-knowledge masking predicts for it;
                  0 for the `neutral_fraction` of sentences that contain no lexicon word at all
     a_i  audio:  Uniform(-3, 3)
-    v_i  vision: Uniform(-3, 3)                     (t, a, v independent)
+    v_i  vision: Uniform(-3, 3)                     (t independent of a and v)
+a and v are independent by default (each carries its own part of the label: complementary). With a
+latent correlation ρ > 0 (`--latent-correlation`) they share a part: a = 6Φ(z_a) − 3, v = 6Φ(z_v) − 3
+with z_a = √ρ·z_0 + √(1−ρ)·e_a, z_v = √ρ·z_0 + √(1−ρ)·e_v (z_0, e_a, e_v ~ N(0, 1), Φ the normal CDF),
+so a and v stay Uniform(−3, 3) and ρ = 1 makes them the same latent (redundant: either stream alone
+carries all of their label share).
 
 Label (labeled splits; NaN for the unlabeled pretraining split):
     y_i = clip( (s_t·t_i + s_a·a_i + s_v·v_i) / (s_t + s_a + s_v)  +  σ_y·ε_i ,  -3, 3 ),   ε_i ~ N(0, 1)
@@ -26,14 +31,18 @@ from the lexicon, so the sentence has one sentiment word and t_i is its score. N
 Frames: modality m ∈ {audio, vision} with latent u = m_i / 3 ∈ [-1, 1], dimension d, k = max(1, d // 8):
     length  L ~ Uniform{len_min, …, len_max}       (audio 30–300, vision 10–55 by default);
             with probability `missing_vision` a sample has no vision frames (L = 0, "no face")
-    x[τ, j] = σ·ε[τ, j]                            noise, ε ~ N(0, 1), every column j, every frame τ
-            + β·u                  for j < k            "steady" columns: the latent in every frame
-            + 3β·u·g[τ]            for k ≤ j < 2k      "burst" columns: only in event frames,
+    x[τ, j] = σ_m·ε[τ, j]                          noise, ε ~ N(0, 1), every column j, every frame τ
+            + β_m·u                for j < k            "steady" columns: the latent in every frame
+            + 3β_m·u·g[τ]          for k ≤ j < 2k      "burst" columns: only in event frames,
                                                        g[τ] ~ Bernoulli(p_burst) (per-frame structure:
                                                        attention can find them, a mean dilutes them)
-    columns ≥ 2k carry noise only. Defaults β = 0.5, σ = 1, p_burst = 0.25.
-So the mean of the steady columns over a sample's frames estimates β·u with noise σ/√(L·k), and the
-correlation between that mean and y grows with the stream's strength.
+    columns ≥ 2k carry noise only. Defaults β = 0.5, σ = 1, p_burst = 0.25, for both streams;
+    β_a, σ_a, β_v, σ_v (`--audio-signal`, `--audio-noise`, `--vision-signal`, `--vision-noise`) set
+    one stream's own signal and noise, e.g. an easy audio stream (β_a/σ_a high) beside a hard vision
+    stream (β_v/σ_v low) that carries the same share of the label.
+So the mean of the steady columns over a sample's frames estimates β_m·u with noise σ_m/√(L·k): how
+easily a stream's share can be read grows with its signal-to-noise ratio β_m/σ_m and its length L,
+while how much of the label it carries is set by its strength alone.
 
 Splits: the `n` labeled samples are split train/valid/test in CMU-MOSI's proportions (1284/229/686
 of 2199); `unlabeled` more samples form the "unlabeled" split. The latents (t, a, v) of every sample
@@ -51,6 +60,7 @@ from typing import Any, Callable
 
 import h5py
 import numpy as np
+from scipy import special
 
 from kebr_core.data.importers import atomic_output
 from kebr_core.data.store import Sample, StoreWriter
@@ -100,14 +110,24 @@ class SynthConfig:
     audio_strength: float = 1.0  # s_a
     vision_strength: float = 0.25  # s_v
     label_noise: float = 0.2  # σ_y
-    signal: float = 0.5  # β
-    noise: float = 1.0  # σ
+    signal: float = 0.5  # β, both streams unless set per stream
+    noise: float = 1.0  # σ, both streams unless set per stream
+    audio_signal: float | None = None  # β_a (None: signal)
+    audio_noise: float | None = None  # σ_a (None: noise)
+    vision_signal: float | None = None  # β_v (None: signal)
+    vision_noise: float | None = None  # σ_v (None: noise)
+    latent_correlation: float = 0.0  # ρ between a and v (0: independent, 1: the same latent)
     burst_prob: float = 0.25  # p_burst
     neutral_fraction: float = 0.1
     audio_len: tuple[int, int] = (30, 300)
     vision_len: tuple[int, int] = (10, 55)
     missing_vision: float = 0.0
     seed: int = 0
+
+    def stream(self, modality: str) -> tuple[float, float]:
+        """(β_m, σ_m) of "audio" or "vision": its own setting, else the shared signal and noise."""
+        signal, noise = getattr(self, f"{modality}_signal"), getattr(self, f"{modality}_noise")
+        return (self.signal if signal is None else signal), (self.noise if noise is None else noise)
 
     def check(self) -> None:
         strengths = (self.text_strength, self.audio_strength, self.vision_strength)
@@ -120,7 +140,11 @@ class SynthConfig:
         for name, (lo, hi) in (("audio", self.audio_len), ("vision", self.vision_len)):
             if not 1 <= lo <= hi:
                 raise KebrError(f"Synth {name} lengths must satisfy 1 ≤ min ≤ max, got {lo}–{hi}.")
-        for name in ("neutral_fraction", "missing_vision", "burst_prob"):
+        for name in ("signal", "noise", "audio_signal", "audio_noise", "vision_signal", "vision_noise"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise KebrError(f"Synth {name} must be a finite number ≥ 0, got {value}.")
+        for name in ("neutral_fraction", "missing_vision", "burst_prob", "latent_correlation"):
             if not 0 <= getattr(self, name) <= 1:
                 raise KebrError(f"Synth {name} must lie in [0, 1], got {getattr(self, name)}.")
 
@@ -159,15 +183,28 @@ def _sentences(rng: np.random.Generator, count: int, neutral_fraction: float) ->
     return texts, t
 
 
-def _frames(rng: np.random.Generator, latent: np.ndarray, lengths: np.ndarray, dim: int, cfg: SynthConfig) -> list[np.ndarray]:
-    """Per-sample (L_i, dim) float32 frames carrying latent/3 (module docstring), built for all samples at once."""
+def _audio_vision_latents(rng: np.random.Generator, count: int, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """a, v ~ Uniform(-3, 3), (count,) each; independent when rho = 0, else through a Gaussian copula
+    whose normals have correlation rho (module docstring)."""
+    if rho == 0:
+        return rng.uniform(-3, 3, count).astype(np.float32), rng.uniform(-3, 3, count).astype(np.float32)
+    shared, own_a, own_v = rng.standard_normal((3, count))
+    z_a = math.sqrt(rho) * shared + math.sqrt(1 - rho) * own_a
+    z_v = math.sqrt(rho) * shared + math.sqrt(1 - rho) * own_v
+    return (6 * special.ndtr(z_a) - 3).astype(np.float32), (6 * special.ndtr(z_v) - 3).astype(np.float32)
+
+
+def _frames(rng: np.random.Generator, latent: np.ndarray, lengths: np.ndarray, dim: int, signal: float, noise: float,
+            burst_prob: float) -> list[np.ndarray]:
+    """Per-sample (L_i, dim) float32 frames carrying latent/3 with signal β and noise σ (module docstring),
+    built for all samples at once."""
     total = int(lengths.sum())
-    frames = rng.standard_normal((total, dim), dtype=np.float32) * np.float32(cfg.noise)
+    frames = rng.standard_normal((total, dim), dtype=np.float32) * np.float32(noise)
     u = np.repeat(latent / 3.0, lengths).astype(np.float32)  # (total,) each frame's sample latent
     k = max(1, dim // 8)
-    frames[:, :k] += (cfg.signal * u)[:, None]
-    burst = (rng.random(total) < cfg.burst_prob).astype(np.float32)
-    frames[:, k: 2 * k] += (3 * cfg.signal * u * burst)[:, None]
+    frames[:, :k] += (signal * u)[:, None]
+    burst = (rng.random(total) < burst_prob).astype(np.float32)
+    frames[:, k: 2 * k] += (3 * signal * u * burst)[:, None]
     return np.split(frames, np.cumsum(lengths)[:-1])
 
 
@@ -177,16 +214,15 @@ def synth_samples(cfg: SynthConfig) -> tuple[list[Sample], np.ndarray]:
     rng = np.random.default_rng(cfg.seed)
     count = cfg.n + cfg.unlabeled
     texts, t = _sentences(rng, count, cfg.neutral_fraction)
-    a = rng.uniform(-3, 3, count).astype(np.float32)
-    v = rng.uniform(-3, 3, count).astype(np.float32)
+    a, v = _audio_vision_latents(rng, count, cfg.latent_correlation)
     s_t, s_a, s_v = cfg.text_strength, cfg.audio_strength, cfg.vision_strength
     y = (s_t * t + s_a * a + s_v * v) / (s_t + s_a + s_v) + cfg.label_noise * rng.standard_normal(count)
     y = np.clip(y, -3, 3).astype(np.float32)
     audio_lengths = rng.integers(cfg.audio_len[0], cfg.audio_len[1] + 1, count)
     vision_lengths = rng.integers(cfg.vision_len[0], cfg.vision_len[1] + 1, count)
     vision_lengths[rng.random(count) < cfg.missing_vision] = 0
-    audio = _frames(rng, a, audio_lengths, cfg.audio_dim, cfg)
-    vision = _frames(rng, v, vision_lengths, cfg.vision_dim, cfg)
+    audio = _frames(rng, a, audio_lengths, cfg.audio_dim, *cfg.stream("audio"), cfg.burst_prob)
+    vision = _frames(rng, v, vision_lengths, cfg.vision_dim, *cfg.stream("vision"), cfg.burst_prob)
 
     train, valid, _ = split_sizes(cfg.n)
     splits = np.array(["train"] * train + ["valid"] * valid + ["test"] * (cfg.n - train - valid)

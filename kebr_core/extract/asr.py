@@ -1,4 +1,4 @@
-"""Offline speech recognition for videos without a manifest or sidecar transcript (DESIGN §3).
+"""Offline speech recognition for videos without a manifest or sidecar transcript (docs/design.md §3).
 
 - `pocketsphinx` (default): CMU PocketSphinx 5 with the US-English acoustic model, language model
   and dictionary shipped inside the PyPI wheel: no download, ~6x real time on one core. Accuracy is

@@ -1,4 +1,4 @@
-"""Acoustic features with librosa (DESIGN §3): named 33-d feature sets at 22050 Hz, hop 512.
+"""Acoustic features with librosa (docs/design.md §3): named 33-d feature sets at 22050 Hz, hop 512.
 
 - `kebr33` (default, as the authors' code, which follows MMSA's `__getAudioEmbedding`): zero-crossing
   rate (1) + MFCC (20, `htk=True` mel filters) + chroma_cqt (12). MMSA's code calls the ZCR column
@@ -112,7 +112,7 @@ def audio_features(y: np.ndarray, feature_set: str | AudioFeatureSet = "kebr33")
     """Mono float32 audio at SAMPLE_RATE (n,) -> (T, 33) float32 with T = 1 + n // HOP_LENGTH.
 
     Audio shorter than one hop gives (0, 33): too short to hold a single analysis frame's worth of
-    signal (DESIGN §2: zero-length, never fake rows).
+    signal (docs/design.md §2: zero-length, never fake rows).
     """
     fs = get_feature_set(feature_set) if isinstance(feature_set, str) else feature_set
     y = np.asarray(y, dtype=np.float32).reshape(-1)

@@ -1,4 +1,4 @@
-"""`kebr extract` as a library call: videos -> HDF5 feature store (DESIGN §2-3).
+"""`kebr extract` as a library call: videos -> HDF5 feature store (docs/design.md §2-3).
 
     items = discover(folder)  or  read_manifest(label_csv, root)
     summary = extract(folder_or_items, "feats.h5", ExtractOptions(workers=4), progress=callback)
@@ -68,7 +68,7 @@ STAGES = ("decode", "audio", "asr", "vision")
 
 @dataclass
 class ExtractOptions:
-    """Settings of one extraction (the CLI's options; DESIGN §3)."""
+    """Settings of one extraction (the CLI's options; docs/design.md §3)."""
 
     audio_features: str = "kebr33"  # kebr33 | mmsa33 (kebr_core.extract.audio)
     vision: str = "mediapipe"  # mediapipe | openface-csv | none

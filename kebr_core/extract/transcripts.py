@@ -1,4 +1,5 @@
-"""Transcripts that come with videos: a table for many videos, or a sidecar file next to one (DESIGN §3).
+"""Transcripts that come with videos: a table for many videos, or a sidecar file next to one
+(docs/design.md §3).
 
 The transcript order is manifest text or transcript table -> sidecar -> ASR; this module reads the
 tables and the sidecars.

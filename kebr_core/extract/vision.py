@@ -1,4 +1,4 @@
-"""Per-frame facial features (DESIGN §3): a `VisionBackend` turns a video's pictures into (T, d_v).
+"""Per-frame facial features (docs/design.md §3): a `VisionBackend` turns a video's pictures into (T, d_v).
 
 The paper used OpenFace 2.0 (709-d), which cannot be installed here. Two backends:
 
@@ -30,7 +30,7 @@ The paper used OpenFace 2.0 (709-d), which cannot be installed here. Two backend
   users who have OpenFace; the 709 columns after frame/face_id/timestamp/confidence/success, rows
   with `success == 0` dropped, resampled to the store's fps like the pictures (sample-and-hold).
 
-Frames with no face are dropped from the sequence and counted (DESIGN §2: never fake zeros).
+Frames with no face are dropped from the sequence and counted (docs/design.md §2: never fake zeros).
 """
 
 from __future__ import annotations

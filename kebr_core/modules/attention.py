@@ -1,4 +1,4 @@
-"""Cross-modal attention: text queries attend to one non-verbal modality (paper Eq. 3–6, DESIGN §5).
+"""Cross-modal attention: text queries attend to one non-verbal modality (paper Eq. 3–6, docs/design.md §5).
 
     Q = LN(X_{k-1}) W_Q          (B, Lt, dt)   Eq. 3 (the caller passes LN(X_{k-1}): Eq. 7 reuses it)
     K = LN(X0m) W_K              (B, Lm, dt)   Eq. 4

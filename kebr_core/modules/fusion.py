@@ -1,4 +1,4 @@
-"""Late fusion: the non-text-based fusion of ablation C3 ("no TCMF", paper §4.5, DESIGN §8).
+"""Late fusion: the non-text-based fusion of ablation C3 ("no TCMF", paper §4.5, docs/design.md §8).
 
 Text is NOT injected with audio or vision. Each modality is pooled on its own and the pooled vectors
 are combined once, at the end:

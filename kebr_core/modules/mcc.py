@@ -1,4 +1,4 @@
-"""Multimodal Cosine Constraint, MCC (paper §3.4, Eq. 9–13, DESIGN §5).
+"""Multimodal Cosine Constraint, MCC (paper §3.4, Eq. 9–13; docs/design.md §5.5).
 
 Per sample i, with cosines c_a = cos(X_K, X0a) and c_v = cos(X_K, X0v) and angles
 θ_m = arccos(clamp(c_m, −1+ε, 1−ε)):
@@ -8,15 +8,34 @@ Per sample i, with cosines c_a = cos(X_K, X0a) and c_v = cos(X_K, X0v) and angle
     f_i = s + s · |cos(π (y_i + g))|   otherwise                 ("a larger loss s + f")
     L_mcc = mean_i f_i                                           Eq. 10
 
-f_i = 0 exactly where θ_a = θ_v and cos θ = 0.5 − g (g ∈ (−0.5, 0.5)). Form "reference" is the
-authors' fine-tuning code instead: s · |cos(π ((c_a + c_v)/2 + g) · exp(0.5 |c_a − c_v|))|, or
-s · (1 + |c_a| + |c_v|) when either cosine is negative (with the default s = 1 exactly their code).
+Where f_i is zero: wherever y_i + g is a half-integer (0.5, 1.5, 2.5, 3.5: y spans [0, 3.40]
+on non-negative cosines, up to cos(π/4)·e^(π/2) at θ_a = 0, θ_v = π/2). The balanced zero θ_a = θ_v,
+cos θ = 0.5 − g is one of them, not the only one: at g = 0.2, (c_a, c_v) = (0.0, 0.393), (0.1, 0.357),
+(0.9, 0.535) and (1.0, 0.963) are zeros too, far off the diagonal. Around any zero the loss is
+V-shaped, |cos| of a linear function: on the diagonal each cosine's gradient is ±π·s/2, its sign
+flipping at the zero, as an L1 loss (tests/test_mcc.py pins these facts).
 
-The two cosines need an alignment of sequences of different sizes:
-- "tile" (default, the authors'): flatten each sample's valid part, L2-normalise, tile the shorter
-  vector by integer repetition up to the longer length, zero-pad the rest (`tile_cosines`).
-- "projected": cosine between the masked means of X_K and of the modality's value projection V,
-  both in d_t (`projected_cosines`).
+Forms (`FORMS`), the f_i of the two cosines:
+- "paper": Eq. 11–12 above.
+- "reference": the authors' fine-tuning code, s · |cos(π ((c_a + c_v)/2 + g) · exp(0.5 |c_a − c_v|))|,
+  or s · (1 + |c_a| + |c_v|) when either cosine is negative (with s = 1 exactly their code).
+- "mean-cosine": the authors' pretraining code, on the mean cosine m = (c_a + c_v)/2:
+  s · |cos(π (m + g))|, or s · (1 − m) when m < 0. Their run used g = 1/4 and λ = 0.5
+  (`--mcc-form mean-cosine --g 0.25 --lambda-mcc 0.5`).
+
+Alignments (`ALIGNS`), how X_K and a modality's sequence, of different sizes, give one cosine:
+- "tile" (default; kebr's pairwise tile, not the authors'): per sample and per pair (text, modality),
+  flatten each one's valid part, L2-normalise, tile the shorter vector by integer repetition up to the
+  longer one's length and zero-pad the rest (`tile_cosines`). Padding is never read.
+- "authors" (the authors' `matrix_alignment`): per batch, flatten each of the three PADDED tensors
+  (text, audio, vision; padding included), L2-normalise, tile each by integer repetition towards the
+  longest of the three and zero-pad to its length, then take the cosine of text with each modality
+  (`authors_cosines`). Both sides may be tiled, with different periods, and padding counts. Two
+  differences remain: vision is tiled from the vision tensor (their code tiles audio in its place, a
+  bug), and kebr pads each batch to its own longest sequence where they padded to fixed lengths, so
+  the padded sizes (hence the cosines) match theirs only on batches of the same padded shape.
+- "projected": cosine between the masked means of X_K and of the modality's value projection V, both
+  in d_t (`projected_cosines`).
 
 Everything is vectorised over the batch and free of host-device synchronisation, so a CUDA training
 step never waits on it. Padding is assumed to sit at the end of each sequence (as the collate pads).
@@ -33,8 +52,8 @@ import torch
 from kebr_core.config import MCCConfig
 from kebr_core.errors import KebrError
 
-FORMS = ("paper", "reference")
-ALIGNS = ("tile", "projected")
+FORMS = ("paper", "reference", "mean-cosine")
+ALIGNS = ("tile", "authors", "projected")
 
 _NORM_EPS = 1e-12  # as F.normalize: a zero vector stays zero instead of dividing by 0
 
@@ -238,6 +257,36 @@ def tile_cosines(
     return _tile_cosines(_side(fused, text_mask, dtype), [_side(modality, modality_mask, dtype)])[0]
 
 
+def authors_cosines(
+    fused: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """c_a and c_v under the authors' alignment ("authors"; their `matrix_alignment`), padding included.
+
+    Each tensor is flattened whole (fused: Lt·dt values per sample, audio: La·da, vision: Lv·dv, with the
+    batch's padding) and L2-normalised; with N the largest of the three flattened sizes, each unit vector
+    of size n is repeated N // n times and zero-padded to N; c_m = ⟨text, modality⟩ / (‖text‖ ‖modality‖)
+    of those vectors (their norms are √(N // n)).
+
+    Args:
+        fused: X_K (B, Lt, dt); audio: X0a (B, La, da); vision: X0v (B, Lv, dv); padded values included.
+    Returns: c_a, c_v, (B,) each; 0 for a sample whose text or modality is all zeros.
+    """
+    dtype = torch.promote_types(_compute_dtype(fused), torch.promote_types(_compute_dtype(audio), _compute_dtype(vision)))
+    flats = [x.to(dtype).reshape(x.shape[0], -1) for x in (fused, audio, vision)]
+    longest = max(flat.shape[1] for flat in flats)
+    aligned = []
+    for flat in flats:
+        unit = flat / _safe_sqrt(flat.square().sum(dim=1, keepdim=True))
+        tiled = unit.repeat(1, longest // max(unit.shape[1], 1))
+        aligned.append(torch.nn.functional.pad(tiled, (0, longest - tiled.shape[1])))
+    text, audio_aligned, vision_aligned = aligned
+    text_norm = _safe_sqrt(text.square().sum(dim=1))
+    return tuple(  # type: ignore[return-value]
+        torch.linalg.vecdot(text, m) / (text_norm * _safe_sqrt(m.square().sum(dim=1)))
+        for m in (audio_aligned, vision_aligned)
+    )
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, L, d), (B, L) → (B, d) mean over valid positions; a zero vector when none is valid."""
     x = x.to(_compute_dtype(x))
@@ -265,11 +314,12 @@ def projected_cosines(
 def mcc_from_cosines(
     c_a: torch.Tensor, c_v: torch.Tensor, g: float, s: float, form: str = "paper", eps: float = 1e-6
 ) -> torch.Tensor:
-    """Per-sample MCC loss f_i from the two cosines (Eq. 11–12, or the authors' "reference" form).
+    """Per-sample MCC loss f_i from the two cosines (Eq. 11–12, or the authors' "reference" and
+    "mean-cosine" forms; see the module docstring).
 
     Args:
         c_a, c_v: (B,) cosines of the fused text with audio and vision.
-        g: angle penalty; s: scale. form: "paper" or "reference".
+        g: angle penalty; s: scale. form: one of `FORMS`.
         eps: cosines are clamped to [−1+eps, 1−eps] before arccos so its gradient stays finite.
     Returns: f (B,).
     """
@@ -283,6 +333,9 @@ def mcc_from_cosines(
     if form == "reference":
         f = s * torch.cos(math.pi * ((c_a + c_v) / 2 + g) * torch.exp(0.5 * (c_a - c_v).abs())).abs()
         return torch.where(both_nonneg, f, s * (1 + c_a.abs() + c_v.abs()))
+    if form == "mean-cosine":
+        mean = (c_a + c_v) / 2
+        return torch.where(mean >= 0, s * torch.cos(math.pi * (mean + g)).abs(), s * (1 - mean))
     raise KebrError(f"Unknown MCC form {form!r}: use one of {', '.join(FORMS)}.")
 
 
@@ -302,7 +355,7 @@ def mcc_loss(
     Args:
         fused: X_K (B, Lt, dt); text_mask (B, Lt) bool.
         audio: X0a (B, La, da); audio_mask (B, La). vision: X0v (B, Lv, dv); vision_mask (B, Lv).
-        cfg: g, s, form, align.
+        cfg: g, s, form, align (see the module docstring).
         value_audio, value_vision: V_a (B, La, dt), V_v (B, Lv, dt); required by align "projected".
     Returns: MCCOutput. A sample missing a modality has no defined cosine and is left out of the mean.
     """
@@ -314,6 +367,8 @@ def mcc_loss(
         )
         modalities = [_side(audio, audio_mask, dtype), _side(vision, vision_mask, dtype)]
         c_a, c_v = _tile_cosines(_side(fused, text_mask, dtype), modalities)
+    elif cfg.align == "authors":
+        c_a, c_v = authors_cosines(fused, audio, vision)
     elif cfg.align == "projected":
         if value_audio is None or value_vision is None:
             raise ValueError("MCC alignment 'projected' needs value_audio and value_vision")

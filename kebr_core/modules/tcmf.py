@@ -1,4 +1,4 @@
-"""Text-based Cross-Modal Fusion, TCMF (paper §3.3, Eq. 2 and 7–8, DESIGN §5).
+"""Text-based Cross-Modal Fusion, TCMF (paper §3.3, Eq. 2 and 7–8, docs/design.md §5).
 
 One layer injects the low-level audio and vision features into the text sequence:
 

@@ -1,4 +1,4 @@
-"""Recipe: the paper's ablations (§4.5, Table 4), the g-sweep (Fig. 4) and MCC variants (DESIGN §8).
+"""Recipe: the paper's ablations (§4.5, Table 4), the g-sweep (Fig. 4) and MCC variants (docs/design.md §8).
 
 Configurations of Table 4:
 
@@ -7,6 +7,11 @@ Configurations of Table 4:
     C3  no TCMF                       (late fusion: text is not injected with audio/vision, see LateFusion)
     C4  no MCC                        (λ = 0 in both stages)
     C5  none of the three
+
+Pretraining data: a separate pretraining store (all its samples), else the dataset's own samples of every
+split except `test` (train, valid, unlabeled; labels unused): the paper pretrains on separate unlabeled
+video, and pretraining on the test inputs would be transductive. `pretrain_on_test=True` opts in to all
+samples. The choice is recorded in ablation.json (`pretrain_splits`) and each pretraining run's config.json.
 
 Every configuration is fine-tuned with the same seeds as `kebr eval`. A pretraining run is keyed by what
 changes it (fusion, MCC on/off, g, form, alignment) and shared by every configuration that needs it;
@@ -31,12 +36,14 @@ import numpy as np
 
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
-from kebr_core.metrics import METRIC_NAMES
+from kebr_core.errors import KebrError
+from kebr_core.metrics import METRIC_NAMES, STD_DDOF, split_summary
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.training import ProgressFn, no_progress
 
 DEFAULT_G_SWEEP = tuple(round(x, 1) for x in np.linspace(-0.5, 0.5, 11))
+PRETRAIN_SPLITS_WITHOUT_TEST = ("train", "valid", "unlabeled")
 
 
 @dataclass
@@ -121,6 +128,34 @@ class AblationResult:
     out: Path
     rows: list[dict]
     notes: list[str] = field(default_factory=list)
+    caption: str = ""  # what pretraining used (`pretraining_caption`)
+
+
+def _check_pretraining_data(pre_dir: Path, store: str | Path, splits: list[str] | None) -> None:
+    """A pretraining run reused from an earlier call must have seen the same data (store and splits)."""
+    cfg_file = pre_dir / "config.json"
+    if not cfg_file.exists():
+        return
+    earlier = json.loads(cfg_file.read_text())
+    if earlier.get("store") != str(store) or earlier.get("splits") != splits:
+
+        def what(st: str | Path | None, sp: list[str] | None) -> str:
+            return f"{st} ({'all splits' if sp is None else ', '.join(sp)})"
+
+        raise KebrError(f"{pre_dir} was pretrained on {what(earlier.get('store'), earlier.get('splits'))}, not "
+                        f"{what(store, splits)}: choose another --out or the same pretraining data.")
+
+
+def pretraining_caption(payload: dict) -> str:
+    """One line saying what the ablation pretrained on, from ablation.json's fields (for results tables)."""
+    store = payload.get("pretrain_store")
+    if store is None:
+        return "no pretraining"
+    if payload.get("pretrain_splits") is not None:
+        return f"pretrained on {', '.join(payload['pretrain_splits'])} of {store} (test inputs left out)"
+    if payload.get("pretrain_on_test"):
+        return f"pretrained on all of {store}, test inputs included (--pretrain-on-test)"
+    return f"pretrained on all of {store}"
 
 
 def relative_change(metrics: dict[str, float], reference: dict[str, float]) -> float:
@@ -143,9 +178,18 @@ def ablate(
     specs: Sequence[AblationSpec],
     *,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    pretrain_on_test: bool = False,
+    probe: bool = False,
+    std: str = "sample",
     progress: ProgressFn = no_progress,
     on_note: Callable[[str], None] = lambda note: None,
 ) -> AblationResult:
+    """Run `specs` (see the module docstring). Without a pretraining store, pretraining uses the dataset's
+    splits except test, or all of them with pretrain_on_test. probe: also test every configuration with a
+    modality removed (`finetune`'s probe; each row's "probe"). std: the spread over seeds, "sample" (ddof = 1)
+    or "population" (ddof = 0, MMSA's); ablation.json's std_ddof says which."""
+    if std not in STD_DDOF:
+        raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -154,9 +198,16 @@ def ablate(
         notes.append(msg)
         on_note(msg)
 
+    pretrain_splits: list[str] | None = None  # None: every sample of the pretraining store
     if any(s.pretrain for s in specs) and pretrain_store is None:
         pretrain_store = dataset_store
-        note(f"No pretraining store given: pretraining uses the samples of {dataset_store} (labels unused).")
+        if pretrain_on_test:
+            note(f"No pretraining store given: pretraining uses all samples of {dataset_store}, the test split's "
+                 "inputs included (labels unused).")
+        else:
+            pretrain_splits = list(PRETRAIN_SPLITS_WITHOUT_TEST)
+            note(f"No pretraining store given: pretraining uses the {', '.join(pretrain_splits)} samples of "
+                 f"{dataset_store} (labels unused; the test split is left out).")
     mcc_defined = has_both_streams(dataset_store) and (pretrain_store is None or has_both_streams(pretrain_store))
     if not mcc_defined:
         note("MCC is undefined here: no sample has both audio and vision frames, so configurations that differ "
@@ -180,12 +231,16 @@ def ablate(
             pre_dir = out / "pretrain" / spec.pretrain_key()
             row["pretrain_dir"] = str(pre_dir.relative_to(out))
             checkpoint = pre_dir / "final"
+            _check_pretraining_data(pre_dir, pretrain_store, pretrain_splits)
             if not (checkpoint / "model.safetensors").exists():
                 pre_cfg = apply_spec(pretrain_cfg, spec)
-                pretrain(pretrain_store, pre_dir, pre_cfg, resume=(pre_dir / "last").exists(), progress=progress)  # type: ignore[arg-type]
-        result = finetune(dataset_store, out / row["eval_dir"], ft_cfg, checkpoint=checkpoint, seeds=seeds, progress=progress)
-        row["mean"] = {k: v[0] for k, v in result.summary.items()}
-        row["std"] = {k: v[1] for k, v in result.summary.items()}
+                pretrain(pretrain_store, pre_dir, pre_cfg, splits=pretrain_splits,  # type: ignore[arg-type]
+                         resume=(pre_dir / "last").exists(), progress=progress)
+        result = finetune(dataset_store, out / row["eval_dir"], ft_cfg, checkpoint=checkpoint, seeds=seeds, probe=probe,
+                          std=std, progress=progress)
+        row |= split_summary(result.summary)
+        if probe:
+            row["probe"] = {name: split_summary(stats) for name, stats in result.probe.items()}
         rows.append(row)
         progress("configurations", n + 1, len(specs), {})
 
@@ -195,15 +250,17 @@ def ablate(
             r["avg_change"] = relative_change(r["mean"], reference)
     payload = {
         "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
-        "seeds": list(seeds), "notes": notes, "configurations": rows,
+        "pretrain_splits": pretrain_splits,
+        "pretrain_on_test": pretrain_on_test and str(pretrain_store) == str(dataset_store),
+        "seeds": list(seeds), "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
     }
     (out / "ablation.json").write_text(json.dumps(payload, indent=2))
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "kind", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
-                    *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "avg_change"])
+                    *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "std_ddof", "avg_change"])
         for r in rows:
             w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
                         r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
-                        *[r["std"].get(k, "") for k in METRIC_NAMES], r["avg_change"]])
-    return AblationResult(out=out, rows=rows, notes=notes)
+                        *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"]])
+    return AblationResult(out=out, rows=rows, notes=notes, caption=pretraining_caption(payload))

@@ -8,7 +8,7 @@ Steps (each a real recipe of kebr_core, called in this process), and where their
     extract         the labeled clips → a feature store (kebr33 audio, MediaPipe vision, manifest text)
                                                                             stores/clips.h5
     synth           a synthetic store with known text/audio/vision shares   stores/synth.h5
-    pretrain        knowledge-enhanced pretraining on synth (L1 + λ·MCC)    runs/ablate/pretrain/tcmf-mcc-…/
+    pretrain        pretraining on synth minus its test split (L1 + λ·MCC) runs/ablate/pretrain/tcmf-mcc-…/
     eval            fine-tuning on synth from that checkpoint, test metrics runs/ablate/runs/C1/
     ablate          C1 (full: the two steps above, reused) against C4 (no MCC)   runs/ablate/
     analyze         PNG plots of the ablation, the evaluation and the pretraining   <run>/plots/
@@ -150,7 +150,7 @@ def run_demo(
     from kebr_core import speech
     from kebr_core.demo_media import make_demo_clips
     from kebr_core.extract.pipeline import ExtractOptions, extract, read_manifest
-    from kebr_core.recipes.ablate import ablate, apply_spec, build_specs
+    from kebr_core.recipes.ablate import PRETRAIN_SPLITS_WITHOUT_TEST, ablate, apply_spec, build_specs
     from kebr_core.recipes.finetune import finetune
     from kebr_core.recipes.predict import predict, quiet_native_stderr
     from kebr_core.recipes.pretrain import pretrain
@@ -238,7 +238,8 @@ def run_demo(
     eval_dir = ablate_dir / "runs" / specs[0].name
 
     def pretrain_step() -> dict[str, Any]:
-        result = pretrain(synth_store, pretrain_dir, apply_spec(pre_cfg, specs[0]), progress=progress)
+        result = pretrain(synth_store, pretrain_dir, apply_spec(pre_cfg, specs[0]), splits=PRETRAIN_SPLITS_WITHOUT_TEST,
+                          progress=progress)
         return {"outputs": {"run": str(result.run_dir), "checkpoint": str(result.checkpoint),
                             "metrics": str(result.run_dir / "metrics.csv")}, "last_epoch": result.last_row}
 
@@ -255,7 +256,7 @@ def run_demo(
     run("eval", eval_step)
 
     def ablate_step() -> dict[str, Any]:
-        result = ablate(synth_store, synth_store, ablate_dir, pre_cfg, ft_cfg, specs, seeds=size.seeds,
+        result = ablate(synth_store, None, ablate_dir, pre_cfg, ft_cfg, specs, seeds=size.seeds,
                         progress=progress, on_note=notes.append)
         return {"outputs": {"run": str(ablate_dir), "ablation": str(ablate_dir / "ablation.json"),
                             "results": str(ablate_dir / "results.csv")},

@@ -1,4 +1,4 @@
-"""Recipe: fine-tune on labeled data, select the epoch on validation, test once (paper §3.5, §4.2; DESIGN §6–7).
+"""Recipe: fine-tune on labeled data, select the epoch on validation, test once (paper §3.5, §4.2; docs/design.md §6–7).
 
 For each seed: build the model (from a pretraining checkpoint, or from the plain encoder for ablation
 C2), train on `train` with
@@ -7,13 +7,19 @@ C2), train on `train` with
 
 (Adam; lr 5e-6 for encoder and fusion and 1e-4 for the head, as the authors; cosine annealing), keep
 the weights of the epoch with the lowest validation MAE, and evaluate them once on `test`. We select on
-validation MAE, not on the validation loss including MCC as the authors' code does (DESIGN §7).
+validation MAE, not on the validation loss including MCC as the authors' code does (docs/design.md §7).
 
 Writes: config.json; seed-S/metrics.csv (per epoch: train loss terms, c_a, c_v, |Δθ|, valid MAE),
 seed-S/test.json (the chosen epoch and test metrics), seed-S/predictions.csv,
 seed-S/test_features.npz (pooled fused test representations, labels, predictions);
 best-model/ (the fine-tuned checkpoint of the seed with the lowest validation MAE, for `kebr predict`); results.json and
-results.csv (mean ± std over seeds). A seed whose test.json exists is skipped on rerun (resume).
+results.csv (mean ± std over seeds; the sample std, ddof = 1, unless std="population", MMSA's ddof = 0; both
+files say which). A seed whose test.json exists is skipped on rerun (resume).
+
+With `probe=True` the chosen weights are also tested with one modality removed (`PROBES`): its features
+zeroed (frames kept, every value 0) or absent (no frames, as a video without audio or face). The metrics
+go to test.json's "probe" and results.json's "probe" (mean and std over seeds): how much the model uses
+each stream.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo, barrier, gather_predictions, init_distributed, shard
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
-from kebr_core.metrics import aggregate, msa_metrics
+from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import KEBRModel, load_tokenizer
 from kebr_core.recipes.pretrain import configure_from_store, store_widths
 from kebr_core.training import (
@@ -59,13 +65,28 @@ from kebr_core.training import (
 )
 
 
+PROBES = (("audio", "zeroed"), ("audio", "absent"), ("vision", "zeroed"), ("vision", "absent"))
+
+
 @dataclass
 class EvalResult:
     run_dir: Path
     per_seed: list[dict[str, float]]
     summary: dict[str, tuple[float, float]]  # metric → (mean, std)
     best_epochs: list[int] = field(default_factory=list)
+    probe: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # "audio absent" → metric → (mean, std)
     unlabeled: dict[str, int] = field(default_factory=dict)  # split → samples left out for a NaN label
+
+
+def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> dict[str, torch.Tensor]:
+    """The batch with `modality` ("audio" or "vision") zeroed (features 0, frames kept) or absent (no valid frame)."""
+    if how not in ("zeroed", "absent"):
+        raise ValueError(f"how must be 'zeroed' or 'absent', not {how!r}")
+    out = dict(batch)
+    out[modality] = torch.zeros_like(batch[modality])
+    if how == "absent":
+        out[f"{modality}_mask"] = torch.zeros_like(batch[f"{modality}_mask"])
+    return out
 
 
 def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
@@ -77,6 +98,23 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
             setattr(cfg.model, name, value)
 
 
+def finetune_optimizer(
+    model: KEBRModel, cfg: RunConfig
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    """Adam over what fine-tuning trains, as the authors (DESIGN §6): TCMF at `lr_fusion` (None = `lr`), the
+    fine-tuning head at `lr`, the text encoder at `lr_encoder` unless it is frozen (then it is not in the
+    optimiser); every rate follows cosine annealing with T_max = `cosine_tmax`, stepped once per epoch."""
+    lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr
+    groups = [
+        {"params": model.fusion_parameters(), "lr": lr_fusion},
+        {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
+    ]
+    if cfg.train.unfreeze:
+        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
+    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
+
+
 def finetune(
     store_path: str | Path,
     run_dir: str | Path,
@@ -84,9 +122,15 @@ def finetune(
     *,
     checkpoint: str | Path | None = None,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    probe: bool = False,
+    std: str = "sample",
     progress: ProgressFn = no_progress,
 ) -> EvalResult:
+    """Fine-tune and test once per seed (module docstring); std: the spread over seeds, "sample" (ddof = 1)
+    or "population" (ddof = 0, MMSA's)."""
     run_dir = Path(run_dir)
+    if std not in STD_DDOF:
+        raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     store = FeatureStore(store_path)
     # A NaN label means unlabeled (README): such samples are left out of fine-tuning and evaluation, and counted.
     labels = store.labels
@@ -127,30 +171,33 @@ def finetune(
                                 text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
     collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len, pad_id=tokenizer.pad_token_id or 0)
 
-    per_seed, best_epochs = [], []
+    per_seed, best_epochs, probes = [], [], []
     text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
     for n_done, seed in enumerate(seeds):
         seed_dir = run_dir / f"seed-{seed}"
         done_file = seed_dir / "test.json"
-        if done_file.exists():  # finished earlier: resume skips it
-            result = json.loads(done_file.read_text())
-        else:
+        result = json.loads(done_file.read_text()) if done_file.exists() else None  # finished earlier: resume skips it
+        if result is None or (probe and "probe" not in result):
             result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
                                best_model_dir=run_dir / "best-model", features=store_features(store),
-                               text_cache=text_cache)
+                               text_cache=text_cache, probe=probe)
         per_seed.append(result["test"])
+        if probe:
+            probes.append(result["probe"])
         best_epochs.append(result["best_epoch"])
         progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
 
-    summary = aggregate(per_seed)
+    summary = aggregate(per_seed, std)
+    probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
     if info.is_main:
-        _write_results(run_dir, seeds, per_seed, best_epochs, summary, unlabeled)
+        _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
     barrier(info)
-    return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, unlabeled=unlabeled)
+    return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
+                      unlabeled=unlabeled)
 
 
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
-              best_model_dir: Path, features: dict, text_cache: dict) -> dict:
+              best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False) -> dict:
     if info.is_main:
         seed_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -166,15 +213,7 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
             text_cache["cache"] = build_text_cache(model.encoder, token_ids, device)
         cache = text_cache["cache"]
 
-    lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr
-    groups = [
-        {"params": model.fusion_parameters(), "lr": lr_fusion},
-        {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
-    ]
-    if not frozen:
-        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
+    opt, sched = finetune_optimizer(model, cfg)
     net = DistributedDataParallel(model) if info.enabled else model
 
     log = None
@@ -199,6 +238,12 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
     pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, info, features=True)
     test = msa_metrics(pred, label)
     result = {"seed": seed, "best_epoch": best[1], "valid_mae": best[0], "test": test}
+    if probe:
+        result["probe"] = {
+            f"{modality} {how}": msa_metrics(*predict_split(model, datasets["test"], collate, cache, cfg, device, info,
+                                                            remove=(modality, how)))
+            for modality, how in PROBES
+        }
     if info.is_main:
         # Fused utterance representations of the test split, for `kebr analyze` (PCA coloured by label).
         np.savez_compressed(seed_dir / "test_features.npz", features=pooled, labels=label, predictions=pred)
@@ -219,10 +264,12 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
 
 
 @torch.no_grad()
-def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: DistInfo = DistInfo(), features: bool = False):
+def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: DistInfo = DistInfo(), features: bool = False,
+                  remove: tuple[str, str] | None = None):
     """Predictions and labels of a whole split, in dataset order: (N,), (N,) float64; with `features`,
     also the pooled utterance representations (N, dt) float32. Under DDP each rank predicts a
-    contiguous shard and every rank gets the gathered whole."""
+    contiguous shard and every rank gets the gathered whole. remove: (modality, how) for
+    `remove_modality`, the probe of how much a stream is used."""
     model.eval()
     part = Subset(dataset, shard(np.arange(len(dataset)), info).tolist())
     loader = DataLoader(part, batch_size=max(cfg.train.batch_size, 64), shuffle=False, collate_fn=collate,
@@ -230,6 +277,8 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
     preds, labels, pooled = [], [], []
     for batch in loader:
         batch = move(batch, device)
+        if remove is not None:
+            batch = remove_modality(batch, *remove)
         hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
         with autocast(device, cfg.train.bf16):
             out = model(batch, task="finetune", text_hidden=hidden)
@@ -245,19 +294,22 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
     return (pred, label, feats) if features else (pred, label)
 
 
-def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, unlabeled: dict[str, int]) -> None:
+def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_summary, std: str,
+                   unlabeled: dict[str, int]) -> None:
     payload = {
         "seeds": list(seeds),
         "best_epochs": best_epochs,
         "unlabeled_left_out": unlabeled,
         "selection": "epoch with the lowest validation MAE; test evaluated once per seed",
-        "mean": {k: v[0] for k, v in summary.items()},
-        "std": {k: v[1] for k, v in summary.items()},
+        **split_summary(summary),
+        "std_ddof": STD_DDOF[std],  # 1: sample std (kebr's default); 0: population std (MMSA's np.std)
         "per_seed": per_seed,
     }
+    if probe_summary:
+        payload["probe"] = {name: split_summary(stats) for name, stats in probe_summary.items()}
     (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
     with (run_dir / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["metric", "mean", "std", *[f"seed_{s}" for s in seeds]])
+        w.writerow(["metric", "mean", "std", "std_ddof", *[f"seed_{s}" for s in seeds]])
         for k, (m, sd) in summary.items():
-            w.writerow([k, m, sd, *[r[k] for r in per_seed]])
+            w.writerow([k, m, sd, STD_DDOF[std], *[r[k] for r in per_seed]])

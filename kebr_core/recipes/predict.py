@@ -1,4 +1,4 @@
-"""Recipe: the sentiment of new videos, from a fine-tuned checkpoint (`kebr predict`; DESIGN §1).
+"""Recipe: the sentiment of new videos, from a fine-tuned checkpoint (`kebr predict`; docs/design.md §1).
 
     predictions = predict(["a.mp4", "b.mkv"], "runs/eval/best-model")
 
@@ -17,7 +17,7 @@
    as they are extracted (memory stays flat for any number of videos).
 
 Outputs per video (`Prediction`): the score clip(ŷ, −3, 3) on MOSI's scale; its 7-class label
-round(score) (round half to even, as Acc-7 in DESIGN §7): −3 highly negative … 0 neutral … 3 highly
+round(score) (round half to even, as Acc-7 in docs/design.md §7): −3 highly negative … 0 neutral … 3 highly
 positive; and the polarity negative / neutral / positive, defined by that label (neutral when it is 0,
 i.e. |score| ≤ 0.5), so polarity and class never disagree.
 
@@ -57,7 +57,7 @@ from kebr_core.training import (
     resolve_device,
 )
 
-# The 7 classes of round(score) (Acc-7's classes, DESIGN §7).
+# The 7 classes of round(score) (Acc-7's classes, docs/design.md §7).
 SENTIMENT_CLASSES: dict[int, str] = {
     -3: "highly negative",
     -2: "negative",

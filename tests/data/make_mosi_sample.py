@@ -2,7 +2,7 @@
 real MOSI transcripts and labels run in any clone (`$KEBR_MOSI_LABELS` holds the full file, when present).
 
 Which rows (in the file's order, columns unchanged): every 8th row of each split; every test row whose
-label ends in .5 (where Acc-7's round-half-to-even matters, DESIGN §7); every valid row labeled 0 or
+label ends in .5 (where Acc-7's round-half-to-even matters, docs/design.md §7); every valid row labeled 0 or
 ±3 and every 4th train/test row labeled 0 or ±3 (the has0/non0 tie and the scale's ends).
 
     python tests/data/make_mosi_sample.py /path/to/mosi/label.csv
