@@ -101,7 +101,7 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
 def finetune_optimizer(
     model: KEBRModel, cfg: RunConfig
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
-    """Adam over what fine-tuning trains, as the authors (DESIGN §6): TCMF at `lr_fusion` (None = `lr`), the
+    """Adam over what fine-tuning trains, as the authors (docs/design.md §6): TCMF at `lr_fusion` (None = `lr`), the
     fine-tuning head at `lr`, the text encoder at `lr_encoder` unless it is frozen (then it is not in the
     optimiser); every rate follows cosine annealing with T_max = `cosine_tmax`, stepped once per epoch."""
     lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr

@@ -74,7 +74,7 @@ def configure_from_store(cfg: RunConfig, store: FeatureStore) -> None:
 
 
 def pretrain_optimizer(model: KEBRModel, cfg: RunConfig) -> torch.optim.Adam:
-    """Adam over what pretraining trains (DESIGN §6): TCMF and the pretraining head at `lr`, and the text
+    """Adam over what pretraining trains (docs/design.md §6): TCMF and the pretraining head at `lr`, and the text
     encoder at `lr_encoder` with `unfreeze` (a frozen encoder is not in the optimiser). Constant rate."""
     groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
     if cfg.train.unfreeze:
