@@ -162,8 +162,7 @@ def test_the_full_demo_model_gets_the_sign_of_every_clear_held_out_clip(tmp_path
     from kebr_core.recipes.predict import predict
 
     made = make_demo_clips(tmp_path / "clips", n=FULL.clips, heldout=FULL.heldout)
-    vision = "mediapipe" if find_spec("mediapipe") is not None else "none"
-    extract(read_manifest(made.manifest, made.root), tmp_path / "clips.h5", ExtractOptions(vision=vision, asr="none", workers=0))
+    extract(read_manifest(made.manifest, made.root), tmp_path / "clips.h5", ExtractOptions(vision="mediapipe", asr="none", workers=0))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as `kebr demo`
     try:
