@@ -303,6 +303,7 @@ def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: An
     cfg = paper_preset(stage)
     cfg.model = copy.deepcopy(base_model.cfg)
     cfg.train.device, cfg.train.bf16, cfg.train.unfreeze = str(device), args.bf16, stage == "finetune"
+    cfg.train.workers = args.workers
     store = FeatureStore(store_path)
     split = None if stage == "pretrain" else "train"
     indices = store.indices(split)
@@ -404,6 +405,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per side; the fastest counts")
     parser.add_argument("--full", action="store_true", help="time whole epochs instead of --steps steps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="kebr's DataLoader workers (default 0: timed --steps would count the workers' start-up "
+                             "of every epoch call; the recipes' own default on CUDA is up to 4)")
     args = parser.parse_args()
     check_label_csv(parser, args.label_csv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -64,7 +64,7 @@ def ablate(
 
     common = dict(text_model=text_model, g=g, s=1.0, lambda_mcc=1.0, mcc_form="paper", mcc_align=align, layers=layers,
                   shared_layers=True, heads=1, ffn="mlp", batch_size=batch_size, lr=None, lr_encoder=None,
-                  max_text_len=50, seed=0, device=device, workers=0, bf16=None)
+                  max_text_len=50, seed=0, device=device, workers=None, bf16=None)
     with user_errors():
         _choice(align, ALIGNS, "--align")
         _choice(std, ("sample", "population"), "--std")

@@ -27,7 +27,7 @@ def build_config(
     preset: Optional[str], stage: str, *, text_model: str, g: float, s: float, lambda_mcc: float, mcc_form: str,
     mcc_align: str, layers: int, shared_layers: bool, heads: int, ffn: str, epochs: Optional[int], batch_size: int,
     lr: Optional[float], lr_encoder: Optional[float], lr_fusion: Optional[float], max_text_len: int, seed: int,
-    device: str, workers: int, checkpoint_every: int, unfreeze: bool, bf16: Optional[bool], dropout: float = 0.1,
+    device: str, workers: Optional[int], checkpoint_every: int, unfreeze: bool, bf16: Optional[bool], dropout: float = 0.1,
 ) -> RunConfig:
     """Options → RunConfig. `--preset paper` starts from the paper's settings; explicit options win."""
     from kebr_core.modules.mcc import ALIGNS, FORMS  # here, not at import: `kebr --help` stays free of torch
@@ -82,7 +82,7 @@ BatchSize = typer.Option(32, "--batch-size", min=1, help="Batch size.")
 MaxTextLen = typer.Option(50, "--max-text-len", min=3, help="Maximum text length in wordpieces (the masked word is kept inside).")
 Seed = typer.Option(0, "--seed", min=0, help="Random seed (a CPU run is repeatable bit for bit).")
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-Workers = typer.Option(0, "--workers", min=0, help="DataLoader worker processes.")
+Workers = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (default: up to 4 per process on CUDA, 0 on CPU).")
 BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off for CPU).")
 Dropout = typer.Option(0.1, "--dropout", parser=number(0, 1, high_open=True), help="Dropout in TCMF and the heads.")
 NProc = typer.Option(1, "--nproc-per-node", min=1, help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
@@ -109,7 +109,7 @@ def pretrain(
     batch_size: int = BatchSize,
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of TCMF and the head (default 1e-4)."),
     lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder with --unfreeze (default 5e-6)."),
-    max_text_len: int = MaxTextLen, seed: int = Seed, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
+    max_text_len: int = MaxTextLen, seed: int = Seed, device: str = Device, workers: Optional[int] = Workers, bf16: Optional[bool] = BF16,
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a checkpoint every N epochs (and at the end)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -179,7 +179,7 @@ def eval_(
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of the head (default 1e-4)."),
     lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder (default 5e-6)."),
     lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", parser=number(0, low_open=True), help="Learning rate of TCMF (default 5e-6)."),
-    max_text_len: int = MaxTextLen, device: str = Device, workers: int = Workers, bf16: Optional[bool] = BF16,
+    max_text_len: int = MaxTextLen, device: str = Device, workers: Optional[int] = Workers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
 ) -> None:

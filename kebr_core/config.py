@@ -73,7 +73,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool | None = None  # None = on for CUDA, off for CPU
-    workers: int = 0
+    workers: int | None = None  # DataLoader workers; None = auto (training.loader_workers: up to 4 on CUDA, 0 on CPU)
     checkpoint_every: int = 5
     grad_clip: float | None = None
     length_bucketing: bool = True  # batches of similar lengths (kebr_core.distributed.EpochBatches)

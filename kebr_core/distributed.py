@@ -5,6 +5,9 @@ The recipes run unchanged in one process (world size 1). Under torchrun every ra
   split evenly across ranks (`EpochBatches`), so 2 processes reproduce 1 process up to float error;
 - scales its loss so that DDP's gradient average equals the gradient of the global-batch mean
   (`global_mean`), also when the last batch does not split evenly;
+- never gets an empty batch: a global batch smaller than the world size (the last one, e.g. MOSI's
+  1,284 training samples in batches of 32 on 8 GPUs) is padded with repeats of its own samples that
+  weigh 0 in every mean, so the gradient and the metrics are still those of the real samples;
 - evaluates a shard of each split and gathers the predictions (`gather_predictions`);
 - writes files only on rank 0.
 Backend: NCCL on CUDA, gloo on CPU.
@@ -60,7 +63,9 @@ class EpochBatches(Sampler[list[int]]):
     """This rank's part of every global batch of one epoch (a DataLoader `batch_sampler`).
 
     The global order is a permutation drawn from (seed, epoch) alone, so a resumed run and a run on any
-    number of processes see the same global batches. Rank r takes positions r, r + world, … of each.
+    number of processes see the same global batches. Rank r takes positions r, r + world, … of each;
+    a batch smaller than the world size is padded with repeats weighted 0 (`weights`), so no rank
+    is ever given an empty batch.
 
     With `sizes` (a per-sample cost such as its padded length), batches are length-bucketed: the shuffled
     samples are cut into pools of `pool` batches, each pool is sorted by size and cut into batches, and
@@ -80,10 +85,27 @@ class EpochBatches(Sampler[list[int]]):
             batches = [batches[j] for j in torch.randperm(len(batches), generator=gen).tolist()]
         self.global_batches = batches
         self.info = info
+        # This rank's share of each global batch and how many of its samples are real (the rest: padding).
+        self.local: list[tuple[list[int], int]] = [self._share(b) for b in batches]
+
+    def _share(self, batch: np.ndarray) -> tuple[list[int], int]:
+        """Positions rank, rank + world, … of the global batch. A batch with fewer samples than ranks is
+        first padded to `world` samples by repeating its own, so every rank gets one; positions past
+        the real samples are padding, and they come last in a rank's share."""
+        real = len(batch)
+        padded = batch[np.arange(max(real, self.info.world)) % real]
+        positions = np.arange(self.info.rank, len(padded), self.info.world)
+        return padded[positions].tolist(), int((positions < real).sum())
+
+    def weights(self, step: int, device: torch.device | str = "cpu") -> Tensor:
+        """(B,) float32 weights of this rank's batch number `step`: 1 for real samples, 0 for padding.
+        Made on `device` from a count (no host-to-device copy)."""
+        indices, real = self.local[step]
+        return (torch.arange(len(indices), device=device) < real).float()
 
     def __iter__(self):
-        for batch in self.global_batches:
-            yield batch[self.info.rank :: self.info.world].tolist()
+        for indices, _ in self.local:
+            yield indices
 
     def __len__(self) -> int:
         return len(self.global_batches)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
+from kebr_core.model import encoder_attention_mask
 
 # progress callback: (stage, done, total, info) – the CLI renders it, kebr_core never prints.
 ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
@@ -48,6 +49,18 @@ def autocast(device: torch.device, bf16: bool | None):
     if not use:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def loader_workers(workers: int | None, device: torch.device) -> int:
+    """DataLoader worker processes: `workers` when given; None (auto) is up to 4 per process on CUDA,
+    so HDF5 reads and collation overlap the GPU's compute, and 0 on the CPU, where workers would only
+    take cores from the model's own threads."""
+    if workers is not None:
+        return workers
+    if device.type != "cuda":
+        return 0
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+    return min(4, max(1, (os.cpu_count() or 1) // processes_here - 1))
 
 
 def seed_everything(seed: int) -> None:
@@ -106,11 +119,12 @@ def build_text_cache(
         idx = order[b0 : b0 + batch_size]
         L = int(lengths[idx].max())
         ids = torch.zeros(len(idx), L, dtype=torch.long)
-        mask = torch.zeros(len(idx), L, dtype=torch.long)
+        mask = torch.zeros(len(idx), L, dtype=torch.bool)
         for r, i in enumerate(idx):  # once per sample for the whole run, not per epoch
             ids[r, : lengths[i]] = torch.tensor(token_ids[i])
-            mask[r, : lengths[i]] = 1
-        hidden = encoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
+            mask[r, : lengths[i]] = True
+        hidden = encoder(input_ids=ids.to(device), attention_mask=encoder_attention_mask(encoder, mask.to(device)))
+        hidden = hidden.last_hidden_state.float().cpu()
         for r, i in enumerate(idx):
             per_sample[i] = hidden[r, : lengths[i]]
         progress("encode text", min(b0 + batch_size, n), n, {})
@@ -246,25 +260,32 @@ class MetricsLog:
             w.writerow(row)
 
 
-def check_finite(loss: Tensor, epoch: int, step: int) -> None:
-    """Stop on a NaN/inf loss, naming the epoch and batch (one sync per step; cheap next to a step)."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
+def check_finite(bad_steps: Tensor, epoch: int) -> None:
+    """Stop on a NaN/inf loss, naming the epoch and its first bad batch.
+
+    bad_steps (S,) counts, for each of the epoch's S steps, the ranks whose loss was not finite. The
+    step only sets a flag on the device (no host sync); the flags travel in the epoch's one all-reduce,
+    so every rank sees the same counts and stops with the same sentence."""
+    bad = torch.nonzero(bad_steps).flatten().tolist()
+    if bad:
         raise KebrError(
-            f"The loss became {value} at epoch {epoch}, batch {step}: lower the learning rate or check the "
-            "input features for NaN/inf values."
+            f"The loss became NaN or infinite at epoch {epoch}, batch {bad[0]} ({len(bad)} of the epoch's "
+            f"{len(bad_steps)} batches): lower the learning rate or check the input features for NaN/inf values."
         )
 
 
-def balance_sums(abs_err: Tensor, mcc) -> Tensor:
+def balance_sums(abs_err: Tensor, mcc, weight: Tensor | None = None) -> Tensor:
     """Per-batch sums for an epoch's metrics row, without a host sync. Returns (7,):
     Σ|pred − y|, B, Σf_i and Σc_a, Σc_v, Σ|θ_a − θ_v| over the samples that have both streams
-    (MCC's `valid`), and their count."""
-    valid = mcc.valid.float()
+    (MCC's `valid`), and their count. weight (B,): 1 for real samples (the default), 0 for DDP
+    padding (`EpochBatches.weights`), which counts nowhere."""
+    if weight is None:
+        weight = torch.ones_like(abs_err, dtype=torch.float32)
+    valid = mcc.valid.float() * weight
     c_a, c_v = mcc.c_a.float(), mcc.c_v.float()
     dtheta = (torch.arccos(c_a.clamp(-1, 1)) - torch.arccos(c_v.clamp(-1, 1))).abs()
     return torch.stack([
-        abs_err.detach().float().sum(), torch.ones_like(valid).sum(), (mcc.per_sample.detach().float() * valid).sum(),
+        (abs_err.detach().float() * weight).sum(), weight.sum(), (mcc.per_sample.detach().float() * valid).sum(),
         (c_a * valid).sum(), (c_v * valid).sum(), (dtheta * valid).sum(), valid.sum(),
     ])
 
@@ -322,38 +343,47 @@ def train_epoch(
 ) -> dict[str, float]:
     """One epoch of L = L1(pred, y) + λ·L_mcc (Eq. 16–17): y is the masked word's score when
     pretraining, the utterance label when fine-tuning. `net` may be DDP-wrapped; `info` is the DistInfo.
-    Returns the epoch's metrics row (identical on every rank)."""
+    Returns the epoch's metrics row (identical on every rank).
+
+    A step never waits for the device: its only communication is `global_mean`'s all-reduces, and a
+    non-finite loss is flagged on the device and checked once, at the end of the epoch (`check_finite`).
+    Batches are DDP padded where a global batch has fewer samples than ranks (`EpochBatches`)."""
     from torch.utils.data import DataLoader
 
     from kebr_core.distributed import EpochBatches, all_reduce_sum, global_mean
 
     model = net.module if hasattr(net, "module") else net
-    sizes = bucket_sizes(dataset, cfg)
+    batches = EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=bucket_sizes(dataset, cfg))
     loader = DataLoader(
-        dataset, batch_sampler=EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=sizes),
-        collate_fn=collate, num_workers=cfg.train.workers, pin_memory=device.type == "cuda",
+        dataset, batch_sampler=batches, collate_fn=collate, num_workers=loader_workers(cfg.train.workers, device),
+        pin_memory=device.type == "cuda",
     )
     target = "mask_label" if task == "pretrain" else "label"
     net.train()
     if frozen:
         model.encoder.eval()  # no dropout in a frozen encoder: its cached outputs stay exact
     t0 = time.perf_counter()
-    sums = torch.zeros(7, device=device)
+    # [0:7] the epoch's balance_sums, [7:] one non-finite-loss flag per step: summed over ranks at the
+    # end of the epoch by one all-reduce, then read by the host once (no sync inside the step).
+    sums = torch.zeros(7 + len(batches), device=device)
     for step, batch in enumerate(loader):
         batch = move(batch, device)
+        weight = batches.weights(step, device)  # 0 for the padding of a batch smaller than the world
         hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
         with autocast(device, cfg.train.bf16):
             out = net(batch, task=task, text_hidden=hidden)
         abs_err = (out.pred.float() - batch[target]).abs()
-        task_loss = global_mean(abs_err, torch.ones_like(abs_err), info)
-        mcc_loss = global_mean(out.mcc.per_sample.float(), out.mcc.valid.float(), info)
+        task_loss = global_mean(abs_err, weight, info)
+        mcc_loss = global_mean(out.mcc.per_sample.float(), out.mcc.valid.float() * weight, info)
         loss = task_loss + cfg.mcc.weight * mcc_loss
-        check_finite(loss, epoch, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
         opt.step()
         with torch.no_grad():
-            sums += balance_sums(abs_err, out.mcc)
-    return epoch_row(epoch, all_reduce_sum(sums, info), time.perf_counter() - t0, cfg.mcc.weight, prefix)
+            sums[:7] += balance_sums(abs_err, out.mcc, weight)
+            sums[7 + step] = (~torch.isfinite(loss.detach())).float()
+    totals = all_reduce_sum(sums, info).cpu()  # the epoch's one host sync
+    check_finite(totals[7:], epoch)
+    return epoch_row(epoch, totals[:7], time.perf_counter() - t0, cfg.mcc.weight, prefix)

@@ -53,6 +53,18 @@ def write_tiny_store(path: Path, n: int = 60, d_audio: int = 7, d_vision: int = 
     return path
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` skip, with the reason, where PyTorch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (bench/gpu.sh runs the cuda-marked tests)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tiny_store(tmp_path: Path) -> Path:
     return write_tiny_store(tmp_path / "tiny.h5")

@@ -527,7 +527,7 @@ def test_gradcheck_tile_cosines_with_variable_lengths() -> None:
     )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("align", ["tile", "projected"])
 def test_no_host_device_sync_on_cuda(align: str) -> None:
     inputs, _ = random_batch(8, seed=12, dtype=torch.float32)

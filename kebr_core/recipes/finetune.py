@@ -52,6 +52,7 @@ from kebr_core.training import (
     autocast,
     build_text_cache,
     load_checkpoint_weights,
+    loader_workers,
     move,
     no_progress,
     prepare_run_dir,
@@ -273,7 +274,7 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
     model.eval()
     part = Subset(dataset, shard(np.arange(len(dataset)), info).tolist())
     loader = DataLoader(part, batch_size=max(cfg.train.batch_size, 64), shuffle=False, collate_fn=collate,
-                        num_workers=cfg.train.workers)
+                        num_workers=loader_workers(cfg.train.workers, device))
     preds, labels, pooled = [], [], []
     for batch in loader:
         batch = move(batch, device)

@@ -183,7 +183,7 @@ class Scorer:
     def __init__(self, checkpoint: Path, cfg: RunConfig, includes_encoder: bool, device: torch.device) -> None:
         from safetensors import safe_open
 
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.includes_encoder = cfg, device, includes_encoder
         self.tokenizer = load_tokenizer(cfg.model.text_model)
         self.model = KEBRModel(cfg.model, cfg.mcc)  # a frozen encoder was not saved: it loads by name here
         with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
@@ -209,8 +209,11 @@ class Scorer:
             for k, (s, ids) in enumerate(zip(samples, token_ids))
         ]
         batch = {k: v.to(self.device) for k, v in self.collate(items).items()}
+        # The precision of training: a frozen encoder's outputs were cached in float32 (build_text_cache),
+        # a fine-tuned one ran under the run's autocast like the rest of the model.
+        hidden = None if self.includes_encoder else self.model.encode_text(batch["input_ids"], batch["attention_mask"])
         with autocast(self.device, self.cfg.train.bf16):
-            out = self.model(batch, task="finetune")
+            out = self.model(batch, task="finetune", text_hidden=hidden)
         return out.pred.float().cpu().numpy().astype(np.float64)
 
 
