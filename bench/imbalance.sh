@@ -12,7 +12,7 @@ $KEBR synth -o "$OUT/synth.h5" --n 800 --unlabeled 800 --audio-strength 1.0 --vi
 for ALIGN in tile projected; do
   DOCS=docs/imbalance/$ALIGN
   mkdir -p "$DOCS"
-  $KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --align "$ALIGN" --seeds 3 --pretrain-epochs 30 --epochs 8 \
+  $KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --mcc-align "$ALIGN" --seeds 3 --pretrain-epochs 30 --epochs 8 \
     --freeze-encoder -o "$OUT/$ALIGN" | tee "$DOCS/table.txt"
   $KEBR analyze "$OUT/$ALIGN" --out "$DOCS"
   cp "$OUT/$ALIGN/ablation.json" "$OUT/$ALIGN/results.csv" "$DOCS/"

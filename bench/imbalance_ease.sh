@@ -19,7 +19,7 @@ mkdir -p "$OUT" "$DOCS"
 $KEBR synth -o "$OUT/synth.h5" --n 1000 --unlabeled 1000 --text-strength 0 --audio-strength 1 --vision-strength 1 \
   --label-noise 0.2 --audio-signal 1.0 --audio-noise 0.5 --vision-signal 0.25 --vision-noise 1.5 \
   --audio-len 10-40 --vision-len 10-40 --audio-dim 16 --vision-dim 16 --seed 0 --force | tee "$DOCS/synth.txt"
-$KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --align tile --mcc-align authors,projected --probe --seeds 5 \
+$KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --mcc-align tile --compare-aligns authors,projected --probe --seeds 5 \
   --pretrain-epochs 50 --epochs 15 --lr-fusion 1e-4 --layers 2 --freeze-encoder \
   --text-model "random-bert:hidden=32,layers=2,heads=2" -o "$OUT/ablate" | tee "$DOCS/table.txt"
 $KEBR analyze "$OUT/ablate" --out "$DOCS"
@@ -30,7 +30,7 @@ $PY bench/imbalance_report.py "$OUT/synth.h5" "$OUT/ablate" --out "$DOCS"
 if [ "${LONGER:-1}" = 1 ]; then
   mkdir -p "$OUT/longer" "$DOCS/longer"
   cp -rT "$OUT/ablate/pretrain" "$OUT/longer/pretrain"
-  $KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --align tile --mcc-align authors,projected --probe --seeds 3 \
+  $KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --mcc-align tile --compare-aligns authors,projected --probe --seeds 3 \
     --pretrain-epochs 50 --epochs 40 --lr-fusion 3e-4 --layers 2 --freeze-encoder \
     --text-model "random-bert:hidden=32,layers=2,heads=2" -o "$OUT/longer" | tee "$DOCS/longer/table.txt"
   $KEBR analyze "$OUT/longer" --out "$DOCS/longer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -10,11 +11,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, number, progress, user_errors
-from kebr_cli.train import _choice, _renderer, build_config
-from kebr_core.config import DEFAULT_TEXT_MODEL
+from kebr_cli.app import Reporter, app, console, number, relaunch_distributed, renamed, user_errors
+from kebr_cli.tables import ablation_table
+from kebr_cli.train import (
+    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, Device, Dropout, Heads, LambdaMCC, Layers, LoaderWorkers, MaxTextLen, NProc, Preset,
+    Shared, TextModel, _choice, build_config,
+)
 from kebr_core.errors import KebrError
-from kebr_core.metrics import format_table_row
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -40,79 +43,82 @@ def ablate(
     all_: bool = typer.Option(False, "--all", help="All five configurations C1–C5 of Table 4."),
     g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4)."),
     g_values: str = typer.Option("-0.5,-0.4,-0.3,-0.2,-0.1,0,0.1,0.2,0.3,0.4,0.5", "--g-values", help="g values of the sweep."),
-    mcc_form: str = typer.Option("", "--mcc-form", help="Compare MCC forms, e.g. paper,reference,mean-cosine."),
-    mcc_align: str = typer.Option("", "--mcc-align", help="Compare MCC alignments, e.g. tile,authors,projected."),
+    compare_forms: str = typer.Option("", "--compare-forms", help="Add a configuration per other MCC form, e.g. paper,reference,mean-cosine."),
+    compare_aligns: str = typer.Option("", "--compare-aligns", help="Add a configuration per other MCC alignment, e.g. tile,authors,projected."),
     seeds: int = typer.Option(5, "--seeds", min=1, help="Fine-tuning seeds per configuration (as eval)."),
-    g: float = typer.Option(0.2, "--g", help="g of every configuration outside the sweep."),
-    align: str = typer.Option("tile", "--align", help="MCC alignment of every configuration outside --mcc-align "
-                              "(tile, authors or projected); a configuration without MCC logs its cosines with it."),
+    g: float = G,
+    mcc_form: Optional[str] = typer.Option(None, "--mcc-form", metavar=FORM_CHOICES, help="MCC form of every configuration outside --compare-forms (default paper)."),
+    mcc_align: Optional[str] = typer.Option(None, "--mcc-align", metavar=ALIGN_CHOICES, help="MCC alignment of every configuration outside --compare-aligns (default tile); a configuration without MCC logs its cosines with it."),
+    align: Optional[str] = typer.Option(None, "--align", hidden=True, help="Old name of --mcc-align."),
+    s_: float = S, lambda_mcc: float = LambdaMCC, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN,
+    max_text_len: int = MaxTextLen, dropout: float = Dropout, bf16: Optional[bool] = BF16,
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1, help="Pretraining epochs (default 20)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10)."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", parser=number(0, low_open=True), help="Fine-tuning learning rate of TCMF (default 5e-6, the authors'; pretraining uses 1e-4)."),
-    text_model: str = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Text encoder (name or folder)."),
-    layers: int = typer.Option(4, "--layers", min=1, help="TCMF layers K."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    batch_size: int = BatchSize,
+    lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of the heads, and of TCMF while pretraining (default 1e-4)."),
+    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder when it is trained (default 5e-6)."),
+    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", parser=number(0, low_open=True), help="Fine-tuning learning rate of TCMF (default 5e-6, the authors'; pretraining uses --lr)."),
+    text_model: str = TextModel,
+    layers: int = Layers,
+    device: str = Device,
+    loader_workers: Optional[int] = LoaderWorkers,
+    unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder while pretraining too (default: frozen, as the authors)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
-    std: str = typer.Option("sample", "--std", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
+    checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a pretraining checkpoint every N epochs (and at the end)."),
+    nproc_per_node: int = NProc, preset: Optional[str] = Preset,
+    std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
+    as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
 ) -> None:
     """Run the paper's ablations; finished configurations are skipped when rerun."""
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.modules.mcc import ALIGNS, FORMS
     from kebr_core.recipes.ablate import ablate as run_ablate, build_specs
 
-    common = dict(text_model=text_model, g=g, s=1.0, lambda_mcc=1.0, mcc_form="paper", mcc_align=align, layers=layers,
-                  shared_layers=True, heads=1, ffn="mlp", batch_size=batch_size, lr=None, lr_encoder=None,
-                  max_text_len=50, seed=0, device=device, workers=None, bf16=None)
-    with user_errors():
-        _choice(align, ALIGNS, "--align")
+    if nproc_per_node > 1:
+        raise relaunch_distributed(nproc_per_node)
+    with user_errors(), Reporter(out) as report:
+        for option, value in (("--mcc-form", mcc_form), ("--mcc-align", mcc_align)):
+            if value is not None and "," in value:  # the old spelling of the comparisons
+                raise KebrError(f"{option} sets every configuration's value now (as in eval); to compare several, "
+                                f"use --compare-{option.split('-')[-1]}s {value}.")
+        mcc_align = renamed(mcc_align, align, "--mcc-align", "--align") or "tile"
+        mcc_form = mcc_form or "paper"
         _choice(std, ("sample", "population"), "--std")
-        for name in [x for x in mcc_form.split(",") if x]:
-            _choice(name, FORMS, "--mcc-form")
-        for name in [x for x in mcc_align.split(",") if x]:
-            _choice(name, ALIGNS, "--mcc-align")
-        pre_cfg = build_config(None, "pretrain", epochs=pretrain_epochs, checkpoint_every=5, unfreeze=False,
-                               lr_fusion=None, **common)
-        ft_cfg = build_config(None, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder,
+        for name in [x for x in compare_forms.split(",") if x]:
+            _choice(name, FORMS, "--compare-forms")
+        for name in [x for x in compare_aligns.split(",") if x]:
+            _choice(name, ALIGNS, "--compare-aligns")
+        common = dict(text_model=text_model, g=g, s=s_, lambda_mcc=lambda_mcc, mcc_form=mcc_form, mcc_align=mcc_align,
+                      layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, batch_size=batch_size, lr=lr,
+                      lr_encoder=lr_encoder, max_text_len=max_text_len, seed=0, device=device,
+                      workers=loader_workers, bf16=bf16, dropout=dropout)
+        pre_cfg = build_config(preset, "pretrain", epochs=pretrain_epochs, checkpoint_every=checkpoint_every,
+                               unfreeze=unfreeze, lr_fusion=None, **common)
+        ft_cfg = build_config(preset, "finetune", epochs=epochs, checkpoint_every=1, unfreeze=not freeze_encoder,
                               lr_fusion=lr_fusion, **common)
         specs = build_specs(
             no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,
             g_sweep=_floats(g_values, "--g-values") if g_sweep else None,
-            mcc_forms=[x for x in mcc_form.split(",") if x], mcc_aligns=[x for x in mcc_align.split(",") if x], g=g,
-            align=align,
+            mcc_forms=[x for x in compare_forms.split(",") if x], mcc_aligns=[x for x in compare_aligns.split(",") if x],
+            g=g, align=mcc_align, form=mcc_form,
         )
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
-        store = resolve_dataset(dataset, data_dir, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-        with progress() as prog:
-            result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
-                                pretrain_on_test=pretrain_on_test, probe=probe, std=std,
-                                progress=_renderer(prog, {}),
-                                on_note=lambda m: console.print(f"[yellow]note:[/] {m}"))
-    console.print(ablation_table(result.rows, result.caption, std))
-    if probe:
-        console.print(probe_table(result.rows, std))
-    console.print(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   plots: kebr analyze {out}")
-
-
-def ablation_table(rows: list[dict], caption: str = "", std: str = "sample") -> Table:
-    """Table 4's shape: configuration, its components, the metrics (mean ± std) and Avg; the caption says
-    what pretraining used."""
-    table = Table(title=f"Ablation (test split, mean ± {std_words(std)} over seeds; Avg = mean relative change vs C1, %)",
-                  caption=caption or None)
-    for col in ("config", "pretrain", "TCMF", "MCC", "g", "Acc-2", "F1", "Acc-7", "MAE", "Corr", "Avg"):
-        table.add_column(col, justify="right" if col not in ("config",) else "left")
-    mark = {True: "✓", False: "✗"}
-    for r in rows:
-        if not r["mean"]:
-            table.add_row(r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}",
-                          r["status"], "", "", "", "", "")
-            continue
-        cells = format_table_row({k: (r["mean"][k], r["std"][k]) for k in r["mean"]})
-        avg = "" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"
-        table.add_row(r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}",
-                      cells["Acc-2"], cells["F1"], cells["Acc-7"], cells["MAE"], cells["Corr"], avg)
-    return table
+        store = resolve_dataset(dataset, data_dir, warn=report.warning)
+        result = run_ablate(store, pretrain_store, out, pre_cfg, ft_cfg, specs, seeds=list(range(seeds)),
+                            pretrain_on_test=pretrain_on_test, probe=probe, std=std, progress=report,
+                            on_note=report.note)
+        report.result(ablation_table(result.rows, list(range(seeds)), width=console.width, std=std,
+                                     note=result.caption), to_stdout=not as_json)
+        if probe:
+            report.result(probe_table(result.rows, std), to_stdout=not as_json)
+        for r in result.rows:
+            if not r["mean"]:
+                report.note(f"{r['name']} {r['status']}")
+        report.result(f"results: [bold]{out / 'ablation.json'}[/], {out / 'results.csv'}   log: {report.log_path}   "
+                      f"plots: kebr analyze {out}", to_stdout=not as_json)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out)} | json.loads((out / "ablation.json").read_text()), indent=2))
 
 
 def std_words(std: str) -> str:

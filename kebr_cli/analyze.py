@@ -1,7 +1,8 @@
-"""`kebr analyze RUN_DIR`: PNG plots of a pretraining, evaluation or ablation run (kebr_core.analysis)."""
+"""`kebr analyze RUN_DIR`: figures of a pretraining, evaluation or ablation run (kebr_core.analysis)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -10,23 +11,31 @@ import typer
 from kebr_cli.app import app, console, err_console, fail, user_errors
 
 
+class PlotFormat(str, Enum):
+    png = "png"
+    pdf = "pdf"
+    svg = "svg"
+
+
 @app.command()
 def analyze(
     run_dir: Path = typer.Argument(..., help="A pretraining run, an evaluation run (kebr eval --out) or an ablation directory."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the PNGs and, for an ablation, balance.csv (default: RUN_DIR/plots)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the figures, index.md and, for an ablation, balance.csv (default: RUN_DIR/plots)."),
+    formats: list[PlotFormat] = typer.Option([PlotFormat.png], "--format", "-f", help="File format of the figures; repeat for several (e.g. -f png -f pdf)."),
 ) -> None:
     """Plot a run: F1/MAE vs g, modality balance (c_a, c_v, |θa − θv|) with and without MCC, PCA of the
     fused test representations, and per-epoch training curves — whichever the directory allows."""
     from kebr_core.analysis import analyze as run_analysis  # matplotlib loads only for this command
 
     with user_errors():
-        report = run_analysis(run_dir, out)
+        report = run_analysis(run_dir, out, formats=tuple(f.value for f in formats))
     for name, reason in report.skipped.items():
         err_console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False, soft_wrap=True)
     if not report.written:
         raise fail(f"Nothing could be plotted from {report.kind} directory {run_dir}; see the reasons above.")
-    console.print(f"[bold]{report.kind}[/] directory {run_dir}: wrote {len(report.written)} plot(s)", highlight=False)
+    console.print(f"[bold]{report.kind}[/] directory {run_dir}: wrote {len(report.plots)} plot(s)", highlight=False)
     for path in report.written:
         console.print(f"  {path}", highlight=False, soft_wrap=True)
+    console.print(f"  {report.index}  (each figure with a one-line caption)", highlight=False, soft_wrap=True)
     for path in report.tables:
         console.print(f"  {path}  (c_a, c_v, |θa − θv| at the end of each configuration)", highlight=False, soft_wrap=True)

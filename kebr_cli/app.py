@@ -6,11 +6,16 @@ Commands only parse options, call a `kebr_core` recipe and render Rich output; `
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
-from contextlib import contextmanager
-from typing import Callable, Iterator
+import time
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from enum import Enum, IntEnum
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -22,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer.core import TyperOption
 
 from kebr_core import __version__
 from kebr_core.errors import KebrError, native_write_error, os_error_message
@@ -31,9 +37,27 @@ if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Help shows a flag as its name alone: Typer ≥ 0.25 would print "<bool>" after every on/off switch.
+if hasattr(TyperOption, "display_type_rich"):
+    _typer_option_type = TyperOption.display_type_rich
+
+    def _option_type(self: TyperOption, ctx) -> Optional[str]:
+        return None if self.is_flag else _typer_option_type(self, ctx)
+
+    TyperOption.display_type_rich = _option_type  # type: ignore[method-assign]
+
 # Tables stay whole when the output is a file or a pipe (Rich would otherwise assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+class Verbosity(IntEnum):
+    QUIET = 0  # results and errors only
+    NORMAL = 1  # + progress bars (plain lines every 10 s off a terminal) and a line per finished epoch
+    VERBOSE = 2  # + the run's settings, plain progress lines every second
+
+
+settings = {"verbosity": Verbosity.NORMAL}  # set by the global --quiet / --verbose
 
 app = typer.Typer(
     name="kebr",
@@ -42,7 +66,7 @@ app = typer.Typer(
         "analysis. Extract features from videos, pretrain, fine-tune and evaluate, ablate, predict."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -56,10 +80,46 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors: no progress, no per-epoch lines."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the run's settings, and progress lines every second when not on a terminal."),
 ) -> None:
     """KEBR toolkit."""
+    if quiet and verbose:
+        raise fail("--quiet and --verbose contradict each other: give one of them.", code=2)
+    settings["verbosity"] = Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else Verbosity.NORMAL
+
+
+def choices(name: str, *values: str) -> type[Enum]:
+    """An option's allowed values as an Enum, so help shows them (<kebr33|mmsa33>) and click refuses any
+    other in one sentence. Pass `.value` on to kebr_core."""
+    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+DEVICE_METAVAR = "auto|cpu|cuda[:N]"  # --device stays a string: cuda:1 names the second GPU
+
+
+def renamed(new_value: Any, old_value: Any, new: str, old: str) -> Any:
+    """The value of an option given by its new name or its old one (a hidden alias kept for one
+    release, which prints a note); None when neither was given."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise KebrError(f"{new} was given twice: also as {old}, its old name; keep {new}.")
+    err_console.print(f"[yellow]note:[/] {old} is now {new}; the old name goes away in the next release.",
+                      highlight=False, soft_wrap=True)
+    return old_value
+
+
+def one_store(positional: Optional[Path], option: Optional[Path], command: str) -> Path:
+    """The store a command reads, given as `-d/--dataset STORE` or (as before) positionally."""
+    if positional is not None and option is not None and positional != option:
+        raise KebrError(f"kebr {command} got two stores, {positional} and -d {option}: give one.")
+    store = option or positional
+    if store is None:
+        raise KebrError(f"kebr {command} needs a store: -d STORE.h5 (or the store as its first argument).")
+    return store
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
@@ -152,15 +212,198 @@ def relaunch_distributed(nproc: int) -> "typer.Exit":
     return typer.Exit(subprocess.call(cmd))
 
 
+def verbosity() -> Verbosity:
+    return settings["verbosity"]
+
+
+def show_progress() -> bool:
+    """Live Rich bars: on a terminal (or KEBR_PROGRESS=1), rank 0, not --quiet."""
+    return (sys.stderr.isatty() or os.environ.get("KEBR_PROGRESS") == "1") and is_main_process() and verbosity() > Verbosity.QUIET
+
+
 def progress() -> Progress:
-    """A Rich progress bar with count, rate-friendly columns and an ETA (quiet when not a TTY)."""
+    """A Rich progress display: what, a bar, done/total, elapsed and ETA; nothing squeezes the bar
+    (metrics go on lines of their own, see `Reporter`). Disabled off a terminal and with --quiet."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=None),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
         console=err_console,
-        disable=(not sys.stderr.isatty() and os.environ.get("KEBR_PROGRESS") != "1") or not is_main_process(),
+        expand=True,
+        disable=not show_progress(),
     )
+
+
+def _metrics_text(info: dict) -> str:
+    """'loss 0.4123 · task_l1 0.3901 · … (12.3 s)': every number of an event, in its order (a fine-tuning
+    epoch's train_ prefix left out: the line is about training, valid_ columns keep theirs)."""
+    parts = [f"{k.removeprefix('train_')} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+             if k not in ("epoch", "seconds") and isinstance(v, (int, float))]
+    text = " · ".join(parts)
+    if isinstance(info.get("seconds"), (int, float)):
+        text += f" ({info['seconds']:.1f} s)"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Reporter:
+    """Renders kebr_core's progress events (`kebr_core.training.ProgressFn`) for a person.
+
+    On a terminal: one Rich bar per stage (epochs, seeds, configurations) and one for the batches of
+    the epoch in progress, each with its ETA; every finished epoch prints its metrics as a line above
+    the bars. Off a terminal (CI logs, `| tee`): the same epoch lines, and a plain progress line per
+    stage at most every 10 s (1 s with --verbose). --quiet prints neither. With `log_dir`, every line,
+    the results and any error also go to log_dir/log.txt (appended, so a resumed run keeps its history).
+    """
+
+    def __init__(self, log_dir: Optional[Path] = None, epoch_lines: Verbosity = Verbosity.NORMAL):
+        self.log_path = log_dir / "log.txt" if log_dir is not None and is_main_process() else None
+        self.epoch_lines = epoch_lines  # the verbosity from which finished epochs print their line
+        self.scope = ""  # a prefix of bars and lines, e.g. the demo's current step
+        self._log = None
+        self._pending: list[str] = []  # lines before the run started (bad options leave no run directory)
+        self._stack = ExitStack()
+        self._bars: Optional[Progress] = None
+        self._tasks: dict[str, int] = {}
+        self._started: dict[str, tuple[float, int]] = {}  # stage → (time, done) of its first event
+        self._last: dict[str, int] = {}
+        self._printed: dict[str, float] = {}
+
+    def __enter__(self) -> "Reporter":
+        today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        self.log(f"── {today} · kebr {__version__} · {' '.join(['kebr', *sys.argv[1:]])}")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self._log is not None:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {exc}" if isinstance(exc, KebrError) else f"failed: {exc!r}"
+            self.log(reason)
+        self._stack.close()
+
+    def _open_log(self) -> None:
+        """Start log.txt once the run has started (its first progress event or result)."""
+        if self.log_path is None or self._log is not None:
+            return
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self._stack.enter_context(self.log_path.open("a", encoding="utf-8"))
+        except OSError as e:
+            raise KebrError(f"The log file {self.log_path} cannot be written ({e.strerror}).") from None
+        self._log.write("".join(text + "\n" for text in self._pending))
+        self._pending.clear()
+
+    def log(self, text: str) -> None:
+        """A line for log.txt only."""
+        if self.log_path is None:
+            return
+        text = f"{datetime.now().strftime('%H:%M:%S')} {text}"  # local time; the header has the date
+        if self._log is None:
+            self._pending.append(text)
+            return
+        self._log.write(text + "\n")
+        self._log.flush()
+
+    def line(self, text: str, *, level: Verbosity = Verbosity.NORMAL) -> None:
+        """A line for the person (stderr, above any bars) and the log."""
+        self.log(text)
+        if verbosity() >= level and is_main_process():
+            target = self._bars.console if self._bars is not None else err_console
+            target.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def note(self, text: str, kind: str = "note") -> None:
+        """A note or warning: on stderr (stdout stays for results and JSON), and in the log."""
+        self.log(f"{kind}: {text}")
+        if is_main_process():
+            err_console.print(f"[yellow]{kind}:[/] {text}", highlight=False, soft_wrap=True)
+
+    def warning(self, text: str) -> None:
+        self.note(text, kind="warning")
+
+    def result(self, renderable: Any, *, to_stdout: bool = True) -> None:
+        """A result (a table, a sentence): on stdout unless --json, and as plain text in the log. The
+        bars stop first, so the result is not printed into them."""
+        self._open_log()
+        if self._bars is not None:
+            self._bars.stop()
+        if self._log is not None:
+            plain = Console(file=io.StringIO(), width=120, color_system=None)
+            plain.print(renderable)
+            self.log("\n" + plain.file.getvalue().rstrip())  # type: ignore[attr-defined]
+        if to_stdout and is_main_process():
+            console.print(renderable)
+
+    def __call__(self, stage: str, done: int, total: int, info: dict) -> None:
+        """kebr_core's progress callback."""
+        from kebr_core.training import BATCH_STAGE
+
+        self._open_log()
+        scope = f"{self.scope}: " if self.scope else ""
+        key, batch = scope + stage, stage == BATCH_STAGE
+        label = f"  {scope}epoch {info.get('epoch', '')} batches" if batch else key
+        eta = self._eta(key, done, total, info.get("seconds"))
+        live = show_progress()
+        metrics = "" if batch else _metrics_text(info)
+        if metrics:  # a finished epoch / seed: its line (with the stage's ETA where no bar shows one)
+            unit = "epoch " if "epoch" in info else ""
+            when = f" · ETA {_duration(eta)}" if eta is not None and not live else ""
+            self.line(f"{key} {unit}{done}/{total}: {metrics}{when}", level=self.epoch_lines)
+        if verbosity() == Verbosity.QUIET or not is_main_process():
+            return
+        if live:
+            self._bar(key, label, done, total)
+        elif not (metrics and verbosity() >= self.epoch_lines):  # no second line for what was just printed
+            self._plain(key, label, done, total, eta, finished=bool(total) and done >= total and not batch)
+
+    def _eta(self, key: str, done: int, total: int, seconds: Any) -> Optional[float]:
+        """Seconds left in a stage: the mean time per unit since its first event times the units left
+        (for the first unit, its own "seconds" if the event has them); None when done or unknown."""
+        now = time.monotonic()
+        start = self._started.get(key)
+        if start is None or done < self._last.get(key, 0):  # first event, or the stage began again
+            start = self._started[key] = (now, done)
+        self._last[key] = done
+        if not total or done >= total:
+            return None
+        t0, done0 = start
+        if done > done0:
+            return (now - t0) / (done - done0) * (total - done)
+        return float(seconds) / max(done, 1) * (total - done) if isinstance(seconds, (int, float)) else None
+
+    def drop_bars(self, keep: tuple[str, ...] = ()) -> None:
+        """Remove the finished stages' bars (all but the stages in `keep`)."""
+        for stage in [s for s in self._tasks if s not in keep]:
+            if self._bars is not None:
+                self._bars.remove_task(self._tasks[stage])
+            del self._tasks[stage]
+
+    def _bar(self, stage: str, label: str, done: int, total: int) -> None:
+        if self._bars is None:
+            self._bars = self._stack.enter_context(progress())
+        task = self._tasks.get(stage)
+        if task is None:
+            task = self._tasks[stage] = self._bars.add_task(label, total=total)
+        elif done < self._bars.tasks[task].completed:  # a new epoch / seed: the bar starts again
+            self._bars.reset(task, total=total, description=label)
+        self._bars.update(task, completed=done, total=total, description=label)
+
+    def _plain(self, key: str, label: str, done: int, total: int, eta: Optional[float], finished: bool) -> None:
+        """A progress line per stage every 10 s (1 s with --verbose), the first after that long, so a
+        short stage prints nothing; a stage that printed one also says when it finishes (an epoch's
+        batches excepted: its epoch line follows)."""
+        now = time.monotonic()
+        every = 1.0 if verbosity() >= Verbosity.VERBOSE else 10.0
+        last = self._printed.get(key, self._started[key][0])
+        if not (now - last >= every or (finished and key in self._printed)):
+            return
+        self._printed[key] = now
+        text = f"{label.strip()}: {done}/{total}" + (f" ({100 * done / total:.0f}%)" if total else "")
+        if eta is not None:
+            text += f" · ETA {_duration(eta)}"
+        err_console.print(text, highlight=False, markup=False, soft_wrap=True)

@@ -9,25 +9,24 @@ from typing import Any, Callable, Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, number, progress, user_errors
+from kebr_cli.app import Reporter, app, choices, console, number, one_store, user_errors
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
 
 
-def _progress_callback(bar: Any, description: str) -> Callable[[int, int], None]:
-    task = bar.add_task(description, total=None, info="")
+def _progress_callback(report: Reporter, stage: str) -> Callable[[int, int], None]:
+    """The data functions' progress(done, total) as the Reporter's events."""
+    return lambda done, total: report(stage, done, total, {})
 
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
 
-    return update
+ImportFormat = choices("ImportFormat", "auto", "mmsa-pkl", "label-csv")
 
 
 @app.command("import")
 def import_(
     src: Path = typer.Argument(..., help="MMSA pickle (unaligned_50.pkl / aligned_50.pkl) or MMSA label.csv."),
     out: Path = typer.Option(..., "--out", "-o", help="Feature store to create (.h5)."),
-    fmt: str = typer.Option("auto", "--format", "-f", help="auto (by extension), mmsa-pkl or label-csv."),
+    fmt: ImportFormat = typer.Option("auto", "--format", "-f", help="auto (by extension), mmsa-pkl or label-csv."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     clip_labels: bool = typer.Option(False, "--clip-labels", help="Clip labels outside [-3, 3] onto it (default: keep them, with a warning)."),
 ) -> None:
@@ -37,8 +36,8 @@ def import_(
     numbers is refused unread (a pickle can run code)."""
     from kebr_core.data.importers import import_file
 
-    with user_errors(), progress() as bar:
-        result = import_file(src, out, fmt=fmt, progress=_progress_callback(bar, "import"), overwrite=force,
+    with user_errors(), Reporter() as report:
+        result = import_file(src, out, fmt=fmt.value, progress=_progress_callback(report, "import"), overwrite=force,
                              clip_labels=clip_labels)
     splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples ({splits})", soft_wrap=True)
@@ -59,8 +58,8 @@ def merge(
     """Merge stores with the same features; refuses duplicate ids."""
     from kebr_core.data.importers import merge_stores
 
-    with user_errors(), progress() as bar:
-        result = merge_stores(inputs, out, progress=_progress_callback(bar, "merge"), overwrite=force)
+    with user_errors(), Reporter() as report:
+        result = merge_stores(inputs, out, progress=_progress_callback(report, "merge"), overwrite=force)
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples, {result['errors']} errors from {len(inputs)} stores",
                   soft_wrap=True)
 
@@ -136,14 +135,15 @@ def _render(summary: dict[str, Any]) -> None:
 
 @app.command()
 def inspect(
-    store: Path = typer.Argument(..., help="Feature store (.h5)."),
+    store: Optional[Path] = typer.Argument(None, help="Feature store (.h5), or give it as -d."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Feature store (.h5) to summarise."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),
 ) -> None:
     """Summarise a store: splits, labels, features, sequence lengths, text sources, errors."""
     from kebr_core.data.summary import summarize
 
     with user_errors():
-        summary = summarize(store)
+        summary = summarize(one_store(store, dataset, "inspect"))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -193,8 +193,8 @@ def synth(
                           vision_signal=vision_signal, vision_noise=vision_noise, latent_correlation=latent_correlation,
                           audio_len=_length_range(audio_len, "--audio-len"),
                           vision_len=_length_range(vision_len, "--vision-len"), missing_vision=missing_vision, seed=seed)
-    with user_errors(), progress() as bar:
-        result = generate_synth(out, cfg, progress=_progress_callback(bar, "synth"), overwrite=force)
+    with user_errors(), Reporter() as report:
+        result = generate_synth(out, cfg, progress=_progress_callback(report, "synth"), overwrite=force)
     splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
     (beta_a, sigma_a), (beta_v, sigma_v) = cfg.stream("audio"), cfg.stream("vision")
     console.print(f"[green]wrote[/] {out}: {result['samples']} samples ({splits}); label = clip(({text_strength}·t + "

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, err_console, progress, user_errors
+from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, console, err_console, user_errors
 from kebr_core.config import DEFAULT_TEXT_MODEL
 
 _STATUS_STYLE = {"done": "green", "skipped": "yellow"}
@@ -62,33 +62,26 @@ def predictions_table(entries: list[dict], training: dict) -> Table:
 
 
 def _run(out: Path, **options) -> tuple:
-    """run_demo under a Rich progress display (one bar for the steps, one per stage of the current
-    step) → (DemoResult, the distinct warning messages raised on the way)."""
+    """run_demo under a Reporter (one bar for the steps, one per stage of the current step; epoch lines
+    only with --verbose, all of them in out/log.txt) → (DemoResult, the distinct warnings raised on the way)."""
     from kebr_core.recipes.demo import STEPS, run_demo
 
-    with user_errors(), warnings.catch_warnings(record=True) as caught, progress() as prog:
+    with user_errors(), warnings.catch_warnings(record=True) as caught, Reporter(out, epoch_lines=Verbosity.VERBOSE) as report:
         warnings.simplefilter("always")
-        overall = prog.add_task("kebr demo", total=len(STEPS), info="")
-        tasks: dict[str, int] = {}
-        current = {"step": ""}
+        finished = []
 
         def on_step(step: str, status: str, info: dict) -> None:
             if status == "start":
-                current["step"] = step
-                prog.update(overall, info=step)
+                report.scope = step
                 return
-            for key in [k for k in tasks if k.startswith(f"{step}: ")]:  # the step's bars are done: drop them
-                prog.remove_task(tasks.pop(key))
-            prog.advance(overall)
+            report.scope = ""
+            report.drop_bars(keep=("kebr demo",))  # the step's bars are done
+            finished.append(step)
+            report("kebr demo", len(finished), len(STEPS), {})
+            seconds = f" in {info['seconds']:.1f} s" if "seconds" in info else ""
+            report.line(f"{step}: {status}{seconds}" + (f" ({info['reason']})" if status == "skipped" else ""))
 
-        def on_progress(stage: str, done: int, total: int, info: dict) -> None:
-            key = f"{current['step']}: {stage}"
-            if key not in tasks:
-                tasks[key] = prog.add_task(f"  {key}", total=total, info="")
-            short = " ".join(f"{k}={v:.3g}" for k, v in info.items() if isinstance(v, float) and k != "seconds")[:70]
-            prog.update(tasks[key], completed=done, total=total, info=short)
-
-        result = run_demo(out, progress=on_progress, on_step=on_step, **options)
+        result = run_demo(out, progress=report, on_step=on_step, **options)
     return result, sorted({str(w.message) for w in caught})
 
 
@@ -97,7 +90,7 @@ def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything the demo makes (summary.json lists it all)."),
     quick: bool = typer.Option(False, "--quick", help="A reduced size (8 clips, 120 synthetic samples, 1-2 epochs, one seed): a smoke test of the pipeline whose models learn next to nothing."),
     text_model: str = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Text encoder (default: the embedded all-MiniLM-L6-v2; e.g. random-bert:hidden=32,layers=2,heads=2)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
     force: bool = typer.Option(False, "--force", help="Replace a demo already in --out (only the demo's own files are removed)."),
     threads: int = typer.Option(1, "--threads", help="CPU threads of PyTorch (0 = its default). The demo's batches are small: one thread is nearly as fast on an idle machine and many times faster on a busy one."),
 ) -> None:
@@ -121,12 +114,12 @@ def demo(
         torch.set_num_threads(threads_before)  # a process that goes on (tests) keeps its own setting
     steps = result.steps
     if steps.get("eval", {}).get("status") == "done":
-        from kebr_cli.train import results_table
+        from kebr_cli.tables import results_table
 
         test = steps["eval"]["test"]
         std = steps["eval"].get("test_std", {})
-        console.print(results_table("eval on synth: test split, mean ± std over seeds",
-                                    {"KEBR": {k: (v, std.get(k, float("nan"))) for k, v in test.items()}}))
+        console.print(results_table("eval on synth: test split", {"KEBR": {k: (v, std.get(k, float("nan"))) for k, v in test.items()}},
+                                    steps["eval"]["seeds"], width=console.width))
     if steps.get("predict", {}).get("status") == "done":
         record = steps["predict"]
         console.print(predictions_table(record["predictions"], record["training"]))

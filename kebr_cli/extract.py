@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, fail, number, progress, user_errors
+from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed, user_errors
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
+
+
+AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
+Vision = choices("Vision", "mediapipe", "openface-csv", "none")
+ASR = choices("ASR", "pocketsphinx", "whisper", "none")
 
 
 def parse_shard(value: Optional[str]) -> tuple[int, int] | None:
@@ -42,17 +46,18 @@ def extract(
     root: Optional[Path] = typer.Option(
         None, "--root", help="With --manifest: the clips' root (default: INPUTS, else Raw/ beside the manifest, else its folder).",
     ),
-    audio_features: str = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
-    vision: str = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
+    audio_features: AudioFeatures = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
+    vision: Vision = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
     fps: float = typer.Option(10.0, "--fps", parser=number(0, low_open=True), help="Vision frames per second."),
     transcripts: Optional[Path] = typer.Option(
         None, "--transcripts",
         help="A table of transcripts, one row per video: a header with id and text columns, tab- or comma-separated (id = path below INPUTS without extension). Read before sidecars and ASR.",
     ),
-    asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
+    asr: ASR = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
-    workers: int = typer.Option(1, "--workers", "-j", min=0, help="Worker processes (the main process alone writes the store; 0 = extract in the main process)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=0, help="Extraction processes (default 1; the main process alone writes the store; 0 = extract in the main process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, hidden=True, help="Old name of --jobs."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: extract only this job's share (0 <= i < n), then `kebr merge` the stores."),
     max_side: int = typer.Option(640, "--max-side", min=64, help="Shrink pictures to this longer side before face detection."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the summary (counts, failures, timings) as JSON here."),
@@ -63,9 +68,10 @@ def extract(
     from kebr_core.extract.pipeline import ExtractOptions, ProgressEvent, extract as run_extract, read_manifest
 
     with user_errors():
+        jobs = renamed(jobs, workers, "--jobs", "--workers")
         options = ExtractOptions(
-            audio_features=audio_features, vision=vision, openface_dir=openface_dir, fps=fps, asr=asr,
-            asr_model=asr_model, workers=workers, shard=parse_shard(shard), max_side=max_side,
+            audio_features=audio_features.value, vision=vision.value, openface_dir=openface_dir, fps=fps, asr=asr.value,
+            asr_model=asr_model, workers=1 if jobs is None else jobs, shard=parse_shard(shard), max_side=max_side,
         )
         options.validate()
         if manifest is not None:
@@ -80,25 +86,13 @@ def extract(
             raise KebrError("give a folder of videos or a video file, or --manifest label.csv (with --root)")
         else:
             source, label = inputs, os.path.abspath(inputs)
-        # The bar starts on the first event, i.e. after the worker processes are forked: no Rich
-        # refresh thread exists while they are (a fork copies locks that thread may hold).
-        with ExitStack() as stack:
-            bar: dict = {}
+        # The Reporter starts its bar on the first event, i.e. after the worker processes are forked: no
+        # Rich refresh thread exists while they are (a fork copies locks that thread may hold).
+        with Reporter() as reporter:
 
             def on_progress(event: ProgressEvent) -> None:
-                if not bar:
-                    bar["prog"] = prog = stack.enter_context(progress())
-                    bar["task"] = prog.add_task("extract", total=None, info="")
-                prog, task = bar["prog"], bar["task"]
-                fresh = event.completed - event.skipped
-                rate = fresh / event.elapsed if event.elapsed > 0 else 0.0
-                info = f"{rate:.2f} videos/s"
-                if event.skipped:
-                    info += f" · {event.skipped} resumed"
-                if event.failed:
-                    info += f" · [red]{event.failed} failed[/]"
                 # Resumed videos are done already: the bar (and its ETA) covers this run's work only.
-                prog.update(task, total=event.total - event.skipped, completed=fresh, info=info)
+                reporter("extract", event.completed - event.skipped, event.total - event.skipped, {})
 
             summary = run_extract(source, out, options, progress=on_progress, source=label,
                                   retry_failed=retry_failed, clip_labels=clip_labels, transcripts=transcripts)

@@ -1,16 +1,16 @@
-"""`kebr predict VIDEO... --checkpoint RUN/best-model`: the sentiment of new videos (kebr_core.recipes.predict)."""
+"""`kebr predict VIDEO... --model RUN/best-model`: the sentiment of new videos (kebr_core.recipes.predict)."""
 
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, fail, progress, user_errors
+from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, fail, renamed, user_errors
+from kebr_cli.extract import ASR
 from kebr_core.errors import KebrError
 
 _POLARITY_STYLE = {"positive": "green", "negative": "red", "neutral": "yellow"}
@@ -40,22 +40,24 @@ def predictions_table(predictions: list, title: str) -> Table:
 @app.command()
 def predict(
     videos: list[Path] = typer.Argument(..., help="Videos to score (files, or folders searched recursively)."),
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", help="A fine-tuned checkpoint (RUN/best-model) or a `kebr eval` run directory."
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m", help="The fine-tuned model: RUN/best-model, or a `kebr eval` run directory.  [required]"
     ),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", hidden=True, help="Old name of --model."),
     text: Optional[str] = typer.Option(None, "--text", help="The transcript of the (single) video, instead of a sidecar or ASR."),
     transcripts: Optional[Path] = typer.Option(
         None, "--transcripts",
         help="A table of transcripts for many videos: a header with id and text columns, tab- or comma-separated (id = file name without extension, or path below a folder given). Read before sidecars and ASR.",
     ),
-    asr: str = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no --text or sidecar (.txt/.srt/.vtt): pocketsphinx (offline), whisper (needs --asr-model) or none."),
+    asr: ASR = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no --text or sidecar (.txt/.srt/.vtt): pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="For a checkpoint trained on OpenFace CSVs: the folder with <stem>.csv per video."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON (a list, one entry per video) instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the predictions as JSON to this file."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Videos scored together by the model."),
-    workers: int = typer.Option(0, "--workers", "-j", min=0, help="Extraction worker processes (0 = extract in this process)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=0, help="Extraction processes (default 0: extract in this process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, hidden=True, help="Old name of --jobs."),
+    device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
 ) -> None:
     """Score videos: sentiment in [-3, 3], its 7-class label and polarity (neutral = class 0, |score| ≤ 0.5).
 
@@ -64,21 +66,15 @@ def predict(
     video could be scored."""
     from kebr_core.recipes.predict import predict as run_predict
 
-    with user_errors(), ExitStack() as stack:
-        tasks: dict = {}
-
-        # The bar starts on the first event, after any worker processes are forked (as `kebr extract`).
-        def on_progress(stage: str, done: int, total: int, info: dict) -> None:
-            if "prog" not in tasks:
-                tasks["prog"] = stack.enter_context(progress())
-            prog = tasks["prog"]
-            if stage not in tasks:
-                tasks[stage] = prog.add_task(stage, total=total, info="")
-            prog.update(tasks[stage], completed=done, total=total)
-
+    # The Reporter starts its bar on the first event, after any worker processes are forked (as `kebr extract`).
+    with user_errors(), Reporter() as report:
+        model = renamed(model, checkpoint, "--model", "--checkpoint")
+        if model is None:
+            raise KebrError("kebr predict needs the fine-tuned model: --model RUN/best-model (or a `kebr eval` run directory).")
+        jobs = renamed(jobs, workers, "--jobs", "--workers") or 0
         predictions = run_predict(
-            videos, checkpoint, text=text, transcripts=transcripts, asr=asr, asr_model=asr_model, openface_dir=openface_dir, workers=workers,
-            batch_size=batch_size, device=device, progress=on_progress,
+            videos, model, text=text, transcripts=transcripts, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=jobs,
+            batch_size=batch_size, device=device, progress=report,
         )
         payload = [p.to_dict() for p in predictions]
         if out is not None:

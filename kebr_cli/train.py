@@ -10,10 +10,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import app, console, is_main_process, number, progress, relaunch_distributed, user_errors
+from kebr_cli.app import (
+    DEVICE_METAVAR, Reporter, Verbosity, app, console, is_main_process, number, one_store, relaunch_distributed, renamed,
+    user_errors,
+)
+from kebr_cli.tables import results_table
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, paper_preset
 from kebr_core.errors import KebrError
-from kebr_core.metrics import format_table_row
 
 
 
@@ -72,36 +75,31 @@ TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face 
 G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g, one of several (others lie off the diagonal; docs/design.md §5.5).")
 S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
-MCCForm = typer.Option("paper", "--mcc-form", help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")
-MCCAlign = typer.Option("tile", "--mcc-align", help="How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).")
+# The choices as help shows them (kebr_core.modules.mcc.FORMS / ALIGNS, not imported here: `kebr --help`
+# stays free of torch; build_config checks the values against them, tests/test_cli_basics.py the spelling).
+FORM_CHOICES, ALIGN_CHOICES = "paper|reference|mean-cosine", "tile|authors|projected"
+MCCForm = typer.Option("paper", "--mcc-form", metavar=FORM_CHOICES, help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")
+MCCAlign = typer.Option("tile", "--mcc-align", metavar=ALIGN_CHOICES, help="How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).")
 Layers = typer.Option(4, "--layers", min=1, help="Number of TCMF layers K (Eq. 2).")
 Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF layer applied K times (the authors') or K independent layers.")
 Heads = typer.Option(1, "--heads", min=1, help="Attention heads in cross-modal attention (paper: 1).")
-FFN = typer.Option("mlp", "--ffn", help="TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors').")
+FFN = typer.Option("mlp", "--ffn", metavar="mlp|linear", help="TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors').")
 BatchSize = typer.Option(32, "--batch-size", min=1, help="Batch size.")
 MaxTextLen = typer.Option(50, "--max-text-len", min=3, help="Maximum text length in wordpieces (the masked word is kept inside).")
 Seed = typer.Option(0, "--seed", min=0, help="Random seed (a CPU run is repeatable bit for bit).")
-Device = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-Workers = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (default: up to 4 per process on CUDA, 0 on CPU).")
+Device = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N).")
+LoaderWorkers = typer.Option(None, "--loader-workers", min=0, help="DataLoader worker processes (default: up to 4 per process on CUDA, 0 on CPU).")
+OldWorkers = typer.Option(None, "--workers", min=0, hidden=True, help="Old name of --loader-workers.")
 BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off for CPU).")
 Dropout = typer.Option(0.1, "--dropout", parser=number(0, 1, high_open=True), help="Dropout in TCMF and the heads.")
 NProc = typer.Option(1, "--nproc-per-node", min=1, help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
-Preset = typer.Option(None, "--preset", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
-
-
-def _renderer(prog, tasks: dict):
-    def on_progress(stage: str, done: int, total: int, info: dict) -> None:
-        if stage not in tasks:
-            tasks[stage] = prog.add_task(stage, total=total, info="")
-        short = " ".join(f"{k}={v:.4g}" for k, v in info.items() if isinstance(v, float))[:90]
-        prog.update(tasks[stage], completed=done, total=total, info=short)
-
-    return on_progress
+Preset = typer.Option(None, "--preset", metavar="paper", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
 
 
 @app.command()
 def pretrain(
-    store: Path = typer.Argument(..., help="Feature store (.h5) to pretrain on; labels are not needed."),
+    store: Optional[Path] = typer.Argument(None, help="Feature store (.h5) to pretrain on, or give it as -d."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Feature store (.h5) to pretrain on; labels are not needed."),
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory (config, metrics.csv, checkpoints)."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
@@ -109,7 +107,8 @@ def pretrain(
     batch_size: int = BatchSize,
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of TCMF and the head (default 1e-4)."),
     lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder with --unfreeze (default 5e-6)."),
-    max_text_len: int = MaxTextLen, seed: int = Seed, device: str = Device, workers: Optional[int] = Workers, bf16: Optional[bool] = BF16,
+    max_text_len: int = MaxTextLen, seed: int = Seed, device: str = Device, loader_workers: Optional[int] = LoaderWorkers,
+    workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a checkpoint every N epochs (and at the end)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -120,7 +119,9 @@ def pretrain(
 
     if nproc_per_node > 1:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors(resume_flag="--resume"):
+    with user_errors(resume_flag="--resume"), Reporter(out) as report:
+        store = one_store(store, dataset, "pretrain")
+        workers = renamed(loader_workers, workers, "--loader-workers", "--workers")
         check_run_dir(out, store)
         if resume and (out / "config.json").exists():
             cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
@@ -134,43 +135,32 @@ def pretrain(
                 seed=seed, device=device, workers=workers, checkpoint_every=checkpoint_every, unfreeze=unfreeze, bf16=bf16,
                 dropout=dropout,
             )
-        with progress() as prog:
-            result = run_pretrain(store, out, cfg, resume=resume, progress=_renderer(prog, {}))
-    if not is_main_process():
-        return
-    row = result.last_row
-    table = Table(title=f"pretraining: {result.epochs_done} epochs")
-    for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta"):
-        table.add_column(k, justify="right")
-    table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")])
-    console.print(table)
-    console.print(f"pretrained on {result.samples} sample(s)"
-                  + (f"; {result.samples_without_words} without words in their transcript left out (nothing to mask)"
-                     if result.samples_without_words else ""))
-    console.print(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}")
-
-
-def results_table(title: str, rows: dict[str, dict]) -> Table:
-    """A table shaped like the paper's Table 1: one row per model/configuration."""
-    table = Table(title=title)
-    table.add_column("model")
-    cols = ["Acc-2", "F1", "Acc-7", "Acc-5", "MAE", "Corr"]
-    for col in cols:
-        table.add_column(col, justify="right")
-    for name, summary in rows.items():
-        cells = format_table_row(summary)
-        table.add_row(name, *[cells[c] for c in cols])
-    return table
+        report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
+        result = run_pretrain(store, out, cfg, resume=resume, progress=report)
+        if not is_main_process():
+            return
+        row = result.last_row
+        columns = ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
+        table = Table(title=f"pretraining: {result.epochs_done} epochs (last epoch's means)")
+        for k in columns:
+            table.add_column(k, justify="right")
+        table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in columns])
+        report.result(table)
+        report.result(f"pretrained on {result.samples} sample(s)"
+                      + (f"; {result.samples_without_words} without words in their transcript left out (nothing to mask)"
+                         if result.samples_without_words else ""))
+        report.result(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / 'metrics.csv'}   log: {report.log_path}")
 
 
 @app.command("eval")
 def eval_(
     dataset: str = typer.Option(..., "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Pretraining checkpoint folder (…/final); none = fine-tune the plain encoder (ablation C2)."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="The pretraining checkpoint (RUN/final, or a pretraining run directory); none = fine-tune the plain encoder (ablation C2)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", hidden=True, help="Old name of --pretrained."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
     seeds: int = typer.Option(5, "--seeds", min=1, help="Number of runs with seeds 0..N-1 (paper: 5) → mean ± std."),
-    std: str = typer.Option("sample", "--std", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
+    std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
@@ -179,9 +169,11 @@ def eval_(
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of the head (default 1e-4)."),
     lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder (default 5e-6)."),
     lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", parser=number(0, low_open=True), help="Learning rate of TCMF (default 5e-6)."),
-    max_text_len: int = MaxTextLen, device: str = Device, workers: Optional[int] = Workers, bf16: Optional[bool] = BF16,
+    max_text_len: int = MaxTextLen, device: str = Device, loader_workers: Optional[int] = LoaderWorkers,
+    workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
     dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
+    as_json: bool = typer.Option(False, "--json", help="Print the results (results.json: mean, std, each seed) as one JSON document on stdout instead of the table."),
 ) -> None:
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std."""
     from kebr_core.data.registry import resolve_dataset
@@ -189,7 +181,9 @@ def eval_(
 
     if nproc_per_node > 1:
         raise relaunch_distributed(nproc_per_node)
-    with user_errors():
+    with user_errors(), Reporter(out) as report:
+        checkpoint = renamed(pretrained, checkpoint, "--pretrained", "--checkpoint")
+        workers = renamed(loader_workers, workers, "--loader-workers", "--workers")
         cfg = build_config(
             preset, "finetune", text_model=text_model, g=g, s=s, lambda_mcc=lambda_mcc, mcc_form=mcc_form,
             mcc_align=mcc_align, layers=layers, shared_layers=shared_layers, heads=heads, ffn=ffn, epochs=epochs,
@@ -197,20 +191,23 @@ def eval_(
             seed=0, device=device, workers=workers, checkpoint_every=1, unfreeze=not freeze_encoder, bf16=bf16,
             dropout=dropout,
         )
+        report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
         _choice(std, ("sample", "population"), "--std")
         check_run_dir(out, Path(dataset), *([checkpoint] if checkpoint else []))
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
-        resolved = resolve_dataset(dataset, data_dir, warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
-        with progress() as prog:
-            result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), probe=probe, std=std,
-                              progress=_renderer(prog, {}))
-    if not is_main_process():
-        return
-    spread = "sample std (ddof=1)" if std == "sample" else "population std (ddof=0)"
-    rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
-    console.print(results_table(f"{dataset}: test split, mean ± {spread} over {seeds} seed(s)", rows))
-    left_out = {s: n for s, n in result.unlabeled.items() if n}
-    if left_out:
-        console.print("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "
-                      + ", ".join(f"{s} {n}" for s, n in left_out.items()))
-    console.print(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}")
+        resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
+        result = finetune(resolved, out, cfg, checkpoint=checkpoint, seeds=list(range(seeds)), probe=probe, std=std,
+                          progress=report)
+        if not is_main_process():
+            return
+        rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
+        report.result(results_table(f"{Path(dataset).name}: test split", rows, list(range(seeds)), width=console.width,
+                                    std=std), to_stdout=not as_json)
+        left_out = {s: n for s, n in result.unlabeled.items() if n}
+        if left_out:
+            report.result("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "
+                          + ", ".join(f"{s} {n}" for s, n in left_out.items()), to_stdout=not as_json)
+        report.result(f"results: [bold]{out / 'results.json'}[/], {out / 'results.csv'}   log: {report.log_path}",
+                      to_stdout=not as_json)
+    if as_json:
+        typer.echo(json.dumps({"run_dir": str(out)} | json.loads((out / "results.json").read_text()), indent=2))

@@ -10,13 +10,20 @@ Three kinds of directory are read (the formats the recipes write):
   predictions (N,));
 - ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs.
 
-and up to four PNGs are made, each 800×500 px:
+and up to four figures are made, each 8 × 5 in (PNG at 200 dpi, or PDF / SVG), listed with a one-line
+caption in index.md beside them:
 
-- g_sweep.png: F1 (non0, %) and MAE against the MCC angle penalty g, mean ± std over seeds (Fig. 4);
-- balance.png: per-epoch c_a = cos(X_K, X0a), c_v = cos(X_K, X0v) (Eq. 9) and |θ_a − θ_v| (Eq. 12),
+- g_sweep: F1 (non0, %) and MAE against the MCC angle penalty g, mean ± std over seeds (Fig. 4);
+- balance: per-epoch c_a = cos(X_K, X0a), c_v = cos(X_K, X0v) (Eq. 9) and |θ_a − θ_v| (Eq. 12),
   with and without MCC — the modality balance MCC is meant to produce;
-- pca.png: 2-D PCA of the fused test representations, coloured by sentiment label;
-- training_curves.png: task loss, MCC loss, validation MAE and the per-modality cosines per epoch.
+- pca: 2-D PCA of the fused test representations, coloured by sentiment label;
+- training_curves: task loss, MCC loss, validation MAE and the per-modality cosines per epoch (an
+  ablation: one line per configuration).
+
+Conventions, the same in every figure: titles name the run, not its path (the path goes into the
+file's metadata and index.md); curves averaged over seeds carry a band of ± one sample std (ddof=1);
+epochs are integer ticks; every line has markers, so a one-epoch run shows; an axis spans at least a
+fixed minimum (`MIN_SPAN`), so a difference far below the seed noise does not fill the panel.
 
 A plot whose input is missing is skipped with a one-sentence reason, never a traceback. Figures are
 built on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot: no display, no global
@@ -34,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection
@@ -41,14 +49,20 @@ from matplotlib.colors import Normalize
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from kebr_core.errors import KebrError
 
 RunKind = Literal["pretrain", "finetune", "ablation"]
 
-FIGSIZE_IN = (8.0, 5.0)
-DPI = 100  # → 800 × 500 px, the same for every plot so they line up in a report
+FIGSIZE_IN = (8.0, 5.0)  # the same for every plot so they line up in a report
+DPI = 200  # PNG: 1600 × 1000 px, sharp in print; PDF and SVG are vector
 PLOT_NAMES = ("g_sweep", "balance", "pca", "training_curves")
+FORMATS = ("png", "pdf", "svg")
+MARKER_SIZE = 3.5
+# Smallest span of a y axis, per quantity: a tighter auto-scaled axis would make differences far below
+# the seed noise look large (e.g. 0.002 MAE across a whole panel).
+MIN_SPAN = {"percent": 5.0, "mae": 0.05, "loss": 0.05, "cosine": 0.1, "angle": 0.1}
 
 PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
 EVAL_COLUMNS = (
@@ -84,9 +98,11 @@ class AxesSummary:
 @dataclass
 class PlotInfo:
     name: str
-    path: Path | None  # None until saved
-    size_px: tuple[int, int]  # (width, height)
+    path: Path | None  # the first file written (None until saved)
+    size_px: tuple[int, int]  # (width, height) of the PNG
     axes: list[AxesSummary]
+    paths: list[Path] = field(default_factory=list)  # one per format
+    caption: str = ""  # the one-line caption of index.md
 
 
 @dataclass
@@ -94,10 +110,11 @@ class AnalysisReport:
     """The outcome of `analyze`: the files written, why the others were skipped, what each plot shows."""
 
     kind: RunKind
-    written: list[Path] = field(default_factory=list)  # PNGs
+    written: list[Path] = field(default_factory=list)  # figure files, every format
     tables: list[Path] = field(default_factory=list)  # CSVs (an ablation's balance.csv)
     skipped: dict[str, str] = field(default_factory=dict)  # plot name → reason
     plots: dict[str, PlotInfo] = field(default_factory=dict)
+    index: Path | None = None  # index.md, once a figure is written
 
 
 def summarize(fig: Figure) -> list[AxesSummary]:
@@ -123,10 +140,37 @@ def summarize(fig: Figure) -> list[AxesSummary]:
 
 
 def _new_figure(title: str) -> Figure:
-    fig = Figure(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=FIGSIZE_IN, dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    fig.suptitle(textwrap.fill(title, 80, break_on_hyphens=False))  # ~90 characters fit across 800 px; a long path must not be cut off
+    fig.suptitle(textwrap.fill(title, 90, break_on_hyphens=False))  # ~90 characters fit across 8 in
     return fig
+
+
+def _epoch_axis(ax) -> None:
+    """Whole epochs only: no 1.5 tick on a short run, and one epoch shows as one tick."""
+    low, high = ax.get_xlim()
+    if high - low < 1:  # a single epoch (matplotlib's default span around one point is ±5 %)
+        centre = round((low + high) / 2)
+        ax.set_xlim(centre - 0.5, centre + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _band(ax, x: np.ndarray, mean: np.ndarray, std: np.ndarray | None, color) -> None:
+    """Shade mean ± std (the spread over seeds) behind a curve; nothing where std is undefined."""
+    if std is None or not np.isfinite(std).any():
+        return
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
+
+
+def _min_span(ax, span: float, floor: float | None = None) -> None:
+    """Widen the y axis about its centre to at least `span` (data units), not below `floor` (e.g. 0
+    for a non-negative quantity)."""
+    low, high = ax.get_ylim()
+    if high - low < span:
+        low = (low + high - span) / 2
+        if floor is not None:
+            low = max(low, floor)
+        ax.set_ylim(low, low + span)
 
 
 # ───────────────────────────────────────────── reading ─────────────────────────────────────────────
@@ -165,7 +209,8 @@ def read_metrics_csv(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarr
 
 def mean_over_seeds(tables: list[dict[str, np.ndarray]], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Average per-epoch columns over seeds, aligned on `epoch` (a seed that stopped early just
-    contributes fewer epochs). Returns {"epoch": (E,), column: (E,) ...} over the union of epochs."""
+    contributes fewer epochs). Returns {"epoch": (E,), column: (E,), column + "_std": (E,) ...} over the
+    union of epochs; the std is the sample std (ddof=1) over the seeds with a value, NaN for fewer than two."""
     epochs = np.unique(np.concatenate([t["epoch"] for t in tables]))
     out = {"epoch": epochs}
     for column in columns:
@@ -176,7 +221,10 @@ def mean_over_seeds(tables: list[dict[str, np.ndarray]], columns: tuple[str, ...
         finite = np.isfinite(grid)
         counts = finite.sum(axis=0)
         sums = np.where(finite, grid, 0.0).sum(axis=0)
-        out[column] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        squares = np.where(finite, (grid - mean) ** 2, 0.0).sum(axis=0)
+        out[column] = mean
+        out[f"{column}_std"] = np.where(counts > 1, np.sqrt(squares / np.maximum(counts - 1, 1)), np.nan)
     return out
 
 
@@ -284,7 +332,8 @@ class SweepPoint:
 
 
 def g_sweep_figure(points: list[SweepPoint], dataset: str) -> Figure:
-    """Fig. 4: F1 (non0, %) and MAE against g, mean ± std over seeds, one panel each (shared g axis)."""
+    """Fig. 4: F1 (non0, %) and MAE against g, mean ± std over seeds (error bars and a band), one panel
+    each (shared g axis), each axis at least `MIN_SPAN` wide."""
     if not points:
         raise PlotSkipped("The ablation has no finished g-sweep configuration.")
     points = sorted(points, key=lambda p: p.g)
@@ -293,16 +342,18 @@ def g_sweep_figure(points: list[SweepPoint], dataset: str) -> Figure:
     f1_std, mae_std = np.nan_to_num(f1_std), np.nan_to_num(mae_std)  # an undefined std draws no bar
     fig = _new_figure(f"MCC angle penalty g on {dataset} (mean ± std over seeds)")
     ax_f1, ax_mae = fig.subplots(2, 1, sharex=True)
-    ax_f1.errorbar(g, f1, yerr=f1_std, marker="o", capsize=3,
-                   color="tab:blue", label="F1 (non0)")
-    ax_f1.set(title="F1 (non-zero labels) vs g", ylabel="F1 (%)")
-    ax_mae.errorbar(g, mae, yerr=mae_std, marker="s", capsize=3,
-                    color="tab:red", label="MAE")
-    ax_mae.set(title="MAE vs g", xlabel="g (angle penalty, unitless; MCC's balanced zero at c_a = c_v = 0.5 − g)",
-               ylabel="MAE (sentiment units)")
-    for ax in (ax_f1, ax_mae):
+    for ax, y, std, color, marker, label, span in (
+        (ax_f1, f1, f1_std, "tab:blue", "o", "F1 (non0)", MIN_SPAN["percent"]),
+        (ax_mae, mae, mae_std, "tab:red", "s", "MAE", MIN_SPAN["mae"]),
+    ):  # F1 and MAE are ≥ 0
+        ax.errorbar(g, y, yerr=std, marker=marker, markersize=MARKER_SIZE + 1, capsize=3, color=color, label=label)
+        _band(ax, g, y, std, color)
+        _min_span(ax, span, floor=0.0)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
+    ax_f1.set(title="F1 (non-zero labels) vs g", ylabel="F1 (%)")
+    ax_mae.set(title="MAE vs g", xlabel="g (angle penalty, unitless; MCC's balanced zero at c_a = c_v = 0.5 − g)",
+               ylabel="MAE (sentiment units)")
     return fig
 
 
@@ -312,7 +363,7 @@ class BalanceSeries:
 
     label: str  # e.g. "C1 (with MCC)"; "" for a single run
     stage: Literal["fine-tuning", "pretraining"]
-    curves: dict[str, np.ndarray]  # epoch, cos_a, cos_v, abs_dtheta (E,) each
+    curves: dict[str, np.ndarray]  # epoch, cos_a, cos_v, abs_dtheta (E,) each; their "_std" over seeds if any
     with_mcc: bool | None  # colours with/without MCC; None for a single run
     mcc_zero: float | None = None  # MCC's balanced zero c_a = c_v = 0.5 − g (one of its zeros), a reference line
 
@@ -331,17 +382,27 @@ def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
         for b in (b for b in series if b.stage == stage):
             color = MCC_COLORS.get(b.with_mcc) if b.with_mcc is not None else None
             prefix = f"{b.label}: " if b.label else ""
-            e = b.curves["epoch"]
-            ax_cos.plot(e, b.curves["cos_a"], color=color or "tab:green", linestyle="-", label=f"{prefix}c_a (audio)")
-            ax_cos.plot(e, b.curves["cos_v"], color=color or "tab:purple", linestyle="--", label=f"{prefix}c_v (vision)")
-            ax_dtheta.plot(e, b.curves["abs_dtheta"], color=color or "tab:orange", label=f"{b.label or '|θa − θv|'}")
+            e, c = b.curves["epoch"], b.curves
+            for ax, name, default, style, label in (
+                (ax_cos, "cos_a", "tab:green", "-", f"{prefix}c_a (audio)"),
+                (ax_cos, "cos_v", "tab:purple", "--", f"{prefix}c_v (vision)"),
+                (ax_dtheta, "abs_dtheta", "tab:orange", "-", f"{b.label or '|θa − θv|'}"),
+            ):
+                ax.plot(e, c[name], color=color or default, linestyle=style, marker="o" if style == "-" else "s",
+                        markersize=MARKER_SIZE, label=label)
+                _band(ax, e, c[name], c.get(f"{name}_std"), color or default)
             if b.mcc_zero is not None:
                 zeros.add(round(b.mcc_zero, 6))
+        _min_span(ax_cos, MIN_SPAN["cosine"])
+        data_ylim = ax_cos.get_ylim()
         for z in sorted(zeros):
             ax_cos.axhline(z, color="grey", linestyle=":", linewidth=1, label=f"MCC balanced zero (c_a = c_v = {z:.2f})")
+        _keep_data_range(ax_cos, data_ylim, sorted(zeros))
         ax_cos.set(title=f"{stage}: c_a, c_v (Eq. 9)", ylabel="cosine to X_K (unitless)")
         ax_dtheta.set(title=f"{stage}: angle gap (Eq. 12)", xlabel="epoch", ylabel="|θa − θv| (rad)")
+        _min_span(ax_dtheta, MIN_SPAN["angle"], floor=0.0)
         for ax in (ax_cos, ax_dtheta):
+            _epoch_axis(ax)
             ax.grid(alpha=0.3)
             if not compared:
                 ax.legend(loc="best", fontsize="x-small")
@@ -356,6 +417,19 @@ def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
             proxies.append(Line2D([], [], color="grey", linestyle=":", label="MCC balanced zero: c_a = c_v = 0.5 − g"))
         fig.legend(handles=proxies, loc="outside lower center", ncol=min(len(proxies), 3), fontsize="small")
     return fig
+
+
+def _keep_data_range(ax, ylim: tuple[float, float], references: list[float]) -> None:
+    """Keep the curves' y range when a reference line lies far outside it (the line would flatten
+    them); name each such line at the panel's edge with an arrow towards it instead."""
+    low, high = ylim
+    ax.set_ylim(low, high)
+    for z in references:
+        if not low <= z <= high:
+            above = z > high
+            ax.annotate(f"{'↑' if above else '↓'} MCC balanced zero at c_a = c_v = {z:.2f}", xy=(0.99, 0.97 if above else 0.03),
+                        xycoords="axes fraction", ha="right", va="top" if above else "bottom", fontsize="x-small",
+                        color="dimgrey")
 
 
 def pca_figure(panels: list[tuple[str, TestFeatures]], title: str) -> Figure:
@@ -381,31 +455,73 @@ def pca_figure(panels: list[tuple[str, TestFeatures]], title: str) -> Figure:
     return fig
 
 
+def _curve(ax, e: np.ndarray, curves: dict[str, np.ndarray], name: str, color, label: str, style: str = "-") -> None:
+    """A per-epoch curve with markers (a one-epoch run still shows) and its band over seeds, if any."""
+    ax.plot(e, curves[name], color=color, linestyle=style, marker="o" if style == "-" else "s", markersize=MARKER_SIZE,
+            label=label)
+    _band(ax, e, curves[name], curves.get(f"{name}_std"), color)
+
+
 def training_curves_figure(curves: dict[str, np.ndarray], stage: Literal["finetune", "pretrain"], title: str) -> Figure:
     """Three panels per epoch: task L1 (and validation MAE when fine-tuning), the MCC loss (Eq. 10),
-    and the per-modality cosines c_a, c_v (Eq. 9)."""
+    and the per-modality cosines c_a, c_v (Eq. 9); a band of ± one std where seeds were averaged."""
     p = "train_" if stage == "finetune" else ""
     e = curves["epoch"]
     fig = _new_figure(title)
     ax_task, ax_mcc, ax_cos = fig.subplots(1, 3, sharex=True)
     unit = "sentiment units" if stage == "finetune" else "lexicon-score units"
-    ax_task.plot(e, curves[f"{p}task_l1"], color="tab:blue", label="train task L1")
+    _curve(ax_task, e, curves, f"{p}task_l1", "tab:blue", "train task L1")
     if stage == "finetune":
-        ax_task.plot(e, curves["valid_mae"], color="tab:red", linestyle="--", label="valid MAE")
+        _curve(ax_task, e, curves, "valid_mae", "tab:red", "valid MAE", style="--")
     ax_task.set(title="task loss", xlabel="epoch", ylabel=f"L1 / MAE ({unit})")
-    ax_mcc.plot(e, curves[f"{p}mcc"], color="tab:purple", label="MCC loss (Eq. 10)")
+    _curve(ax_mcc, e, curves, f"{p}mcc", "tab:purple", "MCC loss (Eq. 10)")
     ax_mcc.set(title="MCC loss", xlabel="epoch", ylabel="L_mcc (unitless)")
-    ax_cos.plot(e, curves[f"{p}cos_a"], color="tab:green", label="c_a (audio)")
-    ax_cos.plot(e, curves[f"{p}cos_v"], color="tab:orange", linestyle="--", label="c_v (vision)")
+    _curve(ax_cos, e, curves, f"{p}cos_a", "tab:green", "c_a (audio)")
+    _curve(ax_cos, e, curves, f"{p}cos_v", "tab:orange", "c_v (vision)", style="--")
     ax_cos.set(title="c_a, c_v (Eq. 9)", xlabel="epoch", ylabel="cosine to X_K (unitless)")
-    for ax in (ax_task, ax_mcc, ax_cos):
+    for ax, span, floor in ((ax_task, MIN_SPAN["loss"], 0.0), (ax_mcc, MIN_SPAN["loss"], 0.0),
+                            (ax_cos, MIN_SPAN["cosine"], None)):
+        _min_span(ax, span, floor)
+        _epoch_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="x-small")
     return fig
 
 
+def configurations_curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], title: str) -> Figure:
+    """An ablation's fine-tuning curves, one line (and seed band) per configuration in each of four
+    panels: train task L1, validation MAE, the MCC loss (Eq. 10) and |θ_a − θ_v| (Eq. 12)."""
+    if not runs:
+        raise PlotSkipped("The ablation has no finished configuration.")
+    fig = _new_figure(title)
+    axes = fig.subplots(2, 2, sharex=True)
+    panels = (("train_task_l1", "train task L1", "L1 (sentiment units)", MIN_SPAN["loss"]),
+              ("valid_mae", "validation MAE", "MAE (sentiment units)", MIN_SPAN["mae"]),
+              ("train_mcc", "MCC loss (Eq. 10)", "L_mcc (unitless)", MIN_SPAN["loss"]),
+              ("train_abs_dtheta", "angle gap (Eq. 12)", "|θa − θv| (rad)", MIN_SPAN["angle"]))  # all ≥ 0
+    palette = "tab10" if len(runs) <= 10 else "tab20"
+    colors = [matplotlib.colormaps[palette](i % 20) for i in range(len(runs))]
+    for ax, (column, panel_title, ylabel, span) in zip(axes.flat, panels):
+        for (label, curves), color in zip(runs, colors):
+            _curve(ax, curves["epoch"], curves, column, color, label)
+        ax.set(title=panel_title, ylabel=ylabel)
+        _min_span(ax, span, floor=0.0)
+        _epoch_axis(ax)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+    fig.legend(handles=axes[0, 0].lines, loc="outside right center", fontsize="x-small")
+    return fig
+
+
 def _stage_columns(curves: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {"epoch": curves["epoch"], **{c: curves[prefix + c] for c in ("cos_a", "cos_v", "abs_dtheta")}}
+    """The balance columns of one stage, unprefixed, with their "_std" over seeds where there is one."""
+    out = {"epoch": curves["epoch"]}
+    for c in ("cos_a", "cos_v", "abs_dtheta"):
+        out[c] = curves[prefix + c]
+        if prefix + c + "_std" in curves:
+            out[c + "_std"] = curves[prefix + c + "_std"]
+    return out
 
 
 # ─────────────────────────────────────────── run directories ───────────────────────────────────────────
@@ -432,14 +548,22 @@ def detect_kind(run_dir: Path) -> RunKind:
 PlotBuilder = Callable[[], Figure]
 
 
+def _captioned(fig: Figure, caption: str) -> Figure:
+    """Attach the figure's one-line caption for index.md (kept as the Figure's artist label)."""
+    fig.set_label(caption)
+    return fig
+
+
 def _pretrain_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     def balance() -> Figure:
         curves = _stage_columns(pretrain_curves(run_dir), "")
-        return balance_figure([BalanceSeries("", "pretraining", curves, None, mcc_zero_cosine(run_dir))],
-                              f"Modality balance during pretraining: {run_dir.name}")
+        fig = balance_figure([BalanceSeries("", "pretraining", curves, None, mcc_zero_cosine(run_dir))],
+                             f"Modality balance during pretraining: {run_dir.name}")
+        return _captioned(fig, "Per-epoch c_a, c_v (Eq. 9) and |θa − θv| (Eq. 12) of the pretraining run.")
 
     def training() -> Figure:
-        return training_curves_figure(pretrain_curves(run_dir), "pretrain", f"Pretraining curves: {run_dir.name}")
+        fig = training_curves_figure(pretrain_curves(run_dir), "pretrain", f"Pretraining curves: {run_dir.name}")
+        return _captioned(fig, "Per-epoch masked-word L1, MCC loss and cosines c_a, c_v of the pretraining run.")
 
     return {"balance": balance, "training_curves": training}
 
@@ -448,16 +572,24 @@ def _eval_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     def balance() -> Figure:
         curves, n = eval_curves(run_dir)
         series = BalanceSeries("", "fine-tuning", _stage_columns(curves, "train_"), None, mcc_zero_cosine(run_dir))
-        return balance_figure([series], f"Modality balance during fine-tuning: {run_dir.name} (mean of {n} seeds)")
+        fig = balance_figure([series], f"Modality balance during fine-tuning: {run_dir.name} ({_seeds_text(n)})")
+        return _captioned(fig, f"Per-epoch c_a, c_v and |θa − θv| while fine-tuning, {_seeds_text(n)}.")
 
     def pca() -> Figure:
-        return pca_figure([(run_dir.name, load_test_features(run_dir))], "PCA of fused test representations")
+        features = load_test_features(run_dir)
+        fig = pca_figure([(run_dir.name, features)], "PCA of fused test representations")
+        return _captioned(fig, f"2-D PCA of the fused test representations of seed {features.seed}, coloured by label.")
 
     def training() -> Figure:
         curves, n = eval_curves(run_dir)
-        return training_curves_figure(curves, "finetune", f"Fine-tuning curves: {run_dir.name} (mean of {n} seeds)")
+        fig = training_curves_figure(curves, "finetune", f"Fine-tuning curves: {run_dir.name} ({_seeds_text(n)})")
+        return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and cosines, {_seeds_text(n)}.")
 
     return {"balance": balance, "pca": pca, "training_curves": training}
+
+
+def _seeds_text(n: int) -> str:
+    return "1 seed" if n == 1 else f"mean ± std over {n} seeds"
 
 
 @dataclass
@@ -530,7 +662,8 @@ def _number(x: Any, default: float = float("nan")) -> float:
 
 def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     data, configs = read_ablation(run_dir)
-    dataset = str(data.get("dataset") or run_dir.name)
+    dataset = Path(str(data.get("dataset") or run_dir.name)).name  # a store's file name, not its path
+    seeds = _seeds_text(len(data.get("seeds") or [])) if data.get("seeds") else "mean ± std over seeds"
 
     def g_sweep() -> Figure:
         points = [
@@ -538,30 +671,44 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
                        _number(c.mean.get("mae")), _number(c.std.get("mae"), 0.0))
             for c in configs if c.kind == "g-sweep" and c.done and c.g is not None
         ]
-        return g_sweep_figure(points, dataset)
+        fig = g_sweep_figure(points, dataset)
+        return _captioned(fig, f"Test F1 (non0) and MAE against the MCC angle penalty g on {dataset} (Fig. 4), {seeds}.")
 
     def balance() -> Figure:
         series = []
-        for c in mcc_pair(configs):
+        pair = mcc_pair(configs)
+        for c in pair:
             curves, n = eval_curves(c.eval_dir)
             zero = (0.5 - c.g) if c.mcc and c.g is not None else None
             series.append(BalanceSeries(c.label, "fine-tuning", _stage_columns(curves, "train_"), c.mcc, zero))
             if c.pretrain_dir is not None and (c.pretrain_dir / "metrics.csv").is_file():
                 series.append(BalanceSeries(c.label, "pretraining", _stage_columns(pretrain_curves(c.pretrain_dir), ""),
                                             c.mcc, zero))
-        return balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: mean over seeds)")
+        fig = balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: {seeds})")
+        return _captioned(fig, f"c_a, c_v and |θa − θv| per epoch, {pair[0].name} with MCC vs {pair[1].name} without, "
+                               f"in pretraining (one run) and fine-tuning ({seeds}).")
 
     def pca() -> Figure:
-        panels = [(c.label, load_test_features(c.eval_dir)) for c in mcc_pair(configs)]
-        return pca_figure(panels, f"PCA of fused test representations on {dataset}")
+        pair = mcc_pair(configs)
+        panels = [(c.label, load_test_features(c.eval_dir)) for c in pair]
+        fig = pca_figure(panels, f"PCA of fused test representations on {dataset}")
+        return _captioned(fig, f"2-D PCA of the fused test representations, {pair[0].name} (with MCC) vs "
+                               f"{pair[1].name} (without), coloured by label.")
 
     def training() -> Figure:
-        done = [c for c in configs if c.done and c.eval_dir is not None]
-        chosen = next((c for c in done if c.name == "C1"), done[0] if done else None)
-        if chosen is None:
-            raise PlotSkipped("The ablation has no finished configuration.")
-        curves, n = eval_curves(chosen.eval_dir)
-        return training_curves_figure(curves, "finetune", f"Fine-tuning curves: {chosen.label}, {dataset} (mean of {n} seeds)")
+        runs, reasons = [], []
+        for c in configs:
+            if not (c.done and c.eval_dir is not None):
+                continue
+            try:
+                runs.append((c.name, eval_curves(c.eval_dir)[0]))
+            except PlotSkipped as e:
+                reasons.append(str(e))
+        if not runs and reasons:
+            raise PlotSkipped(reasons[0])
+        fig = configurations_curves_figure(runs, f"Fine-tuning curves of every configuration on {dataset} ({seeds})")
+        return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and |θa − θv| of each of the {len(runs)} "
+                               f"finished configurations ({seeds}).")
 
     return {"g_sweep": g_sweep, "balance": balance, "pca": pca, "training_curves": training}
 
@@ -627,13 +774,44 @@ def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict
     return kind, figures, skipped
 
 
-def analyze(run_dir: str | Path, out_dir: str | Path | None = None) -> AnalysisReport:
-    """Write the PNGs that apply to `run_dir` into `out_dir` (default run_dir/plots), and for an
-    ablation balance.csv (`balance_table`: c_a, c_v, |θ_a − θ_v| at the end of each configuration).
+def _metadata(fmt: str, title: str, source: Path) -> dict[str, str]:
+    """The file's own record of what it shows and which run it was made from (each format has its keys)."""
+    from kebr_core import __version__
+
+    software = f"kebr {__version__} (kebr analyze)"
+    if fmt == "pdf":
+        return {"Title": title, "Subject": f"source: {source}", "Creator": software}
+    return {"Title": title, "Source": str(source), "Description": f"made by {software}"}
+
+
+def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
+    """index.md: each figure with its one-line caption and files, the plots skipped and why, the tables."""
+    kind = {"pretrain": "a pretraining run", "finetune": "an evaluation run", "ablation": "an ablation"}[report.kind]
+    lines = [f"# Plots of `{run_dir}`", "", f"Made by `kebr analyze` from {kind}.", ""]
+    for name, info in report.plots.items():
+        files = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in info.paths)
+        lines.append(f"- **{name}** ({files}): {info.caption}")
+    for path in report.tables:
+        lines.append(f"- **{path.name}**: c_a, c_v and |θa − θv| at the end of each configuration and stage, "
+                     "mean and std over seeds.")
+    if report.skipped:
+        lines += ["", "Not plotted:", ""] + [f"- {name}: {reason}" for name, reason in report.skipped.items()]
+    path = out_dir / "index.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tuple[str, ...] = ("png",)) -> AnalysisReport:
+    """Write the figures that apply to `run_dir` into `out_dir` (default run_dir/plots), in each of
+    `formats` (png, pdf, svg), with index.md listing them; for an ablation also balance.csv
+    (`balance_table`: c_a, c_v, |θ_a − θ_v| at the end of each configuration).
 
     Returns an AnalysisReport (written paths, skipped plots with reasons, per-plot summaries)."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise KebrError(f"--format must be one or more of {', '.join(FORMATS)}, not {', '.join(unknown) or 'nothing'}.")
     kind, figures, skipped = build_figures(run_dir)
     report = AnalysisReport(kind=kind, skipped=skipped)
     if figures:
@@ -647,15 +825,20 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None) -> AnalysisR
         if name not in figures:
             continue
         fig = figures[name]
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=DPI, format="png")
-        width, height = fig.canvas.get_width_height()
-        report.written.append(path)
-        report.plots[name] = PlotInfo(name, path, (int(width), int(height)), summarize(fig))
+        paths = []
+        for fmt in dict.fromkeys(formats):
+            path = out_dir / f"{name}.{fmt}"
+            fig.savefig(path, dpi=DPI, format=fmt, metadata=_metadata(fmt, fig.get_suptitle().replace("\n", " "), run_dir))
+            paths.append(path)
+        report.written.extend(paths)
+        size = (round(fig.get_figwidth() * DPI), round(fig.get_figheight() * DPI))
+        report.plots[name] = PlotInfo(name, paths[0], size, summarize(fig), paths, fig.get_label())
     if kind == "ablation":
         rows = balance_table(run_dir)
         if rows:
             out_dir.mkdir(parents=True, exist_ok=True)
             write_balance_csv(rows, out_dir / "balance.csv")
             report.tables.append(out_dir / "balance.csv")
+    if report.plots:
+        report.index = write_index(report, run_dir, out_dir)
     return report

@@ -51,6 +51,11 @@ _TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], bool, int], ...] = (
 )
 
 
+# Column headings that say what a two-number cell holds.
+TABLE_HEADERS = {"Acc-2": "Acc-2 has0/non0", "F1": "F1 has0/non0", "Acc-7": "Acc-7", "Acc-5": "Acc-5", "MAE": "MAE",
+                 "Corr": "Corr"}
+
+
 class UndefinedMetricWarning(RuntimeWarning):
     """A metric is undefined on this input and was reported as NaN."""
 
@@ -160,20 +165,25 @@ def _format_value(value: float | tuple[float, float], percent: bool, decimals: i
     return f"{value * scale:.{decimals}f}"
 
 
-def format_table_row(metrics: Mapping[str, float | tuple[float, float]]) -> dict[str, str]:
+def format_table_row(metrics: Mapping[str, float | tuple[float, float]], spread: bool = True) -> dict[str, str]:
     """The paper's Table 1 cells for one result.
 
     Args:
         metrics: the output of `msa_metrics` (floats) or of `aggregate` ((mean, std) pairs).
+        spread: print pairs as "mean±std"; False prints the mean alone (one seed has no spread).
 
     Returns:
         {"Acc-2": "has0/non0", "F1": "has0/non0", "Acc-7": ..., "Acc-5": ..., "MAE": ..., "Corr": ...}:
         accuracies and F1 as percentages with 2 decimals, MAE and Corr with 3 decimals, e.g.
         {"Acc-2": "85.13/86.59", ..., "MAE": "0.712", "Corr": "0.791"}; pairs print as "mean±std".
+        `TABLE_HEADERS` names the columns for a reader (has0/non0 spelled out).
     """
     row: dict[str, str] = {}
     for column, keys, percent, decimals in _TABLE_COLUMNS:
-        row[column] = "/".join(_format_value(metrics[key], percent, decimals) for key in keys)
+        values = [metrics[key] for key in keys]
+        if not spread:
+            values = [v[0] if isinstance(v, tuple) else v for v in values]
+        row[column] = "/".join(_format_value(v, percent, decimals) for v in values)
     return row
 
 
@@ -181,6 +191,20 @@ def format_table_row(metrics: Mapping[str, float | tuple[float, float]]) -> dict
 # handful of seeds) or "population" (ddof = 0: MMSA's `np.std(values)` in run.py, for comparing with
 # numbers made by MMSA). With 5 seeds the population std is √(4/5) ≈ 0.894 of the sample std.
 STD_DDOF = {"sample": 1, "population": 0}
+
+
+def seeds_caption(seeds: Sequence[int], std: str = "sample") -> str:
+    """What a table of `aggregate` results averages, for its caption: the seeds and the std convention.
+
+    >>> seeds_caption([0, 1, 2])
+    'mean ± sample std (ddof=1) over 3 seeds (0, 1, 2)'
+    >>> seeds_caption([4])
+    '1 seed (4), no spread'
+    """
+    seeds = list(seeds)
+    if len(seeds) == 1:
+        return f"1 seed ({seeds[0]}), no spread"
+    return f"mean ± {std} std (ddof={STD_DDOF[std]}) over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)})"
 
 
 def aggregate(runs: Sequence[Mapping[str, float]], std: str = "sample") -> dict[str, tuple[float, float]]:

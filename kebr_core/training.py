@@ -24,8 +24,12 @@ from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.model import encoder_attention_mask
 
-# progress callback: (stage, done, total, info) – the CLI renders it, kebr_core never prints.
+# progress callback: (stage, done, total, info) – the CLI renders it, kebr_core never prints. Two kinds
+# of event: a finished unit of a stage ("pretrain" epoch 3 of 20, "seed 0" epoch 2 of 10, "seeds" 1 of 5),
+# whose info holds its metrics row; and the batches of the epoch in progress, stage BATCH_STAGE with
+# info {"epoch": e}, which carry no metrics (reading a loss would cost a device sync per step).
 ProgressFn = Callable[[str, int, int, dict[str, Any]], None]
+BATCH_STAGE = "batch"
 
 
 def no_progress(stage: str, done: int, total: int, info: dict[str, Any]) -> None:
@@ -340,10 +344,12 @@ def train_epoch(
     info,
     seed: int,
     prefix: str = "",
+    progress: ProgressFn = no_progress,
 ) -> dict[str, float]:
     """One epoch of L = L1(pred, y) + λ·L_mcc (Eq. 16–17): y is the masked word's score when
     pretraining, the utterance label when fine-tuning. `net` may be DDP-wrapped; `info` is the DistInfo.
-    Returns the epoch's metrics row (identical on every rank).
+    `progress` gets a BATCH_STAGE event after every batch. Returns the epoch's metrics row (identical on
+    every rank).
 
     A step never waits for the device: its only communication is `global_mean`'s all-reduces, and a
     non-finite loss is flagged on the device and checked once, at the end of the epoch (`check_finite`).
@@ -384,6 +390,7 @@ def train_epoch(
         with torch.no_grad():
             sums[:7] += balance_sums(abs_err, out.mcc, weight)
             sums[7 + step] = (~torch.isfinite(loss.detach())).float()
+        progress(BATCH_STAGE, step + 1, len(loader), {"epoch": epoch})
     totals = all_reduce_sum(sums, info).cpu()  # the epoch's one host sync
     check_finite(totals[7:], epoch)
     return epoch_row(epoch, totals[:7], time.perf_counter() - t0, cfg.mcc.weight, prefix)

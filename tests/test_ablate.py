@@ -107,10 +107,15 @@ def test_ablate_all_runs_five_rows_and_reuses_work(tmp_path: Path) -> None:
 
 
 def test_ablate_bad_align_is_one_sentence(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["ablate", "--dataset", "synth", "-o", str(tmp_path / "abl"), "--align", "diagonal"])
+    r = runner.invoke(app, ["ablate", "--dataset", "synth", "-o", str(tmp_path / "abl"), "--mcc-align", "diagonal"])
     assert r.exit_code != 0
-    assert "--align must be one of tile, authors, projected, not 'diagonal'." in r.output
+    assert "--mcc-align must be one of tile, authors, projected, not 'diagonal'." in r.output
     assert not (tmp_path / "abl").exists()
+    old = runner.invoke(app, ["ablate", "--dataset", "synth", "-o", str(tmp_path / "abl"), "--align", "projected",
+                              "--compare-aligns", "nope"])  # the old name of --mcc-align still works, with a note
+    assert "note: --align is now --mcc-align" in old.stderr and "--compare-aligns must be one of" in old.stderr
+    listed = runner.invoke(app, ["ablate", "--dataset", "synth", "-o", str(tmp_path / "abl"), "--mcc-align", "tile,projected"])
+    assert listed.exit_code == 1 and "use --compare-aligns tile,projected" in listed.stderr
 
 
 def test_ablate_without_streams_skips_what_cannot_differ(tmp_path: Path) -> None:
@@ -214,3 +219,12 @@ def test_ablate_probe_tests_each_configuration_with_a_modality_removed(tmp_path:
     for name in names:
         assert np.mean([p["probe"][name]["mae"] for p in per_seed]) == pytest.approx(row["probe"][name]["mean"]["mae"])
     assert row["probe"]["audio absent"]["mean"]["mae"] != row["mean"]["mae"]
+
+
+def test_form_and_align_of_every_configuration() -> None:
+    """ablate --mcc-form/--mcc-align set every configuration (as in eval); --compare-* add one per other value."""
+    specs = build_specs(all_table4=True, g_sweep=[0.1], mcc_forms=["paper", "reference"], mcc_aligns=["tile", "authors"],
+                        form="reference", align="authors")
+    assert [s.name for s in specs] == ["C1", "C2", "C3", "C4", "C5", "g=+0.10", "form=paper", "align=tile"]
+    assert all(s.mcc_form == "reference" for s in specs if s.name != "form=paper")
+    assert all(s.mcc_align == "authors" for s in specs if s.name != "align=tile")

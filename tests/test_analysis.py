@@ -140,7 +140,7 @@ def assert_png(path: Path) -> None:
     assert path.is_file()
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = imread(path)
-    assert image.shape[:2] == (500, 800)  # 8 × 5 in at 100 dpi
+    assert image.shape[:2] == (1000, 1600)  # 8 × 5 in at 200 dpi
     assert image[..., :3].std() > 0.05  # something was drawn, not a blank canvas
 
 
@@ -174,7 +174,7 @@ def test_ablation_writes_four_pngs(ablation_dir, tmp_path):
         assert path.parent == tmp_path / "plots"
         assert_png(path)
     for info in report.plots.values():
-        assert info.size_px == (800, 500)
+        assert info.size_px == (1600, 1000)
         assert all(a.title and a.xlabel or a.title and a.ylabel for a in info.axes)
 
 
@@ -200,16 +200,41 @@ def test_balance_table_holds_the_last_epoch_of_each_stage(ablation_dir, tmp_path
     assert len(written) == 4 and float(written[3]["abs_dtheta"]) == pytest.approx(rows[3]["abs_dtheta"])
 
 
-def test_long_titles_wrap_instead_of_running_off_the_image(tmp_path):
+def test_titles_name_the_data_not_its_path_which_goes_into_the_files(tmp_path):
     root = write_ablation(tmp_path / "abl")
     data = json.loads((root / "ablation.json").read_text())
     data["dataset"] = "runs/an/experiment/with/a/rather/long/path/to/its/synthetic/store.h5"
     (root / "ablation.json").write_text(json.dumps(data))
+    report = analyze(root, formats=("png", "pdf", "svg"))
     _, figs, _ = build_figures(root)
-    title = figs["balance"].get_suptitle()
-    lines = title.splitlines()
-    assert len(lines) > 1 and max(len(line) for line in lines) <= 80
-    assert " ".join(lines) == f"Modality balance with and without MCC on {data['dataset']} (fine-tuning: mean over seeds)"
+    for fig in figs.values():
+        title = fig.get_suptitle()
+        assert "runs/an" not in title and max(len(line) for line in title.splitlines()) <= 90
+    assert "on store.h5" in figs["balance"].get_suptitle()
+    # the run's path is in each file's metadata: PNG text chunk, SVG <dc:source>, PDF /Subject
+    from PIL import Image
+
+    assert Image.open(root / "plots" / "balance.png").info["Source"] == str(root)
+    assert f"<dc:source>{root}</dc:source>" in (root / "plots" / "balance.svg").read_text()
+    assert f"source: {root}".encode() in (root / "plots" / "balance.pdf").read_bytes()
+    assert {p.suffix for p in report.written} == {".png", ".pdf", ".svg"} and len(report.written) == 12
+
+
+def test_index_lists_every_figure_with_a_caption(tmp_path):
+    root = write_ablation(tmp_path / "abl", with_c4=False)
+    report = analyze(root, formats=("svg", "png"))
+    index = (root / "plots" / "index.md").read_text()
+    assert report.index == root / "plots" / "index.md"
+    assert "- **g_sweep** ([svg](g_sweep.svg), [png](g_sweep.png)): Test F1 (non0) and MAE against the MCC " in index
+    assert "- **training_curves** ([svg](training_curves.svg), [png](training_curves.png)): " in index
+    assert "- balance: The ablation has no finished pair" in index  # skipped, with its reason
+    for info in report.plots.values():
+        assert info.caption and info.caption in index and "\n" not in info.caption
+
+
+def test_bad_format_is_one_sentence(tmp_path):
+    with pytest.raises(KebrError, match="--format must be one or more of png, pdf, svg, not gif"):
+        analyze(write_eval_run(tmp_path / "eval"), formats=("gif",))
 
 
 def test_g_sweep_has_eleven_points_per_series_with_std_error_bars(ablation_figures):
@@ -274,18 +299,67 @@ def test_pca_two_panels_coloured_by_label(ablation_figures):
     assert abs(np.corrcoef(pc1, labels)[0, 1]) > 0.999  # the label direction is the top component
 
 
-def test_training_curves_for_c1(ablation_figures):
+def test_training_curves_show_every_configuration(ablation_figures):
     _, figs, _ = ablation_figures
     fig = figs["training_curves"]
-    assert "C1" in fig.get_suptitle()
-    task, mcc, cos = summarize(fig)
-    assert task.curves == [("train task L1", EPOCHS), ("valid MAE", EPOCHS)]
-    assert mcc.curves == [("MCC loss (Eq. 10)", EPOCHS)]
-    assert cos.curves == [("c_a (audio)", EPOCHS), ("c_v (vision)", EPOCHS)]
-    _, valid = curve(fig, 0, "valid MAE")
-    assert np.allclose(valid, [1.1 - 0.05 * e for e in range(1, EPOCHS + 1)])
-    _, task_l1 = curve(fig, 0, "train task L1")
-    assert np.allclose(task_l1, [1.2 - 0.1 * e + 0.02 for e in range(1, EPOCHS + 1)], atol=1e-6)
+    assert "every configuration" in fig.get_suptitle()
+    task, valid, mcc, dtheta = summarize(fig)
+    finished = ["C1", "C4"]  # the g-sweep's runs are not in the fixture: left out
+    for panel in (task, valid, mcc, dtheta):
+        assert panel.curves == [(name, EPOCHS) for name in finished]
+    assert (valid.title, dtheta.ylabel) == ("validation MAE", "|θa − θv| (rad)")
+    _, y = curve(fig, 1, "C1")
+    assert np.allclose(y, [1.1 - 0.05 * e for e in range(1, EPOCHS + 1)])
+    _, y = curve(fig, 0, "C4")  # mean over seeds 0, 1, 2 of 1.2 − 0.1·e + 0.02·seed
+    assert np.allclose(y, [1.2 - 0.1 * e + 0.02 for e in range(1, EPOCHS + 1)], atol=1e-6)
+
+
+def test_seed_spread_is_a_band_and_epochs_are_whole(ablation_figures):
+    _, figs, _ = ablation_figures
+    ax = figs["balance"].axes[0]  # fine-tuning cosines, mean of 3 seeds
+    bands = [c for c in ax.collections if c.get_label().startswith("_")]
+    assert len(bands) == 4  # c_a and c_v of C1 and C4
+    # c_a of C1 over seeds 0, 1, 2 is 0.5 − 0.02·e + 0.01·seed: sample std 0.01
+    top = bands[0].get_paths()[0].vertices[:, 1].max()
+    assert top == pytest.approx(0.5 - 0.02 + 0.01 + 0.01, abs=1e-6)
+    for fig in figs.values():
+        for axes in fig.axes:
+            if axes.get_xlabel() == "epoch":
+                ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+                assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_one_epoch_run_shows_its_points_on_one_whole_tick(tmp_path):
+    run = write_eval_run(tmp_path / "eval", seeds=(0,), epochs=1)
+    _, figs, _ = build_figures(run)
+    for name in ("balance", "training_curves"):
+        for ax in figs[name].axes:
+            data_lines = [line for line in ax.lines if line.get_label() and not line.get_label().startswith("MCC")]
+            assert all(line.get_marker() not in (None, "None", "") for line in data_lines)
+        bottom = figs[name].axes[-1]
+        ticks = [t for t in bottom.get_xticks() if bottom.get_xlim()[0] <= t <= bottom.get_xlim()[1]]
+        assert ticks == [1.0]
+    assert not any(c.get_label().startswith("_") for ax in figs["balance"].axes for c in ax.collections)  # 1 seed: no band
+    two = write_eval_run(tmp_path / "eval2", seeds=(0,), epochs=2)
+    bottom = build_figures(two)[1]["training_curves"].axes[0]
+    assert [t for t in bottom.get_xticks() if bottom.get_xlim()[0] <= t <= bottom.get_xlim()[1]] == [1.0, 2.0]
+
+
+def test_tiny_differences_are_not_blown_up_and_far_reference_lines_do_not_flatten_curves():
+    from kebr_core.analysis import MIN_SPAN, BalanceSeries, SweepPoint, balance_figure, g_sweep_figure
+
+    points = [SweepPoint(g, 80.0, 0.5, 0.700 + 0.002 * i, 0.01) for i, g in enumerate((-0.2, 0.0, 0.2))]
+    fig = g_sweep_figure(points, "synth")
+    low, high = fig.axes[1].get_ylim()
+    assert high - low >= MIN_SPAN["mae"] - 1e-12  # 0.004 of MAE does not fill the panel
+    e = np.arange(1.0, 5.0)
+    cosines = {"epoch": e, "cos_a": 0.02 + 0.001 * e, "cos_v": 0.015 + 0.002 * e, "abs_dtheta": 0.01 + 0 * e}
+    fig = balance_figure([BalanceSeries("", "fine-tuning", cosines, None, 0.3)], "small cosines")
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert high < 0.3 and high - low == pytest.approx(MIN_SPAN["cosine"])  # the line at 0.30 is off the panel...
+    assert any("MCC balanced zero at c_a = c_v = 0.30" in t.get_text() for t in ax.texts)  # ...and named at its edge
+    assert fig.axes[1].get_ylim()[0] >= 0.0  # |θa − θv| never below 0
 
 
 def test_ablation_without_an_mcc_pair_skips_balance_and_pca(tmp_path):

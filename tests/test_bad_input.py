@@ -29,7 +29,7 @@ from tests.conftest import TINY_BERT, write_tiny_store
 runner = CliRunner()
 FAST = ["--text-model", TINY_BERT, "--batch-size", "8"]
 MARKER = "PWNED"  # what the malicious payloads would create
-EXTRACT_FAST = ["--vision", "none", "--asr", "none", "--workers", "0"]
+EXTRACT_FAST = ["--vision", "none", "--asr", "none", "--jobs", "0"]
 
 
 class Evil:
@@ -153,7 +153,7 @@ RANGES = [
     Case("pretrain --checkpoint-every 0", _pretrain("--checkpoint-every", "0"), 2, "--checkpoint-every"),
     Case("pretrain --dropout 2", _pretrain("--dropout", "2"), 2, "--dropout"),
     Case("pretrain --dropout 1", _pretrain("--dropout", "1"), 2, "--dropout"),
-    Case("pretrain --workers -1", _pretrain("--workers", "-1"), 2, "--workers"),
+    Case("pretrain --loader-workers -1", _pretrain("--loader-workers", "-1"), 2, "--loader-workers"),
     Case("pretrain --epochs 0", _pretrain("--epochs", "0"), 2, "--epochs"),
     Case("pretrain --lr -1", _pretrain("--lr", "-1"), 2, "must be a finite number > 0, not -1"),
     Case("pretrain --lr nan", _pretrain("--lr", "nan"), 2, "must be a finite number > 0, not nan"),
@@ -175,7 +175,7 @@ RANGES = [
          "--missing-vision"),
     Case("synth --n -5", lambda t: ["synth", "-o", str(t / "s.h5"), "--n", "-5"], 2, "--n"),
     Case("extract --fps nan", lambda t: ["extract", str(t), "-o", str(t / "x.h5"), "--fps", "nan"], 2, "--fps"),
-    Case("extract --workers -1", lambda t: ["extract", str(t), "-o", str(t / "x.h5"), "--workers", "-1"], 2, "--workers"),
+    Case("extract --jobs -1", lambda t: ["extract", str(t), "-o", str(t / "x.h5"), "--jobs", "-1"], 2, "--jobs"),
     Case("extract --shard 4/4 (already refused)", lambda t: ["extract", str(t), "-o", str(t / "x.h5"), "--shard", "4/4"],
          1, "--shard 4/4 is invalid"),
     Case("import -o the input itself", lambda t: ["import", str(label_csv(t / "l.csv", ["1"])), "-o", str(t / "l.csv"),
@@ -389,9 +389,9 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
     assert case.fragment in output, result.output
-    if case.code == 1:  # one sentence on stderr
-        message = result.stderr.strip()
-        assert message.startswith("error: ") and len(message.splitlines()) == 1, message
+    if case.code == 1:  # one sentence on stderr, its last line (after any progress lines of the run)
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, lines
     after = snapshot(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before, "a file was lost or changed"
     new = set(after) - set(before)

@@ -29,7 +29,7 @@ def test_pretrain_then_eval_writes_results(tiny_store: Path, tmp_path: Path) -> 
     assert (pre / "final" / "model.safetensors").exists()
     assert json.loads((pre / "config.json").read_text())["mcc"]["g"] == 0.1
     ev = tmp_path / "ev"
-    r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "-c", str(pre), "-o", str(ev), "--epochs", "2",
+    r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "--pretrained", str(pre), "-o", str(ev), "--epochs", "2",
                             "--seeds", "2", *FAST])
     assert r.exit_code == 0, r.output
     results = json.loads((ev / "results.json").read_text())
@@ -56,7 +56,7 @@ def test_bf16_autocast_trains_both_stages_on_cpu(tiny_store: Path, tmp_path: Pat
     r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(pre), "--epochs", "1", "--bf16", *FAST])
     assert r.exit_code == 0, r.output
     assert json.loads((pre / "config.json").read_text())["train"]["bf16"] is True
-    r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "-c", str(pre), "-o", str(ev), "--epochs", "1",
+    r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "--pretrained", str(pre), "-o", str(ev), "--epochs", "1",
                             "--seeds", "1", "--bf16", *FAST])
     assert r.exit_code == 0, r.output
     assert np.isfinite(json.loads((ev / "results.json").read_text())["mean"]["mae"])

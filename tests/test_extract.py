@@ -348,7 +348,7 @@ def test_manifest_input_carries_text_labels_and_splits(media_dir, tmp_path):
     from kebr_cli.main import app
 
     args = ["extract", "--manifest", str(manifest), "--root", str(root), "-o", str(tmp_path / "m.h5"),
-            "--vision", "none", "--asr", "none", "--workers", "0"]
+            "--vision", "none", "--asr", "none", "--jobs", "0"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     store = FeatureStore(tmp_path / "m.h5")

@@ -22,6 +22,7 @@ from kebr_core.metrics import (
     aggregate,
     format_table_row,
     msa_metrics,
+    seeds_caption,
 )
 
 from tests.conftest import MOSI_LABELS, MOSI_SAMPLE, needs_full_mosi  # noqa: E402
@@ -292,3 +293,13 @@ def test_mosi_test_split(source: Path, sizes: tuple[int, int]) -> None:
     flipped = sum(1 for y in test.tolist() if y in (0.5, 2.5, -1.5))
     assert 0 < flipped < 18
     assert nudged["acc7"] == pytest.approx(1 - flipped / test.size)
+
+
+def test_format_table_row_without_spread_prints_the_mean_only() -> None:
+    row = format_table_row({k: (0.5, 0.25) for k in METRIC_NAMES}, spread=False)
+    assert row["Acc-2"] == "50.00/50.00" and row["MAE"] == "0.500"
+
+
+def test_seeds_caption_names_seeds_and_std_convention() -> None:
+    assert seeds_caption([0, 1, 2]) == "mean ± sample std (ddof=1) over 3 seeds (0, 1, 2)"
+    assert seeds_caption([3]) == "1 seed (3), no spread"

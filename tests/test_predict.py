@@ -73,7 +73,7 @@ def test_predict_reproduces_the_finetuning_prediction_of_a_test_clip(trained: di
     video_id, clip_id = sample_id.split("$_$")
     video = trained["clips"].root / video_id / f"{clip_id}.mp4"
 
-    result = runner.invoke(app, ["predict", str(video), "-c", str(trained["run"]), "--text", store.text(i),
+    result = runner.invoke(app, ["predict", str(video), "--model", str(trained["run"]), "--text", store.text(i),
                                  "--asr", "none", "--json"])
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)
@@ -88,7 +88,7 @@ def test_predict_scores_good_and_no_audio_clips_and_gives_the_corrupt_ones_reaso
     corrupt = media.make_corrupt(tmp_path / "corrupt.mp4", like=good)
     out = tmp_path / "out" / "predictions.json"
 
-    result = runner.invoke(app, ["predict", str(good), str(corrupt), str(noaudio), "-c", str(trained["checkpoint"]),
+    result = runner.invoke(app, ["predict", str(good), str(corrupt), str(noaudio), "--model", str(trained["checkpoint"]),
                                  "--asr", "none", "--json", "--out", str(out)])
     assert result.exit_code == 0, result.output
     entries = json.loads(result.stdout)
@@ -113,7 +113,7 @@ def test_predict_scores_good_and_no_audio_clips_and_gives_the_corrupt_ones_reaso
     assert [p.raw_score for p in singles] == pytest.approx([ok["raw_score"], None, silent["raw_score"]], abs=1e-5)
 
     # The table names every video and the reason of the corrupt one.
-    table = runner.invoke(app, ["predict", str(good), str(corrupt), "-c", str(trained["checkpoint"]), "--asr", "none"],
+    table = runner.invoke(app, ["predict", str(good), str(corrupt), "--model", str(trained["checkpoint"]), "--asr", "none"],
                           env={"COLUMNS": "250"})
     assert table.exit_code == 0, table.output
     assert "1 of 2 video(s) scored" in table.output and "not scored" in table.output
@@ -123,7 +123,7 @@ def test_predict_scores_good_and_no_audio_clips_and_gives_the_corrupt_ones_reaso
 def test_predict_exits_non_zero_only_when_nothing_was_scored(trained: dict, tmp_path: Path):
     corrupt = media.make_corrupt(tmp_path / "corrupt.mp4")
     empty = media.make_empty(tmp_path / "empty.mov")
-    result = runner.invoke(app, ["predict", str(corrupt), str(empty), "-c", str(trained["checkpoint"]), "--asr", "none", "--json"])
+    result = runner.invoke(app, ["predict", str(corrupt), str(empty), "--model", str(trained["checkpoint"]), "--asr", "none", "--json"])
     assert result.exit_code == 1
     entries = json.loads(result.stdout)
     assert all(e["score"] is None for e in entries) and "empty" in entries[1]["error"]
@@ -135,7 +135,7 @@ def test_predict_refuses_a_checkpoint_trained_on_synthetic_features(trained: dic
     generate_synth(synth, SynthConfig(n=40, audio_len=(5, 10), vision_len=(2, 5)))
     finetune(synth, tmp_path / "synth-run", tiny_config(), seeds=[0])
     good = trained["clips"].heldout[0]
-    result = runner.invoke(app, ["predict", str(good), "-c", str(tmp_path / "synth-run"), "--asr", "none"])
+    result = runner.invoke(app, ["predict", str(good), "--model", str(tmp_path / "synth-run"), "--asr", "none"])
     assert result.exit_code == 1
     assert "made by kebr synth" in result.stderr and "cannot be computed from videos" in result.stderr
     assert "Traceback" not in result.output
@@ -155,11 +155,11 @@ def test_predict_refuses_a_checkpoint_trained_on_synthetic_features(trained: dic
 
 def test_predict_option_errors_are_one_sentence(trained: dict, tmp_path: Path):
     good = trained["clips"].heldout[0]
-    two = runner.invoke(app, ["predict", str(good), str(good), "-c", str(trained["checkpoint"]), "--text", "hi"])
+    two = runner.invoke(app, ["predict", str(good), str(good), "--model", str(trained["checkpoint"]), "--text", "hi"])
     assert two.exit_code == 1 and "--text gives the transcript of one video, but 2 were given" in two.stderr
-    nowhere = runner.invoke(app, ["predict", str(good), "-c", str(tmp_path / "missing")])
+    nowhere = runner.invoke(app, ["predict", str(good), "--model", str(tmp_path / "missing")])
     assert nowhere.exit_code == 1 and "does not exist" in nowhere.stderr
-    not_ckpt = runner.invoke(app, ["predict", str(good), "-c", str(tmp_path)])
+    not_ckpt = runner.invoke(app, ["predict", str(good), "--model", str(tmp_path)])
     assert not_ckpt.exit_code == 1 and "is not a fine-tuned checkpoint" in not_ckpt.stderr
     assert math.isfinite(predict([good], trained["checkpoint"], asr="none")[0].score)
 

@@ -153,7 +153,7 @@ def test_finetune_starts_from_the_pretrained_weights_and_geometry(tiny_store: Pa
     # initialisation; a geometry unlike the options eval is given below.
     invoke("pretrain", tiny_store, "-o", pre, "--epochs", "2", "--seed", "7", "--lr", "1e-2", "--layers", "2",
            "--heads", "2", "--ffn", "linear", "--no-shared-layers", *FAST)
-    invoke("eval", "--dataset", tiny_store, "-c", pre, "-o", ev, "--epochs", "1", "--seeds", "1", "--freeze-encoder",
+    invoke("eval", "--dataset", tiny_store, "--pretrained", pre, "-o", ev, "--epochs", "1", "--seeds", "1", "--freeze-encoder",
            "--layers", "3", "--heads", "1", "--ffn", "mlp", "--shared-layers", "--max-text-len", "40", "--dropout", "0.2",
            "--lr-fusion", "1e-9", *FAST)
     model = run_config(ev)["model"]

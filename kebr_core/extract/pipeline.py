@@ -90,7 +90,7 @@ class ExtractOptions:
         if self.max_side < 64:
             raise KebrError(f"--max-side must be at least 64 pixels, not {self.max_side}")
         if self.workers < 0:
-            raise KebrError(f"--workers must be 0 (in this process) or more, not {self.workers}")
+            raise KebrError(f"--jobs must be 0 (in this process) or more, not {self.workers}")
         if self.shard is not None:
             i, n = self.shard
             if n < 1 or not 0 <= i < n:

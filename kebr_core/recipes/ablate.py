@@ -80,12 +80,14 @@ def build_specs(
     g_sweep: Sequence[float] | None = None, mcc_forms: Sequence[str] = (), mcc_aligns: Sequence[str] = (),
     g: float = 0.2,
     align: str = "tile",
+    form: str = "paper",
 ) -> list[AblationSpec]:
     """The configurations the flags ask for; C1 (the reference of "Avg") is always included.
 
-    g and align are those of every configuration outside the sweep and the comparisons; a configuration
-    without MCC still logs its cosines c_a, c_v with `align` (the balance plots compare them)."""
-    specs = [replace(s, g=g, mcc_align=align) for s in TABLE4]
+    g, align and form are those of every configuration outside the sweep and the comparisons
+    (`mcc_forms`, `mcc_aligns`); a configuration without MCC still logs its cosines c_a, c_v with
+    `align` (the balance plots compare them)."""
+    specs = [replace(s, g=g, mcc_align=align, mcc_form=form) for s in TABLE4]
     chosen = [specs[0]]
     if all_table4:
         chosen = specs
@@ -96,15 +98,15 @@ def build_specs(
         else:
             name = "+".join(n for n, on in (("no-pretrain", no_pretrain), ("no-tcmf", no_tcmf), ("no-mcc", no_mcc)) if on)
             chosen.append(AblationSpec(name, "table4", pretrain=not no_pretrain, tcmf=not no_tcmf, mcc=not no_mcc, g=g,
-                                       mcc_align=align))
+                                       mcc_form=form, mcc_align=align))
     for value in g_sweep or ():
-        chosen.append(AblationSpec(f"g={value:+.2f}", "g-sweep", g=float(value), mcc_align=align))
-    for form in mcc_forms:
-        if form != "paper":
-            chosen.append(AblationSpec(f"form={form}", "variant", g=g, mcc_form=form, mcc_align=align))
+        chosen.append(AblationSpec(f"g={value:+.2f}", "g-sweep", g=float(value), mcc_form=form, mcc_align=align))
+    for other in mcc_forms:
+        if other != form:
+            chosen.append(AblationSpec(f"form={other}", "variant", g=g, mcc_form=other, mcc_align=align))
     for other in mcc_aligns:
         if other != align:
-            chosen.append(AblationSpec(f"align={other}", "variant", g=g, mcc_align=other))
+            chosen.append(AblationSpec(f"align={other}", "variant", g=g, mcc_form=form, mcc_align=other))
     return chosen
 
 

@@ -50,7 +50,7 @@ from kebr_core.training import ProgressFn, no_progress
 STEPS = ("clips", "extract", "synth", "pretrain", "eval", "ablate", "analyze", "finetune-clips", "predict")
 CLIP_STEPS = ("clips", "extract", "finetune-clips", "predict")
 # What the demo writes into `out`; `force` removes exactly these, nothing else a user may keep there.
-OWN_ENTRIES = ("clips", "stores", "runs", "predictions.json", "summary.json")
+OWN_ENTRIES = ("clips", "stores", "runs", "predictions.json", "summary.json", "log.txt")  # log.txt: the CLI's
 
 # on_step(step, status, info): status is "start", "done" or "skipped" (info["reason"] says why).
 StepFn = Callable[[str, str, dict[str, Any]], None]
@@ -251,7 +251,7 @@ def run_demo(
         return {"outputs": {"run": str(eval_dir), "results": str(eval_dir / "results.json"),
                             "checkpoint": str(eval_dir / "best-model")},
                 "test": {k: v[0] for k, v in result.summary.items()},
-                "test_std": {k: v[1] for k, v in result.summary.items()}}
+                "test_std": {k: v[1] for k, v in result.summary.items()}, "seeds": list(size.seeds)}
 
     run("eval", eval_step)
 

@@ -211,7 +211,7 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
     cache = None
     if frozen:
         if "cache" not in text_cache:
-            text_cache["cache"] = build_text_cache(model.encoder, token_ids, device)
+            text_cache["cache"] = build_text_cache(model.encoder, token_ids, device, progress=progress)
         cache = text_cache["cache"]
 
     opt, sched = finetune_optimizer(model, cfg)
@@ -224,7 +224,7 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
     best = (math.inf, 0, None)  # (valid MAE, epoch, weights)
     for epoch in range(1, cfg.train.epochs + 1):
         row = train_epoch(net, datasets["train"], collate, cache, opt, cfg, device, epoch, task="finetune",
-                          frozen=frozen, info=info, seed=seed, prefix="train_")
+                          frozen=frozen, info=info, seed=seed, prefix="train_", progress=progress)
         sched.step()
         pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device, info)
         valid = msa_metrics(pred, label)

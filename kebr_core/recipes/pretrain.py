@@ -158,7 +158,7 @@ def pretrain(
     try:
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
-                              info=info, seed=cfg.train.seed)
+                              info=info, seed=cfg.train.seed, progress=progress)
             completed = epoch
             if log is not None:
                 log.append(row)

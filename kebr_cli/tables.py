@@ -1,0 +1,94 @@
+"""Result tables shaped like the paper's (Table 1, Table 4) that read the same at 80 and 120 columns."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from kebr_core.metrics import TABLE_HEADERS, format_table_row, seeds_caption
+
+# One row: the leading cells (name, components), {metric: (mean, std)} or None for a configuration
+# without results (its metric cells say `placeholder`), and the trailing cells (e.g. Avg).
+Row = tuple[Sequence[str], Optional[dict], Sequence[str], str]
+
+
+def metric_cells(summary: dict, spread: bool, two_lines: bool) -> dict[str, str]:
+    """`format_table_row` cells of a {metric: (mean, std)} summary; with `two_lines` the std goes on a
+    second line ("61.17/62.00" over "±1.23/±1.50") so a table fits a narrow terminal."""
+    if not (spread and two_lines):
+        return format_table_row(summary, spread=spread)
+    means = format_table_row({k: v[0] for k, v in summary.items()})
+    stds = format_table_row({k: v[1] for k, v in summary.items()})
+    return {c: means[c] + "\n" + "/".join("±" + s for s in stds[c].split("/")) for c in means}
+
+
+def table_width(table: Table) -> int:
+    """The width a Rich table needs to print without wrapping or cutting a cell."""
+    wide = Console(width=10_000)
+    return Measurement.get(wide, wide.options, table).maximum
+
+
+def metrics_table(
+    title: str, lead: Sequence[str], metrics: Sequence[str], tail: Sequence[str], rows: Sequence[Row],
+    seeds: Sequence[int], width: Optional[int] = None, caption: Optional[str] = None, std: str = "sample",
+) -> Table:
+    """Leading columns, the metric columns (`TABLE_HEADERS` keys) and trailing columns. The title ends
+    with the seeds and the std convention (`seeds_caption`: sample or population std); with one seed no
+    cell prints "±".
+
+    Wider than `width`, the table is rebuilt narrow: no vertical rules, headers over two lines and the
+    std on a second line of each cell, so nothing is cut at 80 columns."""
+    spread = len(seeds) > 1
+
+    def build(narrow: bool) -> Table:
+        table = Table(title=f"{title}, {seeds_caption(seeds, std)}", caption=caption)
+        if narrow:
+            table.box, table.padding = box.SIMPLE_HEAD, (0, 0)
+        if narrow:  # "pre-train" over "pre-" and "train", "Acc-2 has0/non0" over "Acc-2" and "has0/non0"
+            headers = [*(h.replace("-", "-\n") for h in lead), *(TABLE_HEADERS[m].replace(" ", "\n") for m in metrics), *tail]
+        else:
+            headers = [*lead, *(TABLE_HEADERS[m] for m in metrics), *tail]
+        for n, header in enumerate(headers):
+            table.add_column(header, justify="left" if n == 0 else "right")
+        for lead_cells, summary, tail_cells, placeholder in rows:
+            if summary is None:
+                cells = [placeholder, *[""] * (len(metrics) - 1)]
+            else:
+                by_column = metric_cells(summary, spread, two_lines=narrow)
+                cells = [by_column[m] for m in metrics]
+            table.add_row(*lead_cells, *cells, *tail_cells)
+        return table
+
+    table = build(narrow=False)
+    if width is not None and table_width(table) > width:
+        table = build(narrow=True)
+    return table
+
+
+def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width: Optional[int] = None,
+                  std: str = "sample") -> Table:
+    """The paper's Table 1: one row per model, {metric: (mean, std)} each."""
+    return metrics_table(title, ["model"], list(TABLE_HEADERS), [],
+                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std)
+
+
+def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] = None, std: str = "sample",
+                   note: str = "") -> Table:
+    """Table 4: configuration, its components (a configuration without MCC has no g), the metrics and
+    Avg. A configuration without results says "skipped" (its reason is its row's "status"). `note` (e.g.
+    what pretraining used) goes into the caption above the meaning of Avg."""
+    mark = {True: "✓", False: "✗"}
+    body: list[Row] = []
+    for r in rows:
+        components = [r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}" if r["mcc"] else "–"]
+        summary = {k: (r["mean"][k], r["std"][k]) for k in r["mean"]} if r["mean"] else None
+        avg = "" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"
+        body.append((components, summary, [avg], "skipped"))
+    return metrics_table("Ablation on the test split", ["config", "pre-train", "TCMF", "MCC", "g"],
+                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg"], body, seeds, width, std=std,
+                         caption=(f"{note}\n" if note else "")
+                         + "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)")
