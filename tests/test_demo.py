@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from conftest import TINY_BERT
 from kebr_cli.main import app
 from kebr_core import speech
+from kebr_core.analysis import DPI, FIGSIZE_IN
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.extract.vision import MEDIAPIPE_FEATURES
@@ -110,7 +111,7 @@ def test_demo_results_hold_the_metrics_and_the_plots_are_pngs(demo):
     for plot in plots:
         head = plot.read_bytes()[:24]
         assert head[:8] == b"\x89PNG\r\n\x1a\n"
-        assert struct.unpack(">II", head[16:24]) == (800, 500)
+        assert struct.unpack(">II", head[16:24]) == (round(FIGSIZE_IN[0] * DPI), round(FIGSIZE_IN[1] * DPI))
 
 
 def test_demo_predicts_every_held_out_clip(demo):
