@@ -2,8 +2,9 @@
 
 libespeak-ng keeps state from one utterance to the next in function statics that no API call resets
 (e.g. the pitch flutter's phase in wavegen.c), so the same text comes out a few samples different
-after other texts; a fresh process per text makes speech a function of its arguments, as the
-`espeak-ng` program is. Only the standard library and `espeakng_loader` are imported, to start fast.
+after other texts; a fresh process per text keeps earlier texts out of it, as with the `espeak-ng`
+program. (Known problem: once MediaPipe/OpenCV have loaded in the calling process, the samples still
+differ slightly; tests/test_speech.py.) Only the standard library and `espeakng_loader` are imported, to start fast.
 
     python espeak_worker.py VOICE RATE PITCH < text (UTF-8)
     → stdout: the sample rate (uint32), then 16-bit mono samples, both in native byte order
