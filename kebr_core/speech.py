@@ -3,8 +3,8 @@
 `espeakng-loader` (PyPI) ships `libespeak-ng` 1.52 and its `espeak-ng-data` for Linux, macOS and
 Windows. kebr_core/espeak_worker.py drives the library's C API (speak_lib.h) through ctypes as the
 `espeak-ng` program does for `--stdout` (synchronous synthesis, samples handed to a callback), one
-process per text so that a text always gives the same samples (the library carries state between
-utterances; see that file).
+process per text, since the library carries state between utterances (see that file and its known
+problem).
 
     y, sample_rate = synthesize("i really like this movie", voice="en-us+m3", rate=160, pitch=50)
 """
