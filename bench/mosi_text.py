@@ -58,7 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import cpu_name  # noqa: E402
+from _common import add_label_csv_option, check_label_csv, cpu_name  # noqa: E402
 from kebr_core.config import RunConfig  # noqa: E402
 from kebr_core.data.importers import import_label_csv  # noqa: E402
 from kebr_core.data.store import FeatureStore  # noqa: E402
@@ -67,7 +67,6 @@ from kebr_core.metrics import format_table_row, msa_metrics  # noqa: E402
 from kebr_core.model import load_text_encoder, load_tokenizer  # noqa: E402
 from kebr_core.recipes.finetune import finetune  # noqa: E402
 
-LABEL_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"  # shared/ beside the checkout
 RESULTS = Path(__file__).resolve().parent / "results" / "mosi_text.json"
 
 # The chosen settings (see the docstring) and the validation grid they were chosen from.
@@ -163,7 +162,7 @@ def markdown_table(ridge: dict[str, Any], summary: dict[str, tuple[float, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label-csv", type=Path, default=LABEL_CSV)
+    add_label_csv_option(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--text-model", default="embedded")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -172,6 +171,7 @@ def main() -> None:
     for key, value in CHOSEN.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
+    check_label_csv(parser, args.label_csv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     settings = {key: getattr(args, key) for key in CHOSEN}

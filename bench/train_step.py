@@ -67,7 +67,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import cpu_name  # noqa: E402
+from _common import add_label_csv_option, check_label_csv, cpu_name  # noqa: E402
 from kebr_core.config import MCCConfig, RunConfig, paper_preset  # noqa: E402
 from kebr_core.data.dataset import Collator, StoreDataset  # noqa: E402
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter  # noqa: E402
@@ -77,7 +77,6 @@ from kebr_core.model import KEBRModel, load_tokenizer, masked_mean  # noqa: E402
 from kebr_core.distributed import DistInfo, EpochBatches  # noqa: E402
 from kebr_core.training import autocast, bucket_sizes, build_text_cache, move, train_epoch  # noqa: E402
 
-LABEL_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"  # shared/ beside the checkout
 D_AUDIO = 33
 AUDIO_FPS = 22050 / 512  # kebr33: 43.07 frames/s
 VISION_FPS = 10.0
@@ -394,7 +393,7 @@ def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label-csv", type=Path, default=LABEL_CSV, help="MMSA label.csv of CMU-MOSI")
+    add_label_csv_option(parser)
     parser.add_argument("--stage", choices=["both", "pretrain", "finetune"], default="both")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--text-model", default="embedded",
@@ -410,6 +409,7 @@ def main() -> None:
                         help="kebr's DataLoader workers (default 0: timed --steps would count the workers' start-up "
                              "of every epoch call; the recipes' own default on CUDA is up to 4)")
     args = parser.parse_args()
+    check_label_csv(parser, args.label_csv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: PyTorch sees no CUDA GPU")
     if args.threads > 0:

@@ -50,6 +50,10 @@ def extract(
     vision: Vision = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
     fps: float = typer.Option(10.0, "--fps", parser=number(0, low_open=True), help="Vision frames per second."),
+    transcripts: Optional[Path] = typer.Option(
+        None, "--transcripts",
+        help="A table of transcripts, one row per video: a header with id and text columns, tab- or comma-separated (id = path below INPUTS without extension). Read before sidecars and ASR.",
+    ),
     asr: ASR = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no manifest text or sidecar: pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=0, help="Extraction processes (default 1; the main process alone writes the store; 0 = extract in the main process)."),
@@ -91,7 +95,7 @@ def extract(
                 reporter("extract", event.completed - event.skipped, event.total - event.skipped, {})
 
             summary = run_extract(source, out, options, progress=on_progress, source=label,
-                                  retry_failed=retry_failed, clip_labels=clip_labels)
+                                  retry_failed=retry_failed, clip_labels=clip_labels, transcripts=transcripts)
         if report is not None:  # before the tables: a report that cannot be written is one sentence, not a traceback
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
@@ -119,6 +123,10 @@ def extract(
         console.print(f"… and {len(summary.clashes) - 10} more clashing ids.")
     if summary.no_face_frames:
         console.print(f"{summary.no_face_frames} frames without a face were dropped.")
+    if summary.unmatched_transcripts:
+        shown = ", ".join(summary.unmatched_transcripts[:5]) + (" …" if len(summary.unmatched_transcripts) > 5 else "")
+        console.print(f"[yellow]{len(summary.unmatched_transcripts)} id(s) of {transcripts} name no video here:[/] {shown}",
+                      highlight=False)
     if summary.unsupported:
         shown = ", ".join(summary.unsupported[:5]) + (" …" if len(summary.unsupported) > 5 else "")
         console.print(f"[yellow]{len(summary.unsupported)} file(s) ignored (unsupported extension):[/] {shown}")

@@ -45,6 +45,10 @@ def predict(
     ),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", hidden=True, help="Old name of --model."),
     text: Optional[str] = typer.Option(None, "--text", help="The transcript of the (single) video, instead of a sidecar or ASR."),
+    transcripts: Optional[Path] = typer.Option(
+        None, "--transcripts",
+        help="A table of transcripts for many videos: a header with id and text columns, tab- or comma-separated (id = file name without extension, or path below a folder given). Read before sidecars and ASR.",
+    ),
     asr: ASR = typer.Option("pocketsphinx", "--asr", help="Transcript when there is no --text or sidecar (.txt/.srt/.vtt): pocketsphinx (offline), whisper (needs --asr-model) or none."),
     asr_model: Optional[Path] = typer.Option(None, "--asr-model", help="With --asr whisper: a local Hugging Face Whisper folder."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="For a checkpoint trained on OpenFace CSVs: the folder with <stem>.csv per video."),
@@ -69,7 +73,7 @@ def predict(
             raise KebrError("kebr predict needs the fine-tuned model: --model RUN/best-model (or a `kebr eval` run directory).")
         jobs = renamed(jobs, workers, "--jobs", "--workers") or 0
         predictions = run_predict(
-            videos, model, text=text, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=jobs,
+            videos, model, text=text, transcripts=transcripts, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=jobs,
             batch_size=batch_size, device=device, progress=report,
         )
         payload = [p.to_dict() for p in predictions]

@@ -6,8 +6,8 @@ no downloads; the tests make their media with the same functions (tests/media.py
 The picture is a window of NASA's public-domain portrait of astronaut Eileen Collins (the photo
 scikit-image ships as `skimage.data.astronaut()`); `assets/face.jpg` holds the part of it the moving
 window can cover. The window drifts a few pixels per frame, so the face moves a little as in a real
-video. Speech comes from the `espeak-ng` program (`apt-get install espeak-ng`). Encoding is done by
-PyAV (H.264 + AAC in MP4/MKV); nothing needs a system ffmpeg.
+video. Speech comes from espeak-ng's library as the `espeakng-loader` wheel ships it (kebr_core.speech);
+encoding is done by PyAV (H.264 + AAC in MP4/MKV). Nothing needs a system package.
 
     make_clip(out / "a.mp4", "i really loved this movie")     # speech, face drifting
     make_clip(out / "b.mp4", None, duration=2.0)              # face, silent audio track
@@ -19,10 +19,6 @@ PyAV (H.264 + AAC in MP4/MKV); nothing needs a system ffmpeg.
 from __future__ import annotations
 
 import csv
-import io
-import shutil
-import subprocess
-import wave
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from kebr_core import speech as tts
 from kebr_core.errors import KebrError
 
 ASSET = Path(__file__).parent / "assets" / "face.jpg"
@@ -41,29 +38,15 @@ CROP_ORIGIN = (70, 10)  # its mean top-left corner (x, y): the face sits near th
 SPEECH_VOICE = "en-us+m3"  # of espeak-ng's voices, the one PocketSphinx recognises best (measured)
 SPEECH_RATE = 160  # words per minute
 SPEECH_PITCH = 50  # espeak-ng's default pitch (0-99)
-ESPEAK_HINT = "espeak-ng is not installed; install it with `apt-get install espeak-ng` (or `brew install espeak-ng`)"
 
 # A photo and the (x, y) position of its top-left corner in the astronaut photo's coordinates.
 Photo = tuple[np.ndarray, tuple[int, int]]
 
 
-def espeak_available() -> bool:
-    return shutil.which("espeak-ng") is not None
-
-
 @lru_cache(maxsize=64)
 def speech(text: str, voice: str = SPEECH_VOICE, rate: int = SPEECH_RATE, pitch: int = SPEECH_PITCH) -> tuple[np.ndarray, int]:
     """espeak-ng saying `text`: (n,) float32 in [-1, 1] and its sample rate (22050 Hz). Read-only array."""
-    if not espeak_available():
-        raise KebrError(ESPEAK_HINT)
-    raw = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", text],
-        capture_output=True, check=True,
-    ).stdout
-    with wave.open(io.BytesIO(raw)) as w:
-        sr = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    y = pcm.astype(np.float32) / 32768.0
+    y, sr = tts.synthesize(text, voice, rate, pitch)
     y.setflags(write=False)
     return y, sr
 
@@ -228,12 +211,18 @@ DEMO_SENTENCES: tuple[tuple[str, float], ...] = (
     ("a sweet and charming little story", 2.0),
     ("the script was dull and lame", -2.0),
 )
-# Held out of the labeled set: what `kebr demo` predicts at the end (positive, negative, neutral).
+# Held out of the labeled set: what `kebr demo` predicts at the end. Sentences with none of the
+# training sentences' exact wording; all but one clearly positive or negative (|label| >= 1).
 DEMO_HELDOUT: tuple[tuple[str, float], ...] = (
     ("i loved the movie it was amazing", 2.6),
     ("the film was horrible and boring", -2.4),
     ("the movie was shot in the winter", 0.0),
+    ("a great film with a wonderful cast", 2.4),
+    ("the story was awful and the acting was bad", -2.6),
+    ("i enjoyed it and the music was beautiful", 2.2),
+    ("a dull and terrible waste of time", -2.6),
 )
+CLEAR = 1.0  # a held-out label at least this far from 0 has a sign the demo's model should get right
 VOICES = ("en-us+m3", "en-us+f3")
 
 
@@ -272,9 +261,7 @@ def demo_splits(n: int) -> list[str]:
 def make_demo_clips(root: Path, n: int | None = None, heldout: int | None = None, fps: int = 15) -> DemoClips:
     """Write n labeled clips (default all of DEMO_SENTENCES), spread evenly over the label range, as
     <root>/demo<k>/0.mp4 with an MMSA label.csv, and `heldout` more clips (default 3) with sidecar
-    transcripts in <root>/heldout/. Raises KebrError (with the install command) without espeak-ng."""
-    if not espeak_available():
-        raise KebrError(ESPEAK_HINT)
+    transcripts in <root>/heldout/. Raises KebrError when espeak-ng's library cannot be loaded."""
     root = Path(root)
     total = len(DEMO_SENTENCES)
     n = total if n is None else n

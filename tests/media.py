@@ -26,7 +26,6 @@ from kebr_core.demo_media import (  # noqa: F401  (re-exported for the tests)
     SPEECH_RATE,
     SPEECH_VOICE,
     Clip,
-    espeak_available,
     face_window_offsets,
     no_face_frame,
     speech,

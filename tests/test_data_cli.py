@@ -17,7 +17,7 @@ from kebr_core.data.synth import SENTIMENT_WORDS, FEELING_WORDS, read_latents
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import split_words
 
-from tests.conftest import MOSI_LABELS  # noqa: E402
+from tests.conftest import MOSI_SAMPLE  # noqa: E402
 runner = CliRunner()
 
 
@@ -41,22 +41,22 @@ def assert_one_sentence_failure(result, *fragments: str) -> None:
 
 def test_import_inspect_and_merge(tmp_path: Path) -> None:
     out = tmp_path / "mosi.h5"
-    result = kebr("import", MOSI_LABELS, "-o", out)
+    result = kebr("import", MOSI_SAMPLE, "-o", out)  # 328 real MOSI rows
     assert result.exit_code == 0, result.output
-    assert "2199 samples (train 1284, valid 229, test 686)" in flat(result.stdout)
+    assert "328 samples (train 174, valid 46, test 108)" in flat(result.stdout)
 
     result = kebr("inspect", out, "--json")
     assert result.exit_code == 0
     summary = json.loads(result.stdout)
-    assert summary["samples"] == 2199 and summary["splits"] == {"train": 1284, "valid": 229, "test": 686, "unlabeled": 0}
-    assert summary["text"]["sources"] == {"import": 2199} and summary["audio"]["dim"] == 0
-    assert sum(summary["labels"]["histogram"].values()) == 2199
+    assert summary["samples"] == 328 and summary["splits"] == {"train": 174, "valid": 46, "test": 108, "unlabeled": 0}
+    assert summary["text"]["sources"] == {"import": 328} and summary["audio"]["dim"] == 0
+    assert sum(summary["labels"]["histogram"].values()) == 328
     labels = FeatureStore(out).labels
     assert summary["labels"]["histogram"]["-3"] == int((np.round(labels) == -3).sum())
 
     result = kebr("inspect", out)
     assert result.exit_code == 0
-    for text in ("samples per split", "1284", "labels: 2199 labeled", "sequence lengths", "text sources: import 2199"):
+    for text in ("samples per split", "174", "labels: 328 labeled", "sequence lengths", "text sources: import 328"):
         assert text in flat(result.stdout)
 
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"

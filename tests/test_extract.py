@@ -6,6 +6,7 @@ subtitle files with known text, a photo with a known face box), and the store ag
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -35,9 +36,6 @@ from kebr_core.extract.vision import (
 
 import media  # tests/media.py
 
-needs_espeak = pytest.mark.skipif(
-    not media.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it"
-)
 
 SRT = """1
 00:00:00,000 --> 00:00:01,200
@@ -124,7 +122,6 @@ def test_sidecar_lookup_order_and_text(tmp_path):
 # ── decoding ───────────────────────────────────────────────────────────────────────────────────────
 
 
-@needs_espeak
 def test_decode_lengths_match_duration(tmp_path):
     clip = media.make_clip(tmp_path / "a.mp4")  # 25 fps
     assert 1.8 < clip.duration < 3.0
@@ -192,8 +189,6 @@ def test_openface_csv_resampling_and_dropped_frames(tmp_path):
 
 @pytest.fixture(scope="module")
 def media_dir(tmp_path_factory):
-    if not media.espeak_available():
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); CI installs it")
     d = tmp_path_factory.mktemp("videos")
     clips = {
         "speech": media.make_clip(d / "speech.mp4"),  # transcript from ASR
@@ -221,7 +216,7 @@ def store_w1(media_dir, tmp_path_factory):
 def store_contents(path: Path) -> tuple[list, dict, dict]:
     s = FeatureStore(path)
     rows = [(x.id, x.text, x.text_source, x.split, x.audio, x.vision) for x in map(s.sample, range(len(s)))]
-    return rows, s.errors(), {k: v for k, v in s.attrs.items() if k != "created"}
+    return rows, s.errors(), {k: v for k, v in s.attrs.items() if k not in ("created", "sources")}
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -234,7 +229,6 @@ def assert_same_store(a: Path, b: Path) -> None:
     assert err_a == err_b and attrs_a == attrs_b
 
 
-@needs_espeak
 def test_store_contents_counts_and_errors(store_w1, media_dir):
     summary, out = store_w1
     _, clips = media_dir
@@ -285,7 +279,6 @@ def test_store_contents_counts_and_errors(store_w1, media_dir):
     assert np.abs(v[:, col["pose_roll"]]).max() < 10 and np.isfinite(v).all()
 
 
-@needs_espeak
 def test_two_workers_give_the_same_store(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     out = tmp_path / "w2.h5"
@@ -298,7 +291,6 @@ class Stop(Exception):
     pass
 
 
-@needs_espeak
 def test_killed_then_resumed_run_gives_the_same_store(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     out = tmp_path / "resumed.h5"
@@ -319,7 +311,6 @@ def test_killed_then_resumed_run_gives_the_same_store(store_w1, media_dir, tmp_p
     assert_same_store(store_w1[1], out)
 
 
-@needs_espeak
 def test_resume_skips_before_decoding(store_w1, media_dir, tmp_path):
     d, _ = media_dir
     # same names, but every file emptied: any attempt to decode would record a failure
@@ -334,9 +325,9 @@ def test_resume_skips_before_decoding(store_w1, media_dir, tmp_path):
     summary = extract(copy, out, ExtractOptions(workers=2))
     assert (summary.skipped, summary.done, summary.failed) == (7, 0, 0) and summary.ok
     assert_same_store(store_w1[1], out)
+    assert json.loads(FeatureStore(out).attrs["sources"]) == [str(d), str(copy)]  # the resumed run's input is recorded too
 
 
-@needs_espeak
 def test_manifest_input_carries_text_labels_and_splits(media_dir, tmp_path):
     d, _ = media_dir
     root = tmp_path / "Raw"
@@ -376,7 +367,6 @@ def test_manifest_input_carries_text_labels_and_splits(media_dir, tmp_path):
     assert result.exit_code == 1 and "--manifest" in result.output
 
 
-@needs_espeak
 def test_openface_csv_backend_in_the_pipeline(media_dir, tmp_path):
     d, clips = media_dir
     (tmp_path / "of").mkdir()
@@ -403,7 +393,6 @@ def test_shards_partition_the_ids():
         ExtractOptions(shard=(3, 3)).validate()
 
 
-@needs_espeak
 def test_shard_runs_cover_every_video_once(media_dir, tmp_path):
     d, _ = media_dir
     seen: list[str] = []
@@ -441,7 +430,6 @@ def test_bad_options_and_inputs_are_one_sentence(tmp_path):
 # ── the command line ───────────────────────────────────────────────────────────────────────────────
 
 
-@needs_espeak
 def test_cli_extract_runs_and_fails_only_when_nothing_is_extracted(media_dir, tmp_path):
     from typer.testing import CliRunner
 

@@ -13,7 +13,7 @@ from kebr_core.data.importers import import_label_csv, import_mmsa_pickle, merge
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter
 from kebr_core.errors import KebrError
 
-from tests.conftest import MOSI_LABELS  # noqa: E402
+from tests.conftest import MOSI_LABELS, MOSI_SAMPLE, needs_full_mosi  # noqa: E402
 
 
 def mmsa_split(rng: np.random.Generator, n: int, prefix: str, la: int, da: int, lv: int, dv: int,
@@ -116,13 +116,17 @@ def test_not_a_pickle(tmp_path: Path) -> None:
         import_mmsa_pickle(src, tmp_path / "o.h5")
 
 
-def test_real_mosi_label_csv(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source, splits", [
+    (MOSI_SAMPLE, {"train": 174, "valid": 46, "test": 108}),
+    pytest.param(MOSI_LABELS, {"train": 1284, "valid": 229, "test": 686}, marks=needs_full_mosi),
+], ids=["sample", "full"])
+def test_real_mosi_label_csv(tmp_path: Path, source: Path, splits: dict[str, int]) -> None:
     out = tmp_path / "mosi-text.h5"
-    result = import_label_csv(MOSI_LABELS, out)
-    assert result["samples"] == 2199 and result["splits"] == {"train": 1284, "valid": 229, "test": 686}
+    result = import_label_csv(source, out)
+    assert result["samples"] == sum(splits.values()) and result["splits"] == splits
     store = FeatureStore(out)
-    assert len(store) == 2199
-    with open(MOSI_LABELS, newline="") as f:
+    assert len(store) == sum(splits.values())
+    with open(source, newline="") as f:
         rows = list(csv.DictReader(f))
     first = store.sample(0)
     assert first.id == "03bSnISJMiM$_$11" and first.text == "A LOT OF SAD PARTS"

@@ -24,7 +24,7 @@ from kebr_core.masking import (  # noqa: E402
     tokenize_plain,
 )
 
-from tests.conftest import MOSI_LABELS  # noqa: E402
+from tests.conftest import MOSI_LABELS, MOSI_SAMPLE, needs_full_mosi  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -315,11 +315,14 @@ def test_tokenize_plain_truncates_and_matches_split_words(tok):
 # ------------------------------------------------------------------------------------------ real CMU-MOSI
 
 
-@pytest.mark.skipif(not MOSI_LABELS.exists(), reason="CMU-MOSI label.csv not available")
-def test_all_mosi_transcripts(tok, lex):
-    with open(MOSI_LABELS, newline="", encoding="utf-8") as f:
+@pytest.mark.parametrize("source, n, repeated", [
+    (MOSI_SAMPLE, 328, 11),
+    pytest.param(MOSI_LABELS, 2199, 75, marks=needs_full_mosi),
+], ids=["sample", "full"])
+def test_all_mosi_transcripts(tok, lex, source, n, repeated):
+    with open(source, newline="", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]
-    assert len(texts) == 2199
+    assert len(texts) == n
     max_length = 50
     masked = mask_batch(texts, tok, lex, max_length, seed=0)
     plain_full = tokenize_plain(texts, tok, 10_000)
@@ -347,8 +350,8 @@ def test_all_mosi_transcripts(tok, lex):
         ]
         assert starts, text
     fraction = sum(m.from_lexicon for m in masked) / len(masked)
-    print(f"\nCMU-MOSI: {fraction:.1%} of 2199 transcripts have a lexicon word; {n_truncated} truncated; "
+    print(f"\nCMU-MOSI: {fraction:.1%} of {n} transcripts have a lexicon word; {n_truncated} truncated; "
           f"{n_repeated} repeat their masked word")
-    assert n_repeated == 75  # 4.4 % of the 1,719 with a lexicon word: all copies masked now
+    assert n_repeated == repeated  # full file: 4.4 % of the 1,719 with a lexicon word; all copies masked now
     assert 0.5 < fraction < 0.99
     assert n_truncated > 0  # the truncation path really ran on real data

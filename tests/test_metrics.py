@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from kebr_core.metrics import (
     seeds_caption,
 )
 
-from tests.conftest import MOSI_LABELS  # noqa: E402
+from tests.conftest import MOSI_LABELS, MOSI_SAMPLE, needs_full_mosi  # noqa: E402
 
 # Worked by hand (used by several tests):
 #   label = [ 1.5, -0.5,  0.0,  2.5, -2.0]
@@ -56,8 +57,8 @@ HAND_EXPECTED = {
 }
 
 
-def _mosi_split(mode: str) -> np.ndarray:
-    with MOSI_LABELS.open(newline="") as handle:
+def _mosi_split(source: Path, mode: str) -> np.ndarray:
+    with source.open(newline="") as handle:
         return np.array([float(row["label"]) for row in csv.DictReader(handle) if row["mode"] == mode])
 
 
@@ -262,10 +263,14 @@ def test_aggregate_rejects_bad_runs() -> None:
         aggregate([{"mae": 0.5}, {"corr": 0.5}])
 
 
-def test_mosi_test_split() -> None:
-    train, test = _mosi_split("train"), _mosi_split("test")
-    assert (train.size, test.size) == (1284, 686)
-    # docs/design.md §7: 18 test labels sit exactly on x.5 (where the rounding rule matters).
+@pytest.mark.parametrize("source, sizes", [
+    (MOSI_SAMPLE, (174, 108)),
+    pytest.param(MOSI_LABELS, (1284, 686), marks=needs_full_mosi),
+], ids=["sample", "full"])
+def test_mosi_test_split(source: Path, sizes: tuple[int, int]) -> None:
+    train, test = _mosi_split(source, "train"), _mosi_split(source, "test")
+    assert (train.size, test.size) == sizes
+    # docs/design.md §7: 18 test labels sit exactly on x.5 (where the rounding rule matters); the sample keeps them all.
     assert sum(1 for y in test.tolist() if abs(y) % 1 == 0.5) == 18
 
     # Perfect predictions.
@@ -280,14 +285,14 @@ def test_mosi_test_split() -> None:
     assert math.isnan(baseline["corr"])
     assert baseline["mae"] == pytest.approx(math.fsum(abs(y - train_mean) for y in test.tolist()) / len(test))
     sign_class = train_mean >= 0  # every prediction falls in this has0 class
-    assert baseline["acc2_has0"] == pytest.approx(sum((y >= 0) == sign_class for y in test.tolist()) / 686)
+    assert baseline["acc2_has0"] == pytest.approx(sum((y >= 0) == sign_class for y in test.tolist()) / test.size)
 
     # Nudging every label up by 1e-6 flips exactly the halves that round down to even (0.5 -> 0,
     # 2.5 -> 2, -1.5 -> -2); the other halves and everything else keep their Acc-7 class.
     nudged = msa_metrics(test + 1e-6, test)
     flipped = sum(1 for y in test.tolist() if y in (0.5, 2.5, -1.5))
     assert 0 < flipped < 18
-    assert nudged["acc7"] == pytest.approx(1 - flipped / 686)
+    assert nudged["acc7"] == pytest.approx(1 - flipped / test.size)
 
 
 def test_format_table_row_without_spread_prints_the_mean_only() -> None:

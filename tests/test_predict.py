@@ -28,9 +28,6 @@ from kebr_core.recipes.predict import SENTIMENT_CLASSES, polarity, predict, sent
 
 import media  # tests/media.py
 
-needs_espeak = pytest.mark.skipif(
-    not media.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng); CI installs it"
-)
 runner = CliRunner()
 
 
@@ -45,8 +42,6 @@ def tiny_config(epochs: int = 1) -> RunConfig:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Demo clips → store (manifest text, labels, splits) → a 1-epoch fine-tuned checkpoint."""
-    if not media.espeak_available():
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); CI installs it")
     from kebr_core.demo_media import make_demo_clips
 
     root = tmp_path_factory.mktemp("predict")
@@ -69,7 +64,6 @@ def test_sentiment_class_and_polarity_hand_values():
     assert SENTIMENT_CLASSES[-3] == "highly negative" and SENTIMENT_CLASSES[1] == "weakly positive"
 
 
-@needs_espeak
 def test_predict_reproduces_the_finetuning_prediction_of_a_test_clip(trained: dict):
     store = FeatureStore(trained["store"])
     with open(trained["run"] / "seed-0" / "predictions.csv") as f:
@@ -88,7 +82,6 @@ def test_predict_reproduces_the_finetuning_prediction_of_a_test_clip(trained: di
     assert entry["text"] == store.text(i) and entry["text_source"] == "option" and entry["error"] is None
 
 
-@needs_espeak
 def test_predict_scores_good_and_no_audio_clips_and_gives_the_corrupt_ones_reason(trained: dict, tmp_path: Path):
     good = trained["clips"].heldout[0]  # with a sidecar transcript beside it
     noaudio = media.make_clip(tmp_path / "noaudio.mp4", "the film was fine", audio=False, fps=10).path
@@ -127,7 +120,6 @@ def test_predict_scores_good_and_no_audio_clips_and_gives_the_corrupt_ones_reaso
     assert "cannot be opened" in table.output or "cannot be decoded" in table.output or "Invalid data" in table.output
 
 
-@needs_espeak
 def test_predict_exits_non_zero_only_when_nothing_was_scored(trained: dict, tmp_path: Path):
     corrupt = media.make_corrupt(tmp_path / "corrupt.mp4")
     empty = media.make_empty(tmp_path / "empty.mov")
@@ -138,7 +130,6 @@ def test_predict_exits_non_zero_only_when_nothing_was_scored(trained: dict, tmp_
     assert "none of the 2 video(s) could be scored" in result.stderr
 
 
-@needs_espeak
 def test_predict_refuses_a_checkpoint_trained_on_synthetic_features(trained: dict, tmp_path: Path):
     synth = tmp_path / "synth.h5"
     generate_synth(synth, SynthConfig(n=40, audio_len=(5, 10), vision_len=(2, 5)))
@@ -162,7 +153,6 @@ def test_predict_refuses_a_checkpoint_trained_on_synthetic_features(trained: dic
         predict([good], ckpt, asr="none")
 
 
-@needs_espeak
 def test_predict_option_errors_are_one_sentence(trained: dict, tmp_path: Path):
     good = trained["clips"].heldout[0]
     two = runner.invoke(app, ["predict", str(good), str(good), "--model", str(trained["checkpoint"]), "--text", "hi"])
@@ -172,3 +162,34 @@ def test_predict_option_errors_are_one_sentence(trained: dict, tmp_path: Path):
     not_ckpt = runner.invoke(app, ["predict", str(good), "--model", str(tmp_path)])
     assert not_ckpt.exit_code == 1 and "is not a fine-tuned checkpoint" in not_ckpt.stderr
     assert math.isfinite(predict([good], trained["checkpoint"], asr="none")[0].score)
+
+
+def test_predict_reads_a_transcript_table(trained: dict, tmp_path: Path):
+    store = FeatureStore(trained["store"])
+    with open(trained["run"] / "seed-0" / "predictions.csv") as f:
+        expected = {row["id"]: float(row["prediction"]) for row in csv.DictReader(f)}
+    sample_id = next(iter(expected))  # a test-split clip: the table gives it its manifest text
+    video_id, clip_id = sample_id.split("$_$")
+    table = tmp_path / "transcripts.tsv"
+    table.write_text(f"id\ttext\n{video_id}/{clip_id}.mp4\t{store.text(store.ids.index(sample_id))}\n"
+                     "heldout/heldout0\tnot what the sidecar says\nsomewhere/else\tno such video\n")
+    root = trained["clips"].root  # a folder: ids are paths below it
+    result = runner.invoke(app, ["predict", str(root), "-c", str(trained["run"]), "--transcripts", str(table),
+                                 "--asr", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    entries = {Path(e["video"]).relative_to(root).with_suffix("").as_posix(): e for e in json.loads(result.stdout)}
+    clip = entries[f"{video_id}/{clip_id}"]
+    assert clip["text_source"] == "table" and clip["raw_score"] == pytest.approx(expected[sample_id], abs=1e-4)
+    held = entries["heldout/heldout0"]
+    assert held["text"] == "not what the sidecar says" and held["text_source"] == "table"  # before the sidecar
+    others = [e for key, e in entries.items() if key not in (f"{video_id}/{clip_id}", "heldout/heldout0")]
+    assert others and all(e["text_source"] == "asr:none" and e["text"] == "" for e in others)
+
+    # Two files with the same name: the table cannot tell them apart; --text and a table: one or the other.
+    a, b = (str(root / vid / "0.mp4") for vid in sorted({i.split("$_$")[0] for i in store.ids})[:2])
+    twins = tmp_path / "twins.csv"
+    twins.write_text("id,text\n0,hello\n")
+    result = runner.invoke(app, ["predict", a, b, "-c", str(trained["run"]), "--transcripts", str(twins)])
+    assert result.exit_code == 1 and "The id '0' in" in result.stderr and "names 2 videos" in result.stderr
+    result = runner.invoke(app, ["predict", a, "-c", str(trained["run"]), "--transcripts", str(twins), "--text", "hi"])
+    assert result.exit_code == 1 and "not both" in result.stderr and "Traceback" not in result.output

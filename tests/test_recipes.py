@@ -21,7 +21,7 @@ from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
-from tests.conftest import MOSI_LABELS, TINY_BERT, write_tiny_store
+from tests.conftest import MOSI_SAMPLE, TINY_BERT, write_tiny_store
 
 
 def small_cfg(epochs: int = 3, unfreeze: bool = False) -> RunConfig:
@@ -184,7 +184,7 @@ def test_text_only_store_from_label_csv_trains(tmp_path: Path) -> None:
 
     from kebr_core.data.importers import import_label_csv
 
-    src = MOSI_LABELS
+    src = MOSI_SAMPLE
     rows_in = list(_csv.DictReader(src.open()))
     small = tmp_path / "label.csv"
     with small.open("w", newline="") as f:

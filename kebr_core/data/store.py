@@ -6,7 +6,7 @@ Layout (format_version 1; every name below is part of the public format):
                  audio_rate_hz, vision_fps (NaN = unknown), extractor (JSON text), source
     id           (N,) utf-8 vlen     unique sample id, e.g. "<video_id>$_$<clip_id>"
     text         (N,) utf-8 vlen     transcript
-    text_source  (N,) utf-8 vlen     manifest | sidecar | asr:<backend> | import
+    text_source  (N,) utf-8 vlen     manifest | table | sidecar | asr:<backend> | import
     label        (N,) float32        sentiment in [-3, 3]; NaN = unlabeled
     split        (N,) utf-8 vlen     train | valid | test | unlabeled
     audio/data   (T_a, d_a) float32  all audio frames back to back (chunked, uncompressed by default); sample i is
@@ -88,11 +88,11 @@ class Sample:
     vision: np.ndarray
     label: float = float("nan")  # NaN = unlabeled
     split: str = "unlabeled"  # train | valid | test | unlabeled
-    text_source: str = "import"  # manifest | sidecar | asr:<backend> | import
+    text_source: str = "import"  # manifest | table | sidecar | asr:<backend> | import
 
 
 def _valid_text_source(source: str) -> bool:
-    return source in ("manifest", "sidecar", "import") or (source.startswith("asr:") and len(source) > 4)
+    return source in ("manifest", "table", "sidecar", "import") or (source.startswith("asr:") and len(source) > 4)
 
 
 def _decode(values: Any) -> list[str]:
@@ -481,7 +481,7 @@ class StoreWriter:
             raise ValueError(f"sample {sample.id!r}: split {sample.split!r} is not one of {SPLITS}")
         if not _valid_text_source(sample.text_source):
             raise ValueError(f"sample {sample.id!r}: text_source {sample.text_source!r} is not "
-                             f"manifest|sidecar|asr:<backend>|import")
+                             f"manifest|table|sidecar|asr:<backend>|import")
         self._ids.add(sample.id)
         self._pending.append(Sample(sample.id, str(sample.text), audio, vision, float(sample.label),
                                     sample.split, sample.text_source))

@@ -5,8 +5,8 @@
 
 Per video (`Extractor.process`, in a worker process, or in this process with `workers=0`): decode
 the audio once with PyAV (22050 Hz for features, 16 kHz for ASR), compute the audio feature set,
-find the transcript (manifest text -> sidecar -> ASR), sample the pictures at `fps` and run the
-vision backend. Nothing is written there: the main process alone writes the store, in input order
+find the transcript (manifest text or transcript table -> sidecar -> ASR), sample the pictures at
+`fps` and run the vision backend. Nothing is written there: the main process alone writes the store, in input order
 whatever the number of workers, so a run with 4 workers, a resumed run and a single uninterrupted
 run give the same store.
 
@@ -17,10 +17,10 @@ file is another one (a clip of the same name in another folder) is a clash: it i
 paths and the stored sample is kept. Sharding (`shard=(i, n)`, 0 <= i < n) keeps the ids whose CRC-32
 is i modulo n, a split that does not depend on the order in which the files are listed.
 
-Transcripts: `text_source` is `manifest`, `sidecar`, or `asr:<backend>` (the ASR's output, possibly
-empty); with `asr="none"` and no other source the text is empty and the source `asr:none`, counted
-as "no ASR" (nothing was listened for), not as "no speech" (measured: silence, or an ASR that heard
-nothing).
+Transcripts: `text_source` is `manifest`, `table` (`transcripts=`, a file of id and text; see
+kebr_core.extract.transcripts), `sidecar`, or `asr:<backend>` (the ASR's output, possibly empty);
+with `asr="none"` and no other source the text is empty and the source `asr:none`, counted as "no
+ASR" (nothing was listened for), not as "no speech" (measured: silence, or an ASR that heard nothing).
 
 Manifests may come from anyone: a row whose clip path leads outside the root is not read (`refused`)
 and becomes an error; ±inf labels are refused (KebrError naming the ids).
@@ -41,7 +41,7 @@ import zlib
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -52,7 +52,7 @@ from kebr_core.data.store import Sample, StoreWriter
 from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
 from kebr_core.extract.asr import ASR_SAMPLE_RATE, AsrBackend, check_asr_options, make_asr
-from kebr_core.extract.transcripts import SIDECAR_EXTENSIONS, find_sidecar, read_sidecar
+from kebr_core.extract.transcripts import SIDECAR_EXTENSIONS, find_sidecar, read_sidecar, read_transcript_table
 from kebr_core.extract.video import VIDEO_EXTENSIONS, MediaError, iter_frames, probe, read_audio
 from kebr_core.extract.vision import (
     VisionBackend,
@@ -100,12 +100,14 @@ class ExtractOptions:
 @dataclass
 class VideoItem:
     """One video to extract. `key` is its path below the input folder without extension (OpenFace CSV
-    lookup); `text` is the manifest transcript (None: look for a sidecar, then ASR)."""
+    lookup, transcript tables); `text` is the manifest's or the table's transcript, as `text_source`
+    says (None: look for a sidecar, then ASR)."""
 
     id: str
     path: Path
     key: str = ""
     text: str | None = None
+    text_source: str = "manifest"
     label: float = float("nan")
     split: str = "unlabeled"
     refused: str = ""  # why this item is not read at all (a manifest path outside the root); "" = fine
@@ -158,6 +160,7 @@ class ExtractSummary:
     no_face: int = 0  # samples without a single face frame
     no_face_frames: int = 0  # frames dropped for lack of a face, over all samples
     unsupported: list[str] = field(default_factory=list)  # files ignored for their extension
+    unmatched_transcripts: list[str] = field(default_factory=list)  # transcript table ids naming no video
     failures: dict[str, str] = field(default_factory=dict)  # id -> message
     no_face_frames_by_id: dict[str, int] = field(default_factory=dict)  # ids with >= 1 dropped frame
     elapsed: float = 0.0
@@ -261,6 +264,34 @@ def resolve_inputs(inputs: Path | Sequence[VideoItem]) -> tuple[list[VideoItem],
     raise KebrError(f"the input {path} does not exist")
 
 
+def attach_transcripts(items: Sequence[VideoItem], table_path: Path) -> tuple[list[VideoItem], list[str]]:
+    """Copies of `items` in which those whose key the transcript table names carry that row's text
+    (source `table`); the others keep looking for a sidecar, then ASR. Returns (the items, the
+    table's ids that name no item). Raises KebrError when an item already has a transcript (from a
+    manifest), when an id names two videos, or when no id names any."""
+    table = read_transcript_table(table_path)
+    if any(item.text is not None for item in items):
+        raise KebrError(f"The videos already have transcripts from their manifest; give them there or in "
+                        f"{table_path}, not both.")
+    by_key: dict[str, list[int]] = {}
+    for k, item in enumerate(items):
+        by_key.setdefault(item.key, []).append(k)
+    items = list(items)
+    for video_id, text in table.items():
+        named = by_key.get(video_id, [])
+        if len(named) > 1:
+            raise KebrError(f"The id {video_id!r} in {table_path} names {len(named)} videos "
+                            f"({', '.join(str(items[k].path) for k in named)}); give the videos as one folder, whose paths tell them apart.")
+        for k in named:
+            items[k] = replace(items[k], text=text, text_source="table")
+    unmatched = [video_id for video_id in table if video_id not in by_key]
+    if len(unmatched) == len(table):
+        example = next(iter(by_key), "clip01")
+        raise KebrError(f"None of the {len(table)} ids in {table_path} names one of the videos (ids are the path "
+                        f"below the folder without extension, e.g. {example!r}; the table's first is {unmatched[0]!r}).")
+    return items, unmatched
+
+
 def in_shard(sample_id: str, shard: tuple[int, int] | None) -> bool:
     if shard is None:
         return True
@@ -329,7 +360,7 @@ class Extractor:
             raise MediaError(f"{path} has neither an audio nor a video stream")
 
         # Transcript sources that need no audio come first; ASR only when they give nothing.
-        text, source = item.text, "manifest"
+        text, source = item.text, item.text_source
         if text is None:
             sidecar = find_sidecar(path)
             if sidecar is not None:
@@ -540,6 +571,7 @@ def extract(
     source: str | None = None,
     retry_failed: bool = False,
     clip_labels: bool = False,
+    transcripts: Path | None = None,
 ) -> ExtractSummary:
     """Extract every video of `inputs` (a folder, a video file, or items) into the store `out_path`.
 
@@ -548,6 +580,7 @@ def extract(
     next run resumes). `source` is recorded in the store's attrs (default: the input path).
     retry_failed: extract again the ids the store records as failed (default: skip them, and count
     them in `skipped_failed`). clip_labels: clip labels outside [-3, 3] (they are counted either way).
+    transcripts: a table of id and text (`attach_transcripts`) read before the sidecars and ASR.
     """
     options = options or ExtractOptions()
     options.validate()
@@ -558,7 +591,10 @@ def extract(
         )
     if source is None:
         source = str(inputs) if isinstance(inputs, (str, Path)) else ""
-    summary = ExtractSummary(unsupported=unsupported, labels_clipped=clip_labels)
+    unmatched: list[str] = []
+    if transcripts is not None:
+        items, unmatched = attach_transcripts(items, transcripts)
+    summary = ExtractSummary(unsupported=unsupported, labels_clipped=clip_labels, unmatched_transcripts=unmatched)
     labels, summary.labels_outside_range = check_labels(
         np.array([it.label for it in items]), [it.id for it in items], source or "the manifest", clip=clip_labels)
     for item, label in zip(items, labels.tolist()):

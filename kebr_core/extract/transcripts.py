@@ -1,6 +1,17 @@
-"""Sidecar transcripts: `<stem>.txt`, `<stem>.srt` or `<stem>.vtt` next to a video (docs/design.md §3).
+"""Transcripts that come with videos: a table for many videos, or a sidecar file next to one
+(docs/design.md §3).
 
-The transcript order is manifest text -> sidecar -> ASR; this module is the middle step. Subtitles
+The transcript order is manifest text or transcript table -> sidecar -> ASR; this module reads the
+tables and the sidecars.
+
+Transcript table (`--transcripts FILE`): a header row naming an `id` and a `text` column (any order,
+other columns ignored), one video per row; tab-separated (fields unquoted) when the file ends in
+.tsv/.tab or its header holds a tab, else CSV (quoted fields may hold commas and line breaks). An id
+is the video's id in the store: its path below the input folder without extension (`sub/clip01`; a
+video given as a file: its name without extension); a video extension and a leading `./` are ignored
+(`clip01.mp4` is `clip01`).
+
+Sidecar: `<stem>.txt`, `<stem>.srt` or `<stem>.vtt` next to a video. Subtitles
 become plain text: cue numbers, timing lines, WebVTT headers/NOTE/STYLE/REGION blocks and inline tags
 are removed (WebVTT entities like &amp; decoded), cue lines are joined with single spaces, and a cue
 line identical to the one before it (roll-up captions repeat lines) is kept once.
@@ -8,9 +19,14 @@ line identical to the one before it (roll-up captions repeat lines) is kept once
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import re
 from pathlib import Path
+
+from kebr_core.errors import KebrError
+from kebr_core.extract.video import VIDEO_EXTENSIONS
 
 SIDECAR_EXTENSIONS = (".txt", ".srt", ".vtt")
 
@@ -18,6 +34,60 @@ _TIMING = re.compile(r"^\s*(\d+:)?\d{1,2}:\d{2}[.,]\d{1,3}\s*-->\s*(\d+:)?\d{1,2
 _TAG = re.compile(r"<[^>]*>")  # <i>, </b>, <c.colour>, <v Speaker>, <00:00:01.000>
 _SSA_OVERRIDE = re.compile(r"\{\\[^}]*\}")  # {\an8} position codes some SRT files carry
 _SPACE = re.compile(r"\s+")
+
+
+def table_id(raw: str) -> str:
+    """A table's id as a store id: POSIX separators, no leading ./, no video extension."""
+    value = raw.strip().replace("\\", "/")
+    while value.startswith("./"):
+        value = value[2:]
+    stem, dot, ext = value.rpartition(".")
+    return stem if dot and "/" not in ext and f".{ext.lower()}" in VIDEO_EXTENSIONS else value
+
+
+def read_transcript_table(path: Path) -> dict[str, str]:
+    """A transcript table (see the module docstring) -> {id: text, whitespace runs collapsed}, in
+    file order. Raises KebrError naming the file (and line) for anything it cannot use."""
+    path = Path(path)
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise KebrError(f"The transcript table {path} does not exist.") from None
+    except UnicodeDecodeError:
+        raise KebrError(f"The transcript table {path} is not UTF-8 text.") from None
+    except OSError as e:
+        raise KebrError(f"The transcript table {path} cannot be read ({e.strerror}).") from None
+    header = content.split("\n", 1)[0]
+    tab = path.suffix.lower() in (".tsv", ".tab") or "\t" in header
+    # TSV fields are not quoted (a transcript may start with a quote mark); CSV fields may be.
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t" if tab else ",",
+                        quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL, strict=True)
+    form = "id<TAB>text" if tab else "id,text"
+    try:
+        columns = [c.strip().lower() for c in next(reader, [])]
+        if "id" not in columns or "text" not in columns:
+            raise KebrError(f"The transcript table {path} needs a header row with an id and a text column ({form}).")
+        at_id, at_text = columns.index("id"), columns.index("text")
+        table: dict[str, str] = {}
+        first_line: dict[str, int] = {}
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue  # blank lines
+            if len(row) <= max(at_id, at_text):
+                raise KebrError(f"The transcript table {path} line {line} has {len(row)} field(s), fewer than its header ({form}).")
+            video_id = table_id(row[at_id])
+            if not video_id:
+                raise KebrError(f"The transcript table {path} line {line} has an empty id.")
+            if video_id in table:
+                raise KebrError(f"The transcript table {path} names the id {video_id!r} twice (lines {first_line[video_id]} and {line}).")
+            table[video_id] = _SPACE.sub(" ", row[at_text]).strip()
+            first_line[video_id] = line
+    except csv.Error as e:
+        raise KebrError(f"The transcript table {path} line {reader.line_num} is not valid {'TSV' if tab else 'CSV'} ({e}).") from None
+    if not table:
+        raise KebrError(f"The transcript table {path} has no rows below its header.")
+    return table
 
 
 def find_sidecar(video: Path) -> Path | None:

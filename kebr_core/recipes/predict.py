@@ -9,7 +9,9 @@
    a checkpoint trained on features that cannot come from a video (a `kebr synth` or imported store)
    is refused with one sentence.
 2. Each video goes through `kebr_core.extract.pipeline.Extractor` (decode, audio, transcript, vision).
-   Transcript: `text` (one video only), else a sidecar (.txt/.srt/.vtt), else ASR (`asr`).
+   Transcript: `text` (one video only) or the video's row of the `transcripts` table (id = the
+   video's name without extension, or its path below a folder given), else a sidecar
+   (.txt/.srt/.vtt), else ASR (`asr`).
 3. The fine-tuned KEBRModel (the checkpoint's ModelConfig; the text encoder from the checkpoint, or
    by name from `text_model` when it was frozen and not saved) scores batches of `batch_size` videos,
    as they are extracted (memory stays flat for any number of videos).
@@ -43,7 +45,7 @@ from kebr_core.data.dataset import Collator
 from kebr_core.data.store import Sample
 from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
-from kebr_core.extract.pipeline import ExtractOptions, ItemResult, VideoItem, _pool, _results, discover
+from kebr_core.extract.pipeline import ExtractOptions, ItemResult, VideoItem, _pool, _results, attach_transcripts, discover
 from kebr_core.extract.vision import vision_feature_names
 from kebr_core.masking import tokenize_plain
 from kebr_core.model import KEBRModel, load_tokenizer
@@ -88,7 +90,7 @@ class Prediction:
     label: str | None = None  # SENTIMENT_CLASSES[sentiment_class]
     polarity: str | None = None  # negative | neutral | positive
     text: str = ""  # the transcript that was scored
-    text_source: str = ""  # option | sidecar | asr:<backend>
+    text_source: str = ""  # option | table | sidecar | asr:<backend>
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -260,9 +262,10 @@ def quiet_native_stderr() -> Iterator[None]:
 # The whole run
 
 
-def video_items(videos: Sequence[str | Path], text: str | None = None) -> list[VideoItem]:
-    """Paths (files, or folders searched recursively for videos) → items; a missing or odd file
-    is kept (it gets its reason from the extractor), so every input has a result."""
+def video_items(videos: Sequence[str | Path], text: str | None = None, transcripts: Path | None = None) -> list[VideoItem]:
+    """Paths (files, or folders searched recursively for videos) → items, with `text` or the rows of
+    the `transcripts` table as their transcripts; a missing or odd file is kept (it gets its reason
+    from the extractor), so every input has a result."""
     items: list[VideoItem] = []
     for video in videos:
         path = Path(video)
@@ -279,7 +282,11 @@ def video_items(videos: Sequence[str | Path], text: str | None = None) -> list[V
                 f"--text gives the transcript of one video, but {len(items)} were given; "
                 "put a .txt beside each video or let ASR transcribe them."
             )
-        items[0].text = text
+        if transcripts is not None:
+            raise KebrError(f"Give the transcript with --text or in {transcripts} (--transcripts), not both.")
+        items[0].text, items[0].text_source = text, "option"
+    if transcripts is not None:
+        items, _ = attach_transcripts(items, transcripts)
     return items
 
 
@@ -303,6 +310,7 @@ def predict(
     checkpoint: str | Path,
     *,
     text: str | None = None,
+    transcripts: Path | None = None,
     asr: str = "pocketsphinx",
     asr_model: Path | None = None,
     openface_dir: Path | None = None,
@@ -321,7 +329,7 @@ def predict(
     saved = runs.read_checkpoint_config(path)
     options = extract_options_for(path, saved.get("features"), asr=asr, asr_model=asr_model,
                                   openface_dir=openface_dir, workers=workers)
-    items = video_items(videos, text)
+    items = video_items(videos, text, transcripts)
     # Worker processes are forked before the model exists (no torch thread pools in the children).
     executor = _pool(options) if workers > 0 else None
     results = [Prediction(video=str(it.path)) for it in items]
@@ -349,7 +357,7 @@ def predict(
                     results[k].error = result.error or "unknown error"
                     continue
                 results[k].text = result.sample.text
-                results[k].text_source = "option" if text is not None else result.sample.text_source
+                results[k].text_source = result.sample.text_source
                 results[k].notes = _notes(result)
                 pending.append((k, result.sample))
                 if len(pending) == batch_size:
