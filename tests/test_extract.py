@@ -456,6 +456,10 @@ def test_cli_extract_runs_and_fails_only_when_nothing_is_extracted(media_dir, tm
     assert (report["done"], report["failed"], report["no_face"], report["ok"]) == (1, 1, 0, True)
     result = runner.invoke(app, ["extract", str(videos), "-o", str(out)])  # resume: nothing to do
     assert result.exit_code == 0 and len(FeatureStore(out)) == 1, result.output
+    before = out.read_bytes()
+    result = runner.invoke(app, ["extract", str(videos), "-o", str(out), "--fps", "5"])  # appending, other settings
+    assert result.exit_code == 1 and "other settings" in result.stderr and "--fps" in result.stderr, result.output
+    assert out.read_bytes() == before  # refused before anything was written
 
     bad = tmp_path / "bad"
     bad.mkdir()
