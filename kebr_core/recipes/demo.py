@@ -80,7 +80,7 @@ class DemoSize:
 
 
 FULL = DemoSize(clips=24, heldout=7, synth_n=400, synth_unlabeled=200, pretrain_epochs=4, finetune_epochs=4,
-                clip_epochs=80, seeds=(0, 1))
+                clip_epochs=120, seeds=(0, 1))
 QUICK = DemoSize(clips=8, heldout=1, synth_n=120, synth_unlabeled=0, pretrain_epochs=1, finetune_epochs=1,
                  clip_epochs=2, seeds=(0,))
 
