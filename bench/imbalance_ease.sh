@@ -19,21 +19,23 @@ mkdir -p "$OUT" "$DOCS"
 $KEBR synth -o "$OUT/synth.h5" --n 1000 --unlabeled 1000 --text-strength 0 --audio-strength 1 --vision-strength 1 \
   --label-noise 0.2 --audio-signal 1.0 --audio-noise 0.5 --vision-signal 0.25 --vision-noise 1.5 \
   --audio-len 10-40 --vision-len 10-40 --audio-dim 16 --vision-dim 16 --seed 0 --force | tee "$DOCS/synth.txt"
-$KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --mcc-align tile --compare-aligns authors,projected --probe --seeds 5 \
-  --pretrain-epochs 50 --epochs 15 --lr-fusion 1e-4 --layers 2 --freeze-encoder \
-  --text-model "random-bert:hidden=32,layers=2,heads=2" -o "$OUT/ablate" | tee "$DOCS/table.txt"
-$KEBR analyze "$OUT/ablate" --out "$DOCS"
-cp "$OUT/ablate/ablation.json" "$OUT/ablate/results.csv" "$DOCS/"
-$PY bench/imbalance_report.py "$OUT/synth.h5" "$OUT/ablate" --out "$DOCS"
+# run NAME DOCS SEEDS EPOCHS LR_FUSION: C1 (three alignments) vs C4, fine-tuned EPOCHS epochs on SEEDS
+# seeds, into $OUT/NAME, with its tables, plots and JSON copied into DOCS.
+run() {
+  local run_dir="$OUT/$1" docs="$2"
+  mkdir -p "$docs"
+  $KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --mcc-align tile --compare-aligns authors,projected --probe --seeds "$3" \
+    --pretrain-epochs 50 --epochs "$4" --lr-fusion "$5" --layers 2 --freeze-encoder \
+    --text-model "random-bert:hidden=32,layers=2,heads=2" -o "$run_dir" | tee "$docs/table.txt"
+  $KEBR analyze "$run_dir" --out "$docs"
+  cp "$run_dir/ablation.json" "$run_dir/results.csv" "$docs/"
+  $PY bench/imbalance_report.py "$OUT/synth.h5" "$run_dir" --out "$docs"
+}
+run ablate "$DOCS" 5 15 1e-4
 # Follow-up (LONGER=0 skips it, ~22 more minutes): the same pretraining runs, fine-tuned 40 epochs with TCMF's
 # learning rate 3e-4 and 3 seeds, into docs/imbalance/ease/longer/.
 if [ "${LONGER:-1}" = 1 ]; then
-  mkdir -p "$OUT/longer" "$DOCS/longer"
+  mkdir -p "$OUT/longer"
   cp -rT "$OUT/ablate/pretrain" "$OUT/longer/pretrain"
-  $KEBR ablate --dataset "$OUT/synth.h5" --no-mcc --mcc-align tile --compare-aligns authors,projected --probe --seeds 3 \
-    --pretrain-epochs 50 --epochs 40 --lr-fusion 3e-4 --layers 2 --freeze-encoder \
-    --text-model "random-bert:hidden=32,layers=2,heads=2" -o "$OUT/longer" | tee "$DOCS/longer/table.txt"
-  $KEBR analyze "$OUT/longer" --out "$DOCS/longer"
-  cp "$OUT/longer/ablation.json" "$OUT/longer/results.csv" "$DOCS/longer/"
-  $PY bench/imbalance_report.py "$OUT/synth.h5" "$OUT/longer" --out "$DOCS/longer"
+  run longer "$DOCS/longer" 3 40 3e-4
 fi

@@ -16,7 +16,7 @@ from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, ConfigFile, Device, Dropout, Force, Heads, LambdaMCC,
     Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PrintConfig, Set, Shared, TextModel, _choice, given_options,
-    print_config, seeds_option,
+    print_config, seeds_option, was_typed,
 )
 from kebr_core import runs
 from kebr_core.config import parse_seeds, resolve_config
@@ -97,7 +97,7 @@ def ablate(
         # Options of one stage only are set per stage below; the rest apply to both.
         one_stage = ("epochs", "unfreeze", "freeze_encoder", "checkpoint_every", "lr_fusion", "seeds")
         values, labels = given_options(ctx, skip=one_stage)
-        typed = {name: ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP") for name in one_stage}
+        typed = {name: was_typed(ctx, name) for name in one_stage}
         stage_options = {
             "pretrain": {"train.epochs": pretrain_epochs, "train.unfreeze": unfreeze if typed["unfreeze"] else None,
                          "train.checkpoint_every": checkpoint_every if typed["checkpoint_every"] else None},

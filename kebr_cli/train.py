@@ -34,6 +34,12 @@ OPTION_FIELDS = {
 CONVERT = {"freeze_encoder": lambda v: not v, "seeds": parse_seeds}
 
 
+def was_typed(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was given on the command line (or by the environment), not left at its default."""
+    source = ctx.get_parameter_source(name)  # an enum of the click Typer bundles: compared by name
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def given_options(ctx: typer.Context, skip: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
     """The options typed on the command line (not left at their defaults), as {field: value}, and
     {field: option name} for error messages. Options at their default leave the field to the
@@ -43,8 +49,7 @@ def given_options(ctx: typer.Context, skip: tuple[str, ...] = ()) -> tuple[dict[
         name = param.name or ""
         if name not in OPTION_FIELDS or name in skip:
             continue
-        source = ctx.get_parameter_source(name)  # an enum of the click Typer bundles: compared by name
-        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+        if not was_typed(ctx, name):
             continue
         key = OPTION_FIELDS[name]
         values[key] = CONVERT.get(name, lambda v: v)(ctx.params[name])

@@ -483,10 +483,10 @@ def training_curves_figure(curves: dict[str, np.ndarray], stage: Literal["finetu
     return fig
 
 
-def configurations_curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], title: str) -> Figure:
+def configurations_curves_figure(configs: list[tuple[str, dict[str, np.ndarray]]], title: str) -> Figure:
     """An ablation's fine-tuning curves, one line (and seed band) per configuration in each of four
     panels: train task L1, validation MAE, the MCC loss (Eq. 10) and |θ_a − θ_v| (Eq. 12)."""
-    if not runs:
+    if not configs:
         raise PlotSkipped("The ablation has no finished configuration.")
     fig = _new_figure(title)
     axes = fig.subplots(2, 2, sharex=True)
@@ -494,10 +494,10 @@ def configurations_curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], 
               ("valid_mae", "validation MAE", "MAE (sentiment units)", MIN_SPAN["mae"]),
               ("train_mcc", "MCC loss (Eq. 10)", "L_mcc (unitless)", MIN_SPAN["loss"]),
               ("train_abs_dtheta", "angle gap (Eq. 12)", "|θa − θv| (rad)", MIN_SPAN["angle"]))  # all ≥ 0
-    palette = "tab10" if len(runs) <= 10 else "tab20"
-    colors = [matplotlib.colormaps[palette](i % 20) for i in range(len(runs))]
+    palette = "tab10" if len(configs) <= 10 else "tab20"
+    colors = [matplotlib.colormaps[palette](i % 20) for i in range(len(configs))]
     for ax, (column, panel_title, ylabel, span) in zip(axes.flat, panels):
-        for (label, curves), color in zip(runs, colors):
+        for (label, curves), color in zip(configs, colors):
             _curve(ax, curves["epoch"], curves, column, color, label)
         ax.set(title=panel_title, ylabel=ylabel)
         _min_span(ax, span, floor=0.0)

@@ -19,7 +19,7 @@ import math
 from importlib import resources
 from pathlib import Path
 
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, read_user_text
 
 VADER_RANGE = 4.0  # VADER means lie in [-4, 4]
 LABEL_RANGE = 3.0  # MOSI/MOSEI labels lie in [-3, 3]
@@ -59,14 +59,7 @@ def _load_default() -> dict[str, float]:
 
 
 def _parse(path: Path) -> dict[str, float]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KebrError(f"Lexicon file {path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise KebrError(f"Lexicon file {path} is not UTF-8 text.") from None
-    except OSError as e:
-        raise KebrError(f"Lexicon file {path} cannot be read ({e.strerror}).") from None
+    text = read_user_text(path, "Lexicon file")
 
     lexicon: dict[str, float] = {}
     # splitlines() also handles VADER's CRLF line ends.

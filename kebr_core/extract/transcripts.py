@@ -25,7 +25,7 @@ import io
 import re
 from pathlib import Path
 
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, read_user_text
 from kebr_core.extract.video import VIDEO_EXTENSIONS
 
 SIDECAR_EXTENSIONS = (".txt", ".srt", ".vtt")
@@ -49,14 +49,7 @@ def read_transcript_table(path: Path) -> dict[str, str]:
     """A transcript table (see the module docstring) -> {id: text, whitespace runs collapsed}, in
     file order. Raises KebrError naming the file (and line) for anything it cannot use."""
     path = Path(path)
-    try:
-        content = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise KebrError(f"The transcript table {path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise KebrError(f"The transcript table {path} is not UTF-8 text.") from None
-    except OSError as e:
-        raise KebrError(f"The transcript table {path} cannot be read ({e.strerror}).") from None
+    content = read_user_text(path, "The transcript table", encoding="utf-8-sig")
     header = content.split("\n", 1)[0]
     tab = path.suffix.lower() in (".tsv", ".tab") or "\t" in header
     # TSV fields are not quoted (a transcript may start with a quote mark); CSV fields may be.
