@@ -33,7 +33,8 @@ import media  # noqa: E402  (tests/media.py)
 
 from kebr_core.extract import audio as audio_mod  # noqa: E402
 from kebr_core.extract.asr import ASR_SAMPLE_RATE, PocketSphinxAsr  # noqa: E402
-from kebr_core.extract.pipeline import ExtractOptions, ExtractSummary, extract  # noqa: E402
+from kebr_core.extract.extractor import ExtractOptions  # noqa: E402
+from kebr_core.extract.pipeline import ExtractSummary, extract  # noqa: E402
 from kebr_core.extract.video import iter_frames, read_audio  # noqa: E402
 
 TEXT = "i really like this movie and the acting was great but the ending was a little slow"

@@ -65,7 +65,9 @@ def extract(
     clip_labels: bool = typer.Option(False, "--clip-labels", help="Clip manifest labels outside [-3, 3] onto it (default: keep them, with a warning)."),
 ) -> None:
     """Extract audio, vision and transcripts from videos into a feature store (resumable: rerun the same command)."""
-    from kebr_core.extract.pipeline import ExtractOptions, ProgressEvent, extract as run_extract, read_manifest
+    from kebr_core.extract.extractor import ExtractOptions
+    from kebr_core.extract.inputs import read_manifest
+    from kebr_core.extract.pipeline import ProgressEvent, extract as run_extract
 
     with user_errors():
         jobs = renamed(jobs, workers, "--jobs", "--workers")

@@ -345,9 +345,22 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     return state
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run directory whose final/ (else its latest checkpoint) is meant."""
+def resolve_checkpoint(path: str | Path, *, fine_tuned: bool = False) -> Path:
+    """A checkpoint folder, or a run directory whose final/ (else its latest checkpoint) is meant.
+
+    fine_tuned: a fine-tuned model is wanted (`kebr predict`): a folder with weights and config, or the
+    best-model/ of a `kebr eval` run directory; anything else is refused, saying what to give."""
     path = Path(path)
+    if fine_tuned:
+        found = resolve_model_dir(path)
+        if found is not None:
+            return found
+        if not path.exists():
+            raise KebrError(f"The checkpoint {path} does not exist.")
+        raise KebrError(
+            f"{path} is not a fine-tuned checkpoint (no {WEIGHTS} and {CONFIG} in it or in {BEST_MODEL}/); "
+            "give the best-model/ folder of a `kebr eval` run."
+        )
     recover_folder(path / FINAL)
     for candidate in (path, path / FINAL):
         if (candidate / WEIGHTS).exists():

@@ -24,7 +24,9 @@ from kebr_core.extract.audio import (
     SAMPLE_RATE,
     audio_features,
 )
-from kebr_core.extract.pipeline import ExtractOptions, extract, in_shard, read_manifest
+from kebr_core.extract.extractor import ExtractOptions
+from kebr_core.extract.inputs import in_shard, read_manifest
+from kebr_core.extract.pipeline import extract
 from kebr_core.extract.transcripts import find_sidecar, read_sidecar, subtitles_to_text
 from kebr_core.extract.video import expected_frames, iter_frames, read_audio
 from kebr_core.extract.vision import (
@@ -477,7 +479,7 @@ def test_cli_extract_runs_and_fails_only_when_nothing_is_extracted(media_dir, tm
 
 # ── MediaPipe in this process ──────────────────────────────────────────────────────────────────────
 # Last in the file: once MediaPipe has run in the test process, extract() no longer forks workers
-# from it (see pipeline._pool) but starts them through a fork server, which is slower.
+# from it (see workers.start_workers) but starts them through a fork server, which is slower.
 
 
 @pytest.fixture(scope="module")

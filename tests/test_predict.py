@@ -22,7 +22,9 @@ from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.data.synth import SynthConfig, generate_synth
 from kebr_core.errors import KebrError
-from kebr_core.extract.pipeline import ExtractOptions, extract, read_manifest
+from kebr_core.extract.extractor import ExtractOptions
+from kebr_core.extract.inputs import read_manifest
+from kebr_core.extract.pipeline import extract
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.predict import SENTIMENT_CLASSES, polarity, predict, sentiment_class
 

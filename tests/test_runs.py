@@ -378,7 +378,8 @@ def test_analyze_removes_only_its_own_stale_outputs(tmp_path: Path) -> None:
 
 def test_appending_to_a_store_with_other_extraction_settings_is_refused(tmp_path: Path) -> None:
     from kebr_core.data.store import StoreWriter
-    from kebr_core.extract.pipeline import ExtractOptions, _extractor_info, check_extraction_settings
+    from kebr_core.extract.extractor import ExtractOptions
+    from kebr_core.extract.pipeline import _extractor_info, check_extraction_settings
 
     options = ExtractOptions(vision="none", asr="none")
     path = tmp_path / "s.h5"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from kebr_cli.main import app
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
-from kebr_core.extract.pipeline import VideoItem, attach_transcripts
+from kebr_core.extract.inputs import VideoItem, attach_transcripts
 from kebr_core.extract.transcripts import read_transcript_table, table_id
 
 import media  # tests/media.py

@@ -168,7 +168,8 @@ def run_demo(
     from kebr_core.extract.pipeline import ExtractOptions, extract, read_manifest
     from kebr_core.recipes.ablate import PRETRAIN_SPLITS_WITHOUT_TEST, ablate, apply_spec, build_specs
     from kebr_core.recipes.finetune import finetune
-    from kebr_core.recipes.predict import predict, quiet_native_stderr
+    from kebr_core.recipes.predict import predict
+    from kebr_core.extract.workers import quiet_native_stderr
     from kebr_core.recipes.pretrain import pretrain
 
     out = Path(out)

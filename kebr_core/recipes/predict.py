@@ -8,7 +8,7 @@
    backend, fps and picture size. The feature names this kebr computes must equal the checkpoint's;
    a checkpoint trained on features that cannot come from a video (a `kebr synth` or imported store)
    is refused with one sentence.
-2. Each video goes through `kebr_core.extract.pipeline.Extractor` (decode, audio, transcript, vision).
+2. Each video goes through `kebr_core.extract.extractor.Extractor` (decode, audio, transcript, vision).
    Transcript: `text` (one video only) or the video's row of the `transcripts` table (id = the
    video's name without extension, or its path below a folder given), else a sidecar
    (.txt/.srt/.vtt), else ASR (`asr`).
@@ -28,13 +28,10 @@ zero-length stream is masked, as in training) and gets a note saying so.
 
 from __future__ import annotations
 
-import atexit
-import os
-import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,8 +42,10 @@ from kebr_core.data.dataset import Collator
 from kebr_core.data.store import Sample
 from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
-from kebr_core.extract.pipeline import ExtractOptions, ItemResult, VideoItem, _pool, _results, attach_transcripts, discover
+from kebr_core.extract.extractor import ExtractOptions, ItemResult
+from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover
 from kebr_core.extract.vision import vision_feature_names
+from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
 from kebr_core.model import KEBRModel, load_tokenizer
 from kebr_core.training import (
@@ -104,20 +103,6 @@ class Prediction:
 
 # ---------------------------------------------------------------------------------------------------
 # The checkpoint
-
-
-def resolve_predict_checkpoint(path: str | Path) -> Path:
-    """A fine-tuned checkpoint folder, or a `kebr eval` run directory (its best-model/)."""
-    path = Path(path)
-    found = runs.resolve_model_dir(path)
-    if found is not None:
-        return found
-    if not path.exists():
-        raise KebrError(f"The checkpoint {path} does not exist.")
-    raise KebrError(
-        f"{path} is not a fine-tuned checkpoint (no {runs.WEIGHTS} and {runs.CONFIG} in it or in {runs.BEST_MODEL}/); "
-        "give the best-model/ folder of a `kebr eval` run."
-    )
 
 
 def extract_options_for(
@@ -217,48 +202,6 @@ class Scorer:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Native log lines
-
-
-_TERMINAL: object | None = None
-
-
-@contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Send what native libraries write to file descriptor 2 (MediaPipe/TFLite banners and one-time
-    warnings) to /dev/null, while Python's `sys.stderr` (and so a progress bar) keeps writing where
-    it did. Extraction in this process (workers=0) uses it; worker processes silence themselves."""
-    global _TERMINAL
-    try:
-        python_on_fd2 = sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):  # e.g. captured by a test runner: fd 2 is not Python's
-        python_on_fd2 = False
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to hide
-        yield
-        return
-    previous = sys.stderr
-    if python_on_fd2 and _TERMINAL is None:  # one writer on a copy of the terminal per process, never
-        # closed: a progress thread may still hold it for a moment after sys.stderr is restored
-        _TERMINAL = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
-        atexit.register(_TERMINAL.close)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    if python_on_fd2:
-        sys.stderr = _TERMINAL  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        sys.stderr = previous
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-# ---------------------------------------------------------------------------------------------------
 # The whole run
 
 
@@ -325,13 +268,13 @@ def predict(
         raise KebrError("Give at least one video to score.")
     if batch_size < 1:
         raise KebrError(f"--batch-size must be at least 1, not {batch_size}.")
-    path = resolve_predict_checkpoint(checkpoint)
+    path = runs.resolve_checkpoint(checkpoint, fine_tuned=True)
     saved = runs.read_checkpoint_config(path)
     options = extract_options_for(path, saved.get("features"), asr=asr, asr_model=asr_model,
                                   openface_dir=openface_dir, workers=workers)
     items = video_items(videos, text, transcripts)
     # Worker processes are forked before the model exists (no torch thread pools in the children).
-    executor = _pool(options) if workers > 0 else None
+    executor = start_workers(options) if workers > 0 else None
     results = [Prediction(video=str(it.path)) for it in items]
     pending: list[tuple[int, Sample]] = []
     scored = 0
@@ -351,7 +294,7 @@ def predict(
     try:
         scorer = Scorer(path, RunConfig.from_dict(saved), bool(saved.get("includes_encoder", False)), resolve_device(device))
         with quiet_native_stderr() if executor is None else nullcontext():
-            for k, result in enumerate(_results(items, options, executor)):
+            for k, result in enumerate(ordered_results(items, options, executor)):
                 progress("extract", k + 1, len(items), {})
                 if result.sample is None:
                     results[k].error = result.error or "unknown error"
