@@ -33,7 +33,7 @@ from kebr_core.data.labels import check_labels
 from kebr_core.data.store import StoreWriter
 from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
-from kebr_core.extract.extractor import STAGES, ExtractOptions
+from kebr_core.extract.extractor import STAGES, ExtractOptions, ItemResult
 from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover, in_shard, read_manifest, resolve_inputs
 from kebr_core.extract.video import VIDEO_EXTENSIONS
 from kebr_core.extract.vision import vision_feature_names
@@ -91,6 +91,24 @@ class ExtractSummary:
 
         return {**asdict(self), "ok": self.ok}
 
+    def count_failure(self, item_id: str, message: str) -> None:
+        self.failed += 1
+        self.failures[item_id] = message
+
+    def count_sample(self, result: ItemResult) -> None:
+        """Add a written sample's counts: what it lacks, its duration and where its seconds went."""
+        self.done += 1
+        self.no_audio += result.no_audio
+        self.no_speech += result.no_speech
+        self.no_asr += result.no_asr
+        self.no_face += result.no_face
+        self.no_face_frames += result.no_face_frames
+        if result.no_face_frames:
+            self.no_face_frames_by_id[result.id] = result.no_face_frames
+        self.media_seconds += result.media_seconds
+        for stage, seconds in result.timings.items():
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
 
 
 def extract(
@@ -134,8 +152,7 @@ def extract(
     unique = []
     for item in items:
         if item.id in seen:  # a.mp4 and a.mkv in one folder: same id; the first (sorted) wins
-            summary.failures[str(item.path)] = f"{item.path}: duplicate id {item.id!r}, ignored"
-            summary.failed += 1
+            summary.count_failure(str(item.path), f"{item.path}: duplicate id {item.id!r}, ignored")
             continue
         seen.add(item.id)
         unique.append(item)
@@ -189,22 +206,11 @@ def extract(
                 if result.sample is None:
                     message = result.error or "unknown error"
                     writer.add_error(result.id, message)
-                    summary.failed += 1
-                    summary.failures[result.id] = message
+                    summary.count_failure(result.id, message)
                     report(result.id, "failed")
                     continue
                 writer.add(result.sample)
-                summary.done += 1
-                summary.no_audio += result.no_audio
-                summary.no_speech += result.no_speech
-                summary.no_asr += result.no_asr
-                summary.no_face += result.no_face
-                summary.no_face_frames += result.no_face_frames
-                if result.no_face_frames:
-                    summary.no_face_frames_by_id[result.id] = result.no_face_frames
-                summary.media_seconds += result.media_seconds
-                for stage, seconds in result.timings.items():
-                    summary.timings[stage] = summary.timings.get(stage, 0.0) + seconds
+                summary.count_sample(result)
                 report(result.id, "done")
     finally:
         if executor is not None:
