@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from kebr_core import runs, speech
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, resolve_config
@@ -38,6 +38,9 @@ from kebr_core.recipes.ablate import PRETRAIN_SPLITS_WITHOUT_TEST, AblationSpec,
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.training import ProgressFn, no_progress
+
+if TYPE_CHECKING:  # importing demo_media loads PyAV: only the clip steps do
+    from kebr_core.recipes.demo_media import DemoClips
 
 # What the demo writes into `out`. Before writing, it records them in MANIFEST; `force` removes exactly
 # the paths the manifest lists, and a path in the way that no manifest lists (a user's own) is refused.
@@ -154,7 +157,7 @@ class DemoRun:
     pretrain_cfg: RunConfig  # pretraining on synth (C1 and C4 alike)
     finetune_cfg: RunConfig  # fine-tuning on synth (C1 and C4 alike)
     notes: list[str] = field(default_factory=list)
-    clips: Any = None  # demo_media.DemoClips, from `clips`
+    clips: DemoClips | None = None  # from `clips`
     clip_training: dict[str, Any] | None = None  # how the clip model trained, from `finetune-clips`
 
     @property
