@@ -1,4 +1,4 @@
-"""`kebr analyze RUN_DIR`: figures of a pretraining, evaluation or ablation run (kebr_core.analysis)."""
+"""`kebr analyze RUN_DIR`: figures of a pretraining, evaluation or ablation run (kebr_core.recipes.analyze)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def analyze(
 ) -> None:
     """Plot a run: F1/MAE vs g, modality balance (c_a, c_v, |θa − θv|) with and without MCC, PCA of the
     fused test representations, and per-epoch training curves — whichever the directory allows."""
-    from kebr_core.analysis import analyze as run_analysis  # matplotlib loads only for this command
+    from kebr_core.recipes.analyze import analyze as run_analysis  # matplotlib loads only for this command
 
     with user_errors():
         report = run_analysis(run_dir, out, formats=tuple(f.value for f in formats))

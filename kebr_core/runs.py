@@ -1,6 +1,6 @@
 """The run-directory contract: file names, identity, checkpoints (docs/design.md §6).
 
-Every writer (`pretrain`, `finetune`, `ablate`) and reader (`analysis`, `predict`) goes through this
+Every writer (`pretrain`, `finetune`, `ablate`) and reader (`run_readers`, `predict`) goes through this
 module; no other module spells a run file's name.
 
 A pretraining run:

@@ -1,6 +1,6 @@
 """Test media made here, offline: real speech (espeak-ng) over frames of a real face photo.
 
-The generator lives in the library (`kebr_core.demo_media`, which `kebr demo` uses too); this module
+The generator lives in the library (`kebr_core.recipes.demo_media`, which `kebr demo` uses too); this module
 points it at the whole 512×512 photo from `skimage.data.astronaut()` (Eileen Collins, public domain),
 so tests can locate her face in photo coordinates (ASTRONAUT_FACE_BOX), and adds broken files.
 Importable by any test (`from tests.media import make_clip`, or `import media` with tests/ on the path).
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kebr_core import demo_media
-from kebr_core.demo_media import (  # noqa: F401  (re-exported for the tests)
+from kebr_core.recipes import demo_media
+from kebr_core.recipes.demo_media import (  # noqa: F401  (re-exported for the tests)
     CROP,
     CROP_ORIGIN,
     SPEECH_RATE,
@@ -55,7 +55,7 @@ def face_frame(offset: tuple[int, int], crop: tuple[int, int] = (CROP, CROP)) ->
 
 
 def make_clip(path: Path, text: str | None = SENTENCE, **kwargs) -> Clip:
-    """`kebr_core.demo_media.make_clip` over the whole astronaut photo (see its docstring for the options)."""
+    """`kebr_core.recipes.demo_media.make_clip` over the whole astronaut photo (see its docstring for the options)."""
     return demo_media.make_clip(path, text, photo=(astronaut(), (0, 0)), **kwargs)
 
 

@@ -1,4 +1,4 @@
-"""`kebr analyze` and kebr_core.analysis: run directories written with the recipes' exact files
+"""`kebr analyze` (kebr_core.recipes.analyze, run_readers, analysis): run directories written with the recipes' exact files
 (metrics rows from `training.epoch_row`, results.json / ablation.json / test_features.npz as the
 recipes lay them out), then the PNGs, what each figure draws, skipped plots and user errors."""
 
@@ -16,17 +16,11 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
-from kebr_core.analysis import (
-    AnalysisReport,
-    analyze,
-    balance_table,
-    build_figures,
-    detect_kind,
-    mean_over_seeds,
-    summarize,
-)
+from figures import summarize
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
+from kebr_core.recipes.analyze import AnalysisReport, analyze, build_figures
+from kebr_core.run_readers import balance_table, detect_kind, mean_over_seeds
 from kebr_core.runs import MetricsLog
 from kebr_core.training import epoch_row
 
@@ -175,8 +169,7 @@ def test_ablation_writes_four_pngs(ablation_dir, tmp_path):
         assert path.parent == tmp_path / "plots"
         assert_png(path)
     for info in report.plots.values():
-        assert info.size_px == (1600, 1000)
-        assert all(a.title and a.xlabel or a.title and a.ylabel for a in info.axes)
+        assert all(a.title and a.xlabel or a.title and a.ylabel for a in summarize(info.figure))
 
 
 def test_balance_table_holds_the_last_epoch_of_each_stage(ablation_dir, tmp_path):
@@ -413,12 +406,12 @@ def test_eval_run_alone(tmp_path):
     assert [p.name for p in report.written] == ["balance.png", "pca.png", "training_curves.png"]
     for path in report.written:
         assert_png(path)
-    cos, dth = report.plots["balance"].axes
+    cos, dth = summarize(report.plots["balance"].figure)
     assert cos.curves == [("c_a (audio)", EPOCHS), ("c_v (vision)", EPOCHS), ("MCC balanced zero (c_a = c_v = 0.40)", 2)]
     assert dth.curves == [("|θa − θv|", EPOCHS)]
-    (pca,) = report.plots["pca"].axes
+    (pca,) = summarize(report.plots["pca"].figure)
     assert pca.points == N_TEST and "seed 0" in pca.title
-    assert [len(a.curves) for a in report.plots["training_curves"].axes] == [2, 1, 2]
+    assert [len(a.curves) for a in summarize(report.plots["training_curves"].figure)] == [2, 1, 2]
 
 
 def test_eval_run_without_mcc_draws_no_target_and_skips_missing_features(tmp_path):
@@ -428,7 +421,7 @@ def test_eval_run_without_mcc_draws_no_target_and_skips_missing_features(tmp_pat
     report = analyze(run, tmp_path / "out")
     assert [p.name for p in report.written] == ["balance.png", "training_curves.png"]
     assert "test_features.npz" in report.skipped["pca"] and str(run) in report.skipped["pca"]
-    cos, _ = report.plots["balance"].axes
+    cos, _ = summarize(report.plots["balance"].figure)
     assert [c[0] for c in cos.curves] == ["c_a (audio)", "c_v (vision)"]
 
 
@@ -457,9 +450,9 @@ def test_pretrain_run(tmp_path):
     report = analyze(run)
     assert report.kind == "pretrain"
     assert [p.name for p in report.written] == ["balance.png", "training_curves.png"]
-    cos, dth = report.plots["balance"].axes
+    cos, dth = summarize(report.plots["balance"].figure)
     assert cos.title.startswith("pretraining") and len(cos.curves) == 3 and dth.curves == [("|θa − θv|", EPOCHS)]
-    task, mcc, cosines = report.plots["training_curves"].axes
+    task, mcc, cosines = summarize(report.plots["training_curves"].figure)
     assert task.curves == [("train task L1", EPOCHS)]  # no validation during pretraining
     assert "lexicon" in task.ylabel
 

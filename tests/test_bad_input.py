@@ -51,7 +51,7 @@ def evil_pickle(path: Path) -> Path:
 
 def tone_clip(path: Path, hz: float = 330.0, seconds: float = 0.6) -> Path:
     """A tiny video with an audible tone (not silence) and grey pictures; needs no espeak-ng."""
-    from kebr_core.demo_media import write_video
+    from kebr_core.recipes.demo_media import write_video
 
     sr = 22050
     t = np.arange(int(sr * seconds)) / sr

@@ -24,7 +24,7 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.extract.vision import MEDIAPIPE_FEATURES
 from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import KEBRModel
-from kebr_core.demo_media import demo_splits
+from kebr_core.recipes.demo_media import demo_splits
 from kebr_core.recipes.demo import CLIP_STEPS, MANIFEST, QUICK, STEPS, right_signs
 from kebr_core.recipes.predict import SENTIMENT_CLASSES
 from kebr_core.runs import load_checkpoint_weights, read_checkpoint_config
@@ -50,7 +50,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, object]:
 
 def test_quick_demo_runs_every_step_and_every_announced_output_exists(demo):
     out, summary, result = demo
-    assert list(summary["steps"]) == list(STEPS) and summary["quick"] is True and summary["text_model"] == TINY_BERT
+    assert list(summary["steps"]) == [step.name for step in STEPS] and summary["quick"] is True and summary["text_model"] == TINY_BERT
     for name, step in summary["steps"].items():
         assert step["status"] == "done", (name, step)
         assert step["outputs"], name
@@ -159,7 +159,7 @@ import json, sys
 from pathlib import Path
 import torch
 from kebr_core.config import DEFAULT_TEXT_MODEL
-from kebr_core.demo_media import make_demo_clips
+from kebr_core.recipes.demo_media import make_demo_clips
 from kebr_core.extract.pipeline import ExtractOptions, extract, read_manifest
 from kebr_core.recipes.demo import FULL, clip_config
 from kebr_core.recipes.finetune import finetune

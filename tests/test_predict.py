@@ -44,7 +44,7 @@ def tiny_config(epochs: int = 1) -> RunConfig:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Demo clips → store (manifest text, labels, splits) → a 1-epoch fine-tuned checkpoint."""
-    from kebr_core.demo_media import make_demo_clips
+    from kebr_core.recipes.demo_media import make_demo_clips
 
     root = tmp_path_factory.mktemp("predict")
     clips = make_demo_clips(root / "clips", n=6, heldout=1, fps=10)

@@ -361,7 +361,7 @@ def test_ablate_rerun_adds_configurations_and_keeps_earlier_ones(tmp_path: Path)
 
 
 def test_analyze_removes_only_its_own_stale_outputs(tmp_path: Path) -> None:
-    from kebr_core.analysis import WRITTEN_MANIFEST, remove_stale_outputs
+    from kebr_core.recipes.analyze import WRITTEN_MANIFEST, remove_stale_outputs
 
     plots = tmp_path / "plots"
     plots.mkdir()

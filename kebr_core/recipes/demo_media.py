@@ -4,9 +4,9 @@
 no downloads; the tests make their media with the same functions (tests/media.py).
 
 The picture is a window of NASA's public-domain portrait of astronaut Eileen Collins (the photo
-scikit-image ships as `skimage.data.astronaut()`); `assets/face.jpg` holds the part of it the moving
-window can cover. The window drifts a few pixels per frame, so the face moves a little as in a real
-video. Speech comes from espeak-ng's library as the `espeakng-loader` wheel ships it (kebr_core.speech);
+scikit-image ships as `skimage.data.astronaut()`); `kebr_core/assets/face.jpg` holds the part of it the
+moving window can cover. The window drifts a few pixels per frame, so the face moves a little as in a
+real video. Speech comes from espeak-ng's library as the `espeakng-loader` wheel ships it (kebr_core.speech);
 encoding is done by PyAV (H.264 + AAC in MP4/MKV). Nothing needs a system package.
 
     make_clip(out / "a.mp4", "i really loved this movie")     # speech, face drifting
@@ -29,7 +29,7 @@ import numpy as np
 from kebr_core import speech as tts
 from kebr_core.errors import KebrError
 
-ASSET = Path(__file__).parent / "assets" / "face.jpg"
+ASSET = Path(__file__).parents[1] / "assets" / "face.jpg"
 # Where assets/face.jpg sits in the 512×512 astronaut photo: its top-left corner (x, y). All offsets
 # below are in the photo's coordinates, so a caller holding the whole photo gets the same windows.
 ASSET_ORIGIN = (64, 6)

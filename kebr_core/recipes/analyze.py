@@ -1,0 +1,304 @@
+"""Recipe: `kebr analyze RUN_DIR`: the figures that apply to a run directory, saved with an index.
+
+Which figures each kind of run gets (`detect_kind`; the figures are `kebr_core.analysis`, what they read
+`kebr_core.run_readers`):
+
+- pretraining run: balance, training_curves;
+- evaluation run: balance, pca, training_curves (seed-averaged);
+- ablation: g_sweep (its g-sweep configurations), balance and pca (the pair with and without MCC:
+  C1 and C4, or another pair that differs only in MCC), training_curves (every finished configuration),
+  and balance.csv (`run_readers.balance_table`).
+
+Each figure is written in every requested format (png, pdf, svg) into the output folder (default
+RUN_DIR/plots) with index.md, a one-line caption per figure and the reason each skipped one was skipped.
+A plot whose input is missing is skipped with that one-sentence reason, never a traceback. A rerun
+removes the files an earlier `analyze` wrote there and this one did not (`remove_stale_outputs`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from kebr_core import runs
+from kebr_core.analysis import (
+    DPI,
+    BalanceSeries,
+    SweepPoint,
+    balance_figure,
+    configurations_curves_figure,
+    g_sweep_figure,
+    pca_figure,
+    training_curves_figure,
+)
+from kebr_core.errors import KebrError
+from kebr_core.run_readers import (
+    BALANCE_COLUMNS,
+    RunDataMissing,
+    RunKind,
+    balance_table,
+    detect_kind,
+    eval_curves,
+    load_test_features,
+    mcc_pair,
+    mcc_zero_cosine,
+    pretrain_curves,
+    read_ablation,
+)
+
+PLOT_NAMES = ("g_sweep", "balance", "pca", "training_curves")  # the order of the files and of index.md
+FORMATS = ("png", "pdf", "svg")
+# What `analyze` wrote into its output folder last time, so that a rerun removes the plots it no longer makes.
+WRITTEN_MANIFEST = ".kebr-analyze.json"
+
+PlotBuilder = Callable[[], Figure]  # builds one figure, or raises RunDataMissing with the reason
+
+
+@dataclass
+class PlotInfo:
+    name: str
+    figure: Figure
+    paths: list[Path] = field(default_factory=list)  # one per format
+    caption: str = ""  # the one-line caption of index.md
+
+
+@dataclass
+class AnalysisReport:
+    """The outcome of `analyze`: the files written, why the others were skipped, each plot's figure."""
+
+    kind: RunKind
+    written: list[Path] = field(default_factory=list)  # figure files, every format
+    tables: list[Path] = field(default_factory=list)  # CSVs (an ablation's balance.csv)
+    skipped: dict[str, str] = field(default_factory=dict)  # plot name → reason
+    plots: dict[str, PlotInfo] = field(default_factory=dict)
+    index: Path | None = None  # index.md, once a figure is written
+
+
+# ───────────────────────── which figures a run gets ─────────────────────────
+
+
+def _captioned(fig: Figure, caption: str) -> Figure:
+    """Attach the figure's one-line caption for index.md (kept as the Figure's artist label)."""
+    fig.set_label(caption)
+    return fig
+
+
+def _seeds_text(n: int) -> str:
+    return "1 seed" if n == 1 else f"mean ± std over {n} seeds"
+
+
+def _stage_columns(curves: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The balance columns of one stage, unprefixed, with their "_std" over seeds where there is one."""
+    out = {"epoch": curves["epoch"]}
+    for c in ("cos_a", "cos_v", "abs_dtheta"):
+        out[c] = curves[prefix + c]
+        if prefix + c + "_std" in curves:
+            out[c + "_std"] = curves[prefix + c + "_std"]
+    return out
+
+
+def _pretrain_plots(run_dir: Path) -> dict[str, PlotBuilder]:
+    def balance() -> Figure:
+        curves = _stage_columns(pretrain_curves(run_dir), "")
+        fig = balance_figure([BalanceSeries("", "pretraining", curves, None, mcc_zero_cosine(run_dir))],
+                             f"Modality balance during pretraining: {run_dir.name}")
+        return _captioned(fig, "Per-epoch c_a, c_v (Eq. 9) and |θa − θv| (Eq. 12) of the pretraining run.")
+
+    def training() -> Figure:
+        fig = training_curves_figure(pretrain_curves(run_dir), "pretrain", f"Pretraining curves: {run_dir.name}")
+        return _captioned(fig, "Per-epoch masked-word L1, MCC loss and cosines c_a, c_v of the pretraining run.")
+
+    return {"balance": balance, "training_curves": training}
+
+
+def _eval_plots(run_dir: Path) -> dict[str, PlotBuilder]:
+    def balance() -> Figure:
+        curves, n = eval_curves(run_dir)
+        series = BalanceSeries("", "fine-tuning", _stage_columns(curves, "train_"), None, mcc_zero_cosine(run_dir))
+        fig = balance_figure([series], f"Modality balance during fine-tuning: {run_dir.name} ({_seeds_text(n)})")
+        return _captioned(fig, f"Per-epoch c_a, c_v and |θa − θv| while fine-tuning, {_seeds_text(n)}.")
+
+    def pca() -> Figure:
+        features = load_test_features(run_dir)
+        fig = pca_figure([(run_dir.name, features)], "PCA of fused test representations")
+        return _captioned(fig, f"2-D PCA of the fused test representations of seed {features.seed}, coloured by label.")
+
+    def training() -> Figure:
+        curves, n = eval_curves(run_dir)
+        fig = training_curves_figure(curves, "finetune", f"Fine-tuning curves: {run_dir.name} ({_seeds_text(n)})")
+        return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and cosines, {_seeds_text(n)}.")
+
+    return {"balance": balance, "pca": pca, "training_curves": training}
+
+
+def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
+    data, configs = read_ablation(run_dir)
+    dataset = Path(str(data.get("dataset") or run_dir.name)).name  # a store's file name, not its path
+    seeds = _seeds_text(len(data.get("seeds") or [])) if data.get("seeds") else "mean ± std over seeds"
+
+    def g_sweep() -> Figure:
+        points = [
+            SweepPoint(c.g, 100.0 * c.mean_of("f1_non0"), 100.0 * c.std_of("f1_non0"), c.mean_of("mae"), c.std_of("mae"))
+            for c in configs if c.kind == "g-sweep" and c.done and c.g is not None
+        ]
+        fig = g_sweep_figure(points, dataset)
+        return _captioned(fig, f"Test F1 (non0) and MAE against the MCC angle penalty g on {dataset} (Fig. 4), {seeds}.")
+
+    def balance() -> Figure:
+        series = []
+        pair = mcc_pair(configs)
+        for c in pair:
+            curves, n = eval_curves(c.eval_dir)
+            series.append(BalanceSeries(c.label, "fine-tuning", _stage_columns(curves, "train_"), c.mcc, c.mcc_zero))
+            if c.pretrain_dir is not None and (c.pretrain_dir / runs.METRICS).is_file():
+                series.append(BalanceSeries(c.label, "pretraining", _stage_columns(pretrain_curves(c.pretrain_dir), ""),
+                                            c.mcc, c.mcc_zero))
+        fig = balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: {seeds})")
+        return _captioned(fig, f"c_a, c_v and |θa − θv| per epoch, {pair[0].name} with MCC vs {pair[1].name} without, "
+                               f"in pretraining (one run) and fine-tuning ({seeds}).")
+
+    def pca() -> Figure:
+        pair = mcc_pair(configs)
+        panels = [(c.label, load_test_features(c.eval_dir)) for c in pair]
+        fig = pca_figure(panels, f"PCA of fused test representations on {dataset}")
+        return _captioned(fig, f"2-D PCA of the fused test representations, {pair[0].name} (with MCC) vs "
+                               f"{pair[1].name} (without), coloured by label.")
+
+    def training() -> Figure:
+        curves_of, reasons = [], []
+        for c in configs:
+            if not (c.done and c.eval_dir is not None):
+                continue
+            try:
+                curves_of.append((c.name, eval_curves(c.eval_dir)[0]))
+            except RunDataMissing as e:
+                reasons.append(str(e))
+        if not curves_of and reasons:
+            raise RunDataMissing(reasons[0])
+        fig = configurations_curves_figure(curves_of, f"Fine-tuning curves of every configuration on {dataset} ({seeds})")
+        return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and |θa − θv| of each of the {len(curves_of)} "
+                               f"finished configurations ({seeds}).")
+
+    return {"g_sweep": g_sweep, "balance": balance, "pca": pca, "training_curves": training}
+
+
+def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict[str, str]]:
+    """Detect the directory kind and build every plot that applies, without saving.
+
+    Returns (kind, {plot name: Figure}, {plot name: reason it was skipped}). KebrError when the
+    directory is none of the three kinds."""
+    run_dir = Path(run_dir)
+    kind = detect_kind(run_dir)
+    planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots}
+    figures: dict[str, Figure] = {}
+    skipped: dict[str, str] = {}
+    for name, build in planners[kind](run_dir).items():
+        try:
+            figures[name] = build()
+        except RunDataMissing as e:
+            skipped[name] = str(e)
+    return kind, figures, skipped
+
+
+# ───────────────────────── the files ─────────────────────────
+
+
+def _metadata(fmt: str, title: str, source: Path) -> dict[str, str]:
+    """The file's own record of what it shows and which run it was made from (each format has its keys)."""
+    from kebr_core import __version__
+
+    software = f"kebr {__version__} (kebr analyze)"
+    if fmt == "pdf":
+        return {"Title": title, "Subject": f"source: {source}", "Creator": software}
+    return {"Title": title, "Source": str(source), "Description": f"made by {software}"}
+
+
+def write_balance_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=BALANCE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
+    """index.md: each figure with its one-line caption and files, the plots skipped and why, the tables."""
+    kind = {"pretrain": "a pretraining run", "finetune": "an evaluation run", "ablation": "an ablation"}[report.kind]
+    lines = [f"# Plots of `{run_dir}`", "", f"Made by `kebr analyze` from {kind}.", ""]
+    for name, info in report.plots.items():
+        files = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in info.paths)
+        lines.append(f"- **{name}** ({files}): {info.caption}")
+    for path in report.tables:
+        lines.append(f"- **{path.name}**: c_a, c_v and |θa − θv| at the end of each configuration and stage, "
+                     "mean and std over seeds.")
+    if report.skipped:
+        lines += ["", "Not plotted:", ""] + [f"- {name}: {reason}" for name, reason in report.skipped.items()]
+    path = out_dir / "index.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tuple[str, ...] = ("png",)) -> AnalysisReport:
+    """Write the figures that apply to `run_dir` into `out_dir` (default run_dir/plots), in each of
+    `formats` (png, pdf, svg), with index.md listing them; for an ablation also balance.csv
+    (`balance_table`: c_a, c_v, |θ_a − θ_v| at the end of each configuration).
+
+    Returns an AnalysisReport (written paths, skipped plots with reasons, each plot's figure)."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / runs.PLOTS
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise KebrError(f"--format must be one or more of {', '.join(FORMATS)}, not {', '.join(unknown) or 'nothing'}.")
+    kind, figures, skipped = build_figures(run_dir)
+    report = AnalysisReport(kind=kind, skipped=skipped)
+    if figures:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise KebrError(f"Output path {out_dir} is a file, not a directory.")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise KebrError(f"Output directory {out_dir} cannot be created ({e.strerror}).") from None
+    for name in PLOT_NAMES:
+        if name not in figures:
+            continue
+        fig = figures[name]
+        paths = []
+        for fmt in dict.fromkeys(formats):
+            path = out_dir / f"{name}.{fmt}"
+            fig.savefig(path, dpi=DPI, format=fmt, metadata=_metadata(fmt, fig.get_suptitle().replace("\n", " "), run_dir))
+            paths.append(path)
+        report.written.extend(paths)
+        report.plots[name] = PlotInfo(name, fig, paths, fig.get_label())
+    if kind == "ablation":
+        rows = balance_table(run_dir)
+        if rows:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_balance_csv(rows, out_dir / "balance.csv")
+            report.tables.append(out_dir / "balance.csv")
+    if report.plots:
+        report.index = write_index(report, run_dir, out_dir)
+    remove_stale_outputs(out_dir, report.written + report.tables + ([report.index] if report.index else []))
+    return report
+
+
+def remove_stale_outputs(out_dir: Path, written: list[Path]) -> None:
+    """Remove what an earlier `analyze` wrote into `out_dir` and this one did not (a plot the run no
+    longer allows would otherwise stay beside the new ones), then record what was written. Files the
+    manifest does not list (a user's own) are never touched."""
+    manifest = out_dir / WRITTEN_MANIFEST
+    try:
+        before = set(json.loads(manifest.read_text())) if manifest.is_file() else set()
+    except (OSError, ValueError):
+        before = set()
+    now = {p.name for p in written}
+    for name in sorted(before - now):
+        if Path(name).name == name:  # a bare file name of this folder, never a path elsewhere
+            (out_dir / name).unlink(missing_ok=True)
+    if now or before:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(sorted(now)))

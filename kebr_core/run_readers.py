@@ -1,0 +1,325 @@
+"""Reading run directories back: what `kebr analyze` (and any caller) reads from the files the recipes
+wrote. The layout and the file names are `kebr_core.runs` (the run-directory contract); this module only
+reads them.
+
+Three kinds of directory (`detect_kind`):
+
+- pretraining run: config.json ("stage": "pretrain") + metrics.csv (columns `runs.PRETRAIN_COLUMNS`);
+- evaluation run: config.json ("stage": "finetune") + results.json + seed-S/metrics.csv (columns
+  `runs.EVAL_COLUMNS`) + seed-S/test_features.npz (features (N, dt), labels (N,), predictions (N,));
+- ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs.
+
+What a directory lacks (a missing file or column, a seed that has not started) raises `RunDataMissing`
+with a one-sentence reason, so a caller can skip what needs it and go on; a file that defines the run
+kind and cannot be read is the user's problem (KebrError).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from kebr_core import runs
+from kebr_core.errors import KebrError
+
+RunKind = Literal["pretrain", "finetune", "ablation"]
+
+PRETRAIN_COLUMNS = runs.PRETRAIN_COLUMNS
+EVAL_COLUMNS = runs.EVAL_COLUMNS[:8]  # what the plots read: the loss terms, the balance and the validation MAE
+# balance.csv (`balance_table`): one row per configuration and stage
+BALANCE_COLUMNS = ("config", "mcc", "mcc_align", "stage", "epoch", "seeds", "cos_a", "cos_a_std", "cos_v", "cos_v_std",
+                   "abs_dtheta", "abs_dtheta_std")
+
+
+class RunDataMissing(Exception):
+    """The run directory does not hold what is asked for; the message is the reason (one sentence)."""
+
+
+def detect_kind(run_dir: Path) -> RunKind:
+    """ablation.json → ablation; else config.json's "stage" (pretrain / finetune); else KebrError."""
+    if not run_dir.exists():
+        raise KebrError(f"Run directory {run_dir} does not exist.")
+    if not run_dir.is_dir():
+        raise KebrError(f"{run_dir} is a file, not a run directory.")
+    if (run_dir / runs.ABLATION_JSON).is_file():
+        return "ablation"
+    if (run_dir / runs.CONFIG).is_file():
+        stage = _read_json(run_dir / runs.CONFIG, "Run config").get("stage")
+        if stage in ("pretrain", "finetune"):
+            return stage
+        raise KebrError(f"{run_dir / runs.CONFIG} names stage {stage!r}; expected 'pretrain' or 'finetune'.")
+    raise KebrError(
+        f"{run_dir} is not a KEBR run directory: it has neither ablation.json nor a config.json from pretrain or eval."
+    )
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object; a damaged file is the user's problem (KebrError) when it defines the run kind."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KebrError(f"{what} {path} cannot be read as JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise KebrError(f"{what} {path} must hold a JSON object, not {type(data).__name__}.")
+    return data
+
+
+# ───────────────────────── per-epoch metrics ─────────────────────────
+
+
+def read_metrics_csv(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The given columns of a per-epoch metrics.csv as float64 arrays (E,), or RunDataMissing."""
+    if not path.is_file():
+        raise RunDataMissing(f"{path} does not exist.")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise RunDataMissing(f"{path} lacks the column(s) {', '.join(missing)}.")
+        rows = list(reader)
+    if not rows:
+        raise RunDataMissing(f"{path} holds no epochs yet.")
+    try:
+        table = np.array([[float(row[c]) for c in columns] for row in rows], dtype=np.float64)  # (E, C)
+    except (TypeError, ValueError):
+        raise RunDataMissing(f"{path} has a missing or non-numeric value in one of {', '.join(columns)}.") from None
+    return {c: table[:, j] for j, c in enumerate(columns)}
+
+
+def readable_tables(paths: list[Path], columns: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+    """`read_metrics_csv` of each path that can be read; the others (e.g. a seed that has not started
+    yet) are left out, so the rest still make a plot or a table."""
+    tables = []
+    for path in paths:
+        try:
+            tables.append(read_metrics_csv(path, columns))
+        except RunDataMissing:
+            continue
+    return tables
+
+
+def mean_over_seeds(tables: list[dict[str, np.ndarray]], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Average per-epoch columns over seeds, aligned on `epoch` (a seed that stopped early just
+    contributes fewer epochs). Returns {"epoch": (E,), column: (E,), column + "_std": (E,) ...} over the
+    union of epochs; the std is the sample std (ddof=1) over the seeds with a value, NaN for fewer than two."""
+    epochs = np.unique(np.concatenate([t["epoch"] for t in tables]))
+    out = {"epoch": epochs}
+    for column in columns:
+        grid = np.full((len(tables), len(epochs)), np.nan)  # (seeds, E)
+        for i, t in enumerate(tables):  # one row per seed (a handful), not per sample
+            grid[i, np.searchsorted(epochs, t["epoch"])] = t[column]
+        # Not np.nanmean: an epoch where no seed has a finite value stays NaN (a gap) without a warning.
+        finite = np.isfinite(grid)
+        counts = finite.sum(axis=0)
+        sums = np.where(finite, grid, 0.0).sum(axis=0)
+        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        squares = np.where(finite, (grid - mean) ** 2, 0.0).sum(axis=0)
+        out[column] = mean
+        out[f"{column}_std"] = np.where(counts > 1, np.sqrt(squares / np.maximum(counts - 1, 1)), np.nan)
+    return out
+
+
+def eval_seeds(run_dir: Path) -> list[int]:
+    """The seeds of an evaluation run that have a seed-S directory, in the run's order
+    (results.json, else config.json, else numeric)."""
+    present = set(runs.run_seeds(run_dir))
+    order: list[int] = []
+    for name in (runs.RESULTS_JSON, runs.CONFIG):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                seeds = json.loads(path.read_text()).get("seeds") or []
+                order = [int(s) for s in seeds]
+            except (OSError, ValueError, TypeError, AttributeError, json.JSONDecodeError):
+                order = []
+            if order:
+                break
+    ordered = [s for s in order if s in present]
+    return ordered + sorted(s for s in present if s not in ordered)
+
+
+def eval_curves(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
+    """Seed-averaged per-epoch columns of an evaluation run, and the number of seeds averaged."""
+    seeds = eval_seeds(run_dir)
+    if not seeds:
+        raise RunDataMissing(f"Evaluation run {run_dir} has no seed-S directories with metrics.")
+    tables = readable_tables([runs.seed_dir(run_dir, seed) / runs.METRICS for seed in seeds], EVAL_COLUMNS)
+    if not tables:
+        raise RunDataMissing(f"No seed of evaluation run {run_dir} has a readable seed-S/metrics.csv.")
+    return mean_over_seeds(tables, EVAL_COLUMNS[1:]), len(tables)
+
+
+def pretrain_curves(run_dir: Path) -> dict[str, np.ndarray]:
+    return read_metrics_csv(run_dir / runs.METRICS, PRETRAIN_COLUMNS)
+
+
+# ───────────────────────── test representations ─────────────────────────
+
+
+@dataclass
+class TestFeatures:
+    seed: int
+    features: np.ndarray  # (N, dt)
+    labels: np.ndarray  # (N,)
+
+
+def load_test_features(run_dir: Path) -> TestFeatures:
+    """The first seed's (in the run's seed order) seed-S/test_features.npz that exists."""
+    for seed in eval_seeds(run_dir):
+        path = runs.seed_dir(run_dir, seed) / runs.TEST_FEATURES
+        if not path.is_file():
+            continue
+        try:
+            with np.load(path) as npz:
+                features, labels = np.asarray(npz["features"], np.float64), np.asarray(npz["labels"], np.float64)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise RunDataMissing(f"{path} cannot be read as features/labels arrays ({e}).") from None
+        if features.ndim != 2 or labels.shape != (features.shape[0],):
+            raise RunDataMissing(f"{path} holds features {features.shape} and labels {labels.shape}; expected (N, dt) and (N,).")
+        if features.shape[0] < 2 or features.shape[1] < 2:
+            raise RunDataMissing(f"{path} holds {features.shape[0]} samples of {features.shape[1]} dims; a 2-D PCA needs at least 2 of each.")
+        if not np.isfinite(features).all():
+            raise RunDataMissing(f"{path} holds NaN or infinite features.")
+        return TestFeatures(seed, features, labels)
+    raise RunDataMissing(f"Evaluation run {run_dir} has no seed-S/test_features.npz.")
+
+
+# ───────────────────────── MCC's balanced zero ─────────────────────────
+
+
+def mcc_balanced_zero(mcc_on: bool, g: float | None) -> float | None:
+    """cos θ = 0.5 − g, MCC's balanced zero (c_a = c_v there; Eq. 11–13), or None when MCC is off or g
+    unknown. The loss has other zeros off the diagonal (`kebr_core.modules.mcc`), so this is a
+    reference, not the only place the loss is 0."""
+    return 0.5 - g if mcc_on and g is not None else None
+
+
+def mcc_zero_cosine(run_dir: Path) -> float | None:
+    """`mcc_balanced_zero` of a pretraining or evaluation run, from its config.json (None when unreadable)."""
+    try:
+        mcc = json.loads((run_dir / runs.CONFIG).read_text()).get("mcc", {})
+        return mcc_balanced_zero(float(mcc.get("weight", 1.0)) != 0.0, float(mcc["g"]))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
+        return None
+
+
+# ───────────────────────── ablations ─────────────────────────
+
+
+@dataclass
+class AblationConfig:
+    """One entry of ablation.json, with its run directories resolved against the ablation dir."""
+
+    name: str
+    kind: str
+    mcc: bool
+    settings: tuple  # everything but mcc that defines the configuration (pairs differ only in mcc)
+    done: bool
+    mean: dict[str, float]
+    std: dict[str, float]
+    eval_dir: Path | None
+    pretrain_dir: Path | None
+    g: float | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({'with' if self.mcc else 'without'} MCC)"
+
+    @property
+    def mcc_zero(self) -> float | None:
+        return mcc_balanced_zero(self.mcc, self.g)
+
+    def mean_of(self, metric: str) -> float:
+        """The test metric's mean over seeds; NaN (a gap) when missing."""
+        return _number(self.mean.get(metric))
+
+    def std_of(self, metric: str) -> float:
+        """The test metric's std over seeds; 0 (no error bar) when missing."""
+        return _number(self.std.get(metric), 0.0)
+
+
+def _number(x: Any, default: float = float("nan")) -> float:
+    """A metric value from ablation.json; null or a non-number reads as `default` (a gap, or no error bar)."""
+    try:
+        return float(x) if x is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def read_ablation(run_dir: Path) -> tuple[dict[str, Any], list[AblationConfig]]:
+    path = run_dir / runs.ABLATION_JSON
+    data = _read_json(path, "Ablation file")
+    raw = data.get("configurations")
+    if not isinstance(raw, list):
+        raise KebrError(f"{path} has no 'configurations' list.")
+    configs = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict) or "name" not in c:
+            raise KebrError(f"{path}: configuration {i} is not an object with a 'name'.")
+
+        def rel(key: str) -> Path | None:
+            return run_dir / str(c[key]) if c.get(key) else None  # an absolute path stays absolute
+
+        def metrics(key: str) -> dict[str, Any]:
+            return c[key] if isinstance(c.get(key), dict) else {}
+
+        g = _number(c.get("g"))
+        configs.append(AblationConfig(
+            name=str(c["name"]), kind=str(c.get("kind", "")), mcc=bool(c.get("mcc", True)),
+            settings=tuple(c.get(k) for k in ("pretrain", "tcmf", "g", "mcc_form", "mcc_align")),
+            done=c.get("status") == "done", mean=metrics("mean"), std=metrics("std"),
+            eval_dir=rel("eval_dir"), pretrain_dir=rel("pretrain_dir"), g=None if np.isnan(g) else g,
+        ))
+    return data, configs
+
+
+def mcc_pair(configs: list[AblationConfig]) -> tuple[AblationConfig, AblationConfig]:
+    """(with MCC, without MCC): C1 and C4 when both finished, else the first finished pair that differs only in mcc."""
+    done = [c for c in configs if c.done and c.eval_dir is not None]
+    by_name = {c.name: c for c in done}
+    if "C1" in by_name and "C4" in by_name and by_name["C1"].mcc and not by_name["C4"].mcc:
+        return by_name["C1"], by_name["C4"]
+    for a in done:
+        for b in done:
+            if a.mcc and not b.mcc and a.settings == b.settings:
+                return a, b
+    raise RunDataMissing("The ablation has no finished pair of configurations that differ only in MCC (e.g. C1 and C4).")
+
+
+def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The modality balance at the end of training of each finished configuration of an ablation.
+
+    One row per configuration and stage (its pretraining run, then its fine-tuning seeds; columns
+    `BALANCE_COLUMNS`): the last epoch's c_a, c_v (Eq. 9) and |θ_a − θ_v| (Eq. 12), mean and sample
+    std (ddof=1, 0 for one run) over seeds. Stages whose metrics.csv is missing or unreadable are left out."""
+    _, configs = read_ablation(Path(run_dir))
+    rows: list[dict[str, Any]] = []
+    for c in configs:
+        if not c.done or c.eval_dir is None:
+            continue
+        stages = []
+        if c.pretrain_dir is not None:
+            stages.append(("pretraining", [c.pretrain_dir / runs.METRICS], PRETRAIN_COLUMNS, ""))
+        seeds = [runs.seed_dir(c.eval_dir, s) / runs.METRICS for s in eval_seeds(c.eval_dir)]
+        stages.append(("fine-tuning", seeds, EVAL_COLUMNS, "train_"))
+        for stage, paths, columns, prefix in stages:
+            names = ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")
+            last = [{k: table[k][-1] for k in names} for table in readable_tables(paths, columns)]
+            if not last:
+                continue
+            # c.settings ends with mcc_align (read_ablation)
+            row: dict[str, Any] = {"config": c.name, "mcc": c.mcc, "mcc_align": c.settings[-1], "stage": stage,
+                                   "epoch": int(max(r["epoch"] for r in last)), "seeds": len(last)}
+            for name in ("cos_a", "cos_v", "abs_dtheta"):
+                values = np.array([r[prefix + name] for r in last])
+                row[name] = float(values.mean())
+                row[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            rows.append(row)
+    return rows
