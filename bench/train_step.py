@@ -320,8 +320,7 @@ def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: An
         token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)
         encoded = [{"input_ids": token_ids[i]} for i in indices]
     ours_data = StoreDataset(store_path, split=split, text_encoder=lambda texts: encoded)
-    collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len,
-                       pad_id=tokenizer.pad_token_id or 0)
+    collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
     ours_model = prepare_model(base_model, stage, device)
     cache = None
     if stage == "pretrain":

@@ -28,7 +28,7 @@ def test_masked_mean_ignores_non_finite_padding_and_passes_gradient_to_valid_pos
     assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA autocast runs sum in float32; CPU autocast does not")
+@pytest.mark.cuda  # CUDA autocast runs sum in float32; CPU autocast does not
 def test_masked_mean_under_cuda_autocast_divides_by_the_exact_count() -> None:
     """301 valid bf16 ones: autocast sums them in float32 (301), and 301 is no bf16 number (it rounds
     to 300), so a count cast to x's dtype would give 301/300; cast to the sum's, the mean is 1."""

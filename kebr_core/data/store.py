@@ -249,6 +249,11 @@ class FeatureStore:
         """Audio and vision sequence lengths (N,) int64, from the offsets (no frame is read)."""
         return np.diff(self._audio_offsets), np.diff(self._vision_offsets)
 
+    def widths(self) -> tuple[int, int]:
+        """The model's audio and vision input widths (d_a, d_v): the feature counts; a text-only store,
+        which names none, gets width 1 (the collate gives it one always-masked zero column)."""
+        return max(len(self.audio_features), 1), max(len(self.vision_features), 1)
+
     # ── frames ──────────────────────────────────────────────────────────────────────────────────
 
     def _frames(self, offsets: np.ndarray, name: str, width: int, i: int) -> np.ndarray:
