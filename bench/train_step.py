@@ -73,7 +73,8 @@ from kebr_core.data.dataset import Collator, StoreDataset  # noqa: E402
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter  # noqa: E402
 from kebr_core.lexicon import load_lexicon  # noqa: E402
 from kebr_core.masking import mask_batch, mask_sentiment_word, split_words, tokenize_plain  # noqa: E402
-from kebr_core.model import KEBRModel, load_tokenizer, masked_mean  # noqa: E402
+from kebr_core.model import KEBRModel, load_tokenizer  # noqa: E402
+from kebr_core.modules.pooling import masked_mean  # noqa: E402
 from kebr_core.distributed import DistInfo, EpochBatches  # noqa: E402
 from kebr_core.training import autocast, bucket_sizes, build_text_cache, move, train_epoch  # noqa: E402
 
@@ -319,8 +320,7 @@ def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: An
         token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)
         encoded = [{"input_ids": token_ids[i]} for i in indices]
     ours_data = StoreDataset(store_path, split=split, text_encoder=lambda texts: encoded)
-    collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len,
-                       pad_id=tokenizer.pad_token_id or 0)
+    collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
     ours_model = prepare_model(base_model, stage, device)
     cache = None
     if stage == "pretrain":

@@ -15,12 +15,13 @@ from kebr_cli.app import Reporter, app, console, number, relaunch_distributed, r
 from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, ConfigFile, Device, Dropout, Force, Heads, LambdaMCC,
-    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PrintConfig, Set, Shared, TextModel, _choice, given_options,
+    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PrintConfig, Set, Shared, TextModel, check_choice, given_options,
     print_config, seeds_option, was_typed,
 )
 from kebr_core import runs
 from kebr_core.config import parse_seeds, resolve_config
 from kebr_core.errors import KebrError
+from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
 
 
@@ -48,8 +49,8 @@ def ablate(
     all_: bool = typer.Option(False, "--all", help="All five configurations C1–C5 of Table 4."),
     g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4)."),
     g_values: str = typer.Option(",".join(f"{g:g}" for g in DEFAULT_G_SWEEP), "--g-values", help="g values of the sweep, each in (-0.5, 0.5)."),
-    compare_forms: str = typer.Option("", "--compare-forms", help="Add a configuration per other MCC form, e.g. paper,reference,mean-cosine."),
-    compare_aligns: str = typer.Option("", "--compare-aligns", help="Add a configuration per other MCC alignment, e.g. tile,authors,projected."),
+    compare_forms: str = typer.Option("", "--compare-forms", help=f"Add a configuration per other MCC form, e.g. {','.join(FORMS)}."),
+    compare_aligns: str = typer.Option("", "--compare-aligns", help=f"Add a configuration per other MCC alignment, e.g. {','.join(ALIGNS)}."),
     seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="Fine-tuning seeds per configuration: a count (5 = 0..4) or a list (1111,1112)."),
     g: float = G,
     mcc_form: Optional[str] = typer.Option(None, "--mcc-form", metavar=FORM_CHOICES, help="MCC form of every configuration outside --compare-forms (default paper)."),
@@ -83,7 +84,6 @@ def ablate(
     --set apply to both stages, except --pretrain-epochs, --unfreeze and --checkpoint-every (pretraining)
     and --epochs, --lr-fusion, --freeze-encoder and --seeds (fine-tuning)."""
     from kebr_core.data.registry import resolve_dataset
-    from kebr_core.modules.mcc import ALIGNS, FORMS
     from kebr_core.recipes.ablate import ablate as run_ablate, apply_spec, build_specs
 
     if nproc_per_node > 1 and not print_config_:
@@ -116,11 +116,11 @@ def ablate(
         if print_config_:
             print_config({stage: cfg.to_dict() for stage, cfg in cfgs.items()})
             return
-        _choice(std, ("sample", "population"), "--std")
+        check_choice(std, ("sample", "population"), "--std")
         for name in [x for x in compare_forms.split(",") if x]:
-            _choice(name, FORMS, "--compare-forms")
+            check_choice(name, FORMS, "--compare-forms")
         for name in [x for x in compare_aligns.split(",") if x]:
-            _choice(name, ALIGNS, "--compare-aligns")
+            check_choice(name, ALIGNS, "--compare-aligns")
         base = cfgs["finetune"].mcc
         specs = build_specs(
             no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,

@@ -1,7 +1,7 @@
 """The Typer application every command registers on, and the helpers they share.
 
-Commands only parse options, call a `kebr_core` recipe and render Rich output; `run_core` turns a
-`KebrError` into one red sentence and a non-zero exit.
+Commands only parse options, call a `kebr_core` recipe and render Rich output; `user_errors` turns a
+`KebrError` (or an OS error a user can cause) into one red sentence and a non-zero exit.
 """
 
 from __future__ import annotations

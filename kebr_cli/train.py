@@ -1,4 +1,7 @@
-"""`kebr pretrain` and `kebr eval`: parse options into a RunConfig, call the recipe, render results."""
+"""`kebr pretrain` and `kebr eval`: parse options into a RunConfig, call the recipe, render results.
+
+The options and helpers above the commands are shared with `kebr ablate` (kebr_cli/ablate.py).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from kebr_cli.tables import results_table
 from kebr_core import runs
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
+from kebr_core.modules.mcc import ALIGNS, FORMS
 
 # Which RunConfig field each command-line option sets (kebr_core.config holds defaults and checks).
 OPTION_FIELDS = {
@@ -77,7 +81,7 @@ def print_config(payload: dict) -> None:
     console.print_json(json.dumps(payload, default=str))
 
 
-def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+def check_choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     """A check of an option that is not a RunConfig field (those are checked by kebr_core.config)."""
     if value not in allowed:
         raise KebrError(f"{option} must be one of {', '.join(allowed)}, not '{value}'.")
@@ -98,9 +102,8 @@ TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face 
 G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g, one of several (others lie off the diagonal; docs/design.md §5.5).")
 S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
-# The choices as help shows them (kebr_core.modules.mcc.FORMS / ALIGNS, not imported here: `kebr --help`
-# stays free of torch; kebr_core.config checks the values against them, tests/test_cli_basics.py the spelling).
-FORM_CHOICES, ALIGN_CHOICES = "paper|reference|mean-cosine", "tile|authors|projected"
+# The choices as help shows them; kebr_core.config checks the values against the same tuples.
+FORM_CHOICES, ALIGN_CHOICES = "|".join(FORMS), "|".join(ALIGNS)
 MCCForm = typer.Option("paper", "--mcc-form", metavar=FORM_CHOICES, help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")
 MCCAlign = typer.Option("tile", "--mcc-align", metavar=ALIGN_CHOICES, help="How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).")
 Layers = typer.Option(4, "--layers", min=1, help="Number of TCMF layers K (Eq. 2).")
@@ -220,7 +223,7 @@ def eval_(
         if print_config_:
             print_config(cfg.to_dict())
             return
-        _choice(std, ("sample", "population"), "--std")
+        check_choice(std, ("sample", "population"), "--std")
         check_run_dir(out, Path(dataset), *([checkpoint] if checkpoint else []))
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         with Reporter(out) as report:

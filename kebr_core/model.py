@@ -25,6 +25,7 @@ from kebr_core.config import DEFAULT_TEXT_MODEL, MCCConfig, ModelConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.fusion import LateFusion
 from kebr_core.modules.mcc import MCCOutput, mcc_loss
+from kebr_core.modules.pooling import masked_mean
 from kebr_core.modules.tcmf import TCMF
 
 EMBEDDED_ALIASES = {DEFAULT_TEXT_MODEL, "embedded", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -158,12 +159,6 @@ class KEBROutput:
     fused: Tensor  # (B, Lf, dt) X_K (Lf = Lt for TCMF, 1 for late fusion)
     pooled: Tensor | None  # (B, dt) utterance representation fed to the fine-tuning head (None when pretraining)
     mcc: MCCOutput  # MCC loss and the cosines c_a, c_v (Eq. 9–13)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over valid positions: x (B, L, d), mask (B, L) bool → (B, d); all-padding rows give 0."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 class KEBRModel(nn.Module):

@@ -1,7 +1,8 @@
 """The run-directory contract: file names, identity, checkpoints (docs/design.md §6).
 
 Every writer (`pretrain`, `finetune`, `ablate`) and reader (`run_readers`, `predict`) goes through this
-module; no other module spells a run file's name.
+module; no other module spells a run file's name. It stays one module, though over 400 lines, because
+it is one cohesive thing: the layout of a run folder and the rules for writing it safely.
 
 A pretraining run:
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from kebr_core.config import ModelConfig
 from kebr_core.data.dataset import Collator, StoreDataset, collate
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter
 
@@ -56,6 +57,23 @@ def test_collate_truncates_to_first_frames_and_keeps_one_frame_when_all_empty() 
     assert out["mask_label"].tolist() == [1.25, -0.5]
     with pytest.raises(ValueError, match="mask_pos 7 falls outside"):
         Collator(max_text_len=6)([item(1, 9, 1, 1, mask_pos=7, mask_label=0.0)])
+
+
+def test_collator_from_config_takes_the_caps_and_the_tokenizers_pad_id() -> None:
+    cfg = ModelConfig(max_text_len=4, max_audio_len=2, max_vision_len=3)
+    batch = [item(1, 6, 5, 5), item(2, 2, 1, 0)]
+    out = Collator.from_config(cfg, pad_id=9)(batch)
+    assert out["input_ids"].tolist() == [[100, 101, 102, 103], [200, 201, 9, 9]]
+    assert out["audio"].shape[1] == 2 and out["vision"].shape[1] == 3
+    # a tokenizer without a pad token (pad_token_id None) pads with 0
+    assert Collator.from_config(cfg, pad_id=None)(batch)["input_ids"][1].tolist() == [200, 201, 0, 0]
+
+
+def test_store_widths_are_the_feature_counts_and_one_for_a_text_only_store(tmp_path: Path) -> None:
+    for audio, vision, expected in (([f"a{i}" for i in range(3)], ["v0", "v1"], (3, 2)), ([], [], (1, 1))):
+        path = tmp_path / f"{len(audio)}.h5"
+        StoreWriter(path, audio, vision).close()
+        assert FeatureStore(path).widths() == expected
 
 
 def write_store(path: Path, n: int = 40) -> list[Sample]:

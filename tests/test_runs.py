@@ -20,8 +20,11 @@ from kebr_core import runs
 from kebr_core.config import RunConfig, parse_seeds, resolve_config
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
-from kebr_core.recipes.finetune import apply_checkpoint_config, build_finetune_model, finetune
-from kebr_core.recipes.pretrain import configure_from_store, pretrain
+from kebr_core.masking import tokenize_plain
+from kebr_core.model import load_tokenizer
+from kebr_core.recipes.finetune import apply_checkpoint_config, finetune
+from kebr_core.recipes.pretrain import pretrain
+from kebr_core.recipes.setup import configure_from_store, setup_model
 from tests.conftest import TINY_BERT, write_tiny_store
 
 runner = CliRunner()
@@ -205,7 +208,9 @@ def test_each_seed_starts_with_its_own_head_and_the_same_pretrained_weights(tiny
     apply_checkpoint_config(cfg, pre.checkpoint)
     configure_from_store(cfg, FeatureStore(tiny_store))
     saved = load_file(str(pre.checkpoint / runs.WEIGHTS))
-    models = [build_finetune_model(cfg, seed, pre.checkpoint, torch.device("cpu")) for seed in (0, 1, 2)]
+    texts = tokenize_plain(FeatureStore(tiny_store).texts, load_tokenizer(TINY_BERT), cfg.model.max_text_len)
+    models = [setup_model(cfg, torch.device("cpu"), "finetune", token_ids=texts, checkpoint=pre.checkpoint,
+                          seed=seed).model for seed in (0, 1, 2)]
     heads = [[p.detach() for p in m.finetune_head.parameters()] for m in models]
     for i in range(3):
         for j in range(i + 1, 3):

@@ -36,8 +36,8 @@ from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.metrics import msa_metrics
 from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
 from kebr_core.modules.mcc import MCCOutput
-from kebr_core.recipes.finetune import finetune_optimizer
-from kebr_core.recipes.pretrain import pretrain, pretrain_optimizer
+from kebr_core.recipes.pretrain import pretrain
+from kebr_core.recipes.setup import finetune_optimizer, pretrain_optimizer
 from kebr_core import runs
 from kebr_core.runs import load_checkpoint_weights, read_checkpoint_config
 from kebr_core.training import balance_sums, build_text_cache
@@ -88,8 +88,7 @@ def whole_split(store_path: Path, split: str | None, cfg: RunConfig, masked: boo
         encoded = [{"input_ids": ids} for ids in tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)]
     indices = store.indices(split)
     dataset = StoreDataset(store, split=split, text_encoder=lambda texts: [encoded[i] for i in indices])
-    collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len,
-                       pad_id=tokenizer.pad_token_id or 0)
+    collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
     return collate([dataset[k] for k in range(len(dataset))])
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kebr_core.config import ModelConfig
 from kebr_core.data.store import FeatureStore
 
 TextEncoder = Callable[[list[str]], list[dict]]
@@ -146,6 +147,11 @@ class Collator:
     max_audio_len: int = 400
     max_vision_len: int = 55
     pad_id: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, pad_id: int | None) -> "Collator":
+        """The collate of a model configuration's length caps; pad_id: the tokenizer's (None → 0)."""
+        return cls(cfg.max_text_len, cfg.max_audio_len, cfg.max_vision_len, pad_id=pad_id or 0)
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Tensor]:
         if not batch:

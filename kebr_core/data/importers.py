@@ -23,19 +23,18 @@ The store names no audio or vision feature columns.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
-import os
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from kebr_core.data.labels import check_labels
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
 from kebr_core.errors import KebrError
+from kebr_core.io import atomic_output
 
 ProgressFn = Callable[[int, int], None]
 
@@ -46,33 +45,6 @@ LABEL_CSV_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 
 def _no_progress(done: int, total: int) -> None:
     pass
-
-
-@contextlib.contextmanager
-def atomic_output(out: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
-    """Yield `OUT.tmp` to write; rename it to OUT on success, delete it on any failure.
-
-    OUT may not be one of `inputs` (not even with `overwrite`)."""
-    out = Path(out)
-    inputs = {Path(p).resolve() for p in inputs}
-    if out.resolve() in inputs:
-        raise KebrError(f"Output {out} is also an input; write to a new file.")
-    if out.exists() and not overwrite:
-        raise KebrError(f"Output {out} already exists; choose another path or allow overwriting (--force).")
-    if out.is_dir():
-        raise KebrError(f"Output {out} is a directory, not a file path.")
-    tmp = out.with_name(out.name + ".tmp")
-    leftovers = (tmp, tmp.with_name(tmp.name + ".creating"))
-    for path in leftovers:
-        path.unlink(missing_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    except BaseException:
-        for path in leftovers:
-            with contextlib.suppress(OSError):  # a read-only folder: report the first error, not this one
-                path.unlink(missing_ok=True)
-        raise
 
 
 # ── MMSA pickles ────────────────────────────────────────────────────────────────────────────────

@@ -38,6 +38,11 @@ by `flush()`, or by `close()`. `flush_every=1` makes every `add` durable before 
 Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) once,
 closes the file, and opens it again on the first frame read in each process, so DataLoader workers
 each get their own handle. Frames are read per sample; memory does not grow with the frames stored.
+
+One module, though over 400 lines, because it is one cohesive thing: the file format. The layout, its
+checks (`_check_layout`, `_open_h5`), the writer's commit protocol and the reader that trusts only
+`committed` are one contract; the writer and the reader share every private piece of it, and a change
+to one side is a change to the format that the other side must see in the same file.
 """
 
 from __future__ import annotations
@@ -248,6 +253,11 @@ class FeatureStore:
     def lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Audio and vision sequence lengths (N,) int64, from the offsets (no frame is read)."""
         return np.diff(self._audio_offsets), np.diff(self._vision_offsets)
+
+    def widths(self) -> tuple[int, int]:
+        """The model's audio and vision input widths (d_a, d_v): the feature counts; a text-only store,
+        which names none, gets width 1 (the collate gives it one always-masked zero column)."""
+        return max(len(self.audio_features), 1), max(len(self.vision_features), 1)
 
     # ── frames ──────────────────────────────────────────────────────────────────────────────────
 

@@ -62,9 +62,9 @@ import h5py
 import numpy as np
 from scipy import special
 
-from kebr_core.data.importers import atomic_output
 from kebr_core.data.store import Sample, StoreWriter
 from kebr_core.errors import KebrError
+from kebr_core.io import atomic_output
 from kebr_core.lexicon import load_lexicon
 
 # Adjectives that describe the thing watched, and feelings of the speaker: real VADER entries.

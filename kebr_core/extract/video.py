@@ -106,11 +106,6 @@ def read_audio(path: Path, rates: tuple[int, ...] = (22050,)) -> dict[int, np.nd
         return out
 
 
-def sample_times(n_frames: int, fps: float) -> np.ndarray:
-    """Times k / fps of the sampled pictures, k = 0 .. n_frames-1 (seconds)."""
-    return np.arange(n_frames, dtype=np.float64) / fps
-
-
 def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int = 0) -> Iterator[np.ndarray]:
     """Yield RGB pictures (H, W, 3) uint8 sampled at `fps`: the picture shown at t = 0, 1/fps, 2/fps, ...
 

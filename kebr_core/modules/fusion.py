@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kebr_core.config import ModelConfig
+from kebr_core.modules.pooling import masked_mean
 from kebr_core.modules.tcmf import make_ffn
 
 
@@ -37,12 +38,6 @@ class LateFusionOutput(NamedTuple):
     fused_mask: torch.Tensor
     value_audio: torch.Tensor
     value_vision: torch.Tensor
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, d), (B, L) bool → (B, d); a zero vector for a sample with no valid position."""
-    summed = torch.where(mask[:, :, None], x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1)
-    return summed / mask.sum(dim=1, keepdim=True).clamp_min(1).to(x.dtype)
 
 
 class LateFusion(nn.Module):
@@ -84,8 +79,8 @@ class LateFusion(nn.Module):
         masks (B, L·) bool, True = valid."""
         value_audio = self.proj_audio(self.ln_audio(audio))
         value_vision = self.proj_vision(self.ln_vision(vision))
-        pooled_text = self.proj_text(self.ln_text(_masked_mean(text, text_mask)))
-        z = pooled_text + _masked_mean(value_audio, audio_mask) + _masked_mean(value_vision, vision_mask)
+        pooled_text = self.proj_text(self.ln_text(masked_mean(text, text_mask)))
+        z = pooled_text + masked_mean(value_audio, audio_mask) + masked_mean(value_vision, vision_mask)
         h = self.ffn(self.ln_fused(z)) + z
         fused_mask = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
         return LateFusionOutput(h[:, None, :], fused_mask, value_audio, value_vision)

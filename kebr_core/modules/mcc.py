@@ -52,6 +52,7 @@ import torch
 
 from kebr_core.config import MCCConfig
 from kebr_core.errors import KebrError
+from kebr_core.modules.pooling import masked_mean
 
 FORMS = ("paper", "reference", "mean-cosine")
 ALIGNS = ("tile", "authors", "projected")
@@ -303,13 +304,6 @@ def authors_cosines(
     )
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, d), (B, L) → (B, d) mean over valid positions; a zero vector when none is valid."""
-    x = x.to(_compute_dtype(x))
-    summed = torch.where(mask[:, :, None], x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1)
-    return summed / mask.sum(dim=1, keepdim=True).clamp_min(1).to(x.dtype)
-
-
 @full_precision
 def projected_cosines(
     fused: torch.Tensor, text_mask: torch.Tensor, value: torch.Tensor, modality_mask: torch.Tensor
@@ -321,8 +315,8 @@ def projected_cosines(
         value: the modality's value projection V_m = LN(X0m) W_V, (B, Lm, dt); modality_mask: (B, Lm).
     Returns: (B,) cosines; 0 for a sample with no valid text or modality frame.
     """
-    mean_text = _masked_mean(fused, text_mask)
-    mean_mod = _masked_mean(value, modality_mask).to(mean_text.dtype)
+    mean_text = masked_mean(fused.to(_compute_dtype(fused)), text_mask)
+    mean_mod = masked_mean(value.to(_compute_dtype(value)), modality_mask).to(mean_text.dtype)
     norm_text = _safe_sqrt(mean_text.square().sum(dim=1))
     norm_mod = _safe_sqrt(mean_mod.square().sum(dim=1))
     return torch.linalg.vecdot(mean_text, mean_mod) / (norm_text * norm_mod)

@@ -45,18 +45,16 @@ from kebr_core.distributed import DistInfo, barrier, gather_predictions, init_di
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
-from kebr_core.model import KEBRModel, load_tokenizer
-from kebr_core.recipes.pretrain import configure_from_store, store_widths
+from kebr_core.model import load_tokenizer
+from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.runs import MetricsLog
 from kebr_core.training import (
     ProgressFn,
     autocast,
-    build_text_cache,
     loader_workers,
     move,
     no_progress,
     resolve_device,
-    seed_everything,
     store_features,
     train_epoch,
 )
@@ -93,23 +91,6 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
     for name, value in vars(saved.model).items():
         if name not in keep:
             setattr(cfg.model, name, value)
-
-
-def finetune_optimizer(
-    model: KEBRModel, cfg: RunConfig
-) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
-    """Adam over what fine-tuning trains, as the authors (docs/design.md §6): TCMF at `lr_fusion` (None = `lr`), the
-    fine-tuning head at `lr`, the text encoder at `lr_encoder` unless it is frozen (then it is not in the
-    optimiser); every rate follows cosine annealing with T_max = `cosine_tmax`, stepped once per epoch."""
-    lr_fusion = cfg.train.lr_fusion if cfg.train.lr_fusion is not None else cfg.train.lr
-    groups = [
-        {"params": model.fusion_parameters(), "lr": lr_fusion},
-        {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
-    ]
-    if cfg.train.unfreeze:
-        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
 
 
 def finetune(
@@ -151,7 +132,7 @@ def finetune(
         unlabeled[s] = len(idx) - len(split_index[s])
         if len(split_index[s]) == 0:
             raise KebrError(f"Store {store_path} has no labeled '{s}' samples; eval needs train, valid and test labels.")
-    wanted = store_widths(store)
+    wanted = store.widths()
     if checkpoint is not None:
         checkpoint = runs.resolve_checkpoint(checkpoint)
         apply_checkpoint_config(cfg, Path(checkpoint))
@@ -178,7 +159,7 @@ def finetune(
     encoded = [{"input_ids": t} for t in token_ids]
     datasets = {s: StoreDataset(store, split=s, labeled_only=True,
                                 text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
-    collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len, pad_id=tokenizer.pad_token_id or 0)
+    collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
 
     per_seed, best_epochs, probes = [], [], []
     text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
@@ -206,33 +187,14 @@ def finetune(
                       unlabeled=unlabeled)
 
 
-def build_finetune_model(cfg: RunConfig, seed: int, checkpoint: Path | None, device: torch.device) -> KEBRModel:
-    """The model a fine-tuning seed starts from: every weight initialised from `seed`, then the pretrained
-    ones (TCMF, and the encoder when it was saved) loaded over it. Both heads keep their seed's
-    initialisation: the checkpoint's fine-tuning head was never trained, and loading it would give every
-    seed the same head (their spread would then understate the std)."""
-    seed_everything(seed)
-    model = KEBRModel(cfg.model, cfg.mcc).to(device)
-    if checkpoint is not None:
-        runs.load_checkpoint_weights(model, Path(checkpoint), skip_prefixes=("pretrain_head.", "finetune_head."))
-    return model
-
-
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
               best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False) -> dict:
     if info.is_main:
         seed_dir.mkdir(parents=True, exist_ok=True)
-    model = build_finetune_model(cfg, seed, checkpoint, device)
-    frozen = not cfg.train.unfreeze
-    model.set_encoder_trainable(not frozen)
-    model.pretrain_head.requires_grad_(False)  # unused while fine-tuning
-    cache = None
-    if frozen:
-        if "cache" not in text_cache:
-            text_cache["cache"] = build_text_cache(model.encoder, token_ids, device, progress=progress)
-        cache = text_cache["cache"]
-
-    opt, sched = finetune_optimizer(model, cfg)
+    setup = setup_model(cfg, device, "finetune", token_ids=token_ids, checkpoint=checkpoint, seed=seed,
+                        cache=text_cache.get("cache"), progress=progress)
+    text_cache["cache"] = setup.cache
+    model, frozen, cache, opt, sched = setup.model, setup.frozen, setup.cache, setup.optimizer, setup.scheduler
     net = DistributedDataParallel(model) if info.enabled else model
 
     log = None

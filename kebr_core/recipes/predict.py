@@ -179,8 +179,7 @@ class Scorer:
             raise KebrError(f"Checkpoint {checkpoint} lacks weights the model needs, e.g. {missing[0]} (not a fine-tuned checkpoint?).")
         runs.load_checkpoint_weights(self.model, checkpoint, skip_prefixes=("pretrain_head.",))
         self.model.to(device).eval()
-        m = cfg.model
-        self.collate = Collator(m.max_text_len, m.max_audio_len, m.max_vision_len, pad_id=self.tokenizer.pad_token_id or 0)
+        self.collate = Collator.from_config(cfg.model, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def __call__(self, samples: Sequence[Sample]) -> np.ndarray:

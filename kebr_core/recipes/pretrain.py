@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
@@ -39,9 +38,10 @@ from kebr_core.distributed import barrier, init_distributed
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
-from kebr_core.model import KEBRModel, load_tokenizer
+from kebr_core.model import load_tokenizer
+from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.runs import MetricsLog
-from kebr_core.training import ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch
+from kebr_core.training import ProgressFn, no_progress, resolve_device, seed_everything, train_epoch
 
 
 @dataclass
@@ -54,16 +54,6 @@ class PretrainResult:
     samples_without_words: int  # selected samples left out: their text has no word to mask
 
 
-def store_widths(store: FeatureStore) -> tuple[int, int]:
-    """The model's audio and vision input widths for a store: its feature counts (a text-only store,
-    which names none, gets width 1: the collate gives it one always-masked zero column)."""
-    return max(len(store.audio_features), 1), max(len(store.vision_features), 1)
-
-
-def configure_from_store(cfg: RunConfig, store: FeatureStore) -> None:
-    cfg.model.d_audio, cfg.model.d_vision = store_widths(store)
-
-
 def pretrain_identity(store_path: str | Path, cfg: RunConfig, splits: Sequence[str] | None = None) -> dict:
     """What a pretraining run directory is tied to (`kebr_core.runs`): the configuration completed from
     the store, the store's fingerprint and the splits pretrained on."""
@@ -71,15 +61,6 @@ def pretrain_identity(store_path: str | Path, cfg: RunConfig, splits: Sequence[s
     configure_from_store(cfg, FeatureStore(store_path))
     return runs.run_identity(cfg, "pretrain", runs.data_fingerprint(store_path),
                              splits=list(splits) if splits is not None else None)
-
-
-def pretrain_optimizer(model: KEBRModel, cfg: RunConfig) -> torch.optim.Adam:
-    """Adam over what pretraining trains (docs/design.md §6): TCMF and the pretraining head at `lr`, and the text
-    encoder at `lr_encoder` with `unfreeze` (a frozen encoder is not in the optimiser). Constant rate."""
-    groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
-    if cfg.train.unfreeze:
-        groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
 
 
 def pretrain(
@@ -140,15 +121,10 @@ def pretrain(
     encoded = [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i] else placeholder
                for i, m in enumerate(masked)]
     dataset = Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
-    collate = Collator(cfg.model.max_text_len, cfg.model.max_audio_len, cfg.model.max_vision_len, pad_id=tokenizer.pad_token_id or 0)
+    collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
 
-    model = KEBRModel(cfg.model, cfg.mcc).to(device)
-    frozen = not cfg.train.unfreeze
-    model.set_encoder_trainable(not frozen)
-    model.finetune_head.requires_grad_(False)  # unused while pretraining
-    cache = build_text_cache(model.encoder, [e["input_ids"] for e in encoded], device, progress=progress) if frozen else None
-
-    opt = pretrain_optimizer(model, cfg)
+    setup = setup_model(cfg, device, "pretrain", token_ids=[e["input_ids"] for e in encoded], progress=progress)
+    model, frozen, cache, opt = setup.model, setup.frozen, setup.cache, setup.optimizer
 
     start_epoch = 1
     if latest is not None:
