@@ -205,7 +205,7 @@ def is_main_process() -> bool:
 
 # How several machines are named (kebr pretrain/eval/ablate pass these on to torchrun; README "Many machines").
 NNodes = typer.Option(1, "--nnodes", min=1, help="Machines (nodes) taking part; start the same command on each, with its own --node-rank. More than 1 needs --rdzv-endpoint or --master-addr.")
-NodeRank = typer.Option(0, "--node-rank", min=0, help="This machine's number among --nnodes, 0 .. nnodes-1.")
+NodeRank = typer.Option(0, "--node-rank", min=0, help="This machine's number among --nnodes, 0 .. nnodes-1 (node 0 holds rank 0, which writes; with --rdzv-endpoint the nodes are numbered as they join).")
 RdzvEndpoint = typer.Option(None, "--rdzv-endpoint", metavar="HOST:PORT", help="Where the nodes meet (torchrun's c10d rendezvous): a host every node can reach and a free port on it, the same on every node.")
 MasterAddr = typer.Option(None, "--master-addr", metavar="HOST", help="Instead of --rdzv-endpoint: the host of node 0 (torchrun's static rendezvous; --node-rank then fixes each node's ranks).")
 MasterPort = typer.Option(29500, "--master-port", min=1, max=65535, help="The port on --master-addr.")
@@ -231,12 +231,12 @@ def torchrun_arguments(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_end
         host, _, port = rdzv_endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise KebrError(f"--rdzv-endpoint must be HOST:PORT (e.g. node0.cluster:29400), not {rdzv_endpoint!r}.")
-    nodes = [f"--nnodes={nnodes}", f"--node-rank={node_rank}"]
     if rdzv_endpoint is not None:
-        # One fixed job id: every node must give the same, and the endpoint already tells jobs apart.
-        return [*nodes, "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", "--rdzv-id=kebr"]
+        # The c10d rendezvous numbers the nodes as they join (torchrun ignores --node-rank there). One fixed
+        # job id: every node must give the same, and the endpoint already tells jobs apart.
+        return [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", "--rdzv-id=kebr"]
     if master_addr is not None:
-        return [*nodes, f"--master-addr={master_addr}", f"--master-port={master_port}"]
+        return [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port}"]
     if nnodes > 1:
         raise KebrError(f"--nnodes {nnodes} needs to know where the nodes meet: add --rdzv-endpoint HOST:PORT "
                         "(or --master-addr HOST), the same on every node.")
