@@ -253,7 +253,7 @@ def ablate(
                 row["pretrain_dir"] = str(pre_dir.relative_to(out))
                 # Shards may need the same pretraining at once: one trains it, the others wait and reuse it. Only
                 # rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
-                with locked(pre_dir.parent / f"{pre_dir.name}{runs.LOCK}", enabled=os.environ.get("RANK", "0") == "0"):
+                with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
                     checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
                                              pretrain_splits, force and pre_dir not in forced, progress)
                 forced.add(pre_dir)  # shared by configurations: started afresh once
