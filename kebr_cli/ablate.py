@@ -11,7 +11,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, app, console, number, relaunch_distributed, renamed, user_errors
+from kebr_cli.app import (
+    MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, Reporter, app, console, launch_wanted, number,
+    relaunch_distributed, renamed, resume_command, user_errors,
+)
+from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, ConfigFile, Device, Dropout, Force, Heads, LambdaMCC,
@@ -72,12 +76,16 @@ def ablate(
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a pretraining checkpoint every N epochs (and at the end)."),
     keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders of each pretraining (0 = all)."),
-    nproc_per_node: int = NProc, preset: Optional[str] = Preset,
+    nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
+    rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
+    preset: Optional[str] = Preset,
     std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
     results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
     as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="i/n", help="Run only this job's share of the configurations: the k-th (from 0, in the table's order) belongs to shard k mod n, 0 <= i < n. Jobs may run at once on machines sharing --out; then --collect."),
+    collect: bool = typer.Option(False, "--collect", help="Only aggregate the configurations finished in --out (by --shard jobs) into ablation.json; an error listing what has not finished."),
 ) -> None:
     """Run the paper's ablations; finished configurations with the same settings are reused when rerun,
     and a rerun with more flags adds its configurations to the record. Training options, --config and
@@ -86,8 +94,8 @@ def ablate(
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.recipes.ablate import ablate as run_ablate, apply_spec, build_specs
 
-    if nproc_per_node > 1 and not print_config_:
-        raise relaunch_distributed(nproc_per_node)
+    if launch_wanted(nproc_per_node, nnodes) and not print_config_:
+        raise relaunch_distributed(nproc_per_node, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
     with user_errors():
         for option, value in (("--mcc-form", mcc_form), ("--mcc-align", mcc_align)):
             if value is not None and "," in value:  # the old spelling of the comparisons
@@ -133,11 +141,19 @@ def ablate(
                 apply_spec(stage_cfg, spec).validate(labels={"mcc.g": "--g-values" if spec.kind == "g-sweep" else "--g",
                                                              "mcc.form": "--compare-forms", "mcc.align": "--compare-aligns"})
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
+        share = parse_shard(shard, "--shard")
+        if share is not None and collect:
+            raise KebrError("--shard runs configurations and --collect runs none: give one of them.")
         with Reporter(out) as report:
             store = resolve_dataset(dataset, data_dir, warn=report.warning)
             result = run_ablate(store, pretrain_store, out, cfgs["pretrain"], cfgs["finetune"], specs,
                                 pretrain_on_test=pretrain_on_test, probe=probe, std=std, force=force,
-                                progress=report, on_note=report.note)
+                                shard=share, collect=collect, progress=report, on_note=report.note)
+            if not result.aggregated:
+                names = ", ".join(r["name"] for r in result.rows) or "none"
+                report.result(f"shard {shard}: configuration(s) {names} finished in {out}. When every shard has "
+                              f"finished: {resume_command('--collect', drop=('--shard',))}", to_stdout=not as_json)
+                return
             table_path = results_table_path or out.parent / runs.RESULTS_TABLE
             runs.update_results_table(table_path, [
                 runs.ResultsRow(r["name"], dataset, out / r["eval_dir"], result.seeds,

@@ -150,11 +150,25 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
     return parse
 
 
-def resume_command(flag: str | None = None) -> str:
-    """This command line as a user can paste it again, with `flag` (e.g. "--resume") added if missing."""
+def without_options(args: list[str], options: tuple[str, ...]) -> list[str]:
+    """`args` without the `options` (each taking a value: "--opt VALUE" or "--opt=VALUE")."""
+    kept, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif a.split("=", 1)[0] not in options:
+            kept.append(a)
+    return kept
+
+
+def resume_command(flag: str | None = None, drop: tuple[str, ...] = ()) -> str:
+    """This command line as a user can paste it again, with `flag` (e.g. "--resume") added if missing and
+    the options in `drop` (each taking a value, e.g. "--seed-shard") left out."""
     import shlex
 
-    args = sys.argv[1:]
+    args = without_options(sys.argv[1:], drop)
     if flag and flag not in args:
         args = [*args, flag]
     return shlex.join(["kebr", *args])
@@ -189,26 +203,60 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def relaunch_distributed(nproc: int) -> "typer.Exit":
-    """Run this same command under torchrun with `nproc` processes (DDP) and return its exit.
+# How several machines are named (kebr pretrain/eval/ablate pass these on to torchrun; README "Many machines").
+NNodes = typer.Option(1, "--nnodes", min=1, help="Machines (nodes) taking part; start the same command on each, with its own --node-rank. More than 1 needs --rdzv-endpoint or --master-addr.")
+NodeRank = typer.Option(0, "--node-rank", min=0, help="This machine's number among --nnodes, 0 .. nnodes-1 (node 0 holds rank 0, which writes; with --rdzv-endpoint the nodes are numbered as they join).")
+RdzvEndpoint = typer.Option(None, "--rdzv-endpoint", metavar="HOST:PORT", help="Where the nodes meet (torchrun's c10d rendezvous): a host every node can reach and a free port on it, the same on every node.")
+MasterAddr = typer.Option(None, "--master-addr", metavar="HOST", help="Instead of --rdzv-endpoint: the host of node 0 (torchrun's static rendezvous; --node-rank then fixes each node's ranks).")
+MasterPort = typer.Option(29500, "--master-port", min=1, max=65535, help="The port on --master-addr.")
 
-    The command line is taken from sys.argv without its --nproc-per-node option.
-    """
+# The launcher's own options: the command torchrun starts on each process must not carry them.
+LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--master-addr", "--master-port")
+
+
+def launch_wanted(nproc: int, nnodes: int) -> bool:
+    """Whether the command runs under torchrun: several processes here, or several machines."""
+    return nproc > 1 or nnodes > 1
+
+
+def torchrun_arguments(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: Optional[str] = None,
+                       master_addr: Optional[str] = None, master_port: int = 29500) -> list[str]:
+    """torchrun's options for this launch: --standalone on one machine, else the nodes' rendezvous
+    (c10d at `rdzv_endpoint`, or static at `master_addr`:`master_port`)."""
+    if node_rank >= nnodes:
+        raise KebrError(f"--node-rank {node_rank} is out of range: with --nnodes {nnodes} it must be 0 .. {nnodes - 1}.")
+    if rdzv_endpoint is not None and master_addr is not None:
+        raise KebrError("--rdzv-endpoint and --master-addr both name where the nodes meet: give one of them.")
+    if rdzv_endpoint is not None:
+        host, _, port = rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise KebrError(f"--rdzv-endpoint must be HOST:PORT (e.g. node0.cluster:29400), not {rdzv_endpoint!r}.")
+    if rdzv_endpoint is not None:
+        # The c10d rendezvous numbers the nodes as they join (torchrun ignores --node-rank there). One fixed
+        # job id: every node must give the same, and the endpoint already tells jobs apart.
+        return [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", "--rdzv-id=kebr"]
+    if master_addr is not None:
+        return [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port}"]
+    if nnodes > 1:
+        raise KebrError(f"--nnodes {nnodes} needs to know where the nodes meet: add --rdzv-endpoint HOST:PORT "
+                        "(or --master-addr HOST), the same on every node.")
+    return ["--standalone"]
+
+
+def relaunch_distributed(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: Optional[str] = None,
+                         master_addr: Optional[str] = None, master_port: int = 29500) -> "typer.Exit":
+    """Run this same command under torchrun with `nproc` processes on this machine (DDP), one of `nnodes`
+    machines, and return its exit.
+
+    The command line is taken from sys.argv without the launcher's own options (`LAUNCH_OPTIONS`)."""
     import subprocess
 
-    args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc-per-node":
-            skip = True
-            continue
-        if a.startswith("--nproc-per-node="):
-            continue
-        args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "kebr_cli", *args]
-    err_console.print(f"launching {nproc} processes: {' '.join(cmd[1:])}", highlight=False)
+    with user_errors():
+        launch = torchrun_arguments(nproc, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
+    args = without_options(sys.argv[1:], LAUNCH_OPTIONS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc-per-node={nproc}", "-m", "kebr_cli", *args]
+    where = f" on node {node_rank} of {nnodes}" if nnodes > 1 else ""
+    err_console.print(f"launching {nproc} process(es){where}: {' '.join(cmd[1:])}", highlight=False)
     return typer.Exit(subprocess.call(cmd))
 
 

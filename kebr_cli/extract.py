@@ -20,16 +20,16 @@ Vision = choices("Vision", "mediapipe", "openface-csv", "none")
 ASR = choices("ASR", "pocketsphinx", "whisper", "none")
 
 
-def parse_shard(value: Optional[str]) -> tuple[int, int] | None:
-    """'i/n' -> (i, n) with 0 <= i < n."""
+def parse_shard(value: Optional[str], option: str = "--shard") -> tuple[int, int] | None:
+    """'i/n' -> (i, n) with 0 <= i < n (`option`: the option's name for the error)."""
     if value is None:
         return None
     try:
         i, n = (int(part) for part in value.split("/"))
     except ValueError:
-        raise KebrError(f"--shard must look like i/n (e.g. 0/4), not {value!r}") from None
+        raise KebrError(f"{option} must look like i/n (e.g. 0/4), not {value!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise KebrError(f"--shard {value} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
+        raise KebrError(f"{option} {value} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
     return i, n
 
 

@@ -14,9 +14,10 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import (
-    DEVICE_METAVAR, Reporter, Verbosity, app, console, is_main_process, number, one_store, relaunch_distributed, renamed,
-    user_errors,
+    DEVICE_METAVAR, MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, Reporter, Verbosity, app, console,
+    is_main_process, launch_wanted, number, one_store, relaunch_distributed, renamed, resume_command, user_errors,
 )
+from kebr_cli.extract import parse_shard
 from kebr_cli.tables import results_table
 from kebr_core import runs
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
@@ -145,14 +146,16 @@ def pretrain(
     keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders (0 = all)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint (an error when there is none)."),
     resume_if_possible: bool = typer.Option(False, "--resume-if-possible", help="Continue the run in --out when it has a checkpoint, else start it."),
-    dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
+    dropout: float = Dropout, nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
+    rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
+    preset: Optional[str] = Preset,
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
 ) -> None:
     """Knowledge-enhanced pretraining: predict the masked sentiment word's intensity (L1) + λ·MCC."""
     from kebr_core.recipes.pretrain import pretrain as run_pretrain
 
-    if nproc_per_node > 1 and not print_config_:
-        raise relaunch_distributed(nproc_per_node)
+    if launch_wanted(nproc_per_node, nnodes) and not print_config_:
+        raise relaunch_distributed(nproc_per_node, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
     with user_errors(resume_flag="--resume"):
         store = one_store(store, dataset, "pretrain")
         renamed(loader_workers, workers, "--loader-workers", "--workers")  # the old name: a note, or an error if both
@@ -205,17 +208,22 @@ def eval_(
     max_text_len: int = MaxTextLen, device: str = Device, loader_workers: Optional[int] = LoaderWorkers,
     workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
-    dropout: float = Dropout, nproc_per_node: int = NProc, preset: Optional[str] = Preset,
+    dropout: float = Dropout, nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
+    rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
+    preset: Optional[str] = Preset,
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
     results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results (results.json: mean, std, each seed) as one JSON document on stdout instead of the table."),
+    seed_shard: Optional[str] = typer.Option(None, "--seed-shard", metavar="i/n", help="Run only this job's share of the seeds: the k-th seed of --seeds (from 0) belongs to shard k mod n, 0 <= i < n. Jobs may run at once on machines sharing --out; then --collect."),
+    collect: bool = typer.Option(False, "--collect", help="Only aggregate the seeds finished in --out (by --seed-shard jobs) into results.json; an error listing the seeds not finished yet."),
 ) -> None:
-    """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std."""
+    """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std.
+    Seeds finished in --out earlier (e.g. by --seed-shard jobs) are reused, not run again."""
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.recipes.finetune import finetune
 
-    if nproc_per_node > 1 and not print_config_:
-        raise relaunch_distributed(nproc_per_node)
+    if launch_wanted(nproc_per_node, nnodes) and not print_config_:
+        raise relaunch_distributed(nproc_per_node, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
     with user_errors():
         checkpoint = renamed(pretrained, checkpoint, "--pretrained", "--checkpoint")
         renamed(loader_workers, workers, "--loader-workers", "--workers")
@@ -229,9 +237,18 @@ def eval_(
         with Reporter(out) as report:
             report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
             resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
+            shard = parse_shard(seed_shard, "--seed-shard")
+            if shard is not None and collect:
+                raise KebrError("--seed-shard runs seeds and --collect runs none: give one of them.")
             result = finetune(resolved, out, cfg, checkpoint=checkpoint, probe=probe, std=std, force=force,
-                              progress=report)
+                              seed_shard=shard, collect=collect, progress=report)
             if not is_main_process():
+                return
+            if shard is not None:
+                waiting = f"; seed(s) {', '.join(map(str, result.pending))} are other shards'" if result.pending else ""
+                report.result(f"shard {seed_shard}: {len(result.per_seed)} of {len(cfg.train.seeds)} seed(s) finished in "
+                              f"{out}{waiting}. When every shard has finished: "
+                              f"{resume_command('--collect', drop=('--seed-shard',))}", to_stdout=not as_json)
                 return
             table_path = results_table_path or out.parent / runs.RESULTS_TABLE
             runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, cfg.train.seeds, result.summary)])

@@ -11,18 +11,29 @@ The recipes run unchanged in one process (world size 1). Under torchrun every ra
 - evaluates a shard of each split and gathers the predictions (`gather_predictions`);
 - writes files only on rank 0.
 Backend: NCCL on CUDA, gloo on CPU.
+
+On several machines (torchrun --nnodes) every rank reads the store and the run folder by path, so they
+must be the same on every node: `check_nodes_agree` verifies that right after the process group forms,
+and stops every rank with one sentence when a node sees another store, other settings or no shared folder.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
+
+from kebr_core.errors import KebrError
+from kebr_core.runs import data_fingerprint, identity_differences
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,80 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+NONCE_PREFIX = ".kebr-nonce-"
+SHARED_FOLDER = "the output folder must be on a file system that all nodes share"
+
+
+def check_nodes_agree(info: DistInfo, run_dir: str | Path, store_path: str | Path, settings: dict[str, Any]) -> None:
+    """Stop every rank with the same sentence unless all ranks see the same store (its size in bytes and
+    content fingerprint; the path may differ), the same settings (`settings`, a RunConfig's dict) and
+    the same output folder. The folder test: rank 0 writes a random token into `run_dir`, every other
+    rank reads it back there; rank 0 removes the file afterwards (it is no run output). One broadcast
+    and one all-gather, so a rank that fails never leaves the others waiting. A no-op in one process."""
+    if not info.enabled:
+        return
+    run_dir = Path(run_dir)
+    mine: dict[str, Any] = {"host": socket.gethostname(), "folder": str(run_dir.resolve()), "error": None}
+    token, nonce = None, None
+    if info.is_main:
+        token = secrets.token_hex(16)
+        nonce = run_dir / f"{NONCE_PREFIX}{token}"
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            nonce.write_text(token)
+        except OSError as e:
+            mine["error"] = f"rank 0 on {mine['host']} cannot write into the output folder {run_dir} ({e.strerror})."
+    box = [token]
+    dist.broadcast_object_list(box, src=0)  # after rank 0 wrote the file
+    try:
+        try:
+            seen = (run_dir / f"{NONCE_PREFIX}{box[0]}").read_text()
+        except OSError:
+            seen = None
+        mine["sees_folder"] = seen == box[0]
+        mine["store"] = _store_identity(store_path)
+        mine["settings"] = settings
+        everyone: list[Any] = [None] * info.world
+        dist.all_gather_object(everyone, mine)
+    finally:
+        if nonce is not None:
+            nonce.unlink(missing_ok=True)
+    problems = [p for rank, other in enumerate(everyone)
+                if (p := _disagreement(rank, other, everyone[0])) is not None]
+    if problems:
+        more = f" ({len(problems) - 1} more rank(s) disagree too.)" if len(problems) > 1 else ""
+        raise KebrError(problems[0] + more)
+
+
+def _store_identity(store_path: str | Path) -> dict[str, Any]:
+    """What must match across nodes about the store: bytes and content (not the path, which may differ)."""
+    try:
+        size = os.path.getsize(store_path)
+    except OSError:
+        return {"missing": str(store_path)}
+    return {k: v for k, v in data_fingerprint(store_path).items() if k != "store"} | {"bytes": size}
+
+
+def _disagreement(rank: int, other: dict, main: dict) -> str | None:
+    """One sentence saying how rank `rank` differs from rank 0, or None."""
+    where = f"rank {rank} on {other['host']}"
+    if other["error"] is not None:
+        return other["error"]
+    if not other["sees_folder"]:
+        return (f"{where} does not see what rank 0 on {main['host']} wrote into the output folder {other['folder']}: "
+                f"{SHARED_FOLDER}.")
+    if "missing" in other["store"]:
+        return f"{where} cannot read the store {other['store']['missing']}: every node must see the same store."
+    if other["store"] != main["store"]:
+        keys = sorted(k for k in set(other["store"]) | set(main["store"]) if other["store"].get(k) != main["store"].get(k))
+        return f"{where} reads another store than rank 0 (differs in {', '.join(keys)}): every node must see the same store."
+    diffs = identity_differences(main["settings"], other["settings"])
+    if diffs:
+        return (f"{where} was started with other settings than rank 0: {'; '.join(diffs)}; start every node with "
+                "the same command.")
+    return None
 
 
 class EpochBatches(Sampler[list[int]]):

@@ -70,6 +70,7 @@ ABLATION_RUNS = "runs"
 PLOTS = "plots"
 LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
+LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
 
 # ── metrics.csv columns (`training.epoch_row` writes them) ──
 PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
@@ -81,7 +82,7 @@ EVAL_COLUMNS = (
 # Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
 OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints"})
 # What a run directory's own files are: `force` removes these and nothing else.
-_OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG)
+_OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK)
 _OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last")  # last/: the layout before checkpoints/latest
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
 _EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
@@ -228,11 +229,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write, fsync, rename: a reader sees the old or the new file, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
+    """Write, fsync, rename: a reader sees the old or the new file, never half of one. The temporary name
+    is the writer's own, so jobs writing the same file at once (seed shards' config.json) do not mix."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        tmp.write_text(text)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 

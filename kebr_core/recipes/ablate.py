@@ -21,6 +21,11 @@ seeds; `kebr_core.runs`) matches, and a configuration whose runs hold other sett
 sentence naming it and the differing keys (`force` starts them afresh). A rerun with other flags adds
 its configurations to ablation.json and results.csv; the configurations of earlier runs stay.
 
+Shards (`kebr_core.shards`): `shard=(i, n)` runs only the configurations at positions k ≡ i (mod n) of
+`specs` and writes no ablation.json/results.csv; a pretraining run that configurations of several shards
+share is trained by the first to take its lock and reused by the others. A later call without a shard
+aggregates (running what is missing); `collect=True` only aggregates, or names what has not finished.
+
 "Avg" is the mean relative change over all metrics against C1, in percent: (m − m_C1)/|m_C1| · 100, with
 MAE's sign reversed so that positive always means better.
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,6 +51,7 @@ from kebr_core.errors import KebrError
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, split_summary
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain, pretrain_identity
+from kebr_core.shards import check_shard, in_shard, locked
 from kebr_core.training import ProgressFn, no_progress
 
 # g must lie in (−0.5, 0.5) (kebr_core.config): the sweep's ends are ±0.4.
@@ -138,6 +145,7 @@ class AblationResult:
     seeds: list[int]
     notes: list[str] = field(default_factory=list)
     caption: str = ""  # what pretraining used (`pretraining_caption`)
+    aggregated: bool = True  # False for a shard: `rows` are its own configurations, nothing summarised
 
 
 def pretraining_caption(payload: dict) -> str:
@@ -176,6 +184,8 @@ def ablate(
     probe: bool = False,
     std: str = "sample",
     force: bool = False,
+    shard: tuple[int, int] | None = None,
+    collect: bool = False,
     progress: ProgressFn = no_progress,
     on_note: Callable[[str], None] = lambda note: None,
 ) -> AblationResult:
@@ -185,7 +195,11 @@ def ablate(
     pretraining uses the dataset's splits except test, or all of them with pretrain_on_test. probe: also
     test every configuration with a modality removed (`finetune`'s probe; each row's "probe"). std: the
     spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's); ablation.json's std_ddof
-    says which."""
+    says which. shard, collect: the module docstring."""
+    check_shard(shard, "--shard")
+    if force and (shard is not None or collect):
+        raise KebrError("--force cannot go with --shard or --collect: it would remove what other jobs finished; "
+                        "start afresh with a plain --force run, then shard again.")
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
@@ -216,6 +230,7 @@ def ablate(
     rows: list[dict] = []
     seen_without_mcc: dict[tuple, str] = {}
     forced: set[Path] = set()
+    unfinished: list[str] = []  # with collect: the configurations not finished yet
     for n, spec in enumerate(specs):
         row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"{runs.ABLATION_RUNS}/{spec.name}", "status": "done",
                               "mean": {}, "std": {}, "avg_change": None}
@@ -226,16 +241,24 @@ def ablate(
                 rows.append(row)
                 continue
             seen_without_mcc[twin] = spec.name
+        if not in_shard(n, shard):  # another job's
+            continue
+        if collect and (what := _unfinished(out, spec, seeds, probe)):
+            unfinished.append(f"{spec.name} ({what})")
+            continue
         try:
             checkpoint = None
             if spec.pretrain:
                 pre_dir = out / runs.ABLATION_PRETRAIN / spec.pretrain_key()
                 row["pretrain_dir"] = str(pre_dir.relative_to(out))
-                checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
-                                         pretrain_splits, force and pre_dir not in forced, progress)
+                # Shards may need the same pretraining at once: one trains it, the others wait and reuse it. Only
+                # rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
+                with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
+                    checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
+                                             pretrain_splits, force and pre_dir not in forced, progress)
                 forced.add(pre_dir)  # shared by configurations: started afresh once
             result = finetune(dataset_store, out / row["eval_dir"], apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
-                              seeds=seeds, probe=probe, std=std, force=force, progress=progress)
+                              seeds=seeds, probe=probe, std=std, force=force, collect=collect, progress=progress)
         except KebrError as e:
             raise KebrError(f"Configuration {spec.name}: {e}") from None
         row |= split_summary(result.summary)
@@ -243,6 +266,11 @@ def ablate(
             row["probe"] = {name: split_summary(stats) for name, stats in result.probe.items()}
         rows.append(row)
         progress("configurations", n + 1, len(specs), {})
+    if unfinished:
+        raise KebrError(f"Not every configuration in {out} has finished: {', '.join(unfinished)}; run the --shard "
+                        "jobs that hold them (or kebr ablate without --collect), then collect again.")
+    if shard is not None:  # ablation.json and results.csv come from the job that aggregates every configuration
+        return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, aggregated=False)
 
     new = {r["name"]: r for r in rows}  # earlier configurations keep their place; this run's replace or follow them
     rows = [new.pop(r["name"], r) for r in earlier] + list(new.values())
@@ -276,6 +304,18 @@ def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[s
         runs.check_identity(run_dir, pretrain_identity(store, cfg, splits))
         return final
     return pretrain(store, run_dir, cfg, splits=splits, resume_if_possible=True, force=force, progress=progress).checkpoint
+
+
+def _unfinished(out: Path, spec: AblationSpec, seeds: Sequence[int], probe: bool) -> str:
+    """What a configuration still lacks in `out` ("pretraining", "seeds 3, 4"), or "" when it has finished."""
+    if spec.pretrain and not (out / runs.ABLATION_PRETRAIN / spec.pretrain_key() / runs.FINAL / runs.WEIGHTS).is_file():
+        return "pretraining"
+    missing = []
+    for seed in seeds:
+        done = runs.seed_dir(out / runs.ABLATION_RUNS / spec.name, seed) / runs.TEST_JSON
+        if not done.is_file() or (probe and "probe" not in json.loads(done.read_text())):
+            missing.append(str(seed))
+    return f"seed(s) {', '.join(missing)}" if missing else ""
 
 
 def _earlier_rows(out: Path, dataset_store: str | Path) -> list[dict]:

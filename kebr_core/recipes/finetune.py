@@ -16,6 +16,10 @@ best-model/ (the fine-tuned checkpoint of the seed with the lowest validation MA
 results.csv (mean ± std over seeds; the sample std, ddof = 1, unless std="population", MMSA's ddof = 0; both
 files say which). A seed whose test.json exists is skipped on rerun (resume).
 
+`seed_shard=(i, n)` runs only the seeds of shard i (`kebr_core.shards`) and writes no summary; a later call
+without it aggregates the finished seeds and runs the missing ones, and `collect=True` only aggregates
+(an error naming the seeds not finished yet).
+
 With `probe=True` the chosen weights are also tested with one modality removed (`PROBES`): its features
 zeroed (frames kept, every value 0) or absent (no frames, as a video without audio or face). The metrics
 go to test.json's "probe" and results.json's "probe" (mean and std over seeds): how much the model uses
@@ -41,13 +45,14 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
-from kebr_core.distributed import DistInfo, barrier, gather_predictions, init_distributed, shard
+from kebr_core.distributed import DistInfo, barrier, check_nodes_agree, gather_predictions, init_distributed, shard
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.runs import MetricsLog
+from kebr_core.shards import check_shard, in_shard, locked
 from kebr_core.training import (
     ProgressFn,
     autocast,
@@ -71,6 +76,7 @@ class EvalResult:
     best_epochs: list[int] = field(default_factory=list)
     probe: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # "audio absent" → metric → (mean, std)
     unlabeled: dict[str, int] = field(default_factory=dict)  # split → samples left out for a NaN label
+    pending: list[int] = field(default_factory=list)  # seeds not finished (other shards'); summary empty then
 
 
 def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> dict[str, torch.Tensor]:
@@ -103,14 +109,20 @@ def finetune(
     probe: bool = False,
     std: str = "sample",
     force: bool = False,
+    seed_shard: tuple[int, int] | None = None,
+    collect: bool = False,
     progress: ProgressFn = no_progress,
 ) -> EvalResult:
     """Fine-tune and test once per seed (`seeds`, default `cfg.train.seeds`; module docstring) into
     `run_dir`; std: the spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's).
     Seeds finished by an earlier call with the same identity are reused. A directory holding another
     run (other settings, data, checkpoint or seeds) is refused naming the differing keys; `force`
-    starts afresh."""
+    starts afresh. seed_shard, collect: the module docstring."""
     run_dir = Path(run_dir)
+    check_shard(seed_shard, "--seed-shard")
+    if force and (seed_shard is not None or collect):
+        raise KebrError("--force cannot go with --seed-shard or --collect: it would remove the seeds other jobs "
+                        "finished; start afresh with a plain --force run, then shard again.")
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     if seeds is not None:
@@ -143,6 +155,9 @@ def finetune(
             )
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
+    check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
+    if collect and not (run_dir / runs.CONFIG).is_file():
+        raise KebrError(f"Nothing to collect in {run_dir}: no run has started there (run kebr eval with --seed-shard first).")
     if info.is_main:
         identity = runs.run_identity(cfg, "finetune", runs.data_fingerprint(store_path),
                                      checkpoint=str(checkpoint) if checkpoint else None,
@@ -161,7 +176,7 @@ def finetune(
                                 text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
     collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
 
-    per_seed, best_epochs, probes = [], [], []
+    per_seed, best_epochs, probes, pending = [], [], [], []
     text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
     for n_done, seed in enumerate(seeds):
         seed_dir = runs.seed_dir(run_dir, seed)
@@ -169,6 +184,9 @@ def finetune(
         # finished earlier by this same run (prepare_run_dir checked): reused
         result = json.loads(done_file.read_text()) if done_file.exists() else None
         if result is None or (probe and "probe" not in result):
+            if collect or not in_shard(n_done, seed_shard):  # another job's seed
+                pending.append(seed)
+                continue
             result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
                                best_model_dir=run_dir / runs.BEST_MODEL, features=store_features(store),
                                text_cache=text_cache, probe=probe)
@@ -178,6 +196,12 @@ def finetune(
         best_epochs.append(result["best_epoch"])
         progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
 
+    if collect and pending:
+        raise KebrError(f"Not every seed of {run_dir} has finished: seed(s) {', '.join(map(str, pending))} still to run "
+                        "(by their --seed-shard job, or by kebr eval without --collect).")
+    if pending or seed_shard is not None:  # summaries come from the job that sees every seed finished
+        return EvalResult(run_dir=run_dir, per_seed=per_seed, summary={}, best_epochs=best_epochs, unlabeled=unlabeled,
+                          pending=pending)
     summary = aggregate(per_seed, std)
     probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
     if info.is_main:
@@ -234,11 +258,15 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
             w.writerow(["id", "label", "prediction"])
             w.writerows(zip(ids, label.tolist(), pred.tolist()))
         # The fine-tuned model of the seed with the lowest validation MAE so far, for `kebr predict`.
+        # Seed shards may finish at once: compare and replace under a lock, ties to the smaller seed, so the
+        # choice does not depend on which finished first.
         selection = best_model_dir / runs.SELECTION
-        if not selection.exists() or json.loads(selection.read_text())["valid_mae"] > best[0]:
-            runs.save_checkpoint(best_model_dir, model, cfg, include_encoder=not frozen,
-                                 extra=features | {"stage": "finetune", "seed": seed})
-            runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
+        with locked(best_model_dir.parent / runs.LOCK):
+            chosen = json.loads(selection.read_text()) if selection.exists() else None
+            if chosen is None or (chosen["valid_mae"], chosen["seed"]) > (best[0], seed):
+                runs.save_checkpoint(best_model_dir, model, cfg, include_encoder=not frozen,
+                                     extra=features | {"stage": "finetune", "seed": seed})
+                runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
         runs.atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
     barrier(info)
     return result

@@ -34,7 +34,7 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
-from kebr_core.distributed import barrier, init_distributed
+from kebr_core.distributed import barrier, check_nodes_agree, init_distributed
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
@@ -90,6 +90,7 @@ def pretrain(
         raise KebrError(f"Store {store_path} holds no samples {where} to pretrain on.")
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
+    check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     resume = resume or resume_if_possible
     latest = runs.latest_checkpoint(run_dir) if resume and not force else None
     if resume and latest is None and not resume_if_possible and not force:
