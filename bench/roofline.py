@@ -17,12 +17,14 @@ path (`kebr_core.training.train_epoch` on `train_step.kebr_setup`'s dataset, Col
   floor            Σ over the step's matmul shapes of FLOPs / (bf16 or fp32 peak at that shape): the step
                    time if only matmuls cost time, each at `torch.mm`'s measured rate.
 
-Variants (A/B, same run, same batches): fp32 eager (the default); `bf16` = `--bf16` autocast on the
-CPU; `compile` = `torch.compile` of TCMF and the heads (`nn.Module.compile`, dynamic shapes: the
-bucketed batches vary in length), fp32 and bf16. The authors' pipeline (`train_step.authors_epoch`,
+Variants (A/B, same run, same batches): fp32 eager (the default, with the recipes' fused Adam);
+`bf16` = `--bf16` autocast on the CPU; `compile` = `torch.compile` of TCMF and the heads
+(`nn.Module.compile`, dynamic shapes: the bucketed batches vary in length), fp32 and bf16;
+`fp32+adam-loop` = Adam's per-parameter loop (torch's default on the CPU, kebr before the fused one). The authors' pipeline (`train_step.authors_epoch`,
 fp32) is timed on the same samples for the epoch ratio of issue 19's target (≥ 6× for pretraining).
 
-    python bench/roofline.py                                  # both stages, 8 steps, best of 3
+    python bench/roofline.py --variants fp32 bf16 fp32+adam-loop   # the run in bench/results/roofline.txt
+    python bench/roofline.py                                  # every variant, both stages, 8 steps, best of 3
     python bench/roofline.py --stage pretrain --variants fp32 bf16
     python bench/roofline.py --no-authors --steps 4           # quicker
 
@@ -62,7 +64,7 @@ from kebr_core.distributed import DistInfo  # noqa: E402
 from kebr_core.training import train_epoch  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "roofline.txt"
-VARIANTS = ("fp32", "bf16", "compile", "bf16+compile")
+VARIANTS = ("fp32", "bf16", "compile", "bf16+compile", "fp32+adam-loop")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
               "aten::_scaled_dot_product_flash_attention_for_cpu_backward"}
 BIG_SQUARE = 2048
@@ -191,7 +193,7 @@ def run_stage(stage: str, store_path: Path, base_model, tokenizer, args, device:
             compile_fusion_and_heads(model)
         variant_cfg = copy.deepcopy(cfg)
         variant_cfg.train.bf16 = variant.startswith("bf16")
-        opt = optimizer_for(model, variant_cfg, stage)
+        opt = optimizer_for(model, variant_cfg, stage, fused="adam-loop" not in variant)
 
         def epoch(subset, model=model, opt=opt, variant_cfg=variant_cfg):
             # epoch 1 every time: the same batches (and dropout streams) in every pass and variant
@@ -200,7 +202,7 @@ def run_stage(stage: str, store_path: Path, base_model, tokenizer, args, device:
         sides[variant] = epoch
     if args.authors:
         authors_model = copy.deepcopy(fresh)
-        authors_opt = optimizer_for(authors_model, cfg, stage)
+        authors_opt = optimizer_for(authors_model, cfg, stage, fused=False)
         store = FeatureStore(store_path)
         authors_data = AuthorsDataset(store, store.indices(None if stage == "pretrain" else "train"), tokenizer,
                                       stage, device, seed=cfg.train.seed)
@@ -334,7 +336,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant; the fastest counts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--shape-share", type=float, default=0.8,
+    parser.add_argument("--shape-share", type=float, default=0.3,
                         help="measure the peak at the fewest matmul shapes covering this share of the FLOPs")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()

@@ -75,7 +75,7 @@ from kebr_core.lexicon import load_lexicon  # noqa: E402
 from kebr_core.masking import mask_batch, mask_sentiment_word, split_words, tokenize_plain  # noqa: E402
 from kebr_core.model import KEBRModel, load_tokenizer, masked_mean  # noqa: E402
 from kebr_core.distributed import DistInfo, EpochBatches  # noqa: E402
-from kebr_core.training import autocast, bucket_sizes, build_text_cache, move, train_epoch  # noqa: E402
+from kebr_core.training import adam, autocast, bucket_sizes, build_text_cache, move, train_epoch  # noqa: E402
 
 D_AUDIO = 33
 AUDIO_FPS = 22050 / 512  # kebr33: 43.07 frames/s
@@ -286,8 +286,9 @@ def prepare_model(base_model: KEBRModel, stage: str, device: torch.device) -> KE
     return model
 
 
-def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str) -> torch.optim.Optimizer:
-    """The recipes' parameter groups (pretraining: fusion + head; fine-tuning: + encoder)."""
+def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str, fused: bool = True) -> torch.optim.Optimizer:
+    """The recipes' parameter groups (pretraining: fusion + head; fine-tuning: + encoder) and Adam
+    (`kebr_core.training.adam`: fused unless fused=False, the per-parameter loop the authors ran)."""
     if stage == "pretrain":
         groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
     else:
@@ -296,7 +297,7 @@ def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str) -> torch.optim.O
             {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
             {"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder},
         ]
-    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    return adam(groups, cfg.train.weight_decay, fused=fused)
 
 
 def build_base_model(text_model: str, d_vision: int) -> KEBRModel:
@@ -354,7 +355,7 @@ def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: An
 
     authors_model = prepare_model(base_model, stage, device)
     authors_data = AuthorsDataset(store, indices, tokenizer, stage, device, seed=cfg.train.seed)
-    authors_opt = optimizer_for(authors_model, cfg, stage)
+    authors_opt = optimizer_for(authors_model, cfg, stage, fused=False)
 
     # Same loss on the same batch (dropout off, fp32): only the pipeline differs.
     check_idx = list(range(min(bsz, n)))

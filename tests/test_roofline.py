@@ -84,3 +84,33 @@ def test_cpu_bf16_epoch_is_close_to_float32(tiny_store: Path) -> None:
         assert bf16_row["loss"] != fp32_row["loss"]  # bf16 did run
         assert bf16_row["loss"] == pytest.approx(fp32_row["loss"], rel=0.02)
         assert bf16_row["task_l1"] == pytest.approx(fp32_row["task_l1"], rel=0.02)
+
+
+def test_recipes_use_fused_adam_with_the_loops_update() -> None:
+    """Both recipes' optimisers are `training.adam` (fused); its updates are the per-parameter loop's."""
+    from kebr_core.recipes.finetune import finetune_optimizer
+    from kebr_core.recipes.pretrain import pretrain_optimizer
+    from kebr_core.training import adam
+
+    cfg = RunConfig()
+    cfg.model.text_model, cfg.model.d_audio, cfg.model.d_vision = TINY_BERT, 7, 5
+    cfg.train.unfreeze, cfg.train.weight_decay = True, 0.01
+    torch.manual_seed(0)
+    model = KEBRModel(cfg.model, cfg.mcc)
+    assert pretrain_optimizer(model, cfg).defaults["fused"] is True
+    assert finetune_optimizer(model, cfg)[0].defaults["fused"] is True
+
+    models = {fused: copy.deepcopy(model.fusion).eval() for fused in (True, False)}  # eval: no dropout
+    opts = {fused: adam([{"params": list(m.parameters()), "lr": 1e-2}], 0.01, fused=fused) for fused, m in models.items()}
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        text, audio, vision = (torch.randn(2, n, d, generator=gen) for n, d in ((4, 32), (6, 7), (3, 5)))
+        masks = torch.ones(2, 6, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)
+        for fused, m in models.items():
+            m(text, audio, masks[0], vision, masks[1]).fused.square().mean().backward()
+            opts[fused].step()
+            opts[fused].zero_grad()
+    start = dict(model.fusion.named_parameters())
+    for (name, p_fused), p_loop in zip(models[True].named_parameters(), models[False].parameters()):
+        assert not torch.equal(p_fused, start[name])  # the steps moved it
+        torch.testing.assert_close(p_fused, p_loop, rtol=1e-5, atol=1e-6)

@@ -50,6 +50,7 @@ from kebr_core.recipes.pretrain import configure_from_store, store_widths
 from kebr_core.runs import MetricsLog
 from kebr_core.training import (
     ProgressFn,
+    adam,
     autocast,
     build_text_cache,
     loader_workers,
@@ -108,7 +109,7 @@ def finetune_optimizer(
     ]
     if cfg.train.unfreeze:
         groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    opt = adam(groups, cfg.train.weight_decay)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
 
 

@@ -41,7 +41,7 @@ from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import KEBRModel, load_tokenizer
 from kebr_core.runs import MetricsLog
-from kebr_core.training import ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch
+from kebr_core.training import ProgressFn, adam, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch
 
 
 @dataclass
@@ -79,7 +79,7 @@ def pretrain_optimizer(model: KEBRModel, cfg: RunConfig) -> torch.optim.Adam:
     groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
     if cfg.train.unfreeze:
         groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    return adam(groups, cfg.train.weight_decay)
 
 
 def pretrain(
