@@ -286,9 +286,10 @@ def prepare_model(base_model: KEBRModel, stage: str, device: torch.device) -> KE
     return model
 
 
-def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str, fused: bool = True) -> torch.optim.Optimizer:
+def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str, fused: bool = False) -> torch.optim.Optimizer:
     """The recipes' parameter groups (pretraining: fusion + head; fine-tuning: + encoder) and Adam
-    (`kebr_core.training.adam`: fused unless fused=False, the per-parameter loop the authors ran)."""
+    (`kebr_core.training.adam`: the per-parameter loop, as the recipes and the authors; fused=True for
+    the fused kernel)."""
     if stage == "pretrain":
         groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
     else:
