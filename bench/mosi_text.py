@@ -34,6 +34,7 @@ Four epochs keep five seeds at about 20 min on 2 shared cores (~50 s per epoch w
     python bench/mosi_text.py                      # 5 seeds, the chosen settings
     python bench/mosi_text.py --seeds 0 1          # fewer seeds
     python bench/mosi_text.py --tune               # the validation grid (seed 0)
+    python bench/mosi_text.py --bf16 --out bench/results/mosi_text_bf16.json   # bf16 autocast on the CPU
 
 Writes bench/results/mosi_text.json and prints a markdown table for the README. Target (issue 5): beat
 the ridge baseline on Acc-2 has0 and non0, MAE and Corr; non0 Acc-2 ≥ 80, MAE ≤ 0.90, Corr ≥ 0.70.
@@ -125,7 +126,7 @@ def make_config(settings: dict[str, Any], text_model: str) -> RunConfig:
     t = cfg.train
     t.epochs, t.batch_size, t.cosine_tmax = settings["epochs"], settings["batch_size"], settings["cosine_tmax"]
     t.lr, t.lr_fusion, t.lr_encoder = settings["lr"], settings["lr_fusion"], settings["lr_encoder"]
-    t.unfreeze, t.device, t.bf16 = True, "cpu", False
+    t.unfreeze, t.device, t.bf16 = True, "cpu", bool(settings.get("bf16", False))
     return cfg
 
 
@@ -168,13 +169,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--tune", action="store_true", help="run the validation grid on seed 0 and stop")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast on the CPU (the accuracy check of docs/bench-training.md's roofline)")
     for key, value in CHOSEN.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
     check_label_csv(parser, args.label_csv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    settings = {key: getattr(args, key) for key in CHOSEN}
+    settings = {key: getattr(args, key) for key in CHOSEN} | {"bf16": args.bf16}
     machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     command = "python " + " ".join(sys.argv)
     load_start = os.getloadavg()[0]

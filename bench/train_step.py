@@ -76,7 +76,7 @@ from kebr_core.masking import mask_batch, mask_sentiment_word, split_words, toke
 from kebr_core.model import KEBRModel, load_tokenizer  # noqa: E402
 from kebr_core.modules.pooling import masked_mean  # noqa: E402
 from kebr_core.distributed import DistInfo, EpochBatches  # noqa: E402
-from kebr_core.training import autocast, bucket_sizes, build_text_cache, move, train_epoch  # noqa: E402
+from kebr_core.training import adam, autocast, bucket_sizes, build_text_cache, move, train_epoch  # noqa: E402
 
 D_AUDIO = 33
 AUDIO_FPS = 22050 / 512  # kebr33: 43.07 frames/s
@@ -287,8 +287,10 @@ def prepare_model(base_model: KEBRModel, stage: str, device: torch.device) -> KE
     return model
 
 
-def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str) -> torch.optim.Optimizer:
-    """The recipes' parameter groups (pretraining: fusion + head; fine-tuning: + encoder)."""
+def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipes' parameter groups (pretraining: fusion + head; fine-tuning: + encoder) and Adam
+    (`kebr_core.training.adam`: the per-parameter loop, as the recipes and the authors; fused=True for
+    the fused kernel)."""
     if stage == "pretrain":
         groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
     else:
@@ -297,41 +299,64 @@ def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str) -> torch.optim.O
             {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
             {"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder},
         ]
-    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    return adam(groups, cfg.train.weight_decay, fused=fused)
 
 
-def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: Any, args, device: torch.device) -> dict:
+def build_base_model(text_model: str, d_vision: int) -> KEBRModel:
+    """The model both pipelines copy: the default KEBR settings at the bench's MOSI shapes."""
+    cfg = RunConfig()
+    cfg.model.text_model, cfg.model.max_text_len = text_model, FIXED_TEXT
+    cfg.model.d_audio, cfg.model.d_vision = D_AUDIO, d_vision
+    return KEBRModel(cfg.model, cfg.mcc)
+
+
+def stage_config(stage: str, base_model: KEBRModel, device: torch.device, bf16: bool | None,
+                 workers: int | None) -> RunConfig:
+    """The paper preset of a stage with the bench's model settings (fine-tuning trains the encoder)."""
     cfg = paper_preset(stage)
     cfg.model = copy.deepcopy(base_model.cfg)
-    cfg.train.device, cfg.train.bf16, cfg.train.unfreeze = str(device), args.bf16, stage == "finetune"
-    cfg.train.workers = args.workers
+    cfg.train.device, cfg.train.bf16, cfg.train.unfreeze = str(device), bf16, stage == "finetune"
+    cfg.train.workers = workers
+    return cfg
+
+
+def kebr_setup(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: Any, cfg: RunConfig,
+               device: torch.device) -> tuple[StoreDataset, Collator, Any, KEBRModel]:
+    """kebr_core's side as the recipes set it up (pretrain(): mask once, encode once; finetune(): tokenise
+    once): its dataset, Collator, text cache (None when fine-tuning) and a fresh copy of the model."""
     store = FeatureStore(store_path)
     split = None if stage == "pretrain" else "train"
-    indices = store.indices(split)
-    n, bsz = len(indices), cfg.train.batch_size
-    steps_per_epoch = math.ceil(n / bsz)
-
-    # kebr_core: the recipe's set-up (pretrain(): mask once, encode once; finetune(): tokenise once)
-    t0 = time.perf_counter()
     if stage == "pretrain":
         masked = mask_batch(store.texts, tokenizer, load_lexicon(), cfg.model.max_text_len, seed=cfg.train.seed)
         encoded = [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} for m in masked]
     else:
         token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)
-        encoded = [{"input_ids": token_ids[i]} for i in indices]
-    ours_data = StoreDataset(store_path, split=split, text_encoder=lambda texts: encoded)
+        encoded = [{"input_ids": token_ids[i]} for i in store.indices(split)]
+    data = StoreDataset(store_path, split=split, text_encoder=lambda texts: encoded)
     collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
-    ours_model = prepare_model(base_model, stage, device)
+    model = prepare_model(base_model, stage, device)
     cache = None
     if stage == "pretrain":
-        cache = build_text_cache(ours_model.encoder, [e["input_ids"] for e in encoded], device)
+        cache = build_text_cache(model.encoder, [e["input_ids"] for e in encoded], device)
+    return data, collate, cache, model
+
+
+def run_stage(stage: str, store_path: Path, base_model: KEBRModel, tokenizer: Any, args, device: torch.device) -> dict:
+    cfg = stage_config(stage, base_model, device, args.bf16, args.workers)
+    store = FeatureStore(store_path)
+    indices = store.indices(None if stage == "pretrain" else "train")
+    n, bsz = len(indices), cfg.train.batch_size
+    steps_per_epoch = math.ceil(n / bsz)
+
+    t0 = time.perf_counter()
+    ours_data, collate, cache, ours_model = kebr_setup(stage, store_path, base_model, tokenizer, cfg, device)
     sync(device)
     one_off = time.perf_counter() - t0
     ours_opt = optimizer_for(ours_model, cfg, stage)
 
     authors_model = prepare_model(base_model, stage, device)
     authors_data = AuthorsDataset(store, indices, tokenizer, stage, device, seed=cfg.train.seed)
-    authors_opt = optimizer_for(authors_model, cfg, stage)
+    authors_opt = optimizer_for(authors_model, cfg, stage, fused=False)
 
     # Same loss on the same batch (dropout off, fp32): only the pipeline differs.
     check_idx = list(range(min(bsz, n)))
@@ -430,17 +455,14 @@ def main() -> None:
         print(f"store: {len(rows)} MOSI transcripts, random audio {D_AUDIO}-d (mean {mean_len['audio']:.0f} frames, "
               f"≤{FIXED_AUDIO}) and vision {args.d_vision}-d (mean {mean_len['vision']:.0f} frames, ≤{FIXED_VISION}); "
               f"built in {time.perf_counter() - t0:.1f} s")
-        cfg = RunConfig()
-        cfg.model.text_model, cfg.model.max_text_len = args.text_model, FIXED_TEXT
-        cfg.model.d_audio, cfg.model.d_vision = D_AUDIO, args.d_vision
-        base_model = KEBRModel(cfg.model, cfg.mcc)
+        base_model = build_base_model(args.text_model, args.d_vision)
         tokenizer = load_tokenizer(args.text_model)
         bf16 = (device.type == "cuda") if args.bf16 is None else args.bf16
         print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with "
               f"{torch.get_num_threads()} threads; device {device}"
               + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
               + f"; bf16 {'on' if bf16 else 'off'}")
-        print(f"model: {args.text_model} (d_t {base_model.d_text}), TCMF K={cfg.model.layers} shared, batch 32, "
+        print(f"model: {args.text_model} (d_t {base_model.d_text}), TCMF K={base_model.cfg.layers} shared, batch 32, "
               f"text ≤{FIXED_TEXT} tokens; {'whole epochs' if args.full else f'{args.steps} steps per side'}, "
               f"best of {args.repeats}")
         results = [run_stage(stage, store_path, base_model, tokenizer, args, device) for stage in stages]

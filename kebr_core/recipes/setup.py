@@ -24,7 +24,7 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.model import KEBRModel
-from kebr_core.training import ProgressFn, TextCache, build_text_cache, no_progress, seed_everything
+from kebr_core.training import ProgressFn, TextCache, adam, build_text_cache, no_progress, seed_everything
 
 Stage = Literal["pretrain", "finetune"]
 
@@ -40,7 +40,7 @@ def pretrain_optimizer(model: KEBRModel, cfg: RunConfig) -> torch.optim.Adam:
     groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
     if cfg.train.unfreeze:
         groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    return adam(groups, cfg.train.weight_decay)
 
 
 def finetune_optimizer(
@@ -56,7 +56,7 @@ def finetune_optimizer(
     ]
     if cfg.train.unfreeze:
         groups.append({"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder})
-    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    opt = adam(groups, cfg.train.weight_decay)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.cosine_tmax)
 
 
