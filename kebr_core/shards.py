@@ -15,11 +15,10 @@ import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import Iterator
 
 from kebr_core.errors import KebrError
 
-T = TypeVar("T")
 
 
 def check_shard(shard: tuple[int, int] | None, option: str) -> None:
@@ -30,11 +29,6 @@ def check_shard(shard: tuple[int, int] | None, option: str) -> None:
 def in_shard(position: int, shard: tuple[int, int] | None) -> bool:
     """Whether the item at `position` (from 0) belongs to `shard` (i, n); every item when shard is None."""
     return shard is None or position % shard[1] == shard[0]
-
-
-def share(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
-    """The items of one shard, in their order."""
-    return [item for k, item in enumerate(items) if in_shard(k, shard)]
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from kebr_cli.app import torchrun_arguments, without_options
 from kebr_cli.main import app
 from kebr_core.distributed import NONCE_PREFIX, SHARED_FOLDER, DistInfo, check_nodes_agree
 from kebr_core.errors import KebrError
-from kebr_core.shards import share
+from kebr_core.shards import in_shard
 from tests.conftest import TINY_BERT
 
 runner = CliRunner()
@@ -59,6 +59,10 @@ def test_a_bad_launch_exits_1_with_one_sentence(tiny_store: Path, tmp_path: Path
     r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(tmp_path / "p"), "--nnodes", "2", *FAST])
     assert r.exit_code == 1 and "--rdzv-endpoint" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "p").exists()
+
+
+def share(items, shard):  # what the recipes keep of their seeds / configurations
+    return [item for k, item in enumerate(items) if in_shard(k, shard)]
 
 
 def test_shares_take_every_nth_item() -> None:
