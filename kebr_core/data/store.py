@@ -481,7 +481,8 @@ class StoreWriter:
     def add(self, sample: Sample) -> bool:
         """Buffer one sample; False (and nothing written) when its id is already in the store.
 
-        Raises ValueError for a sample that does not fit the store (feature width, split, source).
+        Raises ValueError for a sample that does not fit the store (feature width, split, source, a NUL
+        character in its id or text).
         """
         if sample.id in self._ids:
             return False
@@ -492,6 +493,10 @@ class StoreWriter:
         if not _valid_text_source(sample.text_source):
             raise ValueError(f"sample {sample.id!r}: text_source {sample.text_source!r} is not "
                              f"manifest|table|sidecar|asr:<backend>|import")
+        # HDF5 strings end at NUL: one would fail the whole commit, every rerun again (refused here instead).
+        for name, value in (("id", sample.id), ("text", str(sample.text))):
+            if "\x00" in value:
+                raise ValueError(f"sample {sample.id!r}: its {name} holds a NUL character, which a store cannot hold")
         self._ids.add(sample.id)
         self._pending.append(Sample(sample.id, str(sample.text), audio, vision, float(sample.label),
                                     sample.split, sample.text_source))
@@ -501,9 +506,12 @@ class StoreWriter:
     def add_error(self, sample_id: str, message: str) -> None:
         """Record that sample_id failed, with a one-line message (committed with the next commit).
 
-        `FeatureStore.errors()` keeps the last message of an id recorded more than once.
+        `FeatureStore.errors()` keeps the last message of an id recorded more than once. A NUL character
+        in either is written as the four characters `\\x00`.
         """
-        self._pending_errors.append((str(sample_id), " ".join(str(message).split())))
+        # NUL cannot be stored (see `add`); an error must be recordable whatever the input held.
+        sample_id, message = (str(v).replace("\x00", "\\x00") for v in (sample_id, message))
+        self._pending_errors.append((sample_id, " ".join(message.split())))
         self._maybe_commit()
 
     @staticmethod
