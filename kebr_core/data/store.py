@@ -186,13 +186,39 @@ class FeatureStore:
             self._audio_offsets: np.ndarray = f["audio/offsets"][: n + 1].astype(np.int64)
             self._vision_offsets: np.ndarray = f["vision/offsets"][: n + 1].astype(np.int64)
             self._n_errors = n_errors
+            data_shapes = {m: f[f"{m}/data"].shape for m in ("audio", "vision")}
         if len(self._audio_offsets) != n + 1 or len(self._vision_offsets) != n + 1:
             raise KebrError(f"Store {self.path} is damaged: its offsets are shorter than its {n} samples.")
+        self._check_index(data_shapes)
         self.audio_features: list[str] = self.attrs["audio_features"]
         self.vision_features: list[str] = self.attrs["vision_features"]
         self._texts: list[str] | None = None
         self._file: h5py.File | None = None
         self._pid: int | None = None
+
+    def _check_index(self, data_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Refuse, naming the field, an index no kebr writer produces (a foreign or edited file): splits
+        outside SPLITS, offsets that go backwards (a negative length) or past the frames, feature names
+        that do not match the frames' width. Every command opens stores here, so none reads such a file."""
+        unknown = sorted(set(self.splits.tolist()) - set(SPLITS))
+        if unknown:
+            raise KebrError(f"Store {self.path} is damaged: its split field holds {unknown[0]!r}, not one of "
+                            f"{', '.join(SPLITS)}.")
+        for modality, offsets in (("audio", self._audio_offsets), ("vision", self._vision_offsets)):
+            rows, width = data_shapes[modality]
+            backwards = np.flatnonzero(np.diff(offsets) < 0)
+            if len(backwards):
+                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets give sample "
+                                f"{self.ids[int(backwards[0])]!r} a negative length.")
+            if offsets[0] != 0:
+                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets do not start at 0.")
+            if offsets[-1] > rows:
+                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets point past the {rows} frames "
+                                f"of {modality}/data.")
+            names = self.attrs[f"{modality}_features"]
+            if rows and width != len(names):
+                raise KebrError(f"Store {self.path} is damaged: {modality}/data has {width} columns but the store "
+                                f"names {len(names)} {modality} features.")
 
     # ── per-process handle ──────────────────────────────────────────────────────────────────────
 
