@@ -242,7 +242,7 @@ def _parse_text(key: str, text: str, tp: Any) -> Any:
     if tp in (int, float):  # plain decimal only (kebr_core.strict): Python's `1_0` is not 10 here
         value = decimal_integer(text) if tp is int else decimal_number(text)
         if value is None:
-            raise KebrError(f"--set {key}={text}: {key} must be {_type_name(tp)}, written in plain decimal.")
+            raise KebrError(f"--set {key}={text}: {key} must be {_type_name(tp)} in plain decimal (like 3, -0.5, 2e-5).")
         return value
     return text
 
@@ -371,7 +371,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if unknown:
         key = unknown[0]
         home = [s for s in SECTIONS if key in {f.name for f in dataclasses.fields(getattr(RunConfig(), s))}]
-        hint = f"; {key} is a setting of [{home[0]}]" if home else ""
+        hint = f"; {key} belongs in the {home[0]} section" if home else ""
         raise KebrError(f"--config {path}: unknown section or key '{key}' (a config file holds only the sections "
                         f"{', '.join(SECTIONS)}{hint}).")
     return data

@@ -63,7 +63,7 @@ def decode_text(raw: bytes, path: Path, what: str, errors: str = "strict") -> st
     try:
         return raw.decode(encoding, errors=errors)
     except UnicodeDecodeError:
-        raise KebrError(f"{what} {path} is not UTF-8 or UTF-16 text.") from None
+        raise KebrError(f"{what} {path} is not UTF-8 text (nor UTF-16 with a byte-order mark).") from None
 
 
 def read_user_text(path: Path, what: str, errors: str = "strict") -> str:
@@ -74,8 +74,6 @@ def read_user_text(path: Path, what: str, errors: str = "strict") -> str:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise KebrError(f"{what} {path} does not exist.") from None
-    except IsADirectoryError:
-        raise KebrError(f"{what} {path} is a folder, not a file.") from None
     except OSError as e:
         raise KebrError(f"{what} {path} cannot be read ({e.strerror}).") from None
     return decode_text(raw, path, what, errors)

@@ -246,7 +246,7 @@ def read_label_csv(src: str | Path) -> list[Sample]:
             raise KebrError(f"Label file {src} line {line}: mode {mode!r} is not train, valid or test.")
         label = decimal_number(row["label"])
         if label is None:
-            raise KebrError(f"Label file {src} line {line}: label {row['label']!r} is not a plain decimal number.")
+            raise KebrError(f"Label file {src} line {line}: label {row['label']!r} is not a number in plain decimal (like -1.5).")
         samples.append(Sample(id=sample_id, text=row["text"].strip(), audio=empty, vision=empty,
                               label=label, split=mode, text_source="import"))
     return samples

@@ -96,7 +96,7 @@ def read_manifest(manifest: Path, root: Path) -> list[VideoItem]:
         raw_label = row.get("label", "").strip()
         label = decimal_number(raw_label) if raw_label else float("nan")
         if label is None:
-            raise KebrError(f"{manifest} line {line}: label {row['label']!r} is not a plain decimal number")
+            raise KebrError(f"{manifest} line {line}: label {row['label']!r} is not a number in plain decimal (like -1.5)")
         split = (row.get("mode") or "unlabeled").strip().lower() or "unlabeled"
         split = {"val": "valid", "validation": "valid", "dev": "valid"}.get(split, split)
         if split not in ("train", "valid", "test", "unlabeled"):
