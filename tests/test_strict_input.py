@@ -206,6 +206,10 @@ def _negative_length(f: h5py.File) -> None:
 SMALLER = [
     Case("9 import: a label.csv with two label columns", _label_csv(f"{HEADER},label\nv,1,hi,0.5,Positive,train,2\n"),
          1, "label.csv names the column 'label' more than once in its header"),
+    Case("9 extract --transcripts: a table with two text columns",
+         lambda t: (t / "t.csv").write_text("id,text,text\na,good,bad\n") and
+         ["extract", str(tone_clip(t / "videos" / "a.mp4").parent), "--transcripts", str(t / "t.csv"), "-o",
+          str(t / "x.h5"), *EXTRACT_FAST], 1, "t.csv names the column 'text' more than once in its header"),
     Case("9 import: a label 1_0 (Python's syntax, not a number in a CSV)",
          _label_csv(f"{HEADER}\nv,1,hi,1_0,Positive,train\n"), 1,
          "label.csv line 2: label '1_0' is not a number in plain decimal"),

@@ -61,6 +61,10 @@ def read_transcript_table(path: Path) -> dict[str, str]:
         columns = [c.strip().lower() for c in next(reader, [])]
         if "id" not in columns or "text" not in columns:
             raise KebrError(f"The transcript table {path} needs a header row with an id and a text column ({form}).")
+        repeated = [name for name in ("id", "text") if columns.count(name) > 1]
+        if repeated:  # which of two text columns is meant is not ours to guess
+            raise KebrError(f"The transcript table {path} names the column {repeated[0]!r} more than once in its "
+                            "header; keep one of them.")
         at_id, at_text = columns.index("id"), columns.index("text")
         table: dict[str, str] = {}
         first_line: dict[str, int] = {}
