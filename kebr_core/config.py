@@ -345,8 +345,7 @@ def _section(d: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
     return dict(value)
 
 
-# Top-level keys of the config.json files kebr writes (a run's identity, a checkpoint's payload) besides
-# the sections: they describe the run and set nothing, so a replayed config.json may carry them.
+# Keys that mark a config.json kebr wrote (a run's identity, a checkpoint's): its other keys set nothing.
 _KEBR_MARKERS = ("stage", "includes_encoder")
 
 
