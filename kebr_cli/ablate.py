@@ -25,8 +25,8 @@ from kebr_core import runs
 from kebr_core.config import parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.modules.mcc import ALIGNS, FORMS
-from kebr_core.strict import decimal_number
 from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
+from kebr_core.strict import decimal_number
 
 
 def _floats(text: str, option: str) -> list[float]:

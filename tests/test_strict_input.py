@@ -56,7 +56,7 @@ def _store_holds(ids: list[str], texts: list[str], failed: dict[str, str]) -> Ca
 def _manifest_with_nul(tmp: Path) -> list[str]:
     tone_clip(tmp / "Raw" / "v1" / "1.mp4")
     tone_clip(tmp / "Raw" / "v2" / "1.mp4", hz=450)
-    path = manifest(tmp / "label.csv", [("v1", "1", "1.0"), ("v2", "1", "0.5")])
+    path = manifest(tmp / "label.csv", [("v1", "1", "1.0"), ("v2", "1", "0.5"), ("v3", "1\x002", "0.5")])
     path.write_text(path.read_text().replace("v2,1,a fine movie", "v2,1,a fine\x00movie"))
     return ["extract", "--manifest", str(path), "--root", str(tmp / "Raw"), "-o", str(tmp / "x.h5"), *EXTRACT_FAST]
 
@@ -79,7 +79,8 @@ NUL = [
          check=_store_holds(["a"], ["a great movie"], {"b": "b.txt holds a NUL character"})),
     Case("4 extract --manifest: a NUL in a row is one failed item, the rest committed", _manifest_with_nul,
          0, "line 3: its text holds a NUL character", may_create=("x.h5",),
-         check=_store_holds(["v1$_$1"], ["a fine movie"], {"v2$_$1": "line 3: its text holds a NUL character"})),
+         check=_store_holds(["v1$_$1"], ["a fine movie"], {"v2$_$1": "line 3: its text holds a NUL character",
+                                                            "v3$_$1\\x002": "line 4: its clip_id holds a NUL character"})),
     Case("4 extract --transcripts: a NUL in the table's text is one failed item, the rest committed", _table_with_nul,
          0, "the transcript from the table holds a NUL character", may_create=("x.h5",),
          check=_store_holds(["a"], ["a good film"], {"b": "holds a NUL character"})),
