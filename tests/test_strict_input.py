@@ -343,3 +343,28 @@ def test_a_typed_text_model_differing_from_the_checkpoint_is_refused(tmp_path: P
                             str(tmp_path / "ev"), *EVAL_FAST, "--text-model", other])
     assert r.exit_code == 1
     assert f"--text-model {other} (the checkpoint has {TINY_BERT})" in " ".join(r.output.split())
+
+
+def test_a_sample_the_store_cannot_hold_is_one_failed_item_whatever_its_source(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's safety net: a text source without its own check (an ASR that emits a NUL) reaches the
+    writer, which refuses it on `add`; that video fails alone and the others are committed."""
+    from dataclasses import replace
+
+    from kebr_core.extract.extractor import Extractor
+
+    real = Extractor.process
+
+    def process(self, item):
+        result = real(self, item)
+        if item.id == "b":
+            result.sample = replace(result.sample, text="heard\x00noise")
+        return result
+
+    monkeypatch.setattr(Extractor, "process", process)
+    args = _sidecars(tmp_path, a=b"a great movie", b=b"a bad movie")
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    store = FeatureStore(tmp_path / "x.h5")
+    assert store.ids == ["a"] and list(store.errors()) == ["b"]
+    assert "its text holds a NUL character" in store.errors()["b"]
