@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -27,14 +26,12 @@ from kebr_core.config import parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
+from kebr_core.strict import decimal_number
 
 
 def _floats(text: str, option: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = [math.nan]
-    if not all(math.isfinite(v) for v in values):
+    values = [decimal_number(x, allow_non_finite=False) for x in text.split(",") if x.strip()]
+    if None in values:
         raise KebrError(f"{option} takes comma-separated finite numbers, e.g. -0.4,0,0.4, not '{text}'.")
     return values
 

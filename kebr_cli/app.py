@@ -31,6 +31,7 @@ from typer.core import TyperOption
 
 from kebr_core import __version__
 from kebr_core.errors import KebrError, native_write_error, os_error_message
+from kebr_core.strict import decimal_number
 
 # No downloads unless the user opts in: a missing model fails fast with a clear sentence.
 if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
@@ -137,10 +138,9 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
     wanted = " and ".join(t for t in (low_text, high_text) if t)
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            raise typer.BadParameter(f"{text!r} is not a number") from None
+        value = decimal_number(str(text))  # plain decimal, as in CSVs and --set (kebr_core.strict)
+        if value is None:
+            raise typer.BadParameter(f"{text!r} is not a number in plain decimal")
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
         if not math.isfinite(value) or too_low or too_high:

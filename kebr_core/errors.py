@@ -9,7 +9,6 @@ disk, a missing folder) are turned into one sentence by `os_error_message`.
 import errno as _errno
 import os as _os
 import re as _re
-from pathlib import Path as _Path
 
 
 class KebrError(Exception):
@@ -48,19 +47,6 @@ def os_error_message(error: OSError) -> str:
     if advice is None:
         advice = error.strerror or first_line
     return f"{path}: {advice}." if path else f"{advice} ({first_line})."
-
-
-def read_user_text(path: _Path, what: str, encoding: str = "utf-8") -> str:
-    """The text of a file a user gave (`what` names it in errors, e.g. "Lexicon file"); a missing, unreadable
-    or non-UTF-8 file is one sentence naming it."""
-    try:
-        return path.read_text(encoding=encoding)
-    except FileNotFoundError:
-        raise KebrError(f"{what} {path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise KebrError(f"{what} {path} is not UTF-8 text.") from None
-    except OSError as e:
-        raise KebrError(f"{what} {path} cannot be read ({e.strerror}).") from None
 
 
 def native_write_error(error: BaseException) -> str | None:

@@ -15,11 +15,11 @@ which never match a single cleaned word; they are kept, harmlessly.
 from __future__ import annotations
 
 import functools
-import math
 from importlib import resources
 from pathlib import Path
 
-from kebr_core.errors import KebrError, read_user_text
+from kebr_core.errors import KebrError
+from kebr_core.strict import decimal_number, read_user_text
 
 VADER_RANGE = 4.0  # VADER means lie in [-4, 4]
 LABEL_RANGE = 3.0  # MOSI/MOSEI labels lie in [-3, 3]
@@ -72,11 +72,8 @@ def _parse(path: Path) -> dict[str, float]:
             raise KebrError(
                 f"Lexicon file {path} line {number} is not 'token<TAB>mean[<TAB>std<TAB>ratings]': {line!r}."
             )
-        try:
-            mean = float(fields[1])
-        except ValueError:
-            mean = math.nan
-        if not (-VADER_RANGE <= mean <= VADER_RANGE):  # also rejects NaN
+        mean = decimal_number(fields[1], allow_non_finite=False)
+        if mean is None or not -VADER_RANGE <= mean <= VADER_RANGE:
             raise KebrError(
                 f"Lexicon file {path} line {number} has mean {fields[1].strip()!r} for {token!r}, "
                 f"not a number in [-4, 4]."

@@ -396,7 +396,8 @@ def read_checkpoint_config(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint_weights(model: torch.nn.Module, path: Path, skip_prefixes: tuple[str, ...] = ()) -> None:
-    """Load a checkpoint's weights into `model`; shape mismatches are one clear sentence."""
+    """Load a checkpoint's weights into `model`; shape mismatches and non-float weights for float parameters
+    are one clear sentence."""
     state = load_file(str(Path(path) / WEIGHTS))
     state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
     own = model.state_dict()
@@ -406,6 +407,10 @@ def load_checkpoint_weights(model: torch.nn.Module, path: Path, skip_prefixes: t
                 f"Checkpoint {path} does not fit this data: weight {k} has shape {tuple(v.shape)}, "
                 f"the model needs {tuple(own[k].shape)} (different feature dimensions or text model?)."
             )
+        # load_state_dict would cast an int8 or bool tensor into a float parameter without a word.
+        if k in own and own[k].is_floating_point() and not v.is_floating_point():
+            raise KebrError(f"Checkpoint {path} is not usable: weight {k} is stored as {str(v.dtype).replace('torch.', '')}, "
+                            f"not as floating point numbers, so it is not a trained weight.")
     unknown = [k for k in state if k not in own]
     if unknown:
         raise KebrError(f"Checkpoint {path} has weights this model does not know, e.g. {unknown[0]}.")

@@ -123,7 +123,7 @@ def test_missing_or_binary_lexicon_raises(tmp_path):
     with pytest.raises(KebrError, match="does not exist"):
         load_lexicon(tmp_path / "nope.txt")
     p = tmp_path / "binary.txt"
-    p.write_bytes(b"\xff\xfe\x00bad")
+    p.write_bytes(b"\x80\x00bad\xff")  # no byte-order mark (\xff\xfe would make it UTF-16): not text
     with pytest.raises(KebrError, match="UTF-8"):
         load_lexicon(p)
 

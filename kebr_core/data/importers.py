@@ -23,7 +23,6 @@ The store names no audio or vision feature columns.
 
 from __future__ import annotations
 
-import csv
 import math
 import pickle
 from pathlib import Path
@@ -35,6 +34,7 @@ from kebr_core.data.labels import check_labels
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
 from kebr_core.errors import KebrError
 from kebr_core.io import atomic_output
+from kebr_core.strict import decimal_number, find_nul, read_csv_table
 
 ProgressFn = Callable[[int, int], None]
 
@@ -173,7 +173,11 @@ def import_mmsa_pickle(
     outside = 0
     for split, arrays in splits.items():
         n = len(arrays["id"])
-        labels = arrays["regression_labels"].astype(np.float64).reshape(n, -1)[:, 0]
+        shape = arrays["regression_labels"].shape
+        if shape not in ((n,), (n, 1)):  # (N, 2) or more: which column is the sentiment is not ours to guess
+            raise KebrError(f"MMSA pickle {src}: {split}/regression_labels has shape {shape}; kebr reads one label per "
+                            f"sample, shaped ({n},) or ({n}, 1).")
+        labels = arrays["regression_labels"].astype(np.float64).reshape(n)
         arrays["regression_labels"], n_out = check_labels(
             labels, [_str(i) for i in arrays["id"].tolist()], f"MMSA pickle {src} ({split})", clip=clip_labels)
         outside += n_out
@@ -193,6 +197,10 @@ def import_mmsa_pickle(
                 v_len = arrays["vision_lengths"].astype(np.int64) if has_lengths else [None] * n
                 labels = arrays["regression_labels"]
                 for i, (sample_id, text) in enumerate(zip(arrays["id"].tolist(), arrays["raw_text"].tolist())):
+                    nul = find_nul({"id": _str(sample_id), "raw_text": _str(text)})
+                    if nul is not None:
+                        raise KebrError(f"MMSA pickle {src}: {split}/{nul} of sample {i} holds a NUL character, "
+                                        "which a store cannot hold.")
                     audio, bad_a = _sample_frames(arrays["audio"], i, a_len[i])
                     vision, bad_v = _sample_frames(arrays["vision"], i, v_len[i])
                     nonfinite += bad_a + bad_v
@@ -215,38 +223,31 @@ def read_label_csv(src: str | Path) -> list[Sample]:
     src = Path(src)
     if not src.is_file():
         raise KebrError(f"Label file {src} does not exist.")
-    try:
-        with open(src, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in LABEL_CSV_COLUMNS if c not in columns]
-            if missing:
-                raise KebrError(f"Label file {src} lacks the column(s) {', '.join(missing)} "
-                                f"(an MMSA label.csv has {','.join(LABEL_CSV_COLUMNS)}).")
-            reader.fieldnames = columns
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise KebrError(f"Label file {src} is not UTF-8 text.") from None
-    except csv.Error as e:
-        raise KebrError(f"Label file {src} is not valid CSV ({e}).") from None
+    columns, rows = read_csv_table(src, "Label file")
+    missing = [c for c in LABEL_CSV_COLUMNS if c not in columns]
+    if missing:
+        raise KebrError(f"Label file {src} lacks the column(s) {', '.join(missing)} "
+                        f"(an MMSA label.csv has {','.join(LABEL_CSV_COLUMNS)}).")
     if not rows:
         raise KebrError(f"Label file {src} has a header but no rows.")
 
     samples, seen = [], {}
     empty = np.zeros((0, 0), dtype=np.float32)
-    for line, row in enumerate(rows, start=2):
-        sample_id = f"{(row['video_id'] or '').strip()}$_${(row['clip_id'] or '').strip()}"
+    for line, row in rows:
+        nul = find_nul(row)
+        if nul is not None:
+            raise KebrError(f"Label file {src} line {line}: its {nul} holds a NUL character, which a store cannot hold.")
+        sample_id = f"{row['video_id'].strip()}$_${row['clip_id'].strip()}"
         if sample_id in seen:
             raise KebrError(f"Label file {src}: id {sample_id!r} occurs twice (lines {seen[sample_id]} and {line}).")
         seen[sample_id] = line
-        mode = (row["mode"] or "").strip()
+        mode = row["mode"].strip()
         if mode not in SPLITS or mode == "unlabeled":
             raise KebrError(f"Label file {src} line {line}: mode {mode!r} is not train, valid or test.")
-        try:
-            label = float(row["label"])
-        except (TypeError, ValueError):
-            raise KebrError(f"Label file {src} line {line}: label {row['label']!r} is not a number.") from None
-        samples.append(Sample(id=sample_id, text=(row["text"] or "").strip(), audio=empty, vision=empty,
+        label = decimal_number(row["label"])
+        if label is None:
+            raise KebrError(f"Label file {src} line {line}: label {row['label']!r} is not a number in plain decimal (like -1.5).")
+        samples.append(Sample(id=sample_id, text=row["text"].strip(), audio=empty, vision=empty,
                               label=label, split=mode, text_source="import"))
     return samples
 

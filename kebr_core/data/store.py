@@ -186,13 +186,39 @@ class FeatureStore:
             self._audio_offsets: np.ndarray = f["audio/offsets"][: n + 1].astype(np.int64)
             self._vision_offsets: np.ndarray = f["vision/offsets"][: n + 1].astype(np.int64)
             self._n_errors = n_errors
+            data_shapes = {m: f[f"{m}/data"].shape for m in ("audio", "vision")}
         if len(self._audio_offsets) != n + 1 or len(self._vision_offsets) != n + 1:
             raise KebrError(f"Store {self.path} is damaged: its offsets are shorter than its {n} samples.")
+        self._check_index(data_shapes)
         self.audio_features: list[str] = self.attrs["audio_features"]
         self.vision_features: list[str] = self.attrs["vision_features"]
         self._texts: list[str] | None = None
         self._file: h5py.File | None = None
         self._pid: int | None = None
+
+    def _check_index(self, data_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Refuse, naming the field, an index no kebr writer produces (a foreign or edited file): splits
+        outside SPLITS, offsets that go backwards (a negative length) or past the frames, feature names
+        that do not match the frames' width. Every command opens stores here, so none reads such a file."""
+        unknown = sorted(set(self.splits.tolist()) - set(SPLITS))
+        if unknown:
+            raise KebrError(f"Store {self.path} is damaged: its split field holds {unknown[0]!r}, not one of "
+                            f"{', '.join(SPLITS)}.")
+        for modality, offsets in (("audio", self._audio_offsets), ("vision", self._vision_offsets)):
+            rows, width = data_shapes[modality]
+            backwards = np.flatnonzero(np.diff(offsets) < 0)
+            if len(backwards):
+                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets give sample "
+                                f"{self.ids[int(backwards[0])]!r} a negative length.")
+            if offsets[0] != 0:
+                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets do not start at 0.")
+            if offsets[-1] > rows:
+                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets point past the {rows} frames "
+                                f"of {modality}/data.")
+            names = self.attrs[f"{modality}_features"]
+            if rows and width != len(names):
+                raise KebrError(f"Store {self.path} is damaged: {modality}/data has {width} columns but the store "
+                                f"names {len(names)} {modality} features.")
 
     # ── per-process handle ──────────────────────────────────────────────────────────────────────
 
@@ -481,7 +507,8 @@ class StoreWriter:
     def add(self, sample: Sample) -> bool:
         """Buffer one sample; False (and nothing written) when its id is already in the store.
 
-        Raises ValueError for a sample that does not fit the store (feature width, split, source).
+        Raises ValueError for a sample that does not fit the store (feature width, split, source, a NUL
+        character in its id or text).
         """
         if sample.id in self._ids:
             return False
@@ -492,6 +519,10 @@ class StoreWriter:
         if not _valid_text_source(sample.text_source):
             raise ValueError(f"sample {sample.id!r}: text_source {sample.text_source!r} is not "
                              f"manifest|table|sidecar|asr:<backend>|import")
+        # HDF5 strings end at NUL: one would fail the whole commit, every rerun again (refused here instead).
+        for name, value in (("id", sample.id), ("text", str(sample.text))):
+            if "\x00" in value:
+                raise ValueError(f"sample {sample.id!r}: its {name} holds a NUL character, which a store cannot hold")
         self._ids.add(sample.id)
         self._pending.append(Sample(sample.id, str(sample.text), audio, vision, float(sample.label),
                                     sample.split, sample.text_source))
@@ -501,9 +532,12 @@ class StoreWriter:
     def add_error(self, sample_id: str, message: str) -> None:
         """Record that sample_id failed, with a one-line message (committed with the next commit).
 
-        `FeatureStore.errors()` keeps the last message of an id recorded more than once.
+        `FeatureStore.errors()` keeps the last message of an id recorded more than once. A NUL character
+        in either is written as the four characters `\\x00`.
         """
-        self._pending_errors.append((str(sample_id), " ".join(str(message).split())))
+        # NUL cannot be stored (see `add`); an error must be recordable whatever the input held.
+        sample_id, message = (str(v).replace("\x00", "\\x00") for v in (sample_id, message))
+        self._pending_errors.append((sample_id, " ".join(message.split())))
         self._maybe_commit()
 
     @staticmethod

@@ -147,11 +147,14 @@ class Extractor:
             raise MediaError(f"{path} has neither an audio nor a video stream")
 
         # Transcript sources that need no audio come first; ASR only when they give nothing.
-        text, source = item.text, item.text_source
+        text, source, origin = item.text, item.text_source, f"the {item.text_source}"
         if text is None:
             sidecar = find_sidecar(path)
             if sidecar is not None:
-                text, source = read_sidecar(sidecar), "sidecar"
+                text, source, origin = read_sidecar(sidecar), "sidecar", str(sidecar)
+        if text is not None and "\x00" in text:  # the store cannot hold it (HDF5 strings end at NUL)
+            raise MediaError(f"{path}: the transcript from {origin} holds a NUL character (a UTF-16 file without "
+                             "a byte-order mark?); save it as UTF-8 and rerun with --retry-failed")
         need_asr = text is None and opt.asr != "none"
 
         # Audio: one decode, resampled for the features and (if needed) for ASR.

@@ -15,7 +15,6 @@ CRC-32 is i modulo n, a split that does not depend on the order in which the fil
 
 from __future__ import annotations
 
-import csv
 import os
 import zlib
 from dataclasses import dataclass, replace
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kebr_core.errors import KebrError
+from kebr_core.strict import decimal_number, find_nul, read_csv_table
 from kebr_core.extract.transcripts import SIDECAR_EXTENSIONS, read_transcript_table
 from kebr_core.extract.video import VIDEO_EXTENSIONS
 
@@ -73,43 +73,41 @@ def read_manifest(manifest: Path, root: Path) -> list[VideoItem]:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise KebrError(f"the manifest {manifest} does not exist")
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = {"video_id", "clip_id"} - set(reader.fieldnames or [])
-        if missing:
-            raise KebrError(
-                f"the manifest {manifest} has no {' or '.join(sorted(missing))} column "
-                "(expected MMSA's label.csv: video_id,clip_id,text,label,annotation,mode)"
-            )
-        items = []
-        root_abs = os.path.abspath(root)
-        for line, row in enumerate(reader, start=2):
-            vid, clip = row["video_id"].strip(), row["clip_id"].strip()
-            path = Path(os.path.normpath(os.path.join(root_abs, vid, f"{clip}.mp4")))
-            try:
-                label = float(row["label"]) if row.get("label", "").strip() else float("nan")
-            except ValueError:
-                raise KebrError(f"{manifest} line {line}: label {row['label']!r} is not a number") from None
-            split = (row.get("mode") or "unlabeled").strip().lower() or "unlabeled"
-            split = {"val": "valid", "validation": "valid", "dev": "valid"}.get(split, split)
-            if split not in ("train", "valid", "test", "unlabeled"):
-                raise KebrError(f"{manifest} line {line}: mode {split!r} is not train, valid or test")
-            text = (row.get("text") or "").strip() or None
-            # A manifest may come from anyone: a video_id like ../../x or /etc must not reach outside the root.
-            inside = os.path.commonpath([root_abs, str(path)]) == root_abs
-            items.append(
-                VideoItem(
-                    id=f"{vid}$_${clip}",
-                    path=path,
-                    key=f"{vid}/{clip}",
-                    text=text,
-                    label=label,
-                    split=split,
-                    refused="" if inside else (
-                        f"{manifest} line {line}: the clip path {vid}/{clip}.mp4 leads outside the root {root}, "
-                        "so it was not read"),
-                )
-            )
+    columns, rows = read_csv_table(manifest, "The manifest")
+    missing = {"video_id", "clip_id"} - set(columns)
+    if missing:
+        raise KebrError(
+            f"the manifest {manifest} has no {' or '.join(sorted(missing))} column "
+            "(expected MMSA's label.csv: video_id,clip_id,text,label,annotation,mode)"
+        )
+    items = []
+    root_abs = os.path.abspath(root)
+    for line, row in rows:
+        vid, clip = row["video_id"].strip(), row["clip_id"].strip()
+        # A NUL cannot be stored (nor be part of a path): the row becomes one failed item, under an id
+        # with the NUL written out, so that the rest of the manifest is extracted.
+        nul = find_nul(row)
+        if nul is not None:
+            vid, clip = vid.replace("\x00", "\\x00"), clip.replace("\x00", "\\x00")
+            items.append(VideoItem(id=f"{vid}$_${clip}", path=Path(root_abs), key=f"{vid}/{clip}", refused=(
+                f"{manifest} line {line}: its {nul} holds a NUL character, so the row was not read")))
+            continue
+        path = Path(os.path.normpath(os.path.join(root_abs, vid, f"{clip}.mp4")))
+        raw_label = row.get("label", "").strip()
+        label = decimal_number(raw_label) if raw_label else float("nan")
+        if label is None:
+            raise KebrError(f"{manifest} line {line}: label {row['label']!r} is not a number in plain decimal (like -1.5)")
+        split = (row.get("mode") or "unlabeled").strip().lower() or "unlabeled"
+        split = {"val": "valid", "validation": "valid", "dev": "valid"}.get(split, split)
+        if split not in ("train", "valid", "test", "unlabeled"):
+            raise KebrError(f"{manifest} line {line}: mode {split!r} is not train, valid or test")
+        text = (row.get("text") or "").strip() or None
+        # A manifest may come from anyone: a video_id like ../../x or /etc must not reach outside the root.
+        inside = os.path.commonpath([root_abs, str(path)]) == root_abs
+        items.append(VideoItem(id=f"{vid}$_${clip}", path=path, key=f"{vid}/{clip}", text=text, label=label,
+                               split=split, refused="" if inside else (
+                                   f"{manifest} line {line}: the clip path {vid}/{clip}.mp4 leads outside the root "
+                                   f"{root}, so it was not read")))
     return items
 
 

@@ -15,8 +15,8 @@ file is another one (a clip of the same name in another folder) is a clash: it i
 paths and the stored sample is kept. A store holds one set of extraction settings: appending with
 others is refused, naming them.
 
-Manifest rows whose clip path leads outside the root, and files that cannot be read, become entries
-in the store's `errors`; ±inf labels are refused (KebrError naming the ids). Bad input never stops
+Manifest rows whose clip path leads outside the root, files that cannot be read, and samples the store
+cannot hold (a NUL character in a transcript) become entries in the store's `errors`; ±inf labels are refused (KebrError naming the ids). Bad input never stops
 the batch.
 """
 
@@ -203,15 +203,19 @@ def extract(
             report("", "start")
             for result in ordered_results(todo, options, executor):
                 completed += 1
-                if result.sample is None:
-                    message = result.error or "unknown error"
-                    writer.add_error(result.id, message)
-                    summary.count_failure(result.id, message)
-                    report(result.id, "failed")
-                    continue
-                writer.add(result.sample)
-                summary.count_sample(result)
-                report(result.id, "done")
+                message = result.error or "unknown error"
+                if result.sample is not None:
+                    try:
+                        writer.add(result.sample)
+                    except ValueError as e:  # a sample the store cannot hold (a NUL in an ASR text): one item fails
+                        message = f"{result.id}: {e}"
+                    else:
+                        summary.count_sample(result)
+                        report(result.id, "done")
+                        continue
+                writer.add_error(result.id, message)
+                summary.count_failure(result.id, message)
+                report(result.id, "failed")
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)

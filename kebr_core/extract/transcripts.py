@@ -25,7 +25,8 @@ import io
 import re
 from pathlib import Path
 
-from kebr_core.errors import KebrError, read_user_text
+from kebr_core.errors import KebrError
+from kebr_core.strict import read_user_text
 from kebr_core.extract.video import VIDEO_EXTENSIONS
 
 SIDECAR_EXTENSIONS = (".txt", ".srt", ".vtt")
@@ -49,7 +50,7 @@ def read_transcript_table(path: Path) -> dict[str, str]:
     """A transcript table (see the module docstring) -> {id: text, whitespace runs collapsed}, in
     file order. Raises KebrError naming the file (and line) for anything it cannot use."""
     path = Path(path)
-    content = read_user_text(path, "The transcript table", encoding="utf-8-sig")
+    content = read_user_text(path, "The transcript table")
     header = content.split("\n", 1)[0]
     tab = path.suffix.lower() in (".tsv", ".tab") or "\t" in header
     # TSV fields are not quoted (a transcript may start with a quote mark); CSV fields may be.
@@ -60,6 +61,10 @@ def read_transcript_table(path: Path) -> dict[str, str]:
         columns = [c.strip().lower() for c in next(reader, [])]
         if "id" not in columns or "text" not in columns:
             raise KebrError(f"The transcript table {path} needs a header row with an id and a text column ({form}).")
+        repeated = [name for name in ("id", "text") if columns.count(name) > 1]
+        if repeated:  # which of two text columns is meant is not ours to guess
+            raise KebrError(f"The transcript table {path} names the column {repeated[0]!r} more than once in its "
+                            "header; keep one of them.")
         at_id, at_text = columns.index("id"), columns.index("text")
         table: dict[str, str] = {}
         first_line: dict[str, int] = {}
@@ -96,7 +101,8 @@ def find_sidecar(video: Path) -> Path | None:
 def read_sidecar(path: Path) -> str:
     """The transcript in a sidecar file as one line of text (whitespace runs collapsed to one space)."""
     path = Path(path)
-    raw = path.read_text(encoding="utf-8-sig", errors="replace")
+    # Decoded by byte-order mark: Notepad's "Unicode" (UTF-16) sidecars read as text, not NUL-riddled bytes.
+    raw = read_user_text(path, "The transcript", errors="replace")
     suffix = path.suffix.lower()
     if suffix == ".srt":
         return subtitles_to_text(raw, vtt=False)

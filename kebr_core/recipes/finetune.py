@@ -34,7 +34,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -90,13 +90,33 @@ def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> 
     return out
 
 
-def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
-    """Fine-tuning uses the architecture the checkpoint was pretrained with (model and MCC geometry)."""
+def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path, typed: Mapping[str, str] | None = None) -> list[str]:
+    """Fine-tuning uses the architecture the checkpoint was pretrained with (its model settings, but for
+    the length limits and dropout, which are the fine-tuning's own).
+
+    typed: {dotted key: how the user gave it, e.g. "--layers"} for the settings typed explicitly (README
+    "Configuration and runs"): a typed architecture setting whose value differs from the checkpoint's is
+    refused, in one sentence naming each with its value and the checkpoint's. None: no check (recipes
+    that build the configuration themselves). Returns the settings the checkpoint changed, "key=value"."""
     saved = RunConfig.from_dict(runs.read_checkpoint_config(checkpoint), source=f"checkpoint {checkpoint}")
     keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout"}
-    for name, value in vars(saved.model).items():
-        if name not in keep:
-            setattr(cfg.model, name, value)
+    taken = {f"model.{name}": value for name, value in vars(saved.model).items() if name not in keep}
+    current = {f"model.{name}": value for name, value in vars(cfg.model).items()}
+    # The input widths are the data's, checked against the store by the caller: not the user's to type.
+    widths = ("model.d_audio", "model.d_vision")
+    conflicts = [f"{typed[key]} {_plain(current[key])} (the checkpoint has {_plain(value)})"
+                 for key, value in taken.items() if key in (typed or {}) and key not in widths and current[key] != value]
+    if conflicts:
+        raise KebrError(f"--pretrained {checkpoint} was trained with other settings than typed: {', '.join(conflicts)}; "
+                        "leave them out to fine-tune the checkpoint's architecture, or pretrain one with them.")
+    changed = [f"{key}={_plain(value)}" for key, value in taken.items() if key not in widths and current[key] != value]
+    for key, value in taken.items():
+        setattr(cfg.model, key.split(".", 1)[1], value)
+    return changed
+
+
+def _plain(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def finetune(
@@ -112,12 +132,15 @@ def finetune(
     seed_shard: tuple[int, int] | None = None,
     collect: bool = False,
     progress: ProgressFn = no_progress,
+    typed: Mapping[str, str] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Fine-tune and test once per seed (`seeds`, default `cfg.train.seeds`; module docstring) into
     `run_dir`; std: the spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's).
     Seeds finished by an earlier call with the same identity are reused. A directory holding another
     run (other settings, data, checkpoint or seeds) is refused naming the differing keys; `force`
-    starts afresh. seed_shard, collect: the module docstring."""
+    starts afresh. seed_shard, collect: the module docstring. typed, note: the settings the user typed
+    (`apply_checkpoint_config`), and where to say which settings the checkpoint replaced."""
     run_dir = Path(run_dir)
     check_shard(seed_shard, "--seed-shard")
     if force and (seed_shard is not None or collect):
@@ -147,7 +170,9 @@ def finetune(
     wanted = store.widths()
     if checkpoint is not None:
         checkpoint = runs.resolve_checkpoint(checkpoint)
-        apply_checkpoint_config(cfg, Path(checkpoint))
+        changed = apply_checkpoint_config(cfg, Path(checkpoint), typed)
+        if changed and note is not None:
+            note(f"fine-tuning the architecture of {checkpoint}: {', '.join(changed)} (from the checkpoint)")
         if (cfg.model.d_audio, cfg.model.d_vision) != wanted:
             raise KebrError(
                 f"Checkpoint {checkpoint} was trained on audio/vision features of {cfg.model.d_audio}/"
