@@ -31,6 +31,7 @@ from typer.core import TyperOption
 
 from kebr_core import __version__
 from kebr_core.errors import KebrError, native_write_error, os_error_message
+from kebr_core.io import open_for_writing
 
 # No downloads unless the user opts in: a missing model fails fast with a clear sentence.
 if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
@@ -192,10 +193,35 @@ def user_errors(resume_flag: str | None = None) -> Iterator[None]:
         if message is None:
             raise
         raise fail(f"{message[:-1]}; then continue with: {resume_command(resume_flag)}") from None
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]; what was finished is kept. To continue, run: "
+    except KeyboardInterrupt as e:
+        how = "stopped by SIGTERM" if e.args == (SIGTERM_NAME,) else "interrupted"
+        err_console.print(f"[yellow]{how}[/]; what was finished is kept. To continue, run: "
                           f"{resume_command(resume_flag)}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+SIGTERM_NAME = "SIGTERM"  # the KeyboardInterrupt's argument when SIGTERM raised it
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, a batch scheduler's stop) end a command as Ctrl-C does: the last finished
+    epoch is saved and the command that continues is printed (`user_errors`). Only in the process that
+    installs it: a forked worker, which inherits the handler, still dies of SIGTERM as before."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt(SIGTERM_NAME)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def is_main_process() -> bool:
@@ -341,9 +367,9 @@ class Reporter:
             return
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = self._stack.enter_context(self.log_path.open("a", encoding="utf-8"))
+            self._log = self._stack.enter_context(open_for_writing(self.log_path, append=True))  # never through a link
         except OSError as e:
-            raise KebrError(f"The log file {self.log_path} cannot be written ({e.strerror}).") from None
+            raise KebrError(f"The log file {os_error_message(e)}") from None  # "The log file PATH: what to do."
         self._log.write("".join(text + "\n" for text in self._pending))
         self._pending.clear()
 

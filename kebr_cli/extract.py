@@ -13,6 +13,7 @@ from rich.table import Table
 from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed, user_errors
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
+from kebr_core.io import check_output
 
 
 AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
@@ -66,6 +67,7 @@ def extract(
 ) -> None:
     """Extract audio, vision and transcripts from videos into a feature store (resumable: rerun the same command)."""
     from kebr_core.extract.extractor import ExtractOptions
+    from kebr_core.extract.video import VIDEO_EXTENSIONS
     from kebr_core.extract.inputs import read_manifest
     from kebr_core.extract.pipeline import ProgressEvent, extract as run_extract
 
@@ -88,6 +90,10 @@ def extract(
             raise KebrError("give a folder of videos or a video file, or --manifest label.csv (with --root)")
         else:
             source, label = inputs, os.path.abspath(inputs)
+        for output, option in ((out, "--out"), (report, "--report")):
+            if output is not None:  # neither replaces a video, the manifest, a transcript or the other output
+                check_output(output, [manifest, transcripts, asr_model, openface_dir] + ([out] if output == report else []), option)
+                check_output(output, [root if manifest is not None else inputs], option, suffixes=VIDEO_EXTENSIONS)
         # The Reporter starts its bar on the first event, i.e. after the worker processes are forked: no
         # Rich refresh thread exists while they are (a fork copies locks that thread may hold).
         with Reporter() as reporter:
