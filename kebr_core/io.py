@@ -80,8 +80,10 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None], option: s
         given = Path(given)
         if not given.exists():
             continue
-        if folder and out.exists() and (same_file(out, given) or out.resolve() in given.resolve().parents):
-            raise KebrError(f"{option} {out} holds the input {given}; write to a new folder (e.g. runs/NAME).")
+        if folder and out.exists() and same_file(out, given):
+            raise KebrError(f"{option} {out} is the input {given}; give a new folder for the run (e.g. runs/NAME).")
+        if folder and out.exists() and out.resolve() in given.resolve().parents:
+            raise KebrError(f"{option} {out} holds the input {given}; give a new folder for the run (e.g. runs/NAME).")
         if folder:
             continue
         for path in _input_files(given, suffixes):

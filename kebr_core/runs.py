@@ -47,7 +47,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -226,12 +226,16 @@ def remove_run_files(run_dir: Path) -> None:
 
 
 @contextmanager
-def claim_run(run_dir: Path, items: Iterable[int] | None = None, enabled: bool = True) -> Iterator[None]:
+def claim_run(run_dir: Path, items: Iterable[int] | None = None, enabled: bool = True,
+              check: Callable[[Path], None] | None = None) -> Iterator[None]:
     """Hold `run_dir` for this job while the block runs: a second job into it is refused at once, in one
     sentence. items: the positions (from 0) of the seeds or configurations a shard job works on; jobs
     with disjoint items (`--seed-shard 0/2` and `1/2`) run together, a plain job (None: every item) with
-    no other. Only rank 0 of a DDP job claims (enabled)."""
+    no other. Only rank 0 of a DDP job claims (enabled). `check` (default `check_run_files`) runs first,
+    so a folder that is refused is left without even a lock file."""
     run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        (check or check_run_files)(run_dir)
     if not enabled:
         yield
         return

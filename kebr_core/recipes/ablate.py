@@ -204,11 +204,11 @@ def ablate(
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
-    runs.check_ablation_files(out)
-    out.mkdir(parents=True, exist_ok=True)
     mine = None if shard is None else [n for n in range(len(specs)) if in_shard(n, shard)]
     # One job at a time in an ablation; shards claim their own configurations (--collect only aggregates).
-    with runs.claim_run(out, mine, enabled=os.environ.get("RANK", "0") == "0" and not collect):
+    with runs.claim_run(out, mine, enabled=os.environ.get("RANK", "0") == "0" and not collect,
+                        check=runs.check_ablation_files):
+        out.mkdir(parents=True, exist_ok=True)
         seeds = list(seeds) if seeds is not None else list(finetune_cfg.train.seeds)
         notes: list[str] = []
 

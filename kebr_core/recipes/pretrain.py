@@ -97,6 +97,8 @@ def pretrain(
         if resume and latest is None and not resume_if_possible and not force:
             raise KebrError(f"Nothing to resume in {run_dir}: it holds no checkpoint (pass --resume-if-possible to "
                             "start afresh when there is none).")
+        # Checked before anything is written: a crafted state is refused with the run left as it was.
+        state = runs.load_trainer_state(latest, max_epoch=cfg.train.epochs) if latest is not None else None
 
         # Masking is seeded per store index, so it is done once here and the masked texts never change.
         tokenizer = load_tokenizer(cfg.model.text_model)
@@ -129,10 +131,9 @@ def pretrain(
         model, frozen, cache, opt = setup.model, setup.frozen, setup.cache, setup.optimizer
 
         start_epoch = 1
-        if latest is not None:
+        if latest is not None and state is not None:
             # Loaded to the CPU (a run checkpointed on a GPU resumes anywhere); Adam moves its state to the
             # parameters' device, and the CPU copy is dropped with `state`.
-            state = runs.load_trainer_state(latest, max_epoch=cfg.train.epochs)
             runs.load_checkpoint_weights(model, latest)
             opt.load_state_dict(state["optimizer"])
             start_epoch = state["epoch"] + 1
