@@ -275,6 +275,7 @@ def relaunch_distributed(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_e
     machines, and return its exit.
 
     The command line is taken from sys.argv without the launcher's own options (`LAUNCH_OPTIONS`)."""
+    import signal
     import subprocess
 
     with user_errors():
@@ -283,7 +284,15 @@ def relaunch_distributed(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_e
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc-per-node={nproc}", "-m", "kebr_cli", *args]
     where = f" on node {node_rank} of {nnodes}" if nnodes > 1 else ""
     err_console.print(f"launching {nproc} process(es){where}: {' '.join(cmd[1:])}", highlight=False)
-    return typer.Exit(subprocess.call(cmd))
+    launcher = subprocess.Popen(cmd)
+    try:
+        return typer.Exit(launcher.wait())
+    except KeyboardInterrupt as e:
+        # Ctrl-C reached torchrun too (the terminal signals the whole group); a SIGTERM sent to this process
+        # alone is passed on, so that torchrun stops its workers and they save their last epoch.
+        if e.args == (SIGTERM_NAME,):
+            launcher.send_signal(signal.SIGTERM)
+        return typer.Exit(launcher.wait())
 
 
 def verbosity() -> Verbosity:

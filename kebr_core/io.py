@@ -70,9 +70,10 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None], option: s
     """Refuse (one sentence) an output that is one of the command's inputs.
 
     Each input is a file or a folder (then every file below it counts, e.g. a model folder's
-    config.json). A file output may not be any of those files: same path after resolving links, or the
-    same inode (a hard link); `suffixes` limits a folder input's files to those (videos). A folder output (`folder=True`: a run directory) may also not hold an input
-    below it (`--force` there removes run files). None inputs are skipped."""
+    config.json; `suffixes` limits them to those, e.g. a folder of videos). A file output may not be any
+    of those files: the same path after resolving links, or the same inode (a hard link). A folder output
+    (`folder=True`: a run directory) may not be an input nor hold one below it (`--force` there removes
+    run files). Inputs that are None or do not exist are skipped."""
     out = Path(out)
     for given in inputs:
         if given is None:
@@ -114,6 +115,8 @@ def foreign_files(root: Path, names: Iterable[str]) -> list[str]:
 
 
 def refuse_foreign(root: Path, names: list[str]) -> None:
+    """Refuse, in one sentence naming the folder and (the first five of) the files, to write where `names`
+    (found by `foreign_files`, or a caller's own record) are someone else's."""
     if names:
         shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
         raise KebrError(f"{root} holds {shown}, which kebr did not write there; kebr overwrites only its own files: "

@@ -280,7 +280,7 @@ def check_identity(run_dir: Path, identity: Mapping[str, Any], may_differ: Itera
     try:
         old = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise KebrError(f"{cfg_path} is not a kebr run configuration; pass --force to start afresh or choose another --out.") from None
+        raise KebrError(f"{cfg_path} is not a kebr run configuration; choose another --out.") from None
     diffs = identity_differences({k: old.get(k) for k in identity}, identity, ignore=may_differ)
     if diffs:
         raise KebrError(
