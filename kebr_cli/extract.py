@@ -13,7 +13,7 @@ from rich.table import Table
 from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed, user_errors
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
-from kebr_core.io import check_output
+from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
 
 
 AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
@@ -94,6 +94,8 @@ def extract(
             if output is not None:  # neither replaces a video, the manifest, a transcript or the other output
                 check_output(output, [manifest, transcripts, asr_model, openface_dir] + ([out] if output == report else []), option)
                 check_output(output, [root if manifest is not None else inputs], option, suffixes=VIDEO_EXTENSIONS)
+        if report is not None:
+            check_replaceable(report, lambda p: json_with_keys(p, {"total", "done", "failures"}), "an extraction report", "--report")
         # The Reporter starts its bar on the first event, i.e. after the worker processes are forked: no
         # Rich refresh thread exists while they are (a fork copies locks that thread may hold).
         with Reporter() as reporter:
@@ -106,7 +108,8 @@ def extract(
                                   retry_failed=retry_failed, clip_labels=clip_labels, transcripts=transcripts)
         if report is not None:  # before the tables: a report that cannot be written is one sentence, not a traceback
             report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+            with atomic_output(report, overwrite=True) as tmp:
+                tmp.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
 
     table = Table(title=f"kebr extract → {out}")
     columns = ["videos", "done", "skipped", "no audio", "no speech", "no ASR", "no face", "failed", "time", "speed"]

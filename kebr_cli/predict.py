@@ -12,7 +12,7 @@ from rich.table import Table
 from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, fail, renamed, user_errors
 from kebr_cli.extract import ASR
 from kebr_core.errors import KebrError
-from kebr_core.io import atomic_output, check_output
+from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
 
 _POLARITY_STYLE = {"positive": "green", "negative": "red", "neutral": "yellow"}
 
@@ -77,6 +77,7 @@ def predict(
         if out is not None:  # before the work: the predictions never replace a video, the model or a transcript
             check_output(out, [model, transcripts, asr_model, openface_dir])
             check_output(out, videos, suffixes=VIDEO_EXTENSIONS)
+            check_replaceable(out, lambda p: json_with_keys(p, {"video", "score"}), "a file of predictions")
         predictions = run_predict(
             videos, model, text=text, transcripts=transcripts, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=jobs,
             batch_size=batch_size, device=device, progress=report,

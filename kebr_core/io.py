@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from kebr_core.errors import KebrError
 
@@ -91,6 +92,26 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None], option: s
             if same_file(out, path):
                 what = f"({given})" if path == given else f"({path}, a file of {given})"
                 raise KebrError(f"{option} {out} is also an input {what}; write to a new file.")
+
+
+def json_with_keys(path: Path, keys: set[str]) -> bool:
+    """Whether `path` holds JSON that kebr writes: an object with `keys`, or a list of such objects (a
+    file of predictions, an extraction report). What kebr would replace is recognised by its content."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    items = data if isinstance(data, list) else [data]
+    return all(isinstance(item, dict) and keys <= set(item) for item in items)
+
+
+def check_replaceable(out: str | Path, looks_ours: Callable[[Path], bool], what: str, option: str = "--out") -> None:
+    """An existing file output is replaced only when it is kebr's (`looks_ours`, e.g. `json_with_keys`):
+    a file of someone else's, or a symbolic link, is refused in one sentence."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not (out.is_file() and looks_ours(out))):
+        raise KebrError(f"{option} {out} exists and is not {what} kebr wrote; kebr overwrites only its own files: "
+                        "choose another path (or remove it).")
 
 
 def refuse_links(root: Path, names: Iterable[str]) -> None:

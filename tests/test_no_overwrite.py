@@ -112,6 +112,17 @@ def _link_to_config(t: Path) -> None:
     (t / "scores.json").symlink_to(t / "ev" / runs.BEST_MODEL / runs.CONFIG)
 
 
+def _users_json(t: Path) -> None:
+    (t / "notes.json").write_text('{"my": "notes"}\n')
+
+
+def extract_report_onto_users_json(made: Path, t: Path) -> list[str]:
+    (t / "videos").mkdir()
+    _users_json(t)
+    return ["extract", str(t / "videos"), "-o", str(t / "x.h5"), "--report", str(t / "notes.json"), "--vision", "none",
+            "--asr", "none"]
+
+
 def predict_folder(made: Path, t: Path) -> list[str]:
     copy(made, t, "ev")
     (t / "videos").mkdir()
@@ -280,6 +291,10 @@ CASES = [
     Case("1 pretrain --force into the folder of its store", pretrain_into_folder_of_store, 1, "holds the input"),
     Case("1 eval --force into the run of its checkpoint", eval_force_over_its_checkpoint, 1, "holds the input"),
     Case("1 eval --results-table onto the store", eval_results_table_onto_store, 1, "--results-table"),
+    Case("1 predict -o the user's own JSON", predict_onto("notes.json", _users_json), 1,
+         "notes.json exists and is not a file of predictions kebr wrote"),
+    Case("1 extract --report onto the user's own JSON", extract_report_onto_users_json, 1,
+         "exists and is not an extraction report kebr wrote"),
     # 2. analyze into a folder of the user's
     Case("2 analyze over the user's index.md", analyze_over("index.md", "# my notes\n"), 1,
          "index.md, which kebr did not write"),
@@ -353,6 +368,25 @@ def test_analyze_replaces_and_removes_what_it_wrote_itself(made: Path, tmp_path:
     assert not (out / "balance.svg").exists() and (out / "balance.png").is_file()
     assert (out / "mine.txt").read_text() == "mine\n"
     assert set(json.loads((out / WRITTEN_MANIFEST).read_text())) == {"balance.png", "training_curves.png", "index.md"}
+
+
+def test_a_file_output_is_replaced_only_when_it_is_what_kebr_writes(tmp_path: Path) -> None:
+    from kebr_core.errors import KebrError
+    from kebr_core.io import check_replaceable, json_with_keys
+
+    def ours(p: Path) -> bool:
+        return json_with_keys(p, {"video", "score"})
+
+    (tmp_path / "earlier.json").write_text(json.dumps([{"video": "a.mp4", "score": 1.0}, {"video": "b.mp4", "score": None}]))
+    check_replaceable(tmp_path / "earlier.json", ours, "a file of predictions")  # kebr's own: may be replaced
+    check_replaceable(tmp_path / "new.json", ours, "a file of predictions")  # not there yet
+    (tmp_path / "link.json").symlink_to(tmp_path / "earlier.json")
+    for name, text in (("list.json", '[{"video": "a.mp4"}]'), ("other.json", '{"video": "a", "score": 1}x'),
+                       ("link.json", None)):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(KebrError, match=f"--out {tmp_path / name} exists and is not a file of predictions"):
+            check_replaceable(tmp_path / name, ours, "a file of predictions")
 
 
 # ───────────────────────── 8: two jobs into one run at once ─────────────────────────
