@@ -593,7 +593,7 @@ def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
         table[(cells["Run"], cells["Dataset"])] = cells
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with open_for_writing(tmp, newline="") as f:
         w = csv.DictWriter(f, fieldnames=RESULTS_TABLE_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(table.values())
