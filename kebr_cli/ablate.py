@@ -18,12 +18,13 @@ from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, ConfigFile, Device, Dropout, Force, Heads, LambdaMCC,
-    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PrintConfig, Set, Shared, TextModel, check_choice, given_options,
+    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PrintConfig, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
     print_config, seeds_option, was_typed,
 )
 from kebr_core import runs
 from kebr_core.config import parse_seeds, resolve_config
 from kebr_core.errors import KebrError
+from kebr_core.io import check_output
 from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
 from kebr_core.strict import decimal_number
@@ -143,6 +144,9 @@ def ablate(
             raise KebrError("--shard runs configurations and --collect runs none: give one of them.")
         with Reporter(out) as report:
             store = resolve_dataset(dataset, data_dir, warn=report.warning)
+            check_run_dir(out, store, pretrain_store, config)
+            table_path = results_table_path or out.parent / runs.RESULTS_TABLE
+            check_output(table_path, [store, pretrain_store, config], option="--results-table")
             result = run_ablate(store, pretrain_store, out, cfgs["pretrain"], cfgs["finetune"], specs,
                                 pretrain_on_test=pretrain_on_test, probe=probe, std=std, force=force,
                                 shard=share, collect=collect, progress=report, on_note=report.note)
@@ -151,7 +155,6 @@ def ablate(
                 report.result(f"shard {shard}: configuration(s) {names} finished in {out}. When every shard has "
                               f"finished: {resume_command('--collect', drop=('--shard',))}", to_stdout=not as_json)
                 return
-            table_path = results_table_path or out.parent / runs.RESULTS_TABLE
             runs.update_results_table(table_path, [
                 runs.ResultsRow(r["name"], dataset, out / r["eval_dir"], result.seeds,
                                 {k: (r["mean"][k], r["std"][k]) for k in r["mean"]})

@@ -32,6 +32,7 @@ from typer.core import TyperOption
 from kebr_core import __version__
 from kebr_core.errors import KebrError, native_write_error, os_error_message
 from kebr_core.strict import decimal_number
+from kebr_core.io import open_for_writing
 
 # No downloads unless the user opts in: a missing model fails fast with a clear sentence.
 if os.environ.get("KEBR_ALLOW_DOWNLOADS", "") not in ("1", "true", "yes"):
@@ -192,10 +193,35 @@ def user_errors(resume_flag: str | None = None) -> Iterator[None]:
         if message is None:
             raise
         raise fail(f"{message[:-1]}; then continue with: {resume_command(resume_flag)}") from None
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]; what was finished is kept. To continue, run: "
+    except KeyboardInterrupt as e:
+        how = "stopped by SIGTERM" if e.args == (SIGTERM_NAME,) else "interrupted"
+        err_console.print(f"[yellow]{how}[/]; what was finished is kept. To continue, run: "
                           f"{resume_command(resume_flag)}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+SIGTERM_NAME = "SIGTERM"  # the KeyboardInterrupt's argument when SIGTERM raised it
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, a batch scheduler's stop) end a command as Ctrl-C does: the last finished
+    epoch is saved and the command that continues is printed (`user_errors`). Only in the process that
+    installs it: a forked worker, which inherits the handler, still dies of SIGTERM as before."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt(SIGTERM_NAME)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def is_main_process() -> bool:
@@ -249,6 +275,7 @@ def relaunch_distributed(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_e
     machines, and return its exit.
 
     The command line is taken from sys.argv without the launcher's own options (`LAUNCH_OPTIONS`)."""
+    import signal
     import subprocess
 
     with user_errors():
@@ -257,7 +284,15 @@ def relaunch_distributed(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_e
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc-per-node={nproc}", "-m", "kebr_cli", *args]
     where = f" on node {node_rank} of {nnodes}" if nnodes > 1 else ""
     err_console.print(f"launching {nproc} process(es){where}: {' '.join(cmd[1:])}", highlight=False)
-    return typer.Exit(subprocess.call(cmd))
+    launcher = subprocess.Popen(cmd)
+    try:
+        return typer.Exit(launcher.wait())
+    except KeyboardInterrupt as e:
+        # Ctrl-C reached torchrun too (the terminal signals the whole group); a SIGTERM sent to this process
+        # alone is passed on, so that torchrun stops its workers and they save their last epoch.
+        if e.args == (SIGTERM_NAME,):
+            launcher.send_signal(signal.SIGTERM)
+        return typer.Exit(launcher.wait())
 
 
 def verbosity() -> Verbosity:
@@ -341,9 +376,9 @@ class Reporter:
             return
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = self._stack.enter_context(self.log_path.open("a", encoding="utf-8"))
+            self._log = self._stack.enter_context(open_for_writing(self.log_path, append=True))  # never through a link
         except OSError as e:
-            raise KebrError(f"The log file {self.log_path} cannot be written ({e.strerror}).") from None
+            raise KebrError(f"The log file {os_error_message(e)}") from None  # "The log file PATH: what to do."
         self._log.write("".join(text + "\n" for text in self._pending))
         self._pending.clear()
 

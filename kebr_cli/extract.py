@@ -14,6 +14,7 @@ from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed,
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
 from kebr_core.strict import decimal_integer
+from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
 
 
 AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
@@ -67,6 +68,7 @@ def extract(
 ) -> None:
     """Extract audio, vision and transcripts from videos into a feature store (resumable: rerun the same command)."""
     from kebr_core.extract.extractor import ExtractOptions
+    from kebr_core.extract.video import VIDEO_EXTENSIONS
     from kebr_core.extract.inputs import read_manifest
     from kebr_core.extract.pipeline import ProgressEvent, extract as run_extract
 
@@ -89,6 +91,12 @@ def extract(
             raise KebrError("give a folder of videos or a video file, or --manifest label.csv (with --root)")
         else:
             source, label = inputs, os.path.abspath(inputs)
+        for output, option in ((out, "--out"), (report, "--report")):
+            if output is not None:  # neither replaces a video, the manifest, a transcript or the other output
+                check_output(output, [manifest, transcripts, asr_model, openface_dir] + ([out] if output == report else []), option)
+                check_output(output, [root if manifest is not None else inputs], option, suffixes=VIDEO_EXTENSIONS)
+        if report is not None:
+            check_replaceable(report, lambda p: json_with_keys(p, {"total", "done", "failures"}), "an extraction report", "--report")
         # The Reporter starts its bar on the first event, i.e. after the worker processes are forked: no
         # Rich refresh thread exists while they are (a fork copies locks that thread may hold).
         with Reporter() as reporter:
@@ -101,7 +109,8 @@ def extract(
                                   retry_failed=retry_failed, clip_labels=clip_labels, transcripts=transcripts)
         if report is not None:  # before the tables: a report that cannot be written is one sentence, not a traceback
             report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+            with atomic_output(report, overwrite=True) as tmp:
+                tmp.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
 
     table = Table(title=f"kebr extract → {out}")
     columns = ["videos", "done", "skipped", "no audio", "no speech", "no ASR", "no face", "failed", "time", "speed"]

@@ -1,7 +1,7 @@
 """Entry point of the `kebr` console script: imports every command module so it registers on `app`,
 then lists the commands in workflow order under four help panels."""
 
-from kebr_cli.app import app
+from kebr_cli.app import app, stop_on_sigterm
 
 # One import per command module; each registers its command(s) on `app`.
 # (keep this list sorted; the order users see is WORKFLOW below)
@@ -35,6 +35,7 @@ for _command in app.registered_commands:
 
 
 def run() -> None:
+    stop_on_sigterm()  # the console script and `python -m kebr_cli` only: not a library or test process
     app()
 
 

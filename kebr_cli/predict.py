@@ -12,6 +12,7 @@ from rich.table import Table
 from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, fail, renamed, user_errors
 from kebr_cli.extract import ASR
 from kebr_core.errors import KebrError
+from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
 
 _POLARITY_STYLE = {"positive": "green", "negative": "red", "neutral": "yellow"}
 
@@ -64,6 +65,7 @@ def predict(
     Videos are extracted with the settings of the checkpoint's training data. A video that cannot be
     read gets its reason and the others are still scored; the exit code is non-zero only when no
     video could be scored."""
+    from kebr_core.extract.video import VIDEO_EXTENSIONS
     from kebr_core.recipes.predict import predict as run_predict
 
     # The Reporter starts its bar on the first event, after any worker processes are forked (as `kebr extract`).
@@ -72,6 +74,10 @@ def predict(
         if model is None:
             raise KebrError("kebr predict needs the fine-tuned model: --model RUN/best-model (or a `kebr eval` run directory).")
         jobs = renamed(jobs, workers, "--jobs", "--workers") or 0
+        if out is not None:  # before the work: the predictions never replace a video, the model or a transcript
+            check_output(out, [model, transcripts, asr_model, openface_dir])
+            check_output(out, videos, suffixes=VIDEO_EXTENSIONS)
+            check_replaceable(out, lambda p: json_with_keys(p, {"video", "score"}), "a file of predictions")
         predictions = run_predict(
             videos, model, text=text, transcripts=transcripts, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=jobs,
             batch_size=batch_size, device=device, progress=report,
@@ -80,7 +86,8 @@ def predict(
         if out is not None:
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(payload, indent=2) + "\n")
+                with atomic_output(out, overwrite=True) as tmp:  # whole or not at all; a link at OUT is replaced, not followed
+                    tmp.write_text(json.dumps(payload, indent=2) + "\n")
             except OSError as e:
                 raise KebrError(f"The predictions cannot be written to {out} ({e.strerror}).") from None
 

@@ -22,6 +22,7 @@ from kebr_cli.tables import results_table
 from kebr_core import runs
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
+from kebr_core.io import check_output
 from kebr_core.modules.mcc import ALIGNS, FORMS
 
 # Which RunConfig field each command-line option sets (kebr_core.config holds defaults and checks).
@@ -99,11 +100,10 @@ def check_choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     return value
 
 
-def check_run_dir(out: Path, *inputs: Path) -> None:
-    """A run directory must not be an input file (or any other file): one sentence instead of FileExistsError."""
-    for path in inputs:
-        if path.exists() and out.resolve() == path.resolve():
-            raise KebrError(f"--out {out} is the input {path}; give a new folder for the run (e.g. runs/NAME).")
+def check_run_dir(out: Path, *inputs: Optional[Path]) -> None:
+    """A run directory is not an input, holds none (`--force` there removes run files) and is not a file:
+    one sentence instead of FileExistsError (`kebr_core.io.check_output`, the one check of every output)."""
+    check_output(out, inputs, folder=True)
     if out.exists() and not out.is_dir():
         raise KebrError(f"--out {out} is a file; give a folder for the run (e.g. runs/NAME).")
 
@@ -169,7 +169,7 @@ def pretrain(
     with user_errors(resume_flag="--resume"):
         store = one_store(store, dataset, "pretrain")
         renamed(loader_workers, workers, "--loader-workers", "--workers")  # the old name: a note, or an error if both
-        check_run_dir(out, store)
+        check_run_dir(out, store, config)
         if config is None and (resume or resume_if_possible) and not force:
             # A resumed run starts from its own settings; options typed now override them (and must match).
             config = out / runs.CONFIG if (out / runs.CONFIG).is_file() else None
@@ -242,11 +242,14 @@ def eval_(
             print_config(cfg.to_dict())
             return
         check_choice(std, ("sample", "population"), "--std")
-        check_run_dir(out, Path(dataset), *([checkpoint] if checkpoint else []))
+        check_run_dir(out, Path(dataset), checkpoint, config)
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         with Reporter(out) as report:
             report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
             resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
+            check_run_dir(out, resolved)  # --dataset mosi names a store only now
+            table_path = results_table_path or out.parent / runs.RESULTS_TABLE
+            check_output(table_path, [resolved, checkpoint, config], option="--results-table")
             shard = parse_shard(seed_shard, "--seed-shard")
             if shard is not None and collect:
                 raise KebrError("--seed-shard runs seeds and --collect runs none: give one of them.")
@@ -261,7 +264,6 @@ def eval_(
                               f"{out}{waiting}. When every shard has finished: "
                               f"{resume_command('--collect', drop=('--seed-shard',))}", to_stdout=not as_json)
                 return
-            table_path = results_table_path or out.parent / runs.RESULTS_TABLE
             runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, cfg.train.seeds, result.summary)])
             rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
             report.result(results_table(f"{Path(dataset).name}: test split", rows, list(cfg.train.seeds),

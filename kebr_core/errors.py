@@ -27,6 +27,7 @@ _OS_ADVICE = {
     _errno.EEXIST: "already exists and is a file, not a folder; check the path",
     _errno.EISDIR: "is a folder, not a file; give a file path",
     _errno.ENAMETOOLONG: "name too long for the file system; use a shorter path",
+    _errno.ELOOP: "a symbolic link, and kebr does not write through links; remove it or choose another output",
 }
 
 

@@ -16,6 +16,13 @@ An evaluation run: config.json, results.json, results.csv, seed-S/ (metrics.csv,
 predictions.csv, test_features.npz) and best-model/ (the seed with the lowest validation MAE).
 An ablation: ablation.json, results.csv, pretrain/<key>/ and runs/<name>/ (runs of the layouts above).
 
+What kebr writes (README "Trust and safety"). kebr writes only the names above, only into a folder it
+created or that holds a kebr run (a config.json of its own), never through a symbolic link below the
+folder, and never onto an input of the command (`kebr_core.io.check_output`). A folder without a kebr
+config.json that holds any of these names is someone else's: refused, naming them, even with `force`.
+One job at a time works on a run (`claim_run`): a second one into the same folder is refused at once,
+while seed and ablation shards claim only their own items (`kebr_core.shards`).
+
 Identity. A run directory belongs to one resolved configuration and one input store (its path, sample
 count, a hash of ids/splits/labels, frame counts and feature description). Writing into a directory
 that holds another run stops with one sentence naming the differing keys; `force=True` removes the
@@ -37,9 +44,10 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -48,6 +56,8 @@ from torch import Tensor
 
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
+from kebr_core.io import foreign_files, open_for_writing, refuse_foreign, refuse_links
+from kebr_core.shards import claimed
 
 # ── file and folder names ──
 CONFIG = "config.json"
@@ -71,6 +81,7 @@ PLOTS = "plots"
 LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
+RUN_LOCK = ".kebr-run.lock"  # claimed by the job working on a run, or on some of its items (`claim_run`)
 
 # ── metrics.csv columns (`training.epoch_row` writes them) ──
 PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
@@ -84,6 +95,8 @@ OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint
 # What a run directory's own files are: `force` removes these and nothing else.
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK)
 _OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last")  # last/: the layout before checkpoints/latest
+# Left by a kill inside `save_checkpoint`; also kebr's.
+_OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in (".tmp", ".old"))
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
 _EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
 
@@ -161,14 +174,75 @@ def run_identity(cfg: RunConfig, stage: str, data: Mapping[str, Any], **inputs: 
     return {"stage": stage, **cfg.to_dict(), "data": dict(data), **inputs}
 
 
+def run_file_names(run_dir: Path) -> list[str]:
+    """The names in `run_dir` that a run writes (the contract's files and folders, seed-S/, leftovers of a
+    kill), present or not; the lock files excepted (they are made before the run's identity is checked)."""
+    seeds = [p.name for p in Path(run_dir).glob("seed-*") if _SEED_DIR.fullmatch(p.name)]
+    return [n for n in _OWN_FILES if n != LOCK] + list(_OWN_DIRS) + list(_OWN_LEFTOVERS) + seeds
+
+
+def is_kebr_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run kebr wrote: a config.json (a plain file) naming a kebr stage."""
+    cfg_path = Path(run_dir) / CONFIG
+    if cfg_path.is_symlink() or not cfg_path.is_file():
+        return False
+    try:
+        payload = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(payload, dict) and payload.get("stage") in ("pretrain", "finetune")
+
+
+def check_run_files(run_dir: Path) -> None:
+    """The rule, before a run writes into `run_dir`: no symbolic link among (or below) the names it writes,
+    and, where no kebr run is recorded (config.json), none of those names present (someone else's files)."""
+    run_dir = Path(run_dir)
+    names = run_file_names(run_dir)
+    refuse_links(run_dir, names + [LOCK, RUN_LOCK])
+    if not is_kebr_run(run_dir):
+        refuse_foreign(run_dir, foreign_files(run_dir, names))
+
+
+def check_ablation_files(out: Path) -> None:
+    """`check_run_files` for an ablation folder: no link among its names (or below pretrain/ and runs/),
+    and no results.csv where no ablation.json says an ablation wrote it."""
+    out = Path(out)
+    refuse_links(out, [ABLATION_JSON, RESULTS_CSV, LOG, LOCK, RUN_LOCK, ABLATION_PRETRAIN, ABLATION_RUNS])
+    if not (out / ABLATION_JSON).is_file():
+        refuse_foreign(out, foreign_files(out, [RESULTS_CSV]))
+
+
 def remove_run_files(run_dir: Path) -> None:
-    """Remove what a kebr run wrote into `run_dir` (the contract's names), nothing else."""
+    """Remove what a kebr run wrote into `run_dir` (the contract's names), nothing else; `check_run_files`
+    first, so nothing is removed through a link or from a folder that holds no kebr run."""
+    check_run_files(run_dir)
     for name in _OWN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for name in _OWN_DIRS:
+        if name != LOCK:  # another job may hold it (a shared pretraining of `kebr ablate`)
+            (run_dir / name).unlink(missing_ok=True)
+    for name in _OWN_DIRS + _OWN_LEFTOVERS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for seed in run_seeds(run_dir):
         shutil.rmtree(seed_dir(run_dir, seed), ignore_errors=True)
+
+
+@contextmanager
+def claim_run(run_dir: Path, items: Iterable[int] | None = None, enabled: bool = True,
+              check: Callable[[Path], None] | None = None) -> Iterator[None]:
+    """Hold `run_dir` for this job while the block runs: a second job into it is refused at once, in one
+    sentence. items: the positions (from 0) of the seeds or configurations a shard job works on; jobs
+    with disjoint items (`--seed-shard 0/2` and `1/2`) run together, a plain job (None: every item) with
+    no other. Only rank 0 of a DDP job claims (enabled). `check` (default `check_run_files`) runs first,
+    so a folder that is refused is left without even a lock file."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        (check or check_run_files)(run_dir)
+    if not enabled:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    refuse_links(run_dir, [RUN_LOCK])
+    with claimed(run_dir / RUN_LOCK, items, what=f"Run directory {run_dir}"):
+        yield
 
 
 def prepare_run_dir(run_dir: Path, identity: Mapping[str, Any], *, resume: bool, force: bool = False,
@@ -176,13 +250,16 @@ def prepare_run_dir(run_dir: Path, identity: Mapping[str, Any], *, resume: bool,
     """Create `run_dir` and write config.json (`identity` + `extra`), or check that the run already there
     is this one.
 
-    - empty or new folder: start;
+    - symbolic links among the run's names, or a folder without a kebr config.json holding any of them
+      (someone else's files): refused, naming them, also with `force` (`check_run_files`);
+    - empty or new folder, or one holding only other files (left alone): start;
     - `force`: remove the run's own files, start afresh;
     - another run there (a differing key outside OPERATIONAL_KEYS and `may_differ`): refused, naming the keys;
     - the same run, `resume`: continue; the same run without `resume` after it trained: refused (--resume).
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG
+    check_run_files(run_dir)
     if force:
         remove_run_files(run_dir)
     elif cfg_path.exists():
@@ -203,7 +280,7 @@ def check_identity(run_dir: Path, identity: Mapping[str, Any], may_differ: Itera
     try:
         old = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise KebrError(f"{cfg_path} is not a kebr run configuration; pass --force to start afresh or choose another --out.") from None
+        raise KebrError(f"{cfg_path} is not a kebr run configuration; choose another --out.") from None
     diffs = identity_differences({k: old.get(k) for k in identity}, identity, ignore=may_differ)
     if diffs:
         raise KebrError(
@@ -328,19 +405,31 @@ def _apply_retention(root: Path, latest: Path, keep: int) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint `latest` names (complete by construction), or None when there is none."""
+    """The checkpoint `latest` names (complete by construction), or None when there is none. The pointer
+    must name an epoch-NNNN folder of checkpoints/ (not a path: `../../..` or /elsewhere is refused)."""
     pointer = Path(run_dir) / CHECKPOINTS / LATEST
     if not pointer.is_file():
         return None
-    folder = pointer.parent / pointer.read_text().strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        name = "(not text)"
+    if not _EPOCH_DIR.fullmatch(name):
+        raise KebrError(f"{pointer} names {name[:80]!r}, not an epoch-NNNN folder of {pointer.parent}; the run cannot be "
+                        "resumed (start it afresh with --force).")
+    folder = pointer.parent / name
+    if folder.is_symlink() or (folder / TRAINER_STATE).is_symlink():
+        raise KebrError(f"{folder} is a symbolic link; a checkpoint is a folder of the run itself, so the run cannot be resumed.")
     if not (folder / TRAINER_STATE).is_file():
         raise KebrError(f"{pointer} names {folder.name}, which holds no {TRAINER_STATE}; the run cannot be resumed.")
     return folder
 
 
-def load_trainer_state(folder: Path) -> dict[str, Any]:
+def load_trainer_state(folder: Path, max_epoch: int | None = None) -> dict[str, Any]:
     """A checkpoint's trainer state, loaded to the CPU with weights_only=True: only tensors, numbers and
-    plain containers are accepted, so a crafted file is refused instead of running its code."""
+    plain containers are accepted, so a crafted file is refused instead of running its code. Its fields
+    are checked: epoch an int in [1, max_epoch] equal to the folder's epoch-NNNN (when it is one), the
+    optimizer state a dict with `state` and `param_groups`."""
     path = Path(folder) / TRAINER_STATE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -349,6 +438,18 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
         raise KebrError(f"{path} is not a safe kebr trainer state and was not loaded ({first[:160]}).") from None
     if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or "optimizer" not in state:
         raise KebrError(f"{path} is not a kebr trainer state (expected the keys epoch and optimizer).")
+    epoch, named = state["epoch"], _EPOCH_DIR.fullmatch(Path(folder).name)
+    if isinstance(epoch, bool) or epoch < 1 or (max_epoch is not None and epoch > max_epoch):
+        wanted = f"1 .. {max_epoch} (train.epochs)" if max_epoch is not None else "at least 1"
+        raise KebrError(f"{path} holds epoch {str(epoch)[:24]}, outside {wanted}; the run cannot be resumed from it "
+                        "(raise --epochs, or start afresh with --force).")
+    if named and int(named.group(1)) != epoch:
+        raise KebrError(f"{path} holds epoch {epoch} but lies in {Path(folder).name}; the checkpoint is not "
+                        "consistent, so the run cannot be resumed from it.")
+    optimizer = state["optimizer"]
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)):
+        raise KebrError(f"{path} holds no optimizer state (a dict with state and param_groups); the run cannot be resumed from it.")
     return state
 
 
@@ -434,7 +535,7 @@ class MetricsLog:
 
     def append(self, row: dict[str, Any]) -> None:
         new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
+        with open_for_writing(self.path, append=True, newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
             if new:
                 w.writeheader()
@@ -486,14 +587,18 @@ def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
     table: dict[tuple[str, str], dict[str, str]] = {}
     if path.is_file():
         with path.open(newline="") as f:
-            for r in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != RESULTS_TABLE_COLUMNS:  # not ours: rewriting it would lose columns
+                raise KebrError(f"{path} is not a kebr results table (its header is not {','.join(RESULTS_TABLE_COLUMNS)}); "
+                                "kebr overwrites only its own files: choose another --results-table.")
+            for r in reader:
                 table[(r.get("Run", ""), r.get("Dataset", ""))] = r
     for row in rows:
         cells = row.cells()
         table[(cells["Run"], cells["Dataset"])] = cells
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with open_for_writing(tmp, newline="") as f:
         w = csv.DictWriter(f, fieldnames=RESULTS_TABLE_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(table.values())

@@ -7,6 +7,10 @@ runs/<configuration>/); files several jobs share are written atomically with the
 (config.json) or changed under a lock (`locked`: best-model/, a pretraining run two configurations share).
 Summaries (results.json, ablation.json) are written only when a job aggregates every item: a plain run,
 which reuses the finished items and runs the missing ones, or `--collect`, which only aggregates.
+
+Jobs into one output claim what they work on (`claimed`: a lock on one byte per item, all of them for a
+plain run), so two plain runs, or a plain run and a shard, are refused at once instead of both training
+the same seeds and interleaving their files; shards with their own items run side by side.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from kebr_core.errors import KebrError
 
@@ -39,9 +43,31 @@ def locked(path: Path, enabled: bool = True) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def claimed(path: Path, items: Iterable[int] | None, what: str) -> Iterator[None]:
+    """Claim `items` (positions from 0; None: all, the whole file) of the lock file `path` for this job
+    while the block runs, without waiting: when another job holds any of them, KebrError at once naming
+    `what`. POSIX byte-range locks (fcntl), released by the kernel when the process ends, even by kill -9."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            if items is None:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # from byte 0 to beyond the end: every item
+            else:
+                for position in items:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, position)
+        except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: held by another process
+            raise KebrError(f"{what} is in use by another kebr job right now; wait for it to finish (or give each job "
+                            "its own --out, or its own --seed-shard / --shard).") from None
+        yield
+    finally:
+        os.close(fd)  # releases every lock this job holds on the file

@@ -366,16 +366,20 @@ def test_ablate_rerun_adds_configurations_and_keeps_earlier_ones(tmp_path: Path)
 
 
 def test_analyze_removes_only_its_own_stale_outputs(tmp_path: Path) -> None:
-    from kebr_core.recipes.analyze import WRITTEN_MANIFEST, remove_stale_outputs
+    from kebr_core.recipes.analyze import WRITTEN_MANIFEST, file_record, remove_stale_outputs
 
     plots = tmp_path / "plots"
     plots.mkdir()
-    for name in ("balance.png", "pca.png", "mine.png"):
+    for name in ("balance.png", "pca.png", "training_curves.png", "mine.png"):
         (plots / name).write_text("x")
-    (plots / WRITTEN_MANIFEST).write_text(json.dumps(["balance.png", "pca.png"]))
+    # What analyze recorded writing: balance.png and pca.png (as they are now), training_curves.png as it was.
+    record = {name: file_record(plots / name) for name in ("balance.png", "pca.png", "training_curves.png", "mine.png")}
+    (plots / "training_curves.png").write_text("changed by the user since")
+    (plots / WRITTEN_MANIFEST).write_text(json.dumps(record))
     remove_stale_outputs(plots, [plots / "balance.png"])
-    assert sorted(p.name for p in plots.iterdir() if p.suffix == ".png") == ["balance.png", "mine.png"]
-    assert json.loads((plots / WRITTEN_MANIFEST).read_text()) == ["balance.png"]
+    # pca.png went (stale and still as written); a changed file and a name analyze never writes stayed.
+    assert sorted(p.name for p in plots.iterdir() if p.suffix == ".png") == ["balance.png", "mine.png", "training_curves.png"]
+    assert list(json.loads((plots / WRITTEN_MANIFEST).read_text())) == ["balance.png"]
 
 
 # ───────────────────────── 3: a store records its extraction settings ─────────────────────────

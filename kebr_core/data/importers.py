@@ -33,7 +33,7 @@ import numpy as np
 from kebr_core.data.labels import check_labels
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
 from kebr_core.errors import KebrError
-from kebr_core.io import atomic_output
+from kebr_core.io import atomic_output, check_output
 from kebr_core.strict import decimal_number, find_nul, read_csv_table
 
 ProgressFn = Callable[[int, int], None]
@@ -315,8 +315,7 @@ def merge_stores(
     paths = [Path(p) for p in inputs]
     if len(paths) < 2:
         raise KebrError("Merging needs at least two stores.")
-    if Path(out).resolve() in {p.resolve() for p in paths}:
-        raise KebrError(f"Output {out} is also an input; write the merge to a new file.")
+    check_output(out, paths, option="Output")
     stores = [FeatureStore(p) for p in paths]
     first = stores[0]
     for store in stores[1:]:

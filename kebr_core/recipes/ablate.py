@@ -48,6 +48,7 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
+from kebr_core.io import open_for_writing
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, split_summary
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain, pretrain_identity
@@ -203,96 +204,100 @@ def ablate(
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = list(seeds) if seeds is not None else list(finetune_cfg.train.seeds)
-    notes: list[str] = []
+    mine = None if shard is None else [n for n in range(len(specs)) if in_shard(n, shard)]
+    # One job at a time in an ablation; shards claim their own configurations (--collect only aggregates).
+    with runs.claim_run(out, mine, enabled=os.environ.get("RANK", "0") == "0" and not collect,
+                        check=runs.check_ablation_files):
+        out.mkdir(parents=True, exist_ok=True)
+        seeds = list(seeds) if seeds is not None else list(finetune_cfg.train.seeds)
+        notes: list[str] = []
 
-    def note(msg: str) -> None:
-        notes.append(msg)
-        on_note(msg)
+        def note(msg: str) -> None:
+            notes.append(msg)
+            on_note(msg)
 
-    pretrain_splits: list[str] | None = None  # None: every sample of the pretraining store
-    if any(s.pretrain for s in specs) and pretrain_store is None:
-        pretrain_store = dataset_store
-        if pretrain_on_test:
-            note(f"No pretraining store given: pretraining uses all samples of {dataset_store}, the test split's "
-                 "inputs included (labels unused).")
-        else:
-            pretrain_splits = list(PRETRAIN_SPLITS_WITHOUT_TEST)
-            note(f"No pretraining store given: pretraining uses the {', '.join(pretrain_splits)} samples of "
-                 f"{dataset_store} (labels unused; the test split is left out).")
-    mcc_defined = has_both_streams(dataset_store) and (pretrain_store is None or has_both_streams(pretrain_store))
-    if not mcc_defined:
-        note("MCC is undefined here: no sample has both audio and vision frames, so configurations that differ "
-             "from another only in MCC are skipped.")
-
-    earlier = [] if force else _earlier_rows(out, dataset_store)
-    rows: list[dict] = []
-    seen_without_mcc: dict[tuple, str] = {}
-    forced: set[Path] = set()
-    unfinished: list[str] = []  # with collect: the configurations not finished yet
-    for n, spec in enumerate(specs):
-        row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"{runs.ABLATION_RUNS}/{spec.name}", "status": "done",
-                              "mean": {}, "std": {}, "avg_change": None}
+        pretrain_splits: list[str] | None = None  # None: every sample of the pretraining store
+        if any(s.pretrain for s in specs) and pretrain_store is None:
+            pretrain_store = dataset_store
+            if pretrain_on_test:
+                note(f"No pretraining store given: pretraining uses all samples of {dataset_store}, the test split's "
+                     "inputs included (labels unused).")
+            else:
+                pretrain_splits = list(PRETRAIN_SPLITS_WITHOUT_TEST)
+                note(f"No pretraining store given: pretraining uses the {', '.join(pretrain_splits)} samples of "
+                     f"{dataset_store} (labels unused; the test split is left out).")
+        mcc_defined = has_both_streams(dataset_store) and (pretrain_store is None or has_both_streams(pretrain_store))
         if not mcc_defined:
-            twin = (spec.pretrain, spec.tcmf)
-            if twin in seen_without_mcc:
-                row["status"] = f"skipped: identical to {seen_without_mcc[twin]} because MCC is undefined on this data"
-                rows.append(row)
-                continue
-            seen_without_mcc[twin] = spec.name
-        if not in_shard(n, shard):  # another job's
-            continue
-        if collect and (what := _unfinished(out, spec, seeds, probe)):
-            unfinished.append(f"{spec.name} ({what})")
-            continue
-        try:
-            checkpoint = None
-            if spec.pretrain:
-                pre_dir = out / runs.ABLATION_PRETRAIN / spec.pretrain_key()
-                row["pretrain_dir"] = str(pre_dir.relative_to(out))
-                # Shards may need the same pretraining at once: one trains it, the others wait and reuse it. Only
-                # rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
-                with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
-                    checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
-                                             pretrain_splits, force and pre_dir not in forced, progress)
-                forced.add(pre_dir)  # shared by configurations: started afresh once
-            result = finetune(dataset_store, out / row["eval_dir"], apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
-                              seeds=seeds, probe=probe, std=std, force=force, collect=collect, progress=progress)
-        except KebrError as e:
-            raise KebrError(f"Configuration {spec.name}: {e}") from None
-        row |= split_summary(result.summary)
-        if probe:
-            row["probe"] = {name: split_summary(stats) for name, stats in result.probe.items()}
-        rows.append(row)
-        progress("configurations", n + 1, len(specs), {})
-    if unfinished:
-        raise KebrError(f"Not every configuration in {out} has finished: {', '.join(unfinished)}; run the --shard "
-                        "jobs that hold them (or kebr ablate without --collect), then collect again.")
-    if shard is not None:  # ablation.json and results.csv come from the job that aggregates every configuration
-        return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, aggregated=False)
+            note("MCC is undefined here: no sample has both audio and vision frames, so configurations that differ "
+                 "from another only in MCC are skipped.")
 
-    new = {r["name"]: r for r in rows}  # earlier configurations keep their place; this run's replace or follow them
-    rows = [new.pop(r["name"], r) for r in earlier] + list(new.values())
-    reference = next((r["mean"] for r in rows if r["name"] == "C1" and r["mean"]), None)
-    for r in rows:
-        r["avg_change"] = relative_change(r["mean"], reference) if reference is not None and r["mean"] else None
-    payload = {
-        "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
-        "pretrain_splits": pretrain_splits,
-        "pretrain_on_test": pretrain_on_test and str(pretrain_store) == str(dataset_store),
-        "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
-    }
-    runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
-    with (out / runs.RESULTS_CSV).open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["name", "kind", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
-                    *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "std_ddof", "avg_change"])
+        earlier = [] if force else _earlier_rows(out, dataset_store)
+        rows: list[dict] = []
+        seen_without_mcc: dict[tuple, str] = {}
+        forced: set[Path] = set()
+        unfinished: list[str] = []  # with collect: the configurations not finished yet
+        for n, spec in enumerate(specs):
+            row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"{runs.ABLATION_RUNS}/{spec.name}", "status": "done",
+                                  "mean": {}, "std": {}, "avg_change": None}
+            if not mcc_defined:
+                twin = (spec.pretrain, spec.tcmf)
+                if twin in seen_without_mcc:
+                    row["status"] = f"skipped: identical to {seen_without_mcc[twin]} because MCC is undefined on this data"
+                    rows.append(row)
+                    continue
+                seen_without_mcc[twin] = spec.name
+            if not in_shard(n, shard):  # another job's
+                continue
+            if collect and (what := _unfinished(out, spec, seeds, probe)):
+                unfinished.append(f"{spec.name} ({what})")
+                continue
+            try:
+                checkpoint = None
+                if spec.pretrain:
+                    pre_dir = out / runs.ABLATION_PRETRAIN / spec.pretrain_key()
+                    row["pretrain_dir"] = str(pre_dir.relative_to(out))
+                    # Shards may need the same pretraining at once: one trains it, the others wait and reuse it. Only
+                    # rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
+                    with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
+                        checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
+                                                 pretrain_splits, force and pre_dir not in forced, progress)
+                    forced.add(pre_dir)  # shared by configurations: started afresh once
+                result = finetune(dataset_store, out / row["eval_dir"], apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
+                                  seeds=seeds, probe=probe, std=std, force=force, collect=collect, progress=progress)
+            except KebrError as e:
+                raise KebrError(f"Configuration {spec.name}: {e}") from None
+            row |= split_summary(result.summary)
+            if probe:
+                row["probe"] = {name: split_summary(stats) for name, stats in result.probe.items()}
+            rows.append(row)
+            progress("configurations", n + 1, len(specs), {})
+        if unfinished:
+            raise KebrError(f"Not every configuration in {out} has finished: {', '.join(unfinished)}; run the --shard "
+                            "jobs that hold them (or kebr ablate without --collect), then collect again.")
+        if shard is not None:  # ablation.json and results.csv come from the job that aggregates every configuration
+            return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, aggregated=False)
+
+        new = {r["name"]: r for r in rows}  # earlier configurations keep their place; this run's replace or follow them
+        rows = [new.pop(r["name"], r) for r in earlier] + list(new.values())
+        reference = next((r["mean"] for r in rows if r["name"] == "C1" and r["mean"]), None)
         for r in rows:
-            w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
-                        r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
-                        *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"]])
-    return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=pretraining_caption(payload))
+            r["avg_change"] = relative_change(r["mean"], reference) if reference is not None and r["mean"] else None
+        payload = {
+            "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
+            "pretrain_splits": pretrain_splits,
+            "pretrain_on_test": pretrain_on_test and str(pretrain_store) == str(dataset_store),
+            "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
+        }
+        runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
+        with open_for_writing(out / runs.RESULTS_CSV, newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "kind", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
+                        *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "std_ddof", "avg_change"])
+            for r in rows:
+                w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
+                            r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
+                            *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"]])
+        return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=pretraining_caption(payload))
 
 
 def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[str] | None, force: bool,

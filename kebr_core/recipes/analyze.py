@@ -11,14 +11,21 @@ Which figures each kind of run gets (`detect_kind`; the figures are `kebr_core.a
 
 Each figure is written in every requested format (png, pdf, svg) into the output folder (default
 RUN_DIR/plots) with index.md, a one-line caption per figure and the reason each skipped one was skipped.
-A plot whose input is missing is skipped with that one-sentence reason, never a traceback. A rerun
-removes the files an earlier `analyze` wrote there and this one did not (`remove_stale_outputs`).
+A plot whose input is missing is skipped with that one-sentence reason, never a traceback.
+
+kebr writes only what it created (README "Trust and safety"): `.kebr-analyze.json` records each file
+`analyze` wrote (size, mtime, SHA-256). A file it would write that the record does not match (the
+user's own index.md, a symbolic link, a file changed since) is refused, naming it, before anything is
+written. A rerun removes what an earlier `analyze` wrote and this one did not (`remove_stale_outputs`):
+only files of its own names that still match their record, so a planted record deletes nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +45,7 @@ from kebr_core.analysis import (
     training_curves_figure,
 )
 from kebr_core.errors import KebrError
+from kebr_core.io import open_for_writing, refuse_foreign
 from kebr_core.run_readers import (
     BALANCE_COLUMNS,
     RunDataMissing,
@@ -54,8 +62,11 @@ from kebr_core.run_readers import (
 
 PLOT_NAMES = ("g_sweep", "balance", "pca", "training_curves")  # the order of the files and of index.md
 FORMATS = ("png", "pdf", "svg")
-# What `analyze` wrote into its output folder last time, so that a rerun removes the plots it no longer makes.
+# What `analyze` wrote into its output folder (name → size, mtime, SHA-256): the files it may replace or remove.
 WRITTEN_MANIFEST = ".kebr-analyze.json"
+INDEX, BALANCE_CSV = "index.md", "balance.csv"
+# Every name `analyze` may write: nothing else is ever replaced or removed, whatever a record says.
+OUTPUT_NAMES = frozenset({f"{name}.{fmt}" for name in PLOT_NAMES for fmt in FORMATS} | {INDEX, BALANCE_CSV})
 
 PlotBuilder = Callable[[], Figure]  # builds one figure, or raises RunDataMissing with the reason
 
@@ -220,7 +231,7 @@ def _metadata(fmt: str, title: str, source: Path) -> dict[str, str]:
 
 
 def write_balance_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
+    with open_for_writing(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=BALANCE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -238,8 +249,9 @@ def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
                      "mean and std over seeds.")
     if report.skipped:
         lines += ["", "Not plotted:", ""] + [f"- {name}: {reason}" for name, reason in report.skipped.items()]
-    path = out_dir / "index.md"
-    path.write_text("\n".join(lines) + "\n")
+    path = out_dir / INDEX
+    with open_for_writing(path) as f:
+        f.write("\n".join(lines) + "\n")
     return path
 
 
@@ -256,9 +268,14 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tup
         raise KebrError(f"--format must be one or more of {', '.join(FORMATS)}, not {', '.join(unknown) or 'nothing'}.")
     kind, figures, skipped = build_figures(run_dir)
     report = AnalysisReport(kind=kind, skipped=skipped)
+    rows = balance_table(run_dir) if kind == "ablation" else []
+    planned = [f"{name}.{fmt}" for name in PLOT_NAMES if name in figures for fmt in dict.fromkeys(formats)]
+    planned += ([BALANCE_CSV] if rows else []) + ([INDEX] if figures else [])
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KebrError(f"Output path {out_dir} is a file, not a directory.")
+    record = read_written_record(out_dir)
+    refuse_foreign(out_dir, [name for name in planned if os.path.lexists(out_dir / name) and not is_ours(out_dir, name, record)])
     if figures:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise KebrError(f"Output path {out_dir} is a file, not a directory.")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -274,31 +291,52 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tup
             paths.append(path)
         report.written.extend(paths)
         report.plots[name] = PlotInfo(name, fig, paths, fig.get_label())
-    if kind == "ablation":
-        rows = balance_table(run_dir)
-        if rows:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_balance_csv(rows, out_dir / "balance.csv")
-            report.tables.append(out_dir / "balance.csv")
+    if rows:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_balance_csv(rows, out_dir / BALANCE_CSV)
+        report.tables.append(out_dir / BALANCE_CSV)
     if report.plots:
         report.index = write_index(report, run_dir, out_dir)
     remove_stale_outputs(out_dir, report.written + report.tables + ([report.index] if report.index else []))
     return report
 
 
-def remove_stale_outputs(out_dir: Path, written: list[Path]) -> None:
-    """Remove what an earlier `analyze` wrote into `out_dir` and this one did not (a plot the run no
-    longer allows would otherwise stay beside the new ones), then record what was written. Files the
-    manifest does not list (a user's own) are never touched."""
+def file_record(path: Path) -> dict[str, Any]:
+    """What identifies a file kebr wrote: size, mtime (ns) and SHA-256 of its bytes."""
+    info = path.lstat()
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def read_written_record(out_dir: Path) -> dict[str, Any]:
+    """The record of what `analyze` wrote into `out_dir` ({} when there is none or it is not one)."""
     manifest = out_dir / WRITTEN_MANIFEST
     try:
-        before = set(json.loads(manifest.read_text())) if manifest.is_file() else set()
+        record = json.loads(manifest.read_text()) if manifest.is_file() and not manifest.is_symlink() else {}
     except (OSError, ValueError):
-        before = set()
-    now = {p.name for p in written}
-    for name in sorted(before - now):
-        if Path(name).name == name:  # a bare file name of this folder, never a path elsewhere
-            (out_dir / name).unlink(missing_ok=True)
-    if now or before:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def is_ours(out_dir: Path, name: str, record: dict[str, Any]) -> bool:
+    """Whether `out_dir/name` is a file `analyze` wrote and nobody changed since: one of its names, a plain
+    file (not a link), matching its record's size, mtime and SHA-256."""
+    path = out_dir / name
+    if name not in OUTPUT_NAMES or not isinstance(record.get(name), dict) or path.is_symlink() or not path.is_file():
+        return False
+    return file_record(path) == record[name]
+
+
+def remove_stale_outputs(out_dir: Path, written: list[Path]) -> None:
+    """Remove what an earlier `analyze` wrote into `out_dir` and this one did not (a plot the run no
+    longer allows would otherwise stay beside the new ones), then record what was written. Only files
+    that are still as `analyze` recorded writing them go (`is_ours`): a user's own file, or one listed
+    in a record someone else planted, stays."""
+    record = read_written_record(out_dir)
+    now = {p.name: p for p in written}
+    for name in sorted(set(record) - set(now)):
+        if is_ours(out_dir, name, record):
+            (out_dir / name).unlink()
+    if now or record:
         out_dir.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps(sorted(now)))
+        runs.atomic_write_text(out_dir / WRITTEN_MANIFEST, json.dumps({name: file_record(path) for name, path in sorted(now.items())}))

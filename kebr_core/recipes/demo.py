@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, resolve_config
 from kebr_core.data.store import FeatureStore
 from kebr_core.data.synth import SynthConfig, generate_synth
 from kebr_core.errors import KebrError
+from kebr_core.io import refuse_links
 from kebr_core.recipes.ablate import PRETRAIN_SPLITS_WITHOUT_TEST, AblationSpec, ablate, apply_spec, build_specs
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
@@ -122,7 +124,8 @@ def prepare_out(out: Path, force: bool) -> None:
         ours = set(json.loads(manifest.read_text()).get("paths", [])) if manifest.is_file() else set()
     except (OSError, ValueError, AttributeError):
         ours = set()
-    present = [name for name in OWN_PATHS if (out / name).exists()]
+    refuse_links(out, [*OWN_PATHS, MANIFEST])  # --force removes these: never through a link
+    present = [name for name in OWN_PATHS if os.path.lexists(out / name)]
     foreign = [name for name in present if name not in ours]
     if foreign:
         raise KebrError(

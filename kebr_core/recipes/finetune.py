@@ -47,6 +47,7 @@ from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo, barrier, check_nodes_agree, gather_predictions, init_distributed, shard
 from kebr_core.errors import KebrError
+from kebr_core.io import open_for_writing
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
@@ -181,59 +182,62 @@ def finetune(
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
-    if collect and not (run_dir / runs.CONFIG).is_file():
-        raise KebrError(f"Nothing to collect in {run_dir}: no run has started there (run kebr eval with --seed-shard first).")
-    if info.is_main:
-        identity = runs.run_identity(cfg, "finetune", runs.data_fingerprint(store_path),
-                                     checkpoint=str(checkpoint) if checkpoint else None,
-                                     checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
-        runs.prepare_run_dir(
-            run_dir, identity, resume=True, force=force,
-            extra={"store": str(store_path), "seeds": seeds, "selection": "epoch with the lowest validation MAE",
-                   "world_size": info.world},
-        )
-    barrier(info)
+    mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]
+    # One job at a time in a run; seed shards claim their own seeds (--collect only reads them, and writes the summary).
+    with runs.claim_run(run_dir, mine, enabled=info.is_main and not collect):
+        if collect and not (run_dir / runs.CONFIG).is_file():
+            raise KebrError(f"Nothing to collect in {run_dir}: no run has started there (run kebr eval with --seed-shard first).")
+        if info.is_main:
+            identity = runs.run_identity(cfg, "finetune", runs.data_fingerprint(store_path),
+                                         checkpoint=str(checkpoint) if checkpoint else None,
+                                         checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
+            runs.prepare_run_dir(
+                run_dir, identity, resume=True, force=force,
+                extra={"store": str(store_path), "seeds": seeds, "selection": "epoch with the lowest validation MAE",
+                       "world_size": info.world},
+            )
+        barrier(info)
 
-    tokenizer = load_tokenizer(cfg.model.text_model)
-    token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)  # once, for every split
-    encoded = [{"input_ids": t} for t in token_ids]
-    datasets = {s: StoreDataset(store, split=s, labeled_only=True,
-                                text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
-    collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
+        tokenizer = load_tokenizer(cfg.model.text_model)
+        token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)  # once, for every split
+        encoded = [{"input_ids": t} for t in token_ids]
+        datasets = {s: StoreDataset(store, split=s, labeled_only=True,
+                                    text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
+        collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
 
-    per_seed, best_epochs, probes, pending = [], [], [], []
-    text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
-    for n_done, seed in enumerate(seeds):
-        seed_dir = runs.seed_dir(run_dir, seed)
-        done_file = seed_dir / runs.TEST_JSON
-        # finished earlier by this same run (prepare_run_dir checked): reused
-        result = json.loads(done_file.read_text()) if done_file.exists() else None
-        if result is None or (probe and "probe" not in result):
-            if collect or not in_shard(n_done, seed_shard):  # another job's seed
-                pending.append(seed)
-                continue
-            result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
-                               best_model_dir=run_dir / runs.BEST_MODEL, features=store_features(store),
-                               text_cache=text_cache, probe=probe)
-        per_seed.append(result["test"])
-        if probe:
-            probes.append(result["probe"])
-        best_epochs.append(result["best_epoch"])
-        progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
+        per_seed, best_epochs, probes, pending = [], [], [], []
+        text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
+        for n_done, seed in enumerate(seeds):
+            seed_dir = runs.seed_dir(run_dir, seed)
+            done_file = seed_dir / runs.TEST_JSON
+            # finished earlier by this same run (prepare_run_dir checked): reused
+            result = json.loads(done_file.read_text()) if done_file.exists() else None
+            if result is None or (probe and "probe" not in result):
+                if collect or not in_shard(n_done, seed_shard):  # another job's seed
+                    pending.append(seed)
+                    continue
+                result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
+                                   best_model_dir=run_dir / runs.BEST_MODEL, features=store_features(store),
+                                   text_cache=text_cache, probe=probe)
+            per_seed.append(result["test"])
+            if probe:
+                probes.append(result["probe"])
+            best_epochs.append(result["best_epoch"])
+            progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
 
-    if collect and pending:
-        raise KebrError(f"Not every seed of {run_dir} has finished: seed(s) {', '.join(map(str, pending))} still to run "
-                        "(by their --seed-shard job, or by kebr eval without --collect).")
-    if pending or seed_shard is not None:  # summaries come from the job that sees every seed finished
-        return EvalResult(run_dir=run_dir, per_seed=per_seed, summary={}, best_epochs=best_epochs, unlabeled=unlabeled,
-                          pending=pending)
-    summary = aggregate(per_seed, std)
-    probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
-    if info.is_main:
-        _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
-    barrier(info)
-    return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
-                      unlabeled=unlabeled)
+        if collect and pending:
+            raise KebrError(f"Not every seed of {run_dir} has finished: seed(s) {', '.join(map(str, pending))} still to run "
+                            "(by their --seed-shard job, or by kebr eval without --collect).")
+        if pending or seed_shard is not None:  # summaries come from the job that sees every seed finished
+            return EvalResult(run_dir=run_dir, per_seed=per_seed, summary={}, best_epochs=best_epochs, unlabeled=unlabeled,
+                              pending=pending)
+        summary = aggregate(per_seed, std)
+        probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
+        if info.is_main:
+            _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
+        barrier(info)
+        return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
+                          unlabeled=unlabeled)
 
 
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
@@ -278,7 +282,7 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
         # Fused utterance representations of the test split, for `kebr analyze` (PCA coloured by label).
         np.savez_compressed(seed_dir / runs.TEST_FEATURES, features=pooled, labels=label, predictions=pred)
         ids = [datasets["test"].store.ids[i] for i in datasets["test"].indices]
-        with (seed_dir / runs.PREDICTIONS_CSV).open("w", newline="") as f:
+        with open_for_writing(seed_dir / runs.PREDICTIONS_CSV, newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "label", "prediction"])
             w.writerows(zip(ids, label.tolist(), pred.tolist()))
@@ -342,7 +346,7 @@ def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_s
     if probe_summary:
         payload["probe"] = {name: split_summary(stats) for name, stats in probe_summary.items()}
     runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
-    with (run_dir / runs.RESULTS_CSV).open("w", newline="") as f:
+    with open_for_writing(run_dir / runs.RESULTS_CSV, newline="") as f:
         w = csv.writer(f)
         w.writerow(["metric", "mean", "std", "std_ddof", *[f"seed_{s}" for s in seeds]])
         for k, (m, sd) in summary.items():

@@ -91,87 +91,89 @@ def pretrain(
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
-    resume = resume or resume_if_possible
-    latest = runs.latest_checkpoint(run_dir) if resume and not force else None
-    if resume and latest is None and not resume_if_possible and not force:
-        raise KebrError(f"Nothing to resume in {run_dir}: it holds no checkpoint (pass --resume-if-possible to "
-                        "start afresh when there is none).")
+    with runs.claim_run(run_dir, enabled=info.is_main):  # one job at a time in a run
+        resume = resume or resume_if_possible
+        latest = runs.latest_checkpoint(run_dir) if resume and not force else None
+        if resume and latest is None and not resume_if_possible and not force:
+            raise KebrError(f"Nothing to resume in {run_dir}: it holds no checkpoint (pass --resume-if-possible to "
+                            "start afresh when there is none).")
+        # Checked before anything is written: a crafted state is refused with the run left as it was.
+        state = runs.load_trainer_state(latest, max_epoch=cfg.train.epochs) if latest is not None else None
 
-    # Masking is seeded per store index, so it is done once here and the masked texts never change.
-    tokenizer = load_tokenizer(cfg.model.text_model)
-    masked = mask_batch(store.texts, tokenizer, load_lexicon(), cfg.model.max_text_len, seed=cfg.train.seed,
-                        skip_empty=True)
-    has_words = np.array([m is not None for m in masked])
-    used = selected[has_words[selected]]
-    if len(used) == 0:
-        raise KebrError(f"No sample of {store_path} selected for pretraining has a word in its transcript, "
-                        "so there is no word to mask.")
-    without_words = len(selected) - len(used)
-    if info.is_main:
-        runs.prepare_run_dir(run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
-                             may_differ=("train.epochs",) if resume else (),
-                             extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
-                                    "samples_without_words": without_words})
-    barrier(info)
-    seed_everything(cfg.train.seed)
-    # Samples outside `used` keep a placeholder ([CLS] [SEP], never read: the Subset leaves them out) so
-    # the dataset and the text cache stay indexed by store index.
-    placeholder = {"input_ids": tokenize_plain([""], tokenizer, cfg.model.max_text_len)[0], "mask_pos": 0, "mask_label": 0.0}
-    in_use = np.zeros(len(store), dtype=bool)
-    in_use[used] = True
-    encoded = [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i] else placeholder
-               for i, m in enumerate(masked)]
-    dataset = Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
-    collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
-
-    setup = setup_model(cfg, device, "pretrain", token_ids=[e["input_ids"] for e in encoded], progress=progress)
-    model, frozen, cache, opt = setup.model, setup.frozen, setup.cache, setup.optimizer
-
-    start_epoch = 1
-    if latest is not None:
-        # Loaded to the CPU (a run checkpointed on a GPU resumes anywhere); Adam moves its state to the
-        # parameters' device, and the CPU copy is dropped with `state`.
-        state = runs.load_trainer_state(latest)
-        runs.load_checkpoint_weights(model, latest)
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        del state
-    net = DistributedDataParallel(model) if info.enabled else model
-    log = MetricsLog(run_dir / runs.METRICS, truncate_after_epoch=start_epoch - 1) if info.is_main else None
-    payload = runs.checkpoint_payload(cfg, include_encoder=not frozen)
-
-    def save(epoch: int, weights: dict, optimizer: dict) -> None:
+        # Masking is seeded per store index, so it is done once here and the masked texts never change.
+        tokenizer = load_tokenizer(cfg.model.text_model)
+        masked = mask_batch(store.texts, tokenizer, load_lexicon(), cfg.model.max_text_len, seed=cfg.train.seed,
+                            skip_empty=True)
+        has_words = np.array([m is not None for m in masked])
+        used = selected[has_words[selected]]
+        if len(used) == 0:
+            raise KebrError(f"No sample of {store_path} selected for pretraining has a word in its transcript, "
+                            "so there is no word to mask.")
+        without_words = len(selected) - len(used)
         if info.is_main:
-            runs.save_resume_checkpoint(run_dir, epoch, weights, payload, {"optimizer": optimizer},
-                                        keep=cfg.train.keep_checkpoints)
+            runs.prepare_run_dir(run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
+                                 may_differ=("train.epochs",) if resume else (),
+                                 extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
+                                        "samples_without_words": without_words})
         barrier(info)
+        seed_everything(cfg.train.seed)
+        # Samples outside `used` keep a placeholder ([CLS] [SEP], never read: the Subset leaves them out) so
+        # the dataset and the text cache stay indexed by store index.
+        placeholder = {"input_ids": tokenize_plain([""], tokenizer, cfg.model.max_text_len)[0], "mask_pos": 0, "mask_label": 0.0}
+        in_use = np.zeros(len(store), dtype=bool)
+        in_use[used] = True
+        encoded = [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i] else placeholder
+                   for i, m in enumerate(masked)]
+        dataset = Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
+        collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
 
-    epoch = saved = start_epoch - 1
-    row: dict = {}
-    snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
-    try:
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
-                              info=info, seed=cfg.train.seed, progress=progress)
-            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
-                save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
-                saved, snapshot = epoch, None
-            elif info.is_main:
-                # Kept in memory so that Ctrl-C at any later moment saves this epoch's end exactly
-                # (the random streams are seeded per epoch: `seed_epoch`), never a half-done step.
-                weights = {k: v.clone() for k, v in runs.model_weights(model, not frozen).items()}  # not views
-                snapshot = (epoch, weights, copy.deepcopy(opt.state_dict()))
-            if log is not None:
-                log.append(row)
-            progress("pretrain", epoch, cfg.train.epochs, row)
-    except KeyboardInterrupt:
-        if info.is_main and snapshot is not None and snapshot[0] > saved:
-            runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
-                                        keep=cfg.train.keep_checkpoints)
-        raise
-    final = run_dir / runs.FINAL
-    if info.is_main:
-        runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
-    barrier(info)
-    return PretrainResult(run_dir=run_dir, checkpoint=final, epochs_done=epoch, last_row=row, samples=len(used),
-                          samples_without_words=without_words)
+        setup = setup_model(cfg, device, "pretrain", token_ids=[e["input_ids"] for e in encoded], progress=progress)
+        model, frozen, cache, opt = setup.model, setup.frozen, setup.cache, setup.optimizer
+
+        start_epoch = 1
+        if latest is not None and state is not None:
+            # Loaded to the CPU (a run checkpointed on a GPU resumes anywhere); Adam moves its state to the
+            # parameters' device, and the CPU copy is dropped with `state`.
+            runs.load_checkpoint_weights(model, latest)
+            opt.load_state_dict(state["optimizer"])
+            start_epoch = state["epoch"] + 1
+            del state
+        net = DistributedDataParallel(model) if info.enabled else model
+        log = MetricsLog(run_dir / runs.METRICS, truncate_after_epoch=start_epoch - 1) if info.is_main else None
+        payload = runs.checkpoint_payload(cfg, include_encoder=not frozen)
+
+        def save(epoch: int, weights: dict, optimizer: dict) -> None:
+            if info.is_main:
+                runs.save_resume_checkpoint(run_dir, epoch, weights, payload, {"optimizer": optimizer},
+                                            keep=cfg.train.keep_checkpoints)
+            barrier(info)
+
+        epoch = saved = start_epoch - 1
+        row: dict = {}
+        snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
+        try:
+            for epoch in range(start_epoch, cfg.train.epochs + 1):
+                row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
+                                  info=info, seed=cfg.train.seed, progress=progress)
+                if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
+                    save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
+                    saved, snapshot = epoch, None
+                elif info.is_main:
+                    # Kept in memory so that Ctrl-C at any later moment saves this epoch's end exactly
+                    # (the random streams are seeded per epoch: `seed_epoch`), never a half-done step.
+                    weights = {k: v.clone() for k, v in runs.model_weights(model, not frozen).items()}  # not views
+                    snapshot = (epoch, weights, copy.deepcopy(opt.state_dict()))
+                if log is not None:
+                    log.append(row)
+                progress("pretrain", epoch, cfg.train.epochs, row)
+        except KeyboardInterrupt:
+            if info.is_main and snapshot is not None and snapshot[0] > saved:
+                runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
+                                            keep=cfg.train.keep_checkpoints)
+            raise
+        final = run_dir / runs.FINAL
+        if info.is_main:
+            runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
+        barrier(info)
+        return PretrainResult(run_dir=run_dir, checkpoint=final, epochs_done=epoch, last_row=row, samples=len(used),
+                              samples_without_words=without_words)
