@@ -48,15 +48,14 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
-from kebr_core.metrics import METRIC_NAMES, STD_DDOF, split_summary
+from kebr_core.metrics import METRIC_NAMES, STD_DDOF, aggregate, split_summary
 from kebr_core.recipes.finetune import finetune
-from kebr_core.recipes.pretrain import pretrain, pretrain_identity
+from kebr_core.recipes.pretrain import pretrain, pretrain_identity, pretraining_data
 from kebr_core.shards import check_shard, in_shard, locked
 from kebr_core.training import ProgressFn, no_progress
 
 # g must lie in (−0.5, 0.5) (kebr_core.config): the sweep's ends are ±0.4.
 DEFAULT_G_SWEEP = tuple(round(x, 1) for x in np.linspace(-0.4, 0.4, 9))
-PRETRAIN_SPLITS_WITHOUT_TEST = ("train", "valid", "unlabeled")
 
 
 @dataclass
@@ -180,6 +179,7 @@ def ablate(
     specs: Sequence[AblationSpec],
     *,
     seeds: Sequence[int] | None = None,
+    pretrain_seeds: Sequence[int] | None = None,
     pretrain_on_test: bool = False,
     probe: bool = False,
     std: str = "sample",
@@ -211,16 +211,16 @@ def ablate(
         notes.append(msg)
         on_note(msg)
 
-    pretrain_splits: list[str] | None = None  # None: every sample of the pretraining store
-    if any(s.pretrain for s in specs) and pretrain_store is None:
-        pretrain_store = dataset_store
-        if pretrain_on_test:
-            note(f"No pretraining store given: pretraining uses all samples of {dataset_store}, the test split's "
-                 "inputs included (labels unused).")
-        else:
-            pretrain_splits = list(PRETRAIN_SPLITS_WITHOUT_TEST)
-            note(f"No pretraining store given: pretraining uses the {', '.join(pretrain_splits)} samples of "
-                 f"{dataset_store} (labels unused; the test split is left out).")
+    pseeds = [int(x) for x in pretrain_seeds] if pretrain_seeds is not None else [pretrain_cfg.train.seed]
+    if not pseeds or len(set(pseeds)) != len(pseeds):
+        raise KebrError(f"The pretraining seeds must be distinct and at least one, not {pseeds}.")
+    data = None  # which samples pretraining reads: the rule `kebr pretrain` applies too
+    if any(s.pretrain for s in specs):
+        pretrain_store = dataset_store if pretrain_store is None else pretrain_store
+        data = pretraining_data(pretrain_store, on_test=pretrain_on_test)
+        if data.note:
+            note(data.note)
+    pretrain_splits = data.splits if data is not None else None
     mcc_defined = has_both_streams(dataset_store) and (pretrain_store is None or has_both_streams(pretrain_store))
     if not mcc_defined:
         note("MCC is undefined here: no sample has both audio and vision frames, so configurations that differ "
@@ -231,9 +231,15 @@ def ablate(
     seen_without_mcc: dict[tuple, str] = {}
     forced: set[Path] = set()
     unfinished: list[str] = []  # with collect: the configurations not finished yet
+    position = 0  # of the next (configuration, pretraining seed) item: what shards split
     for n, spec in enumerate(specs):
         row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"{runs.ABLATION_RUNS}/{spec.name}", "status": "done",
+                              "pretrain_seeds": pseeds if spec.pretrain else [], "seeds": seeds,
                               "mean": {}, "std": {}, "avg_change": None}
+        items = _items(out, spec, pseeds)
+        positions, position = range(position, position + len(items)), position + len(items)
+        if spec.pretrain:
+            row["pretrain_dir"] = f"{runs.ABLATION_PRETRAIN}/{spec.pretrain_key()}"
         if not mcc_defined:
             twin = (spec.pretrain, spec.tcmf)
             if twin in seen_without_mcc:
@@ -241,29 +247,41 @@ def ablate(
                 rows.append(row)
                 continue
             seen_without_mcc[twin] = spec.name
-        if not in_shard(n, shard):  # another job's
+        mine = [item for k, item in zip(positions, items) if in_shard(k, shard)]
+        if not mine:  # another job's
             continue
-        if collect and (what := _unfinished(out, spec, seeds, probe)):
-            unfinished.append(f"{spec.name} ({what})")
+        if collect and (what := [w for item in items if (w := _unfinished(item, spec, seeds, probe))]):
+            unfinished.append(f"{spec.name} ({'; '.join(what)})")
             continue
-        try:
-            checkpoint = None
-            if spec.pretrain:
-                pre_dir = out / runs.ABLATION_PRETRAIN / spec.pretrain_key()
-                row["pretrain_dir"] = str(pre_dir.relative_to(out))
-                # Shards may need the same pretraining at once: one trains it, the others wait and reuse it. Only
-                # rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
-                with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
-                    checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
-                                             pretrain_splits, force and pre_dir not in forced, progress)
-                forced.add(pre_dir)  # shared by configurations: started afresh once
-            result = finetune(dataset_store, out / row["eval_dir"], apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
-                              seeds=seeds, probe=probe, std=std, force=force, collect=collect, progress=progress)
-        except KebrError as e:
-            raise KebrError(f"Configuration {spec.name}: {e}") from None
-        row |= split_summary(result.summary)
+        results = []
+        for pseed, pre_dir, eval_dir in mine:
+            label = f"{spec.name}" + (f", pretraining seed {pseed}" if len(items) > 1 else "")
+            try:
+                checkpoint = None
+                if pre_dir is not None:
+                    pre_cfg = apply_spec(pretrain_cfg, spec)
+                    pre_cfg.train.seed = pseed
+                    # Shards may need the same pretraining at once: one trains it, the others wait and reuse it.
+                    # Only rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
+                    with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
+                        checkpoint = _pretrained(pretrain_store, pre_dir, pre_cfg, pretrain_splits,  # type: ignore[arg-type]
+                                                 force and pre_dir not in forced, progress)
+                    forced.add(pre_dir)  # shared by configurations: started afresh once
+                results.append(finetune(dataset_store, eval_dir, apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
+                                        seeds=seeds, probe=probe, std=std, force=force, collect=collect, progress=progress))
+            except KebrError as e:
+                raise KebrError(f"Configuration {label}: {e}") from None
+        if shard is not None:
+            rows.append(row | {"name": ", ".join(
+                f"{spec.name}" + (f" (pretraining seed {pseed})" if len(items) > 1 else "") for pseed, _, _ in mine)})
+            continue
+        # Every (pretraining seed, fine-tuning seed) run of the configuration: P x F (1 x F without pretraining).
+        every_run = [metrics for result in results for metrics in result.per_seed]
+        row |= split_summary(aggregate(every_run, std))
+        row["values"] = {k: [[metrics[k] for metrics in result.per_seed] for result in results] for k in METRIC_NAMES}
         if probe:
-            row["probe"] = {name: split_summary(stats) for name, stats in result.probe.items()}
+            probes = [p for result in results for p in result.per_seed_probe]
+            row["probe"] = {name: split_summary(aggregate([p[name] for p in probes], std)) for name in probes[0]}
         rows.append(row)
         progress("configurations", n + 1, len(specs), {})
     if unfinished:
@@ -279,9 +297,8 @@ def ablate(
         r["avg_change"] = relative_change(r["mean"], reference) if reference is not None and r["mean"] else None
     payload = {
         "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
-        "pretrain_splits": pretrain_splits,
-        "pretrain_on_test": pretrain_on_test and str(pretrain_store) == str(dataset_store),
-        "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
+        "pretrain_splits": pretrain_splits, "pretrain_on_test": data.on_test if data is not None else False,
+        "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
     }
     runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
     with (out / runs.RESULTS_CSV).open("w", newline="") as f:
@@ -306,16 +323,30 @@ def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[s
     return pretrain(store, run_dir, cfg, splits=splits, resume_if_possible=True, force=force, progress=progress).checkpoint
 
 
-def _unfinished(out: Path, spec: AblationSpec, seeds: Sequence[int], probe: bool) -> str:
-    """What a configuration still lacks in `out` ("pretraining", "seeds 3, 4"), or "" when it has finished."""
-    if spec.pretrain and not (out / runs.ABLATION_PRETRAIN / spec.pretrain_key() / runs.FINAL / runs.WEIGHTS).is_file():
-        return "pretraining"
+def _items(out: Path, spec: AblationSpec, pretrain_seeds: Sequence[int]) -> list[tuple[int, Path | None, Path]]:
+    """(pretraining seed, pretraining run or None, fine-tuning run) of each run of a configuration
+    (`runs.pretrain_seed_runs`): one per pretraining seed, one in all without pretraining (nothing there
+    depends on the pretraining seed)."""
+    evals = runs.pretrain_seed_runs(out / runs.ABLATION_RUNS / spec.name, pretrain_seeds if spec.pretrain else [0])
+    if not spec.pretrain:
+        return [(seed, None, run) for seed, run in evals]
+    pres = runs.pretrain_seed_runs(out / runs.ABLATION_PRETRAIN / spec.pretrain_key(), pretrain_seeds)
+    return [(seed, pre, run) for (seed, pre), (_, run) in zip(pres, evals)]
+
+
+def _unfinished(item: tuple[int, Path | None, Path], spec: AblationSpec, seeds: Sequence[int], probe: bool) -> str:
+    """What one run of a configuration still lacks ("pretraining", "seeds 3, 4"; with several pretraining
+    seeds the seed is named), or "" when it has finished."""
+    pseed, pre_dir, eval_dir = item
+    which = f" of pretraining seed {pseed}" if eval_dir.name != spec.name else ""
+    if pre_dir is not None and not (pre_dir / runs.FINAL / runs.WEIGHTS).is_file():
+        return f"pretraining{which}"
     missing = []
     for seed in seeds:
-        done = runs.seed_dir(out / runs.ABLATION_RUNS / spec.name, seed) / runs.TEST_JSON
+        done = runs.seed_dir(eval_dir, seed) / runs.TEST_JSON
         if not done.is_file() or (probe and "probe" not in json.loads(done.read_text())):
             missing.append(str(seed))
-    return f"seed(s) {', '.join(missing)}" if missing else ""
+    return f"seed(s) {', '.join(missing)}{which}" if missing else ""
 
 
 def _earlier_rows(out: Path, dataset_store: str | Path) -> list[dict]:

@@ -77,6 +77,7 @@ class EvalResult:
     probe: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # "audio absent" → metric → (mean, std)
     unlabeled: dict[str, int] = field(default_factory=dict)  # split → samples left out for a NaN label
     pending: list[int] = field(default_factory=list)  # seeds not finished (other shards'); summary empty then
+    per_seed_probe: list[dict[str, dict[str, float]]] = field(default_factory=list)  # with probe: per seed, "audio absent" → metrics
 
 
 def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> dict[str, torch.Tensor]:
@@ -208,7 +209,7 @@ def finetune(
         _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
     barrier(info)
     return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
-                      unlabeled=unlabeled)
+                      unlabeled=unlabeled, per_seed_probe=probes)
 
 
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,

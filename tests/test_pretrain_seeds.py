@@ -1,0 +1,103 @@
+"""Pretraining without the test inputs (`kebr pretrain`, `kebr ablate`) and pretraining seeds: P pretrainings
+per configuration, each fine-tuned over F seeds, through the real commands on tiny stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+from kebr_cli.main import app
+from tests.conftest import TINY_BERT, write_tiny_store
+
+runner = CliRunner()
+FAST = ["--text-model", TINY_BERT, "--batch-size", "8"]
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_pretrain_leaves_the_test_split_out(tmp_path: Path) -> None:
+    """A 3-split store (24 train, 8 valid, 8 test): test is left out by default, with the note ablate prints;
+    --splits chooses; naming test needs --pretrain-on-test; --pretrain-on-test takes all 40."""
+    store = write_tiny_store(tmp_path / "s.h5", n=40)
+    out = tmp_path / "pre"
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(out), "--epochs", "1", *FAST])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["splits"] == ["train", "valid", "unlabeled"] and cfg["samples"] == 32
+    note = (f"note: Pretraining uses the train, valid, unlabeled samples of {store} (labels unused; the test split "
+            "is left out")
+    assert note in one_line(r.stderr)
+    # ablate prints the same sentence for its pretraining
+    r = runner.invoke(app, ["ablate", "-d", str(store), "-o", str(tmp_path / "abl"), "--seeds", "1",
+                            "--pretrain-epochs", "1", "--epochs", "1", "--freeze-encoder", *FAST])
+    assert r.exit_code == 0, r.output
+    assert note in one_line(r.stderr)
+
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(tmp_path / "tr"), "--epochs", "1", "--splits", "train", *FAST])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "tr" / "config.json").read_text())
+    assert cfg["splits"] == ["train"] and cfg["samples"] == 24
+
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(tmp_path / "t"), "--splits", "train,test", *FAST])
+    assert r.exit_code == 1 and "--splits names test" in one_line(r.output) and "Traceback" not in r.output
+    assert not (tmp_path / "t" / "config.json").exists()
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(tmp_path / "t"), "--splits", "train,tset", *FAST])
+    assert r.exit_code == 1 and "Unknown split 'tset'" in r.output
+
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(tmp_path / "all"), "--epochs", "1", "--pretrain-on-test", *FAST])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "all" / "config.json").read_text())
+    assert cfg["splits"] is None and cfg["samples"] == 40
+    assert "the test split's inputs included" in one_line(r.stderr)
+    # the splits are the run's identity: resuming the run on other splits is refused, naming them
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(tmp_path / "all"), "--epochs", "2", "--resume", *FAST])
+    assert r.exit_code == 1 and 'splits (null → ["train", "valid", "unlabeled"])' in one_line(r.output)
+
+
+def test_ablate_pretrain_store_equal_to_the_dataset_follows_the_rule(tmp_path: Path) -> None:
+    store = write_tiny_store(tmp_path / "s.h5", n=40)
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "-d", str(store), "--pretrain-store", str(store), "-o", str(out), "--seeds", "1",
+                            "--pretrain-epochs", "1", "--epochs", "1", "--freeze-encoder", *FAST])
+    assert r.exit_code == 0, r.output
+    payload = json.loads((out / "ablation.json").read_text())
+    assert payload["pretrain_splits"] == ["train", "valid", "unlabeled"] and payload["pretrain_on_test"] is False
+    assert json.loads((out / "pretrain" / "tcmf-mcc-g+0.20-paper-tile" / "config.json").read_text())["samples"] == 32
+
+
+def weights(run: Path) -> dict[str, np.ndarray]:
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def test_pretrain_seeds_give_one_run_each_and_eval_fine_tunes_each(tmp_path: Path) -> None:
+    store = write_tiny_store(tmp_path / "s.h5", n=40)
+    pre = tmp_path / "pre"
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(pre), "--epochs", "1", "--seeds", "2", *FAST])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in pre.iterdir() if p.is_dir()) == ["pseed-0", "pseed-1"]
+    assert [json.loads((pre / f"pseed-{s}" / "config.json").read_text())["train"]["seed"] for s in (0, 1)] == [0, 1]
+    a, b = weights(pre / "pseed-0"), weights(pre / "pseed-1")
+    assert not all(np.array_equal(a[k], b[k]) for k in a)  # two draws of pretraining, not one twice
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(pre), "--seeds", "2", "--seed", "3", *FAST])
+    assert r.exit_code == 1 and "give one of them" in r.output
+
+    ev = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", "-d", str(store), "--pretrained", str(pre), "-o", str(ev), "--epochs", "1",
+                            "--seeds", "2", "--freeze-encoder", *FAST])
+    assert r.exit_code == 0, r.output
+    for s in (0, 1):
+        cfg = json.loads((ev / f"pseed-{s}" / "config.json").read_text())
+        assert Path(cfg["checkpoint"]) == pre / f"pseed-{s}" / "final"
+        assert json.loads((ev / f"pseed-{s}" / "results.json").read_text())["seeds"] == [0, 1]
+    results = json.loads((ev / "results.json").read_text())
+    assert results["pretrain_seeds"] == [0, 1] and results["seeds"] == [0, 1] and len(results["per_run"]) == 4
+    maes = [run["mae"] for run in results["per_run"]]
+    assert results["mean"]["mae"] == pytest.approx(np.mean(maes))
+    assert results["std"]["mae"] == pytest.approx(np.std(maes, ddof=1))
