@@ -35,17 +35,19 @@ def table_width(table: Table) -> int:
 def metrics_table(
     title: str, lead: Sequence[str], metrics: Sequence[str], tail: Sequence[str], rows: Sequence[Row],
     seeds: Sequence[int], width: Optional[int] = None, caption: Optional[str] = None, std: str = "sample",
+    pretrain_seeds: Sequence[int] = (),
 ) -> Table:
     """Leading columns, the metric columns (`TABLE_HEADERS` keys) and trailing columns. The title ends
-    with the seeds and the std convention (`seeds_caption`: sample or population std); with one seed no
+    with the seeds (and `pretrain_seeds` of a nested design) and the std convention (`seeds_caption`:
+    sample or population std); with one seed no
     cell prints "±".
 
     Wider than `width`, the table is rebuilt narrow: no vertical rules, headers over two lines and the
     std on a second line of each cell, so nothing is cut at 80 columns."""
-    spread = len(seeds) > 1
+    spread = len(seeds) > 1 or len(pretrain_seeds) > 1
 
     def build(narrow: bool) -> Table:
-        table = Table(title=f"{title}, {seeds_caption(seeds, std)}", caption=caption)
+        table = Table(title=f"{title}, {seeds_caption(seeds, std, pretrain_seeds)}", caption=caption)
         if narrow:
             table.box, table.padding = box.SIMPLE_HEAD, (0, 0)
         if narrow:  # "pre-train" over "pre-" and "train", "Acc-2 has0/non0" over "Acc-2" and "has0/non0"
@@ -70,10 +72,11 @@ def metrics_table(
 
 
 def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width: Optional[int] = None,
-                  std: str = "sample") -> Table:
+                  std: str = "sample", pretrain_seeds: Sequence[int] = ()) -> Table:
     """The paper's Table 1: one row per model, {metric: (mean, std)} each."""
     return metrics_table(title, ["model"], list(TABLE_HEADERS), [],
-                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std)
+                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std,
+                         pretrain_seeds=pretrain_seeds)
 
 
 def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] = None, std: str = "sample",

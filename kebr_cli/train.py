@@ -241,7 +241,7 @@ def eval_(
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std.
     Seeds finished in --out earlier (e.g. by --seed-shard jobs) are reused, not run again."""
     from kebr_core.data.registry import resolve_dataset
-    from kebr_core.recipes.finetune import finetune
+    from kebr_core.recipes.finetune import finetune, finetune_each_pretraining, is_multi_seed_pretraining
 
     if launch_wanted(nproc_per_node, nnodes) and not print_config_:
         raise relaunch_distributed(nproc_per_node, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
@@ -261,8 +261,13 @@ def eval_(
             shard = parse_shard(seed_shard, "--seed-shard")
             if shard is not None and collect:
                 raise KebrError("--seed-shard runs seeds and --collect runs none: give one of them.")
-            result = finetune(resolved, out, cfg, checkpoint=checkpoint, probe=probe, std=std, force=force,
-                              seed_shard=shard, collect=collect, progress=report)
+            options = dict(probe=probe, std=std, force=force, seed_shard=shard, collect=collect, progress=report)
+            if checkpoint is not None and is_multi_seed_pretraining(checkpoint):
+                nested = finetune_each_pretraining(resolved, out, cfg, checkpoint, **options)
+                if is_main_process():
+                    _report_nested(report, nested, dataset, seed_shard, results_table_path, std, as_json)
+                return
+            result = finetune(resolved, out, cfg, checkpoint=checkpoint, **options)
             if not is_main_process():
                 return
             if shard is not None:
@@ -282,5 +287,22 @@ def eval_(
                               + ", ".join(f"{s} {n}" for s, n in left_out.items()), to_stdout=not as_json)
             report.result(f"results: [bold]{out / runs.RESULTS_JSON}[/], {out / runs.RESULTS_CSV}; across runs: "
                           f"{table_path}   log: {report.log_path}", to_stdout=not as_json)
-    if as_json:
+    if as_json and (out / runs.RESULTS_JSON).is_file():
         typer.echo(json.dumps({"run_dir": str(out)} | json.loads((out / runs.RESULTS_JSON).read_text()), indent=2))
+
+
+def _report_nested(report: Reporter, nested, dataset: str, seed_shard: Optional[str], results_table_path: Optional[Path],
+                   std: str, as_json: bool) -> None:
+    """What `kebr eval` prints for a multi-seed pretraining: the summary over P × F runs, and where each run is."""
+    out = nested.run_dir
+    if not nested.summary:
+        report.result(f"shard {seed_shard}: the seeds of this shard finished in each {out}/pseed-S. When every shard has "
+                      f"finished: {resume_command('--collect', drop=('--seed-shard',))}", to_stdout=not as_json)
+        return
+    seeds = nested.per_pretraining[0].seeds
+    table_path = results_table_path or out.parent / runs.RESULTS_TABLE
+    runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, seeds, nested.summary)])
+    report.result(results_table(f"{Path(dataset).name}: test split", {"KEBR": nested.summary}, seeds,
+                                width=console.width, std=std, pretrain_seeds=nested.pretrain_seeds), to_stdout=not as_json)
+    report.result(f"results: [bold]{out / runs.RESULTS_JSON}[/] (every run), {out}/pseed-S/ (each pretraining's); "
+                  f"across runs: {table_path}   log: {report.log_path}", to_stdout=not as_json)

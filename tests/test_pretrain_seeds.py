@@ -101,3 +101,66 @@ def test_pretrain_seeds_give_one_run_each_and_eval_fine_tunes_each(tmp_path: Pat
     maes = [run["mae"] for run in results["per_run"]]
     assert results["mean"]["mae"] == pytest.approx(np.mean(maes))
     assert results["std"]["mae"] == pytest.approx(np.std(maes, ddof=1))
+
+
+ABLATE = ["--no-mcc", "--seeds", "2", "--pretrain-epochs", "1", "--epochs", "1", "--freeze-encoder", *FAST]
+
+
+def test_ablate_pretrain_seeds_nest_fine_tuning_and_resume_only_what_is_missing(tmp_path: Path) -> None:
+    store = write_tiny_store(tmp_path / "s.h5", n=40)
+    out = tmp_path / "abl"
+    args = ["ablate", "-d", str(store), "-o", str(out), "--pretrain-seeds", "2", *ABLATE]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    payload = json.loads((out / "ablation.json").read_text())
+    assert payload["pretrain_seeds"] == [0, 1] and payload["seeds"] == [0, 1]
+    for row, key in zip(payload["configurations"], ("tcmf-mcc-g+0.20-paper-tile", "tcmf-nomcc")):
+        assert row["pretrain_dir"] == f"pretrain/{key}" and row["pretrain_seeds"] == [0, 1]
+        runs_ = [(p, f) for p in (0, 1) for f in (0, 1)]
+        for p, f in runs_:  # P x F fine-tuning runs, each from its own pretraining
+            cfg = json.loads((out / row["eval_dir"] / f"pseed-{p}" / "config.json").read_text())
+            assert Path(cfg["checkpoint"]) == out / "pretrain" / key / f"pseed-{p}" / "final"
+            assert (out / row["eval_dir"] / f"pseed-{p}" / f"seed-{f}" / "test.json").is_file()
+            assert json.loads((out / "pretrain" / key / f"pseed-{p}" / "config.json").read_text())["train"]["seed"] == p
+        a, b = (weights(out / "pretrain" / key / f"pseed-{p}") for p in (0, 1))
+        assert not all(np.array_equal(a[k], b[k]) for k in a)
+        maes = np.array(row["values"]["mae"])
+        assert maes.shape == (2, 2)
+        tests = [json.loads((out / row["eval_dir"] / f"pseed-{p}" / f"seed-{f}" / "test.json").read_text())["test"]["mae"]
+                 for p, f in runs_]
+        np.testing.assert_allclose(maes.ravel(), tests)
+        assert row["mean"]["mae"] == pytest.approx(maes.mean()) and row["std"]["mae"] == pytest.approx(maes.std(ddof=1))
+
+    # interrupted: one pretraining and one fine-tuning seed are lost; a rerun redoes those and nothing else
+    import shutil
+
+    shutil.rmtree(out / "pretrain" / "tcmf-nomcc" / "pseed-1")
+    (out / "runs" / "C1" / "pseed-1" / "seed-0" / "test.json").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in [*out.rglob("test.json"), *out.rglob("model.safetensors")]}
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    changed = sorted(str(p.relative_to(out)) for p, t in stamps.items() if p.stat().st_mtime_ns != t)
+    assert changed == []  # what was there is reused
+    assert (out / "pretrain" / "tcmf-nomcc" / "pseed-1" / "final" / "model.safetensors").is_file()
+    assert (out / "runs" / "C1" / "pseed-1" / "seed-0" / "test.json").is_file()
+    new = json.loads((out / "ablation.json").read_text())["configurations"]
+    np.testing.assert_allclose(new[0]["values"]["mae"], payload["configurations"][0]["values"]["mae"])
+
+
+def test_ablate_shards_split_configuration_and_pretraining_seed(tmp_path: Path) -> None:
+    store = write_tiny_store(tmp_path / "s.h5", n=40)
+    out = tmp_path / "abl"
+    common = ["ablate", "-d", str(store), "-o", str(out), "--pretrain-seeds", "2", *ABLATE]
+    r = runner.invoke(app, [*common, "--shard", "0/2"])  # items: (C1, 0) (C1, 1) (C4, 0) (C4, 1)
+    assert r.exit_code == 0, r.output
+    assert "C1 (pretraining seed 0), C4 (pretraining seed 0)" in one_line(r.output)
+    assert sorted(str(p.relative_to(out)) for p in out.glob("pretrain/*/pseed-*")) == [
+        "pretrain/tcmf-mcc-g+0.20-paper-tile/pseed-0", "pretrain/tcmf-nomcc/pseed-0"]
+    r = runner.invoke(app, [*common, "--collect"])
+    assert r.exit_code == 1 and "C1 (pretraining of pretraining seed 1)" in one_line(r.output)
+    r = runner.invoke(app, [*common, "--shard", "1/2"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*common, "--collect"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "ablation.json").read_text())["configurations"]
+    assert [np.array(r["values"]["mae"]).shape for r in rows] == [(2, 2), (2, 2)]
