@@ -9,6 +9,12 @@ Three kinds of directory (`detect_kind`):
   `runs.EVAL_COLUMNS`) + seed-S/test_features.npz (features (N, dt), labels (N,), predictions (N,));
 - ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs.
 
+`seed_grids` reads the test metrics of finished seeds as (pretraining seed × fine-tuning seed) grids, the
+input of the paired statistics (`kebr_core.stats`, `kebr compare`).
+
+The module stays one, though over 400 lines, because it is one cohesive thing: the reading side of the
+run-directory contract, for figures and comparisons alike.
+
 What a directory lacks (a missing file or column, a seed that has not started) raises `RunDataMissing`
 with a one-sentence reason, so a caller can skip what needs it and go on; a file that defines the run
 kind and cannot be read is the user's problem (KebrError).
@@ -323,3 +329,100 @@ def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
                 row[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             rows.append(row)
     return rows
+
+
+# ───────────────────────── seed grids (paired comparisons) ─────────────────────────
+
+# config.json keys that say how a run was executed or where it lives, not which configuration it is
+_NOT_IDENTITY = frozenset({"data", "store", "seeds", "world_size", "selection", "checkpoint", "checkpoint_sha256"})
+
+
+@dataclass(frozen=True)
+class SeedGrid:
+    """One configuration's test metrics over its seeds, for paired statistics (`kebr_core.stats`).
+
+    values[metric] is (P, F): row p is pretraining seed `pretrain_seeds[p]`, column f fine-tuning seed
+    `finetune_seeds[f]`; only finished seeds (seed-S/test.json) are columns."""
+
+    name: str  # configuration name ("C1", …) or the evaluation run folder's name
+    pretrain_seeds: tuple[int, ...]  # P entries
+    finetune_seeds: tuple[int, ...]  # F entries
+    values: dict[str, np.ndarray]  # test metric name -> (P, F)
+    data: dict  # the store fingerprint recorded in config.json (`runs.data_fingerprint`)
+    identity: dict  # the resolved configuration, for naming what differs between grids
+
+
+def _pretrain_seed(eval_config: dict[str, Any], pretrain_dir: Path | None) -> int:
+    """The seed that pretrained an evaluation run's checkpoint: from the pretraining run's config.json,
+    else the evaluation config's train.seed (no pretraining: one row all the same)."""
+    for path in ([pretrain_dir / runs.CONFIG] if pretrain_dir is not None else []):
+        try:
+            return int(json.loads(path.read_text())["train"]["seed"])
+        except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError):
+            pass
+    try:
+        return int(eval_config["train"]["seed"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def _finished_tests(eval_dir: Path) -> dict[int, dict[str, float]]:
+    """seed -> the test metrics of seed-S/test.json, for the seeds that finished, in the run's seed order."""
+    out: dict[int, dict[str, float]] = {}
+    for seed in eval_seeds(eval_dir):
+        path = runs.seed_dir(eval_dir, seed) / runs.TEST_JSON
+        if not path.is_file():
+            continue
+        try:
+            test = json.loads(path.read_text())["test"]
+            out[seed] = {str(k): float(v) for k, v in test.items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
+            raise RunDataMissing(f"{path} cannot be read as a finished seed's test metrics.") from None
+    return out
+
+
+def grid_from_eval_runs(name: str, rows: list[tuple[int, Path]]) -> SeedGrid:
+    """The SeedGrid of one configuration from its evaluation runs, one per pretraining seed:
+    rows = [(pretraining seed, evaluation run dir), …] (P entries). Every row must have finished the same
+    fine-tuning seeds; their data fingerprints must agree."""
+    tests = [(seed, eval_dir, _finished_tests(eval_dir)) for seed, eval_dir in rows]
+    finetune_seeds = tuple(tests[0][2])
+    if not finetune_seeds:
+        raise RunDataMissing(f"Evaluation run {tests[0][1]} has no finished seed (seed-S/test.json).")
+    for _, eval_dir, t in tests[1:]:
+        if tuple(t) != finetune_seeds:
+            raise RunDataMissing(f"{eval_dir} finished fine-tuning seeds {_seed_list(t)}, {tests[0][1]} finished "
+                                 f"{_seed_list(finetune_seeds)}; a grid needs the same seeds in every row.")
+    metrics = [m for m in tests[0][2][finetune_seeds[0]] if all(m in t[s] for _, _, t in tests for s in finetune_seeds)]
+    values = {m: np.array([[t[s][m] for s in finetune_seeds] for _, _, t in tests]) for m in metrics}  # (P, F) each
+    config = _read_json(rows[0][1] / runs.CONFIG, "Run config")
+    identity = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    return SeedGrid(name=name, pretrain_seeds=tuple(seed for seed, _ in rows), finetune_seeds=finetune_seeds,
+                    values=values, data=dict(config.get("data") or {}), identity=identity)
+
+
+def _seed_list(seeds) -> str:
+    return ", ".join(map(str, seeds)) or "none"
+
+
+def seed_grids(path: str | Path) -> list[SeedGrid]:
+    """The seed grids of a run directory: an evaluation run gives one (named after its folder), an
+    ablation one per finished configuration (unfinished and skipped ones are left out). A pretraining
+    run has no test metrics: KebrError. A run with no finished seed: RunDataMissing."""
+    run_dir = Path(path)
+    kind = detect_kind(run_dir)
+    if kind == "pretrain":
+        raise KebrError(f"{run_dir} is a pretraining run; it has no test metrics to compare (use its evaluation run).")
+    if kind == "finetune":
+        config = _read_json(run_dir / runs.CONFIG, "Run config")
+        return [grid_from_eval_runs(run_dir.resolve().name, [(_pretrain_seed(config, None), run_dir)])]
+    _, configs = read_ablation(run_dir)
+    grids = []
+    for c in configs:
+        if not c.done or c.eval_dir is None or not (c.eval_dir / runs.CONFIG).is_file():
+            continue
+        config = _read_json(c.eval_dir / runs.CONFIG, "Run config")
+        grids.append(grid_from_eval_runs(c.name, [(_pretrain_seed(config, c.pretrain_dir), c.eval_dir)]))
+    if not grids:
+        raise RunDataMissing(f"Ablation {run_dir} has no finished configuration.")
+    return grids
