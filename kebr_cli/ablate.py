@@ -163,7 +163,8 @@ def ablate(
                 for r in result.rows if r["mean"]
             ])
             report.result(ablation_table(result.rows, list(result.seeds), width=console.width, std=std,
-                                         note=result.caption), to_stdout=not as_json)
+                                         note=result.caption, pretrain_seeds=result.pretrain_seeds,
+                                         delta_caption=result.delta_caption), to_stdout=not as_json)
             if probe:
                 report.result(probe_table(result.rows, std), to_stdout=not as_json)
             for r in result.rows:

@@ -80,18 +80,34 @@ def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width
 
 
 def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] = None, std: str = "sample",
-                   note: str = "") -> Table:
+                   note: str = "", pretrain_seeds: Sequence[int] = (), delta_caption: str = "") -> Table:
     """Table 4: configuration, its components (a configuration without MCC has no g), the metrics and
     Avg. A configuration without results says "skipped" (its reason is its row's "status"). `note` (e.g.
-    what pretraining used) goes into the caption above the meaning of Avg."""
+    what pretraining used) goes into the caption above the meaning of Avg. With rows holding paired
+    differences vs C1 ("vs_C1", two or more pretraining seeds): a column "Δ … vs C1 [95 % CI]" for MAE and
+    for Acc-2 (non0, in percentage points), and `delta_caption` (what the interval covers) in the caption."""
     mark = {True: "✓", False: "✗"}
+    deltas = [("mae", "Δ MAE vs C1\n[95 % CI]", 1.0, 3), ("acc2_non0", "Δ Acc-2 vs C1\n[95 % CI], pp", 100.0, 1)]
+    with_delta = any(r.get("vs_C1") for r in rows)
     body: list[Row] = []
     for r in rows:
         components = [r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}" if r["mcc"] else "–"]
         summary = {k: (r["mean"][k], r["std"][k]) for k in r["mean"]} if r["mean"] else None
-        avg = "" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"
-        body.append((components, summary, [avg], "skipped"))
+        tail = ["" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"]
+        if with_delta:
+            tail += [delta_cell((r.get("vs_C1") or {}).get(k), scale, digits) for k, _, scale, digits in deltas]
+        body.append((components, summary, tail, "skipped"))
+    captions = [note, delta_caption if with_delta else "",
+                "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)"]
     return metrics_table("Ablation on the test split", ["config", "pre-train", "TCMF", "MCC", "g"],
-                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg"], body, seeds, width, std=std,
-                         caption=(f"{note}\n" if note else "")
-                         + "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)")
+                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg", *([h for _, h, _, _ in deltas] if with_delta else [])],
+                         body, seeds, width, std=std, caption="\n".join(c for c in captions if c),
+                         pretrain_seeds=pretrain_seeds)
+
+
+def delta_cell(diff: Optional[dict], scale: float, digits: int) -> str:
+    """A paired difference as "+0.012" over "[−0.010, +0.034]" (values × scale); "" without one."""
+    if not diff:
+        return ""
+    mean, low, high = (scale * diff[k] for k in ("mean", "low", "high"))
+    return f"{mean:+.{digits}f}\n[{low:+.{digits}f}, {high:+.{digits}f}]"

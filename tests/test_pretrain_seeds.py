@@ -64,12 +64,15 @@ def test_pretrain_leaves_the_test_split_out(tmp_path: Path) -> None:
 def test_ablate_pretrain_store_equal_to_the_dataset_follows_the_rule(tmp_path: Path) -> None:
     store = write_tiny_store(tmp_path / "s.h5", n=40)
     out = tmp_path / "abl"
-    r = runner.invoke(app, ["ablate", "-d", str(store), "--pretrain-store", str(store), "-o", str(out), "--seeds", "1",
-                            "--pretrain-epochs", "1", "--epochs", "1", "--freeze-encoder", *FAST])
+    r = runner.invoke(app, ["ablate", "-d", str(store), "--pretrain-store", str(store), "-o", str(out), *ABLATE])
     assert r.exit_code == 0, r.output
     payload = json.loads((out / "ablation.json").read_text())
     assert payload["pretrain_splits"] == ["train", "valid", "unlabeled"] and payload["pretrain_on_test"] is False
     assert json.loads((out / "pretrain" / "tcmf-mcc-g+0.20-paper-tile" / "config.json").read_text())["samples"] == 32
+    # one pretraining seed: today's layout, and no Δ column (its interval would cover fine-tuning seeds only)
+    assert (out / "pretrain" / "tcmf-nomcc" / "final").is_dir() and (out / "runs" / "C4" / "seed-1" / "test.json").is_file()
+    assert "Δ" not in r.stdout and "vs_C1" not in payload and not any("vs_C1" in c for c in payload["configurations"])
+    assert "delta_mae" not in (out / "results.csv").read_text()
 
 
 def weights(run: Path) -> dict[str, np.ndarray]:
@@ -110,8 +113,9 @@ def test_ablate_pretrain_seeds_nest_fine_tuning_and_resume_only_what_is_missing(
     store = write_tiny_store(tmp_path / "s.h5", n=40)
     out = tmp_path / "abl"
     args = ["ablate", "-d", str(store), "-o", str(out), "--pretrain-seeds", "2", *ABLATE]
-    r = runner.invoke(app, args)
+    r = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
+    check_delta_column(out, r.stdout)
     payload = json.loads((out / "ablation.json").read_text())
     assert payload["pretrain_seeds"] == [0, 1] and payload["seeds"] == [0, 1]
     for row, key in zip(payload["configurations"], ("tcmf-mcc-g+0.20-paper-tile", "tcmf-nomcc")):
@@ -145,6 +149,33 @@ def test_ablate_pretrain_seeds_nest_fine_tuning_and_resume_only_what_is_missing(
     assert (out / "runs" / "C1" / "pseed-1" / "seed-0" / "test.json").is_file()
     new = json.loads((out / "ablation.json").read_text())["configurations"]
     np.testing.assert_allclose(new[0]["values"]["mae"], payload["configurations"][0]["values"]["mae"])
+
+
+def check_delta_column(out: Path, output: str) -> None:
+    """C4's "Δ vs C1" is stats.paired_difference of the two (P, F) grids of test.json values, in the JSON,
+    results.csv and the table, whose caption says what the interval covers."""
+    import csv
+
+    from kebr_core.stats import paired_difference
+
+    payload = json.loads((out / "ablation.json").read_text())
+    c1, c4 = payload["configurations"]
+    assert "vs_C1" not in c1
+    for k in ("mae", "acc2_non0"):
+        grid = {name: [[json.loads((out / "runs" / name / f"pseed-{p}" / f"seed-{f}" / "test.json").read_text())["test"][k]
+                        for f in (0, 1)] for p in (0, 1)] for name in ("C1", "C4")}
+        expected = paired_difference(grid["C1"], grid["C4"])
+        assert c4["vs_C1"][k]["mean"] == pytest.approx(np.mean(np.array(grid["C4"]) - np.array(grid["C1"])))
+        assert (c4["vs_C1"][k]["low"], c4["vs_C1"][k]["high"]) == pytest.approx((expected.low, expected.high))
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert float(table[1]["delta_mae_low"]) == pytest.approx(c4["vs_C1"]["mae"]["low"]) and table[0]["delta_mae"] == ""
+    assert table[1]["pretrain_seeds"] == "0 1"
+    text = one_line(output)
+    assert "Δ MAE vs C1" in text and "Δ Acc-2 vs C1" in text and "[95 % CI], pp" in text  # headers on two lines
+    assert "paired over 2 pretraining × 2 fine-tuning seeds; 95 % interval: t over 2 pretraining-seed means" in text
+    assert "over 2 pretraining × 2 fine-tuning seeds (pretraining 0, 1; fine-tuning 0, 1)" in text
+    assert f"{c4['vs_C1']['mae']['mean']:+.3f}" in text
 
 
 def test_ablate_shards_split_configuration_and_pretraining_seed(tmp_path: Path) -> None:
