@@ -12,6 +12,8 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
+from kebr_core.errors import KebrError
+from kebr_core.run_readers import balance_table, seed_grids
 from tests.conftest import TINY_BERT, write_tiny_store
 
 runner = CliRunner()
@@ -99,9 +101,14 @@ def test_pretrain_seeds_give_one_run_each_and_eval_fine_tunes_each(tmp_path: Pat
         cfg = json.loads((ev / f"pseed-{s}" / "config.json").read_text())
         assert Path(cfg["checkpoint"]) == pre / f"pseed-{s}" / "final"
         assert json.loads((ev / f"pseed-{s}" / "results.json").read_text())["seeds"] == [0, 1]
+    grid, = seed_grids(ev)
+    assert grid.pretrain_seeds == (0, 1) and grid.finetune_seeds == (0, 1) and grid.values["mae"].shape == (2, 2)
+    with pytest.raises(KebrError, match="holds pretraining runs"):
+        seed_grids(pre)
     results = json.loads((ev / "results.json").read_text())
     assert results["pretrain_seeds"] == [0, 1] and results["seeds"] == [0, 1] and len(results["per_run"]) == 4
     maes = [run["mae"] for run in results["per_run"]]
+    np.testing.assert_allclose(grid.values["mae"].ravel(), maes)
     assert results["mean"]["mae"] == pytest.approx(np.mean(maes))
     assert results["std"]["mae"] == pytest.approx(np.std(maes, ddof=1))
 
@@ -149,6 +156,25 @@ def test_ablate_pretrain_seeds_nest_fine_tuning_and_resume_only_what_is_missing(
     assert (out / "runs" / "C1" / "pseed-1" / "seed-0" / "test.json").is_file()
     new = json.loads((out / "ablation.json").read_text())["configurations"]
     np.testing.assert_allclose(new[0]["values"]["mae"], payload["configurations"][0]["values"]["mae"])
+
+    # A configuration without pretraining runs F times (nothing depends on the pretraining seed) and pairs
+    # with every pretraining seed of C1; seed_grids gives every configuration a (P, F) grid.
+    r = runner.invoke(app, [*args, "--no-pretrain"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads((out / "ablation.json").read_text())["configurations"]}
+    assert list(rows) == ["C1", "C4", "no-pretrain+no-mcc"]
+    lone = rows["no-pretrain+no-mcc"]
+    assert lone["pretrain_seeds"] == [] and np.array(lone["values"]["mae"]).shape == (1, 2)
+    assert not list((out / "runs" / "no-pretrain+no-mcc").glob("pseed-*")) and (out / "runs" / "no-pretrain+no-mcc" / "seed-1").is_dir()
+    c1 = np.array(rows["C1"]["values"]["mae"])
+    assert lone["vs_C1"]["mae"]["mean"] == pytest.approx(np.mean(np.array(lone["values"]["mae"]) - c1))
+    assert rows["C4"]["vs_C1"]["mae"]["mean"] == pytest.approx(np.mean(np.array(rows["C4"]["values"]["mae"]) - c1))
+    grids = {g.name: g for g in seed_grids(out)}
+    assert all(g.pretrain_seeds == (0, 1) and g.finetune_seeds == (0, 1) for g in grids.values())
+    np.testing.assert_allclose(grids["C1"].values["mae"], c1)
+    np.testing.assert_allclose(grids["no-pretrain+no-mcc"].values["mae"], np.repeat(lone["values"]["mae"], 2, axis=0))
+    balance = [b for b in balance_table(out) if b["config"] == "C1"]
+    assert [(b["stage"], b["seeds"]) for b in balance] == [("pretraining", 2), ("fine-tuning", 4)]
 
 
 def check_delta_column(out: Path, output: str) -> None:
