@@ -181,6 +181,11 @@ def test_ablate_pretrain_seeds_nest_fine_tuning_and_resume_only_what_is_missing(
     np.testing.assert_allclose(grids["no-pretrain+no-mcc"].values["mae"], np.repeat(lone["values"]["mae"], 2, axis=0))
     balance = [b for b in balance_table(out) if b["config"] == "C1"]
     assert [(b["stage"], b["seeds"]) for b in balance] == [("pretraining", 2), ("fine-tuning", 4)]
+    # kebr analyze draws from every pretraining seed's runs
+    from kebr_core.recipes.analyze import build_figures
+
+    _, figures, skipped = build_figures(out)
+    assert {"balance", "pca", "training_curves"} <= set(figures), skipped
 
 
 def check_delta_column(out: Path, output: str) -> None:
