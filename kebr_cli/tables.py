@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from rich import box
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from kebr_core.metrics import TABLE_HEADERS, format_table_row, seeds_caption
+from kebr_core.metrics import TABLE_HEADERS, format_table_row, metric_display, seeds_caption
 
 # One row: the leading cells (name, components), {metric: (mean, std)} or None for a configuration
 # without results (its metric cells say `placeholder`), and the trailing cells (e.g. Avg).
@@ -92,3 +93,44 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
                          ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg"], body, seeds, width, std=std,
                          caption=(f"{note}\n" if note else "")
                          + "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)")
+
+
+def difference_cell(metric: str, mean: float, low: float, high: float) -> str:
+    """A paired difference and its interval as tables print it: "+0.012 [−0.004, +0.028]" (accuracies and
+    F1 in percentage points); a difference without an interval (one pair) prints alone."""
+    _, percent, decimals = metric_display(metric)
+    scale = 100.0 if percent else 1.0
+    point = f"{mean * scale:+.{decimals}f}"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return point
+    return f"{point} [{low * scale:+.{decimals}f}, {high * scale:+.{decimals}f}]"
+
+
+def comparison_table(comparison, dataset: str = "") -> Table:
+    """`kebr compare`: one row per metric, "metric | A | B | Δ (B − A) [CI] | p" for one
+    `recipes.compare.Comparison`; the caption says what the interval is over and what differs."""
+    a, b = comparison.reference.label, comparison.run.label
+    first = next(iter(comparison.differences.values()))
+    level = f"{first.confidence * 100:g} %"
+    on = f" on {dataset}" if dataset else ""
+    table = Table(title=f"{b} vs {a}{on}: {first.n_pretrain} × {first.n_finetune} paired runs (pretraining × "
+                        "fine-tuning seeds)", caption_justify="left")
+    for n, header in enumerate(("metric", a, b, f"Δ ({b} − {a}) [{level} CI]", "p")):
+        table.add_column(header, justify="left" if n == 0 else "right")
+    for metric, d in comparison.differences.items():
+        label, percent, decimals = metric_display(metric)
+        scale = 100.0 if percent else 1.0
+        table.add_row(label, f"{comparison.reference_means[metric] * scale:.{decimals}f}",
+                      f"{comparison.run_means[metric] * scale:.{decimals}f}", difference_cell(metric, d.mean, d.low, d.high),
+                      "–" if math.isnan(d.p_value) else f"{d.p_value:.3g}")
+    lines = [f"interval: {first.method}; p: exact sign-flip test over the same units"]
+    if first.n_pretrain < 2:
+        lines.append("one pretraining seed: the interval leaves out pretraining's variance (kebr ablate --pretrain-seeds)")
+    units = first.n_pretrain if first.n_pretrain >= 2 else first.n_finetune
+    lines.append(f"smallest p reachable with {units} units: {2 / 2 ** units:.3g}")
+    lines.append("accuracies and F1 in %, Δ in points; MAE: lower is better")
+    if comparison.differs:
+        shown = comparison.differs[:4]
+        lines.append("differs: " + "; ".join(shown) + ("; …" if len(comparison.differs) > 4 else ""))
+    table.caption = "\n".join(lines)
+    return table
