@@ -44,7 +44,8 @@ class Compared:
     """One input configuration: its label in tables, where it came from and its seed grid."""
 
     label: str
-    source: str  # the run directory, or ABLATION_DIR:NAME
+    source: str  # the run directory, or ABLATION_DIR:NAME, as given
+    key: str  # the same with the directory resolved: what identifies the input in compare.json
     grid: SeedGrid
 
 
@@ -89,7 +90,7 @@ def parse_input(text: str) -> tuple[Path, str | None]:
 
 def load_inputs(texts: Sequence[str]) -> list[Compared]:
     """The configurations the inputs name (module docstring), labelled uniquely."""
-    found: list[tuple[str, str, SeedGrid]] = []  # (short label, source, grid)
+    found: list[tuple[str, str, str, SeedGrid]] = []  # (short label, source, key, grid)
     for text in texts:
         path, name = parse_input(text)
         kind = detect_kind(path)
@@ -100,7 +101,7 @@ def load_inputs(texts: Sequence[str]) -> list[Compared]:
         if kind != "ablation":
             if name is not None:
                 raise KebrError(f"{path} is an evaluation run, not an ablation; name it without ':{name}'.")
-            found.append((grids[0].name, str(path), grids[0]))
+            found.append((grids[0].name, str(path), str(path.resolve()), grids[0]))
             continue
         if name is not None:
             chosen = [g for g in grids if g.name == name]
@@ -108,17 +109,18 @@ def load_inputs(texts: Sequence[str]) -> list[Compared]:
                 raise KebrError(f"Ablation {path} has no finished configuration {name!r} (finished: "
                                 f"{', '.join(g.name for g in grids)}).")
             grids = chosen
-        found += [(g.name, f"{path}:{g.name}", g) for g in grids]
-    sources = [source for _, source, _ in found]
-    for source in sources:
-        if sources.count(source) > 1:
+        found += [(g.name, f"{path}:{g.name}", f"{path.resolve()}:{g.name}", g) for g in grids]
+    sources, keys = [source for _, source, _, _ in found], [key for _, _, key, _ in found]
+    for source, key in zip(sources, keys):
+        if keys.count(key) > 1:
             raise KebrError(f"{source} is given twice; compare different configurations.")
     if len(found) < 2:
         raise KebrError(f"kebr compare needs at least two configurations; {', '.join(texts)} hold "
                         f"{len(found)} ({', '.join(sources)}).")
-    short = [label for label, _, _ in found]
+    short = [label for label, _, _, _ in found]
     # a label used twice (C1 of two ablations) becomes its source, which is unique
-    return [Compared(label if short.count(label) == 1 else source, source, grid) for label, source, grid in found]
+    return [Compared(label if short.count(label) == 1 else source, source, key, grid)
+            for label, source, key, grid in found]
 
 
 def _seeds(seeds: Sequence[int]) -> str:
@@ -203,7 +205,7 @@ def compare(texts: Sequence[str], out: str | Path | None = None, *, confidence: 
     comparisons = [compare_grids(inputs[0], other, confidence) for other in inputs[1:]]
     out = Path(out) if out is not None else default_out(texts[0], inputs)
     payload = {
-        "inputs": [c.source for c in inputs], "reference": inputs[0].label, "confidence": confidence,
+        "inputs": [c.key for c in inputs], "reference": inputs[0].label, "confidence": confidence,
         "runs": [{"label": c.label, "source": c.source, "pretrain_seeds": list(c.grid.pretrain_seeds),
                   "finetune_seeds": list(c.grid.finetune_seeds), "data": c.grid.data} for c in inputs],
         "comparisons": [c.to_dict() for c in comparisons],
