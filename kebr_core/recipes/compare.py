@@ -224,3 +224,24 @@ def compare(texts: Sequence[str], out: str | Path | None = None, *, confidence: 
                                  c.variance[m]["pretrain"], c.variance[m]["finetune"]])
     return CompareResult(out=out, inputs=inputs, comparisons=comparisons,
                          files=[out / runs.COMPARE_JSON, out / runs.COMPARE_CSV])
+
+
+# ───────────────────────── configurations against one (kebr analyze's forest plot) ─────────────────────────
+
+
+def against_reference(grids: Sequence[SeedGrid], reference: str = "C1",
+                      confidence: float = 0.95) -> tuple[list[Comparison], list[str]]:
+    """Every grid against `reference` (the first grid when none has that name): the comparisons, and one
+    reason per grid that cannot be paired with it (left out)."""
+    items = [Compared(g.name, g.name, g.name, g) for g in grids]
+    ref = next((c for c in items if c.label == reference), items[0] if items else None)
+    comparisons, left_out = [], []
+    for item in items:
+        if item is ref:
+            continue
+        try:
+            comparisons.append(compare_grids(ref, item, confidence))
+        except KebrError as e:
+            left_out.append(str(e))
+    return comparisons, left_out
+
