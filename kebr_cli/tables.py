@@ -123,11 +123,14 @@ def comparison_table(comparison, dataset: str = "") -> Table:
         table.add_row(label, f"{comparison.reference_means[metric] * scale:.{decimals}f}",
                       f"{comparison.run_means[metric] * scale:.{decimals}f}", difference_cell(metric, d.mean, d.low, d.high),
                       "–" if math.isnan(d.p_value) else f"{d.p_value:.3g}")
-    lines = [f"interval: {first.method}; p: exact sign-flip test over the same units"]
+    if math.isnan(first.low):
+        lines = [f"{first.method} or p"]
+    else:
+        units = first.n_pretrain if first.n_pretrain >= 2 else first.n_finetune
+        lines = [f"interval: {first.method}; p: exact sign-flip test over the same units (the smallest reachable "
+                 f"with {units}: {2 / 2 ** units:.3g})"]
     if first.n_pretrain < 2:
         lines.append("one pretraining seed: the interval leaves out pretraining's variance (kebr ablate --pretrain-seeds)")
-    units = first.n_pretrain if first.n_pretrain >= 2 else first.n_finetune
-    lines.append(f"smallest p reachable with {units} units: {2 / 2 ** units:.3g}")
     lines.append("accuracies and F1 in %, Δ in points; MAE: lower is better")
     if comparison.differs:
         shown = comparison.differs[:4]

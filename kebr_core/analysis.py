@@ -279,7 +279,8 @@ class ForestPanel:
     """One metric of a forest plot: per configuration (top to bottom) the paired difference against the
     reference and its interval, in the units the axis shows (MAE units, or percentage points)."""
 
-    xlabel: str  # e.g. "Δ MAE vs C1 (lower is better)"
+    title: str  # the metric, e.g. "MAE"
+    xlabel: str  # e.g. "Δ MAE vs C1, lower is better"
     labels: list[str]
     mean: np.ndarray  # (R,)
     low: np.ndarray  # (R,); NaN where there is no interval (one pair)
@@ -332,7 +333,7 @@ def forest_figure(panels: list[ForestPanel], title: str) -> Figure:
             ha = "left" if where < 0.25 else "right" if where > 0.75 else "center"
             ax.annotate(text, (m, y), xytext=(0, 8), textcoords="offset points", ha=ha, fontsize="small",
                         bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
-        ax.set_xlabel(panel.xlabel)
+        ax.set(title=panel.title, xlabel=panel.xlabel)
         ax.grid(axis="x", alpha=0.3)
     fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), fontsize="small")
     return fig

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from kebr_cli.main import app
 
+from figures import summarize
 from kebr_core.errors import KebrError
+from kebr_core.recipes.analyze import build_figures
 from kebr_core.run_readers import RunDataMissing, seed_grids
 from tests.conftest import TINY_BERT, write_tiny_store
 from tests.paired_runs import DATA, write_ablation, write_eval_run
@@ -184,3 +186,61 @@ def test_compare_real_ablation_runs(tmp_path):
     assert payload["out"] == str(tmp_path / "compare-C1-vs-C4")
     assert payload["comparisons"][0]["metrics"]["mae"]["mean"] == pytest.approx(np.mean(mae[2:]) - np.mean(mae[:2]))
     assert payload["comparisons"][0]["differs"] == ["mcc.weight (1.0 → 0.0)"]
+
+
+# ───────────────────────── the forest plot (kebr analyze) ─────────────────────────
+
+
+def forest_axes(fig):
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def test_ablation_forest_plot_one_row_per_configuration_against_c1(tmp_path):
+    root = write_ablation(tmp_path / "abl", {"C1": [1.0, 1.1, 1.2], "C3": [1.2, 1.3, 1.4], "C4": [1.1, 1.15, 1.26]})
+    kind, figures, skipped = build_figures(root)
+    assert kind == "ablation" and "differences" in figures, skipped
+    fig = figures["differences"]
+    mae_panel, acc_panel = summarize(fig)
+    assert "Δ MAE vs C1" in mae_panel.xlabel and "Δ Acc-2 non0 (points) vs C1" in acc_panel.xlabel
+    # C3's constant +0.2 excludes zero; C4's differences 0.1, 0.05, 0.06 also do (t over 3 seeds)
+    c4 = np.array([0.1, 0.05, 0.06])
+    c4_high = c4.mean() + T_975_2 * c4.std(ddof=1) / np.sqrt(3)
+    assert mae_panel.curves == [("interval excludes zero", 2), ("no difference", 2)]
+    ax = forest_axes(fig)[0]
+    assert [t.get_text() for t in sorted(ax.get_yticklabels(), key=lambda t: -t.get_position()[1])] == ["C3", "C4"]
+    (points,) = [c for c in ax.containers]
+    np.testing.assert_allclose(points.lines[0].get_xdata(), [0.2, c4.mean()])
+    np.testing.assert_allclose(points.lines[0].get_ydata(), [1, 0])  # the first configuration on top
+    texts = [t.get_text() for t in ax.texts]
+    assert f"+{c4.mean():.3f} [+{c4.mean() - (c4_high - c4.mean()):.3f}, +{c4_high:.3f}]" in texts
+    zero = [line for line in ax.lines if line.get_label() == "no difference"][0]
+    assert list(zero.get_xdata()) == [0, 0]
+    low, high = ax.get_xlim()
+    assert low < 0 < high and high - low >= 0.05  # zero in view; at least MIN_SPAN wide
+    assert "t over 3 fine-tuning seeds" in fig.get_label()
+
+
+def test_forest_plot_marks_intervals_through_zero_and_single_pairs(tmp_path):
+    root = write_ablation(tmp_path / "abl", {"C1": [1.0, 1.1, 1.2], "C4": [1.1, 1.0, 1.25]})
+    fig = build_figures(root)[1]["differences"]
+    assert summarize(fig)[0].curves == [("interval includes zero", 1), ("no difference", 2)]
+    one = tmp_path / "one"
+    write_eval_run(one / "a", [1.0], seeds=(0,))
+    write_eval_run(one / "b", [1.3], seeds=(0,))
+    assert runner.invoke(app, ["compare", str(one / "a"), str(one / "b"), "-o", str(one / "cmp")]).exit_code == 0
+    r = runner.invoke(app, ["analyze", str(one / "cmp"), "-f", "png", "-f", "pdf"])
+    assert r.exit_code == 0, r.output
+    assert (one / "cmp" / "plots" / "differences.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (one / "cmp" / "plots" / "differences.pdf").read_bytes()[:5] == b"%PDF-"
+    kind, figures, _ = build_figures(one / "cmp")
+    assert kind == "comparison"
+    mae_panel = summarize(figures["differences"])[0]
+    assert mae_panel.curves == [("one pair: no interval", 1), ("no difference", 2)]
+    assert "+0.300" in [t.get_text() for t in forest_axes(figures["differences"])[0].texts]
+
+
+def test_forest_plot_skipped_with_one_finished_configuration(tmp_path):
+    root = write_ablation(tmp_path / "abl", {"C1": [1.0, 1.1, 1.2]})
+    _, figures, skipped = build_figures(root)
+    assert "differences" not in figures
+    assert skipped["differences"] == "The ablation has one finished configuration; paired differences need two."

@@ -218,7 +218,9 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
 def _comparison_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     def differences() -> Figure:
         reference, rows = read_comparison(run_dir)
-        fig = forest_figure(forest_panels(rows, reference), f"Paired differences vs {reference} ({run_dir.name})")
+        first = next(iter(rows[0][1].values()), {}) if rows else {}
+        seeds = f", over {first['n_pretrain']} × {first['n_finetune']} (pretraining × fine-tuning) seeds" if first else ""
+        fig = forest_figure(forest_panels(rows, reference), f"Paired differences vs {reference} ({run_dir.name}){seeds}")
         return _captioned(fig, f"Test MAE and Acc-2 (non0) of each compared run minus {reference}'s, per seed pair: "
                                "mean and interval (compare.json says over which seeds).")
 
@@ -261,7 +263,7 @@ def forest_panels(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], referen
 
         better = "lower" if metric == "mae" else "higher"
         panels.append(ForestPanel(
-            xlabel=f"Δ {name}{' (points)' if percent else ''} vs {reference}, {better} is better",
+            title=name, xlabel=f"Δ {name}{' (points)' if percent else ''} vs {reference}, {better} is better",
             labels=[label for label, _ in present], mean=column("mean"), low=column("low"), high=column("high"),
             span=MIN_SPAN["percent" if percent else "mae"], decimals=decimals))
     return panels
