@@ -36,17 +36,19 @@ def table_width(table: Table) -> int:
 def metrics_table(
     title: str, lead: Sequence[str], metrics: Sequence[str], tail: Sequence[str], rows: Sequence[Row],
     seeds: Sequence[int], width: Optional[int] = None, caption: Optional[str] = None, std: str = "sample",
+    pretrain_seeds: Sequence[int] = (),
 ) -> Table:
     """Leading columns, the metric columns (`TABLE_HEADERS` keys) and trailing columns. The title ends
-    with the seeds and the std convention (`seeds_caption`: sample or population std); with one seed no
+    with the seeds (and `pretrain_seeds` of a nested design) and the std convention (`seeds_caption`:
+    sample or population std); with one seed no
     cell prints "±".
 
     Wider than `width`, the table is rebuilt narrow: no vertical rules, headers over two lines and the
     std on a second line of each cell, so nothing is cut at 80 columns."""
-    spread = len(seeds) > 1
+    spread = len(seeds) > 1 or len(pretrain_seeds) > 1
 
     def build(narrow: bool) -> Table:
-        table = Table(title=f"{title}, {seeds_caption(seeds, std)}", caption=caption)
+        table = Table(title=f"{title}, {seeds_caption(seeds, std, pretrain_seeds)}", caption=caption)
         if narrow:
             table.box, table.padding = box.SIMPLE_HEAD, (0, 0)
         if narrow:  # "pre-train" over "pre-" and "train", "Acc-2 has0/non0" over "Acc-2" and "has0/non0"
@@ -71,28 +73,45 @@ def metrics_table(
 
 
 def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width: Optional[int] = None,
-                  std: str = "sample") -> Table:
+                  std: str = "sample", pretrain_seeds: Sequence[int] = ()) -> Table:
     """The paper's Table 1: one row per model, {metric: (mean, std)} each."""
     return metrics_table(title, ["model"], list(TABLE_HEADERS), [],
-                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std)
+                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std,
+                         pretrain_seeds=pretrain_seeds)
 
 
 def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] = None, std: str = "sample",
-                   note: str = "") -> Table:
+                   note: str = "", pretrain_seeds: Sequence[int] = (), delta_caption: str = "") -> Table:
     """Table 4: configuration, its components (a configuration without MCC has no g), the metrics and
     Avg. A configuration without results says "skipped" (its reason is its row's "status"). `note` (e.g.
-    what pretraining used) goes into the caption above the meaning of Avg."""
+    what pretraining used) goes into the caption above the meaning of Avg. With rows holding paired
+    differences vs C1 ("vs_C1", two or more pretraining seeds): a column "Δ … vs C1 [95 % CI]" for MAE and
+    for Acc-2 (non0, in percentage points), and `delta_caption` (what the interval covers) in the caption."""
     mark = {True: "✓", False: "✗"}
+    deltas = [("mae", "Δ MAE vs C1\n[95 % CI]", 1.0, 3), ("acc2_non0", "Δ Acc-2 vs C1\n[95 % CI], pp", 100.0, 1)]
+    with_delta = any(r.get("vs_C1") for r in rows)
     body: list[Row] = []
     for r in rows:
         components = [r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}" if r["mcc"] else "–"]
         summary = {k: (r["mean"][k], r["std"][k]) for k in r["mean"]} if r["mean"] else None
-        avg = "" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"
-        body.append((components, summary, [avg], "skipped"))
+        tail = ["" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"]
+        if with_delta:
+            tail += [delta_cell((r.get("vs_C1") or {}).get(k), scale, digits) for k, _, scale, digits in deltas]
+        body.append((components, summary, tail, "skipped"))
+    captions = [note, delta_caption if with_delta else "",
+                "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)"]
     return metrics_table("Ablation on the test split", ["config", "pre-train", "TCMF", "MCC", "g"],
-                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg"], body, seeds, width, std=std,
-                         caption=(f"{note}\n" if note else "")
-                         + "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)")
+                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg", *([h for _, h, _, _ in deltas] if with_delta else [])],
+                         body, seeds, width, std=std, caption="\n".join(c for c in captions if c),
+                         pretrain_seeds=pretrain_seeds)
+
+
+def delta_cell(diff: Optional[dict], scale: float, digits: int) -> str:
+    """A paired difference as "+0.012" over "[−0.010, +0.034]" (values × scale); "" without one."""
+    if not diff:
+        return ""
+    mean, low, high = (scale * diff[k] for k in ("mean", "low", "high"))
+    return f"{mean:+.{digits}f}\n[{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def difference_cell(metric: str, mean: float, low: float, high: float) -> str:

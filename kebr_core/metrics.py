@@ -204,15 +204,22 @@ def format_table_row(metrics: Mapping[str, float | tuple[float, float]], spread:
 STD_DDOF = {"sample": 1, "population": 0}
 
 
-def seeds_caption(seeds: Sequence[int], std: str = "sample") -> str:
-    """What a table of `aggregate` results averages, for its caption: the seeds and the std convention.
+def seeds_caption(seeds: Sequence[int], std: str = "sample", pretrain_seeds: Sequence[int] = ()) -> str:
+    """What a table of `aggregate` results averages, for its caption: the seeds and the std convention;
+    with two or more `pretrain_seeds`, the P × F runs of a nested design.
 
     >>> seeds_caption([0, 1, 2])
     'mean ± sample std (ddof=1) over 3 seeds (0, 1, 2)'
     >>> seeds_caption([4])
     '1 seed (4), no spread'
+    >>> seeds_caption([0, 1], pretrain_seeds=[5, 6])
+    'mean ± sample std (ddof=1) over 2 pretraining × 2 fine-tuning seeds (pretraining 5, 6; fine-tuning 0, 1)'
     """
-    seeds = list(seeds)
+    seeds, pretrain_seeds = list(seeds), list(pretrain_seeds)
+    if len(pretrain_seeds) > 1:
+        return (f"mean ± {std} std (ddof={STD_DDOF[std]}) over {len(pretrain_seeds)} pretraining × {len(seeds)} "
+                f"fine-tuning seeds (pretraining {', '.join(map(str, pretrain_seeds))}; fine-tuning "
+                f"{', '.join(map(str, seeds))})")
     if len(seeds) == 1:
         return f"1 seed ({seeds[0]}), no spread"
     return f"mean ± {std} std (ddof={STD_DDOF[std]}) over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)})"

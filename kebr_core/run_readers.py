@@ -7,7 +7,9 @@ Four kinds of directory (`detect_kind`):
 - pretraining run: config.json ("stage": "pretrain") + metrics.csv (columns `runs.PRETRAIN_COLUMNS`);
 - evaluation run: config.json ("stage": "finetune") + results.json + seed-S/metrics.csv (columns
   `runs.EVAL_COLUMNS`) + seed-S/test_features.npz (features (N, dt), labels (N,), predictions (N,));
-- ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs;
+- ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs; with
+  two or more pretraining seeds those dirs hold one pseed-S run per seed (`runs.pretrain_seed_runs`,
+  `AblationConfig.runs_by_pretrain_seed`);
 - comparison: compare.json, the output of `kebr compare` (`read_comparison`).
 
 `seed_grids` reads the test metrics of finished seeds as (pretraining seed × fine-tuning seed) grids, the
@@ -238,6 +240,17 @@ class AblationConfig:
     eval_dir: Path | None
     pretrain_dir: Path | None
     g: float | None
+    pretrain_seeds: tuple[int, ...] = ()  # two or more: eval_dir and pretrain_dir hold pseed-S runs (`runs_by_pretrain_seed`)
+
+    def runs_by_pretrain_seed(self) -> list[tuple[int, Path | None, Path]]:
+        """(pretraining seed, pretraining run or None, evaluation run) of each pretraining seed
+        (`runs.pretrain_seed_runs`); one entry with a single pretraining seed or none."""
+        if self.eval_dir is None:
+            return []
+        seeds = list(self.pretrain_seeds) or [0]
+        evals = runs.pretrain_seed_runs(self.eval_dir, seeds)
+        pres = runs.pretrain_seed_runs(self.pretrain_dir, seeds) if self.pretrain_dir is not None else [(s, None) for s in seeds]
+        return [(seed, pre, run) for (seed, pre), (_, run) in zip(pres, evals)]
 
     @property
     def label(self) -> str:
@@ -264,6 +277,14 @@ def _number(x: Any, default: float = float("nan")) -> float:
         return default
 
 
+def _seed_tuple(x: Any) -> tuple[int, ...]:
+    """A list of seeds from ablation.json; anything else (older files have none) reads as ()."""
+    try:
+        return tuple(int(s) for s in x) if isinstance(x, list) else ()
+    except (TypeError, ValueError):
+        return ()
+
+
 def read_ablation(run_dir: Path) -> tuple[dict[str, Any], list[AblationConfig]]:
     path = run_dir / runs.ABLATION_JSON
     data = _read_json(path, "Ablation file")
@@ -287,6 +308,7 @@ def read_ablation(run_dir: Path) -> tuple[dict[str, Any], list[AblationConfig]]:
             settings=tuple(c.get(k) for k in ("pretrain", "tcmf", "g", "mcc_form", "mcc_align")),
             done=c.get("status") == "done", mean=metrics("mean"), std=metrics("std"),
             eval_dir=rel("eval_dir"), pretrain_dir=rel("pretrain_dir"), g=None if np.isnan(g) else g,
+            pretrain_seeds=_seed_tuple(c.get("pretrain_seeds")),
         ))
     return data, configs
 
@@ -316,9 +338,10 @@ def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
         if not c.done or c.eval_dir is None:
             continue
         stages = []
+        pairs = c.runs_by_pretrain_seed()  # every pretraining seed's runs count as more seeds of the stage
         if c.pretrain_dir is not None:
-            stages.append(("pretraining", [c.pretrain_dir / runs.METRICS], PRETRAIN_COLUMNS, ""))
-        seeds = [runs.seed_dir(c.eval_dir, s) / runs.METRICS for s in eval_seeds(c.eval_dir)]
+            stages.append(("pretraining", [pre / runs.METRICS for _, pre, _ in pairs if pre is not None], PRETRAIN_COLUMNS, ""))
+        seeds = [runs.seed_dir(run, s) / runs.METRICS for _, _, run in pairs for s in eval_seeds(run)]
         stages.append(("fine-tuning", seeds, EVAL_COLUMNS, "train_"))
         for stage, paths, columns, prefix in stages:
             names = ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")
@@ -412,9 +435,20 @@ def _seed_list(seeds) -> str:
 
 def seed_grids(path: str | Path) -> list[SeedGrid]:
     """The seed grids of a run directory: an evaluation run gives one (named after its folder), an
-    ablation one per finished configuration (unfinished and skipped ones are left out). A pretraining
+    ablation one per finished configuration (unfinished and skipped ones are left out). Over several
+    pretraining seeds (`runs.pretrain_seed_runs`) a grid has a row per pretraining seed: an ablation's
+    configuration, or the evaluation of a multi-seed pretraining (a folder of pseed-S evaluation runs); in
+    an ablation with P ≥ 2, a configuration without pretraining repeats its one row P times (it pairs with
+    every pretraining seed). A pretraining
     run has no test metrics: KebrError. A run with no finished seed: RunDataMissing."""
     run_dir = Path(path)
+    nested = runs.run_pretrain_seeds(run_dir) if run_dir.is_dir() and not (run_dir / runs.CONFIG).is_file() else []
+    if nested and not (run_dir / runs.ABLATION_JSON).is_file():  # `kebr eval` of a multi-seed pretraining
+        rows = runs.pretrain_seed_runs(run_dir, nested)
+        if detect_kind(rows[0][1]) != "finetune":
+            raise KebrError(f"{run_dir} holds pretraining runs (pseed-S); they have no test metrics to compare (use "
+                            "the evaluation run made from them).")
+        return [grid_from_eval_runs(run_dir.resolve().name, rows)]
     kind = detect_kind(run_dir)
     if kind == "pretrain":
         raise KebrError(f"{run_dir} is a pretraining run; it has no test metrics to compare (use its evaluation run).")
@@ -423,10 +457,20 @@ def seed_grids(path: str | Path) -> list[SeedGrid]:
     if kind == "finetune":
         config = _read_json(run_dir / runs.CONFIG, "Run config")
         return [grid_from_eval_runs(run_dir.resolve().name, [(_pretrain_seed(config, None), run_dir)])]
-    _, configs = read_ablation(run_dir)
+    data, configs = read_ablation(run_dir)
+    ablation_seeds = _seed_tuple(data.get("pretrain_seeds"))
     grids = []
     for c in configs:
-        if not c.done or c.eval_dir is None or not (c.eval_dir / runs.CONFIG).is_file():
+        if not c.done or c.eval_dir is None:
+            continue
+        if len(c.pretrain_seeds) > 1:  # P pretraining seeds: one evaluation run (a grid row) each
+            grids.append(grid_from_eval_runs(c.name, [(seed, run) for seed, _, run in c.runs_by_pretrain_seed()]))
+            continue
+        if not (c.eval_dir / runs.CONFIG).is_file():
+            continue
+        if not c.pretrain_seeds and len(ablation_seeds) > 1:
+            # Without pretraining nothing depends on the pretraining seed: its F runs pair with each of them.
+            grids.append(grid_from_eval_runs(c.name, [(seed, c.eval_dir) for seed in ablation_seeds]))
             continue
         config = _read_json(c.eval_dir / runs.CONFIG, "Run config")
         grids.append(grid_from_eval_runs(c.name, [(_pretrain_seed(config, c.pretrain_dir), c.eval_dir)]))

@@ -16,6 +16,13 @@ An evaluation run: config.json, results.json, results.csv, seed-S/ (metrics.csv,
 predictions.csv, test_features.npz) and best-model/ (the seed with the lowest validation MAE).
 An ablation: ablation.json, results.csv, pretrain/<key>/ and runs/<name>/ (runs of the layouts above).
 
+Pretraining seeds (`pretrain_seed_runs`). With one pretraining seed, the layouts above (today's). With
+P >= 2 a pretraining "run" is a folder of P runs, pseed-S/ each (S: the pretraining seed, the run's
+`train.seed`), and so is the evaluation of a multi-seed pretraining: `kebr pretrain --seeds P` writes
+OUT/pseed-S/, `kebr eval --pretrained` of it writes OUT/pseed-S/ (each an evaluation run with seed-F/),
+an ablation pretrain/<key>/pseed-S/ and runs/<name>/pseed-S/ (P x F fine-tuning runs per configuration;
+a configuration without pretraining does not depend on the pretraining seed and keeps one runs/<name>/).
+
 Identity. A run directory belongs to one resolved configuration and one input store (its path, sample
 count, a hash of ids/splits/labels, frame counts and feature description). Writing into a directory
 that holds another run stops with one sentence naming the differing keys; `force=True` removes the
@@ -87,6 +94,7 @@ OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK)
 _OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last")  # last/: the layout before checkpoints/latest
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
+_PRETRAIN_SEED_DIR = re.compile(r"pseed-(-?\d+)")
 _EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
 
 
@@ -97,6 +105,21 @@ def seed_dir(run_dir: Path, seed: int) -> Path:
 def run_seeds(run_dir: Path) -> list[int]:
     """The seeds of an evaluation run that have a seed-S folder, numerically."""
     found = [int(m.group(1)) for p in Path(run_dir).glob("seed-*") if (m := _SEED_DIR.fullmatch(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def pretrain_seed_runs(root: str | Path, pretrain_seeds: Iterable[int]) -> list[tuple[int, Path]]:
+    """(pretraining seed, run folder) of each pretraining seed under `root`: `root` itself for one seed (the
+    single-run layout), `root`/pseed-S for each of several (module docstring)."""
+    pretrain_seeds = [int(s) for s in pretrain_seeds]
+    if len(pretrain_seeds) == 1:
+        return [(pretrain_seeds[0], Path(root))]
+    return [(s, Path(root) / f"pseed-{s}") for s in pretrain_seeds]
+
+
+def run_pretrain_seeds(root: str | Path) -> list[int]:
+    """The pretraining seeds that have a pseed-S run folder under `root`, numerically (empty: a single run)."""
+    found = [int(m.group(1)) for p in Path(root).glob("pseed-*") if (m := _PRETRAIN_SEED_DIR.fullmatch(p.name)) and p.is_dir()]
     return sorted(found)
 
 

@@ -32,7 +32,7 @@ from kebr_core import runs
 from kebr_core.errors import KebrError
 from kebr_core.io import atomic_output
 from kebr_core.metrics import METRIC_NAMES
-from kebr_core.run_readers import RunDataMissing, SeedGrid, detect_kind, seed_grids
+from kebr_core.run_readers import RunDataMissing, SeedGrid, seed_grids
 from kebr_core.stats import PairedDifference, paired_difference, variance_components
 
 CSV_COLUMNS = ("reference", "run", "metric", "reference_mean", "run_mean", "difference", "low", "high", "confidence",
@@ -93,12 +93,11 @@ def load_inputs(texts: Sequence[str]) -> list[Compared]:
     found: list[tuple[str, str, str, SeedGrid]] = []  # (short label, source, key, grid)
     for text in texts:
         path, name = parse_input(text)
-        kind = detect_kind(path)
         try:
             grids = seed_grids(path)
         except RunDataMissing as e:
             raise KebrError(f"{text} cannot be compared: {e}") from None
-        if kind != "ablation":
+        if not (path / runs.ABLATION_JSON).is_file():  # an evaluation run (of one or of several pretrainings)
             if name is not None:
                 raise KebrError(f"{path} is an evaluation run, not an ablation; name it without ':{name}'.")
             found.append((grids[0].name, str(path), str(path.resolve()), grids[0]))
