@@ -150,6 +150,10 @@ def comparison_table(comparison, dataset: str = "") -> Table:
                  f"with {units}: {2 / 2 ** units:.3g})"]
     if first.n_pretrain < 2:
         lines.append("one pretraining seed: the interval leaves out pretraining's variance (kebr ablate --pretrain-seeds)")
+    spread = comparison.variance.get("mae", {})
+    if math.isfinite(spread.get("share_pretrain", math.nan)):
+        lines.append(f"spread of Δ MAE: {spread['share_pretrain']:.0%} between pretraining seeds, "
+                     f"{1 - spread['share_pretrain']:.0%} between fine-tuning seeds (variance components)")
     lines.append("accuracies and F1 in %, Δ in points; MAE: lower is better")
     if comparison.differs:
         shown = comparison.differs[:4]

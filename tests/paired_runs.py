@@ -44,3 +44,11 @@ def write_ablation(root: Path, maes: dict[str, list[float]], **kw) -> Path:
     (root / "ablation.json").write_text(json.dumps({"dataset": DATA["store"], "seeds": [0, 1, 2],
                                                     "configurations": configurations}))
     return root
+
+
+def write_multi_seed_eval(root: Path, mae: list[list[float]], **kw) -> Path:
+    """`kebr eval` of a multi-seed pretraining: root/pseed-S/, one evaluation run per pretraining seed S
+    (row S of `mae`, one value per fine-tuning seed)."""
+    for pretrain_seed, row in enumerate(mae):
+        write_eval_run(root / f"pseed-{pretrain_seed}", row, pretrain_seed=pretrain_seed, **kw)
+    return root

@@ -17,7 +17,7 @@ from kebr_core.errors import KebrError
 from kebr_core.recipes.analyze import build_figures
 from kebr_core.run_readers import RunDataMissing, seed_grids
 from tests.conftest import TINY_BERT, write_tiny_store
-from tests.paired_runs import DATA, write_ablation, write_eval_run
+from tests.paired_runs import DATA, write_ablation, write_eval_run, write_multi_seed_eval
 
 # ───────────────────────── seed grids ─────────────────────────
 
@@ -244,3 +244,27 @@ def test_forest_plot_skipped_with_one_finished_configuration(tmp_path):
     _, figures, skipped = build_figures(root)
     assert "differences" not in figures
     assert skipped["differences"] == "The ablation has one finished configuration; paired differences need two."
+
+
+def test_compare_over_pretraining_seeds_uses_their_means(tmp_path):
+    """Two evaluations of 3-seed pretrainings (pseed-S/ each): the interval is a t over the 3
+    pretraining-seed means of the paired differences, and the variance components split its spread."""
+    a = write_multi_seed_eval(tmp_path / "a", [[1.0, 1.2], [1.1, 1.1], [0.9, 1.0]])
+    b = write_multi_seed_eval(tmp_path / "b", [[1.1, 1.4], [1.1, 1.2], [1.2, 1.3]], mcc_weight=0.0)
+    r = runner.invoke(app, ["compare", str(a), str(b), "--json"])
+    assert r.exit_code == 0, r.output
+    mae = json.loads(r.output)["comparisons"][0]["metrics"]["mae"]
+    d = np.array([[0.1, 0.2], [0.0, 0.1], [0.3, 0.3]])  # b − a; pretraining-seed means 0.15, 0.05, 0.3
+    means = d.mean(axis=1)
+    half = T_975_2 * means.std(ddof=1) / np.sqrt(3)
+    assert (mae["n_pretrain"], mae["n_finetune"]) == (3, 2)
+    assert (mae["mean"], mae["low"], mae["high"]) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
+    assert mae["p_value"] == pytest.approx(0.25)  # all three positive: 2 of 8 sign patterns
+    # one-way ANOVA: MS_within over P(F − 1) = 3 degrees of freedom, MS_between = F·Σ(row mean − mean)² / (P − 1)
+    ms_within = np.sum((d - means[:, None]) ** 2) / 3
+    ms_between = 2 * np.sum((means - d.mean()) ** 2) / 2
+    assert mae["variance"]["finetune"] == pytest.approx(ms_within)
+    assert mae["variance"]["pretrain"] == pytest.approx((ms_between - ms_within) / 2)
+    text = " ".join(runner.invoke(app, ["compare", str(a), str(b), "-o", str(tmp_path / "o")], terminal_width=200).output.split())
+    assert "3 × 2 paired runs" in text and "t over 3 pretraining-seed means" in text
+    assert "spread of Δ MAE: " in text
