@@ -1,5 +1,5 @@
 """Recipe: `kebr compare RUN_A RUN_B [RUN_C …]`: paired differences between configurations run on the same
-data and seeds (the statistics: `kebr_core.stats`; docs/design.md §9).
+data and seeds (the statistics: `kebr_core.stats`; docs/design.md §7, "Paired differences").
 
 Inputs (`parse_input`): an evaluation run directory; an ablation directory (every finished configuration
 in it, in its order); or one configuration of an ablation as `ABLATION_DIR:NAME` (e.g. `runs/ab:C4`).
