@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from rich import box
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from kebr_core.metrics import TABLE_HEADERS, format_table_row, seeds_caption
+from kebr_core.metrics import TABLE_HEADERS, format_table_row, metric_display, seeds_caption
 
 # One row: the leading cells (name, components), {metric: (mean, std)} or None for a configuration
 # without results (its metric cells say `placeholder`), and the trailing cells (e.g. Avg).
@@ -87,7 +88,7 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
     differences vs C1 ("vs_C1", two or more pretraining seeds): a column "Δ … vs C1 [95 % CI]" for MAE and
     for Acc-2 (non0, in percentage points), and `delta_caption` (what the interval covers) in the caption."""
     mark = {True: "✓", False: "✗"}
-    deltas = [("mae", "Δ MAE vs C1\n[95 % CI]", 1.0, 3), ("acc2_non0", "Δ Acc-2 vs C1\n[95 % CI], pp", 100.0, 1)]
+    deltas = [("mae", "Δ MAE vs C1\n[95 % CI]"), ("acc2_non0", "Δ Acc-2 vs C1\n[95 % CI], pp")]
     with_delta = any(r.get("vs_C1") for r in rows)
     body: list[Row] = []
     for r in rows:
@@ -95,19 +96,69 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
         summary = {k: (r["mean"][k], r["std"][k]) for k in r["mean"]} if r["mean"] else None
         tail = ["" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"]
         if with_delta:
-            tail += [delta_cell((r.get("vs_C1") or {}).get(k), scale, digits) for k, _, scale, digits in deltas]
+            tail += [delta_cell((r.get("vs_C1") or {}).get(k), k) for k, _ in deltas]
         body.append((components, summary, tail, "skipped"))
     captions = [note, delta_caption if with_delta else "",
                 "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)"]
     return metrics_table("Ablation on the test split", ["config", "pre-train", "TCMF", "MCC", "g"],
-                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg", *([h for _, h, _, _ in deltas] if with_delta else [])],
+                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg", *([h for _, h in deltas] if with_delta else [])],
                          body, seeds, width, std=std, caption="\n".join(c for c in captions if c),
                          pretrain_seeds=pretrain_seeds)
 
 
-def delta_cell(diff: Optional[dict], scale: float, digits: int) -> str:
-    """A paired difference as "+0.012" over "[−0.010, +0.034]" (values × scale); "" without one."""
+def delta_cell(diff: Optional[dict], metric: str) -> str:
+    """An ablation row's paired difference vs C1 ({"mean", "low", "high"}) as "+0.012" over
+    "[−0.010, +0.034]"; "" without one."""
     if not diff:
         return ""
-    mean, low, high = (scale * diff[k] for k in ("mean", "low", "high"))
-    return f"{mean:+.{digits}f}\n[{low:+.{digits}f}, {high:+.{digits}f}]"
+    return difference_cell(metric, diff["mean"], diff["low"], diff["high"], two_lines=True)
+
+
+def difference_cell(metric: str, mean: float, low: float, high: float, two_lines: bool = False) -> str:
+    """A paired difference and its interval as tables print it: "+0.012 [−0.004, +0.028]" (accuracies and
+    F1 in percentage points), the interval on a second line with `two_lines`; a difference without an
+    interval (one pair) prints alone."""
+    _, percent, decimals = metric_display(metric)
+    scale = 100.0 if percent else 1.0
+    point = f"{mean * scale:+.{decimals}f}"
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return point
+    gap = "\n" if two_lines else " "
+    return f"{point}{gap}[{low * scale:+.{decimals}f}, {high * scale:+.{decimals}f}]"
+
+
+def comparison_table(comparison, dataset: str = "") -> Table:
+    """`kebr compare`: one row per metric, "metric | A | B | Δ (B − A) [CI] | p" for one
+    `recipes.compare.Comparison`; the caption says what the interval is over and what differs."""
+    a, b = comparison.reference.label, comparison.run.label
+    first = next(iter(comparison.differences.values()))
+    level = f"{first.confidence * 100:g} %"
+    on = f" on {dataset}" if dataset else ""
+    table = Table(title=f"{b} vs {a}{on}: {first.n_pretrain} × {first.n_finetune} paired runs (pretraining × "
+                        "fine-tuning seeds)", caption_justify="left")
+    for n, header in enumerate(("metric", a, b, f"Δ ({b} − {a}) [{level} CI]", "p")):
+        table.add_column(header, justify="left" if n == 0 else "right")
+    for metric, d in comparison.differences.items():
+        label, percent, decimals = metric_display(metric)
+        scale = 100.0 if percent else 1.0
+        table.add_row(label, f"{comparison.reference_means[metric] * scale:.{decimals}f}",
+                      f"{comparison.run_means[metric] * scale:.{decimals}f}", difference_cell(metric, d.mean, d.low, d.high),
+                      "–" if math.isnan(d.p_value) else f"{d.p_value:.3g}")
+    if math.isnan(first.low):
+        lines = [f"{first.method} or p"]
+    else:
+        units = first.n_pretrain if first.n_pretrain >= 2 else first.n_finetune
+        lines = [f"interval: {first.method}; p: exact sign-flip test over the same units (the smallest reachable "
+                 f"with {units}: {2 / 2 ** units:.3g})"]
+    if first.n_pretrain < 2:
+        lines.append("one pretraining seed: the interval leaves out pretraining's variance (kebr ablate --pretrain-seeds)")
+    spread = comparison.variance.get("mae", {})
+    if math.isfinite(spread.get("share_pretrain", math.nan)):
+        lines.append(f"spread of Δ MAE: {spread['share_pretrain']:.0%} between pretraining seeds, "
+                     f"{1 - spread['share_pretrain']:.0%} between fine-tuning seeds (variance components)")
+    lines.append("accuracies and F1 in %, Δ in points; MAE: lower is better")
+    if comparison.differs:
+        shown = comparison.differs[:4]
+        lines.append("differs: " + "; ".join(shown) + ("; …" if len(comparison.differs) > 4 else ""))
+    table.caption = "\n".join(lines)
+    return table

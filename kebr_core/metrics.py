@@ -51,6 +51,17 @@ _TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], bool, int], ...] = (
 )
 
 
+
+
+def metric_display(metric: str) -> tuple[str, bool, int]:
+    """How tables and figures print one metric key: (label, shown as a percentage?, decimals), e.g.
+    "acc2_non0" → ("Acc-2 non0", True, 2), "mae" → ("MAE", False, 3); an unknown key prints as itself."""
+    for column, keys, percent, decimals in _TABLE_COLUMNS:
+        if metric in keys:
+            return (f"{column} {metric.rsplit('_', 1)[1]}" if len(keys) > 1 else column), percent, decimals
+    return metric, False, 3
+
+
 # Column headings that say what a two-number cell holds.
 TABLE_HEADERS = {"Acc-2": "Acc-2 has0/non0", "F1": "F1 has0/non0", "Acc-7": "Acc-7", "Acc-5": "Acc-5", "MAE": "MAE",
                  "Corr": "Corr"}

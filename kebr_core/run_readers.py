@@ -2,14 +2,15 @@
 wrote. The layout and the file names are `kebr_core.runs` (the run-directory contract); this module only
 reads them.
 
-Three kinds of directory (`detect_kind`):
+Four kinds of directory (`detect_kind`):
 
 - pretraining run: config.json ("stage": "pretrain") + metrics.csv (columns `runs.PRETRAIN_COLUMNS`);
 - evaluation run: config.json ("stage": "finetune") + results.json + seed-S/metrics.csv (columns
   `runs.EVAL_COLUMNS`) + seed-S/test_features.npz (features (N, dt), labels (N,), predictions (N,));
 - ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs; with
   two or more pretraining seeds those dirs hold one pseed-S run per seed (`runs.pretrain_seed_runs`,
-  `AblationConfig.runs_by_pretrain_seed`).
+  `AblationConfig.runs_by_pretrain_seed`);
+- comparison: compare.json, the output of `kebr compare` (`read_comparison`).
 
 `seed_grids` reads the test metrics of finished seeds as (pretraining seed × fine-tuning seed) grids, the
 input of the paired statistics (`kebr_core.stats`, `kebr compare`).
@@ -36,7 +37,7 @@ import numpy as np
 from kebr_core import runs
 from kebr_core.errors import KebrError
 
-RunKind = Literal["pretrain", "finetune", "ablation"]
+RunKind = Literal["pretrain", "finetune", "ablation", "comparison"]
 
 PRETRAIN_COLUMNS = runs.PRETRAIN_COLUMNS
 EVAL_COLUMNS = runs.EVAL_COLUMNS[:8]  # what the plots read: the loss terms, the balance and the validation MAE
@@ -50,20 +51,24 @@ class RunDataMissing(Exception):
 
 
 def detect_kind(run_dir: Path) -> RunKind:
-    """ablation.json → ablation; else config.json's "stage" (pretrain / finetune); else KebrError."""
+    """ablation.json → ablation; compare.json → comparison; else config.json's "stage" (pretrain /
+    finetune); else KebrError."""
     if not run_dir.exists():
         raise KebrError(f"Run directory {run_dir} does not exist.")
     if not run_dir.is_dir():
         raise KebrError(f"{run_dir} is a file, not a run directory.")
     if (run_dir / runs.ABLATION_JSON).is_file():
         return "ablation"
+    if (run_dir / runs.COMPARE_JSON).is_file():
+        return "comparison"
     if (run_dir / runs.CONFIG).is_file():
         stage = _read_json(run_dir / runs.CONFIG, "Run config").get("stage")
         if stage in ("pretrain", "finetune"):
             return stage
         raise KebrError(f"{run_dir / runs.CONFIG} names stage {stage!r}; expected 'pretrain' or 'finetune'.")
     raise KebrError(
-        f"{run_dir} is not a KEBR run directory: it has neither ablation.json nor a config.json from pretrain or eval."
+        f"{run_dir} is not a KEBR run directory: it has no ablation.json, no compare.json and no config.json from "
+        "pretrain or eval."
     )
 
 
@@ -465,6 +470,8 @@ def seed_grids(path: str | Path) -> list[SeedGrid]:
     kind = detect_kind(run_dir)
     if kind == "pretrain":
         raise KebrError(f"{run_dir} is a pretraining run; it has no test metrics to compare (use its evaluation run).")
+    if kind == "comparison":
+        raise KebrError(f"{run_dir} holds the output of kebr compare, not a run; name the runs it compared.")
     if kind == "finetune":
         config = _read_json(run_dir / runs.CONFIG, "Run config")
         return [grid_from_eval_runs(run_dir.resolve().name, [(_pretrain_seed(config, None), run_dir)])]
@@ -488,3 +495,15 @@ def seed_grids(path: str | Path) -> list[SeedGrid]:
     if not grids:
         raise RunDataMissing(f"Ablation {run_dir} has no finished configuration.")
     return grids
+
+
+def read_comparison(run_dir: Path) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """compare.json of a `kebr compare` output folder: the reference's label and, per compared run, its
+    label and {metric: {"mean", "low", "high", …}} (null bounds: no interval)."""
+    path = Path(run_dir) / runs.COMPARE_JSON
+    data = _read_json(path, "Comparison file")
+    try:
+        rows = [(str(c["run"]), dict(c["metrics"])) for c in data["comparisons"]]
+        return str(data["reference"]), rows
+    except (KeyError, TypeError, ValueError):
+        raise KebrError(f"{path} is not a kebr compare output: it lacks 'reference' or the comparisons' metrics.") from None

@@ -1,4 +1,5 @@
-"""Paired statistics for comparing two configurations run on the same data and seeds (docs/design.md §9).
+"""Paired statistics for comparing two configurations run on the same data and seeds (docs/design.md §7,
+"Paired differences").
 
 The design is nested: each configuration is pretrained once per pretraining seed p (P of them), and each
 pretraining is fine-tuned once per fine-tuning seed f (F of them), so a test metric is a (P, F) grid.
