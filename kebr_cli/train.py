@@ -62,12 +62,13 @@ def given_options(ctx: typer.Context, skip: tuple[str, ...] = ()) -> tuple[dict[
     return values, labels
 
 
-def seeds_option(text: Optional[str]) -> Optional[str]:
-    """Typer callback of --seeds: a count or a list (`parse_seeds`), else a usage error (exit 2); None stays."""
+def seeds_option(param: typer.CallbackParam, text: Optional[str]) -> Optional[str]:
+    """Typer callback of --seeds (--pretrain-seeds): a count or a list (`parse_seeds`), else a usage error
+    (exit 2) naming the option; None stays."""
     if text is None:
         return None
     try:
-        parse_seeds(text)
+        parse_seeds(text, param.opts[0] if param.opts else "--seeds")
     except KebrError as e:
         raise typer.BadParameter(str(e)) from None
     return text

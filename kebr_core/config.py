@@ -259,9 +259,13 @@ def parse_seeds(text: str | int | list[int], label: str = "--seeds") -> list[int
             if count < 1:
                 raise KebrError(f"{label} must be a count ≥ 1 or a list of seeds like 1111,1112, not '{text}'.")
             return list(range(count))
-        return [int(x) for x in text.split(",") if x.strip()]
+        seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise KebrError(f"{label} takes a count (5) or comma-separated seeds (1111,1112,1113), not '{text}'.") from None
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:  # a seed listed twice would be one run counted twice in the mean and the paired statistics
+        raise KebrError(f"{label} lists seed {twice[0]} more than once; give each seed once, not '{text}'.")
+    return seeds
 
 
 # ───────────────────────── the run configuration ─────────────────────────

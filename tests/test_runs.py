@@ -105,6 +105,8 @@ def test_seeds_are_a_count_or_a_list() -> None:
     for bad in ("0", "a,b", "-2"):
         with pytest.raises(KebrError, match="--seeds"):
             parse_seeds(bad)
+    with pytest.raises(KebrError, match="--pretrain-seeds lists seed 1 more than once"):
+        parse_seeds("1,2,1", "--pretrain-seeds")
 
 
 def test_print_config_shows_the_resolved_layers(tmp_path: Path) -> None:

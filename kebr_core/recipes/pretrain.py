@@ -36,7 +36,7 @@ from torch.utils.data import Subset
 from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
-from kebr_core.data.store import FeatureStore
+from kebr_core.data.store import SPLITS, FeatureStore
 from kebr_core.distributed import barrier, check_nodes_agree, init_distributed
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
@@ -68,9 +68,10 @@ def pretraining_data(store_path: str | Path, splits: Sequence[str] | None = None
     has_test = len(store.indices("test")) > 0
     if splits is not None:
         splits = [s.strip() for s in splits if s.strip()]
-        store.indices(splits)  # an unknown name is one sentence
-        if not splits:
-            raise KebrError("--splits names no split; give e.g. train,valid,unlabeled.")
+        unknown = [s for s in splits if s not in SPLITS]
+        if unknown or not splits:
+            raise KebrError(f"--splits names {repr(unknown[0]) + ', which is not a split' if unknown else 'no split'}; "
+                            f"give some of {', '.join(SPLITS)} (e.g. train,valid,unlabeled).")
         if "test" in splits and has_test and not on_test:
             raise KebrError(f"--splits names test: pretraining on the test inputs of {store_path} would be "
                             "transductive; pass --pretrain-on-test as well to do it knowingly.")
