@@ -259,6 +259,9 @@ def parse_seeds(text: str | int | list[int], label: str = "--seeds") -> list[int
         if values[0] < 1:
             raise KebrError(f"{label} must be a count ≥ 1 or a list of seeds like 1111,1112, not '{text}'.")
         return list(range(values[0]))
+    twice = sorted({s for s in values if values.count(s) > 1})
+    if twice:  # a seed listed twice would be one run counted twice in the mean and the paired statistics
+        raise KebrError(f"{label} lists seed {twice[0]} more than once; give each seed once, not '{text}'.")
     return values
 
 

@@ -51,8 +51,8 @@ def test_help_lists_commands_in_workflow_order_under_panels() -> None:
     panels = re.findall(r"╭─ (\w+) ─", out)
     assert panels == ["Options", "Data", "Training", "Analysis", "Use"]
     listed = re.findall(r"^│ (\w+) {2,}", out, flags=re.M)
-    assert listed == ["extract", "import", "synth", "merge", "inspect", "pretrain", "eval", "ablate", "analyze",
-                      "predict", "demo"]
+    assert listed == ["extract", "import", "synth", "merge", "inspect", "pretrain", "eval", "ablate", "compare",
+                      "analyze", "predict", "demo"]
 
 
 def test_help_shows_choices_and_no_bool_type() -> None:
@@ -119,7 +119,8 @@ def test_training_option_names_agree() -> None:
 
     training = (options(helps["pretrain"]) | options(helps["eval"])) - {
         "--resume", "--resume-if-possible", "--seed", "--checkpoint-every", "--help", "--epochs", "--pretrained", "--dataset",
-        "--out"}  # ablate always continues its finished work: no --resume flags
+        "--out", "--splits"}  # ablate always continues its finished work: no --resume flags; its pretraining data is
+    # --pretrain-store without the test split (--pretrain-on-test), as pretrain's default: no --splits
     missing = training - options(helps["ablate"])
     assert not missing, missing
 

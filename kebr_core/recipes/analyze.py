@@ -5,9 +5,11 @@ Which figures each kind of run gets (`detect_kind`; the figures are `kebr_core.a
 
 - pretraining run: balance, training_curves;
 - evaluation run: balance, pca, training_curves (seed-averaged);
-- ablation: g_sweep (its g-sweep configurations), balance and pca (the pair with and without MCC:
+- ablation: g_sweep (its g-sweep configurations), differences (the forest plot: every finished
+  configuration's paired difference against C1, `recipes.compare.against_reference`), balance and pca (the pair with and without MCC:
   C1 and C4, or another pair that differs only in MCC), training_curves (every finished configuration),
-  and balance.csv (`run_readers.balance_table`).
+  and balance.csv (`run_readers.balance_table`);
+- comparison (a `kebr compare` output folder): differences, from its compare.json.
 
 Each figure is written in every requested format (png, pdf, svg) into the output folder (default
 RUN_DIR/plots) with index.md, a one-line caption per figure and the reason each skipped one was skipped.
@@ -28,7 +30,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -36,16 +38,21 @@ from matplotlib.figure import Figure
 from kebr_core import runs
 from kebr_core.analysis import (
     DPI,
+    MIN_SPAN,
     BalanceSeries,
+    ForestPanel,
     SweepPoint,
     balance_figure,
     configurations_curves_figure,
+    forest_figure,
     g_sweep_figure,
     pca_figure,
     training_curves_figure,
 )
 from kebr_core.errors import KebrError
 from kebr_core.io import open_for_writing, refuse_foreign
+from kebr_core.metrics import metric_display
+from kebr_core.recipes.compare import against_reference
 from kebr_core.run_readers import (
     BALANCE_COLUMNS,
     RunDataMissing,
@@ -58,9 +65,12 @@ from kebr_core.run_readers import (
     mcc_zero_cosine,
     pretrain_curves,
     read_ablation,
+    read_comparison,
+    seed_grids,
 )
 
-PLOT_NAMES = ("g_sweep", "balance", "pca", "training_curves")  # the order of the files and of index.md
+PLOT_NAMES = ("g_sweep", "differences", "balance", "pca", "training_curves")
+FOREST_METRICS = ("mae", "acc2_non0")  # the forest plot's panels: the regression error and the headline accuracy  # the order of the files and of index.md
 FORMATS = ("png", "pdf", "svg")
 # What `analyze` wrote into its output folder (name → size, mtime, SHA-256): the files it may replace or remove.
 WRITTEN_MANIFEST = ".kebr-analyze.json"
@@ -152,6 +162,10 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     data, configs = read_ablation(run_dir)
     dataset = Path(str(data.get("dataset") or run_dir.name)).name  # a store's file name, not its path
     seeds = _seeds_text(len(data.get("seeds") or [])) if data.get("seeds") else "mean ± std over seeds"
+    pretraining = "one run"
+    if len(data.get("pretrain_seeds") or []) > 1:  # the runs of every pretraining seed are averaged together
+        seeds = f"{seeds} of each of {len(data['pretrain_seeds'])} pretraining seeds"
+        pretraining = f"mean ± std over {len(data['pretrain_seeds'])} pretraining seeds"
 
     def g_sweep() -> Figure:
         points = [
@@ -167,12 +181,12 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
         for c in pair:
             curves, n = eval_curves(c.eval_dir)
             series.append(BalanceSeries(c.label, "fine-tuning", _stage_columns(curves, "train_"), c.mcc, c.mcc_zero))
-            if c.pretrain_dir is not None and (c.pretrain_dir / runs.METRICS).is_file():
+            if c.pretrain_dir is not None and ((c.pretrain_dir / runs.METRICS).is_file() or len(c.pretrain_seeds) > 1):
                 series.append(BalanceSeries(c.label, "pretraining", _stage_columns(pretrain_curves(c.pretrain_dir), ""),
                                             c.mcc, c.mcc_zero))
         fig = balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: {seeds})")
         return _captioned(fig, f"c_a, c_v and |θa − θv| per epoch, {pair[0].name} with MCC vs {pair[1].name} without, "
-                               f"in pretraining (one run) and fine-tuning ({seeds}).")
+                               f"in pretraining ({pretraining}) and fine-tuning ({seeds}).")
 
     def pca() -> Figure:
         pair = mcc_pair(configs)
@@ -196,7 +210,36 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
         return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and |θa − θv| of each of the {len(curves_of)} "
                                f"finished configurations ({seeds}).")
 
-    return {"g_sweep": g_sweep, "balance": balance, "pca": pca, "training_curves": training}
+    def differences() -> Figure:
+        comparisons, left_out = against_reference(seed_grids(run_dir))
+        if not comparisons:
+            raise RunDataMissing(left_out[0] if left_out else "The ablation has one finished configuration; paired "
+                                                              "differences need two.")
+        reference = comparisons[0].reference.label
+        first = next(iter(comparisons[0].differences.values()))
+        level = f"{first.confidence * 100:g} %"
+        fig = forest_figure(forest_panels([(c.run.label, c.to_dict()["metrics"]) for c in comparisons], reference),
+                            f"Paired differences vs {reference} on {dataset}, {level} intervals over "
+                            f"{first.n_pretrain} × {first.n_finetune} (pretraining × fine-tuning) seeds")
+        caption = (f"Test MAE and Acc-2 (non0) of each configuration minus {reference}'s, per seed pair: mean and "
+                   f"{level} interval ({first.method}).")
+        if left_out:
+            caption += f" Left out, not paired: {'; '.join(left_out)}"
+        return _captioned(fig, caption)
+
+    return {"g_sweep": g_sweep, "differences": differences, "balance": balance, "pca": pca, "training_curves": training}
+
+
+def _comparison_plots(run_dir: Path) -> dict[str, PlotBuilder]:
+    def differences() -> Figure:
+        reference, rows = read_comparison(run_dir)
+        first = next(iter(rows[0][1].values()), {}) if rows else {}
+        seeds = f", over {first['n_pretrain']} × {first['n_finetune']} (pretraining × fine-tuning) seeds" if first else ""
+        fig = forest_figure(forest_panels(rows, reference), f"Paired differences vs {reference} ({run_dir.name}){seeds}")
+        return _captioned(fig, f"Test MAE and Acc-2 (non0) of each compared run minus {reference}'s, per seed pair: "
+                               "mean and interval (compare.json says over which seeds).")
+
+    return {"differences": differences}
 
 
 def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict[str, str]]:
@@ -206,7 +249,8 @@ def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict
     directory is none of the three kinds."""
     run_dir = Path(run_dir)
     kind = detect_kind(run_dir)
-    planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots}
+    planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots,
+                "comparison": _comparison_plots}
     figures: dict[str, Figure] = {}
     skipped: dict[str, str] = {}
     for name, build in planners[kind](run_dir).items():
@@ -215,6 +259,29 @@ def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict
         except RunDataMissing as e:
             skipped[name] = str(e)
     return kind, figures, skipped
+
+
+def forest_panels(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], reference: str) -> list[ForestPanel]:
+    """The panels of `analysis.forest_figure`, one per metric of `FOREST_METRICS` that the rows have:
+    rows = [(configuration, {metric: {"mean", "low", "high"}})] (compare.json's "metrics" shape; null
+    bounds: no interval). Accuracies go to percentage points."""
+    panels = []
+    for metric in FOREST_METRICS:
+        present = [(label, m[metric]) for label, m in rows if metric in m]
+        if not present:
+            continue
+        name, percent, decimals = metric_display(metric)
+        scale = 100.0 if percent else 1.0
+
+        def column(key: str) -> np.ndarray:
+            return np.array([np.nan if d.get(key) is None else float(d[key]) * scale for _, d in present])
+
+        better = "lower" if metric == "mae" else "higher"
+        panels.append(ForestPanel(
+            title=name, xlabel=f"Δ {name}{' (points)' if percent else ''} vs {reference}, {better} is better",
+            labels=[label for label, _ in present], mean=column("mean"), low=column("low"), high=column("high"),
+            span=MIN_SPAN["percent" if percent else "mae"], decimals=decimals))
+    return panels
 
 
 # ───────────────────────── the files ─────────────────────────
@@ -239,7 +306,8 @@ def write_balance_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
     """index.md: each figure with its one-line caption and files, the plots skipped and why, the tables."""
-    kind = {"pretrain": "a pretraining run", "finetune": "an evaluation run", "ablation": "an ablation"}[report.kind]
+    kind = {"pretrain": "a pretraining run", "finetune": "an evaluation run", "ablation": "an ablation",
+            "comparison": "a kebr compare output"}[report.kind]
     lines = [f"# Plots of `{run_dir}`", "", f"Made by `kebr analyze` from {kind}.", ""]
     for name, info in report.plots.items():
         files = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in info.paths)
