@@ -20,6 +20,8 @@ kebr writes only what it created (README "Trust and safety"): `.kebr-analyze.jso
 user's own index.md, a symbolic link, a file changed since) is refused, naming it, before anything is
 written. A rerun removes what an earlier `analyze` wrote and this one did not (`remove_stale_outputs`):
 only files of its own names that still match their record, so a planted record deletes nothing.
+It stays one module, though over 400 lines, because it is one cohesive thing: what `analyze` draws for
+each kind of run and the record of what it wrote.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ A multi-seed pretraining (`kebr pretrain --seeds P`: pseed-S/ runs, `runs.pretra
 fine-tuned from each of its pretrainings by `finetune_each_pretraining`: run_dir/pseed-S/ is an
 evaluation run as above, and run_dir/results.json the mean ± std over all P × F runs (`per_run` lists
 them with their pretraining and fine-tuning seeds).
+It stays one module, though over 400 lines, because it is one cohesive thing: the fine-tuning recipe,
+for one pretraining or for each of several.
 """
 
 from __future__ import annotations
