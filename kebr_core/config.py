@@ -332,6 +332,13 @@ class RunConfig:
         return self.set_values(values, labels={k: f"--set {k}" for k in values})
 
 
+def field_type(key: str, source: str = "the configuration") -> Any:
+    """The type of the dotted field `key` (e.g. float for "mcc.g", `float | None` for "train.lr_fusion");
+    an unknown key is one sentence naming it and `source`, listing the known ones."""
+    section, name = _split_key(key, source)
+    return _field_types(type(getattr(RunConfig(), section)))[name]
+
+
 def _split_key(key: str, source: str) -> tuple[str, str]:
     section, _, name = key.partition(".")
     if section not in SECTIONS or name not in {f.name for f in dataclasses.fields(getattr(RunConfig(), section))}:
@@ -386,3 +393,32 @@ def resolve_config(
 def paper_preset(stage: Literal["pretrain", "finetune"]) -> RunConfig:
     """The paper's settings (§4.2) for a stage; see `RunConfig.for_stage`."""
     return RunConfig.for_stage(stage, preset="paper")
+
+
+def config_toml(cfg: RunConfig, header: str = "") -> str:
+    """The whole configuration as a TOML file `--config` reads back to the same RunConfig (`resolve_config`
+    with stage "finetune"): [model], [mcc] and [train] tables, every field. TOML has no null: an unset
+    `train.lr_fusion` (None = the head's lr) is written as that lr, which means the same; other unset
+    fields (their default in every stage) are left out, with a comment."""
+    lines = [f"# {line}" for line in header.splitlines()] + ([""] if header else [])
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for name, value in dataclasses.asdict(getattr(cfg, section)).items():
+            if section == "train" and name == "lr_fusion" and value is None:
+                value = cfg.train.lr
+            if value is None:
+                lines.append(f"# {name}: unset")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # repr round-trips floats exactly (1e-05, 0.30000000000000004)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # a TOML basic string is a JSON string for these values

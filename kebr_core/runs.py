@@ -15,6 +15,8 @@ A pretraining run:
 An evaluation run: config.json, results.json, results.csv, seed-S/ (metrics.csv, test.json,
 predictions.csv, test_features.npz) and best-model/ (the seed with the lowest validation MAE).
 An ablation: ablation.json, results.csv, pretrain/<key>/ and runs/<name>/ (runs of the layouts above).
+A search (`kebr tune`): config.json, tune.db (the Optuna study), trials/trial-NNNN/metrics.csv,
+trials.csv, best.toml, tune.json, best-eval/ and base-eval/ (evaluation runs).
 
 Identity. A run directory belongs to one resolved configuration and one input store (its path, sample
 count, a hash of ids/splits/labels, frame counts and feature description). Writing into a directory
@@ -71,6 +73,14 @@ PLOTS = "plots"
 LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
+# a search (`kebr tune`)
+TUNE_DB = "tune.db"  # the embedded SQLite Optuna study (unless --storage names another)
+TUNE_JSON = "tune.json"  # the finished search: best trial, its parameters, the final evaluation
+TRIALS_CSV = "trials.csv"  # one row per trial
+BEST_TOML = "best.toml"  # the best trial's full configuration (`kebr eval --config best.toml`)
+TRIALS_DIR = "trials"  # trials/trial-NNNN/metrics.csv (and pretrain/ with --stage both)
+BEST_EVAL = "best-eval"  # evaluation runs of the finalisation: the best configuration …
+BASE_EVAL = "base-eval"  # … and the base configuration, over the same seeds
 
 # ── metrics.csv columns (`training.epoch_row` writes them) ──
 PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
@@ -82,14 +92,19 @@ EVAL_COLUMNS = (
 # Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
 OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints"})
 # What a run directory's own files are: `force` removes these and nothing else.
-_OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK)
-_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last")  # last/: the layout before checkpoints/latest
+_OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,
+              BEST_TOML)
+_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL)  # last/: the layout before checkpoints/latest
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
 _EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:
     return Path(run_dir) / f"seed-{seed}"
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    return Path(run_dir) / TRIALS_DIR / f"trial-{number:04d}"
 
 
 def run_seeds(run_dir: Path) -> list[int]:
