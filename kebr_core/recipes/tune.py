@@ -12,7 +12,7 @@ epoch (`prune=False` turns it off). The fine-tuning loop only sees a generic `on
 The study lives in `storage` (default: sqlite in RUN_DIR/tune.db). A rerun continues it: finished trials
 are kept; a trial whose process died (kill -9, a lost machine) stops sending its heartbeat, is marked
 failed after `2 × heartbeat` seconds and is run again with the same values (Optuna's heartbeat and
-RetryFailedTrialCallback). Several processes, on one machine or many (a PostgreSQL URL), work on one
+RetryHeartbeatStaleTrialCallback). Several processes, on one machine or many (a PostgreSQL URL), work on one
 study; each stops when the study has `trials` trials finished or running, so together they run exactly
 `trials` (in the rare case two processes start their last trial in the same instant, one more).
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import csv
 import json
 import math
@@ -55,6 +56,7 @@ from kebr_core.recipes.finetune import (
     split_datasets,
 )
 from kebr_core.recipes.setup import configure_from_store
+from kebr_core.shards import locked
 from kebr_core.search_space import SearchSpace, parse_space, space_identity
 from kebr_core.training import NonFiniteLoss, ProgressFn, no_progress, resolve_device
 
@@ -147,22 +149,30 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
     """The Optuna study of this run, created or loaded, with heartbeats and the retry of dead trials. A
     study holding another search (its recorded identity differs) is refused naming the keys."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # kebr prints its own line per trial
     # heartbeats, fail_stale_trials and the retry callback are marked experimental; kebr relies on them knowingly
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = options.storage or f"sqlite:///{(run_dir / runs.TUNE_DB).resolve()}"
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=options.heartbeat,
-                             grace_period=2 * options.heartbeat,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
-    except ImportError as e:
-        raise KebrError(f"--storage {url.split('://')[0]}:// needs a database driver that is not installed ({e}); "
-                        "for PostgreSQL: pip install 'kebr[postgres]'.") from None
-    except Exception as e:  # sqlalchemy's errors for an unreachable server or a bad URL
-        raise KebrError(f"The study storage {_masked(url)} cannot be opened: {str(e).splitlines()[0][:200]}.") from None
+    for attempt in range(3):
+        try:
+            # Processes starting at once may race to create the tables (a lock where they share the run
+            # folder, a retry where they share only the database).
+            with locked(run_dir / runs.LOCK):
+                storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=options.heartbeat,
+                                     grace_period=2 * options.heartbeat,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+            break
+        except ImportError as e:
+            raise KebrError(f"--storage {url.split('://')[0]}:// needs a database driver that is not installed ({e}); "
+                            "for PostgreSQL: pip install 'kebr[postgres]'.") from None
+        except Exception as e:  # sqlalchemy's errors: an unreachable server, a bad URL, a lost race
+            if attempt == 2:
+                raise KebrError(f"The study storage {_masked(url)} cannot be opened: "
+                                f"{str(e).strip().splitlines()[0][:200]}.") from None
+            time.sleep(1.0 + attempt)
     sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=options.sampler_seed),
                "random": lambda: optuna.samplers.RandomSampler(seed=options.sampler_seed),
                "grid": lambda: optuna.samplers.GridSampler({p.key: p.grid() for p in identity["_space"]},
@@ -376,20 +386,19 @@ def write_trials_csv(path: Path, trials: Sequence[TrialRecord], space: SearchSpa
     epoch, MMSA's scaling), then number, state, every parameter, the objective value, epochs run, seconds."""
     metric_cols = list(runs.RESULTS_TABLE_METRICS)
     header = ["Model", "Dataset", *metric_cols, "number", "state", *[p.key for p in space], "value", "epochs_run", "seconds"]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for r in trials:
-            cells = []
-            for col in metric_cols:
-                v = r.valid.get(runs.RESULTS_TABLE_METRICS[col])
-                scale, digits = (1.0, 4) if col in ("MAE", "Corr") else (100.0, 2)
-                cells.append("" if v is None or not math.isfinite(v) else round(v * scale, digits))
-            w.writerow(["KEBR", dataset, *cells, r.number, r.state, *[r.params.get(p.key, "") for p in space],
-                        "" if r.value is None else r.value, r.epochs_run or "",
-                        "" if r.seconds is None else round(r.seconds, 2)])
-    tmp.replace(path)
+    buffer = io.StringIO()
+    w = csv.writer(buffer)
+    w.writerow(header)
+    for r in trials:
+        cells = []
+        for col in metric_cols:
+            v = r.valid.get(runs.RESULTS_TABLE_METRICS[col])
+            scale, digits = (1.0, 4) if col in ("MAE", "Corr") else (100.0, 2)
+            cells.append("" if v is None or not math.isfinite(v) else round(v * scale, digits))
+        w.writerow(["KEBR", dataset, *cells, r.number, r.state, *[r.params.get(p.key, "") for p in space],
+                    "" if r.value is None else r.value, r.epochs_run or "",
+                    "" if r.seconds is None else round(r.seconds, 2)])
+    runs.atomic_write_text(path, buffer.getvalue())  # processes sharing the folder may write it at once
 
 
 def _finalize(study, store_path, run_dir: Path, base: RunConfig, result: TuneResult, options: TuneOptions, checkpoint,
