@@ -78,7 +78,7 @@ def load_tune_study(run_dir: Path):
     import optuna
 
     config = _read_json(run_dir / runs.CONFIG, "Run config")
-    url = config.get("storage") or f"sqlite:///{(run_dir / runs.TUNE_DB).resolve()}"
+    url = runs.study_url(run_dir, config.get("storage"))
     if url.startswith("sqlite") and not (run_dir / runs.TUNE_DB).is_file():
         raise RunDataMissing(f"{run_dir} has no {runs.TUNE_DB}: no trial has run there")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

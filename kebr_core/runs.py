@@ -103,6 +103,29 @@ def seed_dir(run_dir: Path, seed: int) -> Path:
     return Path(run_dir) / f"seed-{seed}"
 
 
+def study_url(run_dir: Path, storage: str | None) -> str:
+    """The database URL of a search's Optuna study: `storage`, or sqlite in run_dir/tune.db. A plain
+    postgresql:// URL gets the driver that is installed (SQLAlchemy 2.1 assumes psycopg 3; kebr's postgres
+    extra installs psycopg2)."""
+    if storage is None:
+        return f"sqlite:///{(Path(run_dir) / TUNE_DB).resolve()}"
+    if storage.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + storage.removeprefix("postgresql://")
+    return storage
+
+
+def masked_url(url: str) -> str:
+    """A database URL with its password replaced by *** (for config.json, logs and messages)."""
+    head, sep, tail = url.partition("://")
+    credentials, at, host = tail.rpartition("@")
+    if at and ":" in credentials:
+        return f"{head}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+    return url
+
+
 def trial_dir(run_dir: Path, number: int) -> Path:
     return Path(run_dir) / TRIALS_DIR / f"trial-{number:04d}"
 

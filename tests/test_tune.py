@@ -342,11 +342,12 @@ def test_two_processes_share_one_sqlite_study(tiny_store: Path, tmp_path: Path) 
 
 
 def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
+    """The folder of the server binaries: Debian's /usr/lib/postgresql/N/bin, else where initdb is on PATH."""
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return versions[-1].parent if versions else None
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).resolve().parent if found else None
 
 
 def _free_port() -> int:
@@ -368,7 +369,8 @@ def test_two_processes_share_one_postgresql_study(tiny_store: Path, tmp_path: Pa
     data, port = folder / "data", _free_port()
 
     def pg(*args: str) -> None:
-        subprocess.run([*as_postgres, *args], check=True, capture_output=True, timeout=120)
+        done = subprocess.run([*as_postgres, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{args[0]} failed: {done.stderr}"
 
     try:
         pg(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
@@ -380,7 +382,9 @@ def test_two_processes_share_one_postgresql_study(tiny_store: Path, tmp_path: Pa
         space.write_text(SPACE)
         # two "machines": their own run folders, one study
         logs = _two_processes([tmp_path / "a", tmp_path / "b"], tiny_store, space, ["--storage", url])
-        _assert_one_study_of_n(optuna.load_study(study_name="kebr", storage=url), 6, logs)
+        from kebr_core.runs import study_url
+
+        _assert_one_study_of_n(optuna.load_study(study_name="kebr", storage=study_url(tmp_path, url)), 6, logs)
         assert json.loads((tmp_path / "a" / "config.json").read_text())["storage"] == url
     finally:
         subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],

@@ -154,7 +154,7 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # kebr prints its own line per trial
     # heartbeats, fail_stale_trials and the retry callback are marked experimental; kebr relies on them knowingly
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    url = options.storage or f"sqlite:///{(run_dir / runs.TUNE_DB).resolve()}"
+    url = runs.study_url(run_dir, options.storage)
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(3):
         try:
@@ -167,10 +167,10 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
             break
         except ImportError as e:
             raise KebrError(f"--storage {url.split('://')[0]}:// needs a database driver that is not installed ({e}); "
-                            "for PostgreSQL: pip install 'kebr[postgres]'.") from None
+                            "for PostgreSQL, install psycopg2-binary (kebr's postgres extra).") from None
         except Exception as e:  # sqlalchemy's errors: an unreachable server, a bad URL, a lost race
             if attempt == 2:
-                raise KebrError(f"The study storage {_masked(url)} cannot be opened: "
+                raise KebrError(f"The study storage {runs.masked_url(url)} cannot be opened: "
                                 f"{str(e).strip().splitlines()[0][:200]}.") from None
             time.sleep(1.0 + attempt)
     sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=options.sampler_seed),
@@ -182,7 +182,7 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
         try:
             return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
         except KeyError:
-            raise KebrError(f"No search has run in {run_dir} yet (no study in {_masked(url)}); run kebr tune without "
+            raise KebrError(f"No search has run in {run_dir} yet (no study in {runs.masked_url(url)}); run kebr tune without "
                             "--finalize first.") from None
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=METRICS[options.metric], load_if_exists=True)
@@ -196,18 +196,9 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
     else:
         diffs = runs.identity_differences(recorded, json.loads(json.dumps(shared, default=str)))
         if diffs:
-            raise KebrError(f"The study in {_masked(url)} holds another search: {'; '.join(diffs)}; give another "
+            raise KebrError(f"The study in {runs.masked_url(url)} holds another search: {'; '.join(diffs)}; give another "
                             "--storage (or --out for the default tune.db), or start afresh with --force.")
     return study
-
-
-def _masked(url: str) -> str:
-    """A storage URL with its password replaced by ***."""
-    head, sep, tail = url.partition("://")
-    if "@" in tail and ":" in tail.split("@", 1)[0]:
-        user = tail.split("@", 1)[0].split(":", 1)[0]
-        return f"{head}{sep}{user}:***@{tail.split('@', 1)[1]}"
-    return url
 
 
 def _counts(study) -> tuple[int, int]:
@@ -270,7 +261,7 @@ def tune(
         runs.check_identity(run_dir, identity)
     else:
         runs.prepare_run_dir(run_dir, identity, resume=True, force=force,
-                             extra={"store": str(store_path), "storage": _masked(options.storage) if options.storage
+                             extra={"store": str(store_path), "storage": runs.masked_url(options.storage) if options.storage
                                     else None, "study": STUDY_NAME})
     study = _open_study(run_dir, options, identity | {"_space": space}, create=not finalize_only)
 
