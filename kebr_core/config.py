@@ -12,6 +12,9 @@ Every field is checked on construction and by `validate()` (the recipes call it 
 set fields by hand): a bad value is one `KebrError` sentence naming the field (or the CLI option it came
 from) and the allowed range. The defaults are smaller than the paper's where its values are impractical
 on a laptop (200 pretraining epochs: `preset="paper"`), and say so.
+
+Over 400 lines, it is one cohesive thing: the configuration's fields, their checks, and its file forms
+(reading JSON/TOML, `config_toml` writing it back).
 """
 
 from __future__ import annotations
