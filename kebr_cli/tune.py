@@ -88,7 +88,8 @@ def tune(
         options = TuneOptions(trials=trials, sampler=sampler.value, prune=prune, metric=metric.value, storage=storage,
                               heartbeat=heartbeat, stage=stage.value, pretrain_epochs=pretrain_epochs)
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
-        with Reporter(out) as report:
+        # a line per trial; each trial's epochs only with --verbose (50 trials × 10 epochs would bury them)
+        with Reporter(out, epoch_lines=Verbosity.VERBOSE) as report:
             report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
             resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
 

@@ -159,31 +159,32 @@ def test_the_test_split_is_never_read_during_the_search(tiny_store: Path, tmp_pa
 
 
 def test_pruning_stops_a_bad_trial_early(tiny_store: Path, tmp_path: Path) -> None:
-    """Two good trials, then one with a learning rate too small to learn: the MedianPruner stops it after
-    its first epoch (its validation MAE is above the median of the first two at epoch 1)."""
+    """Five good trials (the MedianPruner's start-up), then one with a learning rate too small to learn: the
+    pruner stops it after its first epoch (its validation MAE is above the median of the others' at epoch 1)."""
     run = tmp_path / "run"
     run.mkdir()
     study = optuna.create_study(study_name="kebr", storage=f"sqlite:///{run / 'tune.db'}", direction="minimize")
-    for lr in (1e-2, 1e-2, 1e-9):
+    lrs = (1e-2,) * 5 + (1e-9,)
+    for lr in lrs:
         study.enqueue_trial({"train.lr": lr})
     space = parse_space({"train.lr": {"low": 1e-9, "high": 1e-1, "log": True}}, "s")
-    cfg = base_config(epochs=4)
+    cfg = base_config(epochs=3)
     cfg.train.lr_fusion = None  # TCMF at the trial's lr too: the bad trial learns nothing
-    result = tune(tiny_store, run, cfg, space, TuneOptions(trials=3), finalize=False)
+    result = tune(tiny_store, run, cfg, space, TuneOptions(trials=6), finalize=False)
     states = [(r.params["train.lr"], r.state, r.epochs_run) for r in result.trials]
-    assert states[:2] == [(1e-2, "COMPLETE", 4), (1e-2, "COMPLETE", 4)]
-    assert states[2] == (1e-9, "PRUNED", 1)
-    assert result.pruned_epochs_saved == 3
-    rows = (run / "trials" / "trial-0002" / "metrics.csv").read_text().strip().splitlines()
+    assert states[:5] == [(1e-2, "COMPLETE", 3)] * 5
+    assert states[5] == (1e-9, "PRUNED", 1)
+    assert result.pruned_epochs_saved == 2
+    rows = (run / "trials" / "trial-0005" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 2  # header + the one epoch it ran
     # off with prune=False: the same trial runs all its epochs
     run2 = tmp_path / "run2"
     run2.mkdir()
     study = optuna.create_study(study_name="kebr", storage=f"sqlite:///{run2 / 'tune.db'}", direction="minimize")
-    for lr in (1e-2, 1e-2, 1e-9):
+    for lr in lrs:
         study.enqueue_trial({"train.lr": lr})
-    result = tune(tiny_store, run2, cfg, space, TuneOptions(trials=3, prune=False), finalize=False)
-    assert [r.state for r in result.trials] == ["COMPLETE"] * 3 and result.pruned_epochs_saved == 0
+    result = tune(tiny_store, run2, cfg, space, TuneOptions(trials=6, prune=False), finalize=False)
+    assert [r.state for r in result.trials] == ["COMPLETE"] * 6 and result.pruned_epochs_saved == 0
 
 
 def test_the_fine_tuning_loop_stops_when_on_epoch_says_so(tiny_store: Path, tmp_path: Path) -> None:

@@ -180,7 +180,8 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
                "random": lambda: optuna.samplers.RandomSampler(seed=options.sampler_seed),
                "grid": lambda: optuna.samplers.GridSampler({p.key: p.grid() for p in identity["_space"]},
                                                            seed=options.sampler_seed)}[options.sampler]()
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if options.prune else optuna.pruners.NopPruner()
+    # Optuna's defaults: no pruning before 5 trials have finished; from then on, from the first epoch
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if options.prune else optuna.pruners.NopPruner()
     if not create:
         try:
             return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
