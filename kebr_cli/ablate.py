@@ -19,7 +19,7 @@ from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, ConfigFile, Device, Dropout, Force, Heads, LambdaMCC,
-    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PrintConfig, Set, Shared, TextModel, check_choice, given_options,
+    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PretrainOnTest, PrintConfig, Set, Shared, TextModel, check_choice, given_options,
     print_config, seeds_option, was_typed,
 )
 from kebr_core import runs
@@ -43,8 +43,9 @@ def _floats(text: str, option: str) -> list[float]:
 def ablate(
     ctx: typer.Context,
     dataset: str = typer.Option("synth", "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
-    pretrain_store: Optional[Path] = typer.Option(None, "--pretrain-store", "-p", help="Store to pretrain on, all its samples (default: the dataset's train, valid and unlabeled samples; labels unused)."),
-    pretrain_on_test: bool = typer.Option(False, "--pretrain-on-test", help="Without --pretrain-store, pretrain on the test split's inputs too (transductive; labels still unused)."),
+    pretrain_store: Optional[Path] = typer.Option(None, "--pretrain-store", "-p", help="Store to pretrain on (default: the dataset); as in kebr pretrain, its test split is left out (labels unused)."),
+    pretrain_on_test: bool = PretrainOnTest,
+    pretrain_seeds: Optional[str] = typer.Option(None, "--pretrain-seeds", callback=seeds_option, help="Pretraining seeds per configuration: a count (3 = 0..2) or a list; each pretraining is fine-tuned over --seeds (P x F runs), and with 2 or more the table gains paired differences vs C1 (default: one, --set train.seed)."),
     out: Path = typer.Option(Path("runs/ablate"), "--out", "-o", help="Output directory (ablation.json, results.csv, runs)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
     no_mcc: bool = typer.Option(False, "--no-mcc", help="Add the configuration without MCC (λ = 0 in both stages; C4)."),
@@ -147,6 +148,7 @@ def ablate(
         with Reporter(out) as report:
             store = resolve_dataset(dataset, data_dir, warn=report.warning)
             result = run_ablate(store, pretrain_store, out, cfgs["pretrain"], cfgs["finetune"], specs,
+                                pretrain_seeds=parse_seeds(pretrain_seeds) if pretrain_seeds is not None else None,
                                 pretrain_on_test=pretrain_on_test, probe=probe, std=std, force=force,
                                 shard=share, collect=collect, progress=report, on_note=report.note)
             if not result.aggregated:
@@ -161,7 +163,8 @@ def ablate(
                 for r in result.rows if r["mean"]
             ])
             report.result(ablation_table(result.rows, list(result.seeds), width=console.width, std=std,
-                                         note=result.caption), to_stdout=not as_json)
+                                         note=result.caption, pretrain_seeds=result.pretrain_seeds,
+                                         delta_caption=result.delta_caption), to_stdout=not as_json)
             if probe:
                 report.result(probe_table(result.rows, std), to_stdout=not as_json)
             for r in result.rows:

@@ -7,6 +7,7 @@ from kebr_cli.app import app
 # (keep this list sorted; the order users see is WORKFLOW below)
 import kebr_cli.ablate  # noqa: F401
 import kebr_cli.analyze  # noqa: F401
+import kebr_cli.compare  # noqa: F401
 import kebr_cli.data  # noqa: F401
 import kebr_cli.demo  # noqa: F401
 import kebr_cli.extract  # noqa: F401
@@ -19,7 +20,7 @@ import kebr_cli.tune  # noqa: F401
 WORKFLOW = {
     "Data": ("extract", "import", "synth", "merge", "inspect"),
     "Training": ("pretrain", "eval", "tune"),
-    "Analysis": ("ablate", "analyze"),
+    "Analysis": ("ablate", "compare", "analyze"),
     "Use": ("predict", "demo"),
 }
 _ORDER = [name for names in WORKFLOW.values() for name in names]

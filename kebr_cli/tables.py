@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from rich import box
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from kebr_core.metrics import TABLE_HEADERS, format_table_row, seeds_caption
+from kebr_core.metrics import TABLE_HEADERS, format_table_row, metric_display, seeds_caption
 
 # One row: the leading cells (name, components), {metric: (mean, std)} or None for a configuration
 # without results (its metric cells say `placeholder`), and the trailing cells (e.g. Avg).
@@ -35,17 +36,19 @@ def table_width(table: Table) -> int:
 def metrics_table(
     title: str, lead: Sequence[str], metrics: Sequence[str], tail: Sequence[str], rows: Sequence[Row],
     seeds: Sequence[int], width: Optional[int] = None, caption: Optional[str] = None, std: str = "sample",
+    pretrain_seeds: Sequence[int] = (),
 ) -> Table:
     """Leading columns, the metric columns (`TABLE_HEADERS` keys) and trailing columns. The title ends
-    with the seeds and the std convention (`seeds_caption`: sample or population std); with one seed no
+    with the seeds (and `pretrain_seeds` of a nested design) and the std convention (`seeds_caption`:
+    sample or population std); with one seed no
     cell prints "±".
 
     Wider than `width`, the table is rebuilt narrow: no vertical rules, headers over two lines and the
     std on a second line of each cell, so nothing is cut at 80 columns."""
-    spread = len(seeds) > 1
+    spread = len(seeds) > 1 or len(pretrain_seeds) > 1
 
     def build(narrow: bool) -> Table:
-        table = Table(title=f"{title}, {seeds_caption(seeds, std)}", caption=caption)
+        table = Table(title=f"{title}, {seeds_caption(seeds, std, pretrain_seeds)}", caption=caption)
         if narrow:
             table.box, table.padding = box.SIMPLE_HEAD, (0, 0)
         if narrow:  # "pre-train" over "pre-" and "train", "Acc-2 has0/non0" over "Acc-2" and "has0/non0"
@@ -70,25 +73,90 @@ def metrics_table(
 
 
 def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width: Optional[int] = None,
-                  std: str = "sample") -> Table:
+                  std: str = "sample", pretrain_seeds: Sequence[int] = ()) -> Table:
     """The paper's Table 1: one row per model, {metric: (mean, std)} each."""
     return metrics_table(title, ["model"], list(TABLE_HEADERS), [],
-                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std)
+                         [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std,
+                         pretrain_seeds=pretrain_seeds)
 
 
 def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] = None, std: str = "sample",
-                   note: str = "") -> Table:
+                   note: str = "", pretrain_seeds: Sequence[int] = (), delta_caption: str = "") -> Table:
     """Table 4: configuration, its components (a configuration without MCC has no g), the metrics and
     Avg. A configuration without results says "skipped" (its reason is its row's "status"). `note` (e.g.
-    what pretraining used) goes into the caption above the meaning of Avg."""
+    what pretraining used) goes into the caption above the meaning of Avg. With rows holding paired
+    differences vs C1 ("vs_C1", two or more pretraining seeds): a column "Δ … vs C1 [95 % CI]" for MAE and
+    for Acc-2 (non0, in percentage points), and `delta_caption` (what the interval covers) in the caption."""
     mark = {True: "✓", False: "✗"}
+    deltas = [("mae", "Δ MAE vs C1\n[95 % CI]", 1.0, 3), ("acc2_non0", "Δ Acc-2 vs C1\n[95 % CI], pp", 100.0, 1)]
+    with_delta = any(r.get("vs_C1") for r in rows)
     body: list[Row] = []
     for r in rows:
         components = [r["name"], mark[r["pretrain"]], mark[r["tcmf"]], mark[r["mcc"]], f"{r['g']:+.2f}" if r["mcc"] else "–"]
         summary = {k: (r["mean"][k], r["std"][k]) for k in r["mean"]} if r["mean"] else None
-        avg = "" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"
-        body.append((components, summary, [avg], "skipped"))
+        tail = ["" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"]
+        if with_delta:
+            tail += [delta_cell((r.get("vs_C1") or {}).get(k), scale, digits) for k, _, scale, digits in deltas]
+        body.append((components, summary, tail, "skipped"))
+    captions = [note, delta_caption if with_delta else "",
+                "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)"]
     return metrics_table("Ablation on the test split", ["config", "pre-train", "TCMF", "MCC", "g"],
-                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg"], body, seeds, width, std=std,
-                         caption=(f"{note}\n" if note else "")
-                         + "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)")
+                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg", *([h for _, h, _, _ in deltas] if with_delta else [])],
+                         body, seeds, width, std=std, caption="\n".join(c for c in captions if c),
+                         pretrain_seeds=pretrain_seeds)
+
+
+def delta_cell(diff: Optional[dict], scale: float, digits: int) -> str:
+    """A paired difference as "+0.012" over "[−0.010, +0.034]" (values × scale); "" without one."""
+    if not diff:
+        return ""
+    mean, low, high = (scale * diff[k] for k in ("mean", "low", "high"))
+    return f"{mean:+.{digits}f}\n[{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def difference_cell(metric: str, mean: float, low: float, high: float) -> str:
+    """A paired difference and its interval as tables print it: "+0.012 [−0.004, +0.028]" (accuracies and
+    F1 in percentage points); a difference without an interval (one pair) prints alone."""
+    _, percent, decimals = metric_display(metric)
+    scale = 100.0 if percent else 1.0
+    point = f"{mean * scale:+.{decimals}f}"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return point
+    return f"{point} [{low * scale:+.{decimals}f}, {high * scale:+.{decimals}f}]"
+
+
+def comparison_table(comparison, dataset: str = "") -> Table:
+    """`kebr compare`: one row per metric, "metric | A | B | Δ (B − A) [CI] | p" for one
+    `recipes.compare.Comparison`; the caption says what the interval is over and what differs."""
+    a, b = comparison.reference.label, comparison.run.label
+    first = next(iter(comparison.differences.values()))
+    level = f"{first.confidence * 100:g} %"
+    on = f" on {dataset}" if dataset else ""
+    table = Table(title=f"{b} vs {a}{on}: {first.n_pretrain} × {first.n_finetune} paired runs (pretraining × "
+                        "fine-tuning seeds)", caption_justify="left")
+    for n, header in enumerate(("metric", a, b, f"Δ ({b} − {a}) [{level} CI]", "p")):
+        table.add_column(header, justify="left" if n == 0 else "right")
+    for metric, d in comparison.differences.items():
+        label, percent, decimals = metric_display(metric)
+        scale = 100.0 if percent else 1.0
+        table.add_row(label, f"{comparison.reference_means[metric] * scale:.{decimals}f}",
+                      f"{comparison.run_means[metric] * scale:.{decimals}f}", difference_cell(metric, d.mean, d.low, d.high),
+                      "–" if math.isnan(d.p_value) else f"{d.p_value:.3g}")
+    if math.isnan(first.low):
+        lines = [f"{first.method} or p"]
+    else:
+        units = first.n_pretrain if first.n_pretrain >= 2 else first.n_finetune
+        lines = [f"interval: {first.method}; p: exact sign-flip test over the same units (the smallest reachable "
+                 f"with {units}: {2 / 2 ** units:.3g})"]
+    if first.n_pretrain < 2:
+        lines.append("one pretraining seed: the interval leaves out pretraining's variance (kebr ablate --pretrain-seeds)")
+    spread = comparison.variance.get("mae", {})
+    if math.isfinite(spread.get("share_pretrain", math.nan)):
+        lines.append(f"spread of Δ MAE: {spread['share_pretrain']:.0%} between pretraining seeds, "
+                     f"{1 - spread['share_pretrain']:.0%} between fine-tuning seeds (variance components)")
+    lines.append("accuracies and F1 in %, Δ in points; MAE: lower is better")
+    if comparison.differs:
+        shown = comparison.differs[:4]
+        lines.append("differs: " + "; ".join(shown) + ("; …" if len(comparison.differs) > 4 else ""))
+    table.caption = "\n".join(lines)
+    return table

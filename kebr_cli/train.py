@@ -62,8 +62,10 @@ def given_options(ctx: typer.Context, skip: tuple[str, ...] = ()) -> tuple[dict[
     return values, labels
 
 
-def seeds_option(text: str) -> str:
-    """Typer callback of --seeds: a count or a list (`parse_seeds`), else a usage error (exit 2)."""
+def seeds_option(text: Optional[str]) -> Optional[str]:
+    """Typer callback of --seeds: a count or a list (`parse_seeds`), else a usage error (exit 2); None stays."""
+    if text is None:
+        return None
     try:
         parse_seeds(text)
     except KebrError as e:
@@ -124,6 +126,7 @@ Preset = typer.Option(None, "--preset", metavar="paper", help="'paper': the pape
 ConfigFile = typer.Option(None, "--config", help="Settings from a file: JSON (any run's config.json replays that run) or TOML with [model], [mcc], [train]. Options typed here override it.")
 Set = typer.Option([], "--set", help="Override one setting, dotted and type-checked, e.g. --set mcc.g=0.3 --set train.lr=2e-5 (repeatable; wins over everything).")
 PrintConfig = typer.Option(False, "--print-config", help="Print the resolved configuration (defaults < preset < --config < options < --set) and exit.")
+PretrainOnTest = typer.Option(False, "--pretrain-on-test", help="Pretrain on the test split's inputs too (transductive; labels still unused). By default a store's test split is left out of pretraining.")
 Force = typer.Option(False, "--force", help="Start the run in --out afresh when it holds another one (removes only files a kebr run wrote there).")
 
 
@@ -146,13 +149,17 @@ def pretrain(
     keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders (0 = all)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint (an error when there is none)."),
     resume_if_possible: bool = typer.Option(False, "--resume-if-possible", help="Continue the run in --out when it has a checkpoint, else start it."),
+    splits: Optional[str] = typer.Option(None, "--splits", metavar="train,valid,unlabeled", help="Splits of the store to pretrain on (default: every split but test; a store without a test split: all samples)."),
+    pretrain_on_test: bool = PretrainOnTest,
+    seeds: Optional[str] = typer.Option(None, "--seeds", callback=seeds_option, help="Pretraining seeds: a count (3 = seeds 0..2) or a list; each is one run, in --out/pseed-S/ when there are several (default: the one --seed)."),
     dropout: float = Dropout, nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
     preset: Optional[str] = Preset,
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
 ) -> None:
-    """Knowledge-enhanced pretraining: predict the masked sentiment word's intensity (L1) + λ·MCC."""
-    from kebr_core.recipes.pretrain import pretrain as run_pretrain
+    """Knowledge-enhanced pretraining: predict the masked sentiment word's intensity (L1) + λ·MCC. A store
+    with a test split is pretrained on its other splits (--pretrain-on-test includes the test inputs)."""
+    from kebr_core.recipes.pretrain import pretrain_each_seed, pretraining_data
 
     if launch_wanted(nproc_per_node, nnodes) and not print_config_:
         raise relaunch_distributed(nproc_per_node, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
@@ -163,27 +170,41 @@ def pretrain(
         if config is None and (resume or resume_if_possible) and not force:
             # A resumed run starts from its own settings; options typed now override them (and must match).
             config = out / runs.CONFIG if (out / runs.CONFIG).is_file() else None
-        cfg = command_config(ctx, "pretrain", preset=preset, config_file=config, sets=set_)
+        cfg = command_config(ctx, "pretrain", preset=preset, config_file=config, sets=set_, skip=("seeds",))
         if print_config_:
             print_config(cfg.to_dict())
             return
+        if seeds is not None and was_typed(ctx, "seed"):
+            raise KebrError("--seed sets one pretraining seed and --seeds several: give one of them.")
+        data = pretraining_data(store, splits.split(",") if splits is not None else None, on_test=pretrain_on_test)
         with Reporter(out) as report:
             report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
-            result = run_pretrain(store, out, cfg, resume=resume, resume_if_possible=resume_if_possible, force=force,
-                                  progress=report)
+            if data.note:
+                report.note(data.note)
+            results = pretrain_each_seed(store, out, cfg, parse_seeds(seeds) if seeds is not None else None,
+                                         splits=data.splits, resume=resume, resume_if_possible=resume_if_possible,
+                                         force=force, progress=report)
             if not is_main_process():
                 return
-            row = result.last_row
+            several = len(results) > 1
             columns = ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
-            table = Table(title=f"pretraining: {result.epochs_done} epochs (last epoch's means)")
+            table = Table(title=f"pretraining: {results[0].epochs_done} epochs (last epoch's means)")
+            if several:
+                table.add_column("seed", justify="right")
             for k in columns:
                 table.add_column(k, justify="right")
-            table.add_row(*[f"{row.get(k, float('nan')):.4f}" for k in columns])
+            for result in results:
+                seed = [str(result.seed)] if several else []
+                table.add_row(*seed, *[f"{result.last_row.get(k, float('nan')):.4f}" for k in columns])
             report.result(table)
+            result = results[0]  # every seed reads the same samples
             report.result(f"pretrained on {result.samples} sample(s)"
+                          + (f" of split(s) {', '.join(data.splits)}" if data.splits is not None else "")
                           + (f"; {result.samples_without_words} without words in their transcript left out (nothing to mask)"
                              if result.samples_without_words else ""))
-            report.result(f"checkpoint: [bold]{result.checkpoint}[/]   metrics: {result.run_dir / runs.METRICS}   "
+            where = (f"{len(results)} runs {out}/pseed-S/final (give --pretrained {out} to kebr eval)" if several
+                     else str(result.checkpoint))
+            report.result(f"checkpoint: [bold]{where}[/]   metrics: {result.run_dir / runs.METRICS}   "
                           f"log: {report.log_path}")
 
 
@@ -220,7 +241,7 @@ def eval_(
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std.
     Seeds finished in --out earlier (e.g. by --seed-shard jobs) are reused, not run again."""
     from kebr_core.data.registry import resolve_dataset
-    from kebr_core.recipes.finetune import finetune
+    from kebr_core.recipes.finetune import finetune, finetune_each_pretraining, is_multi_seed_pretraining
 
     if launch_wanted(nproc_per_node, nnodes) and not print_config_:
         raise relaunch_distributed(nproc_per_node, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
@@ -240,8 +261,13 @@ def eval_(
             shard = parse_shard(seed_shard, "--seed-shard")
             if shard is not None and collect:
                 raise KebrError("--seed-shard runs seeds and --collect runs none: give one of them.")
-            result = finetune(resolved, out, cfg, checkpoint=checkpoint, probe=probe, std=std, force=force,
-                              seed_shard=shard, collect=collect, progress=report)
+            options = dict(probe=probe, std=std, force=force, seed_shard=shard, collect=collect, progress=report)
+            if checkpoint is not None and is_multi_seed_pretraining(checkpoint):
+                nested = finetune_each_pretraining(resolved, out, cfg, checkpoint, **options)
+                if is_main_process():
+                    _report_nested(report, nested, dataset, seed_shard, results_table_path, std, as_json)
+                return
+            result = finetune(resolved, out, cfg, checkpoint=checkpoint, **options)
             if not is_main_process():
                 return
             if shard is not None:
@@ -261,5 +287,22 @@ def eval_(
                               + ", ".join(f"{s} {n}" for s, n in left_out.items()), to_stdout=not as_json)
             report.result(f"results: [bold]{out / runs.RESULTS_JSON}[/], {out / runs.RESULTS_CSV}; across runs: "
                           f"{table_path}   log: {report.log_path}", to_stdout=not as_json)
-    if as_json:
+    if as_json and (out / runs.RESULTS_JSON).is_file():
         typer.echo(json.dumps({"run_dir": str(out)} | json.loads((out / runs.RESULTS_JSON).read_text()), indent=2))
+
+
+def _report_nested(report: Reporter, nested, dataset: str, seed_shard: Optional[str], results_table_path: Optional[Path],
+                   std: str, as_json: bool) -> None:
+    """What `kebr eval` prints for a multi-seed pretraining: the summary over P × F runs, and where each run is."""
+    out = nested.run_dir
+    if not nested.summary:
+        report.result(f"shard {seed_shard}: the seeds of this shard finished in each {out}/pseed-S. When every shard has "
+                      f"finished: {resume_command('--collect', drop=('--seed-shard',))}", to_stdout=not as_json)
+        return
+    seeds = nested.per_pretraining[0].seeds
+    table_path = results_table_path or out.parent / runs.RESULTS_TABLE
+    runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, seeds, nested.summary)])
+    report.result(results_table(f"{Path(dataset).name}: test split", {"KEBR": nested.summary}, seeds,
+                                width=console.width, std=std, pretrain_seeds=nested.pretrain_seeds), to_stdout=not as_json)
+    report.result(f"results: [bold]{out / runs.RESULTS_JSON}[/] (every run), {out}/pseed-S/ (each pretraining's); "
+                  f"across runs: {table_path}   log: {report.log_path}", to_stdout=not as_json)

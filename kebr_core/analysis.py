@@ -276,6 +276,71 @@ def configurations_curves_figure(configs: list[tuple[str, dict[str, np.ndarray]]
 
 
 
+@dataclass
+class ForestPanel:
+    """One metric of a forest plot: per configuration (top to bottom) the paired difference against the
+    reference and its interval, in the units the axis shows (MAE units, or percentage points)."""
+
+    title: str  # the metric, e.g. "MAE"
+    xlabel: str  # e.g. "Δ MAE vs C1, lower is better"
+    labels: list[str]
+    mean: np.ndarray  # (R,)
+    low: np.ndarray  # (R,); NaN where there is no interval (one pair)
+    high: np.ndarray  # (R,)
+    span: float  # the x axis spans at least this (`MIN_SPAN` of the quantity)
+    decimals: int  # of the values written beside each row
+
+
+FOREST_COLORS = {"excludes zero": "tab:blue", "includes zero": "tab:gray"}
+
+
+def forest_figure(panels: list[ForestPanel], title: str) -> Figure:
+    """Paired differences against a reference: one panel per metric, one row per configuration, the mean
+    difference as a point and its interval as a bar, a dashed line at zero (no difference). A bar that
+    excludes zero is coloured, one that includes it grey; the value and interval are written above each
+    row. One legend for the figure, below the panels."""
+    if not panels or not any(len(p.labels) for p in panels):
+        raise RunDataMissing("There is no paired difference to plot (a comparison needs two configurations).")
+    fig = _new_figure(title)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    legend: dict[str, object] = {}
+    for ax, panel in zip(axes, panels):
+        rows = np.arange(len(panel.labels))[::-1]  # the first configuration on top
+        finite = np.isfinite(panel.low) & np.isfinite(panel.high)
+        excludes = finite & ((panel.low > 0) | (panel.high < 0))
+        for kind, chosen in (("excludes zero", excludes), ("includes zero", ~excludes)):
+            with_bar, alone = chosen & finite, chosen & ~finite
+            if with_bar.any():
+                error = np.vstack([panel.mean - panel.low, panel.high - panel.mean])[:, with_bar]  # (2, R')
+                legend[f"interval {kind}"] = ax.errorbar(
+                    panel.mean[with_bar], rows[with_bar], xerr=error, fmt="o", capsize=4, markersize=MARKER_SIZE + 2,
+                    color=FOREST_COLORS[kind], label=f"interval {kind}")
+            if alone.any():  # one pair: a point without an interval
+                legend["one pair: no interval"] = ax.plot(panel.mean[alone], rows[alone], "D", color=FOREST_COLORS[kind],
+                                                          markersize=MARKER_SIZE + 1, label="one pair: no interval")[0]
+        legend["no difference"] = ax.axvline(0.0, color="black", linewidth=1, linestyle="--", label="no difference")
+        ax.set_yticks(rows, panel.labels)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        values = np.concatenate([panel.mean, panel.low[finite], panel.high[finite], [0.0]])
+        low, high = float(values.min()), float(values.max())
+        if high - low < panel.span:
+            low, high = (low + high - panel.span) / 2, (low + high + panel.span) / 2
+        pad = (high - low) * 0.08
+        ax.set_xlim(low - pad, high + pad)
+        x0, x1 = ax.get_xlim()
+        for y, m, lo, hi, ok in zip(rows, panel.mean, panel.low, panel.high, finite):
+            d = panel.decimals
+            text = f"{m:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]" if ok else f"{m:+.{d}f}"
+            where = (m - x0) / (x1 - x0)  # near an edge the text runs inwards, not out of the panel
+            ha = "left" if where < 0.25 else "right" if where > 0.75 else "center"
+            ax.annotate(text, (m, y), xytext=(0, 8), textcoords="offset points", ha=ha, fontsize="small",
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
+        ax.set(title=panel.title, xlabel=panel.xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), fontsize="small")
+    return fig
+
+
 def tune_figures(study, params: list[str]) -> dict[str, Figure]:
     """Optuna's matplotlib figures of a search (`optuna.visualization.matplotlib`): "optimization_history"
     (each trial's validation value and the best so far), "param_importances" (fANOVA; needs two completed

@@ -51,6 +51,17 @@ _TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], bool, int], ...] = (
 )
 
 
+
+
+def metric_display(metric: str) -> tuple[str, bool, int]:
+    """How tables and figures print one metric key: (label, shown as a percentage?, decimals), e.g.
+    "acc2_non0" → ("Acc-2 non0", True, 2), "mae" → ("MAE", False, 3); an unknown key prints as itself."""
+    for column, keys, percent, decimals in _TABLE_COLUMNS:
+        if metric in keys:
+            return (f"{column} {metric.rsplit('_', 1)[1]}" if len(keys) > 1 else column), percent, decimals
+    return metric, False, 3
+
+
 # Column headings that say what a two-number cell holds.
 TABLE_HEADERS = {"Acc-2": "Acc-2 has0/non0", "F1": "F1 has0/non0", "Acc-7": "Acc-7", "Acc-5": "Acc-5", "MAE": "MAE",
                  "Corr": "Corr"}
@@ -193,15 +204,22 @@ def format_table_row(metrics: Mapping[str, float | tuple[float, float]], spread:
 STD_DDOF = {"sample": 1, "population": 0}
 
 
-def seeds_caption(seeds: Sequence[int], std: str = "sample") -> str:
-    """What a table of `aggregate` results averages, for its caption: the seeds and the std convention.
+def seeds_caption(seeds: Sequence[int], std: str = "sample", pretrain_seeds: Sequence[int] = ()) -> str:
+    """What a table of `aggregate` results averages, for its caption: the seeds and the std convention;
+    with two or more `pretrain_seeds`, the P × F runs of a nested design.
 
     >>> seeds_caption([0, 1, 2])
     'mean ± sample std (ddof=1) over 3 seeds (0, 1, 2)'
     >>> seeds_caption([4])
     '1 seed (4), no spread'
+    >>> seeds_caption([0, 1], pretrain_seeds=[5, 6])
+    'mean ± sample std (ddof=1) over 2 pretraining × 2 fine-tuning seeds (pretraining 5, 6; fine-tuning 0, 1)'
     """
-    seeds = list(seeds)
+    seeds, pretrain_seeds = list(seeds), list(pretrain_seeds)
+    if len(pretrain_seeds) > 1:
+        return (f"mean ± {std} std (ddof={STD_DDOF[std]}) over {len(pretrain_seeds)} pretraining × {len(seeds)} "
+                f"fine-tuning seeds (pretraining {', '.join(map(str, pretrain_seeds))}; fine-tuning "
+                f"{', '.join(map(str, seeds))})")
     if len(seeds) == 1:
         return f"1 seed ({seeds[0]}), no spread"
     return f"mean ± {std} std (ddof={STD_DDOF[std]}) over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)})"

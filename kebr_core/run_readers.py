@@ -2,12 +2,21 @@
 wrote. The layout and the file names are `kebr_core.runs` (the run-directory contract); this module only
 reads them.
 
-Three kinds of directory (`detect_kind`):
+Four kinds of directory (`detect_kind`):
 
 - pretraining run: config.json ("stage": "pretrain") + metrics.csv (columns `runs.PRETRAIN_COLUMNS`);
 - evaluation run: config.json ("stage": "finetune") + results.json + seed-S/metrics.csv (columns
   `runs.EVAL_COLUMNS`) + seed-S/test_features.npz (features (N, dt), labels (N,), predictions (N,));
-- ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs.
+- ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs; with
+  two or more pretraining seeds those dirs hold one pseed-S run per seed (`runs.pretrain_seed_runs`,
+  `AblationConfig.runs_by_pretrain_seed`);
+- comparison: compare.json, the output of `kebr compare` (`read_comparison`).
+
+`seed_grids` reads the test metrics of finished seeds as (pretraining seed × fine-tuning seed) grids, the
+input of the paired statistics (`kebr_core.stats`, `kebr compare`).
+
+The module stays one, though over 400 lines, because it is one cohesive thing: the reading side of the
+run-directory contract, for figures and comparisons alike.
 
 What a directory lacks (a missing file or column, a seed that has not started) raises `RunDataMissing`
 with a one-sentence reason, so a caller can skip what needs it and go on; a file that defines the run
@@ -28,7 +37,7 @@ import numpy as np
 from kebr_core import runs
 from kebr_core.errors import KebrError
 
-RunKind = Literal["pretrain", "finetune", "ablation", "tune"]
+RunKind = Literal["pretrain", "finetune", "ablation", "comparison", "tune"]
 
 PRETRAIN_COLUMNS = runs.PRETRAIN_COLUMNS
 EVAL_COLUMNS = runs.EVAL_COLUMNS[:8]  # what the plots read: the loss terms, the balance and the validation MAE
@@ -42,20 +51,24 @@ class RunDataMissing(Exception):
 
 
 def detect_kind(run_dir: Path) -> RunKind:
-    """ablation.json → ablation; else config.json's "stage" (pretrain / finetune / tune); else KebrError."""
+    """ablation.json → ablation; compare.json → comparison; else config.json's "stage" (pretrain /
+    finetune / tune); else KebrError."""
     if not run_dir.exists():
         raise KebrError(f"Run directory {run_dir} does not exist.")
     if not run_dir.is_dir():
         raise KebrError(f"{run_dir} is a file, not a run directory.")
     if (run_dir / runs.ABLATION_JSON).is_file():
         return "ablation"
+    if (run_dir / runs.COMPARE_JSON).is_file():
+        return "comparison"
     if (run_dir / runs.CONFIG).is_file():
         stage = _read_json(run_dir / runs.CONFIG, "Run config").get("stage")
         if stage in ("pretrain", "finetune", "tune"):
             return stage
         raise KebrError(f"{run_dir / runs.CONFIG} names stage {stage!r}; expected 'pretrain', 'finetune' or 'tune'.")
     raise KebrError(
-        f"{run_dir} is not a KEBR run directory: it has neither ablation.json nor a config.json from pretrain or eval."
+        f"{run_dir} is not a KEBR run directory: it has no ablation.json, no compare.json and no config.json from "
+        "pretrain or eval."
     )
 
 
@@ -247,6 +260,17 @@ class AblationConfig:
     eval_dir: Path | None
     pretrain_dir: Path | None
     g: float | None
+    pretrain_seeds: tuple[int, ...] = ()  # two or more: eval_dir and pretrain_dir hold pseed-S runs (`runs_by_pretrain_seed`)
+
+    def runs_by_pretrain_seed(self) -> list[tuple[int, Path | None, Path]]:
+        """(pretraining seed, pretraining run or None, evaluation run) of each pretraining seed
+        (`runs.pretrain_seed_runs`); one entry with a single pretraining seed or none."""
+        if self.eval_dir is None:
+            return []
+        seeds = list(self.pretrain_seeds) or [0]
+        evals = runs.pretrain_seed_runs(self.eval_dir, seeds)
+        pres = runs.pretrain_seed_runs(self.pretrain_dir, seeds) if self.pretrain_dir is not None else [(s, None) for s in seeds]
+        return [(seed, pre, run) for (seed, pre), (_, run) in zip(pres, evals)]
 
     @property
     def label(self) -> str:
@@ -273,6 +297,14 @@ def _number(x: Any, default: float = float("nan")) -> float:
         return default
 
 
+def _seed_tuple(x: Any) -> tuple[int, ...]:
+    """A list of seeds from ablation.json; anything else (older files have none) reads as ()."""
+    try:
+        return tuple(int(s) for s in x) if isinstance(x, list) else ()
+    except (TypeError, ValueError):
+        return ()
+
+
 def read_ablation(run_dir: Path) -> tuple[dict[str, Any], list[AblationConfig]]:
     path = run_dir / runs.ABLATION_JSON
     data = _read_json(path, "Ablation file")
@@ -296,6 +328,7 @@ def read_ablation(run_dir: Path) -> tuple[dict[str, Any], list[AblationConfig]]:
             settings=tuple(c.get(k) for k in ("pretrain", "tcmf", "g", "mcc_form", "mcc_align")),
             done=c.get("status") == "done", mean=metrics("mean"), std=metrics("std"),
             eval_dir=rel("eval_dir"), pretrain_dir=rel("pretrain_dir"), g=None if np.isnan(g) else g,
+            pretrain_seeds=_seed_tuple(c.get("pretrain_seeds")),
         ))
     return data, configs
 
@@ -325,9 +358,10 @@ def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
         if not c.done or c.eval_dir is None:
             continue
         stages = []
+        pairs = c.runs_by_pretrain_seed()  # every pretraining seed's runs count as more seeds of the stage
         if c.pretrain_dir is not None:
-            stages.append(("pretraining", [c.pretrain_dir / runs.METRICS], PRETRAIN_COLUMNS, ""))
-        seeds = [runs.seed_dir(c.eval_dir, s) / runs.METRICS for s in eval_seeds(c.eval_dir)]
+            stages.append(("pretraining", [pre / runs.METRICS for _, pre, _ in pairs if pre is not None], PRETRAIN_COLUMNS, ""))
+        seeds = [runs.seed_dir(run, s) / runs.METRICS for _, _, run in pairs for s in eval_seeds(run)]
         stages.append(("fine-tuning", seeds, EVAL_COLUMNS, "train_"))
         for stage, paths, columns, prefix in stages:
             names = ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")
@@ -343,3 +377,135 @@ def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
                 row[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             rows.append(row)
     return rows
+
+
+# ───────────────────────── seed grids (paired comparisons) ─────────────────────────
+
+# config.json keys that say how a run was executed or where it lives, not which configuration it is
+_NOT_IDENTITY = frozenset({"data", "store", "seeds", "world_size", "selection", "checkpoint", "checkpoint_sha256"})
+
+
+@dataclass(frozen=True)
+class SeedGrid:
+    """One configuration's test metrics over its seeds, for paired statistics (`kebr_core.stats`).
+
+    values[metric] is (P, F): row p is pretraining seed `pretrain_seeds[p]`, column f fine-tuning seed
+    `finetune_seeds[f]`; only finished seeds (seed-S/test.json) are columns."""
+
+    name: str  # configuration name ("C1", …) or the evaluation run folder's name
+    pretrain_seeds: tuple[int, ...]  # P entries
+    finetune_seeds: tuple[int, ...]  # F entries
+    values: dict[str, np.ndarray]  # test metric name -> (P, F)
+    data: dict  # the store fingerprint recorded in config.json (`runs.data_fingerprint`)
+    identity: dict  # the resolved configuration, for naming what differs between grids
+
+
+def _pretrain_seed(eval_config: dict[str, Any], pretrain_dir: Path | None) -> int:
+    """The seed that pretrained an evaluation run's checkpoint: from the pretraining run's config.json,
+    else the evaluation config's train.seed (no pretraining: one row all the same)."""
+    for path in ([pretrain_dir / runs.CONFIG] if pretrain_dir is not None else []):
+        try:
+            return int(json.loads(path.read_text())["train"]["seed"])
+        except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError):
+            pass
+    try:
+        return int(eval_config["train"]["seed"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def _finished_tests(eval_dir: Path) -> dict[int, dict[str, float]]:
+    """seed -> the test metrics of seed-S/test.json, for the seeds that finished, in the run's seed order."""
+    out: dict[int, dict[str, float]] = {}
+    for seed in eval_seeds(eval_dir):
+        path = runs.seed_dir(eval_dir, seed) / runs.TEST_JSON
+        if not path.is_file():
+            continue
+        try:
+            test = json.loads(path.read_text())["test"]
+            out[seed] = {str(k): float(v) for k, v in test.items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
+            raise RunDataMissing(f"{path} cannot be read as a finished seed's test metrics.") from None
+    return out
+
+
+def grid_from_eval_runs(name: str, rows: list[tuple[int, Path]]) -> SeedGrid:
+    """The SeedGrid of one configuration from its evaluation runs, one per pretraining seed:
+    rows = [(pretraining seed, evaluation run dir), …] (P entries). Every row must have finished the same
+    fine-tuning seeds; their data fingerprints must agree."""
+    tests = [(seed, eval_dir, _finished_tests(eval_dir)) for seed, eval_dir in rows]
+    finetune_seeds = tuple(tests[0][2])
+    if not finetune_seeds:
+        raise RunDataMissing(f"Evaluation run {tests[0][1]} has no finished seed (seed-S/test.json).")
+    for _, eval_dir, t in tests[1:]:
+        if tuple(t) != finetune_seeds:
+            raise RunDataMissing(f"{eval_dir} finished fine-tuning seeds {_seed_list(t)}, {tests[0][1]} finished "
+                                 f"{_seed_list(finetune_seeds)}; a grid needs the same seeds in every row.")
+    metrics = [m for m in tests[0][2][finetune_seeds[0]] if all(m in t[s] for _, _, t in tests for s in finetune_seeds)]
+    values = {m: np.array([[t[s][m] for s in finetune_seeds] for _, _, t in tests]) for m in metrics}  # (P, F) each
+    config = _read_json(rows[0][1] / runs.CONFIG, "Run config")
+    identity = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    return SeedGrid(name=name, pretrain_seeds=tuple(seed for seed, _ in rows), finetune_seeds=finetune_seeds,
+                    values=values, data=dict(config.get("data") or {}), identity=identity)
+
+
+def _seed_list(seeds) -> str:
+    return ", ".join(map(str, seeds)) or "none"
+
+
+def seed_grids(path: str | Path) -> list[SeedGrid]:
+    """The seed grids of a run directory: an evaluation run gives one (named after its folder), an
+    ablation one per finished configuration (unfinished and skipped ones are left out). Over several
+    pretraining seeds (`runs.pretrain_seed_runs`) a grid has a row per pretraining seed: an ablation's
+    configuration, or the evaluation of a multi-seed pretraining (a folder of pseed-S evaluation runs); in
+    an ablation with P ≥ 2, a configuration without pretraining repeats its one row P times (it pairs with
+    every pretraining seed). A pretraining
+    run has no test metrics: KebrError. A run with no finished seed: RunDataMissing."""
+    run_dir = Path(path)
+    nested = runs.run_pretrain_seeds(run_dir) if run_dir.is_dir() and not (run_dir / runs.CONFIG).is_file() else []
+    if nested and not (run_dir / runs.ABLATION_JSON).is_file():  # `kebr eval` of a multi-seed pretraining
+        rows = runs.pretrain_seed_runs(run_dir, nested)
+        if detect_kind(rows[0][1]) != "finetune":
+            raise KebrError(f"{run_dir} holds pretraining runs (pseed-S); they have no test metrics to compare (use "
+                            "the evaluation run made from them).")
+        return [grid_from_eval_runs(run_dir.resolve().name, rows)]
+    kind = detect_kind(run_dir)
+    if kind == "pretrain":
+        raise KebrError(f"{run_dir} is a pretraining run; it has no test metrics to compare (use its evaluation run).")
+    if kind == "comparison":
+        raise KebrError(f"{run_dir} holds the output of kebr compare, not a run; name the runs it compared.")
+    if kind == "finetune":
+        config = _read_json(run_dir / runs.CONFIG, "Run config")
+        return [grid_from_eval_runs(run_dir.resolve().name, [(_pretrain_seed(config, None), run_dir)])]
+    data, configs = read_ablation(run_dir)
+    ablation_seeds = _seed_tuple(data.get("pretrain_seeds"))
+    grids = []
+    for c in configs:
+        if not c.done or c.eval_dir is None:
+            continue
+        if len(c.pretrain_seeds) > 1:  # P pretraining seeds: one evaluation run (a grid row) each
+            grids.append(grid_from_eval_runs(c.name, [(seed, run) for seed, _, run in c.runs_by_pretrain_seed()]))
+            continue
+        if not (c.eval_dir / runs.CONFIG).is_file():
+            continue
+        if not c.pretrain_seeds and len(ablation_seeds) > 1:
+            # Without pretraining nothing depends on the pretraining seed: its F runs pair with each of them.
+            grids.append(grid_from_eval_runs(c.name, [(seed, c.eval_dir) for seed in ablation_seeds]))
+            continue
+        config = _read_json(c.eval_dir / runs.CONFIG, "Run config")
+        grids.append(grid_from_eval_runs(c.name, [(_pretrain_seed(config, c.pretrain_dir), c.eval_dir)]))
+    if not grids:
+        raise RunDataMissing(f"Ablation {run_dir} has no finished configuration.")
+    return grids
+
+
+def read_comparison(run_dir: Path) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """compare.json of a `kebr compare` output folder: the reference's label and, per compared run, its
+    label and {metric: {"mean", "low", "high", …}} (null bounds: no interval)."""
+    path = Path(run_dir) / runs.COMPARE_JSON
+    data = _read_json(path, "Comparison file")
+    try:
+        rows = [(str(c["run"]), dict(c["metrics"])) for c in data["comparisons"]]
+        return str(data["reference"]), rows
+    except (KeyError, TypeError, ValueError):
+        raise KebrError(f"{path} is not a kebr compare output: it lacks 'reference' or the comparisons' metrics.") from None

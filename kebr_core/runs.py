@@ -18,6 +18,13 @@ An ablation: ablation.json, results.csv, pretrain/<key>/ and runs/<name>/ (runs 
 A search (`kebr tune`): config.json, tune.db (the Optuna study), trials/trial-NNNN/metrics.csv,
 trials.csv, best.toml, tune.json, best-eval/ and base-eval/ (evaluation runs).
 
+Pretraining seeds (`pretrain_seed_runs`). With one pretraining seed, the layouts above (today's). With
+P >= 2 a pretraining "run" is a folder of P runs, pseed-S/ each (S: the pretraining seed, the run's
+`train.seed`), and so is the evaluation of a multi-seed pretraining: `kebr pretrain --seeds P` writes
+OUT/pseed-S/, `kebr eval --pretrained` of it writes OUT/pseed-S/ (each an evaluation run with seed-F/),
+an ablation pretrain/<key>/pseed-S/ and runs/<name>/pseed-S/ (P x F fine-tuning runs per configuration;
+a configuration without pretraining does not depend on the pretraining seed and keeps one runs/<name>/).
+
 Identity. A run directory belongs to one resolved configuration and one input store (its path, sample
 count, a hash of ids/splits/labels, frame counts and feature description). Writing into a directory
 that holds another run stops with one sentence naming the differing keys; `force=True` removes the
@@ -70,6 +77,8 @@ ABLATION_JSON = "ablation.json"
 ABLATION_PRETRAIN = "pretrain"
 ABLATION_RUNS = "runs"
 PLOTS = "plots"
+COMPARE_JSON = "compare.json"  # `kebr compare`'s output folder: everything, and one row per run and metric
+COMPARE_CSV = "compare.csv"
 LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
@@ -96,6 +105,7 @@ _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LO
               BEST_TOML)
 _OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL)  # last/: the layout before checkpoints/latest
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
+_PRETRAIN_SEED_DIR = re.compile(r"pseed-(-?\d+)")
 _EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
 
 
@@ -133,6 +143,21 @@ def trial_dir(run_dir: Path, number: int) -> Path:
 def run_seeds(run_dir: Path) -> list[int]:
     """The seeds of an evaluation run that have a seed-S folder, numerically."""
     found = [int(m.group(1)) for p in Path(run_dir).glob("seed-*") if (m := _SEED_DIR.fullmatch(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def pretrain_seed_runs(root: str | Path, pretrain_seeds: Iterable[int]) -> list[tuple[int, Path]]:
+    """(pretraining seed, run folder) of each pretraining seed under `root`: `root` itself for one seed (the
+    single-run layout), `root`/pseed-S for each of several (module docstring)."""
+    pretrain_seeds = [int(s) for s in pretrain_seeds]
+    if len(pretrain_seeds) == 1:
+        return [(pretrain_seeds[0], Path(root))]
+    return [(s, Path(root) / f"pseed-{s}") for s in pretrain_seeds]
+
+
+def run_pretrain_seeds(root: str | Path) -> list[int]:
+    """The pretraining seeds that have a pseed-S run folder under `root`, numerically (empty: a single run)."""
+    found = [int(m.group(1)) for p in Path(root).glob("pseed-*") if (m := _PRETRAIN_SEED_DIR.fullmatch(p.name)) and p.is_dir()]
     return sorted(found)
 
 

@@ -90,7 +90,8 @@ def write_eval_run(run_dir: Path, mcc: bool = True, g: float = 0.2, seeds=SEEDS,
             log.append(row | {"valid_mae": 1.1 - 0.05 * epoch, "valid_corr": 0.5, "valid_acc2_non0": 0.7})
         features, labels = make_test_features(seed)
         np.savez_compressed(seed_dir / "test_features.npz", features=features, labels=labels, predictions=labels * 0.8)
-        per_seed.append({"acc2_non0": 0.8, "f1_non0": 0.8, "mae": 0.8, "corr": 0.7})
+        per_seed.append({"acc2_non0": 0.8, "f1_non0": 0.8, "mae": 0.8 + (0.0 if mcc else 0.01 * (seed + 1)), "corr": 0.7})
+        (seed_dir / "test.json").write_text(json.dumps({"seed": seed, "best_epoch": epochs, "test": per_seed[-1]}))
     results = {"seeds": list(seeds), "best_epochs": [epochs] * len(seeds), "mean": per_seed[0], "std": per_seed[0],
                "per_seed": per_seed}
     (run_dir / "results.json").write_text(json.dumps(results))
@@ -160,10 +161,11 @@ def ablation_figures(ablation_dir):
     return build_figures(ablation_dir)
 
 
-def test_ablation_writes_four_pngs(ablation_dir, tmp_path):
+def test_ablation_writes_five_pngs(ablation_dir, tmp_path):
     report = analyze(ablation_dir, tmp_path / "plots")
     assert isinstance(report, AnalysisReport) and report.kind == "ablation"
-    assert [p.name for p in report.written] == ["g_sweep.png", "balance.png", "pca.png", "training_curves.png"]
+    assert [p.name for p in report.written] == ["g_sweep.png", "differences.png", "balance.png", "pca.png",
+                                                "training_curves.png"]
     assert report.skipped == {}
     for path in report.written:
         assert path.parent == tmp_path / "plots"
@@ -211,7 +213,7 @@ def test_titles_name_the_data_not_its_path_which_goes_into_the_files(tmp_path):
     assert Image.open(root / "plots" / "balance.png").info["Source"] == str(root)
     assert f"<dc:source>{root}</dc:source>" in (root / "plots" / "balance.svg").read_text()
     assert f"source: {root}".encode() in (root / "plots" / "balance.pdf").read_bytes()
-    assert {p.suffix for p in report.written} == {".png", ".pdf", ".svg"} and len(report.written) == 12
+    assert {p.suffix for p in report.written} == {".png", ".pdf", ".svg"} and len(report.written) == 15
 
 
 def test_index_lists_every_figure_with_a_caption(tmp_path):
@@ -360,7 +362,7 @@ def test_ablation_without_an_mcc_pair_skips_balance_and_pca(tmp_path):
     root = write_ablation(tmp_path / "abl", with_c4=False)
     report = analyze(root)
     assert [p.name for p in report.written] == ["g_sweep.png", "training_curves.png"]
-    assert set(report.skipped) == {"balance", "pca"}
+    assert set(report.skipped) == {"differences", "balance", "pca"}
     assert "differ only in MCC" in report.skipped["balance"]
     assert report.written[0].parent == root / "plots"  # default output folder
 
@@ -389,7 +391,7 @@ def test_pair_found_by_settings_when_not_named_c1_c4(tmp_path):
     (root / "ablation.json").write_text(json.dumps({"dataset": "synth", "pretrain_store": None, "seeds": [0],
                                                     "configurations": configs}))
     kind, figs, skipped = build_figures(root)
-    assert set(figs) == {"balance", "pca", "training_curves"}
+    assert set(figs) == {"differences", "balance", "pca", "training_curves"}
     assert skipped == {"g_sweep": "The ablation has no finished g-sweep configuration."}
     cos_ft, dth_ft = summarize(figs["balance"])  # fine-tuning only: one column
     assert [c[0] for c in dth_ft.curves] == ["ref-on (with MCC)", "ref-off (without MCC)"]
@@ -494,10 +496,10 @@ def test_cli_writes_and_lists_files(ablation_dir, tmp_path):
     out = tmp_path / "figs"
     result = CliRunner().invoke(app, ["analyze", str(ablation_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for name in ("g_sweep", "balance", "pca", "training_curves"):
+    for name in ("g_sweep", "differences", "balance", "pca", "training_curves"):
         assert str(out / f"{name}.png") in result.stdout
         assert_png(out / f"{name}.png")
-    assert "wrote 4 plot(s)" in result.stdout and str(out / "balance.csv") in result.stdout
+    assert "wrote 5 plot(s)" in result.stdout and str(out / "balance.csv") in result.stdout
 
 
 def test_cli_reports_skipped_plots(tmp_path):

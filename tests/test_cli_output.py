@@ -155,7 +155,7 @@ def test_ablate_json(tmp_path) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["out"] == str(out) and [c["name"] for c in doc["configurations"]] == ["C1"]
-    assert "note: No pretraining store given" in r.stderr and (out / "log.txt").is_file()
+    assert "note: Pretraining uses the train, valid, unlabeled samples of" in r.stderr and (out / "log.txt").is_file()
 
 
 def test_a_refused_run_leaves_no_log(tmp_path) -> None:

@@ -136,9 +136,10 @@ def test_pretrain_leaves_out_texts_without_words(tmp_path: Path) -> None:
     out = tmp_path / "pre"
     r = runner.invoke(app, ["pretrain", str(store), "-o", str(out), "--epochs", "1", *FAST])
     assert r.exit_code == 0, r.output
-    assert "pretrained on 20 sample(s); 3 without words" in " ".join(r.output.split())
+    # 12 + 3 silent train, 4 valid (the 4 test samples are left out): 16 with words
+    assert "pretrained on 16 sample(s) of split(s) train, valid, unlabeled; 3 without words" in " ".join(r.output.split())
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["samples"], cfg["samples_without_words"]) == (20, 3)
+    assert (cfg["samples"], cfg["samples_without_words"]) == (16, 3)
 
     silent = tmp_path / "silent.h5"
     with StoreWriter(silent, ["a0"], ["v0"]) as w:

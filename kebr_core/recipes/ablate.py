@@ -8,29 +8,38 @@ Configurations of Table 4:
     C4  no MCC                        (λ = 0 in both stages)
     C5  none of the three
 
-Pretraining data: a separate pretraining store (all its samples), else the dataset's own samples of every
-split except `test` (train, valid, unlabeled; labels unused): the paper pretrains on separate unlabeled
-video, and pretraining on the test inputs would be transductive. `pretrain_on_test=True` opts in to all
-samples. The choice is recorded in ablation.json (`pretrain_splits`) and each pretraining run's config.json.
+Pretraining data: the pretraining store (default: the dataset's own), by the rule `kebr pretrain`
+applies (`recipes.pretrain.pretraining_data`): a store's test split is left out (train, valid, unlabeled;
+labels unused), since pretraining on the test inputs would be transductive; `pretrain_on_test=True` opts
+in. The choice is recorded in ablation.json (`pretrain_splits`) and each pretraining run's config.json.
 
 Every configuration is fine-tuned with the same seeds as `kebr eval`. A pretraining run is keyed by what
 changes it (fusion, MCC on/off, g, form, alignment) and shared by every configuration that needs it.
+
+Pretraining seeds (`pretrain_seeds`, P of them; default the one `train.seed`): each configuration is
+pretrained once per pretraining seed and each pretraining fine-tuned over the F seeds, P × F runs (layout:
+`runs.pretrain_seed_runs`; P = 1 is the single-run layout). A configuration without pretraining does not
+depend on the pretraining seed: it runs F times, and its results pair with every pretraining seed. Each
+row's "values" holds its test metrics as (P, F) lists (1 × F without pretraining); with P ≥ 2 each row
+also gets "vs_C1": the paired difference from C1 of DELTA_METRICS (`stats.paired_difference`).
 
 Reruns: finished pretraining runs and fine-tuning seeds are reused when their identity (settings, data,
 seeds; `kebr_core.runs`) matches, and a configuration whose runs hold other settings is refused with one
 sentence naming it and the differing keys (`force` starts them afresh). A rerun with other flags adds
 its configurations to ablation.json and results.csv; the configurations of earlier runs stay.
 
-Shards (`kebr_core.shards`): `shard=(i, n)` runs only the configurations at positions k ≡ i (mod n) of
-`specs` and writes no ablation.json/results.csv; a pretraining run that configurations of several shards
-share is trained by the first to take its lock and reused by the others. A later call without a shard
-aggregates (running what is missing); `collect=True` only aggregates, or names what has not finished.
+Shards (`kebr_core.shards`): the items are the (configuration, pretraining seed) pairs in order (one item
+per configuration without pretraining, or with P = 1); `shard=(i, n)` runs only the items at positions
+k ≡ i (mod n) and writes no ablation.json/results.csv; a pretraining run that configurations of several
+shards share is trained by the first to take its lock and reused by the others. A later call without a
+shard aggregates (running what is missing); `collect=True` only aggregates, or names what has not finished.
 
 "Avg" is the mean relative change over all metrics against C1, in percent: (m − m_C1)/|m_C1| · 100, with
 MAE's sign reversed so that positive always means better.
 
-Layout of the output directory: ablation.json (everything below, the contract `kebr analyze` reads),
-results.csv, pretrain/<key>/ (pretraining runs), runs/<name>/ (fine-tuning runs).
+Layout of the output directory: ablation.json (everything above, the contract `kebr analyze` reads),
+results.csv, pretrain/<key>/ (pretraining runs), runs/<name>/ (fine-tuning runs). The module stays one,
+though over 400 lines, because it is one cohesive thing: the configurations, their runs and their record.
 """
 
 from __future__ import annotations
@@ -48,15 +57,17 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
-from kebr_core.metrics import METRIC_NAMES, STD_DDOF, split_summary
+from kebr_core.metrics import METRIC_NAMES, STD_DDOF, aggregate, split_summary
 from kebr_core.recipes.finetune import finetune
-from kebr_core.recipes.pretrain import pretrain, pretrain_identity
+from kebr_core.recipes.pretrain import pretrain, pretrain_identity, pretraining_data
 from kebr_core.shards import check_shard, in_shard, locked
+from kebr_core.stats import paired_difference
 from kebr_core.training import ProgressFn, no_progress
 
 # g must lie in (−0.5, 0.5) (kebr_core.config): the sweep's ends are ±0.4.
 DEFAULT_G_SWEEP = tuple(round(x, 1) for x in np.linspace(-0.4, 0.4, 9))
-PRETRAIN_SPLITS_WITHOUT_TEST = ("train", "valid", "unlabeled")
+# The metrics of the paired differences vs C1 (tables' "Δ vs C1 [95 % CI]" columns), with two or more pretraining seeds.
+DELTA_METRICS = ("mae", "acc2_non0")
 
 
 @dataclass
@@ -146,6 +157,8 @@ class AblationResult:
     notes: list[str] = field(default_factory=list)
     caption: str = ""  # what pretraining used (`pretraining_caption`)
     aggregated: bool = True  # False for a shard: `rows` are its own configurations, nothing summarised
+    pretrain_seeds: list[int] = field(default_factory=list)
+    delta_caption: str = ""  # with two or more pretraining seeds: what the rows' "vs_C1" intervals cover
 
 
 def pretraining_caption(payload: dict) -> str:
@@ -180,6 +193,7 @@ def ablate(
     specs: Sequence[AblationSpec],
     *,
     seeds: Sequence[int] | None = None,
+    pretrain_seeds: Sequence[int] | None = None,
     pretrain_on_test: bool = False,
     probe: bool = False,
     std: str = "sample",
@@ -191,8 +205,9 @@ def ablate(
 ) -> AblationResult:
     """Run `specs` (see the module docstring) and write ablation.json and results.csv; configurations of
     earlier runs into `out` that this one does not name are kept (`force`: started afresh, earlier rows
-    dropped). Fine-tuning seeds: `seeds`, default `finetune_cfg.train.seeds`. Without a pretraining store,
-    pretraining uses the dataset's splits except test, or all of them with pretrain_on_test. probe: also
+    dropped). Fine-tuning seeds: `seeds`, default `finetune_cfg.train.seeds`; pretraining seeds:
+    `pretrain_seeds`, default `pretrain_cfg.train.seed` alone. Pretraining reads the pretraining store (default
+    the dataset) without its test split, or all of it with pretrain_on_test. probe: also
     test every configuration with a modality removed (`finetune`'s probe; each row's "probe"). std: the
     spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's); ablation.json's std_ddof
     says which. shard, collect: the module docstring."""
@@ -211,16 +226,16 @@ def ablate(
         notes.append(msg)
         on_note(msg)
 
-    pretrain_splits: list[str] | None = None  # None: every sample of the pretraining store
-    if any(s.pretrain for s in specs) and pretrain_store is None:
-        pretrain_store = dataset_store
-        if pretrain_on_test:
-            note(f"No pretraining store given: pretraining uses all samples of {dataset_store}, the test split's "
-                 "inputs included (labels unused).")
-        else:
-            pretrain_splits = list(PRETRAIN_SPLITS_WITHOUT_TEST)
-            note(f"No pretraining store given: pretraining uses the {', '.join(pretrain_splits)} samples of "
-                 f"{dataset_store} (labels unused; the test split is left out).")
+    pseeds = [int(x) for x in pretrain_seeds] if pretrain_seeds is not None else [pretrain_cfg.train.seed]
+    if not pseeds or len(set(pseeds)) != len(pseeds):
+        raise KebrError(f"The pretraining seeds must be distinct and at least one, not {pseeds}.")
+    data = None  # which samples pretraining reads: the rule `kebr pretrain` applies too
+    if any(s.pretrain for s in specs):
+        pretrain_store = dataset_store if pretrain_store is None else pretrain_store
+        data = pretraining_data(pretrain_store, on_test=pretrain_on_test)
+        if data.note:
+            note(data.note)
+    pretrain_splits = data.splits if data is not None else None
     mcc_defined = has_both_streams(dataset_store) and (pretrain_store is None or has_both_streams(pretrain_store))
     if not mcc_defined:
         note("MCC is undefined here: no sample has both audio and vision frames, so configurations that differ "
@@ -231,9 +246,15 @@ def ablate(
     seen_without_mcc: dict[tuple, str] = {}
     forced: set[Path] = set()
     unfinished: list[str] = []  # with collect: the configurations not finished yet
+    position = 0  # of the next (configuration, pretraining seed) item: what shards split
     for n, spec in enumerate(specs):
         row = asdict(spec) | {"pretrain_dir": None, "eval_dir": f"{runs.ABLATION_RUNS}/{spec.name}", "status": "done",
+                              "pretrain_seeds": pseeds if spec.pretrain else [], "seeds": seeds,
                               "mean": {}, "std": {}, "avg_change": None}
+        items = _items(out, spec, pseeds)
+        positions, position = range(position, position + len(items)), position + len(items)
+        if spec.pretrain:
+            row["pretrain_dir"] = f"{runs.ABLATION_PRETRAIN}/{spec.pretrain_key()}"
         if not mcc_defined:
             twin = (spec.pretrain, spec.tcmf)
             if twin in seen_without_mcc:
@@ -241,29 +262,41 @@ def ablate(
                 rows.append(row)
                 continue
             seen_without_mcc[twin] = spec.name
-        if not in_shard(n, shard):  # another job's
+        mine = [item for k, item in zip(positions, items) if in_shard(k, shard)]
+        if not mine:  # another job's
             continue
-        if collect and (what := _unfinished(out, spec, seeds, probe)):
-            unfinished.append(f"{spec.name} ({what})")
+        if collect and (what := [w for item in items if (w := _unfinished(item, spec, seeds, probe))]):
+            unfinished.append(f"{spec.name} ({'; '.join(what)})")
             continue
-        try:
-            checkpoint = None
-            if spec.pretrain:
-                pre_dir = out / runs.ABLATION_PRETRAIN / spec.pretrain_key()
-                row["pretrain_dir"] = str(pre_dir.relative_to(out))
-                # Shards may need the same pretraining at once: one trains it, the others wait and reuse it. Only
-                # rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
-                with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
-                    checkpoint = _pretrained(pretrain_store, pre_dir, apply_spec(pretrain_cfg, spec),  # type: ignore[arg-type]
-                                             pretrain_splits, force and pre_dir not in forced, progress)
-                forced.add(pre_dir)  # shared by configurations: started afresh once
-            result = finetune(dataset_store, out / row["eval_dir"], apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
-                              seeds=seeds, probe=probe, std=std, force=force, collect=collect, progress=progress)
-        except KebrError as e:
-            raise KebrError(f"Configuration {spec.name}: {e}") from None
-        row |= split_summary(result.summary)
+        results = []
+        for pseed, pre_dir, eval_dir in mine:
+            label = f"{spec.name}" + (f", pretraining seed {pseed}" if len(items) > 1 else "")
+            try:
+                checkpoint = None
+                if pre_dir is not None:
+                    pre_cfg = apply_spec(pretrain_cfg, spec)
+                    pre_cfg.train.seed = pseed
+                    # Shards may need the same pretraining at once: one trains it, the others wait and reuse it.
+                    # Only rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
+                    with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
+                        checkpoint = _pretrained(pretrain_store, pre_dir, pre_cfg, pretrain_splits,  # type: ignore[arg-type]
+                                                 force and pre_dir not in forced, progress)
+                    forced.add(pre_dir)  # shared by configurations: started afresh once
+                results.append(finetune(dataset_store, eval_dir, apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
+                                        seeds=seeds, probe=probe, std=std, force=force, collect=collect, progress=progress))
+            except KebrError as e:
+                raise KebrError(f"Configuration {label}: {e}") from None
+        if shard is not None:
+            rows.append(row | {"name": ", ".join(
+                f"{spec.name}" + (f" (pretraining seed {pseed})" if len(items) > 1 else "") for pseed, _, _ in mine)})
+            continue
+        # Every (pretraining seed, fine-tuning seed) run of the configuration: P x F (1 x F without pretraining).
+        every_run = [metrics for result in results for metrics in result.per_seed]
+        row |= split_summary(aggregate(every_run, std))
+        row["values"] = {k: [[metrics[k] for metrics in result.per_seed] for result in results] for k in METRIC_NAMES}
         if probe:
-            row["probe"] = {name: split_summary(stats) for name, stats in result.probe.items()}
+            probes = [p for result in results for p in result.per_seed_probe]
+            row["probe"] = {name: split_summary(aggregate([p[name] for p in probes], std)) for name in probes[0]}
         rows.append(row)
         progress("configurations", n + 1, len(specs), {})
     if unfinished:
@@ -277,22 +310,57 @@ def ablate(
     reference = next((r["mean"] for r in rows if r["name"] == "C1" and r["mean"]), None)
     for r in rows:
         r["avg_change"] = relative_change(r["mean"], reference) if reference is not None and r["mean"] else None
+    delta_caption = _paired_differences(rows, pseeds) if len(pseeds) >= 2 else ""
     payload = {
         "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
-        "pretrain_splits": pretrain_splits,
-        "pretrain_on_test": pretrain_on_test and str(pretrain_store) == str(dataset_store),
-        "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
+        "pretrain_splits": pretrain_splits, "pretrain_on_test": data.on_test if data is not None else False,
+        "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes,
+        **({"vs_C1": delta_caption} if delta_caption else {}), "configurations": rows,
     }
     runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
+    # With two or more pretraining seeds: the pretraining seeds and the paired differences vs C1 (DELTA_METRICS).
+    delta_columns = [f"delta_{k}{end}" for k in DELTA_METRICS for end in ("", "_low", "_high", "_p")] if delta_caption else []
     with (out / runs.RESULTS_CSV).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "kind", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
-                    *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "std_ddof", "avg_change"])
+                    *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "std_ddof", "avg_change",
+                    *(["pretrain_seeds", *delta_columns] if delta_caption else [])])
         for r in rows:
+            extra = []
+            if delta_caption:
+                vs = r.get("vs_C1") or {}
+                extra = [" ".join(map(str, r.get("pretrain_seeds", []))),
+                         *[vs[k][x] if k in vs else "" for k in DELTA_METRICS for x in ("mean", "low", "high", "p_value")]]
             w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
                         r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
-                        *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"]])
-    return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=pretraining_caption(payload))
+                        *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"], *extra])
+    return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=pretraining_caption(payload),
+                          pretrain_seeds=pseeds, delta_caption=delta_caption)
+
+
+def _paired_differences(rows: list[dict], pretrain_seeds: list[int]) -> str:
+    """Set each finished row's "vs_C1" to the paired difference (row − C1) of each of DELTA_METRICS over its
+    (P, F) grid of runs (`stats.paired_difference`), and return what the intervals cover ("" without C1).
+    A configuration without pretraining ran once per fine-tuning seed: its F results pair with every
+    pretraining seed's row of C1. Rows of earlier calls with other seeds get none (they are not paired)."""
+    c1 = next((r for r in rows if r["name"] == "C1" and r.get("values") and r.get("pretrain_seeds") == pretrain_seeds), None)
+    if c1 is None:
+        return ""
+    methods = set()
+    for r in rows:
+        r.pop("vs_C1", None)
+        if r is c1 or not r.get("values") or r.get("seeds") != c1["seeds"] or r.get("pretrain_seeds") not in ([], pretrain_seeds):
+            continue
+        r["vs_C1"] = {}
+        for k in DELTA_METRICS:
+            a = np.asarray(c1["values"][k], dtype=np.float64)  # (P, F)
+            b = np.broadcast_to(np.asarray(r["values"][k], dtype=np.float64), a.shape)  # (P, F) or (1, F) → (P, F)
+            diff = paired_difference(a, b, metric=k)
+            r["vs_C1"][k] = diff.to_dict()
+            methods.add(diff.method)
+    n_f = np.asarray(c1["values"][DELTA_METRICS[0]]).shape[1]
+    return (f"Δ vs C1: configuration − C1, paired over {len(pretrain_seeds)} pretraining × {n_f} fine-tuning seeds; "
+            f"95 % interval: {'; '.join(sorted(methods)) or 'none (no other configuration)'}")
 
 
 def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[str] | None, force: bool,
@@ -306,16 +374,30 @@ def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[s
     return pretrain(store, run_dir, cfg, splits=splits, resume_if_possible=True, force=force, progress=progress).checkpoint
 
 
-def _unfinished(out: Path, spec: AblationSpec, seeds: Sequence[int], probe: bool) -> str:
-    """What a configuration still lacks in `out` ("pretraining", "seeds 3, 4"), or "" when it has finished."""
-    if spec.pretrain and not (out / runs.ABLATION_PRETRAIN / spec.pretrain_key() / runs.FINAL / runs.WEIGHTS).is_file():
-        return "pretraining"
+def _items(out: Path, spec: AblationSpec, pretrain_seeds: Sequence[int]) -> list[tuple[int, Path | None, Path]]:
+    """(pretraining seed, pretraining run or None, fine-tuning run) of each run of a configuration
+    (`runs.pretrain_seed_runs`): one per pretraining seed, one in all without pretraining (nothing there
+    depends on the pretraining seed)."""
+    evals = runs.pretrain_seed_runs(out / runs.ABLATION_RUNS / spec.name, pretrain_seeds if spec.pretrain else [0])
+    if not spec.pretrain:
+        return [(seed, None, run) for seed, run in evals]
+    pres = runs.pretrain_seed_runs(out / runs.ABLATION_PRETRAIN / spec.pretrain_key(), pretrain_seeds)
+    return [(seed, pre, run) for (seed, pre), (_, run) in zip(pres, evals)]
+
+
+def _unfinished(item: tuple[int, Path | None, Path], spec: AblationSpec, seeds: Sequence[int], probe: bool) -> str:
+    """What one run of a configuration still lacks ("pretraining", "seeds 3, 4"; with several pretraining
+    seeds the seed is named), or "" when it has finished."""
+    pseed, pre_dir, eval_dir = item
+    which = f" of pretraining seed {pseed}" if eval_dir.name != spec.name else ""
+    if pre_dir is not None and not (pre_dir / runs.FINAL / runs.WEIGHTS).is_file():
+        return f"pretraining{which}"
     missing = []
     for seed in seeds:
-        done = runs.seed_dir(out / runs.ABLATION_RUNS / spec.name, seed) / runs.TEST_JSON
+        done = runs.seed_dir(eval_dir, seed) / runs.TEST_JSON
         if not done.is_file() or (probe and "probe" not in json.loads(done.read_text())):
             missing.append(str(seed))
-    return f"seed(s) {', '.join(missing)}" if missing else ""
+    return f"seed(s) {', '.join(missing)}{which}" if missing else ""
 
 
 def _earlier_rows(out: Path, dataset_store: str | Path) -> list[dict]:

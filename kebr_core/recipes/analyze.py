@@ -6,9 +6,11 @@ Which figures each kind of run gets (`detect_kind`; the figures are `kebr_core.a
 - pretraining run: balance, training_curves;
 - evaluation run: balance, pca, training_curves (seed-averaged);
 - search (`kebr tune`): optimization_history, param_importances, slice_<key> per searched key;
-- ablation: g_sweep (its g-sweep configurations), balance and pca (the pair with and without MCC:
+- ablation: g_sweep (its g-sweep configurations), differences (the forest plot: every finished
+  configuration's paired difference against C1, `recipes.compare.against_reference`), balance and pca (the pair with and without MCC:
   C1 and C4, or another pair that differs only in MCC), training_curves (every finished configuration),
-  and balance.csv (`run_readers.balance_table`).
+  and balance.csv (`run_readers.balance_table`);
+- comparison (a `kebr compare` output folder): differences, from its compare.json.
 
 Each figure is written in every requested format (png, pdf, svg) into the output folder (default
 RUN_DIR/plots) with index.md, a one-line caption per figure and the reason each skipped one was skipped.
@@ -22,7 +24,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -30,16 +32,21 @@ from matplotlib.figure import Figure
 from kebr_core import runs
 from kebr_core.analysis import (
     DPI,
+    MIN_SPAN,
     BalanceSeries,
+    ForestPanel,
     SweepPoint,
     balance_figure,
     configurations_curves_figure,
+    forest_figure,
     g_sweep_figure,
     pca_figure,
     training_curves_figure,
     tune_figures,
 )
 from kebr_core.errors import KebrError
+from kebr_core.metrics import metric_display
+from kebr_core.recipes.compare import against_reference
 from kebr_core.run_readers import (
     BALANCE_COLUMNS,
     RunDataMissing,
@@ -53,9 +60,12 @@ from kebr_core.run_readers import (
     mcc_zero_cosine,
     pretrain_curves,
     read_ablation,
+    read_comparison,
+    seed_grids,
 )
 
-PLOT_NAMES = ("g_sweep", "balance", "pca", "training_curves")  # the order of the files and of index.md
+PLOT_NAMES = ("g_sweep", "differences", "balance", "pca", "training_curves")
+FOREST_METRICS = ("mae", "acc2_non0")  # the forest plot's panels: the regression error and the headline accuracy  # the order of the files and of index.md
 FORMATS = ("png", "pdf", "svg")
 # What `analyze` wrote into its output folder last time, so that a rerun removes the plots it no longer makes.
 WRITTEN_MANIFEST = ".kebr-analyze.json"
@@ -188,7 +198,36 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
         return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and |θa − θv| of each of the {len(curves_of)} "
                                f"finished configurations ({seeds}).")
 
-    return {"g_sweep": g_sweep, "balance": balance, "pca": pca, "training_curves": training}
+    def differences() -> Figure:
+        comparisons, left_out = against_reference(seed_grids(run_dir))
+        if not comparisons:
+            raise RunDataMissing(left_out[0] if left_out else "The ablation has one finished configuration; paired "
+                                                              "differences need two.")
+        reference = comparisons[0].reference.label
+        first = next(iter(comparisons[0].differences.values()))
+        level = f"{first.confidence * 100:g} %"
+        fig = forest_figure(forest_panels([(c.run.label, c.to_dict()["metrics"]) for c in comparisons], reference),
+                            f"Paired differences vs {reference} on {dataset}, {level} intervals over "
+                            f"{first.n_pretrain} × {first.n_finetune} (pretraining × fine-tuning) seeds")
+        caption = (f"Test MAE and Acc-2 (non0) of each configuration minus {reference}'s, per seed pair: mean and "
+                   f"{level} interval ({first.method}).")
+        if left_out:
+            caption += f" Left out, not paired: {'; '.join(left_out)}"
+        return _captioned(fig, caption)
+
+    return {"g_sweep": g_sweep, "differences": differences, "balance": balance, "pca": pca, "training_curves": training}
+
+
+def _comparison_plots(run_dir: Path) -> dict[str, PlotBuilder]:
+    def differences() -> Figure:
+        reference, rows = read_comparison(run_dir)
+        first = next(iter(rows[0][1].values()), {}) if rows else {}
+        seeds = f", over {first['n_pretrain']} × {first['n_finetune']} (pretraining × fine-tuning) seeds" if first else ""
+        fig = forest_figure(forest_panels(rows, reference), f"Paired differences vs {reference} ({run_dir.name}){seeds}")
+        return _captioned(fig, f"Test MAE and Acc-2 (non0) of each compared run minus {reference}'s, per seed pair: "
+                               "mean and interval (compare.json says over which seeds).")
+
+    return {"differences": differences}
 
 
 def _tune_figures(run_dir: Path) -> tuple[dict[str, Figure], dict[str, str]]:
@@ -216,7 +255,8 @@ def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict
     kind = detect_kind(run_dir)
     if kind == "tune":
         return kind, *_tune_figures(run_dir)
-    planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots}
+    planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots,
+                "comparison": _comparison_plots}
     figures: dict[str, Figure] = {}
     skipped: dict[str, str] = {}
     for name, build in planners[kind](run_dir).items():
@@ -225,6 +265,29 @@ def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict
         except RunDataMissing as e:
             skipped[name] = str(e)
     return kind, figures, skipped
+
+
+def forest_panels(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], reference: str) -> list[ForestPanel]:
+    """The panels of `analysis.forest_figure`, one per metric of `FOREST_METRICS` that the rows have:
+    rows = [(configuration, {metric: {"mean", "low", "high"}})] (compare.json's "metrics" shape; null
+    bounds: no interval). Accuracies go to percentage points."""
+    panels = []
+    for metric in FOREST_METRICS:
+        present = [(label, m[metric]) for label, m in rows if metric in m]
+        if not present:
+            continue
+        name, percent, decimals = metric_display(metric)
+        scale = 100.0 if percent else 1.0
+
+        def column(key: str) -> np.ndarray:
+            return np.array([np.nan if d.get(key) is None else float(d[key]) * scale for _, d in present])
+
+        better = "lower" if metric == "mae" else "higher"
+        panels.append(ForestPanel(
+            title=name, xlabel=f"Δ {name}{' (points)' if percent else ''} vs {reference}, {better} is better",
+            labels=[label for label, _ in present], mean=column("mean"), low=column("low"), high=column("high"),
+            span=MIN_SPAN["percent" if percent else "mae"], decimals=decimals))
+    return panels
 
 
 # ───────────────────────── the files ─────────────────────────
@@ -250,7 +313,7 @@ def write_balance_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
     """index.md: each figure with its one-line caption and files, the plots skipped and why, the tables."""
     kind = {"pretrain": "a pretraining run", "finetune": "an evaluation run", "ablation": "an ablation",
-            "tune": "a search (kebr tune)"}[report.kind]
+            "comparison": "a kebr compare output", "tune": "a search (kebr tune)"}[report.kind]
     lines = [f"# Plots of `{run_dir}`", "", f"Made by `kebr analyze` from {kind}.", ""]
     for name, info in report.plots.items():
         files = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in info.paths)

@@ -34,9 +34,9 @@ from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, resolve_config
 from kebr_core.data.store import FeatureStore
 from kebr_core.data.synth import SynthConfig, generate_synth
 from kebr_core.errors import KebrError
-from kebr_core.recipes.ablate import PRETRAIN_SPLITS_WITHOUT_TEST, AblationSpec, ablate, apply_spec, build_specs
+from kebr_core.recipes.ablate import AblationSpec, ablate, apply_spec, build_specs
 from kebr_core.recipes.finetune import finetune
-from kebr_core.recipes.pretrain import pretrain
+from kebr_core.recipes.pretrain import PRETRAIN_SPLITS_WITHOUT_TEST, pretrain
 from kebr_core.training import ProgressFn, no_progress
 
 if TYPE_CHECKING:  # importing demo_media loads PyAV: only the clip steps do

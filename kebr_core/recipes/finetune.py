@@ -24,6 +24,11 @@ With `probe=True` the chosen weights are also tested with one modality removed (
 zeroed (frames kept, every value 0) or absent (no frames, as a video without audio or face). The metrics
 go to test.json's "probe" and results.json's "probe" (mean and std over seeds): how much the model uses
 each stream.
+
+A multi-seed pretraining (`kebr pretrain --seeds P`: pseed-S/ runs, `runs.pretrain_seed_runs`) is
+fine-tuned from each of its pretrainings by `finetune_each_pretraining`: run_dir/pseed-S/ is an
+evaluation run as above, and run_dir/results.json the mean ± std over all P × F runs (`per_run` lists
+them with their pretraining and fine-tuning seeds).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import copy
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -77,6 +83,8 @@ class EvalResult:
     probe: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # "audio absent" → metric → (mean, std)
     unlabeled: dict[str, int] = field(default_factory=dict)  # split → samples left out for a NaN label
     pending: list[int] = field(default_factory=list)  # seeds not finished (other shards'); summary empty then
+    per_seed_probe: list[dict[str, dict[str, float]]] = field(default_factory=list)  # with probe: per seed, "audio absent" → metrics
+    seeds: list[int] = field(default_factory=list)  # the seeds of the run (per_seed is in their order once all finished)
 
 
 def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> dict[str, torch.Tensor]:
@@ -229,7 +237,55 @@ def finetune(
         _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
     barrier(info)
     return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
-                      unlabeled=unlabeled)
+                      unlabeled=unlabeled, per_seed_probe=probes, seeds=seeds)
+
+
+@dataclass
+class NestedEvalResult:
+    """`finetune_each_pretraining`: one EvalResult per pretraining seed, and the summary over all P × F runs."""
+
+    run_dir: Path
+    pretrain_seeds: list[int]
+    per_pretraining: list[EvalResult]
+    summary: dict[str, tuple[float, float]]  # metric → (mean, std) over every run; empty while seeds are pending
+
+
+def is_multi_seed_pretraining(path: str | Path) -> bool:
+    """Whether `path` is a folder of pseed-S pretraining runs (`kebr pretrain --seeds P`), not one run."""
+    path = Path(path)
+    return bool(runs.run_pretrain_seeds(path)) and not (path / runs.FINAL).exists() and not (path / runs.WEIGHTS).exists()
+
+
+def finetune_each_pretraining(store_path: str | Path, run_dir: str | Path, cfg: RunConfig, pretrained: str | Path, *,
+                              std: str = "sample", **options) -> NestedEvalResult:
+    """`finetune` from each pretraining of the multi-seed pretraining `pretrained` into run_dir/pseed-S/
+    (module docstring; `options` as `finetune`'s), then results.json and results.csv over every run."""
+    run_dir = Path(run_dir)
+    pseeds = runs.run_pretrain_seeds(pretrained)
+    results = []
+    for (pseed, pre_run), (_, eval_run) in zip(runs.pretrain_seed_runs(pretrained, pseeds),
+                                               runs.pretrain_seed_runs(run_dir, pseeds)):
+        try:
+            results.append(finetune(store_path, eval_run, RunConfig.from_dict(cfg.to_dict()), checkpoint=pre_run,
+                                    std=std, **options))
+        except KebrError as e:
+            raise KebrError(f"Pretraining seed {pseed} ({pre_run}): {e}") from None
+    if any(r.pending or not r.summary for r in results):
+        return NestedEvalResult(run_dir, pseeds, results, summary={})
+    per_run = [{"pretrain_seed": pseed, "seed": metrics_seed, **metrics}
+               for pseed, r in zip(pseeds, results) for metrics_seed, metrics in zip(r.seeds, r.per_seed)]
+    summary = aggregate([r for result in results for r in result.per_seed], std)
+    if os.environ.get("RANK", "0") == "0":  # the main process of a DDP job writes the summary
+        payload = {"pretrained": str(pretrained), "pretrain_seeds": pseeds, "seeds": results[0].seeds,
+                   "runs": [str(r.run_dir.relative_to(run_dir)) for r in results],
+                   **split_summary(summary), "std_ddof": STD_DDOF[std], "per_run": per_run}
+        runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
+        with (run_dir / runs.RESULTS_CSV).open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["metric", "mean", "std", "std_ddof", *[f"pseed_{r['pretrain_seed']}_seed_{r['seed']}" for r in per_run]])
+            for k, (m, sd) in summary.items():
+                w.writerow([k, m, sd, STD_DDOF[std], *[r[k] for r in per_run]])
+    return NestedEvalResult(run_dir, pseeds, results, summary)
 
 
 EpochHook = Callable[[int, dict[str, float]], "bool | None"]

@@ -1,7 +1,10 @@
 """Recipe: knowledge-enhanced pretraining (paper §3.2, §3.5; docs/design.md §6).
 
-Every sample of the store (or of the chosen splits; labels are not needed) has its strongest sentiment
-word masked (§3.2). The model predicts that word's lexicon score from the fused representation at the
+Every sample of the chosen splits (labels are not needed) has its strongest sentiment word masked (§3.2).
+Which splits: `pretraining_data`, the one rule `kebr pretrain` and `kebr ablate` share. A store with a
+test split is pretrained on its train, valid and unlabeled samples only: the paper pretrains on separate
+unlabeled video, and pretraining on the test inputs (even without labels) would be transductive;
+`on_test` opts in. The splits and the sample count are in config.json (and the splits in the identity). The model predicts that word's lexicon score from the fused representation at the
 masked position:
 
     L = L1(pred, y_mask)  (Eq. 16)  +  λ · L_mcc  (Eq. 10, 17)
@@ -44,6 +47,46 @@ from kebr_core.runs import MetricsLog
 from kebr_core.training import ProgressFn, no_progress, resolve_device, seed_everything, train_epoch
 
 
+PRETRAIN_SPLITS_WITHOUT_TEST = ("train", "valid", "unlabeled")
+
+
+@dataclass(frozen=True)
+class PretrainData:
+    """Which samples of a store pretraining reads (`pretraining_data`)."""
+
+    store: str
+    splits: list[str] | None  # None: every sample (the store has no test split, or on_test)
+    on_test: bool  # the test split's inputs are pretrained on (by choice)
+    note: str  # the one sentence both commands print about it ("" when the store has no test split)
+
+
+def pretraining_data(store_path: str | Path, splits: Sequence[str] | None = None, on_test: bool = False) -> PretrainData:
+    """The rule for which samples pretraining uses (module docstring): `splits` when given (naming `test`
+    needs `on_test`), else the store's samples outside its test split, or all of them with `on_test` or
+    when there is no test split. KebrError for an unknown split name."""
+    store = FeatureStore(store_path)
+    has_test = len(store.indices("test")) > 0
+    if splits is not None:
+        splits = [s.strip() for s in splits if s.strip()]
+        store.indices(splits)  # an unknown name is one sentence
+        if not splits:
+            raise KebrError("--splits names no split; give e.g. train,valid,unlabeled.")
+        if "test" in splits and has_test and not on_test:
+            raise KebrError(f"--splits names test: pretraining on the test inputs of {store_path} would be "
+                            "transductive; pass --pretrain-on-test as well to do it knowingly.")
+        return PretrainData(str(store_path), splits, on_test="test" in splits and has_test, note="")
+    if not has_test:
+        return PretrainData(str(store_path), None, on_test=False, note="")
+    if on_test:
+        return PretrainData(str(store_path), None, on_test=True, note=(
+            f"Pretraining uses all samples of {store_path}, the test split's inputs included (--pretrain-on-test; "
+            "labels unused)."))
+    chosen = list(PRETRAIN_SPLITS_WITHOUT_TEST)
+    return PretrainData(str(store_path), chosen, on_test=False, note=(
+        f"Pretraining uses the {', '.join(chosen)} samples of {store_path} (labels unused; the test split is left "
+        "out, as pretraining on test inputs would be transductive: --pretrain-on-test includes it)."))
+
+
 @dataclass
 class PretrainResult:
     run_dir: Path
@@ -52,6 +95,7 @@ class PretrainResult:
     last_row: dict[str, float]
     samples: int  # samples pretrained on
     samples_without_words: int  # selected samples left out: their text has no word to mask
+    seed: int = 0  # the pretraining seed (train.seed)
 
 
 def pretrain_identity(store_path: str | Path, cfg: RunConfig, splits: Sequence[str] | None = None) -> dict:
@@ -174,4 +218,34 @@ def pretrain(
         runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
     barrier(info)
     return PretrainResult(run_dir=run_dir, checkpoint=final, epochs_done=epoch, last_row=row, samples=len(used),
-                          samples_without_words=without_words)
+                          samples_without_words=without_words, seed=cfg.train.seed)
+
+
+def pretrain_each_seed(
+    store_path: str | Path,
+    run_dir: str | Path,
+    cfg: RunConfig,
+    pretrain_seeds: Sequence[int] | None = None,
+    *,
+    splits: Sequence[str] | None = None,
+    resume: bool = False,
+    resume_if_possible: bool = False,
+    force: bool = False,
+    progress: ProgressFn = no_progress,
+) -> list[PretrainResult]:
+    """`pretrain` once per pretraining seed (`train.seed` of each run; None: `cfg.train.seed` alone) into
+    `runs.pretrain_seed_runs(run_dir, seeds)`: `run_dir` itself for one seed, run_dir/pseed-S for several.
+    With several seeds `resume` continues each seed's run where it has a checkpoint and starts the others
+    (a seed that had not saved one yet when the run stopped)."""
+    seeds = [cfg.train.seed] if pretrain_seeds is None else [int(s) for s in pretrain_seeds]
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise KebrError(f"The pretraining seeds must be distinct and at least one, not {seeds}.")
+    several = len(seeds) > 1
+    results = []
+    for seed, seed_run in runs.pretrain_seed_runs(run_dir, seeds):
+        seed_cfg = RunConfig.from_dict(cfg.to_dict())
+        seed_cfg.train.seed = seed
+        results.append(pretrain(store_path, seed_run, seed_cfg, splits=splits, resume=resume and not several,
+                                resume_if_possible=resume_if_possible or (resume and several), force=force,
+                                progress=progress))
+    return results

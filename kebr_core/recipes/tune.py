@@ -24,8 +24,8 @@ Finalising (`finalize`, after the last trial): trials.csv (one row per trial: MM
 the validation split, every parameter, state, objective value, epochs run, seconds), best.toml (the best
 trial's whole configuration, replayable with `kebr eval --config best.toml`), then the best and the base
 configurations each evaluated once over `seeds` on test (`finetune`, into best-eval/ and base-eval/),
-and tune.json with both summaries and, when `kebr_core.stats` is present, the paired difference per
-metric over the shared seeds.
+and tune.json with both summaries and the paired difference per test metric over the shared seeds
+(`kebr_core.stats.paired_difference`).
 
 Over 400 lines, it stays one module because it is one cohesive thing: the search's lifecycle (study,
 objective, stopping rule, finalising) around one Optuna study.
@@ -34,9 +34,9 @@ objective, stopping rule, finalising) around one Optuna study.
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import io
-import csv
 import json
 import math
 import time
@@ -44,6 +44,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from kebr_core import runs
 from kebr_core.config import RunConfig, config_toml
@@ -59,8 +61,9 @@ from kebr_core.recipes.finetune import (
     split_datasets,
 )
 from kebr_core.recipes.setup import configure_from_store
-from kebr_core.shards import locked
 from kebr_core.search_space import SearchSpace, parse_space, space_identity
+from kebr_core.shards import locked
+from kebr_core.stats import paired_difference
 from kebr_core.training import NonFiniteLoss, ProgressFn, no_progress, resolve_device
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -430,15 +433,9 @@ def _space_of(run_dir: Path) -> SearchSpace:
     return parse_space({k: v["choices"] if "choices" in v else v for k, v in recorded.items()}, "the run's space")
 
 
-def paired_statistics(base: Sequence[dict[str, float]], best: Sequence[dict[str, float]]) -> dict[str, Any] | None:
-    """Per metric, the paired difference best − base over the shared seeds (`kebr_core.stats.paired_difference`,
-    P = 1 pretraining seed); None where that module is not part of this installation."""
-    try:
-        from kebr_core.stats import paired_difference
-    except ImportError:
-        return None
-    import numpy as np
-
+def paired_statistics(base: Sequence[dict[str, float]], best: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Per test metric, the paired difference best − base over the shared fine-tuning seeds
+    (`stats.paired_difference` on (1, F) grids: one pretraining, so the interval covers fine-tuning seeds)."""
     out = {}
     for metric in base[0]:
         a = np.array([[r[metric] for r in base]], dtype=np.float64)
