@@ -107,8 +107,11 @@ def tune(
                               "pruning", to_stdout=not as_json)
             if result.final:
                 mae = {k: result.final[k]["mean"]["mae"] for k in ("best", "base")}
+                d = result.final["paired"]["mae"]
+                interval = f" [{d['low']:+.4f}, {d['high']:+.4f}]" if d["low"] == d["low"] else ""  # NaN: one seed
                 report.result(f"on test over {len(result.final['seeds'])} seed(s): MAE {mae['best']:.4f} (best) vs "
-                              f"{mae['base']:.4f} (base); replay: kebr eval --dataset {dataset} --config "
+                              f"{mae['base']:.4f} (base), paired Δ {d['mean']:+.4f}{interval}; replay: kebr eval "
+                              f"--dataset {dataset} --config "
                               f"{out / runs.BEST_TOML}" + (f" --pretrained {pretrained}" if pretrained else ""),
                               to_stdout=not as_json)
             report.result(f"trials: [bold]{out / runs.TRIALS_CSV}[/]   log: {report.log_path}", to_stdout=not as_json)

@@ -156,6 +156,12 @@ def test_the_test_split_is_never_read_during_the_search(tiny_store: Path, tmp_pa
     assert all(tokenized[i] == "" for i in test_ids) and all(tokenized[i] == texts[i] for i in range(len(texts)) if i not in test_ids)
     assert not test_texts & set(tokenized)
     assert not (tmp_path / "run" / "best-eval").exists()
+    # --stage both: each trial pretrains first, on train + valid only
+    both = tune(tiny_store, tmp_path / "both", base_config(epochs=1), space,
+                TuneOptions(trials=1, stage="both", pretrain_epochs=1, sampler_seed=0), finalize=False)
+    assert both.finished == 1
+    pretrain_run = json.loads((tmp_path / "both" / "trials" / "trial-0000" / "pretrain" / "config.json").read_text())
+    assert pretrain_run["splits"] == ["train", "valid"] and pretrain_run["mcc"]["g"] == both.trials[0].params["mcc.g"]
 
 
 def test_pruning_stops_a_bad_trial_early(tiny_store: Path, tmp_path: Path) -> None:

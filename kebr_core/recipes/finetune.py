@@ -29,6 +29,9 @@ A multi-seed pretraining (`kebr pretrain --seeds P`: pseed-S/ runs, `runs.pretra
 fine-tuned from each of its pretrainings by `finetune_each_pretraining`: run_dir/pseed-S/ is an
 evaluation run as above, and run_dir/results.json the mean ± std over all P × F runs (`per_run` lists
 them with their pretraining and fine-tuning seeds).
+
+Over 400 lines, it is one cohesive thing: fine-tuning with selection on validation (`fit_on_validation`,
+the one loop `kebr tune` also runs) and the single evaluation on test, with the data they share.
 """
 
 from __future__ import annotations
