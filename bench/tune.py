@@ -12,7 +12,8 @@ and (g, λ) are from the grid's, and how many fine-tuning epochs pruning did not
 Everything runs on the CPU with one thread, the tiny random BERT of the tests and a frozen encoder, so
 it takes minutes; the numbers say how the search behaves, not what KEBR reaches on real data.
 
-    python bench/tune.py [--trials 12] [--repeats 3] [--grid 5] [--epochs 4] [--json out.json]
+    python bench/tune.py [--trials 24] [--repeats 3] [--grid 5] [--epochs 4] [--json out.json]
+    (results: bench/results/tune.txt)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from _common import cpu_name  # noqa: E402
 from kebr_core.config import RunConfig  # noqa: E402
 from kebr_core.data.synth import SynthConfig, generate_synth  # noqa: E402
 from kebr_core.recipes.tune import TuneOptions, tune  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> None:
                                            TuneOptions(trials=args.trials, sampler=method, sampler_seed=rep), args.epochs))
 
     ref_value = reference["value"]
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads 1; store: synth n={args.samples}, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores (shared), torch threads 1; store: synth n={args.samples}, "
           f"{args.epochs} epochs per trial")
     print(f"reference: {args.grid}x{args.grid} grid over (g, λ), no pruning: best valid MAE {ref_value:.4f} at "
           f"g={reference['params']['mcc.g']:.2f}, λ={reference['params']['mcc.weight']:.2f} "

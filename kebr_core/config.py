@@ -357,20 +357,22 @@ def _section(d: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
     return dict(value)
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A configuration file: JSON (any run's config.json) or TOML ([model], [mcc], [train] tables)."""
+def load_config_file(path: str | Path, option: str = "--config", holds: str = "model/mcc/train sections") -> dict[str, Any]:
+    """A configuration file: JSON (any run's config.json) or TOML ([model], [mcc], [train] tables; any
+    `.toml` file). `option` and `holds` name the file and what it must hold in errors (`kebr tune`'s
+    --space files are read here too)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise KebrError(f"--config {path} cannot be read: {e.strerror or e}.") from None
+        raise KebrError(f"{option} {path} cannot be read: {e.strerror or e}.") from None
     try:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
-        raise KebrError(f"--config {path} is not valid {kind}: {e}.") from None
+        raise KebrError(f"{option} {path} is not valid {kind}: {e}.") from None
     if not isinstance(data, dict):
-        raise KebrError(f"--config {path} must hold model/mcc/train sections, not a {type(data).__name__}.")
+        raise KebrError(f"{option} {path} must hold {holds}, not a {type(data).__name__}.")
     return data
 
 

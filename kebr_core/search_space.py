@@ -1,6 +1,6 @@
 """The search space of `kebr tune`: dotted RunConfig keys mapped to distributions (README "Hyperparameter search").
 
-A space file is TOML (or JSON) with one entry per setting, each key a dotted field of `RunConfig` as
+A space file is TOML (`.toml`; otherwise JSON) with one entry per setting, each key a dotted field of `RunConfig` as
 `--set` takes it:
 
     "mcc.g"        = {low = -0.4, high = 0.4}              # a float range (uniform)
@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from kebr_core.config import RunConfig, field_type
+from kebr_core.config import RunConfig, field_type, load_config_file
 from kebr_core.errors import KebrError
 
 RANGE_KEYS = frozenset({"low", "high", "log", "step"})
@@ -92,21 +91,11 @@ def load_space(name_or_path: str | Path, leave_out: tuple[str, ...] = ()) -> Sea
         entries = {k: v for k, v in BUILTIN_SPACES[str(name_or_path)].items() if k not in leave_out}
         return parse_space(entries, f"--space {name_or_path}")
     path = Path(name_or_path)
-    source = f"--space {path}"
-    try:
-        text = path.read_text()
-    except OSError as e:
-        known = ", ".join(BUILTIN_SPACES)
-        raise KebrError(f"{source} cannot be read ({e.strerror or e}); give a TOML or JSON space file or a built-in "
-                        f"space ({known}).") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
-        raise KebrError(f"{source} is not valid {kind}: {e}.") from None
-    if not isinstance(data, dict):
-        raise KebrError(f"{source} must map dotted settings to ranges or lists, not a {type(data).__name__}.")
-    return parse_space(data, source)
+    if not path.is_file():
+        raise KebrError(f"--space {path} is neither a file nor a built-in space ({', '.join(BUILTIN_SPACES)}); give "
+                        "a TOML or JSON space file.")
+    data = load_config_file(path, "--space", "dotted settings mapped to ranges or lists")
+    return parse_space(data, f"--space {path}")
 
 
 def _flatten(entries: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -118,7 +118,7 @@ def test_space_files_toml_json_and_builtin(tmp_path: Path) -> None:
     assert "model.layers" not in {p.key for p in load_space("paper", leave_out=("model.layers",))}
     with pytest.raises(KebrError, match=r"--space .*bad.toml is not valid TOML"):
         load_space(tmp_path / "bad.toml")
-    with pytest.raises(KebrError, match=r"--space .*missing.toml cannot be read .* built-in space \(paper\)"):
+    with pytest.raises(KebrError, match=r"--space .*missing.toml is neither a file nor a built-in space \(paper\)"):
         load_space(tmp_path / "missing.toml")
 
 
