@@ -291,6 +291,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_resume_after_kill_9_mid_trial_reruns_that_trial(tiny_store: Path, tmp_path: Path) -> None:
     space, run = tmp_path / "space.toml", tmp_path / "run"
     space.write_text(SPACE)
