@@ -279,7 +279,9 @@ def tune(
     if finalize_only or (finalize and done >= options.trials):
         if result.best is None:
             raise KebrError(f"No trial of the search in {run_dir} has completed yet; nothing to finalise.")
-        result.final = _finalize(study, store_path, run_dir, base, result, options, checkpoint, progress)
+        # processes sharing this folder finish one after the other: the second reuses the seeds the first ran
+        with locked(run_dir / runs.LOCK):
+            result.final = _finalize(study, store_path, run_dir, base, result, options, checkpoint, progress)
     else:
         write_trials_csv(run_dir / runs.TRIALS_CSV, result.trials, space, str(store_path))
     return result
