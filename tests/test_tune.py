@@ -398,3 +398,12 @@ def test_two_processes_share_one_postgresql_study(tiny_store: Path, tmp_path: Pa
         subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_trial_whose_loss_diverges_fails_and_a_search_of_only_those_stops(tiny_store: Path, tmp_path: Path) -> None:
+    space = parse_space({"train.lr": [1e30]}, "s")
+    cfg = base_config(epochs=1)
+    cfg.train.lr_fusion = None
+    with pytest.raises(KebrError, match=r"2 trials of the search in .* failed \(the loss became NaN or infinite"):
+        tune(tiny_store, tmp_path / "run", cfg, space, TuneOptions(trials=1), finalize=False)
+    assert [t.state.name for t in load_study(tmp_path / "run").trials] == ["FAIL", "FAIL"]

@@ -157,7 +157,7 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # kebr prints its own line per trial
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # kebr prints its own line per trial (failed ones too)
     # heartbeats, fail_stale_trials and the retry callback are marked experimental; kebr relies on them knowingly
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = runs.study_url(run_dir, options.storage)
@@ -333,7 +333,8 @@ def _search(study, store, store_path, split_index, base, space, options, run_dir
             done, _ = _counts(study_)
             on_trial(record, _best(study_), done, options.trials)
         done, running = _counts(study_)
-        if done + running >= options.trials:
+        failed = len(study_.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        if done + running >= options.trials or failed >= 2 * options.trials:  # the loop below says why
             study_.stop()
 
     while True:
@@ -341,6 +342,10 @@ def _search(study, store, store_path, split_index, base, space, options, run_dir
         done, running = _counts(study)
         if done >= options.trials:
             return
+        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        if failed >= 2 * options.trials:  # e.g. every learning rate of the space makes the loss NaN
+            raise KebrError(f"{failed} trials of the search in {run_dir} failed (the loss became NaN or infinite, or "
+                            "their processes died); narrow the space (e.g. lower learning rates) and run again.")
         if done + running < options.trials:
             study.optimize(objective, callbacks=[report], catch=(NonFiniteLoss,))
         else:  # the last trials run in other processes: wait until they finish or their heartbeat stops
