@@ -16,7 +16,7 @@ from kebr_core import runs
 
 @app.command()
 def compare(
-    inputs: list[str] = typer.Argument(..., metavar="RUN_A RUN_B [RUN_C …]", help="Evaluation runs, ablation directories (every finished configuration) or one configuration of an ablation as ABLATION_DIR:NAME (e.g. runs/ablate:C4). The first is the reference; each other is compared with it."),
+    run_dirs: list[str] = typer.Argument(..., help="Evaluation runs, ablation directories (every finished configuration) or one configuration of an ablation as ABLATION_DIR:NAME (e.g. runs/ablate:C4). The first is the reference; each other is compared with it."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for compare.json and compare.csv (default: compare-A-vs-B… beside the first run)."),
     confidence: float = typer.Option(0.95, "--confidence", parser=number(0, 1, low_open=True, high_open=True), help="Confidence level of the intervals."),
     force: bool = typer.Option(False, "--force", help="Replace compare.json/compare.csv in --out even when they hold another comparison."),
@@ -28,7 +28,7 @@ def compare(
     from kebr_core.recipes.compare import compare as run_compare
 
     with user_errors():
-        result = run_compare(inputs, out, confidence=confidence, force=force)
+        result = run_compare(run_dirs, out, confidence=confidence, force=force)
     if as_json:
         typer.echo(json.dumps({"out": str(result.out)} | json.loads((result.out / runs.COMPARE_JSON).read_text()), indent=2))
         return

@@ -88,7 +88,7 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
     differences vs C1 ("vs_C1", two or more pretraining seeds): a column "Δ … vs C1 [95 % CI]" for MAE and
     for Acc-2 (non0, in percentage points), and `delta_caption` (what the interval covers) in the caption."""
     mark = {True: "✓", False: "✗"}
-    deltas = [("mae", "Δ MAE vs C1\n[95 % CI]", 1.0, 3), ("acc2_non0", "Δ Acc-2 vs C1\n[95 % CI], pp", 100.0, 1)]
+    deltas = [("mae", "Δ MAE vs C1\n[95 % CI]"), ("acc2_non0", "Δ Acc-2 vs C1\n[95 % CI], pp")]
     with_delta = any(r.get("vs_C1") for r in rows)
     body: list[Row] = []
     for r in rows:
@@ -96,33 +96,35 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
         summary = {k: (r["mean"][k], r["std"][k]) for k in r["mean"]} if r["mean"] else None
         tail = ["" if r["avg_change"] is None else f"{r['avg_change']:+.2f}"]
         if with_delta:
-            tail += [delta_cell((r.get("vs_C1") or {}).get(k), scale, digits) for k, _, scale, digits in deltas]
+            tail += [delta_cell((r.get("vs_C1") or {}).get(k), k) for k, _ in deltas]
         body.append((components, summary, tail, "skipped"))
     captions = [note, delta_caption if with_delta else "",
                 "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)"]
     return metrics_table("Ablation on the test split", ["config", "pre-train", "TCMF", "MCC", "g"],
-                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg", *([h for _, h, _, _ in deltas] if with_delta else [])],
+                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg", *([h for _, h in deltas] if with_delta else [])],
                          body, seeds, width, std=std, caption="\n".join(c for c in captions if c),
                          pretrain_seeds=pretrain_seeds)
 
 
-def delta_cell(diff: Optional[dict], scale: float, digits: int) -> str:
-    """A paired difference as "+0.012" over "[−0.010, +0.034]" (values × scale); "" without one."""
+def delta_cell(diff: Optional[dict], metric: str) -> str:
+    """An ablation row's paired difference vs C1 ({"mean", "low", "high"}) as "+0.012" over
+    "[−0.010, +0.034]"; "" without one."""
     if not diff:
         return ""
-    mean, low, high = (scale * diff[k] for k in ("mean", "low", "high"))
-    return f"{mean:+.{digits}f}\n[{low:+.{digits}f}, {high:+.{digits}f}]"
+    return difference_cell(metric, diff["mean"], diff["low"], diff["high"], two_lines=True)
 
 
-def difference_cell(metric: str, mean: float, low: float, high: float) -> str:
+def difference_cell(metric: str, mean: float, low: float, high: float, two_lines: bool = False) -> str:
     """A paired difference and its interval as tables print it: "+0.012 [−0.004, +0.028]" (accuracies and
-    F1 in percentage points); a difference without an interval (one pair) prints alone."""
+    F1 in percentage points), the interval on a second line with `two_lines`; a difference without an
+    interval (one pair) prints alone."""
     _, percent, decimals = metric_display(metric)
     scale = 100.0 if percent else 1.0
     point = f"{mean * scale:+.{decimals}f}"
-    if not (math.isfinite(low) and math.isfinite(high)):
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return point
-    return f"{point} [{low * scale:+.{decimals}f}, {high * scale:+.{decimals}f}]"
+    gap = "\n" if two_lines else " "
+    return f"{point}{gap}[{low * scale:+.{decimals}f}, {high * scale:+.{decimals}f}]"
 
 
 def comparison_table(comparison, dataset: str = "") -> Table:

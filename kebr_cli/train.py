@@ -167,9 +167,13 @@ def pretrain(
         store = one_store(store, dataset, "pretrain")
         renamed(loader_workers, workers, "--loader-workers", "--workers")  # the old name: a note, or an error if both
         check_run_dir(out, store)
-        if config is None and (resume or resume_if_possible) and not force:
+        resuming = (resume or resume_if_possible) and not force
+        if resuming and seeds is None and runs.run_pretrain_seeds(out):  # a multi-seed run continues with its seeds
+            seeds = ",".join(map(str, runs.run_pretrain_seeds(out)))
+        if config is None and resuming:
             # A resumed run starts from its own settings; options typed now override them (and must match).
-            config = out / runs.CONFIG if (out / runs.CONFIG).is_file() else None
+            first = runs.pretrain_seed_runs(out, parse_seeds(seeds))[0][1] if seeds is not None else out
+            config = first / runs.CONFIG if (first / runs.CONFIG).is_file() else None
         cfg = command_config(ctx, "pretrain", preset=preset, config_file=config, sets=set_, skip=("seeds",))
         if print_config_:
             print_config(cfg.to_dict())

@@ -178,19 +178,36 @@ def eval_seeds(run_dir: Path) -> list[int]:
     return ordered + sorted(s for s in present if s not in ordered)
 
 
+def evaluation_runs(run_dir: Path) -> list[Path]:
+    """The evaluation runs in `run_dir`: itself, or its pseed-S runs when it is a folder of evaluations over
+    several pretraining seeds (`runs.pretrain_seed_runs`), in seed order."""
+    if eval_seeds(run_dir) or not (nested := runs.run_pretrain_seeds(run_dir)):
+        return [run_dir]
+    return [runs.pretrain_seed_dir(run_dir, seed) for seed in nested]
+
+
 def eval_curves(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
-    """Seed-averaged per-epoch columns of an evaluation run, and the number of seeds averaged."""
-    seeds = eval_seeds(run_dir)
-    if not seeds:
+    """Seed-averaged per-epoch columns of an evaluation run (over several pretraining seeds: of every
+    run of each, `evaluation_runs`), and the number of runs averaged."""
+    paths = [runs.seed_dir(run, seed) / runs.METRICS for run in evaluation_runs(run_dir) for seed in eval_seeds(run)]
+    if not paths:
         raise RunDataMissing(f"Evaluation run {run_dir} has no seed-S directories with metrics.")
-    tables = readable_tables([runs.seed_dir(run_dir, seed) / runs.METRICS for seed in seeds], EVAL_COLUMNS)
+    tables = readable_tables(paths, EVAL_COLUMNS)
     if not tables:
         raise RunDataMissing(f"No seed of evaluation run {run_dir} has a readable seed-S/metrics.csv.")
     return mean_over_seeds(tables, EVAL_COLUMNS[1:]), len(tables)
 
 
 def pretrain_curves(run_dir: Path) -> dict[str, np.ndarray]:
-    return read_metrics_csv(run_dir / runs.METRICS, PRETRAIN_COLUMNS)
+    """The per-epoch columns of a pretraining run; of a folder of runs over several pretraining seeds
+    (pseed-S), their mean with a "_std" column each (`mean_over_seeds`)."""
+    nested = runs.run_pretrain_seeds(run_dir) if not (run_dir / runs.METRICS).is_file() else []
+    if not nested:
+        return read_metrics_csv(run_dir / runs.METRICS, PRETRAIN_COLUMNS)
+    tables = readable_tables([runs.pretrain_seed_dir(run_dir, seed) / runs.METRICS for seed in nested], PRETRAIN_COLUMNS)
+    if not tables:
+        raise RunDataMissing(f"No pretraining seed of {run_dir} has a readable pseed-S/metrics.csv.")
+    return mean_over_seeds(tables, PRETRAIN_COLUMNS[1:])
 
 
 # ───────────────────────── test representations ─────────────────────────
@@ -204,9 +221,10 @@ class TestFeatures:
 
 
 def load_test_features(run_dir: Path) -> TestFeatures:
-    """The first seed's (in the run's seed order) seed-S/test_features.npz that exists."""
-    for seed in eval_seeds(run_dir):
-        path = runs.seed_dir(run_dir, seed) / runs.TEST_FEATURES
+    """The first seed's (in the run's seed order; over several pretraining seeds, of the first one's run)
+    seed-S/test_features.npz that exists."""
+    for run, seed in [(run, seed) for run in evaluation_runs(run_dir) for seed in eval_seeds(run)]:
+        path = runs.seed_dir(run, seed) / runs.TEST_FEATURES
         if not path.is_file():
             continue
         try:

@@ -152,7 +152,12 @@ def pretrain_seed_runs(root: str | Path, pretrain_seeds: Iterable[int]) -> list[
     pretrain_seeds = [int(s) for s in pretrain_seeds]
     if len(pretrain_seeds) == 1:
         return [(pretrain_seeds[0], Path(root))]
-    return [(s, Path(root) / f"pseed-{s}") for s in pretrain_seeds]
+    return [(s, pretrain_seed_dir(root, s)) for s in pretrain_seeds]
+
+
+def pretrain_seed_dir(root: str | Path, pretrain_seed: int) -> Path:
+    """The run folder of one pretraining seed in a folder of several (`pretrain_seed_runs`)."""
+    return Path(root) / f"pseed-{pretrain_seed}"
 
 
 def run_pretrain_seeds(root: str | Path) -> list[int]:

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from kebr_cli.main import app
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter
 from tests.conftest import TINY_BERT, write_tiny_store
+from tests.paired_runs import DATA, write_eval_run
 
 runner = CliRunner()
 FAST = ["--text-model", TINY_BERT, "--batch-size", "8"]
@@ -370,7 +371,32 @@ MESSAGES = [
          may_create=("x.h5",), check=_check_no_asr),
 ]
 
-CASES = SECURITY + RANGES + OS_ERRORS + LABELS + MESSAGES
+# ── comparisons ────────────────────────────────────────────────────────────────────────────────────────
+
+
+def _paired(tmp: Path, **other) -> list[str]:
+    """`kebr compare A B` where B differs from A as `other` says (tests/paired_runs.py's layout)."""
+    a = write_eval_run(tmp / "a", [1.0, 1.1, 1.2])
+    b = write_eval_run(tmp / "b", [1.1, 1.1, 1.3], **other)
+    return ["compare", str(a), str(b), "-o", str(tmp / "cmp")]
+
+
+def _with_pretraining_run(tmp: Path) -> list[str]:
+    pre = tmp / "pre"
+    pre.mkdir()
+    (pre / "config.json").write_text(json.dumps({"stage": "pretrain"}))
+    return ["compare", str(write_eval_run(tmp / "a", [1.0, 1.1, 1.2])), str(pre)]
+
+
+COMPARE = [
+    Case("compare runs on other data", lambda t: _paired(t, data=DATA | {"content_sha256": "0ther"}), 1,
+         "cannot be paired with"),
+    Case("compare runs on other seeds", lambda t: _paired(t, seeds=(0, 1, 7)), 1,
+         "other fine-tuning seeds (finished: 0, 1, 7 vs 0, 1, 2)"),
+    Case("compare a pretraining run", lambda t: _with_pretraining_run(t), 1, "is a pretraining run"),
+]
+
+CASES = SECURITY + RANGES + OS_ERRORS + LABELS + MESSAGES + COMPARE
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

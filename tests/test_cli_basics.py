@@ -119,7 +119,8 @@ def test_training_option_names_agree() -> None:
 
     training = (options(helps["pretrain"]) | options(helps["eval"])) - {
         "--resume", "--resume-if-possible", "--seed", "--checkpoint-every", "--help", "--epochs", "--pretrained", "--dataset",
-        "--out"}  # ablate always continues its finished work: no --resume flags
+        "--out", "--splits"}  # ablate always continues its finished work: no --resume flags; its pretraining data is
+    # --pretrain-store without the test split (--pretrain-on-test), as pretrain's default: no --splits
     missing = training - options(helps["ablate"])
     assert not missing, missing
 

@@ -73,7 +73,7 @@ def test_ablate_pretrain_store_equal_to_the_dataset_follows_the_rule(tmp_path: P
     assert json.loads((out / "pretrain" / "tcmf-mcc-g+0.20-paper-tile" / "config.json").read_text())["samples"] == 32
     # one pretraining seed: today's layout, and no Δ column (its interval would cover fine-tuning seeds only)
     assert (out / "pretrain" / "tcmf-nomcc" / "final").is_dir() and (out / "runs" / "C4" / "seed-1" / "test.json").is_file()
-    assert "Δ" not in r.stdout and "vs_C1" not in payload and not any("vs_C1" in c for c in payload["configurations"])
+    assert "Δ" not in r.stdout and "vs_C1_interval" not in payload and not any("vs_C1" in c for c in payload["configurations"])
     assert "delta_mae" not in (out / "results.csv").read_text()
 
 
@@ -109,6 +109,12 @@ def test_pretrain_seeds_give_one_run_each_and_eval_fine_tunes_each(tmp_path: Pat
     assert results["pretrain_seeds"] == [0, 1] and results["seeds"] == [0, 1] and len(results["per_run"]) == 4
     maes = [run["mae"] for run in results["per_run"]]
     np.testing.assert_allclose(grid.values["mae"].ravel(), maes)
+
+    # --resume continues every pretraining seed's run, with the run's own settings and seeds
+    r = runner.invoke(app, ["pretrain", str(store), "-o", str(pre), "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert [len((pre / f"pseed-{s}" / "metrics.csv").read_text().splitlines()) for s in (0, 1)] == [3, 3]
+    assert not (pre / "config.json").exists()
     assert results["mean"]["mae"] == pytest.approx(np.mean(maes))
     assert results["std"]["mae"] == pytest.approx(np.std(maes, ddof=1))
 
@@ -175,6 +181,11 @@ def test_ablate_pretrain_seeds_nest_fine_tuning_and_resume_only_what_is_missing(
     np.testing.assert_allclose(grids["no-pretrain+no-mcc"].values["mae"], np.repeat(lone["values"]["mae"], 2, axis=0))
     balance = [b for b in balance_table(out) if b["config"] == "C1"]
     assert [(b["stage"], b["seeds"]) for b in balance] == [("pretraining", 2), ("fine-tuning", 4)]
+    # kebr analyze draws from every pretraining seed's runs
+    from kebr_core.recipes.analyze import build_figures
+
+    _, figures, skipped = build_figures(out)
+    assert {"balance", "pca", "training_curves"} <= set(figures), skipped
 
 
 def check_delta_column(out: Path, output: str) -> None:
@@ -186,7 +197,7 @@ def check_delta_column(out: Path, output: str) -> None:
 
     payload = json.loads((out / "ablation.json").read_text())
     c1, c4 = payload["configurations"]
-    assert "vs_C1" not in c1
+    assert "vs_C1" not in c1 and payload["vs_C1_interval"].startswith("Δ vs C1: configuration − C1, paired over 2")
     for k in ("mae", "acc2_non0"):
         grid = {name: [[json.loads((out / "runs" / name / f"pseed-{p}" / f"seed-{f}" / "test.json").read_text())["test"][k]
                         for f in (0, 1)] for p in (0, 1)] for name in ("C1", "C4")}

@@ -21,7 +21,8 @@ pretrained once per pretraining seed and each pretraining fine-tuned over the F 
 `runs.pretrain_seed_runs`; P = 1 is the single-run layout). A configuration without pretraining does not
 depend on the pretraining seed: it runs F times, and its results pair with every pretraining seed. Each
 row's "values" holds its test metrics as (P, F) lists (1 × F without pretraining); with P ≥ 2 each row
-also gets "vs_C1": the paired difference from C1 of DELTA_METRICS (`stats.paired_difference`).
+also gets "vs_C1": the paired difference from C1 of DELTA_METRICS (`stats.paired_difference`), and
+ablation.json's "vs_C1_interval" says what the intervals cover.
 
 Reruns: finished pretraining runs and fine-tuning seeds are reused when their identity (settings, data,
 seeds; `kebr_core.runs`) matches, and a configuration whose runs hold other settings is refused with one
@@ -315,7 +316,7 @@ def ablate(
         "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
         "pretrain_splits": pretrain_splits, "pretrain_on_test": data.on_test if data is not None else False,
         "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes,
-        **({"vs_C1": delta_caption} if delta_caption else {}), "configurations": rows,
+        **({"vs_C1_interval": delta_caption} if delta_caption else {}), "configurations": rows,
     }
     runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
     # With two or more pretraining seeds: the pretraining seeds and the paired differences vs C1 (DELTA_METRICS).

@@ -154,6 +154,10 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     data, configs = read_ablation(run_dir)
     dataset = Path(str(data.get("dataset") or run_dir.name)).name  # a store's file name, not its path
     seeds = _seeds_text(len(data.get("seeds") or [])) if data.get("seeds") else "mean ± std over seeds"
+    pretraining = "one run"
+    if len(data.get("pretrain_seeds") or []) > 1:  # the runs of every pretraining seed are averaged together
+        seeds = f"{seeds} of each of {len(data['pretrain_seeds'])} pretraining seeds"
+        pretraining = f"mean ± std over {len(data['pretrain_seeds'])} pretraining seeds"
 
     def g_sweep() -> Figure:
         points = [
@@ -169,12 +173,12 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
         for c in pair:
             curves, n = eval_curves(c.eval_dir)
             series.append(BalanceSeries(c.label, "fine-tuning", _stage_columns(curves, "train_"), c.mcc, c.mcc_zero))
-            if c.pretrain_dir is not None and (c.pretrain_dir / runs.METRICS).is_file():
+            if c.pretrain_dir is not None and ((c.pretrain_dir / runs.METRICS).is_file() or len(c.pretrain_seeds) > 1):
                 series.append(BalanceSeries(c.label, "pretraining", _stage_columns(pretrain_curves(c.pretrain_dir), ""),
                                             c.mcc, c.mcc_zero))
         fig = balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: {seeds})")
         return _captioned(fig, f"c_a, c_v and |θa − θv| per epoch, {pair[0].name} with MCC vs {pair[1].name} without, "
-                               f"in pretraining (one run) and fine-tuning ({seeds}).")
+                               f"in pretraining ({pretraining}) and fine-tuning ({seeds}).")
 
     def pca() -> Figure:
         pair = mcc_pair(configs)

@@ -282,12 +282,8 @@ def finetune_each_pretraining(store_path: str | Path, run_dir: str | Path, cfg: 
         payload = {"pretrained": str(pretrained), "pretrain_seeds": pseeds, "seeds": results[0].seeds,
                    "runs": [str(r.run_dir.relative_to(run_dir)) for r in results],
                    **split_summary(summary), "std_ddof": STD_DDOF[std], "per_run": per_run}
-        runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
-        with (run_dir / runs.RESULTS_CSV).open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["metric", "mean", "std", "std_ddof", *[f"pseed_{r['pretrain_seed']}_seed_{r['seed']}" for r in per_run]])
-            for k, (m, sd) in summary.items():
-                w.writerow([k, m, sd, STD_DDOF[std], *[r[k] for r in per_run]])
+        write_summary(run_dir, payload, summary, std, [f"pseed_{r['pretrain_seed']}_seed_{r['seed']}" for r in per_run],
+                      per_run)
     return NestedEvalResult(run_dir, pseeds, results, summary)
 
 
@@ -431,9 +427,16 @@ def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_s
     }
     if probe_summary:
         payload["probe"] = {name: split_summary(stats) for name, stats in probe_summary.items()}
+    write_summary(run_dir, payload, summary, std, [f"seed_{s}" for s in seeds], per_seed)
+
+
+def write_summary(run_dir: Path, payload: dict, summary: dict[str, tuple[float, float]], std: str, run_names: list[str],
+                  per_run: list[dict]) -> None:
+    """results.json (`payload`) and results.csv: a row per metric with its mean, std, std_ddof and the value of
+    each run (columns `run_names`, in the order of `per_run`)."""
     runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
     with (run_dir / runs.RESULTS_CSV).open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["metric", "mean", "std", "std_ddof", *[f"seed_{s}" for s in seeds]])
+        w.writerow(["metric", "mean", "std", "std_ddof", *run_names])
         for k, (m, sd) in summary.items():
-            w.writerow([k, m, sd, STD_DDOF[std], *[r[k] for r in per_seed]])
+            w.writerow([k, m, sd, STD_DDOF[std], *[r[k] for r in per_run]])
