@@ -13,12 +13,13 @@ import kebr_cli.demo  # noqa: F401
 import kebr_cli.extract  # noqa: F401
 import kebr_cli.predict  # noqa: F401
 import kebr_cli.train  # noqa: F401
+import kebr_cli.tune  # noqa: F401
 
 # `kebr --help` lists the commands in the order a study uses them, under these panels (the README's
 # command table follows the same order; tests/test_cli_basics.py checks both).
 WORKFLOW = {
     "Data": ("extract", "import", "synth", "merge", "inspect"),
-    "Training": ("pretrain", "eval"),
+    "Training": ("pretrain", "eval", "tune"),
     "Analysis": ("ablate", "compare", "analyze"),
     "Use": ("predict", "demo"),
 }

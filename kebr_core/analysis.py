@@ -7,7 +7,9 @@ their captions and the files are the recipe's (`kebr_core.recipes.analyze`).
   with and without MCC — the modality balance MCC is meant to produce;
 - pca: 2-D PCA of the fused test representations, coloured by sentiment label;
 - training_curves: task loss, MCC loss, validation MAE and the per-modality cosines per epoch (an
-  ablation: one line per configuration).
+  ablation: one line per configuration);
+- a search (`kebr tune`): Optuna's optimisation history, parameter importances and one slice plot per
+  parameter (`tune_figures`; Optuna draws them through pyplot, and each figure is closed there at once).
 
 Conventions, the same in every figure: each is 8 × 5 in (`FIGSIZE_IN`, saved at `DPI`); titles name the
 run, not its path (the path goes into the file's metadata and index.md); curves averaged over seeds
@@ -337,3 +339,35 @@ def forest_figure(panels: list[ForestPanel], title: str) -> Figure:
         ax.grid(axis="x", alpha=0.3)
     fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), fontsize="small")
     return fig
+
+
+def tune_figures(study, params: list[str]) -> dict[str, Figure]:
+    """Optuna's matplotlib figures of a search (`optuna.visualization.matplotlib`): "optimization_history"
+    (each trial's validation value and the best so far), "param_importances" (fANOVA; needs two completed
+    trials) and "slice_<key>" per searched key (value against the parameter). RunDataMissing without a
+    completed trial."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise RunDataMissing("no trial of the search has completed yet")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    metric = study.user_attrs.get("kebr_identity", {}).get("metric", "mae")
+    plots = {"optimization_history": lambda: ovm.plot_optimization_history(study, target_name=f"validation {metric}")}
+    if len(completed) >= 2:
+        plots["param_importances"] = lambda: ovm.plot_param_importances(study)
+    for key in params:
+        plots[f"slice_{key}"] = lambda key=key: ovm.plot_slice(study, params=[key], target_name=f"validation {metric}")
+    figures = {}
+    for name, draw in plots.items():
+        axes = draw()
+        fig = np.ravel(axes)[0].figure
+        plt.close(fig)  # out of pyplot's registry: the Figure stays usable, like the others here
+        fig.set_size_inches(*FIGSIZE_IN)
+        fig.suptitle(f"kebr tune: {name.replace('_', ' ')} ({len(completed)} completed trials)")
+        figures[name] = fig
+    return figures

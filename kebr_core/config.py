@@ -12,8 +12,8 @@ Every field is checked on construction and by `validate()` (the recipes call it 
 set fields by hand): a bad value is one `KebrError` sentence naming the field (or the CLI option it came
 from) and the allowed range. The defaults are smaller than the paper's where its values are impractical
 on a laptop (200 pretraining epochs: `preset="paper"`), and say so.
-It stays one module, though over 400 lines, because it is one cohesive thing: the settings and their
-checks (issue 31 moves each option's CLI name and help into the field declarations).
+It stays one module, though over 400 lines, because it is one cohesive thing: the configuration's
+fields, their checks, and its file forms (reading JSON/TOML, `config_toml` writing it back).
 """
 
 from __future__ import annotations
@@ -335,6 +335,13 @@ class RunConfig:
         return self.set_values(values, labels={k: f"--set {k}" for k in values})
 
 
+def field_type(key: str, source: str = "the configuration") -> Any:
+    """The type of the dotted field `key` (e.g. float for "mcc.g", `float | None` for "train.lr_fusion");
+    an unknown key is one sentence naming it and `source`, listing the known ones."""
+    section, name = _split_key(key, source)
+    return _field_types(type(getattr(RunConfig(), section)))[name]
+
+
 def _split_key(key: str, source: str) -> tuple[str, str]:
     section, _, name = key.partition(".")
     if section not in SECTIONS or name not in {f.name for f in dataclasses.fields(getattr(RunConfig(), section))}:
@@ -354,6 +361,21 @@ def _section(d: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
 _KEBR_MARKERS = ("stage", "includes_encoder")
 
 
+def read_settings_file(path: str | Path, option: str, holds: str) -> dict[str, Any]:
+    """A JSON or TOML (`.toml`) file holding a mapping, decoded strictly (`strict.read_user_text`).
+    `option` and `holds` name the file and what it must hold in errors (`--config`, `kebr tune`'s --space)."""
+    path = Path(path)
+    text = read_user_text(path, option)
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+    try:
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise KebrError(f"{option} {path} is not valid {kind}: {e}.") from None
+    if not isinstance(data, dict):
+        raise KebrError(f"{option} {path} must hold {holds}, not a {type(data).__name__}.")
+    return data
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A configuration file: JSON (any run's config.json) or TOML ([model], [mcc], [train] tables).
 
@@ -361,15 +383,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     file, except in a config.json kebr wrote (it names a "stage" or "includes_encoder"), whose other keys
     describe the run. Unknown keys inside a section are refused by `RunConfig.set_values`."""
     path = Path(path)
-    text = read_user_text(path, "--config")
-    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
-    try:
-        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise KebrError(f"--config {path} is not valid {kind}: {e}.") from None
-    if not isinstance(data, dict):
-        raise KebrError(f"--config {path} must hold model/mcc/train sections, not a {type(data).__name__}.")
-    if kind == "JSON" and any(marker in data for marker in _KEBR_MARKERS):
+    data = read_settings_file(path, "--config", "model/mcc/train sections")
+    if path.suffix.lower() != ".toml" and any(marker in data for marker in _KEBR_MARKERS):
         return data
     unknown = [key for key in data if key not in SECTIONS]
     if unknown:
@@ -403,3 +418,32 @@ def resolve_config(
 def paper_preset(stage: Literal["pretrain", "finetune"]) -> RunConfig:
     """The paper's settings (§4.2) for a stage; see `RunConfig.for_stage`."""
     return RunConfig.for_stage(stage, preset="paper")
+
+
+def config_toml(cfg: RunConfig, header: str = "") -> str:
+    """The whole configuration as a TOML file `--config` reads back to the same RunConfig (`resolve_config`
+    with stage "finetune"): [model], [mcc] and [train] tables, every field. TOML has no null: an unset
+    `train.lr_fusion` (None = the head's lr) is written as that lr, which means the same; other unset
+    fields (their default in every stage) are left out, with a comment."""
+    lines = [f"# {line}" for line in header.splitlines()] + ([""] if header else [])
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for name, value in dataclasses.asdict(getattr(cfg, section)).items():
+            if section == "train" and name == "lr_fusion" and value is None:
+                value = cfg.train.lr
+            if value is None:
+                lines.append(f"# {name}: unset")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # repr round-trips floats exactly (1e-05, 0.30000000000000004)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # a TOML basic string is a JSON string for these values

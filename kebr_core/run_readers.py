@@ -37,7 +37,7 @@ import numpy as np
 from kebr_core import runs
 from kebr_core.errors import KebrError
 
-RunKind = Literal["pretrain", "finetune", "ablation", "comparison"]
+RunKind = Literal["pretrain", "finetune", "ablation", "comparison", "tune"]
 
 PRETRAIN_COLUMNS = runs.PRETRAIN_COLUMNS
 EVAL_COLUMNS = runs.EVAL_COLUMNS[:8]  # what the plots read: the loss terms, the balance and the validation MAE
@@ -52,7 +52,7 @@ class RunDataMissing(Exception):
 
 def detect_kind(run_dir: Path) -> RunKind:
     """ablation.json → ablation; compare.json → comparison; else config.json's "stage" (pretrain /
-    finetune); else KebrError."""
+    finetune / tune); else KebrError."""
     if not run_dir.exists():
         raise KebrError(f"Run directory {run_dir} does not exist.")
     if not run_dir.is_dir():
@@ -63,9 +63,9 @@ def detect_kind(run_dir: Path) -> RunKind:
         return "comparison"
     if (run_dir / runs.CONFIG).is_file():
         stage = _read_json(run_dir / runs.CONFIG, "Run config").get("stage")
-        if stage in ("pretrain", "finetune"):
+        if stage in ("pretrain", "finetune", "tune"):
             return stage
-        raise KebrError(f"{run_dir / runs.CONFIG} names stage {stage!r}; expected 'pretrain' or 'finetune'.")
+        raise KebrError(f"{run_dir / runs.CONFIG} names stage {stage!r}; expected 'pretrain', 'finetune' or 'tune'.")
     raise KebrError(
         f"{run_dir} is not a KEBR run directory: it has no ablation.json, no compare.json and no config.json from "
         "pretrain or eval."
@@ -81,6 +81,26 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise KebrError(f"{what} {path} must hold a JSON object, not {type(data).__name__}.")
     return data
+
+
+def load_tune_study(run_dir: Path):
+    """The Optuna study of a `kebr tune` run (its tune.db, or the --storage URL config.json names; a
+    PostgreSQL password comes from ~/.pgpass, never from config.json) and the searched keys, in order."""
+    import warnings
+
+    import optuna
+
+    config = _read_json(run_dir / runs.CONFIG, "Run config")
+    url = runs.study_url(run_dir, config.get("storage"))
+    if url.startswith("sqlite") and not (run_dir / runs.TUNE_DB).is_file():
+        raise RunDataMissing(f"{run_dir} has no {runs.TUNE_DB}: no trial has run there")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        study = optuna.load_study(study_name=config.get("study", "kebr"), storage=url)
+    except Exception as e:  # an unreachable server, a missing study
+        raise KebrError(f"The study of {run_dir} ({url}) cannot be opened: {str(e).strip().splitlines()[0][:200]}.") from None
+    return study, list(config.get("space", {}))
 
 
 # ───────────────────────── per-epoch metrics ─────────────────────────

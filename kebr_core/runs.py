@@ -15,6 +15,8 @@ A pretraining run:
 An evaluation run: config.json, results.json, results.csv, seed-S/ (metrics.csv, test.json,
 predictions.csv, test_features.npz) and best-model/ (the seed with the lowest validation MAE).
 An ablation: ablation.json, results.csv, pretrain/<key>/ and runs/<name>/ (runs of the layouts above).
+A search (`kebr tune`): config.json, tune.db (the Optuna study), trials/trial-NNNN/metrics.csv,
+trials.csv, best.toml, tune.json, best-eval/ and base-eval/ (evaluation runs).
 
 What kebr writes (README "Trust and safety"). kebr writes only the names above, only into a folder it
 created or that holds a kebr run (a config.json of its own), never through a symbolic link below the
@@ -91,6 +93,14 @@ LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
 RUN_LOCK = ".kebr-run.lock"  # claimed by the job working on a run, or on some of its items (`claim_run`)
+# a search (`kebr tune`)
+TUNE_DB = "tune.db"  # the embedded SQLite Optuna study (unless --storage names another)
+TUNE_JSON = "tune.json"  # the finished search: best trial, its parameters, the final evaluation
+TRIALS_CSV = "trials.csv"  # one row per trial
+BEST_TOML = "best.toml"  # the best trial's full configuration (`kebr eval --config best.toml`)
+TRIALS_DIR = "trials"  # trials/trial-NNNN/metrics.csv (and pretrain/ with --stage both)
+BEST_EVAL = "best-eval"  # evaluation runs of the finalisation: the best configuration …
+BASE_EVAL = "base-eval"  # … and the base configuration, over the same seeds
 
 # ── metrics.csv columns (`training.epoch_row` writes them) ──
 PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
@@ -102,8 +112,9 @@ EVAL_COLUMNS = (
 # Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
 OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints"})
 # What a run directory's own files are: `force` removes these and nothing else.
-_OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK)
-_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last")  # last/: the layout before checkpoints/latest
+_OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,
+              BEST_TOML)
+_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL)  # last/: the layout before checkpoints/latest
 # Left by a kill inside `save_checkpoint`; also kebr's.
 _OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in (".tmp", ".old"))
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
@@ -113,6 +124,33 @@ _EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
 
 def seed_dir(run_dir: Path, seed: int) -> Path:
     return Path(run_dir) / f"seed-{seed}"
+
+
+def study_url(run_dir: Path, storage: str | None) -> str:
+    """The database URL of a search's Optuna study: `storage`, or sqlite in run_dir/tune.db. A plain
+    postgresql:// URL gets the driver that is installed (SQLAlchemy 2.1 assumes psycopg 3; kebr's postgres
+    extra installs psycopg2)."""
+    if storage is None:
+        return f"sqlite:///{(Path(run_dir) / TUNE_DB).resolve()}"
+    if storage.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + storage.removeprefix("postgresql://")
+    return storage
+
+
+def masked_url(url: str) -> str:
+    """A database URL with its password replaced by *** (for config.json, logs and messages)."""
+    head, sep, tail = url.partition("://")
+    credentials, at, host = tail.rpartition("@")
+    if at and ":" in credentials:
+        return f"{head}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    return Path(run_dir) / TRIALS_DIR / f"trial-{number:04d}"
 
 
 def run_seeds(run_dir: Path) -> list[int]:

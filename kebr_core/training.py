@@ -169,6 +169,11 @@ def store_features(store) -> dict[str, Any]:
 
 
 
+class NonFiniteLoss(KebrError):
+    """The loss became NaN or infinite (`check_finite`): a setting (a learning rate) the run cannot train
+    with. `kebr tune` records such a trial as failed and goes on."""
+
+
 def check_finite(bad_steps: Tensor, epoch: int) -> None:
     """Stop on a NaN/inf loss, naming the epoch and its first bad batch.
 
@@ -177,7 +182,7 @@ def check_finite(bad_steps: Tensor, epoch: int) -> None:
     so every rank sees the same counts and stops with the same sentence."""
     bad = torch.nonzero(bad_steps).flatten().tolist()
     if bad:
-        raise KebrError(
+        raise NonFiniteLoss(
             f"The loss became NaN or infinite at epoch {epoch}, batch {bad[0]} ({len(bad)} of the epoch's "
             f"{len(bad_steps)} batches): lower the learning rate or check the input features for NaN/inf values."
         )

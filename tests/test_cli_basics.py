@@ -51,7 +51,7 @@ def test_help_lists_commands_in_workflow_order_under_panels() -> None:
     panels = re.findall(r"╭─ (\w+) ─", out)
     assert panels == ["Options", "Data", "Training", "Analysis", "Use"]
     listed = re.findall(r"^│ (\w+) {2,}", out, flags=re.M)
-    assert listed == ["extract", "import", "synth", "merge", "inspect", "pretrain", "eval", "ablate", "compare",
+    assert listed == ["extract", "import", "synth", "merge", "inspect", "pretrain", "eval", "tune", "ablate", "compare",
                       "analyze", "predict", "demo"]
 
 

@@ -5,6 +5,7 @@ Which figures each kind of run gets (`detect_kind`; the figures are `kebr_core.a
 
 - pretraining run: balance, training_curves;
 - evaluation run: balance, pca, training_curves (seed-averaged);
+- search (`kebr tune`): optimization_history, param_importances, slice_<key> per searched key;
 - ablation: g_sweep (its g-sweep configurations), differences (the forest plot: every finished
   configuration's paired difference against C1, `recipes.compare.against_reference`), balance and pca (the pair with and without MCC:
   C1 and C4, or another pair that differs only in MCC), training_curves (every finished configuration),
@@ -50,6 +51,7 @@ from kebr_core.analysis import (
     g_sweep_figure,
     pca_figure,
     training_curves_figure,
+    tune_figures,
 )
 from kebr_core.errors import KebrError
 from kebr_core.io import open_for_writing, refuse_foreign
@@ -63,6 +65,7 @@ from kebr_core.run_readers import (
     detect_kind,
     eval_curves,
     load_test_features,
+    load_tune_study,
     mcc_pair,
     mcc_zero_cosine,
     pretrain_curves,
@@ -244,6 +247,22 @@ def _comparison_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     return {"differences": differences}
 
 
+def _tune_figures(run_dir: Path) -> tuple[dict[str, Figure], dict[str, str]]:
+    study, params = load_tune_study(run_dir)
+    captions = {"optimization_history": "Each trial's validation value (dots) and the best so far (line); pruned "
+                                        "and failed trials are not drawn.",
+                "param_importances": "How much of the variation of the validation value each parameter explains "
+                                     "(fANOVA over the completed trials)."}
+    try:
+        figures = tune_figures(study, params)
+    except RunDataMissing as e:
+        return {}, {"optimization_history": str(e)}
+    for name, fig in figures.items():
+        _captioned(fig, captions.get(name, f"The validation value of each completed trial against "
+                                           f"{name.removeprefix('slice_')}."))
+    return figures, {}
+
+
 def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict[str, str]]:
     """Detect the directory kind and build every plot that applies, without saving.
 
@@ -251,6 +270,8 @@ def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict
     directory is none of the three kinds."""
     run_dir = Path(run_dir)
     kind = detect_kind(run_dir)
+    if kind == "tune":
+        return kind, *_tune_figures(run_dir)
     planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots,
                 "comparison": _comparison_plots}
     figures: dict[str, Figure] = {}
@@ -309,7 +330,7 @@ def write_balance_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
     """index.md: each figure with its one-line caption and files, the plots skipped and why, the tables."""
     kind = {"pretrain": "a pretraining run", "finetune": "an evaluation run", "ablation": "an ablation",
-            "comparison": "a kebr compare output"}[report.kind]
+            "comparison": "a kebr compare output", "tune": "a search (kebr tune)"}[report.kind]
     lines = [f"# Plots of `{run_dir}`", "", f"Made by `kebr analyze` from {kind}.", ""]
     for name, info in report.plots.items():
         files = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in info.paths)
@@ -350,9 +371,7 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tup
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise KebrError(f"Output directory {out_dir} cannot be created ({e.strerror}).") from None
-    for name in PLOT_NAMES:
-        if name not in figures:
-            continue
+    for name in [*[n for n in PLOT_NAMES if n in figures], *[n for n in figures if n not in PLOT_NAMES]]:
         fig = figures[name]
         paths = []
         for fmt in dict.fromkeys(formats):

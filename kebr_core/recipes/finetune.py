@@ -29,8 +29,9 @@ A multi-seed pretraining (`kebr pretrain --seeds P`: pseed-S/ runs, `runs.pretra
 fine-tuned from each of its pretrainings by `finetune_each_pretraining`: run_dir/pseed-S/ is an
 evaluation run as above, and run_dir/results.json the mean ± std over all P × F runs (`per_run` lists
 them with their pretraining and fine-tuning seeds).
-It stays one module, though over 400 lines, because it is one cohesive thing: the fine-tuning recipe,
-for one pretraining or for each of several.
+It stays one module, though over 400 lines, because it is one cohesive thing: fine-tuning with
+selection on validation (`fit_on_validation`, the one loop `kebr tune` also runs) and the single
+evaluation on test, for one pretraining or for each of several.
 """
 
 from __future__ import annotations
@@ -130,6 +131,45 @@ def _plain(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def labeled_splits(store: FeatureStore, store_path, splits: Sequence[str] = ("train", "valid", "test"),
+                   ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The labeled samples of each of `splits` ({split: store indices}) and how many were left out for a NaN
+    label ({split: count}). A NaN label means unlabeled (README); an infinite one, or a split without
+    labeled samples, is refused in one sentence naming the store."""
+    labels = store.labels
+    infinite = np.flatnonzero(np.isinf(labels))
+    if len(infinite):
+        shown = ", ".join(repr(store.ids[i]) for i in infinite[:5]) + (" …" if len(infinite) > 5 else "")
+        raise KebrError(f"Store {store_path} has {len(infinite)} infinite label(s) (ids {shown}); re-import or "
+                        "re-extract it with finite labels (kebr refuses them now).")
+    split_index, unlabeled = {}, {}
+    for s in splits:
+        idx = store.indices(s)
+        split_index[s] = idx[~np.isnan(labels[idx])]
+        unlabeled[s] = len(idx) - len(split_index[s])
+        if len(split_index[s]) == 0:
+            raise KebrError(f"Store {store_path} has no labeled '{s}' samples; fine-tuning needs labeled "
+                            f"{', '.join(splits)} samples.")
+    return split_index, unlabeled
+
+
+def split_datasets(store: FeatureStore, split_index: dict[str, np.ndarray], cfg: RunConfig):
+    """(datasets {split: StoreDataset}, the Collator, token ids of every store text in store order) for the
+    splits of `split_index`. Texts are tokenised once for all splits; the texts of a split among
+    train/valid/test left out of `split_index` (the test split during `kebr tune`) are replaced by the
+    empty text, so they never reach the encoder."""
+    tokenizer = load_tokenizer(cfg.model.text_model)
+    left_out = store.indices([s for s in ("train", "valid", "test") if s not in split_index])
+    hidden = np.zeros(len(store), bool)
+    hidden[left_out] = True
+    texts = [t if not hide else "" for t, hide in zip(store.texts, hidden)]
+    token_ids = tokenize_plain(texts, tokenizer, cfg.model.max_text_len)
+    encoded = [{"input_ids": t} for t in token_ids]
+    datasets = {s: StoreDataset(store, split=s, labeled_only=True,
+                                text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
+    return datasets, Collator.from_config(cfg.model, tokenizer.pad_token_id), token_ids
+
+
 def finetune(
     store_path: str | Path,
     run_dir: str | Path,
@@ -164,20 +204,7 @@ def finetune(
     cfg.validate()
     seeds = list(cfg.train.seeds)
     store = FeatureStore(store_path)
-    # A NaN label means unlabeled (README): such samples are left out of fine-tuning and evaluation, and counted.
-    labels = store.labels
-    infinite = np.flatnonzero(np.isinf(labels))
-    if len(infinite):
-        shown = ", ".join(repr(store.ids[i]) for i in infinite[:5]) + (" …" if len(infinite) > 5 else "")
-        raise KebrError(f"Store {store_path} has {len(infinite)} infinite label(s) (ids {shown}); re-import or "
-                        "re-extract it with finite labels (kebr refuses them now).")
-    split_index, unlabeled = {}, {}
-    for s in ("train", "valid", "test"):
-        idx = store.indices(s)
-        split_index[s] = idx[~np.isnan(labels[idx])]
-        unlabeled[s] = len(idx) - len(split_index[s])
-        if len(split_index[s]) == 0:
-            raise KebrError(f"Store {store_path} has no labeled '{s}' samples; eval needs train, valid and test labels.")
+    split_index, unlabeled = labeled_splits(store, store_path)
     wanted = store.widths()
     if checkpoint is not None:
         checkpoint = runs.resolve_checkpoint(checkpoint)
@@ -208,12 +235,7 @@ def finetune(
             )
         barrier(info)
 
-        tokenizer = load_tokenizer(cfg.model.text_model)
-        token_ids = tokenize_plain(store.texts, tokenizer, cfg.model.max_text_len)  # once, for every split
-        encoded = [{"input_ids": t} for t in token_ids]
-        datasets = {s: StoreDataset(store, split=s, labeled_only=True,
-                                    text_encoder=lambda texts, s=s: [encoded[i] for i in split_index[s]]) for s in split_index}
-        collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
+        datasets, collate, token_ids = split_datasets(store, split_index, cfg)
 
         per_seed, best_epochs, probes, pending = [], [], [], []
         text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
@@ -294,10 +316,32 @@ def finetune_each_pretraining(store_path: str | Path, run_dir: str | Path, cfg: 
     return NestedEvalResult(run_dir, pseeds, results, summary)
 
 
-def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
-              best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False) -> dict:
-    if info.is_main:
-        seed_dir.mkdir(parents=True, exist_ok=True)
+EpochHook = Callable[[int, dict[str, float]], "bool | None"]
+"""on_epoch(epoch, row) after each fine-tuning epoch's validation (row: the metrics.csv row, valid_mae …):
+True stops the training there (the best epoch so far is kept); an exception it raises ends the run
+(`kebr tune` raises Optuna's TrialPruned from it). Nothing here knows who is listening."""
+
+
+@dataclass
+class Fitted:
+    """A fine-tuned model with the weights of its epoch with the lowest validation MAE loaded."""
+
+    model: torch.nn.Module
+    frozen: bool  # the text encoder was frozen (its outputs come from `cache`)
+    cache: object  # the frozen encoder's TextCache, or None
+    valid_mae: float
+    best_epoch: int
+    epochs_run: int
+    valid_metrics: dict[str, float]  # every MMSA metric on the validation split at best_epoch
+
+
+def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, checkpoint, device, info: DistInfo,
+                      progress: ProgressFn = no_progress, *, text_cache: dict, metrics_path: Path | None = None,
+                      on_epoch: EpochHook | None = None) -> Fitted:
+    """Fine-tune on datasets["train"] for cfg.train.epochs epochs (Eq. 17), predict datasets["valid"] after
+    each, and keep the weights of the epoch with the lowest validation MAE. Only these two splits are
+    read. metrics_path: metrics.csv to write (rank 0); on_epoch: `EpochHook`. text_cache: a dict shared
+    by the calls of one run (a frozen encoder's outputs are computed once)."""
     setup = setup_model(cfg, device, "finetune", token_ids=token_ids, checkpoint=checkpoint, seed=seed,
                         cache=text_cache.get("cache"), progress=progress)
     text_cache["cache"] = setup.cache
@@ -305,10 +349,11 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
     net = DistributedDataParallel(model) if info.enabled else model
 
     log = None
-    if info.is_main:
-        (seed_dir / runs.METRICS).unlink(missing_ok=True)
-        log = MetricsLog(seed_dir / runs.METRICS)
-    best = (math.inf, 0, None)  # (valid MAE, epoch, weights)
+    if metrics_path is not None and info.is_main:
+        metrics_path.unlink(missing_ok=True)
+        log = MetricsLog(metrics_path)
+    best = (math.inf, 0, None, {})  # (valid MAE, epoch, weights, valid metrics)
+    epoch = 0
     for epoch in range(1, cfg.train.epochs + 1):
         row = train_epoch(net, datasets["train"], collate, cache, opt, cfg, device, epoch, task="finetune",
                           frozen=frozen, info=info, seed=seed, prefix="train_", progress=progress)
@@ -320,9 +365,21 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
             log.append(row)
         progress(f"seed {seed}", epoch, cfg.train.epochs, row)
         if valid["mae"] < best[0]:
-            best = (valid["mae"], epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
-
+            best = (valid["mae"], epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}), valid)
+        if on_epoch is not None and on_epoch(epoch, row):
+            break
     model.load_state_dict(best[2])
+    return Fitted(model, frozen, cache, best[0], best[1], epoch, best[3])
+
+
+def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
+              best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False) -> dict:
+    if info.is_main:
+        seed_dir.mkdir(parents=True, exist_ok=True)
+    fitted = fit_on_validation(cfg, seed, datasets, collate, token_ids, checkpoint, device, info, progress,
+                               text_cache=text_cache, metrics_path=seed_dir / runs.METRICS)
+    model, frozen, cache = fitted.model, fitted.frozen, fitted.cache
+    best = (fitted.valid_mae, fitted.best_epoch)
     pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, info, features=True)
     test = msa_metrics(pred, label)
     result = {"seed": seed, "best_epoch": best[1], "valid_mae": best[0], "test": test}
