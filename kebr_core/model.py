@@ -226,6 +226,8 @@ class KEBRModel(nn.Module):
         text_index: the Collator's flat positions of valid tokens; TCMF then skips padding in its FFN."""
         if self.cfg.fusion == "tcmf":
             fused, value_a, value_v = self.fusion(x0t, audio, audio_mask, vision, vision_mask, text_index)
+            if self.mcc_cfg.align == "projected":  # the only reader of V, which it needs in d_t
+                value_a, value_v = self.fusion.values_in_text_width(value_a, value_v)
             return fused, text_mask, value_a, value_v
         return tuple(self.fusion(x0t, text_mask, audio, audio_mask, vision, vision_mask))
 

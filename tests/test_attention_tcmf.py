@@ -395,3 +395,50 @@ def test_late_fusion_from_config() -> None:
     fusion = LateFusion.from_config(ModelConfig(d_audio=5, d_vision=7, ffn="linear"), d_text=12)
     assert fusion.proj_audio.in_features == 5 and fusion.proj_vision.in_features == 7
     assert isinstance(fusion.ffn, nn.Linear)
+
+
+def test_attention_width_with_output_projection_hand_computed() -> None:
+    """width w (the authors' 256, models.py:67–79): Q, K, V of width w, softmax(QKᵀ/√w) V, then W_O back
+    to d_t; V comes back in w, and `value_in_text_width` maps it to d_t. Without a width: no W_O, the
+    same parameter names as before (old checkpoints load)."""
+    torch.manual_seed(0)
+    d_text, d_mod, width = 6, 3, 4
+    cma = CrossModalAttention(d_text, d_mod, width=width).double()
+    text_ln = torch.randn(2, 5, d_text, dtype=torch.float64)
+    modality = torch.randn(2, 7, d_mod, dtype=torch.float64)
+    mask = lengths_to_mask([7, 3], 7)
+    out, value = cma(text_ln, modality, mask)
+    ln = cma.ln_modality
+    m_ln = F.layer_norm(modality, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    q = text_ln @ cma.w_q.weight.T + cma.w_q.bias
+    k = m_ln @ cma.w_k.weight.T + cma.w_k.bias
+    v = m_ln @ cma.w_v.weight.T + cma.w_v.bias
+    scores = (q @ k.transpose(1, 2) / math.sqrt(width)).masked_fill(~mask[:, None, :], float("-inf"))
+    expected = scores.softmax(-1) @ v @ cma.w_o.weight.T + cma.w_o.bias
+    assert out.shape == (2, 5, d_text) and value.shape == (2, 7, width)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(cma.value_in_text_width(value), v @ cma.w_o.weight.T + cma.w_o.bias)
+    plain = CrossModalAttention(d_text, d_mod)
+    assert plain.w_o is None and plain.value_in_text_width(value) is value
+    assert set(plain.state_dict()) == set(cma.state_dict()) - {"w_o.weight", "w_o.bias"}
+
+
+def test_tcmf_with_attention_width_runs_every_alignment() -> None:
+    """A model with the authors' attention width trains under every MCC alignment; "projected" reads V
+    in d_t through W_O."""
+    torch.manual_seed(1)
+    tcmf = TCMF(8, 3, 2, layers=2, attention_width=4)
+    text = torch.randn(2, 5, 8)
+    audio, vision = torch.randn(2, 6, 3), torch.randn(2, 4, 2)
+    a_mask, v_mask = lengths_to_mask([6, 2], 6), lengths_to_mask([4, 1], 4)
+    fused, value_a, value_v = tcmf(text, audio, a_mask, vision, v_mask)
+    assert fused.shape == (2, 5, 8) and value_a.shape == (2, 6, 4) and value_v.shape == (2, 4, 4)
+    value_a, value_v = tcmf.values_in_text_width(value_a, value_v)
+    assert value_a.shape == (2, 6, 8) and value_v.shape == (2, 4, 8)
+    t_mask = torch.ones(2, 5, dtype=torch.bool)
+    for align in ("tile", "authors", "projected"):
+        out = mcc_loss(fused, t_mask, audio, a_mask, vision, v_mask, MCCConfig(align=align),
+                       value_audio=value_a, value_vision=value_v)
+        assert torch.isfinite(out.loss)
+    with pytest.raises(KebrError, match="attention width 6 is not divisible by the number of heads 4"):
+        TCMF(8, 3, 2, heads=4, attention_width=6)

@@ -41,7 +41,9 @@ from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.runs import MetricsLog
-from kebr_core.training import ProgressFn, no_progress, resolve_device, seed_everything, train_epoch
+from kebr_core.training import (
+    ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch,
+)
 
 
 @dataclass
@@ -97,10 +99,17 @@ def pretrain(
         raise KebrError(f"Nothing to resume in {run_dir}: it holds no checkpoint (pass --resume-if-possible to "
                         "start afresh when there is none).")
 
-    # Masking is seeded per store index, so it is done once here and the masked texts never change.
+    # Masking is seeded per store index, so it is done once here and the masked texts never change;
+    # with the random word redrawn per epoch, the texts without a lexicon word are masked anew each epoch.
     tokenizer = load_tokenizer(cfg.model.text_model)
-    masked = mask_batch(store.texts, tokenizer, load_lexicon(), cfg.model.max_text_len, seed=cfg.train.seed,
-                        skip_empty=True)
+    lexicon = load_lexicon()
+    per_epoch = cfg.train.random_word == "per-epoch"
+
+    def mask_for(epoch: int | None):
+        return mask_batch(store.texts, tokenizer, lexicon, cfg.model.max_text_len, seed=cfg.train.seed,
+                          skip_empty=True, epoch=epoch)
+
+    masked = mask_for(None)
     has_words = np.array([m is not None for m in masked])
     used = selected[has_words[selected]]
     if len(used) == 0:
@@ -119,10 +128,18 @@ def pretrain(
     placeholder = {"input_ids": tokenize_plain([""], tokenizer, cfg.model.max_text_len)[0], "mask_pos": 0, "mask_label": 0.0}
     in_use = np.zeros(len(store), dtype=bool)
     in_use[used] = True
-    encoded = [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i] else placeholder
-               for i, m in enumerate(masked)]
-    dataset = Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
+
+    def encode(masked_texts) -> list[dict]:
+        return [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i]
+                else placeholder for i, m in enumerate(masked_texts)]
+
+    def subset(encoded: list[dict]) -> Subset:
+        return Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
+
+    encoded = encode(masked)
+    dataset = subset(encoded)
     collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
+    random_word = [int(i) for i in used if not masked[i].from_lexicon]  # what a per-epoch redraw changes
 
     setup = setup_model(cfg, device, "pretrain", token_ids=[e["input_ids"] for e in encoded], progress=progress)
     model, frozen, cache, opt = setup.model, setup.frozen, setup.cache, setup.optimizer
@@ -151,6 +168,12 @@ def pretrain(
     snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
     try:
         for epoch in range(start_epoch, cfg.train.epochs + 1):
+            if per_epoch:  # every epoch's draw is a function of (seed, epoch): a resumed run draws the same
+                encoded = encode(mask_for(epoch))
+                dataset = subset(encoded)
+                if cache is not None and random_word:  # only the random words changed: re-encode those
+                    cache.replace(random_word, build_text_cache(
+                        model.encoder, [encoded[i]["input_ids"] for i in random_word], device))
             row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
                               info=info, seed=cfg.train.seed, progress=progress)
             if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
