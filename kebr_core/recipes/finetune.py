@@ -91,9 +91,10 @@ def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> 
 
 
 def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path) -> None:
-    """Fine-tuning uses the architecture the checkpoint was pretrained with (model and MCC geometry)."""
+    """Fine-tuning uses the architecture the checkpoint was pretrained with (model and MCC geometry),
+    except the lengths, dropout and the head's width: the heads are never loaded (`build_model`)."""
     saved = RunConfig.from_dict(runs.read_checkpoint_config(checkpoint), source=f"checkpoint {checkpoint}")
-    keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout"}
+    keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout", "head_hidden"}
     for name, value in vars(saved.model).items():
         if name not in keep:
             setattr(cfg.model, name, value)
