@@ -13,7 +13,7 @@ from torch import nn
 from kebr_core.config import MCCConfig, ModelConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.attention import CrossModalAttention, attention_with_dropout
-from kebr_core.modules.fusion import LateFusion
+from kebr_core.modules.fusion import STREAMS, LateFusion, SymmetricFusion
 from kebr_core.modules.mcc import mcc_loss
 from kebr_core.modules.tcmf import TCMF, TCMFLayer
 
@@ -442,3 +442,61 @@ def test_tcmf_with_attention_width_runs_every_alignment() -> None:
         assert torch.isfinite(out.loss)
     with pytest.raises(KebrError, match="attention width 6 is not divisible by the number of heads 4"):
         TCMF(8, 3, 2, heads=4, attention_width=6)
+
+
+def test_symmetric_fusion_one_layer_hand_wired() -> None:
+    """C3 "symmetric" (our reading of Table 4's caption): audio and vision projected to d_t, then each of
+    the three streams attends to the other two (M_s = LN(X_s) + Σ_o CMA_{s←o}, X_s' = FFN(LN(M_s)) + M_s)
+    and h = Σ_s masked_mean(X_s'); written out from the submodules for K = 1."""
+    torch.manual_seed(30)
+    fusion = SymmetricFusion(8, 3, 6, layers=1).eval()
+    inputs = small_inputs(3, seed=31)
+    text_mask = lengths_to_mask([4, 2, 3], 4)
+    out = fusion(inputs["text"], text_mask, inputs["audio"], inputs["audio_mask"], inputs["vision"], inputs["vision_mask"])
+    streams = {"text": inputs["text"],
+               "audio": fusion.proj_audio(fusion.ln_audio(inputs["audio"])),
+               "vision": fusion.proj_vision(fusion.ln_vision(inputs["vision"]))}
+    masks = {"text": text_mask, "audio": inputs["audio_mask"], "vision": inputs["vision_mask"]}
+    layer = fusion.layers[0]
+    h = 0
+    for s in STREAMS:
+        x_ln = layer.ln_in[s](streams[s])
+        m = x_ln + sum(layer.attend[f"{s}_from_{o}"](x_ln, streams[o], masks[o])[0] for o in STREAMS if o != s)
+        x = layer.ffn[s](layer.ln_fused[s](m)) + m
+        keep = masks[s][:, :, None].float()
+        h = h + (x * keep).sum(1) / keep.sum(1).clamp_min(1)
+    assert out.fused.shape == (3, 1, 8) and out.fused_mask.all()
+    torch.testing.assert_close(out.fused[:, 0], h)
+    torch.testing.assert_close(out.value_audio, streams["audio"])
+    assert len(layer.attend) == 6  # every ordered pair: no stream is the centre
+
+
+def test_symmetric_fusion_is_cross_modal_and_ignores_padding() -> None:
+    """Cross-modal, unlike late fusion: the text stream attends to audio, so other audio moves it
+    (LayerNorm would absorb a mere shift: new random frames); padding of any stream changes nothing;
+    a sample without audio frames stays finite."""
+    torch.manual_seed(32)
+    fusion = SymmetricFusion(8, 3, 6, layers=2).eval()
+    inputs = small_inputs(2, seed=33)
+    text_mask = lengths_to_mask([4, 3], 4)
+    args = (inputs["audio"], inputs["audio_mask"], inputs["vision"], inputs["vision_mask"])
+    base = fusion(inputs["text"], text_mask, *args).fused
+    padded = {k: v.clone() for k, v in inputs.items()}
+    padded["text"][1, 3] = 1e4
+    padded["audio"][~padded["audio_mask"]] = 1e4
+    padded["vision"][~padded["vision_mask"]] = -1e4
+    again = fusion(padded["text"], text_mask, padded["audio"], padded["audio_mask"], padded["vision"],
+                   padded["vision_mask"]).fused
+    torch.testing.assert_close(again, base)
+    # the text stream alone, read through the layer: it changes when only the audio changes
+    layer = fusion.layers[0]
+    proj = lambda a: fusion.proj_audio(fusion.ln_audio(a))  # noqa: E731
+    x_ln = layer.ln_in["text"](inputs["text"])
+    from_audio = layer.attend["text_from_audio"](x_ln, proj(inputs["audio"]), inputs["audio_mask"])[0]
+    from_other = layer.attend["text_from_audio"](x_ln, proj(torch.randn_like(inputs["audio"])), inputs["audio_mask"])[0]
+    assert not torch.allclose(from_audio, from_other)
+    no_audio = dict(inputs)
+    no_audio["audio_mask"] = inputs["audio_mask"].clone()
+    no_audio["audio_mask"][0] = False
+    out = fusion(inputs["text"], text_mask, no_audio["audio"], no_audio["audio_mask"], inputs["vision"], inputs["vision_mask"])
+    assert torch.isfinite(out.fused).all()
