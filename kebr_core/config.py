@@ -11,7 +11,10 @@ Every knob the CLI exposes lives here, so a run directory's `config.json` fully 
 Every field is checked on construction and by `validate()` (the recipes call it again, for callers that
 set fields by hand): a bad value is one `KebrError` sentence naming the field (or the CLI option it came
 from) and the allowed range. The defaults are smaller than the paper's where its values are impractical
-on a laptop (200 pretraining epochs: `preset="paper"`), and say so.
+on a laptop (200 epochs per stage: `preset="paper"`), and say so.
+
+One cohesive module over 400 lines: the settings, their checks and the presets that set them are one
+idea (one home per default), read together by the recipes, the CLI and the run-directory contract.
 """
 
 from __future__ import annotations
