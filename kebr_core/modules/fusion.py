@@ -49,31 +49,20 @@ class LateFusionOutput(NamedTuple):
     value_vision: torch.Tensor
 
 
-class LateFusion(nn.Module):
-    """Pool text, audio and vision separately, project each to dt, sum, then a residual FFN."""
+class PooledFusion(nn.Module):
+    """What C3's two fusions share: audio and vision projected to d_t, V_m = LN(X0m) W_m (B, Lm, dt),
+    one fused vector h (B, dt) from `pool`, returned as a `LateFusionOutput`."""
 
-    def __init__(
-        self,
-        d_text: int,
-        d_audio: int,
-        d_vision: int,
-        ffn: Literal["mlp", "linear"] = "mlp",
-        ffn_mult: int = 4,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.ln_text = nn.LayerNorm(d_text)
+    def _add_stream_projections(self, d_text: int, d_audio: int, d_vision: int) -> None:
         self.ln_audio = nn.LayerNorm(d_audio)
         self.ln_vision = nn.LayerNorm(d_vision)
-        self.proj_text = nn.Linear(d_text, d_text)
         self.proj_audio = nn.Linear(d_audio, d_text)
         self.proj_vision = nn.Linear(d_vision, d_text)
-        self.ln_fused = nn.LayerNorm(d_text)
-        self.ffn = make_ffn(d_text, ffn, ffn_mult, dropout)
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, d_text: int) -> "LateFusion":
-        return cls(d_text, cfg.d_audio, cfg.d_vision, ffn=cfg.ffn, ffn_mult=cfg.ffn_mult, dropout=cfg.dropout)
+    def pool(self, text: torch.Tensor, text_mask: torch.Tensor, value_audio: torch.Tensor, audio_mask: torch.Tensor,
+             value_vision: torch.Tensor, vision_mask: torch.Tensor) -> torch.Tensor:
+        """X0t (B, Lt, dt), V_a (B, La, dt), V_v (B, Lv, dt) and their masks → h (B, dt)."""
+        raise NotImplementedError
 
     def forward(
         self,
@@ -88,11 +77,38 @@ class LateFusion(nn.Module):
         masks (B, L·) bool, True = valid."""
         value_audio = self.proj_audio(self.ln_audio(audio))
         value_vision = self.proj_vision(self.ln_vision(vision))
-        pooled_text = self.proj_text(self.ln_text(masked_mean(text, text_mask)))
-        z = pooled_text + masked_mean(value_audio, audio_mask) + masked_mean(value_vision, vision_mask)
-        h = self.ffn(self.ln_fused(z)) + z
+        h = self.pool(text, text_mask, value_audio, audio_mask, value_vision, vision_mask)
         fused_mask = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
         return LateFusionOutput(h[:, None, :], fused_mask, value_audio, value_vision)
+
+
+class LateFusion(PooledFusion):
+    """Pool text, audio and vision separately, project each to dt, sum, then a residual FFN."""
+
+    def __init__(
+        self,
+        d_text: int,
+        d_audio: int,
+        d_vision: int,
+        ffn: Literal["mlp", "linear"] = "mlp",
+        ffn_mult: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.ln_text = nn.LayerNorm(d_text)
+        self.proj_text = nn.Linear(d_text, d_text)  # drawn before the streams' projections, as always
+        self._add_stream_projections(d_text, d_audio, d_vision)
+        self.ln_fused = nn.LayerNorm(d_text)
+        self.ffn = make_ffn(d_text, ffn, ffn_mult, dropout)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, d_text: int) -> "LateFusion":
+        return cls(d_text, cfg.d_audio, cfg.d_vision, ffn=cfg.ffn, ffn_mult=cfg.ffn_mult, dropout=cfg.dropout)
+
+    def pool(self, text, text_mask, value_audio, audio_mask, value_vision, vision_mask) -> torch.Tensor:
+        pooled_text = self.proj_text(self.ln_text(masked_mean(text, text_mask)))
+        z = pooled_text + masked_mean(value_audio, audio_mask) + masked_mean(value_vision, vision_mask)
+        return self.ffn(self.ln_fused(z)) + z
 
 
 STREAMS = ("text", "audio", "vision")
@@ -131,7 +147,7 @@ class SymmetricLayer(nn.Module):
         return out
 
 
-class SymmetricFusion(nn.Module):
+class SymmetricFusion(PooledFusion):
     """C3 as Table 4's caption reads: a cross-modal fusion network without the text-centred part.
 
         X_t^0 = X0t,  X_a^0 = LN(X0a) W_a,  X_v^0 = LN(X0v) W_v          (B, L_s, dt): equal widths
@@ -148,10 +164,7 @@ class SymmetricFusion(nn.Module):
                  heads: int = 1, ffn: Literal["mlp", "linear"] = "mlp", ffn_mult: int = 4, dropout: float = 0.0,
                  attention_width: int | None = None) -> None:
         super().__init__()
-        self.ln_audio = nn.LayerNorm(d_audio)
-        self.ln_vision = nn.LayerNorm(d_vision)
-        self.proj_audio = nn.Linear(d_audio, d_text)
-        self.proj_vision = nn.Linear(d_vision, d_text)
+        self._add_stream_projections(d_text, d_audio, d_vision)
         self.num_layers = layers
         self.shared = shared
         self.layers = nn.ModuleList(
@@ -165,22 +178,9 @@ class SymmetricFusion(nn.Module):
         return cls(d_text, cfg.d_audio, cfg.d_vision, layers=cfg.layers, shared=cfg.shared_layers, heads=cfg.heads,
                    ffn=cfg.ffn, ffn_mult=cfg.ffn_mult, dropout=cfg.dropout, attention_width=cfg.attention_width)
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        text_mask: torch.Tensor,
-        audio: torch.Tensor,
-        audio_mask: torch.Tensor,
-        vision: torch.Tensor,
-        vision_mask: torch.Tensor,
-    ) -> LateFusionOutput:
-        """text: X0t (B, Lt, dt); audio: X0a (B, La, da); vision: X0v (B, Lv, dv); masks (B, L·) bool."""
-        value_audio = self.proj_audio(self.ln_audio(audio))
-        value_vision = self.proj_vision(self.ln_vision(vision))
+    def pool(self, text, text_mask, value_audio, audio_mask, value_vision, vision_mask) -> torch.Tensor:
         streams = {"text": text, "audio": value_audio, "vision": value_vision}
         masks = {"text": text_mask, "audio": audio_mask, "vision": vision_mask}
         for k in range(self.num_layers):
             streams = self.layers[0 if self.shared else k](streams, masks)
-        h = sum(masked_mean(streams[s], masks[s]) for s in STREAMS)
-        fused_mask = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
-        return LateFusionOutput(h[:, None, :], fused_mask, value_audio, value_vision)
+        return sum(masked_mean(streams[s], masks[s]) for s in STREAMS)
