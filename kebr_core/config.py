@@ -46,7 +46,8 @@ class MCCConfig:
     """Multimodal cosine constraint (paper Eq. 9–13; docs/design.md §5.5).
 
     g: angle penalty, in (−0.5, 0.5); the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g,
-       one of several (`kebr_core.modules.mcc` says where the others are).
+       under the paper's form one point of whole curves of zeros (`kebr_core.modules.mcc` says where),
+       under the "balanced" form the only zero.
     s: scaling factor (and the extra loss for a negative cosine).
     weight: λ in L = L_task + λ·L_mcc (Eq. 17); 0 disables MCC (ablation C4).
     form: one of `kebr_core.modules.mcc.FORMS`: "paper" (Eq. 11–12), "reference" (the authors'
