@@ -10,6 +10,9 @@ evaluated once. Recipes (`RECIPES`):
   authors    `--preset authors`' fine-tuning stage (attention width 256 + projection, dropout 0.5,
              head 256, single-Linear FFN, texts ≤ 39 pieces, reference MCC form, g 0.4, λ 1, their
              alignment), the same learning rates
+  kebr-no-mcc         kebr's defaults with λ = 0
+  kebr-authors-head   kebr's defaults with the authors' dropout 0.5 and 256-unit head
+(`--recipes` picks; the default runs the first two.)
 
 Then, from each run's test predictions (seed-S/predictions.csv), what moves Acc-5: the spread of the
 predictions against the labels' (std ratio; the least-squares slope of the label on the prediction,
@@ -50,13 +53,20 @@ from kebr_core.metrics import msa_metrics  # noqa: E402
 from kebr_core.recipes.finetune import finetune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "acc5.json"
-RECIPES = {"kebr": None, "authors": "authors"}  # name → preset of the fine-tuning stage
+# name → (preset of the fine-tuning stage, settings over it)
+RECIPES: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "kebr": (None, {}),
+    "authors": ("authors", {}),
+    "kebr-no-mcc": (None, {"mcc.weight": 0.0}),  # is it the MCC term (λ = 1 on noise streams)?
+    "kebr-authors-head": (None, {"model.dropout": 0.5, "model.head_hidden": 256}),  # or the head and dropout?
+}
 
 
 def recipe_config(name: str, epochs: int) -> RunConfig:
-    cfg = RunConfig.for_stage("finetune", preset=RECIPES[name])
+    preset, settings = RECIPES[name]
+    cfg = RunConfig.for_stage("finetune", preset=preset)
     cfg.train.epochs, cfg.train.device, cfg.train.bf16 = epochs, "cpu", False
-    return cfg
+    return cfg.set_values(settings)
 
 
 def acc5_classes(x: np.ndarray) -> np.ndarray:
@@ -120,7 +130,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=["kebr", "authors"], choices=list(RECIPES))
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder (default: a temporary one)")
     parser.add_argument("--analyse-only", type=Path, nargs="+", default=None, metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, default=RESULTS)
