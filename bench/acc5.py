@@ -135,8 +135,10 @@ def main() -> None:
     parser.add_argument("--analyse-only", type=Path, nargs="+", default=None, metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    if args.analyse_only:
+    if args.analyse_only:  # several invocations' runs (e.g. --keep DIR, then other --recipes) in one file
         results = {p.name: analyse_run(p) for p in args.analyse_only}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "results": results}, indent=2))
         print_table(results)
         return
     check_label_csv(parser, args.label_csv)
