@@ -131,6 +131,13 @@ def ablate(
         for name in [x for x in compare_aligns.split(",") if x]:
             check_choice(name, ALIGNS, "--compare-aligns")
         base = cfgs["finetune"].mcc
+        geometry = {stage: (c.mcc.g, c.mcc.form, c.mcc.align) for stage, c in cfgs.items()}
+        if geometry["pretrain"] != geometry["finetune"]:  # e.g. --preset authors: their stages differ
+            pre, fine = (", ".join(f"{k} {v}" for k, v in zip(("g", "form", "align"), geometry[st]))
+                         for st in ("pretrain", "finetune"))
+            raise KebrError(f"kebr ablate gives both stages one MCC geometry, but the settings differ per stage "
+                            f"(pretraining: {pre}; fine-tuning: {fine}); choose one with --g and --mcc-form "
+                            "(and --mcc-align).")
         specs = build_specs(
             no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,
             g_sweep=_floats(g_values, "--g-values") if g_sweep else None,

@@ -252,3 +252,19 @@ def test_ablate_c3_symmetric_is_named_in_the_caption(tmp_path: Path) -> None:
     assert "symmetric cross-modal fusion of three equal streams" in " ".join(r.output.split())
     bad = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(out), "--no-tcmf", "--c3", "early"])
     assert bad.exit_code != 0 and "--c3 must be one of late, symmetric, not 'early'." in bad.output
+
+
+def test_ablate_refuses_a_different_mcc_per_stage(tmp_path: Path) -> None:
+    """--preset authors pretrains with mean-cosine, g 0.25 and fine-tunes with reference, g 0.4; ablate gives
+    both stages one geometry (its pretraining runs are keyed by it), so it asks for one instead of
+    silently using the fine-tuning stage's for pretraining; typing --g and --mcc-form settles it."""
+    store = write_tiny_store(tmp_path / "s.h5", n=20)
+    r = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(tmp_path / "abl"), "--preset", "authors",
+                            "--text-model", TINY_BERT, "--print-config"])
+    assert r.exit_code == 0, r.output  # printing the per-stage settings is fine
+    r = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(tmp_path / "abl"), "--preset", "authors",
+                            "--text-model", TINY_BERT])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert ("(pretraining: g 0.25, form mean-cosine, align authors; fine-tuning: g 0.4, form reference, align "
+            "authors); choose one with --g and --mcc-form") in " ".join(r.output.split())
+    assert not (tmp_path / "abl" / "ablation.json").exists()
