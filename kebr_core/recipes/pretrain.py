@@ -7,7 +7,8 @@ masked position:
     L = L1(pred, y_mask)  (Eq. 16)  +  λ · L_mcc  (Eq. 10, 17)
 
 With the text encoder frozen (the default, as the authors), the encoder's output for an unchanged masked
-text is the same every epoch, so it is computed once (`TextCache`) and gathered per batch; only TCMF and
+text is the same every epoch, so it is computed once (`TextCache`; with `train.random_word = "per-epoch"`
+the random-word texts are masked and encoded anew each epoch) and gathered per batch; only TCMF and
 the head are trained. Each batch is padded to its own longest sequence.
 
 A sample whose transcript has no words (extraction keeps silent videos, with empty text) has no word
