@@ -9,7 +9,9 @@ random valid lengths (padding at the end). Compared:
       arithmetic, then the mean;
   (b) `kebr_core.modules.mcc.mcc_loss` (align "tile", form "reference"): one batched computation.
 
-Both compute the same numbers (checked below). With --step, also a fine-tuning-step proxy (a 4-layer
+Both compute the same numbers (checked below). Then one row per MCC form (`FORMS`: paper, reference,
+mean-cosine, balanced), each the vectorised `mcc_loss` with align "tile", timed in turns: the forms
+differ only in a few element-wise operations on (B,) cosines, so their rows should match. With --step, also a fine-tuning-step proxy (a 4-layer
 shared TCMF forward + backward at the same shapes, plus the loss) to put the loss's cost in context.
 The timed variants take turns in every repetition, so load from other processes hits them alike.
 
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kebr_core.config import MCCConfig
-from kebr_core.modules.mcc import mcc_loss
+from kebr_core.modules.mcc import FORMS, mcc_loss
 from kebr_core.modules.tcmf import TCMF
 
 B, LT, DT, LA, DA, LV, DV = 32, 50, 768, 400, 33, 55, 709
@@ -129,6 +131,19 @@ def main() -> None:
     print(f"MCC fwd+bwd  loop (authors' style): {ms_loop:8.2f} ms")
     print(f"MCC fwd+bwd  vectorised mcc_loss:   {ms_vec:8.2f} ms")
     print(f"speed-up: {ms_loop / ms_vec:.1f}x")
+
+    def run_form(form: str):
+        form_cfg = MCCConfig(form=form, align="tile")
+
+        def run() -> torch.Tensor:
+            fused.grad = None
+            loss = mcc_loss(fused, text_mask, audio, audio_mask, vision, vision_mask, form_cfg).loss
+            loss.backward()
+            return loss
+        return run
+
+    for form, ms in zip(FORMS, timed([run_form(form) for form in FORMS], device, args.reps)):
+        print(f"MCC fwd+bwd  vectorised, form {form:<12} {ms:8.2f} ms")
 
     if args.step:
         tcmf = TCMF(DT, DA, DV, layers=4, shared=True, dropout=0.1).to(device)

@@ -47,7 +47,8 @@ def ablate(
     out: Path = typer.Option(Path("runs/ablate"), "--out", "-o", help="Output directory (ablation.json, results.csv, runs)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
     no_mcc: bool = typer.Option(False, "--no-mcc", help="Add the configuration without MCC (λ = 0 in both stages; C4)."),
-    no_tcmf: bool = typer.Option(False, "--no-tcmf", help="Add the configuration without TCMF (late fusion; C3)."),
+    no_tcmf: bool = typer.Option(False, "--no-tcmf", help="Add the configuration without TCMF (C3; its fusion: --c3)."),
+    c3: str = typer.Option("late", "--c3", metavar="late|symmetric", help="What replaces TCMF in C3 (and C5): late (pooled streams fused at the end, no cross-modal network) or symmetric (our reading of Table 4's caption: the cross-modal network kept, three equal streams attending to each other). The table's caption names it."),
     no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Add the configuration without pretraining (C2)."),
     all_: bool = typer.Option(False, "--all", help="All five configurations C1–C5 of Table 4."),
     g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4)."),
@@ -129,11 +130,18 @@ def ablate(
         for name in [x for x in compare_aligns.split(",") if x]:
             check_choice(name, ALIGNS, "--compare-aligns")
         base = cfgs["finetune"].mcc
+        geometry = {stage: (c.mcc.g, c.mcc.form, c.mcc.align) for stage, c in cfgs.items()}
+        if geometry["pretrain"] != geometry["finetune"]:  # e.g. --preset authors: their stages differ
+            pre, fine = (", ".join(f"{k} {v}" for k, v in zip(("g", "form", "align"), geometry[st]))
+                         for st in ("pretrain", "finetune"))
+            raise KebrError(f"kebr ablate gives both stages one MCC geometry, but the settings differ per stage "
+                            f"(pretraining: {pre}; fine-tuning: {fine}); choose one with --g and --mcc-form "
+                            "(and --mcc-align).")
         specs = build_specs(
             no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,
             g_sweep=_floats(g_values, "--g-values") if g_sweep else None,
             mcc_forms=[x for x in compare_forms.split(",") if x], mcc_aligns=[x for x in compare_aligns.split(",") if x],
-            g=base.g, align=base.align, form=base.form,
+            g=base.g, align=base.align, form=base.form, c3=c3,
         )
         for spec in specs:  # every configuration's settings go through the same checks as eval/pretrain
             for stage_cfg in cfgs.values():

@@ -34,7 +34,8 @@ OPTION_FIELDS = {
     "lr_encoder": "train.lr_encoder", "lr_fusion": "train.lr_fusion", "seed": "train.seed", "device": "train.device",
     "loader_workers": "train.workers", "workers": "train.workers", "bf16": "train.bf16", "unfreeze": "train.unfreeze",
     "freeze_encoder": "train.unfreeze", "checkpoint_every": "train.checkpoint_every",
-    "keep_checkpoints": "train.keep_checkpoints", "seeds": "train.seeds",
+    "keep_checkpoints": "train.keep_checkpoints", "seeds": "train.seeds", "attention_width": "model.attention_width",
+    "head_hidden": "model.head_hidden", "random_word": "train.random_word",
 }
 # Options whose value is not the field's value as typed.
 CONVERT = {"freeze_encoder": lambda v: not v, "seeds": parse_seeds}
@@ -113,17 +114,19 @@ def check_run_dir(out: Path, *inputs: Optional[Path]) -> None:
 
 # Options shared by both commands (Typer needs them spelled out per command).
 TextModel = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).")
-G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g, one of several (others lie off the diagonal; docs/design.md §5.5).")
+G = typer.Option(0.2, "--g", help="MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g: under the paper's form one of whole curves of zeros (docs/design.md §5.5), under --mcc-form balanced the only one.")
 S = typer.Option(1.0, "--s", parser=number(0, low_open=True), help="MCC scaling factor s.")
 LambdaMCC = typer.Option(1.0, "--lambda-mcc", parser=number(0), help="Weight λ of the MCC loss (0 turns MCC off, ablation C4).")
 # The choices as help shows them; kebr_core.config checks the values against the same tuples.
 FORM_CHOICES, ALIGN_CHOICES = "|".join(FORMS), "|".join(ALIGNS)
-MCCForm = typer.Option("paper", "--mcc-form", metavar=FORM_CHOICES, help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code) or mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5).")
+MCCForm = typer.Option("paper", "--mcc-form", metavar=FORM_CHOICES, help="MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code), mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5) or balanced (kebr's, not the paper's: (c_a − c*)² + (c_v − c*)², one zero at c_a = c_v = c* = 0.5 − g).")
 MCCAlign = typer.Option("tile", "--mcc-align", metavar=ALIGN_CHOICES, help="How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).")
 Layers = typer.Option(4, "--layers", min=1, help="Number of TCMF layers K (Eq. 2).")
 Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF layer applied K times (the authors') or K independent layers.")
 Heads = typer.Option(1, "--heads", min=1, help="Attention heads in cross-modal attention (paper: 1).")
 FFN = typer.Option("mlp", "--ffn", metavar="mlp|linear", help="TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors').")
+AttentionWidth = typer.Option(None, "--attention-width", min=1, help="Cross-modal attention width w with an output projection back to the text's width (the authors': 256); default: the text's width, no projection (the paper's Eq. 3–6).")
+HeadHidden = typer.Option(128, "--head-hidden", min=1, help="Hidden units of the prediction heads (the authors': 256).")
 BatchSize = typer.Option(32, "--batch-size", min=1, help="Batch size.")
 MaxTextLen = typer.Option(50, "--max-text-len", min=3, help="Maximum text length in wordpieces (the masked word is kept inside).")
 Seed = typer.Option(0, "--seed", min=0, help="Random seed (a CPU run is repeatable bit for bit).")
@@ -131,9 +134,9 @@ Device = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cp
 LoaderWorkers = typer.Option(None, "--loader-workers", min=0, help="DataLoader worker processes (default: up to 4 per process on CUDA, 0 on CPU).")
 OldWorkers = typer.Option(None, "--workers", min=0, hidden=True, help="Old name of --loader-workers.")
 BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA, off for CPU).")
-Dropout = typer.Option(0.1, "--dropout", parser=number(0, 1, high_open=True), help="Dropout in TCMF and the heads.")
+Dropout = typer.Option(0.1, "--dropout", parser=number(0, 1, high_open=True), help="Dropout in TCMF and the heads (the authors': 0.5).")
 NProc = typer.Option(1, "--nproc-per-node", min=1, help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
-Preset = typer.Option(None, "--preset", metavar="paper", help="'paper': the paper's settings (200 pretraining epochs, batch 32, lr as §4.2).")
+Preset = typer.Option(None, "--preset", metavar="paper|authors", help="'paper': what §4.2 states (200 epochs per stage, batch 32, lr 5e-6 encoder / 1e-4 the rest, g 0.2); 'authors': their released code's recipe per stage (docs/design.md §10).")
 ConfigFile = typer.Option(None, "--config", help="Settings from a file: JSON (any run's config.json replays that run) or TOML with [model], [mcc], [train]. Options typed here override it.")
 Set = typer.Option([], "--set", help="Override one setting, dotted and type-checked, e.g. --set mcc.g=0.3 --set train.lr=2e-5 (repeatable; wins over everything).")
 PrintConfig = typer.Option(False, "--print-config", help="Print the resolved configuration (defaults < preset < --config < options < --set) and exit.")
@@ -149,6 +152,8 @@ def pretrain(
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory (config, metrics.csv, checkpoints)."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
+    attention_width: Optional[int] = AttentionWidth, head_hidden: int = HeadHidden,
+    random_word: str = typer.Option("fixed", "--random-word", metavar="fixed|per-epoch", help="A text without a lexicon word gets a random word masked: drawn once per run (fixed) or redrawn every epoch (per-epoch, the authors')."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (default 20; the paper used 200: --preset paper)."),
     batch_size: int = BatchSize,
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of TCMF and the head (default 1e-4)."),
@@ -236,7 +241,8 @@ def eval_(
     probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10; paper preset 20)."),
+    attention_width: Optional[int] = AttentionWidth, head_hidden: int = HeadHidden,
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10; 200 with --preset paper or authors)."),
     batch_size: int = BatchSize,
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of the head (default 1e-4)."),
     lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder (default 5e-6)."),

@@ -11,9 +11,10 @@ Every knob the CLI exposes lives here, so a run directory's `config.json` fully 
 Every field is checked on construction and by `validate()` (the recipes call it again, for callers that
 set fields by hand): a bad value is one `KebrError` sentence naming the field (or the CLI option it came
 from) and the allowed range. The defaults are smaller than the paper's where its values are impractical
-on a laptop (200 pretraining epochs: `preset="paper"`), and say so.
-It stays one module, though over 400 lines, because it is one cohesive thing: the configuration's
-fields, their checks, and its file forms (reading JSON/TOML, `config_toml` writing it back).
+on a laptop (200 epochs per stage: `preset="paper"`), and say so.
+
+One cohesive module over 400 lines: the settings, their checks, the presets that set them (one home
+per default) and the configuration's file forms (reading JSON/TOML, `config_toml` writing it back).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from kebr_core.strict import decimal_integer, decimal_number, read_user_text
 DEFAULT_TEXT_MODEL = "embedded:all-MiniLM-L6-v2"
 
 STAGES = ("pretrain", "finetune")
-PRESETS = ("paper",)
+PRESETS = ("paper", "authors")
 SECTIONS = ("model", "mcc", "train")
 
 
@@ -46,11 +47,13 @@ class MCCConfig:
     """Multimodal cosine constraint (paper Eq. 9–13; docs/design.md §5.5).
 
     g: angle penalty, in (−0.5, 0.5); the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g,
-       one of several (`kebr_core.modules.mcc` says where the others are).
+       under the paper's form one point of whole curves of zeros (`kebr_core.modules.mcc` says where),
+       under the "balanced" form the only zero.
     s: scaling factor (and the extra loss for a negative cosine).
     weight: λ in L = L_task + λ·L_mcc (Eq. 17); 0 disables MCC (ablation C4).
     form: one of `kebr_core.modules.mcc.FORMS`: "paper" (Eq. 11–12), "reference" (the authors'
-          fine-tuning code) or "mean-cosine" (the authors' pretraining code).
+          fine-tuning code), "mean-cosine" (the authors' pretraining code) or "balanced" (kebr's
+          smooth form with one zero, at c_a = c_v = 0.5 − g; not the paper's).
     align: one of `kebr_core.modules.mcc.ALIGNS`: "tile" (kebr's pairwise tile), "authors" (the
            authors' three-way alignment, padding included) or "projected" (pooled means in d_t).
     """
@@ -78,8 +81,12 @@ class ModelConfig:
     ffn: Literal["mlp", "linear"] = "mlp"  # "linear" is the authors' single Linear
     ffn_mult: int = 4
     dropout: float = 0.1
-    head_hidden: int = 128
-    fusion: Literal["tcmf", "late"] = "tcmf"  # "late" is ablation C3 (no text-based fusion)
+    head_hidden: int = 128  # hidden units of both heads (Eq. 15); the authors' 256
+    # cross-modal attention width: None = d_t and no output projection (Eq. 3–6); an int w = Q, K, V of
+    # width w and a Linear(w, d_t) back, as the authors' code (w = 256)
+    attention_width: int | None = None
+    # "late" and "symmetric" are two readings of ablation C3 (no text-based fusion), modules/fusion.py
+    fusion: Literal["tcmf", "late", "symmetric"] = "tcmf"
     max_text_len: int = 50
     max_audio_len: int = 400
     max_vision_len: int = 55
@@ -109,6 +116,9 @@ class TrainConfig:
     keep_checkpoints: int = 0  # checkpoints/epoch-NNNN folders kept (the newest); 0 = all
     grad_clip: float | None = None
     length_bucketing: bool = True  # batches of similar lengths (kebr_core.distributed.EpochBatches)
+    # pretraining's random word (a text without a lexicon word): "fixed" drawn once per run, or
+    # "per-epoch" redrawn every epoch as the authors' data loader does
+    random_word: Literal["fixed", "per-epoch"] = "fixed"
 
     def __post_init__(self) -> None:
         _check_section("train", self)
@@ -149,7 +159,8 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("mcc", "align"): (lambda x: x in _mcc_choices("ALIGNS"), lambda: "be one of " + ", ".join(_mcc_choices("ALIGNS"))),
     ("model", "text_model"): (lambda x: isinstance(x, str) and x.strip() != "", "name a text encoder"),
     ("model", "ffn"): (_one_of("mlp", "linear"), "be one of mlp, linear"),
-    ("model", "fusion"): (_one_of("tcmf", "late"), "be one of tcmf, late"),
+    ("model", "fusion"): (_one_of("tcmf", "late", "symmetric"), "be one of tcmf, late, symmetric"),
+    ("model", "attention_width"): (lambda x: x is None or _at_least(1)(x), "be an integer ≥ 1 (or unset: d_t, no projection)"),
     ("model", "dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1)"),
     ("train", "lr"): (_positive, "be a positive number"),
     ("train", "lr_encoder"): (_positive, "be a positive number"),
@@ -163,6 +174,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
                           "be auto, cpu, cuda or cuda:N"),
     ("train", "workers"): (lambda x: x is None or _at_least(0)(x), "be an integer ≥ 0 (or unset: auto)"),
     ("train", "keep_checkpoints"): (_at_least(0), "be an integer ≥ 0 (0 keeps all)"),
+    ("train", "random_word"): (_one_of("fixed", "per-epoch"), "be one of fixed, per-epoch"),
 }
 # Sizes, lengths and counts: integers ≥ 1.
 for _name in ("d_audio", "d_vision", "layers", "heads", "ffn_mult", "head_hidden", "max_text_len", "max_audio_len",
@@ -298,18 +310,38 @@ class RunConfig:
     @classmethod
     def for_stage(cls, stage: str, preset: str | None = None) -> "RunConfig":
         """The defaults of a stage: pretraining 20 epochs with a frozen encoder; fine-tuning 10 epochs of
-        the whole model with TCMF at 5e-6 (as the authors). preset="paper": the paper's settings (§4.2):
-        200 pretraining epochs, 20 fine-tuning epochs, batch 32, g = 0.2, s = 1, K = 4."""
+        the whole model with TCMF at 5e-6 (as the authors).
+
+        preset="paper": what the paper states (§4.2): 200 epochs in both stages, batch 32, lr 5e-6 for
+        the encoder and 1e-4 for every other parameter (TCMF included), Adam, g = 0.2. What it does not
+        state keeps kebr's default (README "Where we differ" lists them): s, λ, dropout, head width,
+        the scheduler (cosine, T_max 20), the epoch selection, the MCC form and alignment.
+        preset="authors": the authors' released code (docs/design.md §10 gives file and line of each):
+        their alignment, attention width 256 with a projection back, the single-Linear FFN, dropout
+        0.5, a 256-unit head, texts ≤ 39 pieces, 200 epochs per stage; pretraining with the
+        mean-cosine form, g 0.25, λ 0.5 and the random word redrawn each epoch; fine-tuning with the
+        reference form, g 0.4, λ 1, TCMF and encoder at 5e-6, head 1e-4, cosine T_max 20."""
         if stage not in STAGES:
             raise KebrError(f"The stage must be one of {', '.join(STAGES)}, not '{stage}'.")
         if preset not in (None, *PRESETS):
             raise KebrError(f"--preset must be one of {', '.join(PRESETS)}, not '{preset}'.")
         cfg = cls()
         t = cfg.train
+        long_run = preset in PRESETS  # both presets train 200 epochs per stage
         if stage == "pretrain":
-            t.epochs, t.unfreeze, t.checkpoint_every = (200 if preset == "paper" else 20), False, 5
+            t.epochs, t.unfreeze, t.checkpoint_every = (200 if long_run else 20), False, 5
         else:
-            t.epochs, t.unfreeze, t.lr_fusion, t.checkpoint_every = (20 if preset == "paper" else 10), True, 5e-6, 1
+            t.epochs, t.unfreeze, t.lr_fusion, t.checkpoint_every = (200 if long_run else 10), True, 5e-6, 1
+            if preset == "paper":
+                t.lr_fusion = None  # "1e-4 for other parameters": TCMF at the head's rate
+        if preset == "authors":
+            m, mcc = cfg.model, cfg.mcc
+            m.attention_width, m.ffn, m.dropout, m.head_hidden, m.max_text_len = 256, "linear", 0.5, 256, 39
+            mcc.align = "authors"
+            if stage == "pretrain":
+                mcc.form, mcc.g, mcc.weight, t.random_word = "mean-cosine", 0.25, 0.5, "per-epoch"
+            else:
+                mcc.form, mcc.g, mcc.weight = "reference", 0.4, 1.0
         return cfg
 
     def set_values(self, values: Mapping[str, Any], labels: Mapping[str, str] | None = None,

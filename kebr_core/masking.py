@@ -100,15 +100,20 @@ def mask_batch(
     max_length: int,
     seed: int,
     skip_empty: bool = False,
+    epoch: int | None = None,
 ) -> list[MaskedText | None]:
     """`mask_sentiment_word` for many texts, tokenised in one call; deterministic given `seed`.
 
     Text i uses its own `random.Random(f"kebr-mask:{seed}:{i}")`, so its random choice depends only on
-    (seed, i, text), not on the other texts or on how many were drawn before it.
+    (seed, i, text), not on the other texts or on how many were drawn before it. With `epoch` (the
+    random word redrawn every epoch, `train.random_word = "per-epoch"`), `f"kebr-mask:{seed}:{epoch}:{i}"`:
+    a function of the epoch too, so a resumed run draws what the uninterrupted one drew. Texts with a
+    lexicon word are masked the same whatever the seed and epoch.
     skip_empty: a text without words gives None instead of raising KebrError (a silent video's empty
     transcript has no word to mask, hence no target).
     """
-    rngs = [random.Random(f"kebr-mask:{seed}:{i}") for i in range(len(texts))]
+    stream = f"kebr-mask:{seed}" if epoch is None else f"kebr-mask:{seed}:{epoch}"
+    rngs = [random.Random(f"{stream}:{i}") for i in range(len(texts))]
     names = [f"#{i} ({text!r})" for i, text in enumerate(texts)]
     return _mask_texts(list(texts), tokenizer, lexicon, max_length, rngs, names, skip_empty)
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from kebr_core.config import DEFAULT_TEXT_MODEL, MCCConfig, ModelConfig
 from kebr_core.errors import KebrError
-from kebr_core.modules.fusion import LateFusion
+from kebr_core.modules.fusion import LateFusion, SymmetricFusion
 from kebr_core.modules.mcc import MCCOutput, mcc_loss
 from kebr_core.modules.pooling import masked_mean
 from kebr_core.modules.tcmf import TCMF
@@ -182,8 +182,10 @@ class KEBRModel(nn.Module):
             self.fusion: nn.Module = TCMF.from_config(cfg, d_text)
         elif cfg.fusion == "late":
             self.fusion = LateFusion.from_config(cfg, d_text)
+        elif cfg.fusion == "symmetric":
+            self.fusion = SymmetricFusion.from_config(cfg, d_text)
         else:
-            raise KebrError(f"Unknown fusion '{cfg.fusion}': expected 'tcmf' or 'late'.")
+            raise KebrError(f"Unknown fusion '{cfg.fusion}': expected 'tcmf', 'late' or 'symmetric'.")
         self.pretrain_head = MLPHead(d_text, cfg.head_hidden, cfg.dropout)
         self.finetune_head = MLPHead(d_text, cfg.head_hidden, cfg.dropout)
 
@@ -203,8 +205,8 @@ class KEBRModel(nn.Module):
         )
 
         if task == "pretrain":
-            # x_MASK (Eq. 14): the fused state at the masked position, (B, dt). Late fusion (C3) has a
-            # single pooled position, which is read instead.
+            # x_MASK (Eq. 14): the fused state at the masked position, (B, dt). The fusions of C3 (late,
+            # symmetric) have a single pooled position, which is read instead.
             pos = batch["mask_pos"] if fused.shape[1] > 1 else torch.zeros_like(batch["mask_pos"])
             idx = pos.view(-1, 1, 1).expand(-1, 1, fused.shape[-1])
             pred = self.pretrain_head(fused.gather(1, idx).squeeze(1))
@@ -226,6 +228,8 @@ class KEBRModel(nn.Module):
         text_index: the Collator's flat positions of valid tokens; TCMF then skips padding in its FFN."""
         if self.cfg.fusion == "tcmf":
             fused, value_a, value_v = self.fusion(x0t, audio, audio_mask, vision, vision_mask, text_index)
+            if self.mcc_cfg.align == "projected":  # the only reader of V, which it needs in d_t
+                value_a, value_v = self.fusion.values_in_text_width(value_a, value_v)
             return fused, text_mask, value_a, value_v
         return tuple(self.fusion(x0t, text_mask, audio, audio_mask, vision, vision_mask))
 

@@ -12,7 +12,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +124,13 @@ class TextCache:
         rows = (start.unsqueeze(1) + pos.unsqueeze(0)).clamp(max=self.flat.shape[0] - 1)
         out = self.flat[rows]  # (B, Lt, dt)
         return out * valid.unsqueeze(-1).to(out.dtype)
+
+    def replace(self, index: Sequence[int], other: "TextCache") -> None:
+        """Overwrite samples `index` (store order) with `other`'s samples 0..len(index)−1, which must
+        have the same lengths (a redrawn random word changes which pieces are masked, not how many)."""
+        rows = [torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in index]
+        if rows:
+            self.flat[torch.cat(rows).to(self.flat.device)] = other.flat.to(self.flat.dtype)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from kebr_cli.main import app
 from kebr_core.config import RunConfig
 from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import KEBRModel
-from kebr_core.modules.fusion import LateFusion
+from kebr_core.modules.fusion import LateFusion, SymmetricFusion
 from kebr_core.modules.tcmf import TCMF
 from kebr_core.recipes.ablate import AblationSpec, apply_spec, build_specs, relative_change
 from tests.conftest import TINY_BERT, write_tiny_store
@@ -56,6 +57,8 @@ def test_each_configuration_builds_the_model_and_loss_it_names(spec: AblationSpe
     cfg = apply_spec(base, spec)
     model = KEBRModel(cfg.model, cfg.mcc)
     assert isinstance(model.fusion, TCMF if spec.tcmf else LateFusion)
+    symmetric = apply_spec(base, replace(spec, c3="symmetric"))
+    assert isinstance(KEBRModel(symmetric.model, symmetric.mcc).fusion, TCMF if spec.tcmf else SymmetricFusion)
     assert cfg.mcc.weight == (1.0 if spec.mcc else 0.0)
     assert cfg.mcc.g == spec.g
 
@@ -229,3 +232,39 @@ def test_form_and_align_of_every_configuration() -> None:
     assert [s.name for s in specs] == ["C1", "C2", "C3", "C4", "C5", "g=+0.10", "form=paper", "align=tile"]
     assert all(s.mcc_form == "reference" for s in specs if s.name != "form=paper")
     assert all(s.mcc_align == "authors" for s in specs if s.name != "align=tile")
+
+
+def test_ablate_c3_symmetric_is_named_in_the_caption(tmp_path: Path) -> None:
+    """--c3 symmetric: C3 keeps a cross-modal network of three equal streams (our reading of Table 4's
+    caption); its pretraining key, the row and the table's caption say which C3 ran; --c3 late stays."""
+    assert [s.pretrain_key() for s in build_specs(no_tcmf=True, c3="symmetric")] == [
+        "tcmf-mcc-g+0.20-paper-tile", "symmetric-mcc-g+0.20-paper-tile"]
+    assert build_specs(no_tcmf=True)[1].fusion == "late"
+    store = write_tiny_store(tmp_path / "s.h5", n=30)
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(out), "--no-tcmf", "--c3", "symmetric",
+                            "--seeds", "1", "--pretrain-epochs", "1", "--epochs", "1", "--text-model", TINY_BERT,
+                            "--batch-size", "8", "--freeze-encoder", "--layers", "1"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "ablation.json").read_text())["configurations"]
+    assert [(row["name"], row["c3"]) for row in rows] == [("C1", "symmetric"), ("C3", "symmetric")]
+    assert json.loads((out / rows[1]["eval_dir"] / "config.json").read_text())["model"]["fusion"] == "symmetric"
+    assert "symmetric cross-modal fusion of three equal streams" in " ".join(r.output.split())
+    bad = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(out), "--no-tcmf", "--c3", "early"])
+    assert bad.exit_code != 0 and "--c3 must be one of late, symmetric, not 'early'." in bad.output
+
+
+def test_ablate_refuses_a_different_mcc_per_stage(tmp_path: Path) -> None:
+    """--preset authors pretrains with mean-cosine, g 0.25 and fine-tunes with reference, g 0.4; ablate gives
+    both stages one geometry (its pretraining runs are keyed by it), so it asks for one instead of
+    silently using the fine-tuning stage's for pretraining; typing --g and --mcc-form settles it."""
+    store = write_tiny_store(tmp_path / "s.h5", n=20)
+    r = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(tmp_path / "abl"), "--preset", "authors",
+                            "--text-model", TINY_BERT, "--print-config"])
+    assert r.exit_code == 0, r.output  # printing the per-stage settings is fine
+    r = runner.invoke(app, ["ablate", "--dataset", str(store), "-o", str(tmp_path / "abl"), "--preset", "authors",
+                            "--text-model", TINY_BERT])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert ("(pretraining: g 0.25, form mean-cosine, align authors; fine-tuning: g 0.4, form reference, align "
+            "authors); choose one with --g and --mcc-form") in " ".join(r.output.split())
+    assert not (tmp_path / "abl" / "ablation.json").exists()

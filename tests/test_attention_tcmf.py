@@ -13,7 +13,7 @@ from torch import nn
 from kebr_core.config import MCCConfig, ModelConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.attention import CrossModalAttention, attention_with_dropout
-from kebr_core.modules.fusion import LateFusion
+from kebr_core.modules.fusion import STREAMS, LateFusion, SymmetricFusion
 from kebr_core.modules.mcc import mcc_loss
 from kebr_core.modules.tcmf import TCMF, TCMFLayer
 
@@ -395,3 +395,108 @@ def test_late_fusion_from_config() -> None:
     fusion = LateFusion.from_config(ModelConfig(d_audio=5, d_vision=7, ffn="linear"), d_text=12)
     assert fusion.proj_audio.in_features == 5 and fusion.proj_vision.in_features == 7
     assert isinstance(fusion.ffn, nn.Linear)
+
+
+def test_attention_width_with_output_projection_hand_computed() -> None:
+    """width w (the authors' 256, models.py:67–79): Q, K, V of width w, softmax(QKᵀ/√w) V, then W_O back
+    to d_t; V comes back in w, and `value_in_text_width` maps it to d_t. Without a width: no W_O, the
+    same parameter names as before (old checkpoints load)."""
+    torch.manual_seed(0)
+    d_text, d_mod, width = 6, 3, 4
+    cma = CrossModalAttention(d_text, d_mod, width=width).double()
+    text_ln = torch.randn(2, 5, d_text, dtype=torch.float64)
+    modality = torch.randn(2, 7, d_mod, dtype=torch.float64)
+    mask = lengths_to_mask([7, 3], 7)
+    out, value = cma(text_ln, modality, mask)
+    ln = cma.ln_modality
+    m_ln = F.layer_norm(modality, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    q = text_ln @ cma.w_q.weight.T + cma.w_q.bias
+    k = m_ln @ cma.w_k.weight.T + cma.w_k.bias
+    v = m_ln @ cma.w_v.weight.T + cma.w_v.bias
+    scores = (q @ k.transpose(1, 2) / math.sqrt(width)).masked_fill(~mask[:, None, :], float("-inf"))
+    expected = scores.softmax(-1) @ v @ cma.w_o.weight.T + cma.w_o.bias
+    assert out.shape == (2, 5, d_text) and value.shape == (2, 7, width)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(cma.value_in_text_width(value), v @ cma.w_o.weight.T + cma.w_o.bias)
+    plain = CrossModalAttention(d_text, d_mod)
+    assert plain.w_o is None and plain.value_in_text_width(value) is value
+    assert set(plain.state_dict()) == set(cma.state_dict()) - {"w_o.weight", "w_o.bias"}
+
+
+def test_tcmf_with_attention_width_runs_every_alignment() -> None:
+    """A model with the authors' attention width trains under every MCC alignment; "projected" reads V
+    in d_t through W_O."""
+    torch.manual_seed(1)
+    tcmf = TCMF(8, 3, 2, layers=2, attention_width=4)
+    text = torch.randn(2, 5, 8)
+    audio, vision = torch.randn(2, 6, 3), torch.randn(2, 4, 2)
+    a_mask, v_mask = lengths_to_mask([6, 2], 6), lengths_to_mask([4, 1], 4)
+    fused, value_a, value_v = tcmf(text, audio, a_mask, vision, v_mask)
+    assert fused.shape == (2, 5, 8) and value_a.shape == (2, 6, 4) and value_v.shape == (2, 4, 4)
+    value_a, value_v = tcmf.values_in_text_width(value_a, value_v)
+    assert value_a.shape == (2, 6, 8) and value_v.shape == (2, 4, 8)
+    t_mask = torch.ones(2, 5, dtype=torch.bool)
+    for align in ("tile", "authors", "projected"):
+        out = mcc_loss(fused, t_mask, audio, a_mask, vision, v_mask, MCCConfig(align=align),
+                       value_audio=value_a, value_vision=value_v)
+        assert torch.isfinite(out.loss)
+    with pytest.raises(KebrError, match="attention width 6 is not divisible by the number of heads 4"):
+        TCMF(8, 3, 2, heads=4, attention_width=6)
+
+
+def test_symmetric_fusion_one_layer_hand_wired() -> None:
+    """C3 "symmetric" (our reading of Table 4's caption): audio and vision projected to d_t, then each of
+    the three streams attends to the other two (M_s = LN(X_s) + Σ_o CMA_{s←o}, X_s' = FFN(LN(M_s)) + M_s)
+    and h = Σ_s masked_mean(X_s'); written out from the submodules for K = 1."""
+    torch.manual_seed(30)
+    fusion = SymmetricFusion(8, 3, 6, layers=1).eval()
+    inputs = small_inputs(3, seed=31)
+    text_mask = lengths_to_mask([4, 2, 3], 4)
+    out = fusion(inputs["text"], text_mask, inputs["audio"], inputs["audio_mask"], inputs["vision"], inputs["vision_mask"])
+    streams = {"text": inputs["text"],
+               "audio": fusion.proj_audio(fusion.ln_audio(inputs["audio"])),
+               "vision": fusion.proj_vision(fusion.ln_vision(inputs["vision"]))}
+    masks = {"text": text_mask, "audio": inputs["audio_mask"], "vision": inputs["vision_mask"]}
+    layer = fusion.layers[0]
+    h = 0
+    for s in STREAMS:
+        x_ln = layer.ln_in[s](streams[s])
+        m = x_ln + sum(layer.attend[f"{s}_from_{o}"](x_ln, streams[o], masks[o])[0] for o in STREAMS if o != s)
+        x = layer.ffn[s](layer.ln_fused[s](m)) + m
+        keep = masks[s][:, :, None].float()
+        h = h + (x * keep).sum(1) / keep.sum(1).clamp_min(1)
+    assert out.fused.shape == (3, 1, 8) and out.fused_mask.all()
+    torch.testing.assert_close(out.fused[:, 0], h)
+    torch.testing.assert_close(out.value_audio, streams["audio"])
+    assert len(layer.attend) == 6  # every ordered pair: no stream is the centre
+
+
+def test_symmetric_fusion_is_cross_modal_and_ignores_padding() -> None:
+    """Cross-modal, unlike late fusion: the text stream attends to audio, so other audio moves it
+    (LayerNorm would absorb a mere shift: new random frames); padding of any stream changes nothing;
+    a sample without audio frames stays finite."""
+    torch.manual_seed(32)
+    fusion = SymmetricFusion(8, 3, 6, layers=2).eval()
+    inputs = small_inputs(2, seed=33)
+    text_mask = lengths_to_mask([4, 3], 4)
+    args = (inputs["audio"], inputs["audio_mask"], inputs["vision"], inputs["vision_mask"])
+    base = fusion(inputs["text"], text_mask, *args).fused
+    padded = {k: v.clone() for k, v in inputs.items()}
+    padded["text"][1, 3] = 1e4
+    padded["audio"][~padded["audio_mask"]] = 1e4
+    padded["vision"][~padded["vision_mask"]] = -1e4
+    again = fusion(padded["text"], text_mask, padded["audio"], padded["audio_mask"], padded["vision"],
+                   padded["vision_mask"]).fused
+    torch.testing.assert_close(again, base)
+    # the text stream alone, read through the layer: it changes when only the audio changes
+    layer = fusion.layers[0]
+    proj = lambda a: fusion.proj_audio(fusion.ln_audio(a))  # noqa: E731
+    x_ln = layer.ln_in["text"](inputs["text"])
+    from_audio = layer.attend["text_from_audio"](x_ln, proj(inputs["audio"]), inputs["audio_mask"])[0]
+    from_other = layer.attend["text_from_audio"](x_ln, proj(torch.randn_like(inputs["audio"])), inputs["audio_mask"])[0]
+    assert not torch.allclose(from_audio, from_other)
+    no_audio = dict(inputs)
+    no_audio["audio_mask"] = inputs["audio_mask"].clone()
+    no_audio["audio_mask"][0] = False
+    out = fusion(inputs["text"], text_mask, no_audio["audio"], no_audio["audio_mask"], inputs["vision"], inputs["vision_mask"])
+    assert torch.isfinite(out.fused).all()

@@ -183,3 +183,30 @@ def test_pretrain_with_the_authors_alignment_and_pretraining_form(tiny_store: Pa
         values["task_l1"] + 0.5 * values["mcc"])
     r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(tmp_path / "x"), "--mcc-align", "theirs", *FAST])
     assert r.exit_code != 0 and "--mcc-align must be one of tile, authors, projected" in r.output
+
+
+def test_authors_preset_runs_both_stages_and_options_win(tiny_store: Path, tmp_path: Path) -> None:
+    """--preset authors: pretraining with their mean-cosine form (g 0.25, λ 0.5, random word per epoch),
+    fine-tuning with their reference form (g 0.4, λ 1), both with attention width 256 + projection,
+    dropout 0.5, a 256-unit head; a typed option still wins over the preset."""
+    pre, ev = tmp_path / "pre", tmp_path / "ev"
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(pre), "--preset", "authors", "--epochs", "2",
+                            "--checkpoint-every", "100", *FAST])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((pre / "config.json").read_text())
+    assert (cfg["mcc"]["form"], cfg["mcc"]["g"], cfg["mcc"]["weight"], cfg["train"]["random_word"]) == (
+        "mean-cosine", 0.25, 0.5, "per-epoch")
+    assert (cfg["model"]["attention_width"], cfg["model"]["dropout"], cfg["model"]["head_hidden"]) == (256, 0.5, 256)
+    header, row = (pre / "metrics.csv").read_text().splitlines()[:2]
+    values = dict(zip(header.split(","), map(float, row.split(","))))
+    assert values["loss"] == pytest.approx(values["task_l1"] + 0.5 * values["mcc"])
+    r = runner.invoke(app, ["eval", "--dataset", str(tiny_store), "--pretrained", str(pre), "-o", str(ev),
+                            "--preset", "authors", "--epochs", "1", "--seeds", "1", "--head-hidden", "64", *FAST])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((ev / "config.json").read_text())
+    assert (cfg["mcc"]["form"], cfg["mcc"]["g"], cfg["mcc"]["weight"], cfg["model"]["head_hidden"]) == (
+        "reference", 0.4, 1.0, 64)
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(tmp_path / "x"), "--random-word", "sometimes", *FAST])
+    assert r.exit_code != 0 and "--random-word must be one of fixed, per-epoch, not 'sometimes'." in r.output
+    r = runner.invoke(app, ["pretrain", str(tiny_store), "-o", str(tmp_path / "x"), "--preset", "theirs", *FAST])
+    assert r.exit_code != 0 and "--preset must be one of paper, authors, not 'theirs'." in r.output

@@ -355,3 +355,22 @@ def test_all_mosi_transcripts(tok, lex, source, n, repeated):
     assert n_repeated == repeated  # full file: 4.4 % of the 1,719 with a lexicon word; all copies masked now
     assert 0.5 < fraction < 0.99
     assert n_truncated > 0  # the truncation path really ran on real data
+
+
+def test_random_word_redrawn_per_epoch_is_seeded_by_the_epoch(tok, lex) -> None:
+    """`epoch` (train.random_word = per-epoch) redraws the random word of a text without a lexicon word,
+    as a function of (seed, epoch, i); a lexicon word is masked the same in every epoch; no epoch is
+    the fixed draw, `random.Random(f"kebr-mask:{seed}:{i}")`, as before."""
+    texts = ["the table is near seven windows and doors", "it was a great movie"]
+    assert not mask_batch(texts, tok, lex, 40, seed=3)[0].from_lexicon
+    words = {mask_batch(texts, tok, lex, 40, seed=3, epoch=e)[0].word for e in range(1, 21)}
+    assert len(words) > 2  # 7 distinct words: 20 epochs draw several of them
+    for e in (1, 7):
+        again = mask_batch(texts, tok, lex, 40, seed=3, epoch=e)
+        assert again == mask_batch(texts, tok, lex, 40, seed=3, epoch=e)  # reproducible (a resume draws the same)
+        assert again[1] == mask_batch(texts, tok, lex, 40, seed=3)[1]  # the lexicon word never moves
+    fixed = mask_batch(texts, tok, lex, 40, seed=3)[0]
+    assert fixed == mask_sentiment_word(texts[0], tok, lex, 40, random.Random("kebr-mask:3:0"))
+    for e in range(1, 21):
+        masked = mask_batch(texts, tok, lex, 40, seed=3, epoch=e)[0]
+        assert len(masked.input_ids) == len(fixed.input_ids) and masked.label == 0.0  # only which piece

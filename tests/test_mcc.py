@@ -62,7 +62,12 @@ def mean_cosine_f(c_a: float, c_v: float, g: float, s: float) -> float:
     return (1 - sim) * s if sim < 0 else abs(math.cos(math.pi * (sim + g))) * s
 
 
-FORMULAS = {"paper": paper_f, "reference": reference_f, "mean-cosine": mean_cosine_f}
+def balanced_f(c_a: float, c_v: float, g: float, s: float) -> float:
+    """kebr's balanced form: s·((c_a − c*)² + (c_v − c*)²), c* = 0.5 − g, on both branches."""
+    return s * ((c_a - (0.5 - g)) ** 2 + (c_v - (0.5 - g)) ** 2)
+
+
+FORMULAS = {"paper": paper_f, "reference": reference_f, "mean-cosine": mean_cosine_f, "balanced": balanced_f}
 
 
 # ---------------------------------------------------------------- tile alignment
@@ -257,6 +262,124 @@ def test_paper_form_y_range_and_many_near_zeros_off_the_diagonal() -> None:
     f = mcc_from_cosines(c_a.flatten(), c_v.flatten(), 0.2, 1.0).view_as(c_a)
     far = (c_a - c_v).abs() > 0.3
     assert int(((f < 1e-2) & far).sum()) > 100  # whole curves of (near-)zeros, not one point
+
+
+def paper_grid(n: int = 2001, g: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """c_a, c_v on an n × n grid over [0, 1]² (float64) and the paper form's f there."""
+    c = torch.linspace(0, 1, n, dtype=torch.float64)
+    c_a, c_v = torch.meshgrid(c, c, indexing="ij")
+    return c_a, c_v, mcc_from_cosines(c_a.flatten(), c_v.flatten(), g, 1.0).view_as(c_a)
+
+
+def level_curve_point(c_a: float, level: float, low: float, high: float) -> float:
+    """The c_v in [low, high] with y(c_a, c_v) = level, by bisection (y − level changes sign once there)."""
+    sign_low = paper_y(c_a, low) - level
+    assert sign_low * (paper_y(c_a, high) - level) < 0
+    for _ in range(80):
+        mid = (low + high) / 2
+        if (paper_y(c_a, mid) - level) * sign_low > 0:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def test_paper_zero_set_is_whole_level_curves_with_the_reviews_numbers() -> None:
+    """docs/design.md §5.5, measured on a 2001 × 2001 grid over (c_a, c_v) ∈ [0, 1]² at g = 0.2:
+    - the zeros are the level curves y = 0.3, 1.3, 2.3, 3.3 (y ≤ 3.394 on the grid);
+    - the y = 0.3 curve is the only one that meets the diagonal (at 0.3, 0.3); on it the angle gap
+      |θ_a − θ_v| reaches 0.4035 rad (at (0, 0.393)), with f exactly 0 there;
+    - the y = 1.3 curve passes (1.0, 0.963): both cosines near 1 at zero loss;
+    - of the region where f < 0.05, 62.0 % has |c_a − c_v| > 0.2."""
+    g = 0.2
+    c_a, c_v, f = paper_grid(g=g)
+    near = f < 0.05
+    share = ((c_a - c_v).abs() > 0.2)[near].double().mean().item()
+    assert share == pytest.approx(0.620, abs=0.005)
+
+    # the largest angle gap at exactly zero loss on the y = 0.3 curve: sweep c_a along the curve
+    gaps = []
+    for a in np.linspace(0.0, 0.3, 61):
+        v = level_curve_point(float(a), 0.5 - g, float(a), 1.0) if a < 0.3 else 0.3
+        f_here = mcc_from_cosines(torch.tensor([float(a)], dtype=torch.float64),
+                                  torch.tensor([v], dtype=torch.float64), g, 1.0).item()
+        assert f_here < 1e-9
+        gaps.append(abs(math.acos(a) - math.acos(v)))
+    assert max(gaps) == pytest.approx(0.4035, abs=5e-4)
+    assert int(np.argmax(gaps)) == 0  # at c_a = 0, the curve's end
+    assert min(gaps) == pytest.approx(0.0, abs=1e-6)  # and at the diagonal, (0.3, 0.3)
+
+    # on the diagonal y = cos θ ≤ 1, so 1.3, 2.3, 3.3 are never reached there: one diagonal zero
+    diagonal = torch.linspace(0, 1, 100001, dtype=torch.float64)
+    f_diag = mcc_from_cosines(diagonal, diagonal, g, 1.0)
+    local_minima = (f_diag[1:-1] < f_diag[:-2]) & (f_diag[1:-1] < f_diag[2:])
+    assert int(local_minima.sum()) == 1
+    assert diagonal[1:-1][local_minima].item() == pytest.approx(0.3, abs=1e-4)
+
+    # the y = 1.3 curve: c_v for c_a = 1 (clamped as the loss clamps), and zero loss there
+    v = level_curve_point(1.0, 1.5 - g, 0.0, 1.0)
+    assert v == pytest.approx(0.963, abs=5e-4)
+    assert mcc_from_cosines(torch.tensor([1.0], dtype=torch.float64), torch.tensor([v], dtype=torch.float64),
+                            g, 1.0).item() < 1e-6
+    # each of the four curves holds grid points where f is (near) zero
+    theta_a, theta_v = torch.acos(c_a.clamp(max=1 - 1e-6)), torch.acos(c_v.clamp(max=1 - 1e-6))
+    y = torch.cos((theta_a + theta_v) / 2) * torch.exp((theta_a - theta_v).abs())
+    assert y.max().item() == pytest.approx(3.394, abs=1e-3)
+    for level in (0.3, 1.3, 2.3, 3.3):
+        on_curve = (y - level).abs() < 2e-3
+        assert on_curve.any() and f[on_curve].max().item() < 0.02
+
+
+# ---------------------------------------------------------------- the balanced form (kebr's, not the paper's)
+
+
+@pytest.mark.parametrize("g", [-0.3, 0.0, 0.2, 0.4])
+def test_balanced_form_has_its_unique_grid_minimum_at_the_balanced_point(g: float) -> None:
+    c = torch.linspace(-1, 1, 801, dtype=torch.float64)  # step 0.0025: 0.5 − g lies on the grid
+    c_a, c_v = torch.meshgrid(c, c, indexing="ij")
+    f = mcc_from_cosines(c_a.flatten(), c_v.flatten(), g, 1.0, "balanced").view_as(c_a)
+    k = int(torch.argmin(f))
+    assert c_a.flatten()[k].item() == pytest.approx(0.5 - g, abs=1e-12)
+    assert c_v.flatten()[k].item() == pytest.approx(0.5 - g, abs=1e-12)
+    assert f.flatten()[k].item() == pytest.approx(0.0, abs=1e-24)
+    assert int((f < 1e-12).sum()) == 1  # one zero, not a curve
+    # the paper's own zero curve y = 0.3 (g = 0.2) costs the balanced form (0 − 0.3)² + (0.393 − 0.3)² there
+    if g == 0.2:
+        f_end = mcc_from_cosines(torch.tensor([0.0], dtype=torch.float64), torch.tensor([0.3927], dtype=torch.float64),
+                                 g, 1.0, "balanced").item()
+        assert f_end == pytest.approx(0.09 + 0.0927**2, abs=1e-9)
+
+
+@pytest.mark.parametrize("c_a, c_v", [(0.9, 0.3), (-0.5, 0.3), (0.3, 0.95), (0.3, -0.8), (0.8, 0.8), (-0.6, -0.6),
+                                      (0.9, -0.2), (0.0, 0.6), (0.31, 0.29)])
+def test_balanced_form_gradient_points_to_the_balanced_point_from_every_side(c_a: float, c_v: float) -> None:
+    """−∇f is 2s·(c* − c): exactly towards (c*, c*) from every side, and a small step lowers f."""
+    g, s = 0.2, 1.5
+    a = torch.tensor([c_a], dtype=torch.float64, requires_grad=True)
+    v = torch.tensor([c_v], dtype=torch.float64, requires_grad=True)
+    f = mcc_from_cosines(a, v, g, s, "balanced")
+    f.sum().backward()
+    target = 0.5 - g
+    assert a.grad.item() == pytest.approx(2 * s * (c_a - target), abs=1e-12)
+    assert v.grad.item() == pytest.approx(2 * s * (c_v - target), abs=1e-12)
+    step = 1e-3
+    moved = mcc_from_cosines(a.detach() - step * a.grad, v.detach() - step * v.grad, g, s, "balanced")
+    assert moved.item() < f.item()
+
+
+def test_balanced_form_penalises_the_gap_explicitly() -> None:
+    """(c_a − c*)² + (c_v − c*)² = 2(m − c*)² + (c_a − c_v)²/2: at equal mean cosine, a gap costs."""
+    c_a = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64)
+    c_v = torch.tensor([0.3, 0.1, -0.1], dtype=torch.float64)
+    f = mcc_from_cosines(c_a, c_v, 0.2, 1.0, "balanced")
+    torch.testing.assert_close(f, torch.tensor([0.0, 0.08, 0.32], dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_balanced_form_gradcheck_float64() -> None:
+    gen = torch.Generator().manual_seed(3)
+    c_a = (torch.rand(7, generator=gen, dtype=torch.float64) * 2 - 1).requires_grad_()
+    c_v = (torch.rand(7, generator=gen, dtype=torch.float64) * 2 - 1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, v: mcc_from_cosines(a, v, 0.15, 1.3, "balanced"), (c_a, c_v))
 
 
 def test_paper_form_is_v_shaped_at_the_balanced_zero() -> None:
@@ -495,6 +618,8 @@ def kink_distance(c_a: torch.Tensor, c_v: torch.Tensor, g: float, form: str) -> 
     elif form == "mean-cosine":
         mean = (c_a + c_v) / 2
         return min(mean.abs().min().item(), torch.cos(math.pi * (mean + g)).abs().min().item())
+    elif form == "balanced":
+        return math.inf  # smooth everywhere: no kink to stay away from
     else:
         inner = math.pi * ((c_a + c_v) / 2 + g) * torch.exp(0.5 * (c_a - c_v).abs())
         gap = (c_a - c_v).abs()

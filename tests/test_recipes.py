@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from safetensors.torch import load_file
 
@@ -196,3 +197,38 @@ def test_text_only_store_from_label_csv_trains(tmp_path: Path) -> None:
     result = finetune(store, tmp_path / "ft", small_cfg(epochs=1), seeds=[0])
     log = rows(tmp_path / "ft" / "seed-0" / "metrics.csv")
     assert float(log[0]["train_mcc"]) == 0.0 and np.isfinite(result.summary["mae"][0])
+
+
+def test_random_word_per_epoch_reencodes_only_the_random_words(tmp_path: Path) -> None:
+    """train.random_word = per-epoch: each epoch masks the random-word texts anew (seeded by the epoch)
+    and the frozen encoder's cache is re-encoded for those texts only; its rows then equal a cache
+    built from scratch on that epoch's texts; the run is not the fixed-draw run."""
+    from kebr_core.data.store import Sample, StoreWriter
+    from kebr_core.model import load_text_encoder
+    from kebr_core.training import build_text_cache
+
+    texts = ["the table is near seven windows and doors", "it was a great movie", "we walked to the red house later"]
+    rng = np.random.default_rng(0)
+    with StoreWriter(tmp_path / "s.h5", ["a0", "a1"], ["v0", "v1"]) as w:
+        for i in range(12):
+            w.add(Sample(id=f"s{i}", text=texts[i % 3], audio=rng.normal(size=(4, 2)).astype(np.float32),
+                         vision=rng.normal(size=(3, 2)).astype(np.float32), label=0.5, split="train"))
+    runs_metrics = {}
+    for mode in ("fixed", "per-epoch"):
+        cfg = small_cfg(epochs=2)
+        cfg.train.random_word = mode
+        pretrain(tmp_path / "s.h5", tmp_path / mode, cfg)
+        runs_metrics[mode] = rows(tmp_path / mode / "metrics.csv")
+    assert runs_metrics["fixed"] != runs_metrics["per-epoch"]
+
+    # the cache update itself: replace the random-word rows, compare with a fresh cache of epoch 2's texts
+    tokenizer, encoder = load_tokenizer(TINY_BERT), load_text_encoder(TINY_BERT)
+    texts_store = FeatureStore(tmp_path / "s.h5").texts
+    first = mask_batch(texts_store, tokenizer, load_lexicon(), 50, seed=0)
+    second = mask_batch(texts_store, tokenizer, load_lexicon(), 50, seed=0, epoch=2)
+    random_rows = [i for i, m in enumerate(first) if not m.from_lexicon]
+    assert random_rows and len(random_rows) < len(first)
+    cache = build_text_cache(encoder, [m.input_ids for m in first], torch.device("cpu"))
+    cache.replace(random_rows, build_text_cache(encoder, [second[i].input_ids for i in random_rows], torch.device("cpu")))
+    fresh = build_text_cache(encoder, [m.input_ids for m in second], torch.device("cpu"))
+    torch.testing.assert_close(cache.flat, fresh.flat, atol=1e-5, rtol=1e-5)

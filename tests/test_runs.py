@@ -45,14 +45,35 @@ def test_stage_defaults_and_paper_preset() -> None:
     assert (pre.train.epochs, pre.train.unfreeze, pre.train.lr_fusion) == (20, False, None)
     assert (ft.train.epochs, ft.train.unfreeze, ft.train.lr_fusion) == (10, True, 5e-6)
     assert RunConfig.for_stage("pretrain", preset="paper").train.epochs == 200
-    assert RunConfig.for_stage("finetune", preset="paper").train.epochs == 20
+    paper_ft = RunConfig.for_stage("finetune", preset="paper").train
+    # §4.2: "the epoch is set to 200", "5e-6 for BERT and 1e-4 for other parameters" (TCMF included)
+    assert (paper_ft.epochs, paper_ft.lr, paper_ft.lr_encoder, paper_ft.lr_fusion) == (200, 1e-4, 5e-6, None)
+
+
+@pytest.mark.parametrize("stage, form, g, weight, random_word", [
+    ("pretrain", "mean-cosine", 0.25, 0.5, "per-epoch"),  # pretrain.py:69, 83–85, 88; data_loader.py:70
+    ("finetune", "reference", 0.4, 1.0, "fixed"),  # main.py:96, 122–125, 129
+])
+def test_authors_preset_per_stage(stage: str, form: str, g: float, weight: float, random_word: str) -> None:
+    cfg = RunConfig.for_stage(stage, preset="authors")
+    assert (cfg.mcc.form, cfg.mcc.g, cfg.mcc.weight, cfg.mcc.align) == (form, g, weight, "authors")
+    m = cfg.model
+    assert (m.attention_width, m.ffn, m.dropout, m.head_hidden, m.max_text_len, m.shared_layers, m.layers) == (
+        256, "linear", 0.5, 256, 39, True, 4)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.random_word) == (200, 32, random_word)
+    if stage == "finetune":  # main.py:85–91: encoder and TCMF 5e-6, heads 1e-4, cosine T_max 20
+        t = cfg.train
+        assert (t.lr, t.lr_fusion, t.lr_encoder, t.cosine_tmax, t.unfreeze) == (1e-4, 5e-6, 5e-6, 20, True)
 
 
 @pytest.mark.parametrize("key, value, message", [
     ("mcc.g", 0.5, "mcc.g must lie in (-0.5, 0.5)"),
     ("mcc.g", float("nan"), "mcc.g must lie in (-0.5, 0.5)"),
     ("mcc.s", -1.0, "mcc.s must be a positive number"),
-    ("mcc.form", "nope", "mcc.form must be one of paper, reference, mean-cosine, not 'nope'."),
+    ("mcc.form", "nope", "mcc.form must be one of paper, reference, mean-cosine, balanced, not 'nope'."),
+    ("model.attention_width", 0, "model.attention_width must be an integer ≥ 1 (or unset: d_t, no projection), not 0."),
+    ("model.fusion", "early", "model.fusion must be one of tcmf, late, symmetric, not 'early'."),
+    ("train.random_word", "always", "train.random_word must be one of fixed, per-epoch, not 'always'."),
     ("mcc.align", "diag", "mcc.align must be one of tile, authors, projected"),
     ("model.ffn", "conv", "model.ffn must be one of mlp, linear"),
     ("model.layers", 0, "model.layers must be an integer ≥ 1, not 0."),

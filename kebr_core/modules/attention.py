@@ -5,6 +5,8 @@
     V = LN(X0m) W_V              (B, Lm, dt)   Eq. 5
     CMA = softmax(Q Kᵀ / √d) V   (B, Lt, dt)   Eq. 6
 
+With `width` w (the authors' code: 256, models.py:67–79), Q, K, V are (·, w) and CMA is projected back:
+CMA = softmax(Q Kᵀ / √w) V W_O, W_O a Linear(w, dt); without it (the paper) d = dt and there is no W_O.
 Unlike the authors' code, padded modality frames are masked out of the softmax.
 """
 
@@ -31,25 +33,29 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
 class CrossModalAttention(nn.Module):
     """Text → modality attention with key-padding mask.
 
-    Attention width is `d_text` (the paper's d_t); with `heads` > 1 the width is split into heads of
-    d_t / heads and each head is scaled by 1/√(d_t / heads) (heads = 1 gives the paper's 1/√d_t).
-    As in Eq. 6 there is no output projection: the heads' outputs are concatenated.
+    Attention width w is `width` or, unset, `d_text` (the paper's d_t); with `heads` > 1 it is split
+    into heads of w / heads, each scaled by 1/√(w / heads) (heads = 1, no width: the paper's 1/√d_t).
+    Without `width`, as in Eq. 6, there is no output projection: the heads' outputs are concatenated;
+    with it, `w_o` (w → d_t) maps them back to the text's width, as the authors' `proj`.
     """
 
-    def __init__(self, d_text: int, d_modality: int, heads: int = 1, dropout: float = 0.0) -> None:
+    def __init__(self, d_text: int, d_modality: int, heads: int = 1, dropout: float = 0.0,
+                 width: int | None = None) -> None:
         super().__init__()
-        if d_text % heads != 0:
-            raise ValueError(f"d_text={d_text} is not divisible by heads={heads}")
+        self.width = width if width is not None else d_text
+        if self.width % heads != 0:
+            raise ValueError(f"attention width {self.width} is not divisible by heads={heads}")
         self.d_text = d_text
         self.heads = heads
         self.dropout = dropout
         self.ln_modality = nn.LayerNorm(d_modality)
-        self.w_q = nn.Linear(d_text, d_text)
-        self.w_k = nn.Linear(d_modality, d_text)
-        self.w_v = nn.Linear(d_modality, d_text)
+        self.w_q = nn.Linear(d_text, self.width)
+        self.w_k = nn.Linear(d_modality, self.width)
+        self.w_v = nn.Linear(d_modality, self.width)
+        self.w_o = nn.Linear(self.width, d_text) if width is not None else None
 
     def project(self, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K = LN(X0m) W_K and V = LN(X0m) W_V (Eq. 4–5): (B, Lm, dm) → (B, Lm, dt) each.
+        """K = LN(X0m) W_K and V = LN(X0m) W_V (Eq. 4–5): (B, Lm, dm) → (B, Lm, w) each.
 
         They depend on X0m only, so a TCMF layer applied K times (shared weights) computes them once.
         """
@@ -73,7 +79,8 @@ class CrossModalAttention(nn.Module):
         Returns:
             out: CMA, (B, Lt, dt); all zeros for a sample with no valid frame (its CMA term drops out
                 of Eq. 7 rather than attending to padding).
-            value: V = LN(X0m) W_V, (B, Lm, dt) (used by MCC's "projected" alignment).
+            value: V = LN(X0m) W_V, (B, Lm, w) (MCC's "projected" alignment reads it, through
+                `value_in_text_width`).
         """
         batch, text_len, _ = text_ln.shape
         mod_len = modality.shape[1]
@@ -81,7 +88,7 @@ class CrossModalAttention(nn.Module):
         if mod_len == 0:  # a batch in which no sample has this modality: a shape, not a value, check
             return text_ln.new_zeros(batch, text_len, self.d_text), value
 
-        d_head = self.d_text // self.heads
+        d_head = self.width // self.heads
         q = self.w_q(text_ln).view(batch, text_len, self.heads, d_head).transpose(1, 2)
         k = key.view(batch, mod_len, self.heads, d_head).transpose(1, 2)
         v = value.view(batch, mod_len, self.heads, d_head).transpose(1, 2)
@@ -99,6 +106,13 @@ class CrossModalAttention(nn.Module):
             out = attention_with_dropout(q, k, v, mask, dropout)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        out = out.transpose(1, 2).reshape(batch, text_len, self.d_text)
+        out = out.transpose(1, 2).reshape(batch, text_len, self.width)
+        if self.w_o is not None:
+            out = self.w_o(out)
         out = torch.where(has_frames[:, None, None], out, torch.zeros_like(out))
         return out, value
+
+    def value_in_text_width(self, value: torch.Tensor) -> torch.Tensor:
+        """V (B, Lm, w) → (B, Lm, dt): V W_O with a `width`, else V itself. Only MCC's "projected"
+        alignment needs V in d_t, so this is not done in `forward` (it would cost Lm·w·dt per layer)."""
+        return self.w_o(value) if self.w_o is not None else value

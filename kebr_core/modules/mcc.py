@@ -8,12 +8,15 @@ Per sample i, with cosines c_a = cos(X_K, X0a) and c_v = cos(X_K, X0v) and angle
     f_i = s + s · |cos(π (y_i + g))|   otherwise                 ("a larger loss s + f")
     L_mcc = mean_i f_i                                           Eq. 10
 
-Where f_i is zero: wherever y_i + g is a half-integer (0.5, 1.5, 2.5, 3.5: y spans [0, 3.40]
-on non-negative cosines, up to cos(π/4)·e^(π/2) at θ_a = 0, θ_v = π/2). The balanced zero θ_a = θ_v,
-cos θ = 0.5 − g is one of them, not the only one: at g = 0.2, (c_a, c_v) = (0.0, 0.393), (0.1, 0.357),
-(0.9, 0.535) and (1.0, 0.963) are zeros too, far off the diagonal. Around any zero the loss is
-V-shaped, |cos| of a linear function: on the diagonal each cosine's gradient is ±π·s/2, its sign
-flipping at the zero, as an L1 loss (tests/test_mcc.py pins these facts).
+Where f_i is zero (docs/design.md §5.5 derives it): wherever y_i + g is a half-integer. y is
+symmetric in the angles, equals cos θ on the diagonal and spans [0, 3.39] on non-negative cosines
+(its maximum cos(π/4)·e^(π/2) at θ_a = 0, θ_v = π/2), so the zero set is the whole level curves
+y = 0.5 − g, 1.5 − g, 2.5 − g, 3.5 − g that fall in that range. Only the first meets the diagonal, at
+the balanced zero cos θ_a = cos θ_v = 0.5 − g; the others lie entirely off it. At g = 0.2 the y = 0.3
+curve runs from (c_a, c_v) = (0, 0.393) through (0.3, 0.3), its angle gap |θ_a − θ_v| reaching 0.404
+at the ends, and the y = 1.3 curve passes (1.0, 0.963). Around any zero the loss is V-shaped, |cos|
+of a linear function: on the diagonal each cosine's gradient is ±π·s/2, its sign flipping at the
+zero, as an L1 loss (tests/test_mcc.py pins these facts).
 
 Forms (`FORMS`), the f_i of the two cosines:
 - "paper": Eq. 11–12 above.
@@ -22,6 +25,10 @@ Forms (`FORMS`), the f_i of the two cosines:
 - "mean-cosine": the authors' pretraining code, on the mean cosine m = (c_a + c_v)/2:
   s · |cos(π (m + g))|, or s · (1 − m) when m < 0. Their run used g = 1/4 and λ = 0.5
   (`--mcc-form mean-cosine --g 0.25 --lambda-mcc 0.5`).
+- "balanced" (kebr's, NOT the paper's): with c* = 0.5 − g, s · ((c_a − c*)² + (c_v − c*)²)
+  = s · (2 (m − c*)² + (c_a − c_v)²/2), m the mean cosine: one zero, at c_a = c_v = c*, smooth and
+  convex everywhere, its gradient 2s(c_m − c*) pointing at that point from every side; no branch for
+  negative cosines (the distance already grows there). Why this form: docs/design.md §5.5.
 
 Alignments (`ALIGNS`), how X_K and a modality's sequence, of different sizes, give one cosine:
 - "tile" (default; kebr's pairwise tile, not the authors'): per sample and per pair (text, modality),
@@ -40,6 +47,9 @@ Alignments (`ALIGNS`), how X_K and a modality's sequence, of different sizes, gi
 Everything is vectorised over the batch and free of host-device synchronisation, so a CUDA training
 step never waits on it. Padding is assumed to sit at the end of each sequence (as the collate pads).
 The returned loss is unweighted: the caller multiplies by λ (`MCCConfig.weight`, Eq. 17).
+
+One cohesive module over 400 lines: the cosines of every alignment (sharing the tile machinery)
+and the forms of f_i, which `FORMS` and `ALIGNS` name once for the config and the CLI.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from kebr_core.config import MCCConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.pooling import masked_mean
 
-FORMS = ("paper", "reference", "mean-cosine")
+FORMS = ("paper", "reference", "mean-cosine", "balanced")
 ALIGNS = ("tile", "authors", "projected")
 
 _NORM_EPS = 1e-12  # as F.normalize: a zero vector stays zero instead of dividing by 0
@@ -325,8 +335,8 @@ def projected_cosines(
 def mcc_from_cosines(
     c_a: torch.Tensor, c_v: torch.Tensor, g: float, s: float, form: str = "paper", eps: float = 1e-6
 ) -> torch.Tensor:
-    """Per-sample MCC loss f_i from the two cosines (Eq. 11–12, or the authors' "reference" and
-    "mean-cosine" forms; see the module docstring).
+    """Per-sample MCC loss f_i from the two cosines (Eq. 11–12, the authors' "reference" and
+    "mean-cosine" forms, or kebr's "balanced"; see the module docstring).
 
     Args:
         c_a, c_v: (B,) cosines of the fused text with audio and vision.
@@ -347,6 +357,9 @@ def mcc_from_cosines(
     if form == "mean-cosine":
         mean = (c_a + c_v) / 2
         return torch.where(mean >= 0, s * torch.cos(math.pi * (mean + g)).abs(), s * (1 - mean))
+    if form == "balanced":
+        target = 0.5 - g  # the paper's balanced zero cos θ = 0.5 − g, here the only zero
+        return s * ((c_a - target).square() + (c_v - target).square())
     raise KebrError(f"Unknown MCC form {form!r}: use one of {', '.join(FORMS)}.")
 
 

@@ -23,8 +23,9 @@ from kebr_core.modules.attention import CrossModalAttention
 
 
 class TCMFOutput(NamedTuple):
-    """fused: X_K (B, Lt, dt); value_audio: V_a (B, La, dt) and value_vision: V_v (B, Lv, dt) of the
-    last layer (MCC's "projected" alignment compares the fused text with them)."""
+    """fused: X_K (B, Lt, dt); value_audio: V_a (B, La, w) and value_vision: V_v (B, Lv, w) of the
+    last layer, w the attention width (MCC's "projected" alignment compares the fused text with them,
+    mapped to d_t by `TCMF.values_in_text_width`)."""
 
     fused: torch.Tensor
     value_audio: torch.Tensor
@@ -53,11 +54,12 @@ class TCMFLayer(nn.Module):
         ffn: Literal["mlp", "linear"] = "mlp",
         ffn_mult: int = 4,
         dropout: float = 0.0,
+        attention_width: int | None = None,
     ) -> None:
         super().__init__()
         self.ln_text = nn.LayerNorm(d_text)
-        self.cma_audio = CrossModalAttention(d_text, d_audio, heads=heads, dropout=dropout)
-        self.cma_vision = CrossModalAttention(d_text, d_vision, heads=heads, dropout=dropout)
+        self.cma_audio = CrossModalAttention(d_text, d_audio, heads=heads, dropout=dropout, width=attention_width)
+        self.cma_vision = CrossModalAttention(d_text, d_vision, heads=heads, dropout=dropout, width=attention_width)
         self.ln_fused = nn.LayerNorm(d_text)
         self.ffn = make_ffn(d_text, ffn, ffn_mult, dropout)
 
@@ -112,17 +114,21 @@ class TCMF(nn.Module):
         ffn: Literal["mlp", "linear"] = "mlp",
         ffn_mult: int = 4,
         dropout: float = 0.0,
+        attention_width: int | None = None,
     ) -> None:
         super().__init__()
         if layers < 1:
             raise KebrError(f"The number of TCMF layers must be at least 1, got {layers}.")
-        if d_text % heads != 0:
-            raise KebrError(f"The text width {d_text} is not divisible by the number of heads {heads}.")
+        width = attention_width if attention_width is not None else d_text
+        if width % heads != 0:
+            what = "attention width" if attention_width is not None else "text width"
+            raise KebrError(f"The {what} {width} is not divisible by the number of heads {heads}.")
         self.num_layers = layers
         self.shared = shared
         n_modules = 1 if shared else layers
         self.layers = nn.ModuleList(
-            TCMFLayer(d_text, d_audio, d_vision, heads=heads, ffn=ffn, ffn_mult=ffn_mult, dropout=dropout)
+            TCMFLayer(d_text, d_audio, d_vision, heads=heads, ffn=ffn, ffn_mult=ffn_mult, dropout=dropout,
+                      attention_width=attention_width)
             for _ in range(n_modules)
         )
 
@@ -139,6 +145,7 @@ class TCMF(nn.Module):
             ffn=cfg.ffn,
             ffn_mult=cfg.ffn_mult,
             dropout=cfg.dropout,
+            attention_width=cfg.attention_width,
         )
 
     def forward(
@@ -164,3 +171,9 @@ class TCMF(nn.Module):
             layer = self.layers[0 if self.shared else k]
             x, value_a, value_v = layer(x, audio, audio_mask, vision, vision_mask, kv_audio, kv_vision, token_index)
         return TCMFOutput(x, value_a, value_v)
+
+    def values_in_text_width(self, value_audio: torch.Tensor, value_vision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer's V_a, V_v (B, L·, w) in d_t (B, L·, dt): through its output projection W_O
+        when the attention has its own width, unchanged otherwise."""
+        last = self.layers[-1]
+        return last.cma_audio.value_in_text_width(value_audio), last.cma_vision.value_in_text_width(value_vision)

@@ -4,7 +4,9 @@ Configurations of Table 4:
 
     C1  pretraining + TCMF + MCC      (the full model, the reference row)
     C2  no pretraining                (fine-tune from the plain text encoder)
-    C3  no TCMF                       (late fusion: text is not injected with audio/vision, see LateFusion)
+    C3  no TCMF                       (`c3`: "late", no cross-modal network, LateFusion; or "symmetric",
+                                       three equal streams attending to each other, SymmetricFusion,
+                                       our reading of Table 4's caption; the table's caption names it)
     C4  no MCC                        (λ = 0 in both stages)
     C5  none of the three
 
@@ -84,9 +86,14 @@ class AblationSpec:
     g: float = 0.2
     mcc_form: str = "paper"
     mcc_align: str = "tile"
+    c3: str = "late"  # the fusion that replaces TCMF when tcmf is False: "late" or "symmetric"
+
+    @property
+    def fusion(self) -> str:
+        return "tcmf" if self.tcmf else self.c3
 
     def pretrain_key(self) -> str:
-        fusion = "tcmf" if self.tcmf else "late"
+        fusion = self.fusion
         if not self.mcc:  # λ = 0: the alignment changes only the cosines it logs
             return f"{fusion}-nomcc" if self.mcc_align == "tile" else f"{fusion}-nomcc-{self.mcc_align}"
         return f"{fusion}-mcc-g{self.g:+.2f}-{self.mcc_form}-{self.mcc_align}"
@@ -107,13 +114,17 @@ def build_specs(
     g: float = 0.2,
     align: str = "tile",
     form: str = "paper",
+    c3: str = "late",
 ) -> list[AblationSpec]:
     """The configurations the flags ask for; C1 (the reference of "Avg") is always included.
+    c3: the fusion of every configuration without TCMF ("late" or "symmetric", modules/fusion.py).
 
     g, align and form are those of every configuration outside the sweep and the comparisons
     (`mcc_forms`, `mcc_aligns`); a configuration without MCC still logs its cosines c_a, c_v with
     `align` (the balance plots compare them)."""
-    specs = [replace(s, g=g, mcc_align=align, mcc_form=form) for s in TABLE4]
+    if c3 not in C3_FUSIONS:
+        raise KebrError(f"--c3 must be one of {', '.join(C3_FUSIONS)}, not '{c3}'.")
+    specs = [replace(s, g=g, mcc_align=align, mcc_form=form, c3=c3) for s in TABLE4]
     chosen = [specs[0]]
     if all_table4:
         chosen = specs
@@ -124,7 +135,7 @@ def build_specs(
         else:
             name = "+".join(n for n, on in (("no-pretrain", no_pretrain), ("no-tcmf", no_tcmf), ("no-mcc", no_mcc)) if on)
             chosen.append(AblationSpec(name, "table4", pretrain=not no_pretrain, tcmf=not no_tcmf, mcc=not no_mcc, g=g,
-                                       mcc_form=form, mcc_align=align))
+                                       mcc_form=form, mcc_align=align, c3=c3))
     for value in g_sweep or ():
         chosen.append(AblationSpec(f"g={value:+.2f}", "g-sweep", g=float(value), mcc_form=form, mcc_align=align))
     for other in mcc_forms:
@@ -139,7 +150,7 @@ def build_specs(
 def apply_spec(base: RunConfig, spec: AblationSpec) -> RunConfig:
     """The RunConfig of one configuration: fusion, λ (0 without MCC) and the MCC geometry."""
     cfg = RunConfig.from_dict(base.to_dict())
-    cfg.model.fusion = "tcmf" if spec.tcmf else "late"
+    cfg.model.fusion = spec.fusion  # type: ignore[assignment]
     cfg.mcc.weight = base.mcc.weight if spec.mcc else 0.0
     cfg.mcc.g, cfg.mcc.form, cfg.mcc.align = spec.g, spec.mcc_form, spec.mcc_align  # type: ignore[assignment]
     return cfg
@@ -173,6 +184,19 @@ def pretraining_caption(payload: dict) -> str:
     if payload.get("pretrain_on_test"):
         return f"pretrained on all of {store}, test inputs included (--pretrain-on-test)"
     return f"pretrained on all of {store}"
+
+
+C3_FUSIONS = ("late", "symmetric")
+C3_READINGS = {
+    "late": "C3 = late fusion (no cross-modal network; kebr's first reading)",
+    "symmetric": "C3 = symmetric cross-modal fusion of three equal streams (our reading of Table 4's caption)",
+}
+
+
+def c3_caption(rows: Sequence[dict]) -> str:
+    """Which fusion(s) the rows without TCMF ran, for the table's caption ("" when none did)."""
+    used = sorted({r.get("c3", "late") for r in rows if not r.get("tcmf", True)})
+    return "; ".join(C3_READINGS[c] for c in used)
 
 
 def relative_change(metrics: dict[str, float], reference: dict[str, float]) -> float:
@@ -264,7 +288,7 @@ def ablate(
             if spec.pretrain:
                 row["pretrain_dir"] = f"{runs.ABLATION_PRETRAIN}/{spec.pretrain_key()}"
             if not mcc_defined:
-                twin = (spec.pretrain, spec.tcmf)
+                twin = (spec.pretrain, spec.fusion)
                 if twin in seen_without_mcc:
                     row["status"] = f"skipped: identical to {seen_without_mcc[twin]} because MCC is undefined on this data"
                     rows.append(row)
@@ -342,7 +366,8 @@ def ablate(
                 w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
                             r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
                             *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"], *extra])
-        return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=pretraining_caption(payload),
+        caption = "; ".join(filter(None, (pretraining_caption(payload), c3_caption(rows))))
+        return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=caption,
                               pretrain_seeds=pseeds, delta_caption=delta_caption)
 
 

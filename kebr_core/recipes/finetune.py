@@ -104,14 +104,15 @@ def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> 
 
 def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path, typed: Mapping[str, str] | None = None) -> list[str]:
     """Fine-tuning uses the architecture the checkpoint was pretrained with (its model settings, but for
-    the length limits and dropout, which are the fine-tuning's own).
+    the length limits, dropout and the head's width, which are the fine-tuning's own: the heads are never
+    loaded, `build_model`).
 
     typed: {dotted key: how the user gave it, e.g. "--layers"} for the settings typed explicitly (README
     "Configuration and runs"): a typed architecture setting whose value differs from the checkpoint's is
     refused, in one sentence naming each with its value and the checkpoint's. None: no check (recipes
     that build the configuration themselves). Returns the settings the checkpoint changed, "key=value"."""
     saved = RunConfig.from_dict(runs.read_checkpoint_config(checkpoint), source=f"checkpoint {checkpoint}")
-    keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout"}
+    keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout", "head_hidden"}
     taken = {f"model.{name}": value for name, value in vars(saved.model).items() if name not in keep}
     current = {f"model.{name}": value for name, value in vars(cfg.model).items()}
     # The input widths are the data's, checked against the store by the caller: not the user's to type.

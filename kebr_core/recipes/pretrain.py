@@ -10,7 +10,8 @@ masked position:
     L = L1(pred, y_mask)  (Eq. 16)  +  λ · L_mcc  (Eq. 10, 17)
 
 With the text encoder frozen (the default, as the authors), the encoder's output for an unchanged masked
-text is the same every epoch, so it is computed once (`TextCache`) and gathered per batch; only TCMF and
+text is the same every epoch, so it is computed once (`TextCache`; with `train.random_word = "per-epoch"`
+the random-word texts are masked and encoded anew each epoch) and gathered per batch; only TCMF and
 the head are trained. Each batch is padded to its own longest sequence.
 
 A sample whose transcript has no words (extraction keeps silent videos, with empty text) has no word
@@ -44,7 +45,9 @@ from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.runs import MetricsLog
-from kebr_core.training import ProgressFn, no_progress, resolve_device, seed_everything, train_epoch
+from kebr_core.training import (
+    ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch,
+)
 
 
 PRETRAIN_SPLITS_WITHOUT_TEST = ("train", "valid", "unlabeled")
@@ -145,10 +148,17 @@ def pretrain(
         # Checked before anything is written: a crafted state is refused with the run left as it was.
         state = runs.load_trainer_state(latest, max_epoch=cfg.train.epochs) if latest is not None else None
 
-        # Masking is seeded per store index, so it is done once here and the masked texts never change.
+        # Masking is seeded per store index, so it is done once here and the masked texts never change;
+        # with the random word redrawn per epoch, the texts without a lexicon word are masked anew each epoch.
         tokenizer = load_tokenizer(cfg.model.text_model)
-        masked = mask_batch(store.texts, tokenizer, load_lexicon(), cfg.model.max_text_len, seed=cfg.train.seed,
-                            skip_empty=True)
+        lexicon = load_lexicon()
+        per_epoch = cfg.train.random_word == "per-epoch"
+
+        def mask_for(epoch: int | None):
+            return mask_batch(store.texts, tokenizer, lexicon, cfg.model.max_text_len, seed=cfg.train.seed,
+                              skip_empty=True, epoch=epoch)
+
+        masked = mask_for(None)
         has_words = np.array([m is not None for m in masked])
         used = selected[has_words[selected]]
         if len(used) == 0:
@@ -167,10 +177,18 @@ def pretrain(
         placeholder = {"input_ids": tokenize_plain([""], tokenizer, cfg.model.max_text_len)[0], "mask_pos": 0, "mask_label": 0.0}
         in_use = np.zeros(len(store), dtype=bool)
         in_use[used] = True
-        encoded = [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i] else placeholder
-                   for i, m in enumerate(masked)]
-        dataset = Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
+
+        def encode(masked_texts) -> list[dict]:
+            return [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i]
+                    else placeholder for i, m in enumerate(masked_texts)]
+
+        def subset(encoded: list[dict]) -> Subset:
+            return Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
+
+        encoded = encode(masked)
+        dataset = subset(encoded)
         collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
+        random_word = [int(i) for i in used if not masked[i].from_lexicon]  # what a per-epoch redraw changes
 
         setup = setup_model(cfg, device, "pretrain", token_ids=[e["input_ids"] for e in encoded], progress=progress)
         model, frozen, cache, opt = setup.model, setup.frozen, setup.cache, setup.optimizer
@@ -198,6 +216,12 @@ def pretrain(
         snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
         try:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
+                if per_epoch:  # every epoch's draw is a function of (seed, epoch): a resumed run draws the same
+                    encoded = encode(mask_for(epoch))
+                    dataset = subset(encoded)
+                    if cache is not None and random_word:  # only the random words changed: re-encode those
+                        cache.replace(random_word, build_text_cache(
+                            model.encoder, [encoded[i]["input_ids"] for i in random_word], device))
                 row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
                                   info=info, seed=cfg.train.seed, progress=progress)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
