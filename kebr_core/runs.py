@@ -258,7 +258,7 @@ def is_kebr_run(run_dir: Path) -> bool:
         payload = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(payload, dict) and payload.get("stage") in ("pretrain", "finetune")
+    return isinstance(payload, dict) and payload.get("stage") in ("pretrain", "finetune", "tune")
 
 
 def check_run_files(run_dir: Path) -> None:

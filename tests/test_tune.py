@@ -168,15 +168,15 @@ def test_pruning_stops_a_bad_trial_early(tiny_store: Path, tmp_path: Path) -> No
     """Five good trials (the MedianPruner's start-up), then one with a learning rate too small to learn: the
     pruner stops it after its first epoch (its validation MAE is above the median of the others' at epoch 1)."""
     run = tmp_path / "run"
-    run.mkdir()
-    study = optuna.create_study(study_name="kebr", storage=f"sqlite:///{run / 'tune.db'}", direction="minimize")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"  # made before kebr's run folder exists: another storage
+    study = optuna.create_study(study_name="kebr", storage=storage, direction="minimize")
     lrs = (1e-2,) * 5 + (1e-9,)
     for lr in lrs:
         study.enqueue_trial({"train.lr": lr})
     space = parse_space({"train.lr": {"low": 1e-9, "high": 1e-1, "log": True}}, "s")
     cfg = base_config(epochs=3)
     cfg.train.lr_fusion = None  # TCMF at the trial's lr too: the bad trial learns nothing
-    result = tune(tiny_store, run, cfg, space, TuneOptions(trials=6), finalize=False)
+    result = tune(tiny_store, run, cfg, space, TuneOptions(trials=6, storage=storage), finalize=False)
     states = [(r.params["train.lr"], r.state, r.epochs_run) for r in result.trials]
     assert states[:5] == [(1e-2, "COMPLETE", 3)] * 5
     assert states[5] == (1e-9, "PRUNED", 1)
