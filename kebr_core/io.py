@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 from kebr_core.errors import KebrError
 
@@ -150,3 +151,23 @@ def open_for_writing(path: str | Path, append: bool = False, newline: str | None
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
     fd = os.open(path, flags, 0o644)
     return os.fdopen(fd, "a" if append else "w", encoding="utf-8", newline=newline)
+
+
+def path_record(path: str | Path) -> dict[str, Any]:
+    """What identifies a file or folder kebr wrote, so that a later run removes or replaces it only while
+    it is still as kebr left it: a file's size, mtime (ns) and SHA-256; a folder's file count and the
+    SHA-256 of its listing (each file's relative path, size and mtime; links are listed, not followed)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        listing = sorted((p.relative_to(path).as_posix(), p.lstat().st_size, p.lstat().st_mtime_ns)
+                         for p in path.rglob("*") if p.is_symlink() or not p.is_dir())
+        return {"files": len(listing), "sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+    info = path.lstat()
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def matches_record(path: str | Path, record: object) -> bool:
+    """Whether `path` exists, is no link, and is still what `record` (`path_record`, read back) says."""
+    path = Path(path)
+    return (isinstance(record, dict) and not path.is_symlink() and (path.is_file() or path.is_dir())
+            and path_record(path) == record)

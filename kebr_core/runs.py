@@ -349,6 +349,10 @@ def check_identity(run_dir: Path, identity: Mapping[str, Any], may_differ: Itera
         old = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise KebrError(f"{cfg_path} is not a kebr run configuration; choose another --out.") from None
+    # A field added since the run was written is missing from its config.json; the run computed with the
+    # field's default (new fields default to the old behaviour), so it is compared as that default.
+    defaults = RunConfig().to_dict()
+    old = {k: {**defaults[k], **v} if k in defaults and isinstance(v, dict) else v for k, v in old.items()}
     diffs = identity_differences({k: old.get(k) for k in identity}, identity, ignore=may_differ)
     if diffs:
         raise KebrError(

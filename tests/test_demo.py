@@ -25,6 +25,7 @@ from kebr_core.extract.vision import MEDIAPIPE_FEATURES
 from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import KEBRModel
 from kebr_core.recipes.demo_media import demo_splits
+from kebr_core.io import path_record
 from kebr_core.recipes.demo import CLIP_STEPS, MANIFEST, QUICK, STEPS, right_signs
 from kebr_core.recipes.predict import SENTIMENT_CLASSES
 from kebr_core.runs import load_checkpoint_weights, read_checkpoint_config
@@ -201,8 +202,8 @@ def test_demo_refuses_an_existing_demo_without_force(demo):
 def test_demo_without_speech_runs_the_synthetic_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     out = tmp_path / "demo"
     out.mkdir()
-    (out / "summary.json").write_text("{}")  # a previous demo (its manifest says so): --force replaces it
-    (out / MANIFEST).write_text(json.dumps({"paths": ["summary.json"]}))
+    (out / "summary.json").write_text("{}")  # a previous demo (its record matches it): --force replaces it
+    (out / MANIFEST).write_text(json.dumps({"paths": {"summary.json": path_record(out / "summary.json")}}))
     (out / "keep.txt").write_text("mine")  # not the demo's: --force leaves it
     (out / "runs" / "pretrain").mkdir(parents=True)  # a user's own run under runs/: left alone too
     (out / "runs" / "pretrain" / "config.json").write_text("{}")
@@ -229,5 +230,25 @@ def test_demo_force_refuses_paths_it_did_not_make(tmp_path: Path) -> None:
     (out / "runs" / "ablate" / "mine.txt").write_text("mine")
     result = runner.invoke(app, ["demo", "--quick", "--force", "--out", str(out), "--text-model", TINY_BERT])
     assert result.exit_code == 1
-    assert "runs/ablate" in result.stderr and "no earlier demo recorded making" in result.stderr
+    assert "runs/ablate" in result.stderr and "no finished demo recorded making" in result.stderr
     assert (out / "runs" / "ablate" / "mine.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("planted", [
+    {"paths": ["clips", "runs/ablate"]},  # an older demo's list of names: proves nothing
+    {"paths": {"clips": {"files": 1, "sha256": "0" * 64}, "runs/ablate": None}},  # records that do not match
+])
+def test_demo_force_keeps_a_users_folders_that_a_planted_manifest_lists(tmp_path: Path, planted: dict) -> None:
+    """A manifest someone else wrote cannot make --force remove a user's own folders: only paths still as a
+    finished demo recorded them (io.path_record) are the demo's."""
+    out = tmp_path / "demo"
+    (out / "clips").mkdir(parents=True)
+    (out / "clips" / "holiday.mp4").write_bytes(b"mine")
+    (out / "runs" / "ablate").mkdir(parents=True)
+    (out / "runs" / "ablate" / "notes.txt").write_text("mine")
+    (out / MANIFEST).write_text(json.dumps(planted))
+    result = runner.invoke(app, ["demo", "--quick", "--force", "--out", str(out), "--text-model", TINY_BERT])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "clips" in result.stderr and "runs/ablate" in result.stderr and "no finished demo recorded" in result.stderr
+    assert (out / "clips" / "holiday.mp4").read_bytes() == b"mine"
+    assert (out / "runs" / "ablate" / "notes.txt").read_text() == "mine"

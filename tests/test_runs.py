@@ -194,6 +194,22 @@ def test_same_settings_continue_and_operational_keys_may_differ(finished_eval) -
     assert (runs.seed_dir(run, 0) / runs.TEST_JSON).stat().st_mtime_ns == stamp
 
 
+def test_a_run_written_before_a_field_existed_continues_with_its_default(finished_eval, tmp_path: Path) -> None:
+    """A config.json without a field added later (train.random_word, model.attention_width) is read as that
+    field's default, the behaviour the run had; a missing field set to another value is still refused."""
+    store, run = finished_eval
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    cfg = json.loads((old / runs.CONFIG).read_text())
+    del cfg["train"]["random_word"], cfg["model"]["attention_width"]
+    (old / runs.CONFIG).write_text(json.dumps(cfg))
+    stamp = (runs.seed_dir(old, 0) / runs.TEST_JSON).stat().st_mtime_ns
+    finetune(store, old, small_cfg())
+    assert (runs.seed_dir(old, 0) / runs.TEST_JSON).stat().st_mtime_ns == stamp
+    with pytest.raises(KebrError, match=r"model\.attention_width"):
+        finetune(store, old, small_cfg(**{"model.attention_width": 64}))
+
+
 def test_cli_rerun_refused_then_force_removes_only_the_runs_files(tiny_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "ev"
     args = ["eval", "-d", str(tiny_store), "-o", str(out), "--seeds", "1", "--epochs", "1", "--freeze-encoder", *FAST]
@@ -390,14 +406,15 @@ def test_ablate_rerun_adds_configurations_and_keeps_earlier_ones(tmp_path: Path)
 
 
 def test_analyze_removes_only_its_own_stale_outputs(tmp_path: Path) -> None:
-    from kebr_core.recipes.analyze import WRITTEN_MANIFEST, file_record, remove_stale_outputs
+    from kebr_core.io import path_record
+    from kebr_core.recipes.analyze import WRITTEN_MANIFEST, remove_stale_outputs
 
     plots = tmp_path / "plots"
     plots.mkdir()
     for name in ("balance.png", "pca.png", "training_curves.png", "mine.png"):
         (plots / name).write_text("x")
     # What analyze recorded writing: balance.png and pca.png (as they are now), training_curves.png as it was.
-    record = {name: file_record(plots / name) for name in ("balance.png", "pca.png", "training_curves.png", "mine.png")}
+    record = {name: path_record(plots / name) for name in ("balance.png", "pca.png", "training_curves.png", "mine.png")}
     (plots / "training_curves.png").write_text("changed by the user since")
     (plots / WRITTEN_MANIFEST).write_text(json.dumps(record))
     remove_stale_outputs(plots, [plots / "balance.png"])

@@ -28,7 +28,6 @@ each kind of run and the record of what it wrote.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from kebr_core.analysis import (
     tune_figures,
 )
 from kebr_core.errors import KebrError
-from kebr_core.io import open_for_writing, refuse_foreign
+from kebr_core.io import matches_record, open_for_writing, path_record, refuse_foreign
 from kebr_core.metrics import metric_display
 from kebr_core.recipes.compare import against_reference
 from kebr_core.run_readers import (
@@ -390,13 +389,6 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tup
     return report
 
 
-def file_record(path: Path) -> dict[str, Any]:
-    """What identifies a file kebr wrote: size, mtime (ns) and SHA-256 of its bytes."""
-    info = path.lstat()
-    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
 def read_written_record(out_dir: Path) -> dict[str, Any]:
     """The record of what `analyze` wrote into `out_dir` ({} when there is none or it is not one)."""
     manifest = out_dir / WRITTEN_MANIFEST
@@ -409,11 +401,8 @@ def read_written_record(out_dir: Path) -> dict[str, Any]:
 
 def is_ours(out_dir: Path, name: str, record: dict[str, Any]) -> bool:
     """Whether `out_dir/name` is a file `analyze` wrote and nobody changed since: one of its names, a plain
-    file (not a link), matching its record's size, mtime and SHA-256."""
-    path = out_dir / name
-    if name not in OUTPUT_NAMES or not isinstance(record.get(name), dict) or path.is_symlink() or not path.is_file():
-        return False
-    return file_record(path) == record[name]
+    file (not a link), matching its record (`io.path_record`: size, mtime and SHA-256)."""
+    return name in OUTPUT_NAMES and (out_dir / name).is_file() and matches_record(out_dir / name, record.get(name))
 
 
 def remove_stale_outputs(out_dir: Path, written: list[Path]) -> None:
@@ -428,4 +417,4 @@ def remove_stale_outputs(out_dir: Path, written: list[Path]) -> None:
             (out_dir / name).unlink()
     if now or record:
         out_dir.mkdir(parents=True, exist_ok=True)
-        runs.atomic_write_text(out_dir / WRITTEN_MANIFEST, json.dumps({name: file_record(path) for name, path in sorted(now.items())}))
+        runs.atomic_write_text(out_dir / WRITTEN_MANIFEST, json.dumps({name: path_record(path) for name, path in sorted(now.items())}))

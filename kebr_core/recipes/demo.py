@@ -35,7 +35,7 @@ from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, resolve_config
 from kebr_core.data.store import FeatureStore
 from kebr_core.data.synth import SynthConfig, generate_synth
 from kebr_core.errors import KebrError
-from kebr_core.io import refuse_links
+from kebr_core.io import matches_record, path_record, refuse_links
 from kebr_core.recipes.ablate import AblationSpec, ablate, apply_spec, build_specs
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import PRETRAIN_SPLITS_WITHOUT_TEST, pretrain
@@ -44,10 +44,11 @@ from kebr_core.training import ProgressFn, no_progress
 if TYPE_CHECKING:  # importing demo_media loads PyAV: only the clip steps do
     from kebr_core.recipes.demo_media import DemoClips
 
-# What the demo writes into `out`. Before writing, it records them in MANIFEST; `force` removes exactly
-# the paths the manifest lists, and a path in the way that no manifest lists (a user's own) is refused.
+# What the demo writes into `out`. A finished demo records each in MANIFEST (`record_outputs`); `force`
+# removes exactly those still as recorded, and a path in the way that no record matches is refused.
+LOG = "log.txt"  # the CLI's
 OWN_PATHS = ("clips", "stores/clips.h5", "stores/synth.h5", "runs/ablate", "runs/clips-eval", "predictions.json",
-             "summary.json", "log.txt")  # log.txt: the CLI's
+             "summary.json", LOG)
 MANIFEST = ".kebr-demo.json"
 
 # on_step(step, status, info): status is "start", "done" or "skipped" (info["reason"] says why).
@@ -115,21 +116,25 @@ def right_signs(scores: list[float | None], expected: list[float]) -> tuple[int,
 
 
 def prepare_out(out: Path, force: bool) -> None:
-    """Refuse to mix a new demo into an existing one unless `force`, which removes only what the earlier
-    demo recorded in its manifest; refuse, naming them, paths in the way that the demo did not make."""
+    """Refuse to mix a new demo into an existing one unless `force`, which removes only what a finished
+    demo recorded making (`record_outputs`) and is still as it left it; refuse, naming them, paths in the
+    way that no finished demo recorded (a user's own, one changed since, or a stopped demo's)."""
     if out.exists() and not out.is_dir():
         raise KebrError(f"The demo output {out} is a file, not a folder.")
     manifest = out / MANIFEST
     try:
-        ours = set(json.loads(manifest.read_text()).get("paths", [])) if manifest.is_file() else set()
+        recorded = json.loads(manifest.read_text()).get("paths", {}) if manifest.is_file() and not manifest.is_symlink() else {}
     except (OSError, ValueError, AttributeError):
-        ours = set()
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}  # an older demo's list of names proves nothing
     refuse_links(out, [*OWN_PATHS, MANIFEST])  # --force removes these: never through a link
     present = [name for name in OWN_PATHS if os.path.lexists(out / name)]
+    # log.txt: the CLI's, appended to (never removed); the others only while still as the demo left them.
+    ours = {name for name in present if name in recorded and (name == LOG or matches_record(out / name, recorded[name]))}
     foreign = [name for name in present if name not in ours]
     if foreign:
         raise KebrError(
-            f"{out} holds {', '.join(foreign)}, which no earlier demo recorded making (no {MANIFEST} lists it); "
+            f"{out} holds {', '.join(foreign)}, which no finished demo recorded making as it is now ({MANIFEST}); "
             "move it away or choose another --out."
         )
     if present and not force:
@@ -138,9 +143,17 @@ def prepare_out(out: Path, force: bool) -> None:
         )
     for name in present:
         path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if name != LOG:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"paths": list(OWN_PATHS)}, indent=2) + "\n")
+    manifest.write_text(json.dumps({"paths": {LOG: None}}, indent=2) + "\n")  # until the demo finishes
+
+
+def record_outputs(out: Path) -> None:
+    """Record what the finished demo made (`io.path_record` of each of OWN_PATHS it wrote): what a later
+    `--force` may remove."""
+    made = {name: None if name == LOG else path_record(out / name) for name in OWN_PATHS if os.path.lexists(out / name)}
+    runs.atomic_write_text(out / MANIFEST, json.dumps({"paths": made}, indent=2) + "\n")
 
 
 # ───────────────────────── the steps ─────────────────────────
@@ -381,4 +394,5 @@ def run_demo(
         "notes": demo.notes, "steps": records,
     }
     summary_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    record_outputs(out)
     return DemoResult(out=out, summary_path=summary_path, steps=records, notes=demo.notes, elapsed=elapsed)

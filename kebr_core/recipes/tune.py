@@ -208,19 +208,36 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
     return study
 
 
-def _counts(study) -> tuple[int, int]:
-    """(trials finished: COMPLETE or PRUNED, trials running now)."""
+# A trial started while another process took the search's last slot at the same moment (the check before a
+# trial starts and its start are not one step in a shared study): marked so, stopped before it trains, and
+# counted nowhere (`_counted`).
+SURPLUS = "surplus"
+
+
+def _counted(study, before: int | None = None) -> list:
+    """The trials that count towards --trials: finished (COMPLETE, PRUNED) or running, not surplus; with
+    `before`, only those numbered lower."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+            if not t.user_attrs.get(SURPLUS) and (before is None or t.number < before)]
+
+
+def _counts(study) -> tuple[int, int]:
+    """(trials finished: COMPLETE or PRUNED, trials running now), surplus trials left out."""
+    from optuna.trial import TrialState
+
+    trials = _counted(study)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     return len(trials) - running, running
 
 
 def records(study) -> list[TrialRecord]:
-    """Every trial of the study, in order, as TrialRecords."""
+    """Every trial of the study but the surplus ones, in order, as TrialRecords."""
     out = []
     for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get(SURPLUS):
+            continue
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         out.append(TrialRecord(t.number, t.state.name, dict(t.params), t.value, t.user_attrs.get("epochs_run"),
                                seconds, dict(t.user_attrs.get("valid", {}))))
@@ -298,6 +315,9 @@ def _search(study, store, store_path, split_index, base, space, options, run_dir
 
     def objective(trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
+        if len(_counted(trial.study, before=trial.number)) >= options.trials:  # another process took the last slot
+            trial.set_user_attr(SURPLUS, True)
+            raise optuna.TrialPruned("surplus: the search already has its trials")
         params = {p.key: p.suggest(trial) for p in space}
         cfg = trial_config(base, params)
         folder = runs.trial_dir(run_dir, trial.number)
