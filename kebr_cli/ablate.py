@@ -17,8 +17,8 @@ from kebr_cli.app import (
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
-    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, BatchSize, ConfigFile, Device, Dropout, Force, Heads, LambdaMCC,
-    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PretrainOnTest, PrintConfig, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
+    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, ConfigFile, Device, Dropout, Force, HeadHidden, Heads, LambdaMCC,
+    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
     print_config, seeds_option, was_typed,
 )
 from kebr_core import runs
@@ -61,6 +61,7 @@ def ablate(
     mcc_align: Optional[str] = typer.Option(None, "--mcc-align", metavar=ALIGN_CHOICES, help="MCC alignment of every configuration outside --compare-aligns (default tile); a configuration without MCC logs its cosines with it."),
     align: Optional[str] = typer.Option(None, "--align", hidden=True, help="Old name of --mcc-align."),
     s: float = S, lambda_mcc: float = LambdaMCC, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN,
+    attention_width: Optional[int] = AttentionWidth, head_hidden: int = HeadHidden, random_word: str = RandomWord,
     max_text_len: int = MaxTextLen, dropout: float = Dropout, bf16: Optional[bool] = BF16,
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1, help="Pretraining epochs (default 20)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10)."),

@@ -126,6 +126,7 @@ Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF
 Heads = typer.Option(1, "--heads", min=1, help="Attention heads in cross-modal attention (paper: 1).")
 FFN = typer.Option("mlp", "--ffn", metavar="mlp|linear", help="TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors').")
 AttentionWidth = typer.Option(None, "--attention-width", min=1, help="Cross-modal attention width w with an output projection back to the text's width (the authors': 256); default: the text's width, no projection (the paper's Eq. 3–6).")
+RandomWord = typer.Option("fixed", "--random-word", metavar="fixed|per-epoch", help="A text without a lexicon word gets a random word masked: drawn once per run (fixed) or redrawn every epoch (per-epoch, the authors').")
 HeadHidden = typer.Option(128, "--head-hidden", min=1, help="Hidden units of the prediction heads (the authors': 256).")
 BatchSize = typer.Option(32, "--batch-size", min=1, help="Batch size.")
 MaxTextLen = typer.Option(50, "--max-text-len", min=3, help="Maximum text length in wordpieces (the masked word is kept inside).")
@@ -153,7 +154,7 @@ def pretrain(
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
     layers: int = Layers, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN, text_model: str = TextModel,
     attention_width: Optional[int] = AttentionWidth, head_hidden: int = HeadHidden,
-    random_word: str = typer.Option("fixed", "--random-word", metavar="fixed|per-epoch", help="A text without a lexicon word gets a random word masked: drawn once per run (fixed) or redrawn every epoch (per-epoch, the authors')."),
+    random_word: str = RandomWord,
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (default 20; the paper used 200: --preset paper)."),
     batch_size: int = BatchSize,
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of TCMF and the head (default 1e-4)."),

@@ -146,14 +146,14 @@ def test_finetune_tests_the_best_validation_weights(tmp_path: Path) -> None:
 def test_finetune_starts_from_the_pretrained_weights_and_geometry(tiny_store: Path, tmp_path: Path) -> None:
     pre, ev = tmp_path / "pre", tmp_path / "ev"
     # Pretrained with another seed than fine-tuning's and a high rate, so its weights are far from any fresh
-    # initialisation; a geometry unlike the options eval is given below.
+    # initialisation; a geometry unlike eval's defaults (typing other values is refused: test_strict_input).
     invoke("pretrain", tiny_store, "-o", pre, "--epochs", "2", "--seed", "7", "--lr", "1e-2", "--layers", "2",
            "--heads", "2", "--ffn", "linear", "--no-shared-layers", *FAST)
     invoke("eval", "--dataset", tiny_store, "--pretrained", pre, "-o", ev, "--epochs", "1", "--seeds", "1", "--freeze-encoder",
-           "--layers", "3", "--heads", "1", "--ffn", "mlp", "--shared-layers", "--max-text-len", "40", "--dropout", "0.2",
+           "--max-text-len", "40", "--dropout", "0.2",
            "--lr-fusion", "1e-9", *FAST)
     model = run_config(ev)["model"]
-    # The checkpoint's architecture wins over the options; the sequence caps and dropout stay the options'.
+    # The checkpoint's architecture replaces the defaults; the sequence caps and dropout stay the options'.
     assert (model["layers"], model["heads"], model["ffn"], model["shared_layers"]) == (2, 2, "linear", False)
     assert (model["max_text_len"], model["dropout"]) == (40, 0.2)
 
