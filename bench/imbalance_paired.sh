@@ -6,10 +6,10 @@
 # fine-tuned on SEEDS seeds (PSEEDS × SEEDS paired runs per configuration), then `kebr compare` with C4 as
 # the reference: Δ (C1 − C4) per metric with a 95 % interval over the pretraining-seed means.
 #
-# Sized to finish in about 70 minutes on the project's shared 2-core CPU at the defaults (estimated from
-# imbalance_ease.sh's 31 minutes: ~5 s per pretraining epoch and ~2.8 s per fine-tuning epoch at this
-# store size). Cut against imbalance_ease.sh to pay for the 3 pretraining seeds: pretraining epochs 50 →
-# 30, no --probe, no longer follow-up. Knobs (environment): N, UNLABELED (store size), PSEEDS, SEEDS,
+# At the defaults (5 pretraining × 5 fine-tuning seeds, the store, epochs and learning rates of
+# imbalance_ease.sh) it took 25 minutes on the project's 2-core AMD EPYC VM, one thread, 2026-12-05
+# (docs/imbalance/paired/). Cut against imbalance_ease.sh: no --probe and no longer follow-up (the
+# pretraining seeds pay for them). Knobs (environment): N, UNLABELED (store size), PSEEDS, SEEDS,
 # PRETRAIN_EPOCHS, EPOCHS, LR_FUSION; DOCS (where tables, plots and JSON are copied; default
 # docs/imbalance/paired). A smoke test at a tiny size (about 2 minutes):
 #   N=100 UNLABELED=100 PSEEDS=3 SEEDS=2 PRETRAIN_EPOCHS=1 EPOCHS=1 DOCS=/tmp/paired-docs bash bench/imbalance_paired.sh /tmp/paired
@@ -19,9 +19,9 @@ OUT=${1:-runs/imbalance-paired}
 KEBR=${KEBR:-.venv/bin/kebr}
 N=${N:-1000}
 UNLABELED=${UNLABELED:-1000}
-PSEEDS=${PSEEDS:-3}
+PSEEDS=${PSEEDS:-5}
 SEEDS=${SEEDS:-5}
-PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-30}
+PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-50}
 EPOCHS=${EPOCHS:-15}
 LR_FUSION=${LR_FUSION:-1e-4}
 DOCS=${DOCS:-docs/imbalance/paired}
