@@ -10,8 +10,9 @@
 # - one store per ratio: audio β_a 1, σ_a 0.5 (signal-to-noise 2); vision 1×: β 1, σ 0.5; 4×: β 0.5, σ 1;
 #   24×: β 0.25, σ 3 (RATIOS picks which; any other value r: β 0.25, σ 0.125·r).
 # - λ ∈ {0.1, 0.5, 1} × g ∈ {0, 0.2, 0.25, 0.4} chosen ON VALIDATION once, at TUNE_RATIO, for the paper
-#   and the balanced form: `kebr tune --stage both --sampler grid` (12 trials per form, each pretrains on
-#   train + valid and fine-tunes one seed, MedianPruner on), then reused at every ratio.
+#   and the balanced form: `kebr tune --stage both --sampler grid --no-prune` (12 trials per form, each
+#   pretrains on train + valid and fine-tunes one seed, every trial run to the end: with pruning on, 7 of
+#   12 stopped after 1–2 epochs and the grid was not a grid), then reused at every ratio.
 # - per ratio, each configuration pretrained PSEEDS times (kebr pretrain --seeds) and each pretraining
 #   fine-tuned on SEEDS seeds (kebr eval): C4 (λ 0), C1 paper and C1 balanced (the chosen λ, g), C1 with
 #   the authors' MCC recipe (pretraining: mean-cosine form, g 0.25, λ 0.5; fine-tuning: reference form,
@@ -71,7 +72,7 @@ cat >"$OUT/space.toml" <<'EOF'
 EOF
 declare -A LAMBDA G
 for form in paper balanced; do
-  $KEBR tune -d "$OUT/r$TUNE_RATIO/synth.h5" -o "$OUT/tune-$form" --space "$OUT/space.toml" --sampler grid --trials 12 \
+  $KEBR tune -d "$OUT/r$TUNE_RATIO/synth.h5" -o "$OUT/tune-$form" --space "$OUT/space.toml" --sampler grid --no-prune --trials 12 \
     --stage both --pretrain-epochs "$TUNE_PRETRAIN_EPOCHS" --epochs "$TUNE_EPOCHS" --no-finalize \
     --set mcc.form="$form" --set train.lr_fusion="$LR_FUSION" --set model.layers=2 \
     --text-model "random-bert:hidden=32,layers=2,heads=2" --json >"$OUT/tune-$form.json"
