@@ -23,19 +23,23 @@
 #
 # Sized for ≤ 40 minutes on one thread of the project's shared 2-core CPU. Knobs (environment): N,
 # UNLABELED, PSEEDS, SEEDS, PRETRAIN_EPOCHS, EPOCHS, TUNE_PRETRAIN_EPOCHS, TUNE_EPOCHS, RATIOS, TUNE_RATIO,
-# DROPOUT, LR_FUSION, DOCS (where tables and JSON are copied). A smoke test (a few minutes):
+# DROPOUT, LR_FUSION, DOCS (where tables and JSON are copied; results.md by bench/mcc_question_report.py).
+# The run of docs/imbalance/question/ (24 min; the reference design, 1000 + 1000 samples, 3 × 5 seeds,
+# 30/15 epochs, took 11 min for one store, so this cuts F 5 → 3 and the epochs to 20/12):
+#   N=1000 UNLABELED=1000 PSEEDS=3 SEEDS=3 PRETRAIN_EPOCHS=20 EPOCHS=12 bash bench/mcc_question.sh
+# A smoke test (about 2 minutes):
 #   N=80 UNLABELED=40 PSEEDS=2 SEEDS=2 PRETRAIN_EPOCHS=1 EPOCHS=1 TUNE_PRETRAIN_EPOCHS=1 TUNE_EPOCHS=1 \
 #     RATIOS="1 24" DOCS=/tmp/question-docs bash bench/mcc_question.sh /tmp/question
 #   usage: bash bench/mcc_question.sh [OUT_DIR]        (KEBR=... to run another kebr command)
 set -euo pipefail
 OUT=${1:-runs/mcc-question}
 KEBR=${KEBR:-.venv/bin/kebr}
-N=${N:-600}
-UNLABELED=${UNLABELED:-600}
+N=${N:-1000}
+UNLABELED=${UNLABELED:-1000}
 PSEEDS=${PSEEDS:-3}
 SEEDS=${SEEDS:-3}
 PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-20}
-EPOCHS=${EPOCHS:-10}
+EPOCHS=${EPOCHS:-12}
 TUNE_PRETRAIN_EPOCHS=${TUNE_PRETRAIN_EPOCHS:-$PRETRAIN_EPOCHS}
 TUNE_EPOCHS=${TUNE_EPOCHS:-$EPOCHS}
 RATIOS=${RATIOS:-"1 4 24"}
@@ -112,3 +116,4 @@ done
 echo "wall time: $(( ($(date +%s) - start) / 60 )) min (N=$N UNLABELED=$UNLABELED PSEEDS=$PSEEDS SEEDS=$SEEDS" \
   "PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS EPOCHS=$EPOCHS TUNE_PRETRAIN_EPOCHS=$TUNE_PRETRAIN_EPOCHS TUNE_EPOCHS=$TUNE_EPOCHS" \
   "RATIOS='$RATIOS' TUNE_RATIO=$TUNE_RATIO DROPOUT=$DROPOUT)" | tee -a "$DOCS/time.txt"
+python3 "$(dirname "$0")/mcc_question_report.py" "$DOCS" >/dev/null  # DOCS/results.md: the write-up's tables
