@@ -36,6 +36,7 @@ OPTION_FIELDS = {
     "freeze_encoder": "train.unfreeze", "checkpoint_every": "train.checkpoint_every",
     "keep_checkpoints": "train.keep_checkpoints", "seeds": "train.seeds", "attention_width": "model.attention_width",
     "head_hidden": "model.head_hidden", "random_word": "train.random_word",
+    "modality_dropout": "train.modality_dropout", "dropped_modality": "train.dropped_modality",
 }
 # Options whose value is not the field's value as typed.
 CONVERT = {"freeze_encoder": lambda v: not v, "seeds": parse_seeds}
@@ -251,6 +252,8 @@ def eval_(
     max_text_len: int = MaxTextLen, device: str = Device, loader_workers: Optional[int] = LoaderWorkers,
     workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
+    modality_dropout: float = typer.Option(0.0, "--modality-dropout", parser=number(0, 1, high_open=True), help="Probability that a training sample's --dropped-modality stream is removed for the step (fine-tuning only, never at validation or test; seeded): modality dropout of a dominant stream. 0 = off."),
+    dropped_modality: str = typer.Option("audio", "--dropped-modality", metavar="audio|vision", help="The stream --modality-dropout removes."),
     dropout: float = Dropout, nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
     preset: Optional[str] = Preset,

@@ -119,6 +119,12 @@ class TrainConfig:
     # pretraining's random word (a text without a lexicon word): "fixed" drawn once per run, or
     # "per-epoch" redrawn every epoch as the authors' data loader does
     random_word: Literal["fixed", "per-epoch"] = "fixed"
+    # fine-tuning only (pretraining ignores it): the probability that a training sample's
+    # `dropped_modality` stream is removed for the step (features zeroed, no valid frame; never at
+    # validation or test), a function of (seed, epoch, sample) (`training.modality_dropout_mask`).
+    # Modality dropout of the dominant stream: the positive control of bench/mcc_question.sh. 0 = off.
+    modality_dropout: float = 0.0
+    dropped_modality: Literal["audio", "vision"] = "audio"
 
     def __post_init__(self) -> None:
         _check_section("train", self)
@@ -175,6 +181,8 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "workers"): (lambda x: x is None or _at_least(0)(x), "be an integer ≥ 0 (or unset: auto)"),
     ("train", "keep_checkpoints"): (_at_least(0), "be an integer ≥ 0 (0 keeps all)"),
     ("train", "random_word"): (_one_of("fixed", "per-epoch"), "be one of fixed, per-epoch"),
+    ("train", "modality_dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1) (0 turns it off)"),
+    ("train", "dropped_modality"): (_one_of("audio", "vision"), "be one of audio, vision"),
 }
 # Sizes, lengths and counts: integers ≥ 1.
 for _name in ("d_audio", "d_vision", "layers", "heads", "ffn_mult", "head_hidden", "max_text_len", "max_audio_len",

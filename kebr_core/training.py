@@ -94,6 +94,31 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(value & (2**63 - 1))
 
 
+def remove_modality(batch: dict[str, Tensor], modality: str, how: str, samples: Tensor | None = None) -> dict[str, Tensor]:
+    """The batch with `modality` ("audio" or "vision") zeroed (features 0, frames kept) or absent (no valid
+    frame). samples (B,) bool: remove it from these samples only (None: from every sample). The probe of
+    `recipes.finetune` removes a stream at test; modality dropout removes it from chosen training samples."""
+    if how not in ("zeroed", "absent"):
+        raise ValueError(f"how must be 'zeroed' or 'absent', not {how!r}")
+    out = dict(batch)
+    features, mask = batch[modality], batch[f"{modality}_mask"]  # (B, L, d), (B, L)
+    if samples is None:
+        samples = torch.ones(features.shape[0], dtype=torch.bool, device=features.device)
+    out[modality] = features.masked_fill(samples.view(-1, 1, 1), 0)
+    if how == "absent":
+        out[f"{modality}_mask"] = mask & ~samples.view(-1, 1)
+    return out
+
+
+def modality_dropout_mask(index: Tensor, p: float, seed: int, epoch: int) -> Tensor:
+    """(B,) bool: which samples of a batch lose their stream this epoch under modality dropout with
+    probability p. index (B,): the samples' store-order numbers. Each sample's draw is a function of
+    (seed, epoch, sample) alone, not of the batch it lands in, so it is the same under resume, any
+    number of DDP ranks and any batching, and it leaves the epoch's other random streams untouched."""
+    draws = [np.random.SeedSequence([seed, epoch, int(i), 0x6D64]).generate_state(1)[0] / 2.0**32 for i in index.tolist()]
+    return torch.tensor(draws, dtype=torch.float64) < p
+
+
 def move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     non_blocking = device.type == "cuda"
     return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
@@ -264,7 +289,9 @@ def train_epoch(
     progress: ProgressFn = no_progress,
 ) -> dict[str, float]:
     """One epoch of L = L1(pred, y) + λ·L_mcc (Eq. 16–17): y is the masked word's score when
-    pretraining, the utterance label when fine-tuning. `net` may be DDP-wrapped; `info` is the DistInfo.
+    pretraining, the utterance label when fine-tuning. Fine-tuning with `train.modality_dropout` = p
+    removes `train.dropped_modality` (absent: no valid frame) from each training sample with
+    probability p (`modality_dropout_mask`). `net` may be DDP-wrapped; `info` is the DistInfo.
     `progress` gets a BATCH_STAGE event after every batch. Returns the epoch's metrics row (identical on
     every rank).
 
@@ -290,7 +317,11 @@ def train_epoch(
     # [0:7] the epoch's balance_sums, [7:] one non-finite-loss flag per step: summed over ranks at the
     # end of the epoch by one all-reduce, then read by the host once (no sync inside the step).
     sums = torch.zeros(7 + len(batches), device=device)
+    dropout_p = cfg.train.modality_dropout if task == "finetune" else 0.0  # fine-tuning's training steps only
     for step, batch in enumerate(loader):
+        if dropout_p > 0:  # chosen on the host from the CPU batch: no device sync
+            dropped = modality_dropout_mask(batch["index"], dropout_p, seed, epoch)
+            batch = remove_modality(batch, cfg.train.dropped_modality, "absent", samples=dropped)
         batch = move(batch, device)
         weight = batches.weights(step, device)  # 0 for the padding of a batch smaller than the world
         hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None

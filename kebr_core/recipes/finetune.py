@@ -69,6 +69,7 @@ from kebr_core.training import (
     loader_workers,
     move,
     no_progress,
+    remove_modality,
     resolve_device,
     store_features,
     train_epoch,
@@ -89,17 +90,6 @@ class EvalResult:
     pending: list[int] = field(default_factory=list)  # seeds not finished (other shards'); summary empty then
     per_seed_probe: list[dict[str, dict[str, float]]] = field(default_factory=list)  # with probe: per seed, "audio absent" → metrics
     seeds: list[int] = field(default_factory=list)  # the seeds of the run (per_seed is in their order once all finished)
-
-
-def remove_modality(batch: dict[str, torch.Tensor], modality: str, how: str) -> dict[str, torch.Tensor]:
-    """The batch with `modality` ("audio" or "vision") zeroed (features 0, frames kept) or absent (no valid frame)."""
-    if how not in ("zeroed", "absent"):
-        raise ValueError(f"how must be 'zeroed' or 'absent', not {how!r}")
-    out = dict(batch)
-    out[modality] = torch.zeros_like(batch[modality])
-    if how == "absent":
-        out[f"{modality}_mask"] = torch.zeros_like(batch[f"{modality}_mask"])
-    return out
 
 
 def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path, typed: Mapping[str, str] | None = None) -> list[str]:
