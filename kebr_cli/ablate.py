@@ -17,8 +17,8 @@ from kebr_cli.app import (
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
-    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, ConfigFile, Device, Dropout, Force, HeadHidden, Heads, LambdaMCC,
-    Layers, LoaderWorkers, MaxTextLen, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
+    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, ConfigFile, Device, Dropout, DroppedModality, Force, HeadHidden, Heads, LambdaMCC,
+    Layers, LoaderWorkers, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
     print_config, seeds_option, was_typed,
 )
 from kebr_core import runs
@@ -62,6 +62,7 @@ def ablate(
     align: Optional[str] = typer.Option(None, "--align", hidden=True, help="Old name of --mcc-align."),
     s: float = S, lambda_mcc: float = LambdaMCC, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN,
     attention_width: Optional[int] = AttentionWidth, head_hidden: int = HeadHidden, random_word: str = RandomWord,
+    modality_dropout: float = ModalityDropout, dropped_modality: str = DroppedModality,
     max_text_len: int = MaxTextLen, dropout: float = Dropout, bf16: Optional[bool] = BF16,
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1, help="Pretraining epochs (default 20)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10)."),

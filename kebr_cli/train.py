@@ -127,6 +127,8 @@ Shared = typer.Option(True, "--shared-layers/--no-shared-layers", help="One TCMF
 Heads = typer.Option(1, "--heads", min=1, help="Attention heads in cross-modal attention (paper: 1).")
 FFN = typer.Option("mlp", "--ffn", metavar="mlp|linear", help="TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors').")
 AttentionWidth = typer.Option(None, "--attention-width", min=1, help="Cross-modal attention width w with an output projection back to the text's width (the authors': 256); default: the text's width, no projection (the paper's Eq. 3–6).")
+ModalityDropout = typer.Option(0.0, "--modality-dropout", parser=number(0, 1, high_open=True), help="Probability that a training sample's --dropped-modality stream is removed for the step (fine-tuning only, never at validation or test; seeded): modality dropout of a dominant stream. 0 = off.")
+DroppedModality = typer.Option("audio", "--dropped-modality", metavar="audio|vision", help="The stream --modality-dropout removes.")
 RandomWord = typer.Option("fixed", "--random-word", metavar="fixed|per-epoch", help="A text without a lexicon word gets a random word masked: drawn once per run (fixed) or redrawn every epoch (per-epoch, the authors').")
 HeadHidden = typer.Option(128, "--head-hidden", min=1, help="Hidden units of the prediction heads (the authors': 256).")
 BatchSize = typer.Option(32, "--batch-size", min=1, help="Batch size.")
@@ -252,8 +254,7 @@ def eval_(
     max_text_len: int = MaxTextLen, device: str = Device, loader_workers: Optional[int] = LoaderWorkers,
     workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
-    modality_dropout: float = typer.Option(0.0, "--modality-dropout", parser=number(0, 1, high_open=True), help="Probability that a training sample's --dropped-modality stream is removed for the step (fine-tuning only, never at validation or test; seeded): modality dropout of a dominant stream. 0 = off."),
-    dropped_modality: str = typer.Option("audio", "--dropped-modality", metavar="audio|vision", help="The stream --modality-dropout removes."),
+    modality_dropout: float = ModalityDropout, dropped_modality: str = DroppedModality,
     dropout: float = Dropout, nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
     preset: Optional[str] = Preset,

@@ -115,12 +115,13 @@ def test_training_option_names_agree() -> None:
     assert "--dataset" in helps["pretrain"] and "-d" in helps["pretrain"]
 
     def options(text: str) -> set[str]:
-        return set(re.findall(r"│ (?:\*\s+)?(--[a-z0-9-]+)", text))
+        return set(re.findall(r"│\s+(?:\*\s+)?(--[a-z0-9-]+)", text))
 
     training = (options(helps["pretrain"]) | options(helps["eval"])) - {
         "--resume", "--resume-if-possible", "--seed", "--checkpoint-every", "--help", "--epochs", "--pretrained", "--dataset",
-        "--out", "--splits"}  # ablate always continues its finished work: no --resume flags; its pretraining data is
-    # --pretrain-store without the test split (--pretrain-on-test), as pretrain's default: no --splits
+        "--out", "--splits", "--seed-shard"}  # ablate always continues its finished work: no --resume flags; its
+    # pretraining data is --pretrain-store without the test split (--pretrain-on-test), as pretrain's default: no
+    # --splits; it shards configurations (--shard), not seeds
     missing = training - options(helps["ablate"])
     assert not missing, missing
 
