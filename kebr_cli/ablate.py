@@ -51,6 +51,7 @@ def ablate(
     c3: str = typer.Option("late", "--c3", metavar="late|symmetric", help="What replaces TCMF in C3 (and C5): late (pooled streams fused at the end, no cross-modal network) or symmetric (our reading of Table 4's caption: the cross-modal network kept, three equal streams attending to each other). The table's caption names it."),
     no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Add the configuration without pretraining (C2)."),
     all_: bool = typer.Option(False, "--all", help="All five configurations C1–C5 of Table 4."),
+    combined: bool = typer.Option(False, "--combined", help="Also add the configuration with every given --no-* factor removed at once (C5 for all three; else named like no-pretrain+no-mcc). Without it each --no-* flag adds its own row."),
     g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4)."),
     g_values: str = typer.Option(",".join(f"{g:g}" for g in DEFAULT_G_SWEEP), "--g-values", help="g values of the sweep, each in (-0.5, 0.5)."),
     compare_forms: str = typer.Option("", "--compare-forms", help=f"Add a configuration per other MCC form, e.g. {','.join(FORMS)}."),
@@ -140,7 +141,7 @@ def ablate(
                             f"(pretraining: {pre}; fine-tuning: {fine}); choose one with --g and --mcc-form "
                             "(and --mcc-align).")
         specs = build_specs(
-            no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_,
+            no_mcc=no_mcc, no_tcmf=no_tcmf, no_pretrain=no_pretrain, all_table4=all_, combined=combined,
             g_sweep=_floats(g_values, "--g-values") if g_sweep else None,
             mcc_forms=[x for x in compare_forms.split(",") if x], mcc_aligns=[x for x in compare_aligns.split(",") if x],
             g=base.g, align=base.align, form=base.form, c3=c3,

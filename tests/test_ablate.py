@@ -33,9 +33,13 @@ def test_flags_choose_configurations() -> None:
     assert names(build_specs(no_mcc=True)) == ["C1", "C4"]
     assert names(build_specs(no_tcmf=True)) == ["C1", "C3"]
     assert names(build_specs(no_pretrain=True)) == ["C1", "C2"]
-    assert names(build_specs(no_pretrain=True, no_tcmf=True, no_mcc=True)) == ["C1", "C5"]
-    combo = build_specs(no_pretrain=True, no_mcc=True)[1]
+    # each flag adds its own configuration, as --help says; a combination only when asked for (--combined)
+    assert names(build_specs(no_pretrain=True, no_tcmf=True, no_mcc=True)) == ["C1", "C2", "C3", "C4"]
+    assert names(build_specs(no_pretrain=True, no_mcc=True)) == ["C1", "C2", "C4"]
+    assert names(build_specs(no_pretrain=True, no_tcmf=True, no_mcc=True, combined=True)) == ["C1", "C2", "C3", "C4", "C5"]
+    combo = build_specs(no_pretrain=True, no_mcc=True, combined=True)[-1]
     assert (combo.name, combo.pretrain, combo.tcmf, combo.mcc) == ("no-pretrain+no-mcc", False, True, False)
+    assert names(build_specs(no_mcc=True, combined=True)) == ["C1", "C4"]  # one factor: nothing to combine
     assert names(build_specs(all_table4=True)) == ["C1", "C2", "C3", "C4", "C5"]
     sweep = build_specs(g_sweep=[-0.5, 0.0, 0.5])
     assert [s.g for s in sweep[1:]] == [-0.5, 0.0, 0.5] and all(s.kind == "g-sweep" for s in sweep[1:])

@@ -168,17 +168,17 @@ def test_ablate_pretrain_seeds_nest_fine_tuning_and_resume_only_what_is_missing(
     r = runner.invoke(app, [*args, "--no-pretrain"])
     assert r.exit_code == 0, r.output
     rows = {row["name"]: row for row in json.loads((out / "ablation.json").read_text())["configurations"]}
-    assert list(rows) == ["C1", "C4", "no-pretrain+no-mcc"]
-    lone = rows["no-pretrain+no-mcc"]
+    assert list(rows) == ["C1", "C4", "C2"]  # --no-pretrain adds C2 beside the earlier C1 and C4
+    lone = rows["C2"]
     assert lone["pretrain_seeds"] == [] and np.array(lone["values"]["mae"]).shape == (1, 2)
-    assert not list((out / "runs" / "no-pretrain+no-mcc").glob("pseed-*")) and (out / "runs" / "no-pretrain+no-mcc" / "seed-1").is_dir()
+    assert not list((out / "runs" / "C2").glob("pseed-*")) and (out / "runs" / "C2" / "seed-1").is_dir()
     c1 = np.array(rows["C1"]["values"]["mae"])
     assert lone["vs_C1"]["mae"]["mean"] == pytest.approx(np.mean(np.array(lone["values"]["mae"]) - c1))
     assert rows["C4"]["vs_C1"]["mae"]["mean"] == pytest.approx(np.mean(np.array(rows["C4"]["values"]["mae"]) - c1))
     grids = {g.name: g for g in seed_grids(out)}
     assert all(g.pretrain_seeds == (0, 1) and g.finetune_seeds == (0, 1) for g in grids.values())
     np.testing.assert_allclose(grids["C1"].values["mae"], c1)
-    np.testing.assert_allclose(grids["no-pretrain+no-mcc"].values["mae"], np.repeat(lone["values"]["mae"], 2, axis=0))
+    np.testing.assert_allclose(grids["C2"].values["mae"], np.repeat(lone["values"]["mae"], 2, axis=0))
     balance = [b for b in balance_table(out) if b["config"] == "C1"]
     assert [(b["stage"], b["seeds"]) for b in balance] == [("pretraining", 2), ("fine-tuning", 4)]
     # kebr analyze draws from every pretraining seed's runs

@@ -110,6 +110,7 @@ TABLE4 = (
 
 def build_specs(
     *, no_mcc: bool = False, no_tcmf: bool = False, no_pretrain: bool = False, all_table4: bool = False,
+    combined: bool = False,
     g_sweep: Sequence[float] | None = None, mcc_forms: Sequence[str] = (), mcc_aligns: Sequence[str] = (),
     g: float = 0.2,
     align: str = "tile",
@@ -117,6 +118,8 @@ def build_specs(
     c3: str = "late",
 ) -> list[AblationSpec]:
     """The configurations the flags ask for; C1 (the reference of "Avg") is always included.
+    Each of no_pretrain, no_tcmf, no_mcc adds its own configuration (C2, C3, C4); `combined` also adds the
+    one with all the given factors removed at once (C5 for all three, else named like "no-pretrain+no-mcc").
     c3: the fusion of every configuration without TCMF ("late" or "symmetric", modules/fusion.py).
 
     g, align and form are those of every configuration outside the sweep and the comparisons
@@ -125,17 +128,20 @@ def build_specs(
     if c3 not in C3_FUSIONS:
         raise KebrError(f"--c3 must be one of {', '.join(C3_FUSIONS)}, not '{c3}'.")
     specs = [replace(s, g=g, mcc_align=align, mcc_form=form, c3=c3) for s in TABLE4]
-    chosen = [specs[0]]
-    if all_table4:
-        chosen = specs
-    elif no_mcc or no_tcmf or no_pretrain:
-        match = [s for s in specs if (not s.mcc) == no_mcc and (not s.tcmf) == no_tcmf and (not s.pretrain) == no_pretrain]
-        if match:
-            chosen.append(match[0])
-        else:
-            name = "+".join(n for n, on in (("no-pretrain", no_pretrain), ("no-tcmf", no_tcmf), ("no-mcc", no_mcc)) if on)
-            chosen.append(AblationSpec(name, "table4", pretrain=not no_pretrain, tcmf=not no_tcmf, mcc=not no_mcc, g=g,
-                                       mcc_form=form, mcc_align=align, c3=c3))
+    by_factors = {(s.pretrain, s.tcmf, s.mcc): s for s in specs}  # what each keeps → its Table 4 configuration
+    removed = {"no-pretrain": no_pretrain, "no-tcmf": no_tcmf, "no-mcc": no_mcc}
+    chosen = specs if all_table4 else [specs[0]]
+    if not all_table4:
+        for n, on in enumerate(removed.values()):  # one factor removed each: C2, C3, C4
+            if on:
+                chosen.append(by_factors[tuple(k != n for k in range(3))])
+    if combined and sum(removed.values()) >= 2:
+        keep = (not no_pretrain, not no_tcmf, not no_mcc)
+        combo = by_factors.get(keep) or AblationSpec(
+            "+".join(name for name, on in removed.items() if on), "table4", pretrain=keep[0], tcmf=keep[1], mcc=keep[2],
+            g=g, mcc_form=form, mcc_align=align, c3=c3)
+        if combo not in chosen:
+            chosen.append(combo)
     for value in g_sweep or ():
         chosen.append(AblationSpec(f"g={value:+.2f}", "g-sweep", g=float(value), mcc_form=form, mcc_align=align))
     for other in mcc_forms:
