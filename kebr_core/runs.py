@@ -327,16 +327,17 @@ def prepare_run_dir(run_dir: Path, identity: Mapping[str, Any], *, resume: bool,
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG
-    check_run_files(run_dir)
     if force:
-        remove_run_files(run_dir)
-    elif cfg_path.exists():
-        check_identity(run_dir, identity, may_differ)
-        if not resume and (run_dir / METRICS).exists():
-            raise KebrError(
-                f"Run directory {run_dir} already holds this run: pass --resume to continue it, --force to start it "
-                "afresh, or choose another --out."
-            )
+        remove_run_files(run_dir)  # checks the folder first (check_run_files)
+    else:
+        check_run_files(run_dir)
+        if cfg_path.exists():
+            check_identity(run_dir, identity, may_differ)
+            if not resume and (run_dir / METRICS).exists():
+                raise KebrError(
+                    f"Run directory {run_dir} already holds this run: pass --resume to continue it, --force to start "
+                    "it afresh, or choose another --out."
+                )
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = dict(identity) | dict(extra or {})
     atomic_write_text(cfg_path, json.dumps(payload, indent=2, default=str))
