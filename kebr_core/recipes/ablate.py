@@ -62,10 +62,11 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from kebr_core.io import open_for_writing
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, aggregate, split_summary
+from kebr_core.recipes.compare import against_reference
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain, pretrain_identity, pretraining_data
+from kebr_core.run_readers import seed_grids
 from kebr_core.shards import check_shard, in_shard, locked
-from kebr_core.stats import paired_difference
 from kebr_core.training import ProgressFn, no_progress
 
 # g must lie in (−0.5, 0.5) (kebr_core.config): the sweep's ends are ±0.4.
@@ -348,14 +349,18 @@ def ablate(
         reference = next((r["mean"] for r in rows if r["name"] == "C1" and r["mean"]), None)
         for r in rows:
             r["avg_change"] = relative_change(r["mean"], reference) if reference is not None and r["mean"] else None
-        delta_caption = _paired_differences(rows, pseeds) if len(pseeds) >= 2 else ""
         payload = {
             "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
             "pretrain_splits": pretrain_splits, "pretrain_on_test": data.on_test if data is not None else False,
-            "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes,
-            **({"vs_C1_interval": delta_caption} if delta_caption else {}), "configurations": rows,
+            "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
         }
         runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
+        # With two or more pretraining seeds: each row's paired difference from C1, read back as `kebr compare`
+        # and the forest plot read it (one pairing rule), then recorded with the rows.
+        delta_caption = _paired_differences(out, rows) if len(pseeds) >= 2 else ""
+        if delta_caption:
+            payload = {**payload, "vs_C1_interval": delta_caption, "configurations": rows}
+            runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
         # With two or more pretraining seeds: the pretraining seeds and the paired differences vs C1 (DELTA_METRICS).
         delta_columns = [f"delta_{k}{end}" for k in DELTA_METRICS for end in ("", "_low", "_high", "_p")] if delta_caption else []
         with open_for_writing(out / runs.RESULTS_CSV, newline="") as f:
@@ -377,29 +382,25 @@ def ablate(
                               pretrain_seeds=pseeds, delta_caption=delta_caption)
 
 
-def _paired_differences(rows: list[dict], pretrain_seeds: list[int]) -> str:
-    """Set each finished row's "vs_C1" to the paired difference (row − C1) of each of DELTA_METRICS over its
-    (P, F) grid of runs (`stats.paired_difference`), and return what the intervals cover ("" without C1).
-    A configuration without pretraining ran once per fine-tuning seed: its F results pair with every
-    pretraining seed's row of C1. Rows of earlier calls with other seeds get none (they are not paired)."""
-    c1 = next((r for r in rows if r["name"] == "C1" and r.get("values") and r.get("pretrain_seeds") == pretrain_seeds), None)
+def _paired_differences(out: Path, rows: list[dict]) -> str:
+    """Set each row's "vs_C1" to its paired difference from C1 for each of DELTA_METRICS, computed as
+    `kebr compare` does (`recipes.compare.against_reference` over `run_readers.seed_grids` of the written
+    ablation: a configuration without pretraining pairs its F runs with every pretraining seed of C1; rows
+    on other seeds are not paired and get none), and return what the intervals cover ("" without C1)."""
+    grids = seed_grids(out)
+    c1 = next((g for g in grids if g.name == "C1"), None)
     if c1 is None:
         return ""
+    paired = {c.run.label: c for c in against_reference(grids, "C1")[0]}
     methods = set()
     for r in rows:
         r.pop("vs_C1", None)
-        if r is c1 or not r.get("values") or r.get("seeds") != c1["seeds"] or r.get("pretrain_seeds") not in ([], pretrain_seeds):
-            continue
-        r["vs_C1"] = {}
-        for k in DELTA_METRICS:
-            a = np.asarray(c1["values"][k], dtype=np.float64)  # (P, F)
-            b = np.broadcast_to(np.asarray(r["values"][k], dtype=np.float64), a.shape)  # (P, F) or (1, F) → (P, F)
-            diff = paired_difference(a, b, metric=k)
-            r["vs_C1"][k] = diff.to_dict()
-            methods.add(diff.method)
-    n_f = np.asarray(c1["values"][DELTA_METRICS[0]]).shape[1]
-    return (f"Δ vs C1: configuration − C1, paired over {len(pretrain_seeds)} pretraining × {n_f} fine-tuning seeds; "
-            f"95 % interval: {'; '.join(sorted(methods)) or 'none (no other configuration)'}")
+        if r["name"] in paired:
+            differences = paired[r["name"]].differences
+            r["vs_C1"] = {k: differences[k].to_dict() for k in DELTA_METRICS}
+            methods |= {differences[k].method for k in DELTA_METRICS}
+    return (f"Δ vs C1: configuration − C1, paired over {len(c1.pretrain_seeds)} pretraining × {len(c1.finetune_seeds)} "
+            f"fine-tuning seeds; 95 % interval: {'; '.join(sorted(methods)) or 'none (no other configuration)'}")
 
 
 def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[str] | None, force: bool,
