@@ -27,7 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from typer.core import TyperOption
+from typer.core import TyperGroup, TyperOption
 
 from kebr_core import __version__
 from kebr_core.errors import KebrError, native_write_error, os_error_message
@@ -61,6 +61,26 @@ class Verbosity(IntEnum):
 
 settings = {"verbosity": Verbosity.NORMAL}  # set by the global --quiet / --verbose
 
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")  # the app's --quiet / --verbose (main below)
+
+
+class GlobalFlagsAnywhere(TyperGroup):
+    """`kebr eval … -q` reads as `kebr -q eval …`: the global --quiet / --verbose given after the command
+    name (before a `--`) move in front of it, unless that command has an option of the same name."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        at = next((n for n, a in enumerate(args) if not a.startswith("-")), None)  # the command name
+        command = self.commands.get(args[at]) if at is not None else None
+        if command is not None:
+            own = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+            end = args.index("--") if "--" in args[at:] else len(args)
+            moved = [a for a in args[at + 1:end] if a in GLOBAL_FLAGS and a not in own]
+            if moved:
+                rest = [a for a in args[at + 1:end] if not (a in GLOBAL_FLAGS and a not in own)]
+                args = [*moved, *args[:at + 1], *rest, *args[end:]]
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
     name="kebr",
     help=(
@@ -70,6 +90,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    cls=GlobalFlagsAnywhere,
 )
 
 
@@ -84,8 +105,8 @@ def main(
     version: bool = typer.Option(
         False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors: no progress, no per-epoch lines."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the run's settings, and progress lines every second when not on a terminal."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors: no progress, no per-epoch lines (also accepted after the command)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the run's settings, and progress lines every second when not on a terminal (also accepted after the command)."),
 ) -> None:
     """KEBR toolkit."""
     if quiet and verbose:

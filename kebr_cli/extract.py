@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed, user_errors
+from kebr_cli.tables import counts_table
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
 from kebr_core.strict import decimal_integer
@@ -112,7 +112,6 @@ def extract(
             with atomic_output(report, overwrite=True) as tmp:
                 tmp.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
 
-    table = Table(title=f"kebr extract → {out}")
     columns = ["videos", "done", "skipped", "no audio", "no speech", "no ASR", "no face", "failed", "time", "speed"]
     speed = summary.media_seconds / summary.elapsed if summary.elapsed > 0 else 0.0
     cells = [
@@ -120,9 +119,7 @@ def extract(
         str(summary.no_asr), str(summary.no_face), f"[red]{summary.failed}[/]" if summary.failed else "0",
         f"{summary.elapsed:.1f} s", f"{speed:.1f}× RT" if summary.done else "-",
     ]
-    for name in columns:
-        table.add_column(name, justify="right")
-    table.add_row(*cells)
+    table = counts_table(f"kebr extract → {out}", dict(zip(columns, cells)), width=console.width)
     console.print(table)
     if summary.labels_outside_range:
         console.print(f"[yellow]warning:[/] {outside_range_warning(summary.labels_outside_range, summary.labels_clipped)}")

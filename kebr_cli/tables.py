@@ -6,7 +6,7 @@ import math
 from typing import Optional, Sequence
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -44,20 +44,30 @@ def metrics_table(
     cell prints "±".
 
     Wider than `width`, the table is rebuilt narrow: no vertical rules, headers over two lines and the
-    std on a second line of each cell, so nothing is cut at 80 columns."""
+    std on a second line of each cell; still wider, stacked: the leading columns after the name share
+    one column (e.g. "✓ ✓ ✗ +0.20" under "pre-train TCMF MCC g"), which wraps with the name. Only those
+    two columns ever wrap, so no number is cut at 80 columns."""
     spread = len(seeds) > 1 or len(pretrain_seeds) > 1
 
-    def build(narrow: bool) -> Table:
+    def build(layout: str) -> Table:
+        narrow = layout != "wide"
         table = Table(title=f"{title}, {seeds_caption(seeds, std, pretrain_seeds)}", caption=caption)
-        if narrow:
-            table.box, table.padding = box.SIMPLE_HEAD, (0, 0)
         if narrow:  # "pre-train" over "pre-" and "train", "Acc-2 has0/non0" over "Acc-2" and "has0/non0"
-            headers = [*(h.replace("-", "-\n") for h in lead), *(TABLE_HEADERS[m].replace(" ", "\n") for m in metrics), *tail]
+            table.box, table.padding = box.SIMPLE_HEAD, (0, 0)
+            leading = [h.replace("-", "-\n") for h in lead]
+            headers = [*(leading if layout == "narrow" else [leading[0], " ".join(lead[1:])] if len(lead) > 1 else leading),
+                       *(TABLE_HEADERS[m].replace(" ", "\n") for m in metrics), *tail]
         else:
             headers = [*lead, *(TABLE_HEADERS[m] for m in metrics), *tail]
+        wraps = 1 if layout != "stacked" else min(len(lead), 2)  # the name (and the shared components) may wrap
         for n, header in enumerate(headers):
-            table.add_column(header, justify="left" if n == 0 else "right")
+            table.add_column(header, justify="left" if n == 0 else "right", no_wrap=narrow and n >= wraps,
+                             overflow="fold" if n < wraps else "ellipsis")
         for lead_cells, summary, tail_cells, placeholder in rows:
+            if narrow and lead_cells:  # a combined name breaks after its "+" first
+                lead_cells = [lead_cells[0].replace("+", "+\n"), *lead_cells[1:]]
+                if layout == "stacked" and len(lead_cells) > 1:
+                    lead_cells = [lead_cells[0], " ".join(lead_cells[1:])]
             if summary is None:
                 cells = [placeholder, *[""] * (len(metrics) - 1)]
             else:
@@ -66,9 +76,10 @@ def metrics_table(
             table.add_row(*lead_cells, *cells, *tail_cells)
         return table
 
-    table = build(narrow=False)
-    if width is not None and table_width(table) > width:
-        table = build(narrow=True)
+    for layout in ("wide", "narrow", "stacked"):
+        table = build(layout)
+        if width is None or table_width(table) <= width:
+            break
     return table
 
 
@@ -81,7 +92,7 @@ def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width
 
 
 def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] = None, std: str = "sample",
-                   note: str = "", pretrain_seeds: Sequence[int] = (), delta_caption: str = "") -> Table:
+                   note: str = "", pretrain_seeds: Sequence[int] = (), delta_caption: str = "") -> Table | Group:
     """Table 4: configuration, its components (a configuration without MCC has no g), the metrics and
     Avg. A configuration without results says "skipped" (its reason is its row's "status"). `note` (e.g.
     what pretraining used) goes into the caption above the meaning of Avg. With rows holding paired
@@ -100,10 +111,26 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
         body.append((components, summary, tail, "skipped"))
     captions = [note, delta_caption if with_delta else "",
                 "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)"]
-    return metrics_table("Ablation on the test split", ["config", "pre-train", "TCMF", "MCC", "g"],
-                         ["Acc-2", "F1", "Acc-7", "MAE", "Corr"], ["Avg", *([h for _, h in deltas] if with_delta else [])],
-                         body, seeds, width, std=std, caption="\n".join(c for c in captions if c),
-                         pretrain_seeds=pretrain_seeds)
+
+    def table(delta_columns: bool) -> Table:
+        lead, metrics = ["config", "pre-train", "TCMF", "MCC", "g"], ["Acc-2", "F1", "Acc-7", "MAE", "Corr"]
+        tail = ["Avg", *([h for _, h in deltas] if delta_columns else [])]
+        kept = [(lead_cells, summary, tail_cells[:len(tail)], placeholder) for lead_cells, summary, tail_cells, placeholder in body]
+        shown = [c for c in captions if c and (delta_columns or c != delta_caption)]
+        return metrics_table("Ablation on the test split", lead, metrics, tail, kept, seeds, width, std=std,
+                             caption="\n".join(shown), pretrain_seeds=pretrain_seeds)
+
+    whole = table(with_delta)
+    if not (with_delta and width is not None and table_width(whole) > width):
+        return whole
+    # Too wide even narrow: the paired differences go into a table of their own below, so no number is cut.
+    differences = Table(title="Paired differences vs C1", caption=delta_caption, box=box.SIMPLE_HEAD)
+    differences.add_column("config", overflow="fold")
+    for _, header in deltas:
+        differences.add_column(header, justify="right", no_wrap=True)
+    for (lead_cells, _, tail_cells, _) in body:
+        differences.add_row(lead_cells[0].replace("+", "+\n"), *tail_cells[1:])
+    return Group(table(False), differences)
 
 
 def delta_cell(diff: Optional[dict], metric: str) -> str:
@@ -162,3 +189,22 @@ def comparison_table(comparison, dataset: str = "") -> Table:
         lines.append("differs: " + "; ".join(shown) + ("; …" if len(comparison.differs) > 4 else ""))
     table.caption = "\n".join(lines)
     return table
+
+
+def counts_table(title: str, counts: dict[str, str], width: Optional[int] = None) -> Table:
+    """A one-row summary (e.g. extract's videos, done, skipped, …, time, speed): the values in one row
+    under their names; wider than `width`, stacked, one line per name and value, so no name or number is
+    cut at 80 columns."""
+    table = Table(title=title)
+    for name in counts:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_row(*counts.values())
+    if width is None or table_width(table) <= width:
+        return table
+    stacked = Table(title=title)
+    stacked.add_column("")
+    stacked.add_column("", justify="right", no_wrap=True)
+    stacked.show_header = False
+    for name, value in counts.items():
+        stacked.add_row(name, value)
+    return stacked

@@ -141,7 +141,7 @@ BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on f
 Dropout = typer.Option(0.1, "--dropout", parser=number(0, 1, high_open=True), help="Dropout in TCMF and the heads (the authors': 0.5).")
 NProc = typer.Option(1, "--nproc-per-node", min=1, help="Processes for data-parallel training (DDP via torchrun; one per GPU, or gloo on CPU).")
 Preset = typer.Option(None, "--preset", metavar="paper|authors", help="'paper': what §4.2 states (200 epochs per stage, batch 32, lr 5e-6 encoder / 1e-4 the rest, g 0.2); 'authors': their released code's recipe per stage (docs/design.md §10).")
-ConfigFile = typer.Option(None, "--config", help="Settings from a file: JSON (any run's config.json replays that run) or TOML with [model], [mcc], [train]. Options typed here override it.")
+ConfigFile = typer.Option(None, "--config", help="Settings from a file: JSON (any run's config.json replays that run) or TOML with \\[model], \\[mcc], \\[train]. Options typed here override it.")
 Set = typer.Option([], "--set", help="Override one setting, dotted and type-checked, e.g. --set mcc.g=0.3 --set train.lr=2e-5 (repeatable; wins over everything).")
 PrintConfig = typer.Option(False, "--print-config", help="Print the resolved configuration (defaults < preset < --config < options < --set) and exit.")
 PretrainOnTest = typer.Option(False, "--pretrain-on-test", help="Pretrain on the test split's inputs too (transductive; labels still unused). By default a store's test split is left out of pretraining.")
