@@ -86,20 +86,24 @@ def _render(summary: dict[str, Any]) -> None:
     console.print(splits)
 
     labels = summary["labels"]
-    hist = Table(title=f"labels: {labels['labeled']} labeled (mean {_fmt(labels['mean'])}, std {_fmt(labels['std'])}, "
-                       f"range {_fmt(labels['min'])}…{_fmt(labels['max'])}), {labels['unlabeled']} unlabeled")
     if labels["outside_range"]:
         console.print(f"[yellow]warning:[/] {outside_range_warning(labels['outside_range'], clipped=False)}")
     if labels["infinite"]:
         console.print(f"[yellow]warning:[/] {labels['infinite']} label(s) are infinite; they are left out of these "
                       "statistics and of training (re-import the data with finite labels).")
-    hist.add_column("class round(y)", justify="right")
-    hist.add_column("samples", justify="right")
-    hist.add_column("")
-    top = max(labels["histogram"].values(), default=0) or 1
-    for cls, count in labels["histogram"].items():
-        hist.add_row(cls, str(count), "█" * round(30 * count / top))
-    console.print(hist)
+    if not labels["labeled"]:  # nothing to summarise: no histogram, no "mean -"
+        console.print(f"labels: unlabeled ({labels['unlabeled']} samples without a label): usable for pretraining, not for "
+                      "fine-tuning or evaluation", highlight=False)
+    else:
+        hist = Table(title=f"labels: {labels['labeled']} labeled (mean {_fmt(labels['mean'])}, std {_fmt(labels['std'])}, "
+                           f"range {_fmt(labels['min'])}…{_fmt(labels['max'])}), {labels['unlabeled']} unlabeled")
+        hist.add_column("class round(y)", justify="right")
+        hist.add_column("samples", justify="right")
+        hist.add_column("")
+        top = max(labels["histogram"].values(), default=0) or 1
+        for cls, count in labels["histogram"].items():
+            hist.add_row(cls, str(count), "█" * round(30 * count / top))
+        console.print(hist)
 
     feats = Table(title="features and sequence lengths (frames)")
     for col in ("stream", "dim", "rate", "min", "mean", "median", "p95", "max", "empty"):

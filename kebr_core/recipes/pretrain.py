@@ -60,13 +60,15 @@ class PretrainData:
     store: str
     splits: list[str] | None  # None: every sample (the store has no test split, or on_test)
     on_test: bool  # the test split's inputs are pretrained on (by choice)
-    note: str  # the one sentence both commands print about it ("" when the store has no test split)
+    note: str  # the one sentence both commands print about the test split ("" for a store without labels or test)
 
 
 def pretraining_data(store_path: str | Path, splits: Sequence[str] | None = None, on_test: bool = False) -> PretrainData:
     """The rule for which samples pretraining uses (module docstring): `splits` when given (naming `test`
     needs `on_test`), else the store's samples outside its test split, or all of them with `on_test` or
-    when there is no test split. KebrError for an unknown split name."""
+    when there is no test split. Its note says what the test split got: left out, included, or (a labeled
+    store without one) that later tests on these samples would be transductive. KebrError for an unknown
+    split name."""
     store = FeatureStore(store_path)
     has_test = len(store.indices("test")) > 0
     if splits is not None:
@@ -78,17 +80,26 @@ def pretraining_data(store_path: str | Path, splits: Sequence[str] | None = None
         if "test" in splits and has_test and not on_test:
             raise KebrError(f"--splits names test: pretraining on the test inputs of {store_path} would be "
                             "transductive; pass --pretrain-on-test as well to do it knowingly.")
-        return PretrainData(str(store_path), splits, on_test="test" in splits and has_test, note="")
+        on = "test" in splits and has_test
+        return PretrainData(str(store_path), splits, on_test=on, note="" if on or not has_test else left_out_note(splits, store_path))
     if not has_test:
-        return PretrainData(str(store_path), None, on_test=False, note="")
+        labeled = int(np.isfinite(store.labels).sum())
+        return PretrainData(str(store_path), None, on_test=False, note="" if not labeled else (
+            f"Pretraining uses all samples of {store_path} (labels unused): it has no test split to leave out, so a "
+            f"model later tested on its {labeled} labeled samples would have seen their inputs in pretraining "
+            "(transductive); give the store a test split to keep one out."))
     if on_test:
         return PretrainData(str(store_path), None, on_test=True, note=(
             f"Pretraining uses all samples of {store_path}, the test split's inputs included (--pretrain-on-test; "
             "labels unused)."))
     chosen = list(PRETRAIN_SPLITS_WITHOUT_TEST)
-    return PretrainData(str(store_path), chosen, on_test=False, note=(
-        f"Pretraining uses the {', '.join(chosen)} samples of {store_path} (labels unused; the test split is left "
-        "out, as pretraining on test inputs would be transductive: --pretrain-on-test includes it)."))
+    return PretrainData(str(store_path), chosen, on_test=False, note=left_out_note(chosen, store_path))
+
+
+def left_out_note(splits: Sequence[str], store_path: str | Path) -> str:
+    """The one sentence `pretrain` and `ablate` print when the store's test split is left out."""
+    return (f"Pretraining uses the {', '.join(splits)} samples of {store_path} (labels unused; the test split is left "
+            "out, as pretraining on test inputs would be transductive: --pretrain-on-test includes it).")
 
 
 @dataclass
