@@ -141,6 +141,7 @@ def test_predict_refuses_a_checkpoint_trained_on_synthetic_features(trained: dic
     assert result.exit_code == 1
     assert "made by kebr synth" in result.stderr and "cannot be computed from videos" in result.stderr
     assert "Traceback" not in result.output
+    assert ROUTE in " ".join(result.stderr.split())  # the way that works
 
     # A checkpoint without a feature record (e.g. pretraining's) and one whose names differ.
     ckpt = tmp_path / "copy"
@@ -219,3 +220,20 @@ def test_predict_reads_a_transcript_table(trained: dict, tmp_path: Path):
     assert result.exit_code == 1 and "The id '0' in" in result.stderr and "names 2 videos" in result.stderr
     result = runner.invoke(app, ["predict", a, "-c", str(trained["run"]), "--transcripts", str(twins), "--text", "hi"])
     assert result.exit_code == 1 and "not both" in result.stderr and "Traceback" not in result.output
+
+
+ROUTE = ("to score videos, extract labeled videos with `kebr extract` (e.g. raw MOSI clips: kebr extract --manifest "
+         "label.csv -o feats.h5), fine-tune on them with `kebr eval -d feats.h5 --out RUN`, then `kebr predict VIDEO "
+         "--model RUN/best-model`.")
+
+
+def test_a_model_pretrained_on_own_clips_is_refused_naming_the_route_that_scores(trained: dict, tmp_path: Path):
+    """Pretraining on own clips gives no model that scores them (issue 27, item 10): predict says what does."""
+    pre = tmp_path / "pre"
+    r = runner.invoke(app, ["pretrain", str(trained["store"]), "-o", str(pre), "--epochs", "1", "--text-model", TINY_BERT,
+                            "--batch-size", "4", "--pretrain-on-test"])
+    assert r.exit_code == 0, r.output
+    result = runner.invoke(app, ["predict", str(trained["clips"].heldout[0]), "--model", str(pre / "final"), "--asr", "none"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error: Checkpoint") and ROUTE in message and message.replace("e.g. ", "").count(". ") == 0, message

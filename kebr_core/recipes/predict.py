@@ -67,6 +67,12 @@ SENTIMENT_CLASSES: dict[int, str] = {
 }
 
 
+# The one way from own videos to a score, named by every refusal of a model (README "From your videos to a
+# score"): pretraining alone gives no model that scores, and features from elsewhere cannot be computed here.
+SCORING_ROUTE = ("to score videos, extract labeled videos with `kebr extract` (e.g. raw MOSI clips: kebr extract "
+                 "--manifest label.csv -o feats.h5), fine-tune on them with `kebr eval -d feats.h5 --out RUN`, then "
+                 "`kebr predict VIDEO --model RUN/best-model`")
+
 def sentiment_class(score: float) -> int:
     """round(clip(score, −3, 3)), half to even (as Acc-7): 2.5 → 2, −0.5 → 0."""
     return int(np.round(np.clip(score, -3.0, 3.0))) + 0  # + 0 turns −0 into 0
@@ -119,15 +125,15 @@ def extract_options_for(
     Raises KebrError (one sentence) when the checkpoint's features cannot be computed from videos."""
     if not features:
         raise KebrError(
-            f"Checkpoint {checkpoint} does not record the features it was trained on (a pretraining "
-            "checkpoint?); give the best-model/ folder of a `kebr eval` run."
+            f"Checkpoint {checkpoint} does not record the features it was trained on (a pretraining checkpoint "
+            f"cannot score), so give the best-model/ folder of a `kebr eval` run: {SCORING_ROUTE}."
         )
     made_by = features.get("extractor") or {}
     if not isinstance(made_by, dict) or made_by.get("tool") != "kebr extract":
         origin = (made_by.get("generator") or made_by.get("importer")) if isinstance(made_by, dict) else None
         raise KebrError(
             f"Checkpoint {checkpoint} was trained on a store made by {origin or 'something other than kebr extract'}, "
-            "whose features cannot be computed from videos; fine-tune on a store made by `kebr extract` to score videos."
+            f"whose features cannot be computed from videos: {SCORING_ROUTE}."
         )
     try:
         options = ExtractOptions(
@@ -150,7 +156,7 @@ def extract_options_for(
             raise KebrError(
                 f"Checkpoint {checkpoint} was trained on {len(want)} {stream} features that this kebr does not compute "
                 f"({options.audio_features if stream == 'audio' else options.vision} gives {len(have)} other ones); "
-                "re-extract the training data and fine-tune with this version of kebr."
+                f"re-extract the training data with this version of kebr: {SCORING_ROUTE}."
             )
     rate = features.get("audio_rate_hz")
     if rate is not None and abs(float(rate) - audio_mod.AUDIO_RATE_HZ) > 1e-6:
@@ -176,7 +182,8 @@ class Scorer:
                   or (includes_encoder and k.startswith("encoder."))]
         missing = [k for k in needed if k not in saved]
         if missing:
-            raise KebrError(f"Checkpoint {checkpoint} lacks weights the model needs, e.g. {missing[0]} (not a fine-tuned checkpoint?).")
+            raise KebrError(f"Checkpoint {checkpoint} lacks weights the model needs, e.g. {missing[0]} (not a fine-tuned "
+                            f"checkpoint?): {SCORING_ROUTE}.")
         runs.load_checkpoint_weights(self.model, checkpoint, skip_prefixes=("pretrain_head.",))
         self.model.to(device).eval()
         self.collate = Collator.from_config(cfg.model, self.tokenizer.pad_token_id)
