@@ -19,21 +19,23 @@ class PlotFormat(str, Enum):
 
 @app.command()
 def analyze(
-    run_dir: Path = typer.Argument(..., help="A pretraining run, an evaluation run (kebr eval --out) or an ablation directory."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="A pretraining run, an evaluation run (kebr eval --out), an ablation, a kebr compare output or a search; several runs of one kind are overlaid (one colour per run, --out required)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the figures, index.md and, for an ablation, balance.csv (default: RUN_DIR/plots)."),
     formats: list[PlotFormat] = typer.Option([PlotFormat.png], "--format", "-f", help="File format of the figures; repeat for several (e.g. -f png -f pdf)."),
 ) -> None:
     """Plot a run: F1/MAE vs g, modality balance (c_a, c_v, |θa − θv|) with and without MCC, PCA of the
-    fused test representations, and per-epoch training curves — whichever the directory allows."""
+    fused test representations, and per-epoch training curves — whichever the directory allows.
+    `kebr analyze runs/a runs/b -o plots/` overlays two runs where a figure can hold both."""
     from kebr_core.recipes.analyze import analyze as run_analysis  # matplotlib loads only for this command
 
     with user_errors():
-        report = run_analysis(run_dir, out, formats=tuple(f.value for f in formats))
+        report = run_analysis(run_dirs, out, formats=tuple(f.value for f in formats))
     for name, reason in report.skipped.items():
         err_console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False, soft_wrap=True)
     if not report.written:
-        raise fail(f"Nothing could be plotted from {report.kind} directory {run_dir}; see the reasons above.")
-    console.print(f"[bold]{report.kind}[/] directory {run_dir}: wrote {len(report.plots)} plot(s)", highlight=False)
+        raise fail(f"Nothing could be plotted from {report.kind} directory {', '.join(map(str, run_dirs))}; see the reasons above.")
+    console.print(f"[bold]{report.kind}[/] directory {', '.join(map(str, run_dirs))}: wrote {len(report.plots)} plot(s)",
+                  highlight=False)
     for path in report.written:
         console.print(f"  {path}", highlight=False, soft_wrap=True)
     console.print(f"  {report.index}  (each figure with a one-line caption)", highlight=False, soft_wrap=True)

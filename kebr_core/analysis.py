@@ -45,7 +45,28 @@ MARKER_SIZE = 3.5
 # the seed noise look large (e.g. 0.002 MAE across a whole panel).
 MIN_SPAN = {"percent": 5.0, "mae": 0.05, "loss": 0.05, "cosine": 0.1, "angle": 0.1}
 
-MCC_COLORS = {True: "tab:blue", False: "tab:red"}  # with / without MCC, in every plot
+# One palette per concept, the same in every figure (a colour never means two things):
+MODALITY_COLORS = {"text": "tab:olive", "audio": "tab:green", "vision": "tab:purple"}  # c_t, c_a, c_v
+CONFIGURATION_COLORS = {"C1": "tab:blue", "C2": "tab:orange", "C3": "tab:cyan", "C4": "tab:red", "C5": "tab:brown"}
+OTHER_CONFIGURATION_COLORS = ("tab:pink", "tab:gray", "gold", "navy")  # combinations and variants, in order
+G_COLORMAP, G_RANGE = "cividis", (-0.5, 0.5)  # the g-sweep's configurations: one sequential map over g's range
+RUN_COLORS = ("black", "darkgoldenrod", "slategray")  # the runs of an overlay (`kebr analyze A B`), in order
+NEUTRAL = "black"  # a quantity of one run that is none of the above: a loss, F1, MAE, |θa − θv|
+REFERENCE = "grey"  # reference lines (MCC's balanced zero, no difference)
+
+
+def g_color(g: float):
+    """The g-sweep's colour of a configuration with angle penalty g (the same g, the same colour)."""
+    low, high = G_RANGE
+    return matplotlib.colormaps[G_COLORMAP](0.85 * (g - low) / (high - low))  # the map's pale end left out
+
+
+def configuration_colors(configs: list[tuple[str, str, float | None]]) -> list:
+    """The colour of each (name, kind, g) of an ablation: C1–C5 theirs, a g-sweep configuration its g's,
+    any other (a combination, an MCC variant) the next of `OTHER_CONFIGURATION_COLORS`."""
+    others = iter(OTHER_CONFIGURATION_COLORS * (1 + len(configs)))
+    return [CONFIGURATION_COLORS.get(name) or (g_color(g) if kind == "g-sweep" and g is not None else next(others))
+            for name, kind, g in configs]
 
 
 def _new_figure(title: str) -> Figure:
@@ -89,25 +110,36 @@ class SweepPoint:
     f1_std: float
     mae: float
     mae_std: float
+    name: str = ""  # the configuration, when it is not a g-sweep one (C1 is the sweep's point at its g)
 
 
-def g_sweep_figure(points: list[SweepPoint], dataset: str) -> Figure:
-    """Fig. 4: F1 (non0, %) and MAE against g, mean ± std over seeds (error bars and a band), one panel
-    each (shared g axis), each axis at least `MIN_SPAN` wide."""
-    if not points:
+def g_sweep_figure(points: list[SweepPoint] | dict[str, list[SweepPoint]], dataset: str) -> Figure:
+    """Fig. 4: F1 (non0, %) and MAE against g, one panel each (shared g axis): each configuration a point
+    with an error bar of ± its std over seeds (the sweep is a handful of separate runs, not a continuum:
+    no band between them). The point of a named configuration (C1) is ringed in its colour. A dict draws
+    one series per run (an overlay, `RUN_COLORS`). Each axis at least `MIN_SPAN` wide."""
+    series = points if isinstance(points, dict) else {"": points}
+    if not any(series.values()):
         raise RunDataMissing("The ablation has no finished g-sweep configuration.")
-    points = sorted(points, key=lambda p: p.g)
-    g, f1, f1_std, mae, mae_std = (np.array([getattr(p, k) for p in points], dtype=np.float64)
-                                   for k in ("g", "f1", "f1_std", "mae", "mae_std"))  # (P,) each
-    f1_std, mae_std = np.nan_to_num(f1_std), np.nan_to_num(mae_std)  # an undefined std draws no bar
     fig = _new_figure(f"MCC angle penalty g on {dataset} (mean ± std over seeds)")
     ax_f1, ax_mae = fig.subplots(2, 1, sharex=True)
-    for ax, y, std, color, marker, label, span in (
-        (ax_f1, f1, f1_std, "tab:blue", "o", "F1 (non0)", MIN_SPAN["percent"]),
-        (ax_mae, mae, mae_std, "tab:red", "s", "MAE", MIN_SPAN["mae"]),
-    ):  # F1 and MAE are ≥ 0
-        ax.errorbar(g, y, yerr=std, marker=marker, markersize=MARKER_SIZE + 1, capsize=3, color=color, label=label)
-        _band(ax, g, y, std, color)
+    gs = np.unique([p.g for pts in series.values() for p in pts])
+    step = float(np.diff(gs).min()) if len(gs) > 1 else 0.1
+    offsets = np.linspace(-0.06, 0.06, len(series)) * step if len(series) > 1 else [0.0]  # overlaid bars side by side
+    for (label, pts), color, shift in zip(series.items(), RUN_COLORS * len(series), offsets):
+        pts = sorted(pts, key=lambda p: p.g)
+        g, f1, f1_std, mae, mae_std = (np.array([getattr(p, k) for p in pts], dtype=np.float64)
+                                       for k in ("g", "f1", "f1_std", "mae", "mae_std"))  # (P,) each
+        f1_std, mae_std = np.nan_to_num(f1_std), np.nan_to_num(mae_std)  # an undefined std draws no bar
+        for ax, y, std, marker, name in ((ax_f1, f1, f1_std, "o", "F1 (non0)"), (ax_mae, mae, mae_std, "s", "MAE")):
+            ax.errorbar(g + shift, y, yerr=std, marker=marker, markersize=MARKER_SIZE + 1, capsize=3, color=color,
+                        linestyle="none", label=f"{label}: {name}" if label else name)
+            for p, x, v in zip(pts, g + shift, y):
+                if p.name in CONFIGURATION_COLORS:
+                    ax.plot(x, v, marker="o", markersize=MARKER_SIZE + 6, markerfacecolor="none", linestyle="none",
+                            markeredgecolor=CONFIGURATION_COLORS[p.name], markeredgewidth=1.5,
+                            label=f"{p.name} (its g = {p.g:+.2f})" if not label or label == next(iter(series)) else "_")
+    for ax, span in ((ax_f1, MIN_SPAN["percent"]), (ax_mae, MIN_SPAN["mae"])):  # F1 and MAE are ≥ 0
         _min_span(ax, span, floor=0.0)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
@@ -124,29 +156,41 @@ class BalanceSeries:
     label: str  # e.g. "C1 (with MCC)"; "" for a single run
     stage: Literal["fine-tuning", "pretraining"]
     curves: dict[str, np.ndarray]  # epoch, cos_a, cos_v, abs_dtheta (E,) each; their "_std" over seeds if any
-    with_mcc: bool | None  # colours with/without MCC; None for a single run
+    with_mcc: bool | None  # with/without MCC (C1's and C4's colours unless `color`); None for a single run
     mcc_zero: float | None = None  # MCC's balanced zero c_a = c_v = 0.5 − g (one of its zeros), a reference line
+    color: str | None = None  # the series' colour when compared (its configuration's, or its run's in an overlay)
+
+    @property
+    def compared_color(self) -> str | None:
+        if self.color is not None:
+            return self.color
+        return None if self.with_mcc is None else CONFIGURATION_COLORS["C1" if self.with_mcc else "C4"]
 
 
 def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
-    """Columns: one per stage present; top row c_a and c_v (Eq. 9), bottom row |θ_a − θ_v| (Eq. 12)."""
+    """Columns: one per stage present; top row c_a and c_v (Eq. 9), bottom row |θ_a − θ_v| (Eq. 12).
+    One run: c_a and c_v in their modality colours. Several (a configuration pair, an overlay): colour =
+    the configuration or run, line style = the quantity (c_a solid, c_v dashed), one legend below.
+    MCC's balanced zero is a dotted line when it lies in the curves' range, else an arrow at the panel's
+    edge; the legend names it only when it is drawn."""
     stages = [s for s in ("fine-tuning", "pretraining") if any(b.stage == s for b in series)]
     if not stages:
         raise RunDataMissing("There are no per-epoch balance curves to plot.")
-    compared = any(b.with_mcc is not None for b in series)
+    compared = any(b.compared_color is not None for b in series)
     fig = _new_figure(title)
     grid = fig.subplots(2, len(stages), sharex="col", squeeze=False)
+    zero_drawn = False
     for col, stage in enumerate(stages):
         ax_cos, ax_dtheta = grid[0, col], grid[1, col]
         zeros = set()
         for b in (b for b in series if b.stage == stage):
-            color = MCC_COLORS.get(b.with_mcc) if b.with_mcc is not None else None
+            color = b.compared_color
             prefix = f"{b.label}: " if b.label else ""
             e, c = b.curves["epoch"], b.curves
             for ax, name, default, style, label in (
-                (ax_cos, "cos_a", "tab:green", "-", f"{prefix}c_a (audio)"),
-                (ax_cos, "cos_v", "tab:purple", "--", f"{prefix}c_v (vision)"),
-                (ax_dtheta, "abs_dtheta", "tab:orange", "-", f"{b.label or '|θa − θv|'}"),
+                (ax_cos, "cos_a", MODALITY_COLORS["audio"], "-", f"{prefix}c_a (audio)"),
+                (ax_cos, "cos_v", MODALITY_COLORS["vision"], "--", f"{prefix}c_v (vision)"),
+                (ax_dtheta, "abs_dtheta", NEUTRAL, "-", f"{b.label or '|θa − θv|'}"),
             ):
                 ax.plot(e, c[name], color=color or default, linestyle=style, marker="o" if style == "-" else "s",
                         markersize=MARKER_SIZE, label=label)
@@ -154,10 +198,7 @@ def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
             if b.mcc_zero is not None:
                 zeros.add(round(b.mcc_zero, 6))
         _min_span(ax_cos, MIN_SPAN["cosine"])
-        data_ylim = ax_cos.get_ylim()
-        for z in sorted(zeros):
-            ax_cos.axhline(z, color="grey", linestyle=":", linewidth=1, label=f"MCC balanced zero (c_a = c_v = {z:.2f})")
-        _keep_data_range(ax_cos, data_ylim, sorted(zeros))
+        zero_drawn |= _reference_lines(ax_cos, sorted(zeros))
         ax_cos.set(title=f"{stage}: c_a, c_v (Eq. 9)", ylabel="cosine to X_K (unitless)")
         ax_dtheta.set(title=f"{stage}: angle gap (Eq. 12)", xlabel="epoch", ylabel="|θa − θv| (rad)")
         _min_span(ax_dtheta, MIN_SPAN["angle"], floor=0.0)
@@ -169,46 +210,74 @@ def balance_figure(series: list[BalanceSeries], title: str) -> Figure:
     if compared:
         # One legend for the whole figure: colour = configuration, line style = quantity. Proxy
         # artists, so every panel keeps its plot area and the drawn lines keep their own labels.
-        proxies = [Line2D([], [], color=MCC_COLORS[b.with_mcc], label=b.label)
-                   for b in {b.label: b for b in series}.values()]
+        proxies = [Line2D([], [], color=b.compared_color, label=b.label) for b in {b.label: b for b in series}.values()]
         proxies += [Line2D([], [], color="black", linestyle="-", label="c_a (audio)"),
                     Line2D([], [], color="black", linestyle="--", label="c_v (vision)")]
-        if any(b.mcc_zero is not None for b in series):
-            proxies.append(Line2D([], [], color="grey", linestyle=":", label="MCC balanced zero: c_a = c_v = 0.5 − g"))
+        if zero_drawn:
+            proxies.append(Line2D([], [], color=REFERENCE, linestyle=":", label="MCC balanced zero: c_a = c_v = 0.5 − g"))
         fig.legend(handles=proxies, loc="outside lower center", ncol=min(len(proxies), 3), fontsize="small")
     return fig
 
 
-def _keep_data_range(ax, ylim: tuple[float, float], references: list[float]) -> None:
-    """Keep the curves' y range when a reference line lies far outside it (the line would flatten
-    them); name each such line at the panel's edge with an arrow towards it instead."""
-    low, high = ylim
-    ax.set_ylim(low, high)
+def _reference_lines(ax, references: list[float]) -> bool:
+    """MCC's balanced zeros on a cosine panel: a dotted line (in the legend) where it lies inside the
+    curves' y range; one far outside would flatten the curves, so it is named by an arrow at the panel's
+    edge instead (not in the legend). Returns whether a line was drawn."""
+    low, high = ax.get_ylim()
+    drawn = False
     for z in references:
-        if not low <= z <= high:
+        if low <= z <= high:
+            ax.axhline(z, color=REFERENCE, linestyle=":", linewidth=1, label=f"MCC balanced zero (c_a = c_v = {z:.2f})")
+            drawn = True
+        else:
             above = z > high
             ax.annotate(f"{'↑' if above else '↓'} MCC balanced zero at c_a = c_v = {z:.2f}", xy=(0.99, 0.97 if above else 0.03),
                         xycoords="axes fraction", ha="right", va="top" if above else "bottom", fontsize="x-small",
                         color="dimgrey")
+    ax.set_ylim(low, high)
+    return drawn
+
+
+def polarity_silhouette(features: np.ndarray, labels: np.ndarray) -> float:
+    """How well the fused representations (N, D) separate negative from positive sentiment: the mean
+    silhouette (Euclidean, in [−1, 1]; 1 = tight, far-apart groups, 0 = overlapping) of the two polarity
+    groups, label < 0 and label > 0 (neutral and unlabeled samples left out). NaN without two samples
+    in each group."""
+    from sklearn.metrics import silhouette_score
+
+    polarity = np.sign(labels)
+    keep = np.isfinite(labels) & (polarity != 0)
+    if min((polarity[keep] < 0).sum(), (polarity[keep] > 0).sum()) < 2:
+        return float("nan")
+    return float(silhouette_score(features[keep].astype(np.float64), polarity[keep]))
 
 
 def pca_figure(panels: list[tuple[str, TestFeatures]], title: str) -> Figure:
-    """One 2-D PCA scatter per (panel title, test features), coloured by label on one shared
-    symmetric diverging scale so negative and positive sentiment read the same in every panel."""
+    """One 2-D PCA scatter per (panel title, test features), all in one basis fitted once on the union
+    of the panels' features (so positions compare across panels), coloured by label on one shared
+    symmetric diverging scale. Each panel's title gives its polarity silhouette (`polarity_silhouette`,
+    on the full fused features). RunDataMissing when the panels' widths differ (no common basis)."""
     from sklearn.decomposition import PCA  # scikit-learn is slow to import; only this plot needs it
 
+    widths = sorted({tf.features.shape[1] for _, tf in panels})
+    if len(widths) > 1:
+        raise RunDataMissing(f"The fused representations have different widths ({', '.join(map(str, widths))}), "
+                             "so they share no PCA basis.")
     fig = _new_figure(title)
-    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False, sharex=True, sharey=True)[0])
     bound = max(float(np.nanmax(np.abs(tf.labels))) if np.isfinite(tf.labels).any() else 0.0 for _, tf in panels)
     norm = Normalize(vmin=-(bound or 1.0), vmax=bound or 1.0)
+    pca = PCA(n_components=2, svd_solver="full", random_state=0)
+    pca.fit(np.concatenate([tf.features for _, tf in panels]).astype(np.float64))  # (ΣN, D): one basis
+    var = 100.0 * pca.explained_variance_ratio_
     scatter = None
     for ax, (panel_title, tf) in zip(axes, panels):
-        pca = PCA(n_components=2, svd_solver="full", random_state=0)
-        xy = pca.fit_transform(tf.features)  # (N, 2)
-        var = 100.0 * pca.explained_variance_ratio_
+        xy = pca.transform(tf.features.astype(np.float64))  # (N, 2)
         scatter = ax.scatter(xy[:, 0], xy[:, 1], c=tf.labels, cmap="coolwarm_r", norm=norm, s=10, alpha=0.8,
                              edgecolors="none")
-        ax.set(title=f"{panel_title} (seed {tf.seed}, N = {len(tf.labels)})",
+        silhouette = polarity_silhouette(tf.features, tf.labels)
+        measure = "n/a" if np.isnan(silhouette) else f"{silhouette:+.2f}"
+        ax.set(title=f"{panel_title} (seed {tf.seed}, N = {len(tf.labels)})\nsilhouette neg/pos = {measure}",
                xlabel=f"PC1 ({var[0]:.1f}% of variance)", ylabel=f"PC2 ({var[1]:.1f}% of variance)")
         ax.grid(alpha=0.3)
     fig.colorbar(scatter, ax=list(axes), label="sentiment label")
@@ -230,14 +299,14 @@ def training_curves_figure(curves: dict[str, np.ndarray], stage: Literal["finetu
     fig = _new_figure(title)
     ax_task, ax_mcc, ax_cos = fig.subplots(1, 3, sharex=True)
     unit = "sentiment units" if stage == "finetune" else "lexicon-score units"
-    _curve(ax_task, e, curves, f"{p}task_l1", "tab:blue", "train task L1")
+    _curve(ax_task, e, curves, f"{p}task_l1", NEUTRAL, "train task L1")
     if stage == "finetune":
-        _curve(ax_task, e, curves, "valid_mae", "tab:red", "valid MAE", style="--")
+        _curve(ax_task, e, curves, "valid_mae", NEUTRAL, "valid MAE", style="--")
     ax_task.set(title="task loss", xlabel="epoch", ylabel=f"L1 / MAE ({unit})")
-    _curve(ax_mcc, e, curves, f"{p}mcc", "tab:purple", "MCC loss (Eq. 10)")
+    _curve(ax_mcc, e, curves, f"{p}mcc", NEUTRAL, "MCC loss (Eq. 10)")
     ax_mcc.set(title="MCC loss", xlabel="epoch", ylabel="L_mcc (unitless)")
-    _curve(ax_cos, e, curves, f"{p}cos_a", "tab:green", "c_a (audio)")
-    _curve(ax_cos, e, curves, f"{p}cos_v", "tab:orange", "c_v (vision)", style="--")
+    _curve(ax_cos, e, curves, f"{p}cos_a", MODALITY_COLORS["audio"], "c_a (audio)")
+    _curve(ax_cos, e, curves, f"{p}cos_v", MODALITY_COLORS["vision"], "c_v (vision)", style="--")
     ax_cos.set(title="c_a, c_v (Eq. 9)", xlabel="epoch", ylabel="cosine to X_K (unitless)")
     for ax, span, floor in ((ax_task, MIN_SPAN["loss"], 0.0), (ax_mcc, MIN_SPAN["loss"], 0.0),
                             (ax_cos, MIN_SPAN["cosine"], None)):
@@ -248,32 +317,40 @@ def training_curves_figure(curves: dict[str, np.ndarray], stage: Literal["finetu
     return fig
 
 
-def configurations_curves_figure(configs: list[tuple[str, dict[str, np.ndarray]]], title: str) -> Figure:
-    """An ablation's fine-tuning curves, one line (and seed band) per configuration in each of four
-    panels: train task L1, validation MAE, the MCC loss (Eq. 10) and |θ_a − θ_v| (Eq. 12)."""
+CURVE_PANELS = {  # the panels of `configurations_curves_figure` per stage: column, title, y label, minimum span
+    "finetune": (("train_task_l1", "train task L1", "L1 (sentiment units)", MIN_SPAN["loss"]),
+                 ("valid_mae", "validation MAE", "MAE (sentiment units)", MIN_SPAN["mae"]),
+                 ("train_mcc", "MCC loss (Eq. 10)", "L_mcc (unitless)", MIN_SPAN["loss"]),
+                 ("train_abs_dtheta", "angle gap (Eq. 12)", "|θa − θv| (rad)", MIN_SPAN["angle"])),
+    "pretrain": (("task_l1", "masked-word L1", "L1 (lexicon-score units)", MIN_SPAN["loss"]),
+                 ("mcc", "MCC loss (Eq. 10)", "L_mcc (unitless)", MIN_SPAN["loss"]),
+                 ("cos_a", "c_a (Eq. 9)", "cosine to X_K (unitless)", MIN_SPAN["cosine"]),
+                 ("abs_dtheta", "angle gap (Eq. 12)", "|θa − θv| (rad)", MIN_SPAN["angle"])),
+}
+
+
+def configurations_curves_figure(configs: list[tuple[str, dict[str, np.ndarray]]], title: str, colors: list | None = None,
+                                 stage: Literal["finetune", "pretrain"] = "finetune") -> Figure:
+    """Several runs' per-epoch curves, one line (and seed band) per run in each of four panels
+    (`CURVE_PANELS`; fine-tuning: train task L1, validation MAE, the MCC loss (Eq. 10), |θ_a − θ_v|
+    (Eq. 12)): an ablation's configurations (`configuration_colors`) or an overlay's runs (`RUN_COLORS`,
+    the default)."""
     if not configs:
         raise RunDataMissing("The ablation has no finished configuration.")
+    colors = list(colors) if colors is not None else [RUN_COLORS[i % len(RUN_COLORS)] for i in range(len(configs))]
     fig = _new_figure(title)
     axes = fig.subplots(2, 2, sharex=True)
-    panels = (("train_task_l1", "train task L1", "L1 (sentiment units)", MIN_SPAN["loss"]),
-              ("valid_mae", "validation MAE", "MAE (sentiment units)", MIN_SPAN["mae"]),
-              ("train_mcc", "MCC loss (Eq. 10)", "L_mcc (unitless)", MIN_SPAN["loss"]),
-              ("train_abs_dtheta", "angle gap (Eq. 12)", "|θa − θv| (rad)", MIN_SPAN["angle"]))  # all ≥ 0
-    palette = "tab10" if len(configs) <= 10 else "tab20"
-    colors = [matplotlib.colormaps[palette](i % 20) for i in range(len(configs))]
-    for ax, (column, panel_title, ylabel, span) in zip(axes.flat, panels):
+    for ax, (column, panel_title, ylabel, span) in zip(axes.flat, CURVE_PANELS[stage]):
         for (label, curves), color in zip(configs, colors):
             _curve(ax, curves["epoch"], curves, column, color, label)
         ax.set(title=panel_title, ylabel=ylabel)
-        _min_span(ax, span, floor=0.0)
+        _min_span(ax, span, floor=None if column.endswith(("cos_a", "cos_v")) else 0.0)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("epoch")
     fig.legend(handles=axes[0, 0].lines, loc="outside right center", fontsize="x-small")
     return fig
-
-
 
 
 @dataclass
@@ -291,7 +368,7 @@ class ForestPanel:
     decimals: int  # of the values written beside each row
 
 
-FOREST_COLORS = {"excludes zero": "tab:blue", "includes zero": "tab:gray"}
+FOREST_COLORS = {"excludes zero": NEUTRAL, "includes zero": "darkgrey"}  # not a configuration's colour
 
 
 def forest_figure(panels: list[ForestPanel], title: str) -> Figure:
@@ -318,7 +395,7 @@ def forest_figure(panels: list[ForestPanel], title: str) -> Figure:
             if alone.any():  # one pair: a point without an interval
                 legend["one pair: no interval"] = ax.plot(panel.mean[alone], rows[alone], "D", color=FOREST_COLORS[kind],
                                                           markersize=MARKER_SIZE + 1, label="one pair: no interval")[0]
-        legend["no difference"] = ax.axvline(0.0, color="black", linewidth=1, linestyle="--", label="no difference")
+        legend["no difference"] = ax.axvline(0.0, color=REFERENCE, linewidth=1, linestyle="--", label="no difference")
         ax.set_yticks(rows, panel.labels)
         ax.set_ylim(-0.6, len(rows) - 0.4)
         values = np.concatenate([panel.mean, panel.low[finite], panel.high[finite], [0.0]])

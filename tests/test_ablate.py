@@ -43,6 +43,9 @@ def test_flags_choose_configurations() -> None:
     assert names(build_specs(all_table4=True)) == ["C1", "C2", "C3", "C4", "C5"]
     sweep = build_specs(g_sweep=[-0.5, 0.0, 0.5])
     assert [s.g for s in sweep[1:]] == [-0.5, 0.0, 0.5] and all(s.kind == "g-sweep" for s in sweep[1:])
+    # the sweep's point at C1's g is C1 (the same configuration), not a second run of it
+    assert names(build_specs(g_sweep=[0.0, 0.2, 0.4])) == ["C1", "g=+0.00", "g=+0.40"]
+    assert names(build_specs(g_sweep=[0.0, 0.2, 0.4], g=0.4)) == ["C1", "g=+0.00", "g=+0.20"]
     variants = build_specs(mcc_forms=["paper", "reference"], mcc_aligns=["projected"])
     assert [(s.mcc_form, s.mcc_align) for s in variants[1:]] == [("reference", "tile"), ("paper", "projected")]
     # --align sets every configuration's alignment; a no-MCC run logs its cosines with it

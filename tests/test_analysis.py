@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.collections import PolyCollection
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
 from figures import summarize
+from kebr_core.analysis import CONFIGURATION_COLORS
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.recipes.analyze import AnalysisReport, analyze, build_figures
@@ -113,14 +115,14 @@ def write_ablation(root: Path, with_c4: bool = True) -> Path:
         if has_runs:
             write_eval_run(root / name / "eval", mcc=mcc)
             write_pretrain_run(root / name / "pretrain", mcc=mcc)
+        mean, std = sweep_metrics(0.2) if name == "C1" else ({"f1_non0": 0.8, "mae": 0.8}, {"f1_non0": 0.01, "mae": 0.01})
         configurations.append({
             "name": name, "kind": "table4", "pretrain": pretrain, "tcmf": tcmf, "mcc": mcc, "g": 0.2,
             "mcc_form": "paper", "mcc_align": "tile", "pretrain_dir": f"{name}/pretrain" if pretrain else None,
             "eval_dir": f"{name}/eval", "status": "done" if has_runs else "skipped: not run in this test",
-            "mean": {"f1_non0": 0.8, "mae": 0.8} if has_runs else {}, "std": {"f1_non0": 0.01, "mae": 0.01} if has_runs else {},
-            "avg_change": None,
+            "mean": mean if has_runs else {}, "std": std if has_runs else {}, "avg_change": None,
         })
-    for g in [0.25, *reversed(G_SWEEP)]:  # unsorted on purpose; g = 0.25 did not finish
+    for g in [0.25, *reversed([g for g in G_SWEEP if g != 0.2])]:  # unsorted on purpose; g = 0.25 did not finish; C1 is g = 0.2
         mean, std = sweep_metrics(g)
         configurations.append({
             "name": f"g={g:+.2f}", "kind": "g-sweep", "pretrain": True, "tcmf": True, "mcc": True, "g": g,
@@ -237,7 +239,13 @@ def test_g_sweep_has_eleven_points_per_series_with_std_error_bars(ablation_figur
     kind, figs, _ = ablation_figures
     fig = figs["g_sweep"]
     f1_ax, mae_ax = summarize(fig)
-    assert f1_ax.curves == [("F1 (non0)", 11)] and mae_ax.curves == [("MAE", 11)]
+    # C1 is the sweep's point at g = 0.2 (the sweep does not run its configuration again), ringed in C1's colour
+    assert f1_ax.curves == [("F1 (non0)", 11), ("C1 (its g = +0.20)", 1)] and mae_ax.curves == [("MAE", 11), ("C1 (its g = +0.20)", 1)]
+    ring = [line for line in fig.axes[0].lines if line.get_label().startswith("C1")][0]
+    assert ring.get_xdata()[0] == pytest.approx(0.2) and ring.get_markeredgecolor() == CONFIGURATION_COLORS["C1"]
+    # points with error bars, not a band between them: no filled area, no line joining the points
+    assert not [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert fig.axes[0].containers[0].lines[0].get_linestyle() == "None"
     assert "%" in f1_ax.ylabel and mae_ax.xlabel.startswith("g")
     bar = fig.axes[0].containers[0]
     x, y = bar.lines[0].get_xdata(), bar.lines[0].get_ydata()

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -125,7 +126,8 @@ def build_specs(
 
     g, align and form are those of every configuration outside the sweep and the comparisons
     (`mcc_forms`, `mcc_aligns`); a configuration without MCC still logs its cosines c_a, c_v with
-    `align` (the balance plots compare them)."""
+    `align` (the balance plots compare them). The g-sweep's point at C1's g is C1 itself (same
+    configuration): it is not added again, and `kebr analyze` draws C1 there."""
     if c3 not in C3_FUSIONS:
         raise KebrError(f"--c3 must be one of {', '.join(C3_FUSIONS)}, not '{c3}'.")
     specs = [replace(s, g=g, mcc_align=align, mcc_form=form, c3=c3) for s in TABLE4]
@@ -144,6 +146,8 @@ def build_specs(
         if combo not in chosen:
             chosen.append(combo)
     for value in g_sweep or ():
+        if math.isclose(value, g, abs_tol=1e-9):  # C1's own configuration: C1 is this point of the sweep, not run twice
+            continue
         chosen.append(AblationSpec(f"g={value:+.2f}", "g-sweep", g=float(value), mcc_form=form, mcc_align=align))
     for other in mcc_forms:
         if other != form:

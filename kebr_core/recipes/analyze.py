@@ -41,10 +41,12 @@ from kebr_core import runs
 from kebr_core.analysis import (
     DPI,
     MIN_SPAN,
+    RUN_COLORS,
     BalanceSeries,
     ForestPanel,
     SweepPoint,
     balance_figure,
+    configuration_colors,
     configurations_curves_figure,
     forest_figure,
     g_sweep_figure,
@@ -58,6 +60,7 @@ from kebr_core.metrics import metric_display
 from kebr_core.recipes.compare import against_reference
 from kebr_core.run_readers import (
     BALANCE_COLUMNS,
+    AblationConfig,
     RunDataMissing,
     RunKind,
     balance_table,
@@ -172,22 +175,19 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
         pretraining = f"mean ± std over {len(data['pretrain_seeds'])} pretraining seeds"
 
     def g_sweep() -> Figure:
-        points = [
-            SweepPoint(c.g, 100.0 * c.mean_of("f1_non0"), 100.0 * c.std_of("f1_non0"), c.mean_of("mae"), c.std_of("mae"))
-            for c in configs if c.kind == "g-sweep" and c.done and c.g is not None
-        ]
-        fig = g_sweep_figure(points, dataset)
-        return _captioned(fig, f"Test F1 (non0) and MAE against the MCC angle penalty g on {dataset} (Fig. 4), {seeds}.")
+        fig = g_sweep_figure(sweep_points(configs), dataset)
+        return _captioned(fig, f"Test F1 (non0) and MAE against the MCC angle penalty g on {dataset} (Fig. 4), {seeds}; "
+                               "C1 is the sweep's point at its g (ringed).")
 
     def balance() -> Figure:
         series = []
         pair = mcc_pair(configs)
-        for c in pair:
+        for c, color in zip(pair, configuration_colors([(c.name, c.kind, c.g) for c in pair])):
             curves, n = eval_curves(c.eval_dir)
-            series.append(BalanceSeries(c.label, "fine-tuning", _stage_columns(curves, "train_"), c.mcc, c.mcc_zero))
+            series.append(BalanceSeries(c.label, "fine-tuning", _stage_columns(curves, "train_"), c.mcc, c.mcc_zero, color))
             if c.pretrain_dir is not None and ((c.pretrain_dir / runs.METRICS).is_file() or len(c.pretrain_seeds) > 1):
                 series.append(BalanceSeries(c.label, "pretraining", _stage_columns(pretrain_curves(c.pretrain_dir), ""),
-                                            c.mcc, c.mcc_zero))
+                                            c.mcc, c.mcc_zero, color))
         fig = balance_figure(series, f"Modality balance with and without MCC on {dataset} (fine-tuning: {seeds})")
         return _captioned(fig, f"c_a, c_v and |θa − θv| per epoch, {pair[0].name} with MCC vs {pair[1].name} without, "
                                f"in pretraining ({pretraining}) and fine-tuning ({seeds}).")
@@ -200,17 +200,19 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
                                f"{pair[1].name} (without), coloured by label.")
 
     def training() -> Figure:
-        curves_of, reasons = [], []
+        curves_of, drawn, reasons = [], [], []
         for c in configs:
             if not (c.done and c.eval_dir is not None):
                 continue
             try:
                 curves_of.append((c.name, eval_curves(c.eval_dir)[0]))
+                drawn.append((c.name, c.kind, c.g))
             except RunDataMissing as e:
                 reasons.append(str(e))
         if not curves_of and reasons:
             raise RunDataMissing(reasons[0])
-        fig = configurations_curves_figure(curves_of, f"Fine-tuning curves of every configuration on {dataset} ({seeds})")
+        fig = configurations_curves_figure(curves_of, f"Fine-tuning curves of every configuration on {dataset} ({seeds})",
+                                           configuration_colors(drawn))
         return _captioned(fig, f"Per-epoch train L1, validation MAE, MCC loss and |θa − θv| of each of the {len(curves_of)} "
                                f"finished configurations ({seeds}).")
 
@@ -232,6 +234,21 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
         return _captioned(fig, caption)
 
     return {"g_sweep": g_sweep, "differences": differences, "balance": balance, "pca": pca, "training_curves": training}
+
+
+def sweep_points(configs: list[AblationConfig]) -> list[SweepPoint]:
+    """Fig. 4's points: each finished g-sweep configuration, and C1 at its own g (the sweep does not run
+    C1's configuration again, `recipes.ablate.build_specs`); C1 replaces a sweep point at the same g that an
+    older ablation ran."""
+    def point(c: AblationConfig, name: str = "") -> SweepPoint:
+        return SweepPoint(c.g, 100.0 * c.mean_of("f1_non0"), 100.0 * c.std_of("f1_non0"), c.mean_of("mae"),  # type: ignore[arg-type]
+                          c.std_of("mae"), name)
+
+    points = {round(c.g, 6): point(c) for c in configs if c.kind == "g-sweep" and c.done and c.g is not None}
+    c1 = next((c for c in configs if c.name == "C1" and c.done and c.mcc and c.g is not None), None)
+    if points and c1 is not None:
+        points[round(c1.g, 6)] = point(c1, "C1")  # type: ignore[arg-type]
+    return list(points.values())
 
 
 def _comparison_plots(run_dir: Path) -> dict[str, PlotBuilder]:
@@ -262,25 +279,107 @@ def _tune_figures(run_dir: Path) -> tuple[dict[str, Figure], dict[str, str]]:
     return figures, {}
 
 
-def build_figures(run_dir: str | Path) -> tuple[RunKind, dict[str, Figure], dict[str, str]]:
-    """Detect the directory kind and build every plot that applies, without saving.
+KIND_WORDS = {"pretrain": "a pretraining run", "finetune": "an evaluation run", "ablation": "an ablation",
+              "comparison": "a kebr compare output", "tune": "a search (kebr tune)"}
 
-    Returns (kind, {plot name: Figure}, {plot name: reason it was skipped}). KebrError when the
-    directory is none of the three kinds."""
-    run_dir = Path(run_dir)
-    kind = detect_kind(run_dir)
-    if kind == "tune":
-        return kind, *_tune_figures(run_dir)
-    planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots,
-                "comparison": _comparison_plots}
-    figures: dict[str, Figure] = {}
+
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Each overlaid run's name in legends: its folder's name, with its parent's where two names clash."""
+    names = [d.name for d in run_dirs]
+    return [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in run_dirs]
+
+
+def _overlay_plots(run_dirs: list[Path], kind: RunKind) -> tuple[dict[str, PlotBuilder], dict[str, str]]:
+    """The figures where runs of one kind overlay (one colour per run, `RUN_COLORS`), and why the others
+    are not drawn: pretraining runs: balance, training_curves; evaluation runs: balance, pca (one panel
+    per run, one basis), training_curves; ablations: g_sweep (one series per ablation)."""
+    labels = run_labels(run_dirs)
+    colors = [RUN_COLORS[i % len(RUN_COLORS)] for i in range(len(run_dirs))]
+    names = ", ".join(labels)
+    plans: dict[str, PlotBuilder] = {}
+    if kind in ("pretrain", "finetune"):
+        stage = "pretraining" if kind == "pretrain" else "fine-tuning"
+
+        def curves_of(d: Path) -> dict[str, np.ndarray]:
+            return pretrain_curves(d) if kind == "pretrain" else eval_curves(d)[0]
+
+        def balance() -> Figure:
+            series = [BalanceSeries(label, stage, _stage_columns(curves_of(d), "" if kind == "pretrain" else "train_"), None,
+                                    mcc_zero_cosine(d), color) for d, label, color in zip(run_dirs, labels, colors)]
+            return _captioned(balance_figure(series, f"Modality balance during {stage}: {names}"),
+                              f"Per-epoch c_a, c_v and |θa − θv| of each run while {stage}, one colour per run.")
+
+        def training() -> Figure:
+            fig = configurations_curves_figure([(label, curves_of(d)) for d, label in zip(run_dirs, labels)],
+                                               f"{stage.capitalize()} curves: {names}", colors,
+                                               stage="pretrain" if kind == "pretrain" else "finetune")
+            return _captioned(fig, f"Per-epoch curves of each run while {stage}, one colour per run.")
+
+        plans = {"balance": balance, "training_curves": training}
+        if kind == "finetune":
+            def pca() -> Figure:
+                panels = [(label, load_test_features(d)) for d, label in zip(run_dirs, labels)]
+                return _captioned(pca_figure(panels, "PCA of fused test representations"),
+                                  "2-D PCA of each run's fused test representations in one basis, coloured by label, with "
+                                  "each run's silhouette of negative vs positive labels.")
+
+            plans = {"balance": balance, "pca": pca, "training_curves": training}
+        return plans, {}
+
+    def g_sweep() -> Figure:
+        series = {label: sweep_points(read_ablation(d)[1]) for d, label in zip(run_dirs, labels)}
+        return _captioned(g_sweep_figure(series, names), "Test F1 (non0) and MAE against g of each ablation, one colour "
+                                                         "per ablation; C1 ringed at its g.")
+
+    why = "not overlaid: each ablation's configurations fill the figure already (run kebr analyze on each)"
+    return {"g_sweep": g_sweep}, {"differences": "not overlaid: each ablation's differences are against its own C1 "
+                                                 "(kebr compare pairs runs of two ablations)",
+                                  "balance": why, "pca": why, "training_curves": why}
+
+
+def build_figures(run_dir: str | Path | Sequence[str | Path]) -> tuple[RunKind, dict[str, Figure], dict[str, str]]:
+    """Detect the directory kind and build every plot that applies, without saving. Several directories
+    of one kind (pretraining runs, evaluation runs or ablations) are overlaid (`_overlay_plots`).
+
+    Returns (kind, {plot name: Figure}, {plot name: reason it was skipped}). KebrError when a
+    directory is none of the kinds, or directories that cannot be overlaid (of different kinds,
+    searches, comparisons, one given twice)."""
+    run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(d) for d in run_dir]
+    kinds = [detect_kind(d) for d in run_dirs]
+    kind = kinds[0]
     skipped: dict[str, str] = {}
-    for name, build in planners[kind](run_dir).items():
+    if len(run_dirs) > 1:
+        check_overlay(run_dirs, kinds)
+        plans, skipped = _overlay_plots(run_dirs, kind)
+    elif kind == "tune":
+        return kind, *_tune_figures(run_dirs[0])
+    else:
+        planners = {"pretrain": _pretrain_plots, "finetune": _eval_plots, "ablation": _ablation_plots,
+                    "comparison": _comparison_plots}
+        plans = planners[kind](run_dirs[0])
+    figures: dict[str, Figure] = {}
+    for name, build in plans.items():
         try:
             figures[name] = build()
         except RunDataMissing as e:
             skipped[name] = str(e)
-    return kind, figures, skipped
+    return kind, figures, dict(sorted(skipped.items(), key=lambda item: PLOT_NAMES.index(item[0])))
+
+
+def check_overlay(run_dirs: list[Path], kinds: list[RunKind]) -> None:
+    """One sentence (KebrError) when `run_dirs` cannot be overlaid: different kinds, a kind without
+    overlays (a search, a comparison), or one directory given twice."""
+    for d, k in zip(run_dirs[1:], kinds[1:]):
+        if k != kinds[0]:
+            raise KebrError(f"kebr analyze overlays runs of one kind, but {run_dirs[0]} is {KIND_WORDS[kinds[0]]} and "
+                            f"{d} is {KIND_WORDS[k]}.")
+    if kinds[0] in ("tune", "comparison"):
+        raise KebrError(f"kebr analyze cannot overlay {KIND_WORDS[kinds[0]].split(' ', 1)[1]}s: give one directory at a "
+                        "time (kebr compare takes several runs).")
+    resolved = [d.resolve() for d in run_dirs]
+    if len(set(resolved)) < len(resolved):
+        twice = next(d for d, r in zip(run_dirs, resolved) if resolved.count(r) > 1)
+        raise KebrError(f"{twice} is given twice; an overlay needs different runs.")
 
 
 def forest_panels(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], reference: str) -> list[ForestPanel]:
@@ -309,7 +408,7 @@ def forest_panels(rows: Sequence[tuple[str, dict[str, dict[str, Any]]]], referen
 # ───────────────────────── the files ─────────────────────────
 
 
-def _metadata(fmt: str, title: str, source: Path) -> dict[str, str]:
+def _metadata(fmt: str, title: str, source: str) -> dict[str, str]:
     """The file's own record of what it shows and which run it was made from (each format has its keys)."""
     from kebr_core import __version__
 
@@ -326,11 +425,12 @@ def write_balance_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
+def write_index(report: AnalysisReport, run_dirs: Sequence[Path], out_dir: Path) -> Path:
     """index.md: each figure with its one-line caption and files, the plots skipped and why, the tables."""
-    kind = {"pretrain": "a pretraining run", "finetune": "an evaluation run", "ablation": "an ablation",
-            "comparison": "a kebr compare output", "tune": "a search (kebr tune)"}[report.kind]
-    lines = [f"# Plots of `{run_dir}`", "", f"Made by `kebr analyze` from {kind}.", ""]
+    kind = KIND_WORDS[report.kind]
+    if len(run_dirs) > 1:
+        kind = f"{len(run_dirs)} runs, each {kind}, overlaid"
+    lines = [f"# Plots of {', '.join(f'`{d}`' for d in run_dirs)}", "", f"Made by `kebr analyze` from {kind}.", ""]
     for name, info in report.plots.items():
         files = ", ".join(f"[{p.suffix[1:]}]({p.name})" for p in info.paths)
         lines.append(f"- **{name}** ({files}): {info.caption}")
@@ -345,20 +445,27 @@ def write_index(report: AnalysisReport, run_dir: Path, out_dir: Path) -> Path:
     return path
 
 
-def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tuple[str, ...] = ("png",)) -> AnalysisReport:
+def analyze(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
+            formats: tuple[str, ...] = ("png",)) -> AnalysisReport:
     """Write the figures that apply to `run_dir` into `out_dir` (default run_dir/plots), in each of
     `formats` (png, pdf, svg), with index.md listing them; for an ablation also balance.csv
-    (`balance_table`: c_a, c_v, |θ_a − θ_v| at the end of each configuration).
+    (`balance_table`: c_a, c_v, |θ_a − θ_v| at the end of each configuration). Several run directories
+    of one kind are overlaid (`build_figures`); their figures need `out_dir`.
 
     Returns an AnalysisReport (written paths, skipped plots with reasons, each plot's figure)."""
-    run_dir = Path(run_dir)
+    run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(d) for d in run_dir]
+    if not run_dirs:
+        raise KebrError("Give a run directory to plot.")
+    if len(run_dirs) > 1 and out_dir is None:
+        raise KebrError("An overlay of several runs belongs to none of them: give --out for its figures.")
+    run_dir = run_dirs[0]
     out_dir = Path(out_dir) if out_dir is not None else run_dir / runs.PLOTS
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise KebrError(f"--format must be one or more of {', '.join(FORMATS)}, not {', '.join(unknown) or 'nothing'}.")
-    kind, figures, skipped = build_figures(run_dir)
+    kind, figures, skipped = build_figures(run_dirs)
     report = AnalysisReport(kind=kind, skipped=skipped)
-    rows = balance_table(run_dir) if kind == "ablation" else []
+    rows = balance_table(run_dir) if kind == "ablation" and len(run_dirs) == 1 else []
     planned = [f"{name}.{fmt}" for name in PLOT_NAMES if name in figures for fmt in dict.fromkeys(formats)]
     planned += ([BALANCE_CSV] if rows else []) + ([INDEX] if figures else [])
     if out_dir.exists() and not out_dir.is_dir():
@@ -375,7 +482,8 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tup
         paths = []
         for fmt in dict.fromkeys(formats):
             path = out_dir / f"{name}.{fmt}"
-            fig.savefig(path, dpi=DPI, format=fmt, metadata=_metadata(fmt, fig.get_suptitle().replace("\n", " "), run_dir))
+            fig.savefig(path, dpi=DPI, format=fmt, metadata=_metadata(fmt, fig.get_suptitle().replace("\n", " "),
+                                                                      ", ".join(map(str, run_dirs))))
             paths.append(path)
         report.written.extend(paths)
         report.plots[name] = PlotInfo(name, fig, paths, fig.get_label())
@@ -384,7 +492,7 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, formats: tup
         write_balance_csv(rows, out_dir / BALANCE_CSV)
         report.tables.append(out_dir / BALANCE_CSV)
     if report.plots:
-        report.index = write_index(report, run_dir, out_dir)
+        report.index = write_index(report, run_dirs, out_dir)
     remove_stale_outputs(out_dir, report.written + report.tables + ([report.index] if report.index else []))
     return report
 
