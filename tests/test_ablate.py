@@ -275,3 +275,26 @@ def test_ablate_refuses_a_different_mcc_per_stage(tmp_path: Path) -> None:
     assert ("(pretraining: g 0.25, form mean-cosine, align authors; fine-tuning: g 0.4, form reference, align "
             "authors); choose one with --g and --mcc-form") in " ".join(r.output.split())
     assert not (tmp_path / "abl" / "ablation.json").exists()
+
+
+def test_the_g_sweep_reuses_c1_as_its_point_at_c1s_g(tmp_path: Path) -> None:
+    """`kebr ablate --g-sweep --g-values 0,0.2`: g = 0.2 is C1's own configuration, so it is not trained a second
+    time (no run, no row), and `kebr analyze` draws C1 as the sweep's point there (issue 27, item 7)."""
+    from kebr_core.recipes.analyze import build_figures
+
+    store = write_tiny_store(tmp_path / "s.h5", n=30)
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "-d", str(store), "-o", str(out), "--g-sweep", "--g-values", "0,0.2", "--seeds", "1",
+                            "--pretrain-epochs", "1", "--epochs", "1", "--freeze-encoder", "--text-model", TINY_BERT,
+                            "--batch-size", "8"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "ablation.json").read_text())["configurations"]
+    assert [(row["name"], row["g"]) for row in rows] == [("C1", 0.2), ("g=+0.00", 0.0)]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["C1", "g=+0.00"]
+    _, figures, skipped = build_figures(out)
+    bar = figures["g_sweep"].axes[0].containers[0]
+    assert list(bar.lines[0].get_xdata()) == [0.0, 0.2] and "g_sweep" not in skipped
+    c1 = next(row for row in rows if row["name"] == "C1")
+    assert bar.lines[0].get_ydata()[1] == pytest.approx(100 * c1["mean"]["f1_non0"])
+    assert [line.get_label() for line in figures["g_sweep"].axes[0].lines if line.get_label().startswith("C1")] == [
+        "C1 (its g = +0.20)"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_hex
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
@@ -22,7 +23,7 @@ from kebr_core.analysis import CONFIGURATION_COLORS
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.recipes.analyze import AnalysisReport, analyze, build_figures
-from kebr_core.run_readers import balance_table, detect_kind, mean_over_seeds
+from kebr_core.run_readers import RunDataMissing, balance_table, detect_kind, mean_over_seeds
 from kebr_core.runs import MetricsLog
 from kebr_core.training import epoch_row
 
@@ -526,3 +527,129 @@ def test_cli_bad_directory_is_one_sentence(tmp_path):
     message = result.stderr.strip()
     assert message.startswith("error:") and "not a KEBR run directory" in message
     assert "\n" not in message and "Traceback" not in result.output
+
+
+# ───────────────────────── palettes, reference lines, PCA basis, overlays (issue 27, item 7) ─────────────────────────
+
+
+def line_colors(fig, axes_index: int) -> dict[str, str]:
+    ax = [a for a in fig.axes if a.get_label() != "<colorbar>"][axes_index]
+    return {line.get_label(): to_hex(line.get_color()) for line in ax.lines}
+
+
+def test_one_palette_per_concept_in_every_figure(ablation_figures, tmp_path):
+    from kebr_core.analysis import (
+        MODALITY_COLORS, NEUTRAL, OTHER_CONFIGURATION_COLORS, RUN_COLORS, configuration_colors, g_color)
+
+    # the palettes never share a colour: a colour means one thing
+    named = [*MODALITY_COLORS.values(), *CONFIGURATION_COLORS.values(), *OTHER_CONFIGURATION_COLORS, *RUN_COLORS[1:], NEUTRAL]
+    assert len({to_hex(c) for c in named}) == len(named)
+    sweep = {to_hex(g_color(g)) for g in np.linspace(-0.5, 0.5, 11)}
+    assert len(sweep) == 11 and not sweep & {to_hex(c) for c in named}
+    assert configuration_colors([("C4", "table4", 0.2), ("g=+0.20", "g-sweep", 0.2), ("no-tcmf+no-mcc", "table4", 0.2)]) == [
+        CONFIGURATION_COLORS["C4"], g_color(0.2), OTHER_CONFIGURATION_COLORS[0]]
+    # C1 and C4 keep their colours from the balance figure to the training curves
+    _, figs, _ = ablation_figures
+    balance, curves = line_colors(figs["balance"], 0), line_colors(figs["training_curves"], 0)
+    for name in ("C1", "C4"):
+        assert balance[f"{name} ({'with' if name == 'C1' else 'without'} MCC): c_a (audio)"] == to_hex(CONFIGURATION_COLORS[name])
+        assert curves[name] == to_hex(CONFIGURATION_COLORS[name])
+    # c_a and c_v are the same colours in an evaluation run's balance figure and its training curves
+    _, run_figs, _ = build_figures(write_eval_run(tmp_path / "eval"))
+    balance, cosines = line_colors(run_figs["balance"], 0), line_colors(run_figs["training_curves"], 2)
+    for label, modality in (("c_a (audio)", "audio"), ("c_v (vision)", "vision")):
+        assert balance[label] == cosines[label] == to_hex(MODALITY_COLORS[modality])
+
+
+def test_the_balanced_zero_is_in_the_legend_only_when_drawn_inside_the_axes():
+    from kebr_core.analysis import BalanceSeries, balance_figure
+
+    e = np.arange(1, 5, dtype=float)
+    curves = {"epoch": e, "cos_a": 0.5 + 0.01 * e, "cos_v": 0.4 + 0.01 * e, "abs_dtheta": 0.1 + 0 * e}
+    for zero, inside in ((0.45, True), (0.9, False)):  # g = +0.05: between the curves; g = −0.40: far above them
+        fig = balance_figure([BalanceSeries("C1 (with MCC)", "fine-tuning", curves, True, zero),
+                              BalanceSeries("C4 (without MCC)", "fine-tuning", curves, False, None)], "t")
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        ax = fig.axes[0]
+        low, high = ax.get_ylim()
+        references = [line for line in ax.lines if line.get_label().startswith("MCC balanced zero")]
+        assert bool(references) == inside and any("balanced zero" in t for t in legend) == inside
+        assert all(low <= line.get_ydata()[0] <= high for line in references)
+        if not inside:  # named by an arrow at the panel's edge instead, and the curves keep their range
+            assert any("↑ MCC balanced zero at c_a = c_v = 0.90" in t.get_text() for t in ax.texts) and high < 0.9
+
+
+def test_pca_panels_share_one_basis_and_give_the_polarity_silhouette():
+    from kebr_core.analysis import pca_figure, polarity_silhouette
+    from kebr_core.run_readers import TestFeatures
+
+    # silhouette by hand: negatives at 0 and 1, positives at 10 and 11 (1-D); neutral and unlabeled left out.
+    # s(0) = 1 − 1/10.5, s(1) = 1 − 1/9.5, and the same for the positives by symmetry.
+    x = np.array([[0.0], [1.0], [10.0], [11.0], [5.0], [6.0]])
+    y = np.array([-1.0, -2.0, 1.0, 2.5, 0.0, np.nan])
+    want = np.mean([1 - 1 / 10.5, 1 - 1 / 9.5])
+    assert polarity_silhouette(x, y) == pytest.approx(want, abs=1e-12)
+    assert np.isnan(polarity_silhouette(x[:3], y[:3]))  # one positive: undefined
+    rng = np.random.default_rng(0)
+    a = TestFeatures(seed=0, features=rng.normal(size=(30, 4)).astype(np.float32), labels=rng.uniform(-3, 3, 30))
+    b = TestFeatures(seed=1, features=(3.0 * rng.normal(size=(20, 4)) + 5.0).astype(np.float32), labels=rng.uniform(-3, 3, 20))
+    fig = pca_figure([("a", a), ("b", b)], "t")
+    union = np.concatenate([a.features, b.features]).astype(np.float64)
+    centre = union.mean(axis=0)
+    _, _, vt = np.linalg.svd(union - centre, full_matrices=False)
+    for ax, tf in zip(fig.axes[:2], (a, b)):
+        xy = ax.collections[0].get_offsets()
+        expected = (tf.features - centre) @ vt[:2].T  # the union's basis, up to each component's sign
+        assert np.allclose(np.abs(xy), np.abs(expected), atol=1e-4)
+        assert f"silhouette neg/pos = {polarity_silhouette(tf.features, tf.labels):+.2f}" in ax.get_title()
+    wide = TestFeatures(seed=0, features=np.zeros((5, 6), np.float32), labels=np.ones(5))
+    with pytest.raises(RunDataMissing, match="different widths"):
+        pca_figure([("a", a), ("w", wide)], "t")
+
+
+def test_cli_overlays_two_runs_of_one_kind(tmp_path):
+    from kebr_core.analysis import RUN_COLORS
+
+    a, b = write_eval_run(tmp_path / "runs" / "a"), write_eval_run(tmp_path / "runs" / "b", mcc=False)
+    out = tmp_path / "both"
+    r = CliRunner().invoke(app, ["analyze", str(a), str(b), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    report = analyze([a, b], tmp_path / "again")
+    assert [p.name for p in report.written] == ["balance.png", "pca.png", "training_curves.png"]
+    for p in report.written:
+        assert_png(p)
+    balance = line_colors(report.plots["balance"].figure, 0)
+    assert balance["a: c_a (audio)"] == to_hex(RUN_COLORS[0]) and balance["b: c_v (vision)"] == to_hex(RUN_COLORS[1])
+    panels = summarize(report.plots["pca"].figure)
+    assert [p.title.split(" (")[0] for p in panels] == ["a", "b"] and all(p.points == N_TEST for p in panels)
+    assert [l.get_label() for l in report.plots["training_curves"].figure.axes[0].lines] == ["a", "b"]
+    assert "`" + str(a) + "`, `" + str(b) + "`" in (out / "index.md").read_text()
+    # two ablations: the g-sweeps overlay; the rest is each ablation's own, with the reason in index.md
+    one, two = write_ablation(tmp_path / "ab1"), write_ablation(tmp_path / "ab2")
+    r = CliRunner().invoke(app, ["analyze", str(one), str(two), "-o", str(tmp_path / "abs")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "abs" / "g_sweep.png").is_file() and not (tmp_path / "abs" / "balance.png").exists()
+    assert "skipped differences: not overlaid: each ablation's differences are against its own C1" in " ".join(r.stderr.split())
+    _, figs, _ = build_figures([one, two])
+    assert [c for c, _ in summarize(figs["g_sweep"])[0].curves if not c.startswith("C1")] == ["ab1: F1 (non0)", "ab2: F1 (non0)"]
+
+
+@pytest.mark.parametrize("case", ["kinds", "no out", "twice", "comparison"])
+def test_cli_refuses_an_overlay_it_cannot_draw_in_one_sentence(tmp_path, case):
+    a = write_eval_run(tmp_path / "a")
+    other = {"kinds": write_ablation(tmp_path / "abl"), "no out": write_eval_run(tmp_path / "b"), "twice": a,
+             "comparison": None}[case]
+    if case == "comparison":
+        for name in ("c1", "c2"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "compare.json").write_text(json.dumps({"reference": "x", "comparisons": []}))
+        a, other = tmp_path / "c1", tmp_path / "c2"
+    args = ["analyze", str(a), str(other)] + ([] if case == "no out" else ["-o", str(tmp_path / "out")])
+    r = CliRunner().invoke(app, args)
+    message = " ".join(r.stderr.split())
+    want = {"kinds": f"kebr analyze overlays runs of one kind, but {a} is an evaluation run and {other} is an ablation.",
+            "no out": "An overlay of several runs belongs to none of them: give --out for its figures.",
+            "twice": f"{a} is given twice; an overlay needs different runs.",
+            "comparison": "kebr analyze cannot overlay kebr compare outputs"}[case]
+    assert r.exit_code == 1 and want in message and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "out").exists()

@@ -260,7 +260,7 @@ def test_ablation_shards_then_collect_equal_the_one_shot_ablation(tiny_store: Pa
 
 
 def test_a_pretraining_two_shards_share_is_trained_once(tiny_store: Path, tmp_path: Path, monkeypatch) -> None:
-    """C1 and the sweep's g = +0.20 share one pretraining: the second shard reuses what the first trained."""
+    """The sweep's g = +0.20 is C1 itself (not a second configuration): two shards train its pretraining once."""
     import kebr_core.recipes.ablate as ablate_recipe
 
     trained: list[Path] = []

@@ -374,8 +374,9 @@ def check_overlay(run_dirs: list[Path], kinds: list[RunKind]) -> None:
             raise KebrError(f"kebr analyze overlays runs of one kind, but {run_dirs[0]} is {KIND_WORDS[kinds[0]]} and "
                             f"{d} is {KIND_WORDS[k]}.")
     if kinds[0] in ("tune", "comparison"):
-        raise KebrError(f"kebr analyze cannot overlay {KIND_WORDS[kinds[0]].split(' ', 1)[1]}s: give one directory at a "
-                        "time (kebr compare takes several runs).")
+        plural = {"tune": "searches (kebr tune)", "comparison": "kebr compare outputs"}[kinds[0]]
+        raise KebrError(f"kebr analyze cannot overlay {plural}: give one directory at a time (kebr compare takes "
+                        "several runs).")
     resolved = [d.resolve() for d in run_dirs]
     if len(set(resolved)) < len(resolved):
         twice = next(d for d, r in zip(run_dirs, resolved) if resolved.count(r) > 1)
