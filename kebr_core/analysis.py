@@ -2,10 +2,11 @@
 from a run (`kebr_core.run_readers`) and returns a `matplotlib.figure.Figure`; which figures a run gets,
 their captions and the files are the recipe's (`kebr_core.recipes.analyze`).
 
-- g_sweep: F1 (non0, %) and MAE against the MCC angle penalty g, mean ± std over seeds (Fig. 4);
+- g_sweep: F1 (non0, %) and MAE against the MCC angle penalty g, a point ± std over seeds per g (Fig. 4);
 - balance: per-epoch c_a = cos(X_K, X0a), c_v = cos(X_K, X0v) (Eq. 9) and |θ_a − θ_v| (Eq. 12),
   with and without MCC — the modality balance MCC is meant to produce;
-- pca: 2-D PCA of the fused test representations, coloured by sentiment label;
+- pca: 2-D PCA of the fused test representations in one basis for all panels, coloured by sentiment
+  label, with each panel's polarity silhouette;
 - training_curves: task loss, MCC loss, validation MAE and the per-modality cosines per epoch (an
   ablation: one line per configuration);
 - a search (`kebr tune`): Optuna's optimisation history, parameter importances and one slice plot per
@@ -13,13 +14,16 @@ their captions and the files are the recipe's (`kebr_core.recipes.analyze`).
 
 Conventions, the same in every figure: each is 8 × 5 in (`FIGSIZE_IN`, saved at `DPI`); titles name the
 run, not its path (the path goes into the file's metadata and index.md); curves averaged over seeds
-carry a band of ± one sample std (ddof=1); epochs are integer ticks; every line has markers, so a
-one-epoch run shows; an axis spans at least a fixed minimum (`MIN_SPAN`), so a difference far below the
-seed noise does not fill the panel.
+carry a band of ± one sample std (ddof=1) (separate runs, as the g-sweep's, get error bars instead);
+epochs are integer ticks; every line has markers, so a one-epoch run shows; an axis spans at least a
+fixed minimum (`MIN_SPAN`), so a difference far below the seed noise does not fill the panel; one
+palette per concept (`MODALITY_COLORS`, `CONFIGURATION_COLORS`, `g_color`, `RUN_COLORS`, below): a
+colour never means two things across figures.
 
 A figure with nothing to draw raises `RunDataMissing` with a one-sentence reason. Figures are built on
 `matplotlib.figure.Figure` with the Agg canvas, never through pyplot: no display, no global figure
-state, nothing to close.
+state, nothing to close. It stays one module, though over 400 lines, because it is one cohesive thing:
+the figure functions and the conventions and palette they share.
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ Which figures each kind of run gets (`detect_kind`; the figures are `kebr_core.a
   configuration's paired difference against C1, `recipes.compare.against_reference`), balance and pca (the pair with and without MCC:
   C1 and C4, or another pair that differs only in MCC), training_curves (every finished configuration),
   and balance.csv (`run_readers.balance_table`);
-- comparison (a `kebr compare` output folder): differences, from its compare.json.
+- comparison (a `kebr compare` output folder): differences, from its compare.json;
+- several runs of one kind, overlaid (`_overlay_plots`, one colour per run, into --out): evaluation runs:
+  balance, pca (one panel per run, one basis), training_curves; pretraining runs: balance,
+  training_curves; ablations: g_sweep. Other kinds, or runs of different kinds, are refused in one
+  sentence (`check_overlay`).
 
 Each figure is written in every requested format (png, pdf, svg) into the output folder (default
 RUN_DIR/plots) with index.md, a one-line caption per figure and the reason each skipped one was skipped.
@@ -22,7 +26,7 @@ user's own index.md, a symbolic link, a file changed since) is refused, naming i
 written. A rerun removes what an earlier `analyze` wrote and this one did not (`remove_stale_outputs`):
 only files of its own names that still match their record, so a planted record deletes nothing.
 It stays one module, though over 400 lines, because it is one cohesive thing: what `analyze` draws for
-each kind of run and the record of what it wrote.
+each kind of run (and overlay) and the record of what it wrote.
 """
 
 from __future__ import annotations
@@ -155,7 +159,8 @@ def _eval_plots(run_dir: Path) -> dict[str, PlotBuilder]:
     def pca() -> Figure:
         features = load_test_features(run_dir)
         fig = pca_figure([(run_dir.name, features)], "PCA of fused test representations")
-        return _captioned(fig, f"2-D PCA of the fused test representations of seed {features.seed}, coloured by label.")
+        return _captioned(fig, f"2-D PCA of the fused test representations of seed {features.seed}, coloured by label, "
+                               "with the silhouette of negative vs positive labels.")
 
     def training() -> Figure:
         curves, n = eval_curves(run_dir)
@@ -197,7 +202,8 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
         panels = [(c.label, load_test_features(c.eval_dir)) for c in pair]
         fig = pca_figure(panels, f"PCA of fused test representations on {dataset}")
         return _captioned(fig, f"2-D PCA of the fused test representations, {pair[0].name} (with MCC) vs "
-                               f"{pair[1].name} (without), coloured by label.")
+                               f"{pair[1].name} (without), in one basis fitted on both, coloured by label; each panel's "
+                               "silhouette of negative vs positive labels (on the full features; 1 apart, 0 overlapping).")
 
     def training() -> Figure:
         curves_of, drawn, reasons = [], [], []
