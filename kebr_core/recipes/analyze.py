@@ -207,9 +207,12 @@ def _ablation_plots(run_dir: Path) -> dict[str, PlotBuilder]:
 
     def training() -> Figure:
         curves_of, drawn, reasons = [], [], []
+        c1 = next((c for c in configs if c.name == "C1" and c.done and c.g is not None), None)
         for c in configs:
             if not (c.done and c.eval_dir is not None):
                 continue
+            if c.kind == "g-sweep" and c1 is not None and c.g is not None and round(c.g, 6) == round(c1.g, 6):
+                continue  # an older ablation's rerun of C1's configuration: it would hide C1 under the same line
             try:
                 curves_of.append((c.name, eval_curves(c.eval_dir)[0]))
                 drawn.append((c.name, c.kind, c.g))
