@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from kebr_cli.app import (
@@ -192,18 +193,21 @@ def std_words(std: str) -> str:
 
 
 def probe_table(rows: list[dict], std: str = "sample") -> Table:
-    """Test MAE and Acc-2 (non0) of each configuration with all streams and with one removed (mean ± std)."""
-    table = Table(title=f"Modality removed at test time (test split, mean ± {std_words(std)} over seeds)")
+    """Test MAE and Acc-2 (non0) of each configuration with all streams and with one removed (mean ± std):
+    MAE ± std over Acc-2 in each cell and no vertical rules, so five columns fit 80 without cutting a number
+    (only a long configuration name wraps, inside its cell)."""
+    table = Table(title=f"Modality removed at test time (test split, mean ± {std_words(std)} over seeds)",
+                  box=box.SIMPLE_HEAD)
     names = [name for r in rows if r.get("probe") for name in r["probe"]][:4]
-    table.add_column("config")
+    table.add_column("config", overflow="fold", min_width=6)
     for name in ["all streams", *names]:
-        table.add_column(f"{name}\nMAE / Acc-2", justify="right")
+        table.add_column(f"{name.replace(' ', chr(10))}\nMAE / Acc-2", justify="right", no_wrap=True)
 
     def cell(mean: dict, std: dict) -> str:
-        return f"{mean['mae']:.3f}±{std['mae']:.3f} / {100 * mean['acc2_non0']:.1f}"
+        return f"{mean['mae']:.3f}±{std['mae']:.3f}\n{100 * mean['acc2_non0']:.1f}"
 
     for r in rows:
         if r.get("probe"):
-            table.add_row(r["name"], cell(r["mean"], r["std"]),
+            table.add_row(r["name"].replace("+", "+\n"), cell(r["mean"], r["std"]),
                           *[cell(r["probe"][n]["mean"], r["probe"][n]["std"]) for n in names])
     return table

@@ -64,6 +64,22 @@ def test_the_ablation_table_keeps_every_number_whole_at_80_columns(deltas: bool)
     assert names.count("no-pretrain+no-mcc") == (2 if deltas else 1), names
 
 
+def test_the_probe_table_keeps_every_number_whole_at_80_columns() -> None:
+    from kebr_cli.ablate import probe_table
+
+    mean, std = {"mae": 0.7123, "acc2_non0": 0.8291}, {"mae": 0.1234, "acc2_non0": 0.05}
+    probe = {name: {"mean": {"mae": 0.8 + k / 100, "acc2_non0": 0.7 + k / 100}, "std": std}
+             for k, name in enumerate(("audio zeroed", "audio absent", "vision zeroed", "vision absent"))}
+    rows = [{"name": name, "mean": mean, "std": std, "probe": probe} for name in ("C1", "no-pretrain+no-mcc")]
+    text = render(probe_table(rows), 80)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    words = text.split()
+    for number in ("0.712±0.123", "82.9", "0.800±0.123", "0.830±0.123", "70.0", "73.0"):
+        assert number in words, number
+    for header in ("audio", "zeroed", "vision", "absent", "streams"):
+        assert header in words
+
+
 def test_a_summary_too_wide_for_80_columns_is_stacked_not_cut() -> None:
     counts = {"videos": "123456", "done": "123450", "skipped": "6", "no audio": "0", "no speech": "12", "no ASR": "3",
               "no face": "1", "failed": "6", "time": "12345.6 s", "speed": "12.3× RT"}
