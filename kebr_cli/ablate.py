@@ -53,7 +53,7 @@ def ablate(
     no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Add the configuration without pretraining (C2)."),
     all_: bool = typer.Option(False, "--all", help="All five configurations C1–C5 of Table 4."),
     combined: bool = typer.Option(False, "--combined", help="Also add the configuration with every given --no-* factor removed at once (C5 for all three; else named like no-pretrain+no-mcc). Without it each --no-* flag adds its own row."),
-    g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4)."),
+    g_sweep: bool = typer.Option(False, "--g-sweep", help="Sweep g over --g-values (Fig. 4); the point at --g is C1 itself, not trained twice."),
     g_values: str = typer.Option(",".join(f"{g:g}" for g in DEFAULT_G_SWEEP), "--g-values", help="g values of the sweep, each in (-0.5, 0.5)."),
     compare_forms: str = typer.Option("", "--compare-forms", help=f"Add a configuration per other MCC form, e.g. {','.join(FORMS)}."),
     compare_aligns: str = typer.Option("", "--compare-aligns", help=f"Add a configuration per other MCC alignment, e.g. {','.join(ALIGNS)}."),

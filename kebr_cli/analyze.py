@@ -19,7 +19,7 @@ class PlotFormat(str, Enum):
 
 @app.command()
 def analyze(
-    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="A pretraining run, an evaluation run (kebr eval --out), an ablation, a kebr compare output or a search; several runs of one kind are overlaid (one colour per run, --out required)."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="run_dir", help="A pretraining run, an evaluation run (kebr eval --out), an ablation, a kebr compare output or a search; several runs of one kind are overlaid (one colour per run, --out required)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the figures, index.md and, for an ablation, balance.csv (default: RUN_DIR/plots)."),
     formats: list[PlotFormat] = typer.Option([PlotFormat.png], "--format", "-f", help="File format of the figures; repeat for several (e.g. -f png -f pdf)."),
 ) -> None:
