@@ -275,14 +275,14 @@ def pca_figure(panels: list[tuple[str, TestFeatures]], title: str) -> Figure:
     pca.fit(np.concatenate([tf.features for _, tf in panels]).astype(np.float64))  # (ΣN, D): one basis
     var = 100.0 * pca.explained_variance_ratio_
     scatter = None
-    for ax, (panel_title, tf) in zip(axes, panels):
+    for n, (ax, (panel_title, tf)) in enumerate(zip(axes, panels)):
         xy = pca.transform(tf.features.astype(np.float64))  # (N, 2)
         scatter = ax.scatter(xy[:, 0], xy[:, 1], c=tf.labels, cmap="coolwarm_r", norm=norm, s=10, alpha=0.8,
                              edgecolors="none")
         silhouette = polarity_silhouette(tf.features, tf.labels)
         measure = "n/a" if np.isnan(silhouette) else f"{silhouette:+.2f}"
         ax.set(title=f"{panel_title} (seed {tf.seed}, N = {len(tf.labels)})\nsilhouette neg/pos = {measure}",
-               xlabel=f"PC1 ({var[0]:.1f}% of variance)", ylabel=f"PC2 ({var[1]:.1f}% of variance)")
+               xlabel=f"PC1 ({var[0]:.1f}% of variance)", ylabel="" if n else f"PC2 ({var[1]:.1f}% of variance)")
         ax.grid(alpha=0.3)
     fig.colorbar(scatter, ax=list(axes), label="sentiment label")
     return fig
