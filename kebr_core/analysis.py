@@ -54,7 +54,7 @@ MODALITY_COLORS = {"text": "tab:olive", "audio": "tab:green", "vision": "tab:pur
 CONFIGURATION_COLORS = {"C1": "tab:blue", "C2": "tab:orange", "C3": "tab:cyan", "C4": "tab:red", "C5": "tab:brown"}
 OTHER_CONFIGURATION_COLORS = ("tab:pink", "tab:gray", "gold", "navy")  # combinations and variants, in order
 G_COLORMAP, G_RANGE = "cividis", (-0.5, 0.5)  # the g-sweep's configurations: one sequential map over g's range
-RUN_COLORS = ("black", "darkgoldenrod", "slategray")  # the runs of an overlay (`kebr analyze A B`), in order
+RUN_COLORS = ("darkgoldenrod", "darkslategray", "mediumvioletred")  # the runs of an overlay (`kebr analyze A B`), in order
 NEUTRAL = "black"  # a quantity of one run that is none of the above: a loss, F1, MAE, |θa − θv|
 REFERENCE = "grey"  # reference lines (MCC's balanced zero, no difference)
 
@@ -130,7 +130,8 @@ def g_sweep_figure(points: list[SweepPoint] | dict[str, list[SweepPoint]], datas
     gs = np.unique([p.g for pts in series.values() for p in pts])
     step = float(np.diff(gs).min()) if len(gs) > 1 else 0.1
     offsets = np.linspace(-0.06, 0.06, len(series)) * step if len(series) > 1 else [0.0]  # overlaid bars side by side
-    for (label, pts), color, shift in zip(series.items(), RUN_COLORS * len(series), offsets):
+    colors = RUN_COLORS * len(series) if len(series) > 1 else (NEUTRAL,)  # one ablation: a plain quantity
+    for (label, pts), color, shift in zip(series.items(), colors, offsets):
         pts = sorted(pts, key=lambda p: p.g)
         g, f1, f1_std, mae, mae_std = (np.array([getattr(p, k) for p in pts], dtype=np.float64)
                                        for k in ("g", "f1", "f1_std", "mae", "mae_std"))  # (P,) each

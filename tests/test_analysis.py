@@ -542,7 +542,7 @@ def test_one_palette_per_concept_in_every_figure(ablation_figures, tmp_path):
         MODALITY_COLORS, NEUTRAL, OTHER_CONFIGURATION_COLORS, RUN_COLORS, configuration_colors, g_color)
 
     # the palettes never share a colour: a colour means one thing
-    named = [*MODALITY_COLORS.values(), *CONFIGURATION_COLORS.values(), *OTHER_CONFIGURATION_COLORS, *RUN_COLORS[1:], NEUTRAL]
+    named = [*MODALITY_COLORS.values(), *CONFIGURATION_COLORS.values(), *OTHER_CONFIGURATION_COLORS, *RUN_COLORS, NEUTRAL]
     assert len({to_hex(c) for c in named}) == len(named)
     sweep = {to_hex(g_color(g)) for g in np.linspace(-0.5, 0.5, 11)}
     assert len(sweep) == 11 and not sweep & {to_hex(c) for c in named}

@@ -320,7 +320,8 @@ def _overlay_plots(run_dirs: list[Path], kind: RunKind) -> tuple[dict[str, PlotB
 
         def training() -> Figure:
             fig = configurations_curves_figure([(label, curves_of(d)) for d, label in zip(run_dirs, labels)],
-                                               f"{stage.capitalize()} curves: {names}", colors,
+                                               f"{stage.capitalize()} curves: {names}"
+                                               + (" (mean ± std over each run's seeds)" if kind == "finetune" else ""), colors,
                                                stage="pretrain" if kind == "pretrain" else "finetune")
             return _captioned(fig, f"Per-epoch curves of each run while {stage}, one colour per run.")
 
