@@ -125,6 +125,8 @@ class TrainConfig:
     # Modality dropout of the dominant stream: the positive control of bench/mcc_question.sh. 0 = off.
     modality_dropout: float = 0.0
     dropped_modality: Literal["audio", "vision"] = "audio"
+    # where per-epoch metrics go besides metrics.csv (`kebr_core.metric_logger`; operational: not the run's identity)
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_section("train", self)
@@ -183,6 +185,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "random_word"): (_one_of("fixed", "per-epoch"), "be one of fixed, per-epoch"),
     ("train", "modality_dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1) (0 turns it off)"),
     ("train", "dropped_modality"): (_one_of("audio", "vision"), "be one of audio, vision"),
+    ("train", "report_to"): (lambda xs: all(x == "tensorboard" for x in xs), "name only tensorboard (or nothing)"),
 }
 # Sizes, lengths and counts: integers ≥ 1.
 for _name in ("d_audio", "d_vision", "layers", "heads", "ffn_mult", "head_hidden", "max_text_len", "max_audio_len",
