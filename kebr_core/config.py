@@ -158,6 +158,8 @@ def _one_of(*choices: str):
     return lambda x: x in choices
 
 
+REPORTERS = ("tensorboard",)  # where train.report_to may send metrics (`kebr_core.metric_logger`)
+
 _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("mcc", "g"): (lambda x: _finite(x) and -0.5 < x < 0.5,
                    "lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine"),
@@ -185,7 +187,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "random_word"): (_one_of("fixed", "per-epoch"), "be one of fixed, per-epoch"),
     ("train", "modality_dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1) (0 turns it off)"),
     ("train", "dropped_modality"): (_one_of("audio", "vision"), "be one of audio, vision"),
-    ("train", "report_to"): (lambda xs: all(x == "tensorboard" for x in xs), "name only tensorboard (or nothing)"),
+    ("train", "report_to"): (lambda xs: all(x in REPORTERS for x in xs), f"name only {', '.join(REPORTERS)} (or nothing)"),
 }
 # Sizes, lengths and counts: integers ≥ 1.
 for _name in ("d_audio", "d_vision", "layers", "heads", "ffn_mult", "head_hidden", "max_text_len", "max_audio_len",

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from kebr_core import runs
+from kebr_core.config import REPORTERS
 from kebr_core.errors import KebrError
 
-REPORTERS = ("tensorboard",)  # the values of --report-to (`train.report_to`)
 TENSORBOARD_MISSING = ("--report-to tensorboard needs the tensorboard package, which is not installed: "
                        "pip install kebr[tensorboard].")
 
@@ -94,7 +94,7 @@ class TensorBoardLogger(MetricLogger):
     is flushed to disk, so a killed run keeps its finished epochs."""
 
     def __init__(self, log_dir: Path, prefix: str = "", purge_step: int | None = None):
-        require(REPORTERS)
+        require(["tensorboard"])
         from torch.utils.tensorboard import SummaryWriter
 
         self.prefix = prefix
@@ -199,4 +199,15 @@ def report_final(run_dir: Path, config: Mapping[str, Any], summary: Mapping[str,
             final[f"test_{name}_std"] = std
     logger = TensorBoardLogger(Path(run_dir) / runs.TENSORBOARD, purge_step=0)
     logger.log_config(config, final, step=0)
+    logger.close()
+
+
+def report_figures(folder: Path, figures: Mapping[str, Any], report_to: Iterable[str]) -> None:
+    """`kebr analyze`'s figures ({name: matplotlib Figure}) as images in folder/tensorboard at step 0,
+    replacing those an earlier call wrote there; nothing without tensorboard in `report_to`."""
+    if "tensorboard" not in report_to or not figures:
+        return
+    logger = TensorBoardLogger(Path(folder) / runs.TENSORBOARD, purge_step=0)
+    for name, figure in figures.items():
+        logger.log_figure(f"analyze/{name}", figure)
     logger.close()
