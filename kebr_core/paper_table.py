@@ -4,7 +4,7 @@ Inputs (`read_entries`): evaluation runs (results.json, also of a multi-seed pre
 the cross-run results-table.csv that `kebr eval` and `kebr ablate` fill (MMSA's columns,
 `runs.RESULTS_TABLE_COLUMNS`), and ablation folders (ablation.json, read by `run_readers.read_ablation`).
 
-Two layouts, as the paper's (docs/design.md §7):
+Two layouts, as the paper's (the spread over seeds: docs/design.md §7):
 
 - Table 1 (evaluation runs, results tables): a row per model, a column group per dataset (in order of
   first appearance), each Acc-2, F1, Acc-7, Acc-5, MAE, Corr; Acc-2 and F1 cells are has0/non0
@@ -18,6 +18,9 @@ Cells are mean ± std over seeds (accuracies and F1 in %, two decimals; MAE and 
 (`metrics.seeds_caption`). The best mean of each number of each column (has0 and non0 apart; per dataset)
 is bold: the lowest MAE, the highest of the rest, compared as printed, ties all bold, and only when two or
 more rows have the number. CSV carries the means and stds in columns and the bold as a `best` column.
+
+It stays one module, though over 400 lines, because it is one cohesive thing: the rows of the paper's
+tables, read from the files kebr writes, and the three ways they are printed from one set of cells.
 """
 
 from __future__ import annotations

@@ -121,3 +121,15 @@ def test_bad_input_is_one_sentence_and_writes_nothing(inputs, tmp_path: Path, ca
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) <= 2  # one sentence (Rich may wrap it once)
     assert not out.exists()
+
+
+def test_a_run_given_as_folder_and_as_results_table_row_is_one_row(inputs) -> None:
+    from kebr_core import runs
+
+    mosi, _, table = (Path(p) for p in inputs["table1"])
+    before = read_entries([mosi]).entry("KEBR", "mosi").summary
+    runs.update_results_table(table, [runs.ResultsRow("KEBR", "mosi", mosi, [0, 1, 2], before)])
+    both = read_entries([mosi, table])
+    assert both.labels == ["KEBR", "Self-MM"] and len(both.entries) == 2
+    # its row in the results table finds the run's std convention (results.json's std_ddof)
+    assert read_entries([table]).entry("KEBR", "mosi").std == "sample"
