@@ -258,6 +258,8 @@ def _parse_text(key: str, text: str, tp: Any) -> Any:
         if low in ("none", "null", ""):
             return None
         return _parse_text(key, text, next(a for a in args if a is not type(None)))
+    if origin is list and args[0] is str:  # train.report_to=tensorboard (a comma-separated list)
+        return [part.strip() for part in text.split(",") if part.strip()]
     if origin is list:
         return parse_seeds(text, key)
     if tp is bool:

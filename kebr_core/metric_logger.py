@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from kebr_core import runs
-from kebr_core.config import REPORTERS
 from kebr_core.errors import KebrError
 
 TENSORBOARD_MISSING = ("--report-to tensorboard needs the tensorboard package, which is not installed: "

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from kebr_core import runs
 from kebr_core.errors import KebrError
 from kebr_core.io import atomic_output
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, metric_display, seeds_caption
-from kebr_core.run_readers import detect_kind, read_ablation
+from kebr_core.run_readers import detect_kind, read_ablation, read_json_object
 from kebr_core.strict import decimal_number, read_csv_table
 
 FORMATS = ("latex", "markdown", "csv")
@@ -97,16 +96,6 @@ def _summary(mean: dict, std: dict, where: Path) -> dict[str, tuple[float, float
         raise KebrError(f"{where} holds a metric that is not a number; rerun the evaluation to rewrite it.") from None
 
 
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise KebrError(f"{path} cannot be read as JSON ({e}).") from None
-    if not isinstance(data, dict):
-        raise KebrError(f"{path} must hold a JSON object, not {type(data).__name__}.")
-    return data
-
-
 def dataset_name(text: str) -> str:
     """A dataset as a column group names it: a store's path → its file name without suffix (data/mosi.h5 →
     mosi); a name (`--dataset mosi`) stays."""
@@ -118,7 +107,7 @@ def _dataset_of(run_dir: Path) -> str:
     seeds = runs.run_pretrain_seeds(run_dir)
     config_path = run_dir / runs.CONFIG if (run_dir / runs.CONFIG).is_file() or not seeds else \
         runs.pretrain_seed_dir(run_dir, seeds[0]) / runs.CONFIG
-    store = _json(config_path).get("store") if config_path.is_file() else None
+    store = read_json_object(config_path, "Run config").get("store") if config_path.is_file() else None
     return dataset_name(str(store)) if store else run_dir.name
 
 
@@ -127,7 +116,7 @@ def _eval_entry(run_dir: Path) -> Entry:
     if not path.is_file():
         raise KebrError(f"Evaluation run {run_dir} has no {runs.RESULTS_JSON} yet: not every seed has finished "
                         "(finish it, or collect its shards with kebr eval --collect).")
-    data = _json(path)
+    data = read_json_object(path, "Results file")
     if not isinstance(data.get("mean"), dict):
         raise KebrError(f"{path} has no 'mean' of the test metrics; rerun the evaluation to rewrite it.")
     return Entry(MODEL, _dataset_of(run_dir), _summary(data["mean"], data.get("std") or {}, path),
@@ -171,7 +160,7 @@ def _results_table_entries(path: Path) -> list[Entry]:
         if any(s is None for s in seeds):
             raise KebrError(f"{path} line {line}: Seeds must be integers separated by commas, not {row['Seeds']!r}.")
         results = Path(row["Run"]) / runs.RESULTS_JSON  # the std convention, where the run is still there
-        std = _std_name(_json(results).get("std_ddof")) if results.is_file() else None
+        std = _std_name(read_json_object(results, "Results file").get("std_ddof")) if results.is_file() else None
         entries.append(Entry(row["Model"], dataset_name(row["Dataset"]), summary, tuple(int(s) for s in seeds), (), std,
                              run=row["Run"]))
     return entries

@@ -180,3 +180,15 @@ def test_an_unknown_reporter_is_refused_naming_the_option(tmp_path: Path) -> Non
     r = runner.invoke(app, ["pretrain", str(store), "-o", str(tmp_path / "out"), "--report-to", "wandb", *FAST])
     assert r.exit_code != 0 and "--report-to must name only tensorboard" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_report_to_comes_from_set_and_config_files_too(tmp_path: Path) -> None:
+    from kebr_core.config import resolve_config
+    from kebr_core.errors import KebrError
+
+    assert resolve_config("pretrain", sets=["train.report_to=tensorboard"]).train.report_to == ["tensorboard"]
+    toml = tmp_path / "c.toml"
+    toml.write_text('[train]\nreport_to = ["tensorboard"]\n')
+    assert resolve_config("finetune", file=toml).train.report_to == ["tensorboard"]
+    with pytest.raises(KebrError, match="train.report_to must name only tensorboard"):
+        resolve_config("pretrain", sets=["train.report_to=wandb"])
