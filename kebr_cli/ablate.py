@@ -20,9 +20,10 @@ from kebr_cli.tables import ablation_table
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, ConfigFile, Device, Dropout, DroppedModality, Force, HeadHidden, Heads, LambdaMCC,
     Layers, LoaderWorkers, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
-    print_config, seeds_option, was_typed,
+    ReportTo, print_config, seeds_option, was_typed,
 )
 from kebr_core import runs
+from kebr_core.metric_logger import require as require_reporters
 from kebr_core.config import parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
@@ -90,6 +91,7 @@ def ablate(
     as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="i/n", help="Run only this job's share of the configurations: the k-th (from 0, in the table's order) belongs to shard k mod n, 0 <= i < n. Jobs may run at once on machines sharing --out; then --collect."),
     collect: bool = typer.Option(False, "--collect", help="Only aggregate the configurations finished in --out (by --shard jobs) into ablation.json; an error listing what has not finished."),
+    report_to: list[str] = ReportTo,
 ) -> None:
     """Run the paper's ablations; finished configurations with the same settings are reused when rerun,
     and a rerun with more flags adds its configurations to the record. Training options, --config and
@@ -129,6 +131,7 @@ def ablate(
             print_config({stage: cfg.to_dict() for stage, cfg in cfgs.items()})
             return
         check_choice(std, ("sample", "population"), "--std")
+        require_reporters(cfgs["finetune"].train.report_to)
         for name in [x for x in compare_forms.split(",") if x]:
             check_choice(name, FORMS, "--compare-forms")
         for name in [x for x in compare_aligns.split(",") if x]:

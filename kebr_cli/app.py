@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -147,7 +148,7 @@ def one_store(positional: Optional[Path], option: Optional[Path], command: str) 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
     """Print one sentence in red on stderr and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # a path may hold [..]
     return typer.Exit(code)
 
 

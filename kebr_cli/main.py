@@ -12,6 +12,7 @@ import kebr_cli.data  # noqa: F401
 import kebr_cli.demo  # noqa: F401
 import kebr_cli.extract  # noqa: F401
 import kebr_cli.predict  # noqa: F401
+import kebr_cli.table  # noqa: F401
 import kebr_cli.train  # noqa: F401
 import kebr_cli.tune  # noqa: F401
 
@@ -20,7 +21,7 @@ import kebr_cli.tune  # noqa: F401
 WORKFLOW = {
     "Data": ("extract", "import", "synth", "merge", "inspect"),
     "Training": ("pretrain", "eval", "tune"),
-    "Analysis": ("ablate", "compare", "analyze"),
+    "Analysis": ("ablate", "compare", "analyze", "table"),
     "Use": ("predict", "demo"),
 }
 _ORDER = [name for names in WORKFLOW.values() for name in names]

@@ -23,6 +23,7 @@ from kebr_core import runs
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
+from kebr_core.metric_logger import require as require_reporters
 from kebr_core.modules.mcc import ALIGNS, FORMS
 
 # Which RunConfig field each command-line option sets (kebr_core.config holds defaults and checks).
@@ -37,6 +38,7 @@ OPTION_FIELDS = {
     "keep_checkpoints": "train.keep_checkpoints", "seeds": "train.seeds", "attention_width": "model.attention_width",
     "head_hidden": "model.head_hidden", "random_word": "train.random_word",
     "modality_dropout": "train.modality_dropout", "dropped_modality": "train.dropped_modality",
+    "report_to": "train.report_to",
 }
 # Options whose value is not the field's value as typed.
 CONVERT = {"freeze_encoder": lambda v: not v, "seeds": parse_seeds}
@@ -145,6 +147,7 @@ ConfigFile = typer.Option(None, "--config", help="Settings from a file: JSON (an
 Set = typer.Option([], "--set", help="Override one setting, dotted and type-checked, e.g. --set mcc.g=0.3 --set train.lr=2e-5 (repeatable; wins over everything).")
 PrintConfig = typer.Option(False, "--print-config", help="Print the resolved configuration (defaults < preset < --config < options < --set) and exit.")
 PretrainOnTest = typer.Option(False, "--pretrain-on-test", help="Pretrain on the test split's inputs too (transductive; labels still unused). By default a store's test split is left out of pretraining.")
+ReportTo = typer.Option([], "--report-to", metavar="tensorboard", help="Also log each epoch's metrics.csv columns, the configuration with the final metrics, and kebr analyze's figures to TensorBoard (events beside each metrics.csv; needs pip install kebr[tensorboard]). Repeatable; not part of the run's identity.")
 Force = typer.Option(False, "--force", help="Start the run in --out afresh when it holds another one (removes only files a kebr run wrote there).")
 
 
@@ -176,6 +179,7 @@ def pretrain(
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
     preset: Optional[str] = Preset,
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
+    report_to: list[str] = ReportTo,
 ) -> None:
     """Knowledge-enhanced pretraining: predict the masked sentiment word's intensity (L1) + λ·MCC. A store
     with a test split is pretrained on its other splits (--pretrain-on-test includes the test inputs)."""
@@ -198,6 +202,7 @@ def pretrain(
         if print_config_:
             print_config(cfg.to_dict())
             return
+        require_reporters(cfg.train.report_to)
         if seeds is not None and was_typed(ctx, "seed"):
             raise KebrError("--seed sets one pretraining seed and --seeds several: give one of them.")
         data = pretraining_data(store, splits.split(",") if splits is not None else None, on_test=pretrain_on_test)
@@ -263,6 +268,7 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print the results (results.json: mean, std, each seed) as one JSON document on stdout instead of the table."),
     seed_shard: Optional[str] = typer.Option(None, "--seed-shard", metavar="i/n", help="Run only this job's share of the seeds: the k-th seed of --seeds (from 0) belongs to shard k mod n, 0 <= i < n. Jobs may run at once on machines sharing --out; then --collect."),
     collect: bool = typer.Option(False, "--collect", help="Only aggregate the seeds finished in --out (by --seed-shard jobs) into results.json; an error listing the seeds not finished yet."),
+    report_to: list[str] = ReportTo,
 ) -> None:
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std.
     Seeds finished in --out earlier (e.g. by --seed-shard jobs) are reused, not run again."""
@@ -279,6 +285,7 @@ def eval_(
             print_config(cfg.to_dict())
             return
         check_choice(std, ("sample", "population"), "--std")
+        require_reporters(cfg.train.report_to)
         check_run_dir(out, Path(dataset), checkpoint, config)
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         with Reporter(out) as report:

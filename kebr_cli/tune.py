@@ -11,10 +11,11 @@ import typer
 
 from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, choices, user_errors
 from kebr_cli.train import (
-    BatchSize, ConfigFile, Force, Preset, PrintConfig, Set, TextModel, check_run_dir, command_config, print_config,
-    seeds_option,
+    BatchSize, ConfigFile, Force, Preset, PrintConfig, ReportTo, Set, TextModel, check_run_dir, command_config,
+    print_config, seeds_option,
 )
 from kebr_core import runs
+from kebr_core.metric_logger import require as require_reporters
 from kebr_core.recipes.tune import METRICS, SAMPLERS, TUNE_STAGES
 
 Sampler = choices("Sampler", *SAMPLERS)
@@ -66,6 +67,7 @@ def tune(
     preset: Optional[str] = Preset, config: Optional[Path] = ConfigFile, set_: list[str] = Set,
     print_config_: bool = PrintConfig, force: bool = Force,
     as_json: bool = typer.Option(False, "--json", help="Print the outcome (best trial, final evaluation) as one JSON document on stdout."),
+    report_to: list[str] = ReportTo,
 ) -> None:
     """Search hyperparameters on the validation split (Optuna), resumably; evaluate the best on test once.
     Rerunning the command continues the study; several processes (--storage) share one."""
@@ -80,6 +82,7 @@ def tune(
         if print_config_:
             print_config(cfg.to_dict())
             return
+        require_reporters(cfg.train.report_to)
         if finalize and no_finalize:
             raise KebrError("--finalize and --no-finalize contradict each other: give one of them.")
         # A pretrained checkpoint fixes K: the built-in space searches model.layers with --stage both only.

@@ -125,6 +125,8 @@ class TrainConfig:
     # Modality dropout of the dominant stream: the positive control of bench/mcc_question.sh. 0 = off.
     modality_dropout: float = 0.0
     dropped_modality: Literal["audio", "vision"] = "audio"
+    # where per-epoch metrics go besides metrics.csv (`kebr_core.metric_logger`; operational: not the run's identity)
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_section("train", self)
@@ -156,6 +158,8 @@ def _one_of(*choices: str):
     return lambda x: x in choices
 
 
+REPORTERS = ("tensorboard",)  # where train.report_to may send metrics (`kebr_core.metric_logger`)
+
 _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("mcc", "g"): (lambda x: _finite(x) and -0.5 < x < 0.5,
                    "lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine"),
@@ -183,6 +187,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "random_word"): (_one_of("fixed", "per-epoch"), "be one of fixed, per-epoch"),
     ("train", "modality_dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1) (0 turns it off)"),
     ("train", "dropped_modality"): (_one_of("audio", "vision"), "be one of audio, vision"),
+    ("train", "report_to"): (lambda xs: all(x in REPORTERS for x in xs), f"name only {', '.join(REPORTERS)} (or nothing)"),
 }
 # Sizes, lengths and counts: integers ≥ 1.
 for _name in ("d_audio", "d_vision", "layers", "heads", "ffn_mult", "head_hidden", "max_text_len", "max_audio_len",
@@ -253,6 +258,8 @@ def _parse_text(key: str, text: str, tp: Any) -> Any:
         if low in ("none", "null", ""):
             return None
         return _parse_text(key, text, next(a for a in args if a is not type(None)))
+    if origin is list and args[0] is str:  # train.report_to=tensorboard (a comma-separated list)
+        return [part.strip() for part in text.split(",") if part.strip()]
     if origin is list:
         return parse_seeds(text, key)
     if tp is bool:

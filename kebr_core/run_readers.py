@@ -83,6 +83,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+read_json_object = _read_json  # the same rule for other readers of kebr's JSON files (`paper_table`)
+
+
 def load_tune_study(run_dir: Path):
     """The Optuna study of a `kebr tune` run (its tune.db, or the --storage URL config.json names; a
     PostgreSQL password comes from ~/.pgpass, never from config.json) and the searched keys, in order."""

@@ -101,6 +101,7 @@ BEST_TOML = "best.toml"  # the best trial's full configuration (`kebr eval --con
 TRIALS_DIR = "trials"  # trials/trial-NNNN/metrics.csv (and pretrain/ with --stage both)
 BEST_EVAL = "best-eval"  # evaluation runs of the finalisation: the best configuration …
 BASE_EVAL = "base-eval"  # … and the base configuration, over the same seeds
+TENSORBOARD = "tensorboard"  # TensorBoard events beside a metrics.csv, and a run's hparams (`kebr_core.metric_logger`)
 
 # ── metrics.csv columns (`training.epoch_row` writes them) ──
 PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
@@ -110,11 +111,12 @@ EVAL_COLUMNS = (
 )
 
 # Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
-OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints"})
+OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints",
+                              "train.report_to"})
 # What a run directory's own files are: `force` removes these and nothing else.
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,
               BEST_TOML)
-_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL)  # last/: the layout before checkpoints/latest
+_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL, TENSORBOARD)  # last/: the layout before checkpoints/latest
 # Left by a kill inside `save_checkpoint`; also kebr's.
 _OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in (".tmp", ".old"))
 _SEED_DIR = re.compile(r"seed-(-?\d+)")

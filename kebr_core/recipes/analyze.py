@@ -59,7 +59,8 @@ from kebr_core.analysis import (
     tune_figures,
 )
 from kebr_core.errors import KebrError
-from kebr_core.io import matches_record, open_for_writing, path_record, refuse_foreign
+from kebr_core.io import matches_record, open_for_writing, path_record, refuse_foreign, refuse_links
+from kebr_core.metric_logger import report_figures, require
 from kebr_core.metrics import metric_display
 from kebr_core.recipes.compare import against_reference
 from kebr_core.run_readers import (
@@ -457,11 +458,12 @@ def write_index(report: AnalysisReport, run_dirs: Sequence[Path], out_dir: Path)
 
 
 def analyze(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
-            formats: tuple[str, ...] = ("png",)) -> AnalysisReport:
+            formats: tuple[str, ...] = ("png",), report_to: Sequence[str] = ()) -> AnalysisReport:
     """Write the figures that apply to `run_dir` into `out_dir` (default run_dir/plots), in each of
     `formats` (png, pdf, svg), with index.md listing them; for an ablation also balance.csv
     (`balance_table`: c_a, c_v, |θ_a − θ_v| at the end of each configuration). Several run directories
-    of one kind are overlaid (`build_figures`); their figures need `out_dir`.
+    of one kind are overlaid (`build_figures`); their figures need `out_dir`. report_to naming
+    tensorboard: the figures also go to out_dir/tensorboard (`metric_logger.report_figures`).
 
     Returns an AnalysisReport (written paths, skipped plots with reasons, each plot's figure)."""
     run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(d) for d in run_dir]
@@ -474,6 +476,7 @@ def analyze(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path | No
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise KebrError(f"--format must be one or more of {', '.join(FORMATS)}, not {', '.join(unknown) or 'nothing'}.")
+    require(report_to)
     kind, figures, skipped = build_figures(run_dirs)
     report = AnalysisReport(kind=kind, skipped=skipped)
     rows = balance_table(run_dir) if kind == "ablation" and len(run_dirs) == 1 else []
@@ -483,6 +486,7 @@ def analyze(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path | No
         raise KebrError(f"Output path {out_dir} is a file, not a directory.")
     record = read_written_record(out_dir)
     refuse_foreign(out_dir, [name for name in planned if os.path.lexists(out_dir / name) and not is_ours(out_dir, name, record)])
+    refuse_links(out_dir, [runs.TENSORBOARD] if "tensorboard" in report_to else [])
     if figures:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -505,6 +509,7 @@ def analyze(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path | No
     if report.plots:
         report.index = write_index(report, run_dirs, out_dir)
     remove_stale_outputs(out_dir, report.written + report.tables + ([report.index] if report.index else []))
+    report_figures(out_dir, {name: plot.figure for name, plot in report.plots.items()}, report_to)
     return report
 
 

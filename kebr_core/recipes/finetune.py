@@ -61,7 +61,7 @@ from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
-from kebr_core.runs import MetricsLog
+from kebr_core.metric_logger import epoch_logger, report_final, require
 from kebr_core.shards import check_shard, in_shard, locked
 from kebr_core.training import (
     ProgressFn,
@@ -193,6 +193,7 @@ def finetune(
     if seeds is not None:
         cfg.train.seeds = [int(s) for s in seeds]
     cfg.validate()
+    require(cfg.train.report_to)
     seeds = list(cfg.train.seeds)
     store = FeatureStore(store_path)
     split_index, unlabeled = labeled_splits(store, store_path)
@@ -258,6 +259,7 @@ def finetune(
         probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
         if info.is_main:
             _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
+            report_final(run_dir, cfg.to_dict(), summary)
         barrier(info)
         return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
                           unlabeled=unlabeled, per_seed_probe=probes, seeds=seeds)
@@ -342,7 +344,7 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
     log = None
     if metrics_path is not None and info.is_main:
         metrics_path.unlink(missing_ok=True)
-        log = MetricsLog(metrics_path)
+        log = epoch_logger(metrics_path, cfg.to_dict(), "finetune", seed)
     best = (math.inf, 0, None, {})  # (valid MAE, epoch, weights, valid metrics)
     epoch = 0
     for epoch in range(1, cfg.train.epochs + 1):
@@ -353,12 +355,14 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
         valid = msa_metrics(pred, label)
         row |= {"valid_mae": valid["mae"], "valid_corr": valid["corr"], "valid_acc2_non0": valid["acc2_non0"]}
         if log is not None:
-            log.append(row)
+            log.log_dict(row, epoch)
         progress(f"seed {seed}", epoch, cfg.train.epochs, row)
         if valid["mae"] < best[0]:
             best = (valid["mae"], epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}), valid)
         if on_epoch is not None and on_epoch(epoch, row):
             break
+    if log is not None:
+        log.close()
     model.load_state_dict(best[2])
     return Fitted(model, frozen, cache, best[0], best[1], epoch, best[3])
 

@@ -44,7 +44,7 @@ from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
-from kebr_core.runs import MetricsLog
+from kebr_core.metric_logger import epoch_logger, require
 from kebr_core.training import (
     ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch,
 )
@@ -142,6 +142,7 @@ def pretrain(
     splits) is refused, naming the differing keys."""
     run_dir = Path(run_dir)
     cfg.validate()
+    require(cfg.train.report_to)
     store = FeatureStore(store_path)
     selected = store.indices(list(splits) if splits is not None else None)
     if len(selected) == 0:
@@ -213,7 +214,7 @@ def pretrain(
             start_epoch = state["epoch"] + 1
             del state
         net = DistributedDataParallel(model) if info.enabled else model
-        log = MetricsLog(run_dir / runs.METRICS, truncate_after_epoch=start_epoch - 1) if info.is_main else None
+        log = epoch_logger(run_dir / runs.METRICS, cfg.to_dict(), "pretrain", cfg.train.seed, start_epoch) if info.is_main else None
         payload = runs.checkpoint_payload(cfg, include_encoder=not frozen)
 
         def save(epoch: int, weights: dict, optimizer: dict) -> None:
@@ -244,7 +245,7 @@ def pretrain(
                     weights = {k: v.clone() for k, v in runs.model_weights(model, not frozen).items()}  # not views
                     snapshot = (epoch, weights, copy.deepcopy(opt.state_dict()))
                 if log is not None:
-                    log.append(row)
+                    log.log_dict(row, epoch)
                 progress("pretrain", epoch, cfg.train.epochs, row)
         except KeyboardInterrupt:
             if info.is_main and snapshot is not None and snapshot[0] > saved:
@@ -254,6 +255,8 @@ def pretrain(
         final = run_dir / runs.FINAL
         if info.is_main:
             runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
+            log.log_config(cfg.to_dict(), row, epoch)
+            log.close()
         barrier(info)
         return PretrainResult(run_dir=run_dir, checkpoint=final, epochs_done=epoch, last_row=row, samples=len(used),
                               samples_without_words=without_words, seed=cfg.train.seed)

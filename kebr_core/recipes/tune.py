@@ -52,6 +52,7 @@ from kebr_core.config import RunConfig, config_toml
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo
 from kebr_core.errors import KebrError
+from kebr_core.metric_logger import require
 from kebr_core.metrics import split_summary
 from kebr_core.recipes.finetune import (
     apply_checkpoint_config,
@@ -267,6 +268,7 @@ def tune(
         raise KebrError("--force cannot go with --storage: it would delete a study other processes may share; remove "
                         "the study with optuna's delete-study command, or give another study storage.")
     base = copy.deepcopy(base).validate()
+    require(base.train.report_to)  # before any trial: the TensorBoard extra, when asked for
     if options.sampler == "grid":  # a grid has so many points; more trials would repeat them
         options = dataclasses.replace(options, trials=min(options.trials, math.prod(len(p.grid()) for p in space)))
     store = FeatureStore(store_path)
