@@ -24,7 +24,7 @@ def analyze(
     run_dirs: list[Path] = typer.Argument(..., metavar="run_dir", help="A pretraining run, an evaluation run (kebr eval --out), an ablation, a kebr compare output or a search; several runs of one kind are overlaid (one colour per run, --out required)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the figures, index.md and, for an ablation, balance.csv (default: RUN_DIR/plots)."),
     formats: list[PlotFormat] = typer.Option([PlotFormat.png], "--format", "-f", help="File format of the figures; repeat for several (e.g. -f png -f pdf)."),
-    report_to: list[str] = typer.Option([], "--report-to", metavar="tensorboard", help="Also add the figures to TensorBoard, in OUT/tensorboard (needs pip install kebr[tensorboard])."),
+    report_to: list[str] = typer.Option([], "--report-to", metavar="tensorboard", help="Also add the figures to TensorBoard, in OUT/tensorboard (needs pip install kebr\\[tensorboard])."),
 ) -> None:
     """Plot a run: F1/MAE vs g, modality balance (c_a, c_v, |θa − θv|) with and without MCC, PCA of the
     fused test representations, and per-epoch training curves — whichever the directory allows.

@@ -147,7 +147,7 @@ ConfigFile = typer.Option(None, "--config", help="Settings from a file: JSON (an
 Set = typer.Option([], "--set", help="Override one setting, dotted and type-checked, e.g. --set mcc.g=0.3 --set train.lr=2e-5 (repeatable; wins over everything).")
 PrintConfig = typer.Option(False, "--print-config", help="Print the resolved configuration (defaults < preset < --config < options < --set) and exit.")
 PretrainOnTest = typer.Option(False, "--pretrain-on-test", help="Pretrain on the test split's inputs too (transductive; labels still unused). By default a store's test split is left out of pretraining.")
-ReportTo = typer.Option([], "--report-to", metavar="tensorboard", help="Also log each epoch's metrics.csv columns, the configuration with the final metrics, and kebr analyze's figures to TensorBoard (events beside each metrics.csv; needs pip install kebr[tensorboard]). Repeatable; not part of the run's identity.")
+ReportTo = typer.Option([], "--report-to", metavar="tensorboard", help="Also log each epoch's metrics.csv columns, the configuration with the final metrics, and kebr analyze's figures to TensorBoard (events beside each metrics.csv; needs pip install kebr\\[tensorboard]). Repeatable; not part of the run's identity.")
 Force = typer.Option(False, "--force", help="Start the run in --out afresh when it holds another one (removes only files a kebr run wrote there).")
 
 
