@@ -16,10 +16,11 @@ from kebr_cli.app import (
 )
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
+from kebr_cli.threads import Threads, using_threads
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, ConfigFile, Device, Dropout, DroppedModality, Force, HeadHidden, Heads, LambdaMCC,
     Layers, LoaderWorkers, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
-    print_config, seeds_option, was_typed,
+    print_config, seeds_option, store_if_present, trained_config, was_typed,
 )
 from kebr_core import runs
 from kebr_core.config import parse_seeds, resolve_config
@@ -81,7 +82,7 @@ def ablate(
     keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders of each pretraining (0 = all)."),
     nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
-    preset: Optional[str] = Preset,
+    preset: Optional[str] = Preset, threads: Optional[int] = Threads,
     std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
@@ -124,8 +125,12 @@ def ablate(
             own = values | {k: v for k, v in stage_options[stage].items() if v is not None}
             cfgs[stage] = resolve_config(stage, preset=preset, file=config, options=own,
                                          labels=labels | stage_labels[stage], sets=set_)
+        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         if print_config_:
-            print_config({stage: cfg.to_dict() for stage, cfg in cfgs.items()})
+            present = {"finetune": store_if_present(dataset, data_dir)}
+            present["pretrain"] = pretrain_store if pretrain_store is not None and pretrain_store.is_file() else present["finetune"]
+            print_config({stage: trained_config(cfg, present[stage], None, {}) if present[stage] else cfg.to_dict()
+                          for stage, cfg in cfgs.items()})
             return
         check_choice(std, ("sample", "population"), "--std")
         for name in [x for x in compare_forms.split(",") if x]:
@@ -150,11 +155,10 @@ def ablate(
             for stage_cfg in cfgs.values():
                 apply_spec(stage_cfg, spec).validate(labels={"mcc.g": "--g-values" if spec.kind == "g-sweep" else "--g",
                                                              "mcc.form": "--compare-forms", "mcc.align": "--compare-aligns"})
-        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         share = parse_shard(shard, "--shard")
         if share is not None and collect:
             raise KebrError("--shard runs configurations and --collect runs none: give one of them.")
-        with Reporter(out) as report:
+        with Reporter(out) as report, using_threads(report, threads):
             store = resolve_dataset(dataset, data_dir, warn=report.warning)
             check_run_dir(out, store, pretrain_store, config)
             table_path = results_table_path or out.parent / runs.RESULTS_TABLE
@@ -170,7 +174,7 @@ def ablate(
                 return
             runs.update_results_table(table_path, [
                 runs.ResultsRow(r["name"], dataset, out / r["eval_dir"], result.seeds,
-                                {k: (r["mean"][k], r["std"][k]) for k in r["mean"]})
+                                {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
                 for r in result.rows if r["mean"]
             ])
             report.result(ablation_table(result.rows, list(result.seeds), width=console.width, std=std,

@@ -61,6 +61,8 @@ from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
+from kebr_core.results_files import write_results_csv
+from kebr_core.row_names import store_inputs
 from kebr_core.runs import MetricsLog
 from kebr_core.shards import check_shard, in_shard, locked
 from kebr_core.training import (
@@ -116,6 +118,28 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path, typed: Mapping[str
     for key, value in taken.items():
         setattr(cfg.model, key.split(".", 1)[1], value)
     return changed
+
+
+def complete_config(cfg: RunConfig, store_path: str | Path, checkpoint: str | Path | None = None,
+                    typed: Mapping[str, str] | None = None, note: Callable[[str], None] | None = None) -> Path | None:
+    """Complete `cfg` (in place) into the configuration fine-tuning trains: the checkpoint's architecture
+    (`apply_checkpoint_config`) and the store's audio and vision widths (`configure_from_store`; a text-only
+    store's are 1). `kebr eval` prints (--print-config) and logs this, and config.json records it. Returns
+    the resolved checkpoint (None without one); a checkpoint trained on other widths is refused."""
+    store = FeatureStore(store_path)
+    wanted = store.widths()
+    if checkpoint is not None:
+        checkpoint = runs.resolve_checkpoint(checkpoint)
+        changed = apply_checkpoint_config(cfg, Path(checkpoint), typed)
+        if changed and note is not None:
+            note(f"fine-tuning the architecture of {checkpoint}: {', '.join(changed)} (from the checkpoint)")
+        if (cfg.model.d_audio, cfg.model.d_vision) != wanted:
+            raise KebrError(
+                f"Checkpoint {checkpoint} was trained on audio/vision features of {cfg.model.d_audio}/"
+                f"{cfg.model.d_vision} dims, but {store_path} has {wanted[0]}/{wanted[1]}."
+            )
+    configure_from_store(cfg, store)
+    return Path(checkpoint) if checkpoint is not None else None
 
 
 def _plain(value: object) -> str:
@@ -196,18 +220,7 @@ def finetune(
     seeds = list(cfg.train.seeds)
     store = FeatureStore(store_path)
     split_index, unlabeled = labeled_splits(store, store_path)
-    wanted = store.widths()
-    if checkpoint is not None:
-        checkpoint = runs.resolve_checkpoint(checkpoint)
-        changed = apply_checkpoint_config(cfg, Path(checkpoint), typed)
-        if changed and note is not None:
-            note(f"fine-tuning the architecture of {checkpoint}: {', '.join(changed)} (from the checkpoint)")
-        if (cfg.model.d_audio, cfg.model.d_vision) != wanted:
-            raise KebrError(
-                f"Checkpoint {checkpoint} was trained on audio/vision features of {cfg.model.d_audio}/"
-                f"{cfg.model.d_vision} dims, but {store_path} has {wanted[0]}/{wanted[1]}."
-            )
-    configure_from_store(cfg, store)
+    checkpoint = complete_config(cfg, store_path, checkpoint, typed, note)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]
@@ -257,7 +270,8 @@ def finetune(
         summary = aggregate(per_seed, std)
         probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
         if info.is_main:
-            _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
+            _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled,
+                           store_inputs(store_path))
         barrier(info)
         return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
                           unlabeled=unlabeled, per_seed_probe=probes, seeds=seeds)
@@ -300,6 +314,7 @@ def finetune_each_pretraining(store_path: str | Path, run_dir: str | Path, cfg: 
     summary = aggregate([r for result in results for r in result.per_seed], std)
     if os.environ.get("RANK", "0") == "0":  # the main process of a DDP job writes the summary
         payload = {"pretrained": str(pretrained), "pretrain_seeds": pseeds, "seeds": results[0].seeds,
+                   "inputs": store_inputs(store_path),
                    "runs": [str(r.run_dir.relative_to(run_dir)) for r in results],
                    **split_summary(summary), "std_ddof": STD_DDOF[std], "per_run": per_run}
         write_summary(run_dir, payload, summary, std, [f"pseed_{r['pretrain_seed']}_seed_{r['seed']}" for r in per_run],
@@ -435,9 +450,10 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
 
 
 def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_summary, std: str,
-                   unlabeled: dict[str, int]) -> None:
+                   unlabeled: dict[str, int], inputs: str) -> None:
     payload = {
         "seeds": list(seeds),
+        "inputs": inputs,  # the store's streams (row_names.store_inputs), e.g. "text only"
         "best_epochs": best_epochs,
         "unlabeled_left_out": unlabeled,
         "selection": "epoch with the lowest validation MAE; test evaluated once per seed",
@@ -452,11 +468,7 @@ def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_s
 
 def write_summary(run_dir: Path, payload: dict, summary: dict[str, tuple[float, float]], std: str, run_names: list[str],
                   per_run: list[dict]) -> None:
-    """results.json (`payload`) and results.csv: a row per metric with its mean, std, std_ddof and the value of
-    each run (columns `run_names`, in the order of `per_run`)."""
+    """results.json (`payload`, fractions) and results.csv (`results_files.write_results_csv`: a row per metric
+    with its unit, mean, std, std_ddof and the value of each run, columns `run_names` in the order of `per_run`)."""
     runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
-    with open_for_writing(run_dir / runs.RESULTS_CSV, newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["metric", "mean", "std", "std_ddof", *run_names])
-        for k, (m, sd) in summary.items():
-            w.writerow([k, m, sd, STD_DDOF[std], *[r[k] for r in per_run]])
+    write_results_csv(run_dir / runs.RESULTS_CSV, summary, STD_DDOF[std], run_names, per_run)
