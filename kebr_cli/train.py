@@ -264,7 +264,7 @@ def eval_(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", hidden=True, help="Old name of --pretrained."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
-    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std."),
+    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std. Seeds finished in --out are reused: more seeds than a finished run has run only the new ones, fewer report on those asked for."),
     std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
@@ -290,7 +290,8 @@ def eval_(
     collect: bool = typer.Option(False, "--collect", help="Only aggregate the seeds finished in --out (by --seed-shard jobs) into results.json; an error listing the seeds not finished yet."),
 ) -> None:
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std.
-    Seeds finished in --out earlier (e.g. by --seed-shard jobs) are reused, not run again."""
+    Seeds finished in --out earlier (by an earlier run with the same settings and data, or by --seed-shard
+    jobs) are reused, not run again: --seeds 4 over a finished 3-seed run runs seed 3 only."""
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.recipes.finetune import finetune, finetune_each_pretraining, is_multi_seed_pretraining
 

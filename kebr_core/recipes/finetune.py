@@ -13,8 +13,9 @@ Writes: config.json; seed-S/metrics.csv (per epoch: train loss terms, c_a, c_v, 
 seed-S/test.json (the chosen epoch and test metrics), seed-S/predictions.csv,
 seed-S/test_features.npz (pooled fused test representations, labels, predictions);
 best-model/ (the fine-tuned checkpoint of the seed with the lowest validation MAE, for `kebr predict`); results.json and
-results.csv (mean ± std over seeds; the sample std, ddof = 1, unless std="population", MMSA's ddof = 0; both
-files say which). A seed whose test.json exists is skipped on rerun (resume).
+results.csv (mean ± std over the seeds asked for; the sample std, ddof = 1, unless std="population", MMSA's
+ddof = 0; both files say which). A seed whose test.json exists is skipped on rerun (resume), also when the
+rerun asks for more seeds or fewer (the seeds are no part of the run's identity).
 
 `seed_shard=(i, n)` runs only the seeds of shard i (`kebr_core.shards`) and writes no summary; a later call
 without it aggregates the finished seeds and runs the missing ones, and `collect=True` only aggregates
@@ -120,6 +121,17 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path, typed: Mapping[str
     return changed
 
 
+def recorded_seeds(run_dir: Path) -> list[int]:
+    """The fine-tuning seeds config.json of `run_dir` records (every seed asked of the run so far; its
+    seed-S/test.json files say which finished), [] where there is none or it cannot be read (the identity
+    check that follows says why)."""
+    try:
+        seeds = json.loads((Path(run_dir) / runs.CONFIG).read_text())["train"]["seeds"]
+        return [int(s) for s in seeds]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return []
+
+
 def complete_config(cfg: RunConfig, store_path: str | Path, checkpoint: str | Path | None = None,
                     typed: Mapping[str, str] | None = None, note: Callable[[str], None] | None = None) -> Path | None:
     """Complete `cfg` (in place) into the configuration fine-tuning trains: the checkpoint's architecture
@@ -203,9 +215,10 @@ def finetune(
 ) -> EvalResult:
     """Fine-tune and test once per seed (`seeds`, default `cfg.train.seeds`; module docstring) into
     `run_dir`; std: the spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's).
-    Seeds finished by an earlier call with the same identity are reused. A directory holding another
-    run (other settings, data, checkpoint or seeds) is refused naming the differing keys; `force`
-    starts afresh. seed_shard, collect: the module docstring. typed, note: the settings the user typed
+    Seeds finished by an earlier call with the same identity are reused; the seeds are no part of the
+    identity, so a call with more seeds runs only the new ones, and one with fewer reports on those
+    (config.json records every seed asked of the run, `recorded_seeds`). A directory holding another
+    run (other settings, data or checkpoint) is refused naming the differing keys; `force` starts afresh. seed_shard, collect: the module docstring. typed, note: the settings the user typed
     (`apply_checkpoint_config`), and where to say which settings the checkpoint replaced."""
     run_dir = Path(run_dir)
     check_shard(seed_shard, "--seed-shard")
@@ -229,13 +242,18 @@ def finetune(
         if collect and not (run_dir / runs.CONFIG).is_file():
             raise KebrError(f"Nothing to collect in {run_dir}: no run has started there (run kebr eval with --seed-shard first).")
         if info.is_main:
-            identity = runs.run_identity(cfg, "finetune", runs.data_fingerprint(store_path),
+            # The seeds are no part of the identity: a run grows by new seeds, and reports on the ones asked for;
+            # config.json records every seed asked of the run so far.
+            recorded = RunConfig.from_dict(cfg.to_dict())
+            recorded.train.seeds = [] if force else recorded_seeds(run_dir)
+            recorded.train.seeds += [s for s in seeds if s not in recorded.train.seeds]
+            identity = runs.run_identity(recorded, "finetune", runs.data_fingerprint(store_path),
                                          checkpoint=str(checkpoint) if checkpoint else None,
                                          checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
             runs.prepare_run_dir(
-                run_dir, identity, resume=True, force=force,
-                extra={"store": str(store_path), "seeds": seeds, "selection": "epoch with the lowest validation MAE",
-                       "world_size": info.world},
+                run_dir, identity, resume=True, force=force, may_differ=("train.seeds",),
+                extra={"store": str(store_path), "seeds": recorded.train.seeds,
+                       "selection": "epoch with the lowest validation MAE", "world_size": info.world},
             )
         barrier(info)
 
