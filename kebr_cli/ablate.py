@@ -28,6 +28,7 @@ from kebr_core.errors import KebrError
 from kebr_core.io import check_output
 from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
+from kebr_core.row_names import dataset_name
 from kebr_core.strict import decimal_number
 
 
@@ -87,6 +88,7 @@ def ablate(
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
     results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
+    name: Optional[str] = typer.Option(None, "--name", help="What results-table.csv calls this ablation: its rows are 'NAME: C1', … (default: 'C1 (STORE)', … with the store's name)."),
     as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="i/n", help="Run only this job's share of the configurations: the k-th (from 0, in the table's order) belongs to shard k mod n, 0 <= i < n. Jobs may run at once on machines sharing --out; then --collect."),
     collect: bool = typer.Option(False, "--collect", help="Only aggregate the configurations finished in --out (by --shard jobs) into ablation.json; an error listing what has not finished."),
@@ -173,7 +175,8 @@ def ablate(
                               f"finished: {resume_command('--collect', drop=('--shard',))}", to_stdout=not as_json)
                 return
             runs.update_results_table(table_path, [
-                runs.ResultsRow(r["name"], dataset, out / r["eval_dir"], result.seeds,
+                runs.ResultsRow(f"{name}: {r['name']}" if name else f"{r['name']} ({dataset_name(dataset)})", dataset,
+                                out / r["eval_dir"], result.seeds,
                                 {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
                 for r in result.rows if r["mean"]
             ])

@@ -205,3 +205,20 @@ def test_results_files_hold_numeric_mean_and_std_in_percent_and_read_the_old_tab
                             *EVAL])
     assert r.exit_code == 1 and "is not a kebr results table" in r.stderr and "Traceback" not in r.output
     assert foreign.read_text() == "Model,Score\nbaseline,1\n"
+
+
+def test_ablate_names_a_text_only_store_and_its_rows(tmp_path: Path) -> None:
+    store = write_tiny_store(tmp_path / "words.h5", n=30, d_audio=0, d_vision=0, no_streams=True)
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "-d", str(store), "-o", str(out), "--no-pretrain", "--pretrain-epochs", "1",
+                            "--seeds", "1", *EVAL], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "text only: the store has no audio or vision features" in " ".join(r.stdout.split())
+    assert json.loads((out / "ablation.json").read_text())["inputs"] == "text only"
+    assert {row["inputs"] for row in table_rows(out / "results.csv")} == {"text only"}
+    rows = table_rows(tmp_path / runs.RESULTS_TABLE)
+    assert [(row["Model"], row["Inputs"]) for row in rows] == [("C1 (words)", "text only"), ("C2 (words)", "text only")]
+    r = runner.invoke(app, ["ablate", "-d", str(store), "-o", str(out), "--no-pretrain", "--pretrain-epochs", "1",
+                            "--seeds", "1", "--name", "words study", *EVAL])
+    assert r.exit_code == 0, r.output  # nothing new to run; the rows get their new names
+    assert [row["Model"] for row in table_rows(tmp_path / runs.RESULTS_TABLE)] == ["words study: C1", "words study: C2"]
