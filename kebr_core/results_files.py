@@ -105,8 +105,8 @@ def read_results_table(path: Path) -> list[dict[str, str]]:
             return [dict(r) for r in reader]
         if header == OLD_TABLE_COLUMNS:
             return [_from_old_row(r, path) for r in reader]
-    raise KebrError(f"{path} is not a kebr results table (its header is not the one kebr writes, Model,Dataset,Inputs,…,Seeds,Run); "
-                    "kebr overwrites only its own files: choose another --results-table.")
+    raise KebrError(f"{path} is not a kebr results table (its header is not the one kebr writes, "
+                    "Model,Dataset,Inputs,…,Seeds,Run); kebr overwrites only its own files: choose another --results-table.")
 
 
 def update_results_table(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
