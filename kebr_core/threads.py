@@ -7,7 +7,8 @@ average (runnable threads, every process's) exceeds the machine's cores: then Op
 for each other whenever a core is taken away, and one thread is many times faster than several
 (measured by `kebr demo` on 2 cores shared with other jobs: a batch-32 step took 0.9–3.7 s with 2
 threads, 0.28 s with 1). So the default is every CPU this process may use on a quiet machine and one
-thread on an oversubscribed one; `--threads N` is taken as given. The thread count changes how fast a
+thread on an oversubscribed one; `--threads N` is taken as given, and so is OMP_NUM_THREADS when set
+(the usual way to pin a job's threads, which PyTorch reads too). The thread count changes how fast a
 run computes, never what it computes to the tolerance a CPU run is repeatable at, so it is no part of a
 run's identity (it is not a RunConfig field).
 """
@@ -49,24 +50,30 @@ class ThreadPlan:
     threads: int  # PyTorch's intra-op threads for this process
     cpus: int  # the CPUs this process may use (its share among the job's processes here)
     busy: str | None  # `oversubscription()` when the plan was made
-    given: bool  # --threads was typed
+    given_by: str | None  # "--threads" or "OMP_NUM_THREADS" when the count was given, None for the rule
 
     def describe(self) -> str:
-        """'threads: 1 of 2 CPUs (machine oversubscribed: load 7.9 on 2 cores; --threads N overrides)'."""
+        """'threads: 1 of 2 CPUs this process may use (machine oversubscribed: load 7.9 on 2 cores; --threads N
+        overrides)'."""
         text = f"threads: {self.threads} of {self.cpus} CPU{'s' if self.cpus != 1 else ''} this process may use"
+        if self.given_by == "OMP_NUM_THREADS":
+            text += " (OMP_NUM_THREADS)"
         if self.busy:
-            text += f" (machine oversubscribed: {self.busy}" + ("" if self.given else "; --threads N overrides") + ")"
+            text += f" (machine oversubscribed: {self.busy}" + ("" if self.given_by else "; --threads N overrides") + ")"
         return text
 
 
 def plan_threads(requested: int | None) -> ThreadPlan:
-    """`requested` threads, or (None) the rule of the module docstring."""
+    """`requested` threads, or (None) OMP_NUM_THREADS when it is a count, else the rule of the module docstring."""
     processes_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # set by torchrun
     cpus = max(1, usable_cpus() // processes_here)
     busy = oversubscription()
     if requested is not None:
-        return ThreadPlan(requested, cpus, busy, given=True)
-    return ThreadPlan(1 if busy else cpus, cpus, busy, given=False)
+        return ThreadPlan(requested, cpus, busy, given_by="--threads")
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return ThreadPlan(int(omp), cpus, busy, given_by="OMP_NUM_THREADS")
+    return ThreadPlan(1 if busy else cpus, cpus, busy, given_by=None)
 
 
 @contextmanager

@@ -42,6 +42,7 @@ def test_thread_rule_all_usable_cpus_on_a_quiet_machine_one_on_an_oversubscribed
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 0.0, 0.0))  # 3 runnable on 8 cores: quiet
     plan = plan_threads(None)
     assert (plan.threads, plan.cpus, plan.busy) == (4, 4, None)  # the affinity set, not the machine's 8
@@ -52,6 +53,8 @@ def test_thread_rule_all_usable_cpus_on_a_quiet_machine_one_on_an_oversubscribed
     assert busy.threads == 1 and busy.busy == "load 12.5 on 8 cores"
     assert plan_threads(3).threads == 3  # typed: taken as given, busy or not
     assert "machine oversubscribed: load 12.5 on 8 cores" in busy.describe()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's pin wins over the rule
+    assert plan_threads(None).threads == 3 and "(OMP_NUM_THREADS)" in plan_threads(None).describe()
 
 
 def test_threads_option_sets_torch_threads_says_oversubscribed_and_keeps_the_identity(tmp_path: Path,
@@ -68,6 +71,7 @@ def test_threads_option_sets_torch_threads_says_oversubscribed_and_keeps_the_ide
     assert "threads: 1 of" in (pre / "log.txt").read_text()
     # Another thread count continues the same run (not part of its identity); the machine now oversubscribed.
     monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the rule, not the tests' pin
     cores = os.cpu_count()
     r = runner.invoke(app, ["pretrain", str(store), "-o", str(pre), "--epochs", "2", "--resume", *FAST])
     assert r.exit_code == 0, r.output
