@@ -77,9 +77,9 @@ def test_threads_option_sets_torch_threads_says_oversubscribed_and_keeps_the_ide
     assert r.exit_code == 0, r.output
     assert seen[-2] == 1  # the default on an oversubscribed machine (then the setting before is put back)
     text = " ".join(r.stderr.split())
-    assert f"threads: 1 of" in text and f"machine oversubscribed: load 99.0 on {cores} core" in text
-    assert f"pretrain epoch 2/2:" in text and f"· machine oversubscribed (load 99.0 on {cores} core" in text
-    assert len([x for x in (pre / "metrics.csv").read_text().splitlines()[1:]]) == 2  # resumed, not restarted
+    assert "threads: 1 of" in text and f"machine oversubscribed: load 99.0 on {cores} core" in text
+    assert "pretrain epoch 2/2:" in text and f"· machine oversubscribed (load 99.0 on {cores} core" in text
+    assert len((pre / "metrics.csv").read_text().splitlines()) == 1 + 2  # resumed, not restarted: epochs 1 and 2
     for command in ("pretrain", "eval", "ablate", "tune", "demo"):
         assert "--threads" in runner.invoke(app, [command, "--help"], terminal_width=200).output
 
