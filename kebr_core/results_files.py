@@ -11,7 +11,8 @@ fractions, as the readers of runs expect (`run_readers`).
   columns each split into a numeric mean and std (`Non0_acc_2_mean_pct`, `Non0_acc_2_std_pct`, `MAE_mean`,
   …), what the row is (`Model`, its name), the store's streams (`Inputs`: "text only" where it has no
   audio or vision), the seeds and the run. A table of the earlier layout ("(77.7, 1.03)" strings) is read
-  and rewritten in this one; any other CSV there is refused, in one sentence.
+  and rewritten in this one; any other CSV there is refused, in one sentence. Readers take its rows from
+  `read_results_table` and each row's metrics, as fractions, from `row_summary`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Iterable, Mapping, Sequence
 from kebr_core.errors import KebrError
 from kebr_core.io import open_for_writing
 from kebr_core.metrics import metric_display
+from kebr_core.strict import decimal_number
 
 # MMSA's result columns (its results/<dataset>.csv) → kebr's metric keys.
 MMSA_COLUMNS = {
@@ -107,6 +109,23 @@ def read_results_table(path: Path) -> list[dict[str, str]]:
             return [_from_old_row(r, path) for r in reader]
     raise KebrError(f"{path} is not a kebr results table (its header is not the one kebr writes, "
                     "Model,Dataset,Inputs,…,Seeds,Run); kebr overwrites only its own files: choose another --results-table.")
+
+
+def row_summary(row: Mapping[str, str], where: str) -> dict[str, tuple[float, float]]:
+    """metric → (mean, std) of a row of `read_results_table`, as fractions again (as `msa_metrics` and the
+    JSON files give them), for readers such as a paper's table; a cell that is no number is refused in one
+    sentence naming `where` (e.g. "results-table.csv line 3") and the column."""
+    summary = {}
+    for column, key in MMSA_COLUMNS.items():
+        values = []
+        for what in ("mean", "std"):
+            name = unit_column(f"{column}_{what}", key)
+            value = decimal_number(row.get(name) or "")
+            if value is None:
+                raise KebrError(f"{where}: {name} must be a number, not {row.get(name)!r}.")
+            values.append(value / 100.0 if is_percent(key) else value)
+        summary[key] = (values[0], values[1])
+    return summary
 
 
 def update_results_table(path: Path, rows: Iterable[Mapping[str, str]]) -> None:

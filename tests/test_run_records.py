@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from kebr_cli.main import app
 from kebr_core import runs
+from kebr_core.errors import KebrError
 from kebr_core.metrics import METRIC_NAMES
+from kebr_core.results_files import row_summary
 from kebr_core.threads import plan_threads
 from tests.conftest import TINY_BERT, write_tiny_store
 
@@ -195,6 +197,11 @@ def test_results_files_hold_numeric_mean_and_std_in_percent_and_read_the_old_tab
     assert float(old["Non0_acc_2_mean_pct"]) == 78.9 and float(old["Corr_std"]) == 0.004
     assert float(new["Non0_acc_2_mean_pct"]) == pytest.approx(100 * results["mean"]["acc2_non0"], abs=0.005)
     assert float(new["MAE_std"]) == pytest.approx(results["std"]["mae"], abs=5e-5)
+    # A reader gets fractions back, as the JSON files hold them.
+    assert row_summary(old, "table.csv line 2")["acc2_non0"] == pytest.approx((0.789, 0.0088))
+    assert row_summary(new, "table.csv line 3")["mae"] == pytest.approx((float(new["MAE_mean"]), float(new["MAE_std"])))
+    with pytest.raises(KebrError, match=r"table.csv line 2: MAE_mean must be a number, not 'x'"):
+        row_summary(old | {"MAE_mean": "x"}, "table.csv line 2")
     # results.csv: the unit named per row, accuracies and F1 in percent.
     with (run / "results.csv").open() as f:
         lines = {row["metric"]: row for row in csv.DictReader(f)}
