@@ -17,10 +17,11 @@ from kebr_cli.app import (
 )
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
+from kebr_cli.threads import Threads, using_threads
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, ConfigFile, Device, Dropout, DroppedModality, Force, HeadHidden, Heads, LambdaMCC,
     Layers, LoaderWorkers, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
-    ReportTo, print_config, seeds_option, was_typed,
+    ReportTo, print_config, seeds_option, store_if_present, trained_config, was_typed,
 )
 from kebr_core import runs
 from kebr_core.metric_logger import require as require_reporters
@@ -29,6 +30,7 @@ from kebr_core.errors import KebrError
 from kebr_core.io import check_output
 from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
+from kebr_core.row_names import dataset_name
 from kebr_core.strict import decimal_number
 
 
@@ -83,11 +85,12 @@ def ablate(
     keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders of each pretraining (0 = all)."),
     nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
-    preset: Optional[str] = Preset,
+    preset: Optional[str] = Preset, threads: Optional[int] = Threads,
     std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
     results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
+    name: Optional[str] = typer.Option(None, "--name", help="What results-table.csv calls this ablation: its rows are 'NAME: C1', … (default: 'C1 (STORE)', … with the store's name)."),
     as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="i/n", help="Run only this job's share of the configurations: the k-th (from 0, in the table's order) belongs to shard k mod n, 0 <= i < n. Jobs may run at once on machines sharing --out; then --collect."),
     collect: bool = typer.Option(False, "--collect", help="Only aggregate the configurations finished in --out (by --shard jobs) into ablation.json; an error listing what has not finished."),
@@ -127,8 +130,12 @@ def ablate(
             own = values | {k: v for k, v in stage_options[stage].items() if v is not None}
             cfgs[stage] = resolve_config(stage, preset=preset, file=config, options=own,
                                          labels=labels | stage_labels[stage], sets=set_)
+        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         if print_config_:
-            print_config({stage: cfg.to_dict() for stage, cfg in cfgs.items()})
+            present = {"finetune": store_if_present(dataset, data_dir)}
+            present["pretrain"] = pretrain_store if pretrain_store is not None and pretrain_store.is_file() else present["finetune"]
+            print_config({stage: trained_config(cfg, present[stage], None, {}) if present[stage] else cfg.to_dict()
+                          for stage, cfg in cfgs.items()})
             return
         check_choice(std, ("sample", "population"), "--std")
         require_reporters(cfgs["finetune"].train.report_to)
@@ -154,11 +161,10 @@ def ablate(
             for stage_cfg in cfgs.values():
                 apply_spec(stage_cfg, spec).validate(labels={"mcc.g": "--g-values" if spec.kind == "g-sweep" else "--g",
                                                              "mcc.form": "--compare-forms", "mcc.align": "--compare-aligns"})
-        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         share = parse_shard(shard, "--shard")
         if share is not None and collect:
             raise KebrError("--shard runs configurations and --collect runs none: give one of them.")
-        with Reporter(out) as report:
+        with Reporter(out) as report, using_threads(report, threads):
             store = resolve_dataset(dataset, data_dir, warn=report.warning)
             check_run_dir(out, store, pretrain_store, config)
             table_path = results_table_path or out.parent / runs.RESULTS_TABLE
@@ -173,8 +179,9 @@ def ablate(
                               f"finished: {resume_command('--collect', drop=('--shard',))}", to_stdout=not as_json)
                 return
             runs.update_results_table(table_path, [
-                runs.ResultsRow(r["name"], dataset, out / r["eval_dir"], result.seeds,
-                                {k: (r["mean"][k], r["std"][k]) for k in r["mean"]})
+                runs.ResultsRow(f"{name}: {r['name']}" if name else f"{r['name']} ({dataset_name(dataset)})", dataset,
+                                out / r["eval_dir"], result.seeds,
+                                {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
                 for r in result.rows if r["mean"]
             ])
             report.result(ablation_table(result.rows, list(result.seeds), width=console.width, std=std,

@@ -372,6 +372,8 @@ class Reporter:
         self.log_path = log_dir / "log.txt" if log_dir is not None and is_main_process() else None
         self.epoch_lines = epoch_lines  # the verbosity from which finished epochs print their line
         self.scope = ""  # a prefix of bars and lines, e.g. the demo's current step
+        # With --threads (kebr_cli.threads): says whether the machine is oversubscribed now, for progress lines.
+        self.busy: Optional[Callable[[], Optional[str]]] = None
         self._log = None
         self._pending: list[str] = []  # lines before the run started (bad options leave no run directory)
         self._stack = ExitStack()
@@ -458,13 +460,18 @@ class Reporter:
         if metrics:  # a finished epoch / seed: its line (with the stage's ETA where no bar shows one)
             unit = "epoch " if "epoch" in info else ""
             when = f" · ETA {_duration(eta)}" if eta is not None and not live else ""
-            self.line(f"{key} {unit}{done}/{total}: {metrics}{when}", level=self.epoch_lines)
+            self.line(f"{key} {unit}{done}/{total}: {metrics}{when}{self._busy_text()}", level=self.epoch_lines)
         if verbosity() == Verbosity.QUIET or not is_main_process():
             return
         if live:
             self._bar(key, label, done, total)
         elif not (metrics and verbosity() >= self.epoch_lines):  # no second line for what was just printed
             self._plain(key, label, done, total, eta, finished=bool(total) and done >= total and not batch)
+
+    def _busy_text(self) -> str:
+        """' · machine oversubscribed (load 7.9 on 2 cores)' while it is, else ''."""
+        busy = self.busy() if self.busy is not None else None
+        return f" · machine oversubscribed ({busy})" if busy else ""
 
     def _eta(self, key: str, done: int, total: int, seconds: Any) -> Optional[float]:
         """Seconds left in a stage: the mean time per unit since its first event times the units left
@@ -511,4 +518,5 @@ class Reporter:
         text = f"{label.strip()}: {done}/{total}" + (f" ({100 * done / total:.0f}%)" if total else "")
         if eta is not None:
             text += f" · ETA {_duration(eta)}"
+        text += self._busy_text()
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)

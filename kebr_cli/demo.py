@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, console, err_console, user_errors
+from kebr_cli.threads import Threads, using_threads
 from kebr_core.config import DEFAULT_TEXT_MODEL
 
 _STATUS_STYLE = {"done": "green", "skipped": "yellow"}
@@ -61,12 +63,13 @@ def predictions_table(entries: list[dict], training: dict) -> Table:
     return table
 
 
-def _run(out: Path, **options) -> tuple:
+def _run(out: Path, threads: Optional[int], **options) -> tuple:
     """run_demo under a Reporter (one bar for the steps, one per stage of the current step; epoch lines
     only with --verbose, all of them in out/log.txt) → (DemoResult, the distinct warnings raised on the way)."""
     from kebr_core.recipes.demo import STEPS, run_demo
 
-    with user_errors(), warnings.catch_warnings(record=True) as caught, Reporter(out, epoch_lines=Verbosity.VERBOSE) as report:
+    with user_errors(), warnings.catch_warnings(record=True) as caught, Reporter(out, epoch_lines=Verbosity.VERBOSE) as report, \
+            using_threads(report, threads):
         warnings.simplefilter("always")
         finished = []
 
@@ -92,26 +95,17 @@ def demo(
     text_model: str = typer.Option(DEFAULT_TEXT_MODEL, "--text-model", help="Text encoder (default: the embedded all-MiniLM-L6-v2; e.g. random-bert:hidden=32,layers=2,heads=2)."),
     device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
     force: bool = typer.Option(False, "--force", help="Replace a demo already in --out (only the demo's own files are removed)."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads of PyTorch (0 = its default). The demo's batches are small: one thread is nearly as fast on an idle machine and many times faster on a busy one."),
+    threads: Optional[int] = Threads,
 ) -> None:
     """Run KEBR end to end with no data of yours, no downloads and no system package: make talking-face
     clips (espeak-ng speech from its pip wheel), extract them, make a synthetic store, pretrain,
     evaluate, ablate MCC, plot, fine-tune on the clips and predict held-out clips. Everything goes into
     --out; summary.json says where. About 3 to 5 minutes on 2 CPU cores (measured: 315 s with the
     cores shared by other jobs)."""
-    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the encoder is loaded once per stage: no per-load bars in the demo's
-    threads_before = torch.get_num_threads()
-    if threads > 0:
-        # Measured on 2 cores shared with other jobs: a batch-32 step with 2 threads took 0.9-3.7 s,
-        # with 1 thread 0.28 s (OpenMP threads spin-wait for each other when a core is taken away).
-        torch.set_num_threads(threads)
-    try:
-        result, messages = _run(out, quick=quick, text_model=text_model, device=device, force=force)
-    finally:
-        torch.set_num_threads(threads_before)  # a process that goes on (tests) keeps its own setting
+    result, messages = _run(out, threads, quick=quick, text_model=text_model, device=device, force=force)
     steps = result.steps
     if steps.get("eval", {}).get("status") == "done":
         from kebr_cli.tables import results_table

@@ -19,12 +19,14 @@ from kebr_cli.app import (
 )
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import results_table
+from kebr_cli.threads import Threads, using_threads
 from kebr_core import runs
 from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
 from kebr_core.metric_logger import require as require_reporters
 from kebr_core.modules.mcc import ALIGNS, FORMS
+from kebr_core.row_names import inputs_caption, row_name, store_inputs
 
 # Which RunConfig field each command-line option sets (kebr_core.config holds defaults and checks).
 OPTION_FIELDS = {
@@ -98,6 +100,28 @@ def command_config(ctx: typer.Context, stage: str, *, preset: Optional[str], con
 
 def print_config(payload: dict) -> None:
     console.print_json(json.dumps(payload, default=str))
+
+
+def store_if_present(dataset: str, data_dir: Path) -> Optional[Path]:
+    """The store --dataset names when it is there already (a file, or DATA_DIR/NAME.h5 for a named
+    dataset), else None: --print-config completes the configuration from it, importing or generating nothing."""
+    for path in (Path(dataset), data_dir / f"{dataset.lower()}.h5"):
+        if path.suffix in (".h5", ".hdf5") and path.is_file():
+            return path
+    return None
+
+
+def trained_config(cfg: RunConfig, store: Path, checkpoint: Optional[Path], typed: dict[str, str]) -> dict:
+    """The configuration fine-tuning trains (`recipes.finetune.complete_config`: the checkpoint's
+    architecture, the store's widths), what --print-config prints and log.txt logs; `cfg` is left as it is.
+    A multi-seed pretraining's architecture is its first run's (every run of it has the same)."""
+    from kebr_core.recipes.finetune import complete_config, is_multi_seed_pretraining
+
+    completed = RunConfig.from_dict(cfg.to_dict())
+    if checkpoint is not None and is_multi_seed_pretraining(checkpoint):
+        checkpoint = runs.pretrain_seed_runs(checkpoint, runs.run_pretrain_seeds(checkpoint))[0][1]
+    complete_config(completed, store, checkpoint, typed)
+    return completed.to_dict()
 
 
 def check_choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -177,7 +201,7 @@ def pretrain(
     seeds: Optional[str] = typer.Option(None, "--seeds", callback=seeds_option, help="Pretraining seeds: a count (3 = seeds 0..2) or a list; each is one run, in --out/pseed-S/ when there are several (default: the one --seed)."),
     dropout: float = Dropout, nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
-    preset: Optional[str] = Preset,
+    preset: Optional[str] = Preset, threads: Optional[int] = Threads,
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
     report_to: list[str] = ReportTo,
 ) -> None:
@@ -200,14 +224,14 @@ def pretrain(
             config = first / runs.CONFIG if (first / runs.CONFIG).is_file() else None
         cfg = command_config(ctx, "pretrain", preset=preset, config_file=config, sets=set_, skip=("seeds",))
         if print_config_:
-            print_config(cfg.to_dict())
+            print_config(trained_config(cfg, store, None, {}) if store.is_file() else cfg.to_dict())
             return
         require_reporters(cfg.train.report_to)
         if seeds is not None and was_typed(ctx, "seed"):
             raise KebrError("--seed sets one pretraining seed and --seeds several: give one of them.")
         data = pretraining_data(store, splits.split(",") if splits is not None else None, on_test=pretrain_on_test)
-        with Reporter(out) as report:
-            report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
+        with Reporter(out) as report, using_threads(report, threads):
+            report.line(f"settings: {json.dumps(trained_config(cfg, store, None, {}))}", level=Verbosity.VERBOSE)
             if data.note:
                 report.note(data.note)
             results = pretrain_each_seed(store, out, cfg, parse_seeds(seeds) if seeds is not None else None,
@@ -245,7 +269,7 @@ def eval_(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", hidden=True, help="Old name of --pretrained."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
-    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std."),
+    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std. Seeds finished in --out are reused: more seeds than a finished run has run only the new ones, fewer report on those asked for."),
     std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
     probe: bool = typer.Option(False, "--probe", help="Also test with audio or vision removed (zeroed, absent): how much each is used."),
     g: float = G, s: float = S, lambda_mcc: float = LambdaMCC, mcc_form: str = MCCForm, mcc_align: str = MCCAlign,
@@ -262,16 +286,18 @@ def eval_(
     modality_dropout: float = ModalityDropout, dropped_modality: str = DroppedModality,
     dropout: float = Dropout, nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
-    preset: Optional[str] = Preset,
+    preset: Optional[str] = Preset, threads: Optional[int] = Threads,
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
     results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results (results.json: mean, std, each seed) as one JSON document on stdout instead of the table."),
+    name: Optional[str] = typer.Option(None, "--name", help="The row's name in the table and results-table.csv (default: what ran, e.g. 'KEBR (mosi)' with --pretrained, 'KEBR w/o pretraining, text only (mosi)' without one on a text-only store)."),
     seed_shard: Optional[str] = typer.Option(None, "--seed-shard", metavar="i/n", help="Run only this job's share of the seeds: the k-th seed of --seeds (from 0) belongs to shard k mod n, 0 <= i < n. Jobs may run at once on machines sharing --out; then --collect."),
     collect: bool = typer.Option(False, "--collect", help="Only aggregate the seeds finished in --out (by --seed-shard jobs) into results.json; an error listing the seeds not finished yet."),
     report_to: list[str] = ReportTo,
 ) -> None:
     """Fine-tune on a labeled dataset, pick the epoch by validation MAE, test once per seed; mean ± std.
-    Seeds finished in --out earlier (e.g. by --seed-shard jobs) are reused, not run again."""
+    Seeds finished in --out earlier (by an earlier run with the same settings and data, or by --seed-shard
+    jobs) are reused, not run again: --seeds 4 over a finished 3-seed run runs seed 3 only."""
     from kebr_core.data.registry import resolve_dataset
     from kebr_core.recipes.finetune import finetune, finetune_each_pretraining, is_multi_seed_pretraining
 
@@ -281,16 +307,21 @@ def eval_(
         checkpoint = renamed(pretrained, checkpoint, "--pretrained", "--checkpoint")
         renamed(loader_workers, workers, "--loader-workers", "--workers")
         cfg = command_config(ctx, "finetune", preset=preset, config_file=config, sets=set_)
+        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         if print_config_:
-            print_config(cfg.to_dict())
+            present = store_if_present(dataset, data_dir)
+            print_config(trained_config(cfg, present, checkpoint, typed_settings(ctx, set_)) if present else cfg.to_dict())
             return
         check_choice(std, ("sample", "population"), "--std")
         require_reporters(cfg.train.report_to)
         check_run_dir(out, Path(dataset), checkpoint, config)
-        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
-        with Reporter(out) as report:
-            report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
+        with Reporter(out) as report, using_threads(report, threads):
             resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
+            report.line(f"settings: {json.dumps(trained_config(cfg, resolved, checkpoint, typed_settings(ctx, set_)))}",
+                        level=Verbosity.VERBOSE)
+            inputs = store_inputs(resolved)
+            name = name or row_name(checkpoint is not None, inputs, dataset)
+            caption = ", ".join(filter(None, (f"{Path(dataset).name}: test split", inputs_caption(inputs))))
             check_run_dir(out, resolved)  # --dataset mosi names a store only now
             table_path = results_table_path or out.parent / runs.RESULTS_TABLE
             check_output(table_path, [resolved, checkpoint, config], option="--results-table")
@@ -302,7 +333,8 @@ def eval_(
             if checkpoint is not None and is_multi_seed_pretraining(checkpoint):
                 nested = finetune_each_pretraining(resolved, out, cfg, checkpoint, **options)
                 if is_main_process():
-                    _report_nested(report, nested, dataset, seed_shard, results_table_path, std, as_json)
+                    _report_nested(report, nested, dataset, seed_shard, results_table_path, std, as_json, name, caption,
+                                   inputs)
                 return
             result = finetune(resolved, out, cfg, checkpoint=checkpoint, **options)
             if not is_main_process():
@@ -313,10 +345,11 @@ def eval_(
                               f"{out}{waiting}. When every shard has finished: "
                               f"{resume_command('--collect', drop=('--seed-shard',))}", to_stdout=not as_json)
                 return
-            runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, cfg.train.seeds, result.summary)])
-            rows = {"KEBR": result.summary} | {f"KEBR, {name}": summary for name, summary in result.probe.items()}
-            report.result(results_table(f"{Path(dataset).name}: test split", rows, list(cfg.train.seeds),
-                                        width=console.width, std=std), to_stdout=not as_json)
+            runs.update_results_table(table_path, [runs.ResultsRow(name, dataset, out, cfg.train.seeds, result.summary,
+                                                                   inputs=inputs)])
+            rows = {name: result.summary} | {f"{name}, {removed}": summary for removed, summary in result.probe.items()}
+            report.result(results_table(caption, rows, list(cfg.train.seeds), width=console.width, std=std),
+                          to_stdout=not as_json)
             left_out = {s: n for s, n in result.unlabeled.items() if n}
             if left_out:
                 report.result("unlabeled samples (NaN label) left out of fine-tuning and evaluation: "
@@ -328,7 +361,7 @@ def eval_(
 
 
 def _report_nested(report: Reporter, nested, dataset: str, seed_shard: Optional[str], results_table_path: Optional[Path],
-                   std: str, as_json: bool) -> None:
+                   std: str, as_json: bool, name: str, caption: str, inputs: str) -> None:
     """What `kebr eval` prints for a multi-seed pretraining: the summary over P × F runs, and where each run is."""
     out = nested.run_dir
     if not nested.summary:
@@ -337,8 +370,8 @@ def _report_nested(report: Reporter, nested, dataset: str, seed_shard: Optional[
         return
     seeds = nested.per_pretraining[0].seeds
     table_path = results_table_path or out.parent / runs.RESULTS_TABLE
-    runs.update_results_table(table_path, [runs.ResultsRow("KEBR", dataset, out, seeds, nested.summary)])
-    report.result(results_table(f"{Path(dataset).name}: test split", {"KEBR": nested.summary}, seeds,
+    runs.update_results_table(table_path, [runs.ResultsRow(name, dataset, out, seeds, nested.summary, inputs=inputs)])
+    report.result(results_table(caption, {name: nested.summary}, seeds,
                                 width=console.width, std=std, pretrain_seeds=nested.pretrain_seeds), to_stdout=not as_json)
     report.result(f"results: [bold]{out / runs.RESULTS_JSON}[/] (every run), {out}/pseed-S/ (each pretraining's); "
                   f"across runs: {table_path}   log: {report.log_path}", to_stdout=not as_json)

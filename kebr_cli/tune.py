@@ -10,9 +10,10 @@ from typing import Optional
 import typer
 
 from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, choices, user_errors
+from kebr_cli.threads import Threads, using_threads
 from kebr_cli.train import (
     BatchSize, ConfigFile, Force, Preset, PrintConfig, ReportTo, Set, TextModel, check_run_dir, command_config,
-    print_config, seeds_option,
+    print_config, seeds_option, store_if_present, trained_config,
 )
 from kebr_core import runs
 from kebr_core.metric_logger import require as require_reporters
@@ -65,7 +66,7 @@ def tune(
     batch_size: int = BatchSize,
     device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
     preset: Optional[str] = Preset, config: Optional[Path] = ConfigFile, set_: list[str] = Set,
-    print_config_: bool = PrintConfig, force: bool = Force,
+    print_config_: bool = PrintConfig, force: bool = Force, threads: Optional[int] = Threads,
     as_json: bool = typer.Option(False, "--json", help="Print the outcome (best trial, final evaluation) as one JSON document on stdout."),
     report_to: list[str] = ReportTo,
 ) -> None:
@@ -79,8 +80,10 @@ def tune(
 
     with user_errors():
         cfg = command_config(ctx, "finetune", preset=preset, config_file=config, sets=set_)
+        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         if print_config_:
-            print_config(cfg.to_dict())
+            present = store_if_present(dataset, data_dir)
+            print_config(trained_config(cfg, present, pretrained, {}) if present else cfg.to_dict())
             return
         require_reporters(cfg.train.report_to)
         if finalize and no_finalize:
@@ -90,11 +93,10 @@ def tune(
         check_run_dir(out, Path(dataset), *([pretrained] if pretrained else []))
         options = TuneOptions(trials=trials, sampler=sampler.value, prune=prune, metric=metric.value, storage=storage,
                               heartbeat=heartbeat, stage=stage.value, pretrain_epochs=pretrain_epochs)
-        data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         # a line per trial; each trial's epochs only with --verbose (50 trials × 10 epochs would bury them)
-        with Reporter(out, epoch_lines=Verbosity.VERBOSE) as report:
-            report.line(f"settings: {json.dumps(cfg.to_dict())}", level=Verbosity.VERBOSE)
+        with Reporter(out, epoch_lines=Verbosity.VERBOSE) as report, using_threads(report, threads):
             resolved = resolve_dataset(dataset, data_dir, warn=report.warning)
+            report.line(f"settings: {json.dumps(trained_config(cfg, resolved, pretrained, {}))}", level=Verbosity.VERBOSE)
 
             def on_trial(record, best, done, total) -> None:
                 report("trials", done, total, {})

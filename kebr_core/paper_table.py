@@ -2,7 +2,7 @@
 
 Inputs (`read_entries`): evaluation runs (results.json, also of a multi-seed pretraining's evaluation),
 the cross-run results-table.csv that `kebr eval` and `kebr ablate` fill (MMSA's columns,
-`runs.RESULTS_TABLE_COLUMNS`), and ablation folders (ablation.json, read by `run_readers.read_ablation`).
+`results_files.TABLE_COLUMNS`, either layout), and ablation folders (ablation.json, read by `run_readers.read_ablation`).
 
 Two layouts, as the paper's (the spread over seeds: docs/design.md §7):
 
@@ -37,10 +37,11 @@ from kebr_core.errors import KebrError
 from kebr_core.io import atomic_output
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, metric_display, seeds_caption
 from kebr_core.run_readers import detect_kind, read_ablation, read_json_object
-from kebr_core.strict import decimal_number, read_csv_table
+from kebr_core.row_names import dataset_name, model_name
+from kebr_core.results_files import read_results_table, row_summary
+from kebr_core.strict import decimal_number
 
 FORMATS = ("latex", "markdown", "csv")
-MODEL = "KEBR"  # an evaluation run's row, as `kebr eval` names it in results-table.csv
 TABLE1_COLUMNS = ("Acc-2", "F1", "Acc-7", "Acc-5", "MAE", "Corr")
 TABLE4_COLUMNS = ("Acc-2", "F1", "Acc-7", "MAE", "Corr")
 LOWER_IS_BETTER = ("mae",)
@@ -96,12 +97,6 @@ def _summary(mean: dict, std: dict, where: Path) -> dict[str, tuple[float, float
         raise KebrError(f"{where} holds a metric that is not a number; rerun the evaluation to rewrite it.") from None
 
 
-def dataset_name(text: str) -> str:
-    """A dataset as a column group names it: a store's path → its file name without suffix (data/mosi.h5 →
-    mosi); a name (`--dataset mosi`) stays."""
-    return Path(text).stem if "/" in text or Path(text).suffix.lower() in (".h5", ".hdf5") else text
-
-
 def _dataset_of(run_dir: Path) -> str:
     """The dataset of an evaluation run: its store (the store a multi-seed pretraining's first evaluation used)."""
     seeds = runs.run_pretrain_seeds(run_dir)
@@ -119,7 +114,11 @@ def _eval_entry(run_dir: Path) -> Entry:
     data = read_json_object(path, "Results file")
     if not isinstance(data.get("mean"), dict):
         raise KebrError(f"{path} has no 'mean' of the test metrics; rerun the evaluation to rewrite it.")
-    return Entry(MODEL, _dataset_of(run_dir), _summary(data["mean"], data.get("std") or {}, path),
+    config_path = run_dir / runs.CONFIG
+    pretrained = bool(read_json_object(config_path, "Run config").get("checkpoint")) if config_path.is_file() \
+        else bool(runs.run_pretrain_seeds(run_dir))  # a multi-seed pretraining's evaluation is pretrained
+    return Entry(model_name(pretrained, str(data.get("inputs") or "")), _dataset_of(run_dir),
+                 _summary(data["mean"], data.get("std") or {}, path),
                  _seeds(data.get("seeds")), _seeds(data.get("pretrain_seeds")), _std_name(data.get("std_ddof")),
                  run=str(run_dir))
 
@@ -143,19 +142,9 @@ def _ablation_entries(run_dir: Path, prefix: str) -> tuple[list[Entry], list[str
 
 
 def _results_table_entries(path: Path) -> list[Entry]:
-    columns, rows = read_csv_table(path, "Results table")
-    if tuple(columns) != runs.RESULTS_TABLE_COLUMNS:
-        raise KebrError(f"{path} is not a kebr results table (its header is not {','.join(runs.RESULTS_TABLE_COLUMNS)}).")
     entries = []
-    for line, row in rows:
-        summary = {}
-        for column, key in runs.RESULTS_TABLE_METRICS.items():
-            cell = row[column].strip()
-            parts = [decimal_number(p) for p in cell.strip("()").split(",")] if cell.startswith("(") else []
-            if len(parts) != 2 or None in parts:
-                raise KebrError(f"{path} line {line}: {column} must be '(mean, std)', not {cell!r}.")
-            scale = 1.0 if key in ("mae", "corr") else 100.0
-            summary[key] = (parts[0] / scale, parts[1] / scale)
+    for line, row in enumerate(read_results_table(path), start=2):  # line 1 is the header
+        summary = row_summary(row, f"{path} line {line}")
         seeds = [decimal_number(s) for s in row["Seeds"].split(",") if s.strip()]
         if any(s is None for s in seeds):
             raise KebrError(f"{path} line {line}: Seeds must be integers separated by commas, not {row['Seeds']!r}.")

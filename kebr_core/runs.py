@@ -63,6 +63,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from kebr_core import results_files
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.io import foreign_files, open_for_writing, refuse_foreign, refuse_links
@@ -628,53 +629,28 @@ def weights_sha256(path: str | Path) -> str:
 
 # ───────────────────────── the results table across runs ─────────────────────────
 
-# MMSA's result columns (its results/<dataset>.csv), then where the row comes from.
-RESULTS_TABLE_METRICS = {
-    "Has0_acc_2": "acc2_has0", "Has0_F1_score": "f1_has0", "Non0_acc_2": "acc2_non0", "Non0_F1_score": "f1_non0",
-    "Mult_acc_5": "acc5", "Mult_acc_7": "acc7", "MAE": "mae", "Corr": "corr",
-}
-RESULTS_TABLE_COLUMNS = ("Model", "Dataset", *RESULTS_TABLE_METRICS, "Seeds", "Run")
+# MMSA's result columns (its results/<dataset>.csv), then where the row comes from (kebr_core.results_files).
+RESULTS_TABLE_METRICS = results_files.MMSA_COLUMNS
+RESULTS_TABLE_COLUMNS = results_files.TABLE_COLUMNS
 
 
 @dataclass
 class ResultsRow:
-    """One configuration's result on one dataset: `summary` maps metric → (mean, std) over `seeds`."""
+    """One configuration's result on one dataset: `summary` maps metric → (mean, std) over `seeds`; `model`
+    names the row (`row_names.row_name`), `inputs` the store's streams (`row_names.store_inputs`)."""
 
     model: str
     dataset: str
     run_dir: Path
     seeds: list[int]
     summary: Mapping[str, tuple[float, float]]
+    inputs: str = ""
 
     def cells(self) -> dict[str, str]:
-        """MMSA's cells: "(mean, std)", accuracies and F1 in percent with 2 decimals, MAE and Corr with 4."""
-        cells = {"Model": self.model, "Dataset": self.dataset}
-        for column, key in RESULTS_TABLE_METRICS.items():
-            mean, std = self.summary.get(key, (float("nan"), float("nan")))
-            scale, digits = (1.0, 4) if key in ("mae", "corr") else (100.0, 2)
-            cells[column] = f"({round(mean * scale, digits)}, {round(std * scale, digits)})"
-        return cells | {"Seeds": ",".join(str(s) for s in self.seeds), "Run": str(Path(self.run_dir).resolve())}
+        """The row's cells (`results_files.table_cells`: numeric mean and std columns, percent named)."""
+        return results_files.table_cells(self.model, self.dataset, self.inputs, self.seeds, self.run_dir, self.summary)
 
 
 def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
     """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others."""
-    path = Path(path)
-    table: dict[tuple[str, str], dict[str, str]] = {}
-    if path.is_file():
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != RESULTS_TABLE_COLUMNS:  # not ours: rewriting it would lose columns
-                raise KebrError(f"{path} is not a kebr results table (its header is not {','.join(RESULTS_TABLE_COLUMNS)}); "
-                                "kebr overwrites only its own files: choose another --results-table.")
-            for r in reader:
-                table[(r.get("Run", ""), r.get("Dataset", ""))] = r
-    for row in rows:
-        cells = row.cells()
-        table[(cells["Run"], cells["Dataset"])] = cells
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open_for_writing(tmp, newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULTS_TABLE_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(table.values())
-    os.replace(tmp, path)
+    results_files.update_results_table(path, [row.cells() for row in rows])

@@ -100,15 +100,17 @@ def test_ablate_all_runs_five_rows_and_reuses_work(tmp_path: Path) -> None:
             for pre_cfg in (out / row["pretrain_dir"] / "config.json", out / row["pretrain_dir"] / "final" / "config.json"):
                 saved = json.loads(pre_cfg.read_text())
                 assert saved["mcc"]["weight"] == cfg["mcc"]["weight"] and saved["model"]["fusion"] == cfg["model"]["fusion"]
-    # results.csv: one row per configuration with the means and relative changes of ablation.json.
+    # results.csv: one row per configuration with the means and relative changes of ablation.json, accuracies
+    # and F1 in percent (ablation.json: fractions), the unit in the column's name.
     with (out / "results.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [r["name"] for r in table] == ["C1", "C2", "C3", "C4", "C5"]
     for line, row in zip(table, rows):
-        assert line["status"] == "done" and line["mcc"] == str(row["mcc"])
+        assert line["status"] == "done" and line["mcc"] == str(row["mcc"]) and line["inputs"] == "text, audio, vision"
         for k in METRIC_NAMES:
-            assert float(line[f"{k}_mean"]) == pytest.approx(row["mean"][k], nan_ok=True)
-        assert float(line["avg_change"]) == pytest.approx(row["avg_change"])
+            scale, column = (1, f"{k}_mean") if k in ("mae", "corr") else (100, f"{k}_mean_pct")
+            assert float(line[column]) == pytest.approx(scale * row["mean"][k], nan_ok=True)
+        assert float(line["avg_change_pct"]) == pytest.approx(row["avg_change"])
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("test.json")} | {
         p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     r = runner.invoke(app, args)

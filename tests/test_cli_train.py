@@ -160,7 +160,7 @@ def test_eval_std_convention_is_written_and_population_is_mmsas(tiny_store: Path
         assert f"{std} std (ddof={1 if std == 'sample' else 0})" in " ".join(r.output.split())
         runs[std] = json.loads((out / "results.json").read_text())
         assert runs[std]["std_ddof"] == (1 if std == "sample" else 0)
-        assert (out / "results.csv").read_text().splitlines()[0].startswith("metric,mean,std,std_ddof,seed_0")
+        assert (out / "results.csv").read_text().splitlines()[0].startswith("metric,unit,mean,std,std_ddof,seed_0")
     maes = [s["mae"] for s in runs["sample"]["per_seed"]]
     assert runs["sample"]["std"]["mae"] == pytest.approx(np.std(maes, ddof=1))
     assert runs["population"]["std"]["mae"] == pytest.approx(np.std(maes))  # MMSA: np.std(values)

@@ -66,6 +66,8 @@ from kebr_core.metrics import METRIC_NAMES, STD_DDOF, aggregate, split_summary
 from kebr_core.recipes.compare import against_reference
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain, pretrain_identity, pretraining_data
+from kebr_core.results_files import in_file_unit, unit_column
+from kebr_core.row_names import inputs_caption, store_inputs
 from kebr_core.run_readers import seed_grids
 from kebr_core.shards import check_shard, in_shard, locked
 from kebr_core.training import ProgressFn, no_progress
@@ -183,6 +185,7 @@ class AblationResult:
     aggregated: bool = True  # False for a shard: `rows` are its own configurations, nothing summarised
     pretrain_seeds: list[int] = field(default_factory=list)
     delta_caption: str = ""  # with two or more pretraining seeds: what the rows' "vs_C1" intervals cover
+    inputs: str = ""  # the dataset store's streams (`row_names.store_inputs`), e.g. "text only"
 
 
 def pretraining_caption(payload: dict) -> str:
@@ -279,6 +282,7 @@ def ablate(
             if data.note:
                 note(data.note)
         pretrain_splits = data.splits if data is not None else None
+        inputs = store_inputs(dataset_store)  # "text only" is named in the caption and the files
         mcc_defined = has_both_streams(dataset_store) and (pretrain_store is None or has_both_streams(pretrain_store))
         if not mcc_defined:
             note("MCC is undefined here: no sample has both audio and vision frames, so configurations that differ "
@@ -356,7 +360,8 @@ def ablate(
         payload = {
             "dataset": str(dataset_store), "pretrain_store": str(pretrain_store) if pretrain_store else None,
             "pretrain_splits": pretrain_splits, "pretrain_on_test": data.on_test if data is not None else False,
-            "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "notes": notes, "configurations": rows,
+            "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "inputs": inputs, "notes": notes,
+            "configurations": rows,
         }
         runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
         # With two or more pretraining seeds: each row's paired difference from C1, read back as `kebr compare`
@@ -366,24 +371,31 @@ def ablate(
             payload = {**payload, "vs_C1_interval": delta_caption, "configurations": rows}
             runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
         # With two or more pretraining seeds: the pretraining seeds and the paired differences vs C1 (DELTA_METRICS).
-        delta_columns = [f"delta_{k}{end}" for k in DELTA_METRICS for end in ("", "_low", "_high", "_p")] if delta_caption else []
+        # In the CSV files' unit (kebr_core.results_files): accuracies, F1 and their differences in percent.
+        delta_columns = [unit_column(f"delta_{k}{end}", k) if end != "_p" else f"delta_{k}_p"
+                         for k in DELTA_METRICS for end in ("", "_low", "_high", "_p")] if delta_caption else []
+
+        def value(k: str, v):
+            return in_file_unit(k, v) if isinstance(v, (int, float)) else ""
+
         with open_for_writing(out / runs.RESULTS_CSV, newline="") as f:
             w = csv.writer(f)
-            w.writerow(["name", "kind", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
-                        *[f"{k}_mean" for k in METRIC_NAMES], *[f"{k}_std" for k in METRIC_NAMES], "std_ddof", "avg_change",
-                        *(["pretrain_seeds", *delta_columns] if delta_caption else [])])
+            w.writerow(["name", "kind", "inputs", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
+                        *[unit_column(f"{k}_mean", k) for k in METRIC_NAMES], *[unit_column(f"{k}_std", k) for k in METRIC_NAMES],
+                        "std_ddof", "avg_change_pct", *(["pretrain_seeds", *delta_columns] if delta_caption else [])])
             for r in rows:
                 extra = []
                 if delta_caption:
                     vs = r.get("vs_C1") or {}
                     extra = [" ".join(map(str, r.get("pretrain_seeds", []))),
-                             *[vs[k][x] if k in vs else "" for k in DELTA_METRICS for x in ("mean", "low", "high", "p_value")]]
-                w.writerow([r["name"], r["kind"], r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"], r["mcc_align"],
-                            r["status"], *[r["mean"].get(k, "") for k in METRIC_NAMES],
-                            *[r["std"].get(k, "") for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"], *extra])
-        caption = "; ".join(filter(None, (pretraining_caption(payload), c3_caption(rows))))
+                             *[(vs[k][x] if x == "p_value" else value(k, vs[k][x])) if k in vs else ""
+                               for k in DELTA_METRICS for x in ("mean", "low", "high", "p_value")]]
+                w.writerow([r["name"], r["kind"], inputs, r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"],
+                            r["mcc_align"], r["status"], *[value(k, r["mean"].get(k, "")) for k in METRIC_NAMES],
+                            *[value(k, r["std"].get(k, "")) for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"], *extra])
+        caption = "; ".join(filter(None, (inputs_caption(inputs), pretraining_caption(payload), c3_caption(rows))))
         return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=caption,
-                              pretrain_seeds=pseeds, delta_caption=delta_caption)
+                              pretrain_seeds=pseeds, delta_caption=delta_caption, inputs=inputs)
 
 
 def _paired_differences(out: Path, rows: list[dict]) -> str:

@@ -13,8 +13,9 @@ Writes: config.json; seed-S/metrics.csv (per epoch: train loss terms, c_a, c_v, 
 seed-S/test.json (the chosen epoch and test metrics), seed-S/predictions.csv,
 seed-S/test_features.npz (pooled fused test representations, labels, predictions);
 best-model/ (the fine-tuned checkpoint of the seed with the lowest validation MAE, for `kebr predict`); results.json and
-results.csv (mean ± std over seeds; the sample std, ddof = 1, unless std="population", MMSA's ddof = 0; both
-files say which). A seed whose test.json exists is skipped on rerun (resume).
+results.csv (mean ± std over the seeds asked for; the sample std, ddof = 1, unless std="population", MMSA's
+ddof = 0; both files say which). A seed whose test.json exists is skipped on rerun (resume), also when the
+rerun asks for more seeds or fewer (the seeds are no part of the run's identity).
 
 `seed_shard=(i, n)` runs only the seeds of shard i (`kebr_core.shards`) and writes no summary; a later call
 without it aggregates the finished seeds and runs the missing ones, and `collect=True` only aggregates
@@ -62,6 +63,8 @@ from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, report_final, require
+from kebr_core.results_files import write_results_csv
+from kebr_core.row_names import store_inputs
 from kebr_core.shards import check_shard, in_shard, locked
 from kebr_core.training import (
     ProgressFn,
@@ -116,6 +119,39 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path, typed: Mapping[str
     for key, value in taken.items():
         setattr(cfg.model, key.split(".", 1)[1], value)
     return changed
+
+
+def recorded_seeds(run_dir: Path) -> list[int]:
+    """The fine-tuning seeds config.json of `run_dir` records (every seed asked of the run so far; its
+    seed-S/test.json files say which finished), [] where there is none or it cannot be read (the identity
+    check that follows says why)."""
+    try:
+        seeds = json.loads((Path(run_dir) / runs.CONFIG).read_text())["train"]["seeds"]
+        return [int(s) for s in seeds]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return []
+
+
+def complete_config(cfg: RunConfig, store_path: str | Path, checkpoint: str | Path | None = None,
+                    typed: Mapping[str, str] | None = None, note: Callable[[str], None] | None = None) -> Path | None:
+    """Complete `cfg` (in place) into the configuration fine-tuning trains: the checkpoint's architecture
+    (`apply_checkpoint_config`) and the store's audio and vision widths (`configure_from_store`; a text-only
+    store's are 1). `kebr eval` prints (--print-config) and logs this, and config.json records it. Returns
+    the resolved checkpoint (None without one); a checkpoint trained on other widths is refused."""
+    store = FeatureStore(store_path)
+    wanted = store.widths()
+    if checkpoint is not None:
+        checkpoint = runs.resolve_checkpoint(checkpoint)
+        changed = apply_checkpoint_config(cfg, Path(checkpoint), typed)
+        if changed and note is not None:
+            note(f"fine-tuning the architecture of {checkpoint}: {', '.join(changed)} (from the checkpoint)")
+        if (cfg.model.d_audio, cfg.model.d_vision) != wanted:
+            raise KebrError(
+                f"Checkpoint {checkpoint} was trained on audio/vision features of {cfg.model.d_audio}/"
+                f"{cfg.model.d_vision} dims, but {store_path} has {wanted[0]}/{wanted[1]}."
+            )
+    configure_from_store(cfg, store)
+    return Path(checkpoint) if checkpoint is not None else None
 
 
 def _plain(value: object) -> str:
@@ -179,9 +215,10 @@ def finetune(
 ) -> EvalResult:
     """Fine-tune and test once per seed (`seeds`, default `cfg.train.seeds`; module docstring) into
     `run_dir`; std: the spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's).
-    Seeds finished by an earlier call with the same identity are reused. A directory holding another
-    run (other settings, data, checkpoint or seeds) is refused naming the differing keys; `force`
-    starts afresh. seed_shard, collect: the module docstring. typed, note: the settings the user typed
+    Seeds finished by an earlier call with the same identity are reused; the seeds are no part of the
+    identity, so a call with more seeds runs only the new ones, and one with fewer reports on those
+    (config.json records every seed asked of the run, `recorded_seeds`). A directory holding another
+    run (other settings, data or checkpoint) is refused naming the differing keys; `force` starts afresh. seed_shard, collect: the module docstring. typed, note: the settings the user typed
     (`apply_checkpoint_config`), and where to say which settings the checkpoint replaced."""
     run_dir = Path(run_dir)
     check_shard(seed_shard, "--seed-shard")
@@ -197,18 +234,7 @@ def finetune(
     seeds = list(cfg.train.seeds)
     store = FeatureStore(store_path)
     split_index, unlabeled = labeled_splits(store, store_path)
-    wanted = store.widths()
-    if checkpoint is not None:
-        checkpoint = runs.resolve_checkpoint(checkpoint)
-        changed = apply_checkpoint_config(cfg, Path(checkpoint), typed)
-        if changed and note is not None:
-            note(f"fine-tuning the architecture of {checkpoint}: {', '.join(changed)} (from the checkpoint)")
-        if (cfg.model.d_audio, cfg.model.d_vision) != wanted:
-            raise KebrError(
-                f"Checkpoint {checkpoint} was trained on audio/vision features of {cfg.model.d_audio}/"
-                f"{cfg.model.d_vision} dims, but {store_path} has {wanted[0]}/{wanted[1]}."
-            )
-    configure_from_store(cfg, store)
+    checkpoint = complete_config(cfg, store_path, checkpoint, typed, note)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]
@@ -217,13 +243,18 @@ def finetune(
         if collect and not (run_dir / runs.CONFIG).is_file():
             raise KebrError(f"Nothing to collect in {run_dir}: no run has started there (run kebr eval with --seed-shard first).")
         if info.is_main:
-            identity = runs.run_identity(cfg, "finetune", runs.data_fingerprint(store_path),
+            # The seeds are no part of the identity: a run grows by new seeds, and reports on the ones asked for;
+            # config.json records every seed asked of the run so far.
+            recorded = RunConfig.from_dict(cfg.to_dict())
+            recorded.train.seeds = [] if force else recorded_seeds(run_dir)
+            recorded.train.seeds += [s for s in seeds if s not in recorded.train.seeds]
+            identity = runs.run_identity(recorded, "finetune", runs.data_fingerprint(store_path),
                                          checkpoint=str(checkpoint) if checkpoint else None,
                                          checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
             runs.prepare_run_dir(
-                run_dir, identity, resume=True, force=force,
-                extra={"store": str(store_path), "seeds": seeds, "selection": "epoch with the lowest validation MAE",
-                       "world_size": info.world},
+                run_dir, identity, resume=True, force=force, may_differ=("train.seeds",),
+                extra={"store": str(store_path), "seeds": recorded.train.seeds,
+                       "selection": "epoch with the lowest validation MAE", "world_size": info.world},
             )
         barrier(info)
 
@@ -258,7 +289,8 @@ def finetune(
         summary = aggregate(per_seed, std)
         probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
         if info.is_main:
-            _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
+            _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled,
+                           store_inputs(store_path))
             report_final(run_dir, cfg.to_dict(), summary)
         barrier(info)
         return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
@@ -302,6 +334,7 @@ def finetune_each_pretraining(store_path: str | Path, run_dir: str | Path, cfg: 
     summary = aggregate([r for result in results for r in result.per_seed], std)
     if os.environ.get("RANK", "0") == "0":  # the main process of a DDP job writes the summary
         payload = {"pretrained": str(pretrained), "pretrain_seeds": pseeds, "seeds": results[0].seeds,
+                   "inputs": store_inputs(store_path),
                    "runs": [str(r.run_dir.relative_to(run_dir)) for r in results],
                    **split_summary(summary), "std_ddof": STD_DDOF[std], "per_run": per_run}
         write_summary(run_dir, payload, summary, std, [f"pseed_{r['pretrain_seed']}_seed_{r['seed']}" for r in per_run],
@@ -439,9 +472,10 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
 
 
 def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_summary, std: str,
-                   unlabeled: dict[str, int]) -> None:
+                   unlabeled: dict[str, int], inputs: str) -> None:
     payload = {
         "seeds": list(seeds),
+        "inputs": inputs,  # the store's streams (row_names.store_inputs), e.g. "text only"
         "best_epochs": best_epochs,
         "unlabeled_left_out": unlabeled,
         "selection": "epoch with the lowest validation MAE; test evaluated once per seed",
@@ -456,11 +490,7 @@ def _write_results(run_dir: Path, seeds, per_seed, best_epochs, summary, probe_s
 
 def write_summary(run_dir: Path, payload: dict, summary: dict[str, tuple[float, float]], std: str, run_names: list[str],
                   per_run: list[dict]) -> None:
-    """results.json (`payload`) and results.csv: a row per metric with its mean, std, std_ddof and the value of
-    each run (columns `run_names`, in the order of `per_run`)."""
+    """results.json (`payload`, fractions) and results.csv (`results_files.write_results_csv`: a row per metric
+    with its unit, mean, std, std_ddof and the value of each run, columns `run_names` in the order of `per_run`)."""
     runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
-    with open_for_writing(run_dir / runs.RESULTS_CSV, newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["metric", "mean", "std", "std_ddof", *run_names])
-        for k, (m, sd) in summary.items():
-            w.writerow([k, m, sd, STD_DDOF[std], *[r[k] for r in per_run]])
+    write_results_csv(run_dir / runs.RESULTS_CSV, summary, STD_DDOF[std], run_names, per_run)
