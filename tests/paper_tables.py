@@ -27,14 +27,16 @@ def metrics(acc2: float, f1: float, acc7: float, acc5: float, mae: float, corr: 
             "acc5": acc5, "mae": mae, "corr": corr}
 
 
-def write_eval(run_dir: Path, store: str, base: dict[str, float], seeds=SEEDS) -> Path:
-    """An evaluation run: config.json and results.json/results.csv as `kebr eval` writes them."""
+def write_eval(run_dir: Path, store: str, base: dict[str, float], seeds=SEEDS,
+               checkpoint: str | None = "/runs/pretrain/final", inputs: str = "text, audio, vision") -> Path:
+    """An evaluation run: config.json and results.json/results.csv as `kebr eval` writes them (fine-tuned
+    from `checkpoint`, a pretraining; None: from the plain encoder, the paper's C2)."""
     run_dir.mkdir(parents=True)
     (run_dir / runs.CONFIG).write_text(json.dumps({"stage": "finetune", **RunConfig().to_dict(), "store": store,
-                                                   "seeds": list(seeds)}))
+                                                   "seeds": list(seeds), "checkpoint": checkpoint}))
     per_seed = [seed_metrics(base, s) for s in seeds]
     summary = aggregate(per_seed, "sample")
-    write_summary(run_dir, {"seeds": list(seeds), **split_summary(summary), "std_ddof": 1, "per_seed": per_seed},
+    write_summary(run_dir, {"seeds": list(seeds), "inputs": inputs, **split_summary(summary), "std_ddof": 1, "per_seed": per_seed},
                   summary, "sample", [f"seed_{s}" for s in seeds], per_seed)
     return run_dir
 

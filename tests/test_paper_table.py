@@ -133,3 +133,13 @@ def test_a_run_given_as_folder_and_as_results_table_row_is_one_row(inputs) -> No
     assert both.labels == ["KEBR", "Self-MM"] and len(both.entries) == 2
     # its row in the results table finds the run's std convention (results.json's std_ddof)
     assert read_entries([table]).entry("KEBR", "mosi").std == "sample"
+
+
+def test_evaluation_rows_are_named_by_what_ran(tmp_path: Path) -> None:
+    """An evaluation without pretraining (the paper's C2) and a text-only one are not called "KEBR"
+    (issue 27, item 4): the row says what ran, as `kebr eval` names it (row_names.model_name)."""
+    base = metrics(0.80, 0.80, 0.40, 0.45, 0.700, 0.750)
+    c1 = write_eval(tmp_path / "c1", "/data/mosi.h5", base)
+    c2 = write_eval(tmp_path / "c2", "/data/mosi.h5", base, checkpoint=None)
+    text = write_eval(tmp_path / "text", "/data/mosi.h5", base, inputs="text only")
+    assert read_entries([c1, c2, text]).labels == ["KEBR", "KEBR w/o pretraining", "KEBR, text only"]
