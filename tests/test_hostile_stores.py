@@ -2,15 +2,28 @@
 through the real CLI in a child process, under a time and a memory limit (tests/hostile.py).
 
 Each table row is one crafted input and the commands it is given to; every command must refuse in one
-sentence naming the file (exit 1, no traceback, nothing lost or changed), within the limits."""
+sentence naming the file (exit 1, no traceback, nothing lost or changed), within the limits. Every crafted
+store is given to `kebr inspect`; `pretrain` and `eval` (slower: each imports the trainer) run on every
+store too, marked slow.
+"""
 
 from __future__ import annotations
 
+import pickle
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import h5py
+import numpy as np
 import pytest
 
+from tests.conftest import TINY_BERT, write_tiny_store
 from tests.hostile import assert_refused, run_hostile
+
+STR = h5py.string_dtype("utf-8")
+FAST = ["--text-model", TINY_BERT, "--batch-size", "8", "--epochs", "1"]
 
 
 def test_the_harness_measures_and_stops(tmp_path: Path) -> None:
@@ -22,3 +35,208 @@ def test_the_harness_measures_and_stops(tmp_path: Path) -> None:
     assert stopped.timed_out and stopped.code == -9
     with pytest.raises(AssertionError, match="hung"):
         assert_refused(stopped, "")
+
+
+# ── class 1: crafted HDF5 stores ─────────────────────────────────────────────────────────────────────
+
+_TEMPLATE: dict[str, Path] = {}
+
+
+def _fresh(tmp: Path) -> Path:
+    """A copy of one valid 40-sample store (written once per test session) at tmp/crafted.h5."""
+    if "store" not in _TEMPLATE:
+        import tempfile
+
+        _TEMPLATE["store"] = write_tiny_store(Path(tempfile.mkdtemp(prefix="kebr-hostile-")) / "t.h5", n=40)
+    return Path(shutil.copy(_TEMPLATE["store"], tmp / "crafted.h5"))
+
+
+def _replace(f: h5py.File, name: str, data: object, **kwargs: object) -> None:
+    del f[name]
+    f.create_dataset(name, data=data, **kwargs)
+
+
+def _strings_with(f: h5py.File, name: str, row: int, value: bytes) -> None:
+    """Dataset `name` with row `row` replaced by raw bytes (HDF5 keeps them; they need not be UTF-8)."""
+    values = list(f[name][:])
+    values[row] = value
+    _replace(f, name, np.array(values, dtype=object), dtype=STR, maxshape=(None,), chunks=(4096,))
+
+
+def _offsets(modality: str, edit: Callable[[np.ndarray], None]) -> Callable[[h5py.File], None]:
+    def craft(f: h5py.File) -> None:
+        offsets = f[f"{modality}/offsets"][:]
+        edit(offsets)
+        f[f"{modality}/offsets"][:] = offsets
+    return craft
+
+
+def _set(index: int | slice, value: int) -> Callable[[np.ndarray], None]:
+    def edit(a: np.ndarray) -> None:
+        a[index] = value
+    return edit
+
+
+def _group_for(name: str) -> Callable[[h5py.File], None]:
+    def craft(f: h5py.File) -> None:
+        del f[name]
+        f.create_group(name)
+    return craft
+
+
+def _attr(key: str, value: object, **kwargs: object) -> Callable[[h5py.File], None]:
+    def craft(f: h5py.File) -> None:
+        if kwargs:
+            f.attrs.create(key, value, **kwargs)
+        else:
+            f.attrs[key] = value
+    return craft
+
+
+def _one_d_audio(f: h5py.File) -> None:
+    _replace(f, "audio/data", f["audio/data"][:].reshape(-1))
+
+
+def _sparse_frames(f: h5py.File) -> None:
+    """audio/data declared 10^12 rows (HDF5 allocates none of them) and one sample spanning 10^12 - 1000."""
+    f["audio/data"].resize((10**12, f["audio/data"].shape[1]))
+    offsets = f["audio/offsets"][:]
+    offsets[-1] = 10**12
+    f["audio/offsets"][:] = offsets
+
+
+def _sparse_index(f: h5py.File) -> None:
+    """Every per-sample dataset declared 10^9 rows (none stored) and committed saying so."""
+    n = 10**9
+    for name in ("id", "text", "text_source", "split", "label", "audio/offsets", "vision/offsets"):
+        f[name].resize((n + 1,))
+    f["committed"][0] = n
+
+
+def _duplicate_id(f: h5py.File) -> None:
+    _strings_with(f, "id", 7, b"s003")
+
+
+def _errors_not_utf8(f: h5py.File) -> None:
+    f["errors/id"].resize((1,))
+    f["errors/message"].resize((1,))
+    f["errors/id"][0] = b"bad\xff"
+    f["errors/message"][0] = b"it failed"
+    f["committed"][1] = 1
+
+
+def _text_not_utf8(f: h5py.File) -> None:
+    _strings_with(f, "text", 3, b"a great \xc3\x28 movie")
+
+
+@dataclass
+class StoreCase:
+    name: str
+    craft: Callable[[h5py.File], None]
+    fragment: str  # in the sentence, after "Store <path> is damaged: " (or whatever it says)
+
+
+STORES = [
+    StoreCase("id not UTF-8", lambda f: _strings_with(f, "id", 3, b"s\xff03"), "id of row 3 is not valid UTF-8"),
+    StoreCase("text not UTF-8", _text_not_utf8, "text of sample 's003' is not valid UTF-8"),
+    StoreCase("split not UTF-8", lambda f: _strings_with(f, "split", 5, b"tr\xe9in"),
+              "split of sample 's005' is not valid UTF-8"),
+    StoreCase("text_source not UTF-8", lambda f: _strings_with(f, "text_source", 0, b"\xff"),
+              "text_source of sample 's000' is not valid UTF-8"),
+    StoreCase("an error id not UTF-8", _errors_not_utf8, "errors/id of row 0 is not valid UTF-8"),
+    StoreCase("a duplicate id", _duplicate_id, "id 's003' occurs twice"),
+    StoreCase("negative offset", _offsets("audio", _set(5, -7)), "audio/offsets give sample 's004' a negative length"),
+    StoreCase("offset past the end", _offsets("vision", _set(-1, 10**6)), "vision/offsets point past the"),
+    StoreCase("offsets of 1e12", _offsets("audio", _set(slice(20, None), 10**12)), "audio/offsets point past the"),
+    StoreCase("offsets not starting at 0", _offsets("audio", _set(0, 3)), "audio/offsets"),
+    StoreCase("1e12 frames declared, none stored", _sparse_frames, "audio/offsets cover 1000000000000 frames, but the "
+              "file stores only"),
+    StoreCase("1e9 samples declared, none stored", _sparse_index, "it declares 1000000000 samples, but the file stores"),
+    StoreCase("committed past the rows", lambda f: f["committed"].__setitem__(0, 500), "it declares 500 samples, but id has 40 rows"),
+    StoreCase("committed negative", lambda f: f["committed"].__setitem__(0, -1), "committed record [-1, 0] is negative"),
+    StoreCase("committed of one number", lambda f: _replace(f, "committed", np.array([40])), "committed has shape (1,)"),
+    StoreCase("committed as text", lambda f: _replace(f, "committed", np.array(["40", "0"], dtype=object), dtype=STR),
+              "committed holds object values, not integers"),
+    StoreCase("a group where id belongs", _group_for("id"), "id is a group where a dataset belongs"),
+    StoreCase("a group where audio/data belongs", _group_for("audio/data"), "audio/data is a group where a dataset belongs"),
+    StoreCase("a group where committed belongs", _group_for("committed"), "committed is a group where a dataset belongs"),
+    StoreCase("a dataset where the audio group belongs", lambda f: (_group_for("audio")(f), None)[1] or
+              (f.__delitem__("audio"), f.create_dataset("audio", data=np.zeros(3))), "audio/data, audio/offsets missing"),
+    StoreCase("format_version a string", _attr("format_version", "1"), "format_version attribute is '1', not a whole number"),
+    StoreCase("format_version an array", _attr("format_version", np.array([1, 1])),
+              "format_version attribute is [1, 1], not a whole number"),
+    StoreCase("format_version a float", _attr("format_version", 1.5), "format_version attribute is 1.5"),
+    StoreCase("more feature names than columns", _attr("audio_features", [f"a{i}" for i in range(9)], dtype=STR),
+              "audio/data has 7 columns but the store names 9 audio features"),
+    StoreCase("feature names a single string", _attr("vision_features", "v0"),
+              "vision_features attribute is 'v0', not a list of feature names"),
+    StoreCase("feature names a number", _attr("vision_features", 5), "vision_features attribute is 5"),
+    StoreCase("feature name not UTF-8", _attr("audio_features", np.array([b"a\xff"] * 7, dtype=object), dtype=STR),
+              "an entry of its audio_features attribute is not valid UTF-8"),
+    StoreCase("1-D audio data", _one_d_audio, "audio/data has shape"),
+    StoreCase("3-D vision data", lambda f: _replace(f, "vision/data", f["vision/data"][:][:, :, None]),
+              "vision/data has shape"),
+    StoreCase("frames as text", lambda f: _replace(f, "vision/data", np.array([["x"] * 5], dtype=object), dtype=STR),
+              "vision/data holds object values, not numbers"),
+    StoreCase("labels as text", lambda f: _replace(f, "label", np.array(["1.5"] * 40, dtype=object), dtype=STR),
+              "label holds object values, not numbers"),
+    StoreCase("offsets as floats", lambda f: _replace(f, "audio/offsets", f["audio/offsets"][:].astype(np.float64)),
+              "audio/offsets holds float64 values, not integers"),
+    StoreCase("rate a string", _attr("audio_rate_hz", "fast"), "audio_rate_hz attribute is 'fast', not a number"),
+    StoreCase("extractor not JSON", _attr("extractor", "{not json"), "extractor attribute is not a JSON object"),
+    StoreCase("extractor a JSON list", _attr("extractor", "[1, 2]"), "extractor attribute is not a JSON object"),
+    StoreCase("sources not a JSON list", _attr("sources", '{"a": 1}'), "sources attribute is not a JSON list"),
+    StoreCase("created an array", _attr("created", np.arange(3)), "created attribute is [0, 1, 2], not text"),
+]
+
+
+def _crafted(tmp: Path, case: StoreCase) -> Path:
+    path = _fresh(tmp)
+    with h5py.File(path, "r+") as f:
+        case.craft(f)
+    return path
+
+
+@pytest.mark.parametrize("case", STORES, ids=[c.name for c in STORES])
+def test_a_crafted_store_is_refused_when_opened(case: StoreCase, tmp_path: Path) -> None:
+    """The library refuses every crafted store where it opens it, in one sentence naming the store; the
+    texts and errors, read lazily, are read here too (every command that uses them meets the same check)."""
+    from kebr_core.data.store import FeatureStore
+    from kebr_core.errors import KebrError
+
+    store = _crafted(tmp_path, case)
+    with pytest.raises(KebrError) as refused:
+        opened = FeatureStore(store)
+        opened.texts, opened.errors()
+    message = str(refused.value)
+    assert message.startswith(f"Store {store} is damaged: ") or message.startswith(f"Store {store} "), message
+    assert case.fragment in message and "\n" not in message
+
+
+# Through the CLI in a child process: a few here, every case in the slow run (each start imports torch).
+QUICK = ("id not UTF-8", "1e12 frames declared, none stored", "1e9 samples declared, none stored",
+         "a group where audio/data belongs", "format_version an array", "1-D audio data")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c.name in QUICK else pytest.mark.slow) for c in STORES],
+                         ids=[c.name for c in STORES])
+def test_a_crafted_store_is_refused_by_inspect(case: StoreCase, tmp_path: Path) -> None:
+    store = _crafted(tmp_path, case)
+    result = run_hostile(["inspect", store.name], tmp_path, time_limit_s=60, rss_limit_mb=1500)
+    assert_refused(result, f"Store {store.name}")
+    assert_refused(result, case.fragment)
+
+
+COMMANDS = {
+    "pretrain": lambda store: ["pretrain", store.name, "-o", "run", *FAST],
+    "eval": lambda store: ["eval", "-d", store.name, "-o", "ev", "--seeds", "1", "--freeze-encoder", *FAST],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("case", STORES, ids=[c.name for c in STORES])
+def test_a_crafted_store_is_refused_by_training(case: StoreCase, command: str, tmp_path: Path) -> None:
+    store = _crafted(tmp_path, case)
+    result = run_hostile(COMMANDS[command](store), tmp_path, time_limit_s=120, rss_limit_mb=2000)
+    assert_refused(result, case.fragment)

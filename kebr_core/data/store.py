@@ -157,6 +157,7 @@ class FeatureStore:
             self._audio_offsets: np.ndarray = f["audio/offsets"][: n + 1].astype(np.int64)
             self._vision_offsets: np.ndarray = f["vision/offsets"][: n + 1].astype(np.int64)
             self._n_errors = n_errors
+            decode_strings(f["errors/id"][:n_errors], self.path, "errors/id")  # an index too: checked now, read later
             self._check_index(f)
         self.audio_features: list[str] = self.attrs["audio_features"]
         self.vision_features: list[str] = self.attrs["vision_features"]
