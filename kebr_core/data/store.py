@@ -133,8 +133,9 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
 class FeatureStore:
     """Reader of a feature store. Lazy: opens the HDF5 file on first frame access in each process.
 
-    The per-sample index (ids, labels, splits, text sources, offsets) is read at construction; texts
-    are read on first use of `texts` (or one at a time by `sample`); frames are read per sample.
+    The per-sample index (ids, labels, splits, text sources, offsets) and the texts are read and checked
+    at construction (`store_checks`: a text that is not UTF-8 is refused before any command starts its
+    work, and every command reads the texts anyway); frames are read per sample.
     Raises KebrError for a file that is not HDF5, has another format_version or misses datasets.
     """
 
@@ -156,12 +157,12 @@ class FeatureStore:
                 decode_strings(f["text_source"][:n], self.path, "text_source", self.ids), dtype=str)
             self._audio_offsets: np.ndarray = f["audio/offsets"][: n + 1].astype(np.int64)
             self._vision_offsets: np.ndarray = f["vision/offsets"][: n + 1].astype(np.int64)
+            self._texts: list[str] = decode_strings(f["text"][:n], self.path, "text", self.ids)
             self._n_errors = n_errors
             decode_strings(f["errors/id"][:n_errors], self.path, "errors/id")  # an index too: checked now, read later
             self._check_index(f)
         self.audio_features: list[str] = self.attrs["audio_features"]
         self.vision_features: list[str] = self.attrs["vision_features"]
-        self._texts: list[str] | None = None
         self._file: h5py.File | None = None
         self._pid: int | None = None
 
@@ -222,10 +223,7 @@ class FeatureStore:
 
     @property
     def texts(self) -> list[str]:
-        """All transcripts, read on first use."""
-        if self._texts is None:
-            with h5py.File(self.path, "r", locking="best-effort") as f:
-                self._texts = decode_strings(f["text"][: len(self)], self.path, "text", self.ids)
+        """All transcripts (read and checked when the store was opened)."""
         return self._texts
 
     def indices(self, split: str | Sequence[str] | None = None) -> np.ndarray:
@@ -289,10 +287,7 @@ class FeatureStore:
         return out[0], out[1]
 
     def text(self, i: int) -> str:
-        if self._texts is not None:
-            return self._texts[i]
-        i = int(i) % len(self)
-        return decode_strings(self._handle()["text"][i: i + 1], self.path, "text", self.ids, first=i)[0]
+        return self._texts[i]
 
     def sample(self, i: int) -> Sample:
         i = int(i)
