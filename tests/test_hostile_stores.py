@@ -240,3 +240,172 @@ def test_a_crafted_store_is_refused_by_training(case: StoreCase, command: str, t
     store = _crafted(tmp_path, case)
     result = run_hostile(COMMANDS[command](store), tmp_path, time_limit_s=120, rss_limit_mb=2000)
     assert_refused(result, case.fragment)
+
+
+# ── class 5 and the pickle bombs of class 3: MMSA pickles ────────────────────────────────────────────
+
+
+def _mmsa(**changes: object) -> dict:
+    """An MMSA unaligned pickle's dict: a train split of two samples, with `changes` to its arrays."""
+    train = {"raw_text": np.array(["a fine movie", "dull"], dtype=object), "id": np.array(["v$_$1", "v$_$2"], dtype=object),
+             "regression_labels": np.array([1.5, -0.5], np.float32), "audio": np.ones((2, 3, 5), np.float32),
+             "vision": np.zeros((2, 4, 20), np.float32), "audio_lengths": np.array([3, 2]),
+             "vision_lengths": np.array([4, 1])}
+    train.update(changes)
+    return {"train": train}
+
+
+class _DeclaredArray:
+    """Pickles as numpy pickles an array, but declares `shape` while holding the data of `items`."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str, items: object) -> None:
+        self.state = (1, shape, np.dtype(dtype), False, items)
+
+    def __reduce__(self):
+        return np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), self.state
+
+
+def _pickled(data: object) -> bytes:
+    return pickle.dumps(data, protocol=4)
+
+
+def _nested(depth: int) -> bytes:
+    """A pickle of a list nested `depth` deep (EMPTY_LIST ×depth, APPEND ×(depth-1)), no recursion to make it."""
+    return b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+
+
+@dataclass
+class PickleCase:
+    name: str
+    blob: Callable[[], bytes]
+    fragment: str
+
+
+PICKLES = [
+    PickleCase("labels as text", lambda: _pickled(_mmsa(regression_labels=np.array(["1.5", "x"]))),
+               "train/regression_labels holds <U3 values, not numbers"),
+    PickleCase("a label that is text", lambda: _pickled(_mmsa(regression_labels=np.array([1.0, "x"], dtype=object))),
+               "train/regression_labels of sample 1 ('v$_$2') holds text, not numbers"),
+    PickleCase("dicts inside the audio", lambda: _pickled(_mmsa(audio=np.full((2, 3, 5), {}, dtype=object))),
+               "train/audio of sample 0 ('v$_$1') holds a dict, not numbers"),
+    PickleCase("a NUL in a text", lambda: _pickled(_mmsa(raw_text=np.array(["ok", "bad\x00text"], dtype=object))),
+               "train/raw_text of sample 1 ('v$_$2') holds a NUL character"),
+    PickleCase("a NUL in an id", lambda: _pickled(_mmsa(id=np.array(["v$_$1", "v\x00"], dtype=object))),
+               "train/id of sample 1 holds a NUL character"),
+    PickleCase("an id not UTF-8", lambda: _pickled(_mmsa(id=np.array([b"v1", b"v\xff"], dtype=object))),
+               "train/id of sample 1 is not valid UTF-8 text"),
+    PickleCase("an id that is a dict", lambda: _pickled(_mmsa(id=np.array([{"a": 1}, {"b": 2}], dtype=object))),
+               "train/id of sample 0 is a dict, not text"),
+    PickleCase("an id that is a number", lambda: _pickled(_mmsa(id=5)), "train/id is a single value"),
+    PickleCase("labels with zero columns", lambda: _pickled(_mmsa(regression_labels=np.zeros((2, 0)))),
+               "train/regression_labels has shape (2, 0)"),
+    PickleCase("a negative length", lambda: _pickled(_mmsa(audio_lengths=np.array([3, -1]))),
+               "train/audio_lengths of sample 1 ('v$_$2') is -1, not a frame count"),
+    PickleCase("a NaN length", lambda: _pickled(_mmsa(vision_lengths=np.array([1.0, np.nan]))),
+               "train/vision_lengths of sample 1 ('v$_$2') is nan"),
+    PickleCase("an object array declaring 14.9 GiB", lambda: _pickled(_mmsa(audio=_DeclaredArray((2_000_000_000,), "O", [1.0, 2.0]))),
+               "declares an array of 2,000,000,000 object items but holds the data of 2"),
+    PickleCase("a float array declaring 16 GB", lambda: _pickled(_mmsa(vision=_DeclaredArray((2, 1_000_000_000), "f8", b"\0" * 16))),
+               "declares an array of 2,000,000,000 float64 items but holds the data of 2"),
+    PickleCase("bytes declaring 16 GiB", lambda: b"\x80\x04\x8e" + (16 << 30).to_bytes(8, "little") + b"abc",
+               "is not a readable pickle"),
+    PickleCase("lists nested 100,000 deep", lambda: _nested(100_000), "nests its data too deeply"),
+]
+
+
+@pytest.mark.parametrize("case", PICKLES, ids=[c.name for c in PICKLES])
+def test_a_hostile_pickle_is_refused_when_read(case: PickleCase, tmp_path: Path) -> None:
+    from kebr_core.data.importers import import_file
+    from kebr_core.errors import KebrError
+
+    (tmp_path / "x.pkl").write_bytes(case.blob())
+    with pytest.raises(KebrError) as refused:
+        import_file(tmp_path / "x.pkl", tmp_path / "x.h5")
+    assert case.fragment in str(refused.value) and str(tmp_path / "x.pkl") in str(refused.value)
+    assert not (tmp_path / "x.h5").exists()
+
+
+PICKLES_QUICK = ("dicts inside the audio", "an id not UTF-8", "an object array declaring 14.9 GiB")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c.name in PICKLES_QUICK else pytest.mark.slow)
+                                  for c in PICKLES], ids=[c.name for c in PICKLES])
+def test_a_hostile_pickle_is_refused_by_import(case: PickleCase, tmp_path: Path) -> None:
+    (tmp_path / "x.pkl").write_bytes(case.blob())
+    result = run_hostile(["import", "x.pkl", "-o", "x.h5"], tmp_path, time_limit_s=60, rss_limit_mb=1000)
+    assert_refused(result, "x.pkl")
+    assert_refused(result, case.fragment)
+
+
+def test_the_checked_unpickler_still_reads_object_arrays_of_arrays(tmp_path: Path) -> None:
+    """Arrays inside object arrays (ragged data some MMSA versions hold) come back as plain ndarrays."""
+    from kebr_core.data.importers import load_data_pickle
+
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = np.ones((2, 3)), np.zeros((1, 3))
+    (tmp_path / "r.pkl").write_bytes(pickle.dumps({"train": {"audio": ragged}}, protocol=2))
+    loaded = load_data_pickle(tmp_path / "r.pkl")["train"]["audio"]
+    assert type(loaded) is np.ndarray and all(type(x) is np.ndarray for x in loaded)
+    np.testing.assert_array_equal(loaded[0], np.ones((2, 3)))
+
+
+# ── class 3, videos: --fps and a video whose pictures run for ten hours ──────────────────────────────
+
+
+def _two_pictures_ten_hours_apart(path: Path, gap_s: float = 36000.0, fps: int = 10) -> Path:
+    """An MP4 of 1.5 kB: a picture at 0 s and one at `gap_s` (its header declares the ten hours too)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width = stream.height = 48
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i, pts in enumerate([0, int(gap_s * fps)]):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 48, 3), 90 + 40 * i, np.uint8), format="rgb24")
+            frame.pts = pts
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_decoding_stops_at_max_duration_whatever_the_timestamps_say(tmp_path: Path) -> None:
+    from kebr_core.extract.video import MediaError, iter_frames, probe, read_audio
+    from tests.test_bad_input import tone_clip
+
+    video = _two_pictures_ten_hours_apart(tmp_path / "long.mp4")
+    assert probe(video).duration > 35000  # the header says ten hours
+    with pytest.raises(MediaError, match=r"its pictures run to 36000 s, past the 60 s .* raise --max-duration"):
+        sum(1 for _ in iter_frames(video, 10.0, max_seconds=60))
+    clip = tone_clip(tmp_path / "tone.mp4", seconds=0.6)  # audio counted in decoded samples
+    with pytest.raises(MediaError, match="its audio run to"):
+        read_audio(clip, max_seconds=0.2)
+    assert len(read_audio(clip, max_seconds=60)[22050]) == round(0.6 * 22050)
+    assert sum(1 for _ in iter_frames(clip, 10.0, max_seconds=60)) == 6  # an ordinary clip: ceil(0.6 s × 10 fps)
+
+
+def test_fps_has_a_ceiling_also_where_a_checkpoint_sets_it() -> None:
+    from kebr_core.errors import KebrError
+    from kebr_core.extract.extractor import ExtractOptions
+
+    with pytest.raises(KebrError, match=r"--fps 1e\+06 is more than the 120 pictures per second"):
+        ExtractOptions(fps=1e6, vision="none", asr="none").validate()
+    ExtractOptions(fps=120, vision="none", asr="none").validate()
+
+
+def test_extract_refuses_fps_past_the_ceiling(tmp_path: Path) -> None:
+    result = run_hostile(["extract", ".", "-o", "x.h5", "--fps", "1000000"], tmp_path, time_limit_s=60)
+    assert_refused(result, "--fps", code=2)
+    assert "≤ 120" in result.output
+
+
+@pytest.mark.slow
+def test_extract_of_a_ten_hour_video_fails_that_video_quickly(tmp_path: Path) -> None:
+    """Before the bound, mediapipe was fed 360,000 pictures of a 1.5 kB file (a hang)."""
+    _two_pictures_ten_hours_apart(tmp_path / "videos" / "long.mp4")
+    result = run_hostile(["extract", "videos", "-o", "x.h5", "--asr", "none", "--max-duration", "600"], tmp_path,
+                         time_limit_s=120, rss_limit_mb=2000)
+    assert_refused(result, "nothing could be extracted")
+    assert "its pictures run to 36000 s, past the 600 s that are decoded at most; raise --max-duration" in \
+        " ".join(result.output.split())

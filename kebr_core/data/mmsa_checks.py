@@ -116,7 +116,8 @@ def declared_size_message(path: Path, error: DeclaredSizeError) -> str:
 
 
 def _kind(value: Any) -> str:
-    return "text" if isinstance(value, (str, bytes, np.str_, np.bytes_)) else type(value).__name__
+    """What a value is, as a sentence says it: "text", "a dict", "a list"."""
+    return "text" if isinstance(value, (str, bytes, np.str_, np.bytes_)) else f"a {type(value).__name__}"
 
 
 def check_split_content(arrays: dict[str, np.ndarray], split: str, path: Path) -> dict[str, np.ndarray]:
@@ -137,7 +138,7 @@ def check_split_content(arrays: dict[str, np.ndarray], split: str, path: Path) -
                 except UnicodeDecodeError:
                     raise KebrError(f"MMSA pickle {path}: {where} is not valid UTF-8 text.") from None
             if not isinstance(value, str):
-                raise KebrError(f"MMSA pickle {path}: {where} is a {_kind(value)}, not text.")
+                raise KebrError(f"MMSA pickle {path}: {where} is {_kind(value)}, not text.")
             if "\x00" in value:
                 raise KebrError(f"MMSA pickle {path}: {where} holds a NUL character, which a store cannot hold.")
             texts.append(value)
@@ -154,7 +155,7 @@ def check_split_content(arrays: dict[str, np.ndarray], split: str, path: Path) -
             bad = np.flatnonzero(~np.isfinite(value.astype(np.float64)) | (value < 0)) if value.size else []
             if len(bad):
                 i = int(bad[0])
-                raise KebrError(f"MMSA pickle {path}: {split}/{key} of sample {i} ({ids[i]!r}) is {value[i]!r}, "
+                raise KebrError(f"MMSA pickle {path}: {split}/{key} of sample {i} ({ids[i]!r}) is {value[i].item()!r}, "
                                 "not a frame count.")
     return out
 
@@ -166,12 +167,11 @@ def _as_numbers(value: np.ndarray, split: str, key: str, path: Path, ids: list[s
             row = np.asarray(value[i], dtype=object).reshape(-1)
             wrong = next((v for v in row.tolist() if isinstance(v, bool) or not isinstance(v, (int, float))), None)
             if wrong is not None:
-                raise KebrError(f"MMSA pickle {path}: {split}/{key} of sample {i} ({ids[i]!r}) holds a "
+                raise KebrError(f"MMSA pickle {path}: {split}/{key} of sample {i} ({ids[i]!r}) holds "
                                 f"{_kind(wrong)}, not numbers.")
         try:
             return value.astype(np.float64)
         except (TypeError, ValueError):  # rows of unequal lengths: not the (N, L, d) MMSA writes
             raise KebrError(f"MMSA pickle {path}: {split}/{key} is not an array of numbers (rows of unequal "
                             "lengths?).") from None
-    raise KebrError(f"MMSA pickle {path}: {split}/{key} holds {_kind(value.reshape(-1)[0]) if value.size else value.dtype} "
-                    f"values ({value.dtype}), not numbers.")
+    raise KebrError(f"MMSA pickle {path}: {split}/{key} holds {value.dtype} values, not numbers.")
