@@ -35,12 +35,12 @@ with their ids after each commit. `add` returns True when the sample is accepted
 committed by the next automatic commit (every `flush_every` samples or `flush_seconds` seconds),
 by `flush()`, or by `close()`. `flush_every=1` makes every `add` durable before it returns.
 
-Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) once,
-closes the file, and opens it again on the first frame read in each process, so DataLoader workers
+Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) and the
+texts once, checks them and the layout (`store_checks`: a store may come from someone else), closes the file, and opens it again on the first frame read in each process, so DataLoader workers
 each get their own handle. Frames are read per sample; memory does not grow with the frames stored.
 
 One module, though over 400 lines, because it is one cohesive thing: the file format. The layout, its
-checks (`_check_layout`, `_open_h5`), the writer's commit protocol and the reader that trusts only
+checks (`_check_layout`, `_open_h5`; what a valid file is, in `store_checks.py`), the writer's commit protocol and the reader that trusts only
 `committed` are one contract; the writer and the reader share every private piece of it, and a change
 to one side is a change to the format that the other side must see in the same file.
 """
