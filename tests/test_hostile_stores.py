@@ -129,6 +129,20 @@ def _text_not_utf8(f: h5py.File) -> None:
     _strings_with(f, "text", 3, b"a great \xc3\x28 movie")
 
 
+def _external_link(f: h5py.File, name: str) -> None:
+    """`name` becomes a link to the same object in another (valid) store beside this one."""
+    other = Path(f.filename).with_name("other.h5")
+    shutil.copy(_TEMPLATE["store"], other)
+    del f[name]
+    f[name] = h5py.ExternalLink(other.name, "/" + name)
+
+
+def _external_storage(f: h5py.File) -> None:
+    shape = f["audio/data"].shape
+    del f["audio/data"]
+    f.create_dataset("audio/data", shape, dtype=np.float32, external=[("/dev/zero", 0, shape[0] * shape[1] * 4)])
+
+
 @dataclass
 class StoreCase:
     name: str
@@ -187,6 +201,11 @@ STORES = [
     StoreCase("extractor a JSON list", _attr("extractor", "[1, 2]"), "extractor attribute is not a JSON object"),
     StoreCase("sources not a JSON list", _attr("sources", '{"a": 1}'), "sources attribute is not a JSON list"),
     StoreCase("created an array", _attr("created", np.arange(3)), "created attribute is [0, 1, 2], not text"),
+    StoreCase("audio/data an external link", lambda f: _external_link(f, "audio/data"),
+              "audio/data keeps its data in another file"),
+    StoreCase("the vision group an external link", lambda f: _external_link(f, "vision"),
+              "vision/data keeps its data in another file"),
+    StoreCase("audio/data stored in /dev/zero", _external_storage, "audio/data keeps its data in another file"),
 ]
 
 

@@ -5,7 +5,8 @@ that these checks have not seen (issue 28, crafted stores). All of them read met
 per-sample index only (ids, splits, text sources, labels, offsets: a few bytes per sample), never frames:
 
 - layout: `format_version` a whole number equal to the version read; every dataset of the format
-  present and a dataset (not a group), with the shape and kind of values the format gives it
+  present and a dataset (not a group) whose data lies in this file (no external link, external storage
+  or virtual dataset: those read other files), with the shape and kind of values the format gives it
   (per-sample rows 1-D, `*/data` 2-D numbers, offsets integers, `committed` two integers);
 - attributes: feature names a list of strings, rates real numbers, text attributes valid UTF-8,
   `extractor` a JSON object;
@@ -81,6 +82,9 @@ def check_layout(f: h5py.File, path: Path, format_version: int) -> None:
     for name, obj in found.items():
         if not isinstance(obj, h5py.Dataset):
             raise _damaged(path, f"{name} is a {type(obj).__name__.lower()} where a dataset belongs")
+        if _elsewhere(f, name, obj):  # reading it would read another file (any file, /dev/zero included)
+            raise _damaged(path, f"{name} keeps its data in another file (an external link, external storage or a "
+                                 "virtual dataset), which a kebr store never does")
         ndim = 2 if name in FRAMES else 1
         if obj.ndim != ndim:
             raise _damaged(path, f"{name} has shape {obj.shape}; the format gives it {ndim} dimension(s)")
@@ -92,6 +96,15 @@ def check_layout(f: h5py.File, path: Path, format_version: int) -> None:
             raise _damaged(path, f"{name} holds {obj.dtype} values, not {'integers' if kinds == 'iu' else 'numbers'}")
     if found["committed"].shape != (2,):
         raise _damaged(path, f"committed has shape {found['committed'].shape}, not (2,)")
+
+
+def _elsewhere(f: h5py.File, name: str, ds: h5py.Dataset) -> bool:
+    """Whether dataset `name` (or a group on its path) is an external link, or its data lies outside the file."""
+    parts = name.split("/")
+    for depth in range(1, len(parts) + 1):
+        if isinstance(f.get("/".join(parts[:depth]), getlink=True), h5py.ExternalLink):
+            return True
+    return bool(ds.external) or ds.is_virtual
 
 
 def _attribute(f: h5py.File, path: Path, key: str) -> Any:
