@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import TINY_BERT, write_tiny_store
 from tests.hostile import assert_refused, run_hostile
+from tests.media import make_ten_hour_clip
 
 STR = h5py.string_dtype("utf-8")
 FAST = ["--text-model", TINY_BERT, "--batch-size", "8", "--epochs", "1"]
@@ -371,29 +372,11 @@ def test_the_checked_unpickler_still_reads_object_arrays_of_arrays(tmp_path: Pat
 # ── class 3, videos: --fps and a video whose pictures run for ten hours ──────────────────────────────
 
 
-def _two_pictures_ten_hours_apart(path: Path, gap_s: float = 36000.0, fps: int = 10) -> Path:
-    """An MP4 of 1.5 kB: a picture at 0 s and one at `gap_s` (its header declares the ten hours too)."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width = stream.height = 48
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast"}
-        for i, pts in enumerate([0, int(gap_s * fps)]):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 48, 3), 90 + 40 * i, np.uint8), format="rgb24")
-            frame.pts = pts
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
 def test_decoding_stops_at_max_duration_whatever_the_timestamps_say(tmp_path: Path) -> None:
     from kebr_core.extract.video import MediaError, iter_frames, probe, read_audio
     from tests.test_bad_input import tone_clip
 
-    video = _two_pictures_ten_hours_apart(tmp_path / "long.mp4")
+    video = make_ten_hour_clip(tmp_path / "long.mp4")
     assert probe(video).duration > 35000  # the header says ten hours
     with pytest.raises(MediaError, match=r"its pictures run to 36000 s, past the 60 s .* raise --max-duration"):
         sum(1 for _ in iter_frames(video, 10.0, max_seconds=60))
@@ -422,7 +405,7 @@ def test_extract_refuses_fps_past_the_ceiling(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_extract_of_a_ten_hour_video_fails_that_video_quickly(tmp_path: Path) -> None:
     """Before the bound, mediapipe was fed 360,000 pictures of a 1.5 kB file (a hang)."""
-    _two_pictures_ten_hours_apart(tmp_path / "videos" / "long.mp4")
+    make_ten_hour_clip(tmp_path / "videos" / "long.mp4")
     result = run_hostile(["extract", "videos", "-o", "x.h5", "--asr", "none", "--max-duration", "600"], tmp_path,
                          time_limit_s=120, rss_limit_mb=2000)
     assert_refused(result, "nothing could be extracted")
