@@ -411,3 +411,22 @@ def test_extract_of_a_ten_hour_video_fails_that_video_quickly(tmp_path: Path) ->
     assert_refused(result, "nothing could be extracted")
     assert "its pictures run to 36000 s, past the 600 s that are decoded at most; raise --max-duration" in \
         " ".join(result.output.split())
+
+
+def test_an_openface_csv_claiming_ten_hours_is_refused_before_any_row_is_picked(tmp_path: Path) -> None:
+    """Two rows 36000 s apart would be 720,000 rows of 709 values (2 GB) at 10 fps (the last row is held
+    for the median gap, so the CSV spans 72000 s)."""
+    from kebr_core.extract.video import MediaError
+    from kebr_core.extract.vision import OPENFACE_FEATURES, read_openface_csv
+
+    def csv(gap: float) -> Path:
+        path = tmp_path / f"clip{gap:g}.csv"
+        header = ", ".join(["frame", "face_id", "timestamp", "confidence", "success", *OPENFACE_FEATURES])
+        rows = [", ".join(str(v) for v in [k + 1, 0, t, 0.9, 1] + [0.5] * 709) for k, t in enumerate([0.0, gap])]
+        path.write_text("\n".join([header, *rows]) + "\n")
+        return path
+
+    with pytest.raises(MediaError, match="its timestamps run to 72000 s, past the 14400 s"):
+        read_openface_csv(csv(36000.0), 10.0, max_seconds=14400)
+    features, _ = read_openface_csv(csv(30.0), 10.0, max_seconds=60)  # within the bound: as before
+    assert features.shape == (600, 709)

@@ -123,7 +123,7 @@ class Extractor:
         self.options = options
         self.decode_threads = decode_threads
         self.feature_set = audio_mod.get_feature_set(options.audio_features)
-        self.vision: VisionBackend = make_vision(options.vision, options.fps, options.openface_dir)
+        self.vision: VisionBackend = make_vision(options.vision, options.fps, options.openface_dir, options.max_duration)
         self._asr: AsrBackend | None = None
 
     @property
