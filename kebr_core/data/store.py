@@ -36,13 +36,15 @@ committed by the next automatic commit (every `flush_every` samples or `flush_se
 by `flush()`, or by `close()`. `flush_every=1` makes every `add` durable before it returns.
 
 Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) and the
-texts once, checks them and the layout (`store_checks`: a store may come from someone else), closes the file, and opens it again on the first frame read in each process, so DataLoader workers
-each get their own handle. Frames are read per sample; memory does not grow with the frames stored.
+texts once, checks them and the layout (`store_checks.py`: a store may come from someone else), closes
+the file, and opens it again on the first frame read in each process, so DataLoader workers each get
+their own handle. Frames are read per sample; memory does not grow with the frames stored.
 
 One module, though over 400 lines, because it is one cohesive thing: the file format. The layout, its
-checks (`_check_layout`, `_open_h5`; what a valid file is, in `store_checks.py`), the writer's commit protocol and the reader that trusts only
-`committed` are one contract; the writer and the reader share every private piece of it, and a change
-to one side is a change to the format that the other side must see in the same file.
+opening (`_open_h5`; what a valid file is lives in `store_checks.py`), the writer's commit protocol and
+the reader that trusts only `committed` are one contract; the writer and the reader share every private
+piece of it, and a change to one side is a change to the format that the other side must see in the
+same file.
 """
 
 from __future__ import annotations
@@ -118,18 +120,6 @@ def _open_h5(path: Path, mode: str, **kw: Any) -> h5py.File:
         raise KebrError(f"Store {path} cannot be opened as HDF5 ({e}).") from None
 
 
-def _check_layout(f: h5py.File, path: Path) -> None:
-    """Raise KebrError unless f is a kebr store of this FORMAT_VERSION with every dataset present, each of the
-    format's shape and kind (`store_checks.check_layout`)."""
-    check_layout(f, path, FORMAT_VERSION)
-
-
-def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
-    """Root attributes as plain Python values (NaN rates → None, extractor JSON → dict), checked
-    (`store_checks.read_attrs`)."""
-    return read_attrs(f, path)
-
-
 class FeatureStore:
     """Reader of a feature store. Lazy: opens the HDF5 file on first frame access in each process.
 
@@ -142,13 +132,13 @@ class FeatureStore:
     def __init__(self, path: str | Path, *, rdcc_nbytes: int | None = None):
         self.path = Path(path)
         with _open_h5(self.path, "r") as f:
-            _check_layout(f, self.path)
+            check_layout(f, self.path, FORMAT_VERSION)
             # Uncompressed chunks are read straight from the file (no chunk cache: measured 2× faster
             # for random access, bench/store.py); compressed ones need a cache to decompress into.
             compressed = any(f[f"{m}/data"].compression for m in ("audio", "vision"))
             self._rdcc_nbytes = rdcc_nbytes if rdcc_nbytes is not None else (4 << 20 if compressed else 0)
             n, n_errors = read_committed(f, self.path)
-            self.attrs: dict[str, Any] = _read_attrs(f, self.path)
+            self.attrs: dict[str, Any] = read_attrs(f, self.path)
             self.ids: list[str] = decode_strings(f["id"][:n], self.path, "id")
             check_ids(self.ids, self.path)
             self.labels: np.ndarray = f["label"][:n].astype(np.float32)
@@ -401,8 +391,8 @@ class StoreWriter:
             raise KebrError(f"{self.path} exists but is not an HDF5 file; remove it or choose another output.")
         f = self._open_file()
         try:
-            _check_layout(f, self.path)
-            attrs = _read_attrs(f, self.path)
+            check_layout(f, self.path, FORMAT_VERSION)
+            attrs = read_attrs(f, self.path)
             for modality, mine in (("audio", self.audio_features), ("vision", self.vision_features)):
                 theirs = attrs[f"{modality}_features"]
                 if theirs != mine:

@@ -70,7 +70,8 @@ def _info(container: av.container.InputContainer) -> MediaInfo:
     )
 
 
-def read_audio(path: Path, rates: tuple[int, ...] = (22050,), max_seconds: float = math.inf) -> dict[int, np.ndarray] | None:
+def read_audio(path: Path, rates: tuple[int, ...] = (22050,),
+               max_seconds: float = math.inf) -> dict[int, np.ndarray] | None:
     """Decode the first audio stream once, down-mixed to mono and resampled to every rate in `rates`.
 
     Returns {rate: (n_samples,) float32 in [-1, 1]}, or None when the file has no audio stream.
