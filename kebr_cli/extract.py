@@ -13,6 +13,7 @@ from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed,
 from kebr_cli.tables import counts_table
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
+from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S, MAX_FPS
 from kebr_core.strict import decimal_integer
 from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
 
@@ -51,7 +52,8 @@ def extract(
     audio_features: AudioFeatures = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
     vision: Vision = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
-    fps: float = typer.Option(10.0, "--fps", parser=number(0, low_open=True), help="Vision frames per second."),
+    fps: float = typer.Option(10.0, "--fps", parser=number(0, MAX_FPS, low_open=True), help=f"Vision frames per second (at most {MAX_FPS:g})."),
+    max_duration: float = typer.Option(DEFAULT_MAX_DURATION_S, "--max-duration", parser=number(0, low_open=True), metavar="SECONDS", help="Decode at most this many seconds of each video (of its decoded pictures and audio, whatever its header says); a longer one fails with its reason."),
     transcripts: Optional[Path] = typer.Option(
         None, "--transcripts",
         help="A table of transcripts, one row per video: a header with id and text columns, tab- or comma-separated (id = path below INPUTS without extension). Read before sidecars and ASR.",
@@ -77,6 +79,7 @@ def extract(
         options = ExtractOptions(
             audio_features=audio_features.value, vision=vision.value, openface_dir=openface_dir, fps=fps, asr=asr.value,
             asr_model=asr_model, workers=1 if jobs is None else jobs, shard=parse_shard(shard), max_side=max_side,
+            max_duration=max_duration,
         )
         options.validate()
         if manifest is not None:

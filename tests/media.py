@@ -77,6 +77,24 @@ def make_empty(path: Path) -> Path:
     return path
 
 
+def make_ten_hour_clip(path: Path, gap_s: float = 36000.0, fps: int = 10) -> Path:
+    """An MP4 of 1.5 kB: a picture at 0 s and one at `gap_s` (its header declares the ten hours too)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width = stream.height = 48
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i, pts in enumerate([0, int(gap_s * fps)]):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 48, 3), 90 + 40 * i, np.uint8), format="rgb24")
+            frame.pts = pts
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Levenshtein distance over words / number of reference words (lower-cased, punctuation-free)."""
 

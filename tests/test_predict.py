@@ -237,3 +237,19 @@ def test_a_model_pretrained_on_own_clips_is_refused_naming_the_route_that_scores
     assert result.exit_code == 1 and "Traceback" not in result.output
     message = " ".join(result.stderr.split())
     assert message.startswith("error: Checkpoint") and ROUTE in message and message.replace("e.g. ", "").count(". ") == 0, message
+
+
+def test_predict_gives_a_ten_hour_video_its_reason_quickly(trained: dict, tmp_path: Path):
+    """A 1.5 kB video whose second picture is ten hours in: before `--max-duration`, face detection was fed
+    360,000 pictures (a hang). In a child process under a time limit (tests/hostile.py); the good clip is scored."""
+    from tests.hostile import assert_within_limits, run_hostile
+
+    good = trained["clips"].heldout[0]
+    long = media.make_ten_hour_clip(tmp_path / "long.mp4")
+    result = run_hostile(["predict", str(good), long.name, "--model", str(trained["checkpoint"]), "--asr", "none",
+                          "--json", "--max-duration", "600"], tmp_path, time_limit_s=120, rss_limit_mb=2000)
+    assert_within_limits(result)
+    assert result.code == 0, result.describe()
+    entries = json.loads(result.output[result.output.index("[\n"): result.output.rindex("]") + 1])  # stdout's JSON list
+    assert entries[0]["score"] is not None and entries[1]["score"] is None
+    assert "its pictures run to 36000 s, past the 600 s that are decoded at most; raise --max-duration" in entries[1]["error"]

@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from kebr_core.data.labels import check_labels
+from kebr_core.data.mmsa_checks import (NDARRAY_NAME, BoundedReader, DeclaredSizeError, check_split_content,
+                                        checked_reconstruct, declared_size_message, plain)
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
 from kebr_core.errors import KebrError
 from kebr_core.io import atomic_output, check_output
@@ -57,10 +59,10 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     import codecs
 
     core = np._core if hasattr(np, "_core") else np.core  # type: ignore[attr-defined]
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): NDARRAY_NAME, ("numpy", "dtype"): np.dtype,
                                            ("_codecs", "encode"): codecs.encode}
-    for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+    for package in ("numpy.core", "numpy._core"):  # arrays are rebuilt checked (mmsa_checks.CheckedArray)
+        allowed[(f"{package}.multiarray", "_reconstruct")] = checked_reconstruct(core.multiarray._reconstruct)
         allowed[(f"{package}.multiarray", "scalar")] = core.multiarray.scalar
         allowed[(f"{package}.numeric", "_frombuffer")] = core.numeric._frombuffer
     return allowed
@@ -86,13 +88,19 @@ class _RefusedGlobal(Exception):
 
 
 def load_data_pickle(path: Path) -> Any:
-    """Load an MMSA pickle without running code from it (only data types, see `_DataOnlyUnpickler`)."""
+    """Load an MMSA pickle without running code from it (only data types, see `_DataOnlyUnpickler`), and
+    without allocating more than its data fills (`mmsa_checks`: reads bounded by the file's size, arrays
+    whose declared shape their data fills)."""
     path = Path(path)
     if not path.is_file():
         raise KebrError(f"MMSA pickle {path} does not exist.")
     try:
         with open(path, "rb") as f:
-            return _DataOnlyUnpickler(f).load()
+            return plain(_DataOnlyUnpickler(BoundedReader(f, path.stat().st_size)).load())
+    except DeclaredSizeError as e:
+        raise KebrError(declared_size_message(path, e)) from None
+    except RecursionError:
+        raise KebrError(f"MMSA pickle {path} nests its data too deeply to be MMSA's dict of arrays.") from None
     except _RefusedGlobal as e:
         raise KebrError(f"{path} was refused: it names {e.args[0]}, which is not plain data (an MMSA pickle holds "
                         "only dicts, lists, strings, numbers and numpy arrays), and loading it could run code.") from None
@@ -111,7 +119,13 @@ def _mmsa_split(data: Any, split: str, path: Path) -> dict[str, np.ndarray] | No
     missing = [k for k in MMSA_REQUIRED_KEYS if k not in part]
     if missing:
         raise KebrError(f"MMSA pickle {path}: split {split!r} lacks the key(s) {', '.join(missing)}.")
-    arrays = {k: np.asarray(part[k]) for k in (*MMSA_REQUIRED_KEYS, "audio_lengths", "vision_lengths") if k in part}
+    try:
+        arrays = {k: np.asarray(part[k]) for k in (*MMSA_REQUIRED_KEYS, "audio_lengths", "vision_lengths") if k in part}
+    except ValueError as e:  # ragged nesting numpy will not make an array of
+        raise KebrError(f"MMSA pickle {path}: split {split!r} holds something other than arrays ({e}).") from None
+    scalar = next((k for k, v in arrays.items() if v.ndim == 0), None)
+    if scalar is not None:
+        raise KebrError(f"MMSA pickle {path}: {split}/{scalar} is a single value, not an array with a row per sample.")
     n = len(arrays["id"])
     for key in ("audio", "vision"):
         if arrays[key].ndim != 3:
@@ -119,7 +133,7 @@ def _mmsa_split(data: Any, split: str, path: Path) -> dict[str, np.ndarray] | No
     for key, value in arrays.items():
         if len(value) != n:
             raise KebrError(f"MMSA pickle {path}: {split}/{key} has {len(value)} rows but {split}/id has {n}.")
-    return arrays
+    return check_split_content(arrays, split, path)
 
 
 def _str(value: Any) -> str:

@@ -35,21 +35,22 @@ with their ids after each commit. `add` returns True when the sample is accepted
 committed by the next automatic commit (every `flush_every` samples or `flush_seconds` seconds),
 by `flush()`, or by `close()`. `flush_every=1` makes every `add` durable before it returns.
 
-Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) once,
-closes the file, and opens it again on the first frame read in each process, so DataLoader workers
-each get their own handle. Frames are read per sample; memory does not grow with the frames stored.
+Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) and the
+texts once, checks them and the layout (`store_checks.py`: a store may come from someone else), closes
+the file, and opens it again on the first frame read in each process, so DataLoader workers each get
+their own handle. Frames are read per sample; memory does not grow with the frames stored.
 
 One module, though over 400 lines, because it is one cohesive thing: the file format. The layout, its
-checks (`_check_layout`, `_open_h5`), the writer's commit protocol and the reader that trusts only
-`committed` are one contract; the writer and the reader share every private piece of it, and a change
-to one side is a change to the format that the other side must see in the same file.
+opening (`_open_h5`; what a valid file is lives in `store_checks.py`), the writer's commit protocol and
+the reader that trusts only `committed` are one contract; the writer and the reader share every private
+piece of it, and a change to one side is a change to the format that the other side must see in the
+same file.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 import time
@@ -62,6 +63,8 @@ import h5py
 import numpy as np
 
 from kebr_core import __version__
+from kebr_core.data.store_checks import (check_frames_index, check_ids, check_layout, decode_strings,
+                                         frame_read_error, read_attrs, read_committed)
 from kebr_core.errors import KebrError
 
 FORMAT_VERSION = 1
@@ -100,10 +103,6 @@ def _valid_text_source(source: str) -> bool:
     return source in ("manifest", "table", "sidecar", "import") or (source.startswith("asr:") and len(source) > 4)
 
 
-def _decode(values: Any) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-
-
 def _open_h5(path: Path, mode: str, **kw: Any) -> h5py.File:
     """h5py.File with the user-facing failures turned into one sentence."""
     if not path.exists():
@@ -121,104 +120,58 @@ def _open_h5(path: Path, mode: str, **kw: Any) -> h5py.File:
         raise KebrError(f"Store {path} cannot be opened as HDF5 ({e}).") from None
 
 
-def _check_layout(f: h5py.File, path: Path) -> None:
-    """Raise KebrError unless f is a kebr store of this FORMAT_VERSION with every dataset present."""
-    if "format_version" not in f.attrs:
-        raise KebrError(f"{path} is an HDF5 file but not a kebr feature store (no format_version attribute).")
-    version = int(f.attrs["format_version"])
-    if version != FORMAT_VERSION:
-        raise KebrError(
-            f"Store {path} has format_version {version}, but this kebr reads format_version {FORMAT_VERSION}; "
-            f"re-create it with this version of kebr."
-        )
-    required = [*_PER_SAMPLE, "audio/data", "audio/offsets", "vision/data", "vision/offsets",
-                "errors/id", "errors/message", "committed"]
-    missing = [name for name in required if name not in f]
-    if missing:
-        raise KebrError(f"Store {path} is damaged: dataset(s) {', '.join(missing)} missing.")
-
-
-def _read_attrs(f: h5py.File) -> dict[str, Any]:
-    """Root attributes as plain Python values (NaN rates → None, extractor JSON → dict)."""
-    attrs: dict[str, Any] = {}
-    for key, value in f.attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode("utf-8")
-        elif isinstance(value, np.ndarray):
-            value = _decode(value) if value.dtype.kind in "OSU" else value.tolist()
-        elif isinstance(value, np.generic):
-            value = value.item()
-        attrs[key] = value
-    for key in ("audio_features", "vision_features"):
-        attrs[key] = list(attrs.get(key, []))
-    for key in ("audio_rate_hz", "vision_fps"):
-        value = attrs.get(key)
-        attrs[key] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-    try:
-        attrs["extractor"] = json.loads(attrs.get("extractor") or "{}")
-    except (TypeError, json.JSONDecodeError):
-        pass  # a foreign value: leave it as found
-    return attrs
-
-
 class FeatureStore:
     """Reader of a feature store. Lazy: opens the HDF5 file on first frame access in each process.
 
-    The per-sample index (ids, labels, splits, text sources, offsets) is read at construction; texts
-    are read on first use of `texts` (or one at a time by `sample`); frames are read per sample.
+    The per-sample index (ids, labels, splits, text sources, offsets) and the texts are read and checked
+    at construction (`store_checks`: a text that is not UTF-8 is refused before any command starts its
+    work, and every command reads the texts anyway); frames are read per sample.
     Raises KebrError for a file that is not HDF5, has another format_version or misses datasets.
     """
 
     def __init__(self, path: str | Path, *, rdcc_nbytes: int | None = None):
         self.path = Path(path)
         with _open_h5(self.path, "r") as f:
-            _check_layout(f, self.path)
+            check_layout(f, self.path, FORMAT_VERSION)
             # Uncompressed chunks are read straight from the file (no chunk cache: measured 2× faster
             # for random access, bench/store.py); compressed ones need a cache to decompress into.
             compressed = any(f[f"{m}/data"].compression for m in ("audio", "vision"))
             self._rdcc_nbytes = rdcc_nbytes if rdcc_nbytes is not None else (4 << 20 if compressed else 0)
-            n, n_errors = (int(v) for v in f["committed"][:2])
-            self.attrs: dict[str, Any] = _read_attrs(f)
-            self.ids: list[str] = _decode(f["id"][:n])
+            n, n_errors = read_committed(f, self.path)
+            self.attrs: dict[str, Any] = read_attrs(f, self.path)
+            self.ids: list[str] = decode_strings(f["id"][:n], self.path, "id")
+            check_ids(self.ids, self.path)
             self.labels: np.ndarray = f["label"][:n].astype(np.float32)
-            self.splits: np.ndarray = np.array(_decode(f["split"][:n]), dtype=str)
-            self.text_sources: np.ndarray = np.array(_decode(f["text_source"][:n]), dtype=str)
+            self.splits: np.ndarray = np.array(decode_strings(f["split"][:n], self.path, "split", self.ids), dtype=str)
+            self.text_sources: np.ndarray = np.array(
+                decode_strings(f["text_source"][:n], self.path, "text_source", self.ids), dtype=str)
             self._audio_offsets: np.ndarray = f["audio/offsets"][: n + 1].astype(np.int64)
             self._vision_offsets: np.ndarray = f["vision/offsets"][: n + 1].astype(np.int64)
+            self._texts: list[str] = decode_strings(f["text"][:n], self.path, "text", self.ids)
             self._n_errors = n_errors
-            data_shapes = {m: f[f"{m}/data"].shape for m in ("audio", "vision")}
-        if len(self._audio_offsets) != n + 1 or len(self._vision_offsets) != n + 1:
-            raise KebrError(f"Store {self.path} is damaged: its offsets are shorter than its {n} samples.")
-        self._check_index(data_shapes)
+            decode_strings(f["errors/id"][:n_errors], self.path, "errors/id")  # an index too: checked now, read later
+            self._check_index(f)
         self.audio_features: list[str] = self.attrs["audio_features"]
         self.vision_features: list[str] = self.attrs["vision_features"]
-        self._texts: list[str] | None = None
         self._file: h5py.File | None = None
         self._pid: int | None = None
 
-    def _check_index(self, data_shapes: dict[str, tuple[int, ...]]) -> None:
+    def _check_index(self, f: h5py.File) -> None:
         """Refuse, naming the field, an index no kebr writer produces (a foreign or edited file): splits
-        outside SPLITS, offsets that go backwards (a negative length) or past the frames, feature names
-        that do not match the frames' width. Every command opens stores here, so none reads such a file."""
+        outside SPLITS, offsets that go backwards (a negative length), past the frames or over frames the
+        file does not hold, a sample too large to read, feature names that do not match the frames' width.
+        Every command opens stores here, so none reads such a file."""
         unknown = sorted(set(self.splits.tolist()) - set(SPLITS))
         if unknown:
             raise KebrError(f"Store {self.path} is damaged: its split field holds {unknown[0]!r}, not one of "
                             f"{', '.join(SPLITS)}.")
         for modality, offsets in (("audio", self._audio_offsets), ("vision", self._vision_offsets)):
-            rows, width = data_shapes[modality]
-            backwards = np.flatnonzero(np.diff(offsets) < 0)
-            if len(backwards):
-                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets give sample "
-                                f"{self.ids[int(backwards[0])]!r} a negative length.")
-            if offsets[0] != 0:
-                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets do not start at 0.")
-            if offsets[-1] > rows:
-                raise KebrError(f"Store {self.path} is damaged: {modality}/offsets point past the {rows} frames "
-                                f"of {modality}/data.")
+            data = f[f"{modality}/data"]
             names = self.attrs[f"{modality}_features"]
-            if rows and width != len(names):
-                raise KebrError(f"Store {self.path} is damaged: {modality}/data has {width} columns but the store "
-                                f"names {len(names)} {modality} features.")
+            if data.shape[1] != len(names):
+                raise KebrError(f"Store {self.path} is damaged: {modality}/data has {data.shape[1]} columns but the "
+                                f"store names {len(names)} {modality} features.")
+            check_frames_index(self.path, modality, offsets, data, len(names), self.ids)
 
     # ── per-process handle ──────────────────────────────────────────────────────────────────────
 
@@ -260,10 +213,7 @@ class FeatureStore:
 
     @property
     def texts(self) -> list[str]:
-        """All transcripts, read on first use."""
-        if self._texts is None:
-            with h5py.File(self.path, "r", locking="best-effort") as f:
-                self._texts = _decode(f["text"][: len(self)])
+        """All transcripts (read and checked when the store was opened)."""
         return self._texts
 
     def indices(self, split: str | Sequence[str] | None = None) -> np.ndarray:
@@ -296,7 +246,10 @@ class FeatureStore:
         if stop > start:
             self._handle()
             data = self._audio_data if name == "audio" else self._vision_data
-            data.read_direct(out, np.s_[start:stop])
+            try:
+                data.read_direct(out, np.s_[start:stop])
+            except (OSError, RuntimeError, ValueError, TypeError) as e:
+                raise frame_read_error(self.path, f"{name}/data", self.ids[i], e) from None
         return out
 
     def audio(self, i: int) -> np.ndarray:
@@ -316,15 +269,15 @@ class FeatureStore:
             frames = np.empty((stop - start, width), dtype=np.float32)
             if stop > start:
                 self._handle()
-                (self._audio_data if name == "audio" else self._vision_data).read_direct(frames, np.s_[start:stop])
+                try:
+                    (self._audio_data if name == "audio" else self._vision_data).read_direct(frames, np.s_[start:stop])
+                except (OSError, RuntimeError, ValueError, TypeError) as e:
+                    raise frame_read_error(self.path, f"{name}/data", self.ids[lo], e) from None
             out.append(np.split(frames, offsets[lo + 1: hi] - start) if hi > lo else [])
         return out[0], out[1]
 
     def text(self, i: int) -> str:
-        if self._texts is not None:
-            return self._texts[i]
-        value = self._handle()["text"][int(i) % len(self)]
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        return self._texts[i]
 
     def sample(self, i: int) -> Sample:
         i = int(i)
@@ -339,8 +292,8 @@ class FeatureStore:
         if self._n_errors == 0:
             return {}
         with h5py.File(self.path, "r", locking="best-effort") as f:
-            ids = _decode(f["errors/id"][: self._n_errors])
-            messages = _decode(f["errors/message"][: self._n_errors])
+            ids = decode_strings(f["errors/id"][: self._n_errors], self.path, "errors/id")
+            messages = decode_strings(f["errors/message"][: self._n_errors], self.path, "errors/message", ids)
         samples = set(self.ids)
         return {i: m for i, m in zip(ids, messages) if i not in samples}
 
@@ -438,8 +391,8 @@ class StoreWriter:
             raise KebrError(f"{self.path} exists but is not an HDF5 file; remove it or choose another output.")
         f = self._open_file()
         try:
-            _check_layout(f, self.path)
-            attrs = _read_attrs(f)
+            check_layout(f, self.path, FORMAT_VERSION)
+            attrs = read_attrs(f, self.path)
             for modality, mine in (("audio", self.audio_features), ("vision", self.vision_features)):
                 theirs = attrs[f"{modality}_features"]
                 if theirs != mine:
@@ -447,10 +400,10 @@ class StoreWriter:
                         f"Store {self.path} holds {modality} features {describe_features(theirs)}, not {describe_features(mine)}; "
                         f"write to another file."
                     )
-            self._n, self._n_errors = (int(v) for v in f["committed"][:2])
+            self._n, self._n_errors = read_committed(f, self.path)
             self._truncate_uncommitted(f)
-            self._ids = set(_decode(f["id"][: self._n]))
-            self._error_ids = set(_decode(f["errors/id"][: self._n_errors]))
+            self._ids = set(decode_strings(f["id"][: self._n], self.path, "id"))
+            self._error_ids = set(decode_strings(f["errors/id"][: self._n_errors], self.path, "errors/id"))
             self._sources = json.loads(attrs["sources"]) if "sources" in attrs else [attrs.get("source", "")]
             self._audio_end = int(f["audio/offsets"][self._n])
             self._vision_end = int(f["vision/offsets"][self._n])

@@ -34,6 +34,7 @@ from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
 from kebr_core.extract.asr import ASR_SAMPLE_RATE, AsrBackend, check_asr_options, make_asr
 from kebr_core.extract.inputs import VideoItem
+from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S, MAX_FPS
 from kebr_core.extract.transcripts import find_sidecar, read_sidecar
 from kebr_core.extract.video import VIDEO_EXTENSIONS, MediaError, iter_frames, probe, read_audio
 from kebr_core.extract.vision import VisionBackend, check_vision_backend, make_vision
@@ -55,6 +56,7 @@ class ExtractOptions:
     shard: tuple[int, int] | None = None  # (i, n): this job's share, 0 <= i < n
     max_side: int = 640  # pictures are shrunk to this longer side before face detection
     silence_dbfs: float = -60.0  # an audio track quieter than this (RMS) counts as "no speech"
+    max_duration: float = DEFAULT_MAX_DURATION_S  # seconds of a video decoded at most (kebr_core.extract.limits)
 
     def validate(self) -> None:
         audio_mod.get_feature_set(self.audio_features)
@@ -62,6 +64,11 @@ class ExtractOptions:
         check_asr_options(self.asr, self.asr_model)
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise KebrError(f"--fps must be a positive number, not {self.fps}")
+        if self.fps > MAX_FPS:
+            raise KebrError(f"--fps {self.fps:g} is more than the {MAX_FPS:g} pictures per second kebr samples at most "
+                            "(above the video's own rate, sampling only repeats pictures)")
+        if not (self.max_duration > 0 and not math.isnan(self.max_duration)):
+            raise KebrError(f"--max-duration must be a positive number of seconds, not {self.max_duration}")
         if self.max_side < 64:
             raise KebrError(f"--max-side must be at least 64 pixels, not {self.max_side}")
         if self.workers < 0:
@@ -116,7 +123,7 @@ class Extractor:
         self.options = options
         self.decode_threads = decode_threads
         self.feature_set = audio_mod.get_feature_set(options.audio_features)
-        self.vision: VisionBackend = make_vision(options.vision, options.fps, options.openface_dir)
+        self.vision: VisionBackend = make_vision(options.vision, options.fps, options.openface_dir, options.max_duration)
         self._asr: AsrBackend | None = None
 
     @property
@@ -161,7 +168,7 @@ class Extractor:
         y, y16 = np.zeros(0, np.float32), np.zeros(0, np.float32)
         if info.has_audio:
             rates = (audio_mod.SAMPLE_RATE, ASR_SAMPLE_RATE) if need_asr else (audio_mod.SAMPLE_RATE,)
-            decoded = read_audio(path, rates) or {}
+            decoded = read_audio(path, rates, opt.max_duration) or {}
             y = decoded.get(audio_mod.SAMPLE_RATE, y)
             y16 = decoded.get(ASR_SAMPLE_RATE, y16)
         timings["decode"] += time.perf_counter() - t
@@ -185,7 +192,7 @@ class Extractor:
         t = time.perf_counter()
         n_no_face = 0
         if self.vision.reads_frames:
-            frames = _Timed(iter_frames(path, opt.fps, opt.max_side, self.decode_threads) if info.has_video else ())
+            frames = _Timed(iter_frames(path, opt.fps, opt.max_side, self.decode_threads, opt.max_duration) if info.has_video else ())
             feats_v, n_no_face = self.vision.features(frames, video=path, key=item.key)
             timings["decode"] += frames.seconds
             timings["vision"] += time.perf_counter() - t - frames.seconds

@@ -14,6 +14,8 @@ from typing import Iterator
 import av
 import numpy as np
 
+from kebr_core.extract.limits import MAX_LAST_PICTURE_S, past_max_duration
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 
 
@@ -68,11 +70,14 @@ def _info(container: av.container.InputContainer) -> MediaInfo:
     )
 
 
-def read_audio(path: Path, rates: tuple[int, ...] = (22050,)) -> dict[int, np.ndarray] | None:
+def read_audio(path: Path, rates: tuple[int, ...] = (22050,),
+               max_seconds: float = math.inf) -> dict[int, np.ndarray] | None:
     """Decode the first audio stream once, down-mixed to mono and resampled to every rate in `rates`.
 
     Returns {rate: (n_samples,) float32 in [-1, 1]}, or None when the file has no audio stream.
     One decode feeds several FFmpeg resamplers, so features (22050 Hz) and ASR (16 kHz) share it.
+    MediaError once more than `max_seconds` of audio were decoded (counted in decoded samples, not
+    taken from the header).
     """
     with _open(path) as container:
         if not container.streams.audio:
@@ -86,8 +91,12 @@ def read_audio(path: Path, rates: tuple[int, ...] = (22050,)) -> dict[int, np.nd
                 # packed float, mono: shape (1, n)
                 chunks[rate].append(f.to_ndarray().reshape(-1))
 
+        decoded = 0.0  # seconds of audio decoded so far
         try:
             for frame in container.decode(stream):
+                decoded += frame.samples / frame.sample_rate if frame.sample_rate else 0.0
+                if decoded > max_seconds:
+                    raise MediaError(past_max_duration(path, "audio", decoded, max_seconds))
                 frame.pts = None  # the resampler re-times; stale pts from odd files only cause warnings
                 for r, res in resamplers.items():
                     take(r, res.resample(frame))
@@ -106,7 +115,8 @@ def read_audio(path: Path, rates: tuple[int, ...] = (22050,)) -> dict[int, np.nd
         return out
 
 
-def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int = 0) -> Iterator[np.ndarray]:
+def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int = 0,
+                max_seconds: float = math.inf) -> Iterator[np.ndarray]:
     """Yield RGB pictures (H, W, 3) uint8 sampled at `fps`: the picture shown at t = 0, 1/fps, 2/fps, ...
 
     A decoded picture with presentation time t_i is on screen over [t_i, t_{i+1}); the last one for one
@@ -116,6 +126,9 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int
     `max_side`: landmark models work at ~200 px, and conversion of HD frames dominates otherwise).
     `threads`: FFmpeg decoding threads, 0 = as many as cores (one process); extraction workers use 1,
     since the workers are the parallelism and a second decoding thread each would oversubscribe the cores.
+    Bounded by the pictures decoded, not the header: MediaError when a decoded picture's time passes
+    `max_seconds`, and the last picture is held for at most MAX_LAST_PICTURE_S (a crafted frame rate of
+    1e-6 fps would otherwise hold it for days).
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
@@ -129,7 +142,7 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int
             stream.thread_type = "AUTO"
             stream.thread_count = threads
         tb = float(stream.time_base) if stream.time_base else 0.0
-        period = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / 25.0
+        period = min(1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / 25.0, MAX_LAST_PICTURE_S)
         start = None
         k = 0  # next target index
         prev: av.VideoFrame | None = None
@@ -153,6 +166,8 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int
                 if start is None:
                     start = t
                 t -= start  # clips cut from longer videos may start at a non-zero pts
+                if t > max_seconds:
+                    raise MediaError(past_max_duration(path, "pictures", t, max_seconds))
                 if prev is not None:
                     rgb = None
                     while k / fps < t - 1e-9:  # targets before this picture belong to the previous one
@@ -162,7 +177,7 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int
                 prev, prev_t = frame, t
             if prev is not None:
                 rgb = None
-                end = prev_t + period
+                end = min(prev_t + period, max_seconds)
                 while k / fps < end - 1e-9:
                     rgb = convert(prev) if rgb is None else rgb
                     yield rgb

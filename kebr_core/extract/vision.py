@@ -44,6 +44,8 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from kebr_core.errors import KebrError
+from kebr_core.extract.limits import past_max_duration
+from kebr_core.extract.video import MediaError
 
 VISION_BACKENDS = ("mediapipe", "openface-csv", "none")
 
@@ -279,11 +281,11 @@ class OpenFaceCsv:
     feature_names = OPENFACE_FEATURES
     reads_frames = False
 
-    def __init__(self, directory: Path, fps: float) -> None:
+    def __init__(self, directory: Path, fps: float, max_seconds: float = math.inf) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise KebrError(f"the OpenFace CSV folder {directory} does not exist")
-        self.fps = fps
+        self.fps, self.max_seconds = fps, max_seconds
 
     def csv_path(self, video: Path | None, key: str) -> Path:
         """`<dir>/<key>.csv` (key = the video's path below the input folder, no extension), else
@@ -299,14 +301,15 @@ class OpenFaceCsv:
     def features(
         self, frames: Iterable[np.ndarray], *, video: Path | None = None, key: str = ""
     ) -> tuple[np.ndarray, int]:
-        return read_openface_csv(self.csv_path(video, key), self.fps)
+        return read_openface_csv(self.csv_path(video, key), self.fps, self.max_seconds)
 
 
-def read_openface_csv(path: Path, fps: float) -> tuple[np.ndarray, int]:
+def read_openface_csv(path: Path, fps: float, max_seconds: float = math.inf) -> tuple[np.ndarray, int]:
     """An OpenFace 2.0 CSV -> ((T, 709) float32 at `fps`, frames without a face).
 
     Target times k / fps take the row on screen then (the latest timestamp <= k / fps); of several
     faces at one timestamp (FaceLandmarkVidMulti) the one with the largest `p_scale` that succeeded.
+    MediaError when the timestamps span more than `max_seconds` (--max-duration), before any row is picked.
     """
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, skipinitialspace=True)
@@ -333,6 +336,8 @@ def read_openface_csv(path: Path, fps: float) -> tuple[np.ndarray, int]:
     best = order[first]
     period = float(np.median(np.diff(frame_times))) if frame_times.size > 1 else 1.0 / 30.0
     duration = frame_times[-1] - frame_times[0] + period
+    if not duration <= max_seconds:  # the CSV's timestamps, like a video's, may claim hours for a few rows
+        raise MediaError(past_max_duration(path, "timestamps", duration, max_seconds))
     n = int(math.ceil(duration * fps - 1e-9))
     targets = frame_times[0] + np.arange(n) / fps
     pick = best[np.clip(np.searchsorted(frame_times, targets + 1e-9, side="right") - 1, 0, None)]
@@ -380,11 +385,12 @@ def check_vision_backend(backend: str, openface_dir: Path | None = None) -> None
             raise KebrError(f"the OpenFace CSV folder {openface_dir} does not exist")
 
 
-def make_vision(backend: str, fps: float, openface_dir: Path | None = None) -> VisionBackend:
+def make_vision(backend: str, fps: float, openface_dir: Path | None = None,
+                max_seconds: float = math.inf) -> VisionBackend:
     check_vision_backend(backend, openface_dir)
     if backend == "mediapipe":
         return MediaPipeFaceMesh()
     if backend == "openface-csv":
         assert openface_dir is not None
-        return OpenFaceCsv(openface_dir, fps)
+        return OpenFaceCsv(openface_dir, fps, max_seconds)
     return NoVision()

@@ -44,6 +44,7 @@ from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
 from kebr_core.extract.extractor import ExtractOptions, ItemResult
 from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover
+from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S
 from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
@@ -119,6 +120,7 @@ def extract_options_for(
     asr_model: Path | None = None,
     openface_dir: Path | None = None,
     workers: int = 0,
+    max_duration: float = DEFAULT_MAX_DURATION_S,
 ) -> ExtractOptions:
     """The extraction settings of the checkpoint's training store, checked against this kebr.
 
@@ -145,6 +147,7 @@ def extract_options_for(
             asr_model=asr_model,
             openface_dir=openface_dir,
             workers=workers,
+            max_duration=max_duration,
         )
     except (KeyError, ValueError) as e:
         raise KebrError(f"Checkpoint {checkpoint} has an incomplete extractor record in config.json ({e}).") from None
@@ -267,6 +270,7 @@ def predict(
     batch_size: int = 32,
     device: str = "auto",
     progress: ProgressFn = no_progress,
+    max_duration: float = DEFAULT_MAX_DURATION_S,
 ) -> list[Prediction]:
     """Score every video (files or folders) with a fine-tuned checkpoint; one Prediction per video,
     in input order. Raises KebrError for a bad checkpoint or options, never for a bad video."""
@@ -277,7 +281,7 @@ def predict(
     path = runs.resolve_checkpoint(checkpoint, fine_tuned=True)
     saved = runs.read_checkpoint_config(path)
     options = extract_options_for(path, saved.get("features"), asr=asr, asr_model=asr_model,
-                                  openface_dir=openface_dir, workers=workers)
+                                  openface_dir=openface_dir, workers=workers, max_duration=max_duration)
     items = video_items(videos, text, transcripts)
     # Worker processes are forked before the model exists (no torch thread pools in the children).
     executor = start_workers(options) if workers > 0 else None
