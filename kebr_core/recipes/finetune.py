@@ -60,6 +60,8 @@ from kebr_core.io import open_for_writing
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
+from kebr_core.model_card import write_card
+from kebr_core.pretrained import load_folder_tokenizer, save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.runs import MetricsLog
 from kebr_core.shards import check_shard, in_shard, locked
@@ -144,12 +146,14 @@ def labeled_splits(store: FeatureStore, store_path, splits: Sequence[str] = ("tr
     return split_index, unlabeled
 
 
-def split_datasets(store: FeatureStore, split_index: dict[str, np.ndarray], cfg: RunConfig):
+def split_datasets(store: FeatureStore, split_index: dict[str, np.ndarray], cfg: RunConfig, checkpoint: Path | None = None):
     """(datasets {split: StoreDataset}, the Collator, token ids of every store text in store order) for the
     splits of `split_index`. Texts are tokenised once for all splits; the texts of a split among
     train/valid/test left out of `split_index` (the test split during `kebr tune`) are replaced by the
-    empty text, so they never reach the encoder."""
-    tokenizer = load_tokenizer(cfg.model.text_model)
+    empty text, so they never reach the encoder. checkpoint: the pretrained model folder, whose tokenizer
+    is used when it holds one (`pretrained.load_folder_tokenizer`)."""
+    name = cfg.model.text_model
+    tokenizer = load_folder_tokenizer(checkpoint, name) if checkpoint is not None else load_tokenizer(name)
     left_out = store.indices([s for s in ("train", "valid", "test") if s not in split_index])
     hidden = np.zeros(len(store), bool)
     hidden[left_out] = True
@@ -226,10 +230,13 @@ def finetune(
             )
         barrier(info)
 
-        datasets, collate, token_ids = split_datasets(store, split_index, cfg)
+        datasets, collate, token_ids = split_datasets(store, split_index, cfg, checkpoint)
 
         per_seed, best_epochs, probes, pending = [], [], [], []
         text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
+        # What best-model/ records of its data: the features it expects and the data's fingerprint and splits.
+        model_record = store_features(store) | {"trained_on": {"data": runs.data_fingerprint(store_path),
+                                                               "splits": {s: len(d) for s, d in datasets.items()}}}
         for n_done, seed in enumerate(seeds):
             seed_dir = runs.seed_dir(run_dir, seed)
             done_file = seed_dir / runs.TEST_JSON
@@ -240,7 +247,7 @@ def finetune(
                     pending.append(seed)
                     continue
                 result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
-                                   best_model_dir=run_dir / runs.BEST_MODEL, features=store_features(store),
+                                   best_model_dir=run_dir / runs.BEST_MODEL, features=model_record,
                                    text_cache=text_cache, probe=probe)
             per_seed.append(result["test"])
             if probe:
@@ -258,6 +265,8 @@ def finetune(
         probe_summary = {name: aggregate([p[name] for p in probes], std) for name in probes[0]} if probes else {}
         if info.is_main:
             _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled)
+            if (run_dir / runs.BEST_MODEL / runs.CONFIG).is_file():  # the card's test metrics, now that all seeds ran
+                write_card(run_dir / runs.BEST_MODEL, run_dir)
         barrier(info)
         return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
                           unlabeled=unlabeled, per_seed_probe=probes, seeds=seeds)
@@ -395,8 +404,8 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
         with locked(best_model_dir.parent / runs.LOCK):
             chosen = json.loads(selection.read_text()) if selection.exists() else None
             if chosen is None or (chosen["valid_mae"], chosen["seed"]) > (best[0], seed):
-                runs.save_checkpoint(best_model_dir, model, cfg, include_encoder=not frozen,
-                                     extra=features | {"stage": "finetune", "seed": seed})
+                save_pretrained(model, best_model_dir, cfg, include_encoder=not frozen,
+                                extra=features | {"stage": "finetune", "seed": seed}, run_dir=best_model_dir.parent)
                 runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
         runs.atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
     barrier(info)
