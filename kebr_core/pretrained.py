@@ -39,7 +39,7 @@ HF_CONFIG = "config.json"  # the encoder's own Hugging Face config, inside text-
 TOKENIZER_CONFIG = "tokenizer_config.json"  # what marks a saved tokenizer
 # Keys of a checkpoint's config.json that `save_pretrained` sets itself (the rest is `extra`).
 _OWN_KEYS = frozenset(SECTIONS) | {"includes_encoder", "text_encoder"}
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hugging Face Hub repository id, owner/name
 
 
 def resolvable_offline(text_model: str) -> bool:
@@ -120,7 +120,7 @@ def local_folder(name_or_path: str | Path) -> Path:
     """A model folder on this machine: the path itself, or a Hub repository id ("owner/name") downloaded
     with huggingface_hub (needs the network, or the repository in the local Hub cache)."""
     path = Path(name_or_path)
-    if path.exists() or not _REPO_ID.fullmatch(str(name_or_path)):
+    if path.exists() or not REPO_ID.fullmatch(str(name_or_path)):
         return path
     from huggingface_hub import snapshot_download
 
