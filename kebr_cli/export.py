@@ -16,7 +16,7 @@ from kebr_cli.app import app, console, user_errors
 def export(
     run: Path = typer.Argument(..., help="A `kebr eval` run (exports its best-model/), a `kebr pretrain` run (its final/), or a model folder."),
     out: Path = typer.Option(..., "--out", "-o", help="The folder to write: the model, config.json, text-encoder/ (tokenizer and encoder) and a README.md model card."),
-    force: bool = typer.Option(False, "--force", help="Replace DIR when it already holds a kebr model folder."),
+    force: bool = typer.Option(False, "--force", help="Replace the --out folder when it already holds a kebr model."),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="REPO_ID", help="Also upload the folder to this Hugging Face Hub model repository (owner/name; needs the network and `hf auth login` or HF_TOKEN)."),
     private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repository as private."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written (folder, files, size, Hub commit) as one JSON document."),

@@ -84,7 +84,7 @@ def _inputs_lines(features: Mapping[str, Any] | None) -> list[str]:
                 "sentiment. Fine-tune it (`kebr eval --pretrained THIS_FOLDER`) before scoring anything."]
     made_by = features.get("extractor") or {}
     audio, vision = features.get("audio_features") or [], features.get("vision_features") or []
-    if isinstance(made_by, Mapping) and made_by.get("tool") == "kebr extract":
+    if _scores_videos(features):
         return [f"- Audio: {len(audio)} features per frame from the `{made_by.get('audio')}` set of `kebr extract`"
                 f" ({features.get('audio_rate_hz') or '?'} Hz); vision: {len(vision)} features per frame from the "
                 f"`{made_by.get('vision')}` backend at {made_by.get('fps')} fps. A video must be described by the same "
@@ -93,6 +93,11 @@ def _inputs_lines(features: Mapping[str, Any] | None) -> list[str]:
     origin = (made_by.get("generator") or made_by.get("importer")) if isinstance(made_by, Mapping) else None
     return [f"- Trained on features made by {origin or 'something other than kebr extract'} ({len(audio)} audio, "
             f"{len(vision)} vision per frame): it scores only data with those very features, never a raw video."]
+
+
+def _scores_videos(features: Mapping[str, Any] | None) -> bool:
+    made_by = (features or {}).get("extractor") or {}
+    return isinstance(made_by, Mapping) and made_by.get("tool") == "kebr extract"
 
 
 def render(payload: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> str:
@@ -139,7 +144,9 @@ def render(payload: Mapping[str, Any], results: Mapping[str, Any] | None = None)
         *_inputs_lines(features),
         "- Scores reflect the training data's annotators and domain; expect lower accuracy on other domains, "
         "speakers, languages or recording conditions.", "",
-        "## How to use", "", "```bash", "kebr predict clip.mp4 --model THIS_FOLDER", "```", "", "```python",
+        "## How to use", "",
+        *(["```bash", "kebr predict clip.mp4 --model THIS_FOLDER", "```", ""] if _scores_videos(features) else []),
+        "```python",
         "from kebr_core.model import KEBRModel", 'model = KEBRModel.from_pretrained("THIS_FOLDER")', "```", "",
         "## Citation", "", "```bibtex", CITATION, "```", "",
     ]

@@ -247,6 +247,9 @@ def test_a_copied_best_model_predicts_alone_after_the_run_and_text_model_are_del
     video_id, clip_id = sample_id.split("$_$")
     video = trained["clips"].root / video_id / f"{clip_id}.mp4"
 
+    card = (run / "best-model" / "README.md").read_text()  # the extractors a video must go through, named
+    assert "from the `kebr33` set of `kebr extract`" in card and "`mediapipe` backend at 10.0 fps" in card
+    assert "kebr predict clip.mp4 --model THIS_FOLDER" in card
     copy = tmp_path / "elsewhere" / "copy"
     shutil.copytree(run / "best-model", copy)
     shutil.rmtree(run)
