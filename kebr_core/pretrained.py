@@ -141,6 +141,7 @@ def build_from_folder(folder: str | Path, cfg: RunConfig, includes_encoder: bool
 
     folder = Path(folder)
     model = KEBRModel(cfg.model, cfg.mcc, encoder=load_encoder(folder, cfg.model.text_model))
+    runs.load_checkpoint_weights(model, folder, skip_prefixes=skip_prefixes)  # its checks of the file come first
     with safe_open(str(folder / runs.WEIGHTS), framework="pt") as f:
         saved = set(f.keys())
     needed = [k for k in model.state_dict() if not k.startswith(skip_prefixes)
@@ -148,7 +149,6 @@ def build_from_folder(folder: str | Path, cfg: RunConfig, includes_encoder: bool
     missing = [k for k in needed if k not in saved]
     if missing:
         raise KebrError(f"Checkpoint {folder} lacks weights the model needs, e.g. {missing[0]} (not a fine-tuned checkpoint?).")
-    runs.load_checkpoint_weights(model, folder, skip_prefixes=skip_prefixes)
     model.tokenizer = load_folder_tokenizer(folder, cfg.model.text_model)
     return model
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from conftest import TINY_BERT, write_tiny_store
@@ -26,6 +27,7 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import FeatureStore
+from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
 from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
 
@@ -156,6 +158,11 @@ def test_a_folder_in_the_layout_before_text_encoder_still_loads(tmp_path: Path):
     loaded = KEBRModel.from_pretrained(tmp_path / "old")
     for name, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
+    # a folder without the fine-tuning head's weights is refused naming one, not loaded half-random
+    state = {k: v for k, v in load_file(str(tmp_path / "old" / runs.WEIGHTS)).items() if not k.startswith("finetune_head.")}
+    save_file(state, str(tmp_path / "old" / runs.WEIGHTS))
+    with pytest.raises(KebrError, match=r"lacks weights the model needs, e.g. finetune_head\."):
+        KEBRModel.from_pretrained(tmp_path / "old")
 
 
 def test_kebr_export_writes_a_self_contained_folder_and_refuses_what_is_not_a_model(local_run: dict, tmp_path: Path):
@@ -245,3 +252,18 @@ def test_from_pretrained_takes_a_hub_repository_id(local_run: dict, monkeypatch)
                         lambda repo_id: asked.append(repo_id) or str(local_run["run"] / runs.BEST_MODEL))
     model = KEBRModel.from_pretrained("me/kebr-tiny")
     assert asked == ["me/kebr-tiny"] and model.checkpoint_config["stage"] == "finetune"
+
+
+def test_kebr_export_names_the_run_to_give_for_folders_of_runs(tmp_path: Path):
+    """A folder of pretraining-seed runs, an ablation, a search: one sentence naming what to export instead."""
+    seeds, ablation, search = tmp_path / "pre3", tmp_path / "ab", tmp_path / "tune"
+    for folder in (seeds / "pseed-0", seeds / "pseed-1", ablation, search / runs.BEST_EVAL):
+        folder.mkdir(parents=True)
+    (ablation / runs.ABLATION_JSON).write_text("{}")
+    wanted = {seeds: f"export one of them, e.g. kebr export {seeds / 'pseed-0'} -o DIR",
+              ablation: f"export one configuration's run, e.g. kebr export {ablation / 'runs'}/C1 -o DIR",
+              search: f"kebr export {search / runs.BEST_EVAL} -o DIR", tmp_path / "none": "does not exist"}
+    for run, fragment in wanted.items():
+        r = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "out")])
+        assert r.exit_code == 1 and fragment in " ".join(r.stderr.split()), r.output
+        assert r.stderr.count("error:") == 1 and not (tmp_path / "out").exists()

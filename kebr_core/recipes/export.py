@@ -4,7 +4,8 @@
     export("runs/pretrain", "share/kebr-pre", push_to_hub="me/kebr-pre")
 
 RUN is an evaluation run (its best-model/: the seed with the lowest validation MAE), a pretraining run
-(its final/), or a model folder itself. The folder is written by `pretrained.save_pretrained` with
+(its final/), or a model folder itself; for a folder of pseed-S/ runs, an ablation or a search, the
+refusal names the run to give instead. The folder is written by `pretrained.save_pretrained` with
 `store_encoder=True`: the text encoder is inside whatever its name (a name that resolves on this machine
 may not on the receiver's), with the tokenizer and a model card made from the run (its results.json:
 test metrics over the seeds). Like every model folder it is written as `DIR.tmp` and renamed into place
@@ -65,6 +66,9 @@ def model_source(run: str | Path) -> tuple[Path, Path | None]:
     if runs.run_pretrain_seeds(run):
         raise KebrError(f"{run} holds one run per pretraining seed (pseed-S/); export one of them, e.g. "
                         f"kebr export {runs.pretrain_seed_dir(run, runs.run_pretrain_seeds(run)[0])} -o DIR.")
+    if (run / runs.BEST_EVAL).is_dir():
+        raise KebrError(f"{run} is a search (kebr tune); export its evaluation of the best configuration: "
+                        f"kebr export {run / runs.BEST_EVAL} -o DIR.")
     if (run / runs.ABLATION_JSON).is_file():
         raise KebrError(f"{run} is an ablation; export one configuration's run, e.g. kebr export {run / runs.ABLATION_RUNS}/C1 -o DIR.")
     raise KebrError(f"{run} is not a kebr run or model folder: it holds no {runs.BEST_MODEL}/ (kebr eval), no "
