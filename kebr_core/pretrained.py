@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import torch.nn as nn
 
 from kebr_core import model_card, runs
@@ -102,7 +103,10 @@ def load_encoder(folder: str | Path, text_model: str) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
     try:
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(side)))
+        # Its random initialisation is overwritten by model.safetensors; forked so that it does not move the
+        # random stream the fusion and heads are initialised from (as loading the encoder by name does not).
+        with torch.random.fork_rng(devices=[]):
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(side)))
     except (OSError, ValueError) as e:
         raise KebrError(f"{side} does not hold a usable text-encoder configuration ({str(e).splitlines()[0][:160]}).") from None
     if getattr(encoder, "pooler", None) is not None:
