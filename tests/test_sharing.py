@@ -267,3 +267,24 @@ def test_kebr_export_names_the_run_to_give_for_folders_of_runs(tmp_path: Path):
         r = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "out")])
         assert r.exit_code == 1 and fragment in " ".join(r.stderr.split()), r.output
         assert r.stderr.count("error:") == 1 and not (tmp_path / "out").exists()
+
+
+def test_fine_tuning_from_a_copied_final_needs_no_text_model_folder(tmp_path: Path):
+    """`kebr eval --pretrained copy/` where copy/ is a pretraining's final/ copied alone and the local text
+    model it was pretrained with is gone: the encoder and tokenizer come from copy/text-encoder/."""
+    store = write_tiny_store(tmp_path / "tiny.h5", n=30)
+    text_model = save_local_text_model(tmp_path / "text-model")
+    pre = tmp_path / "pre"
+    r = runner.invoke(app, ["pretrain", "-d", str(store), "-o", str(pre), "--epochs", "1", "--text-model", str(text_model),
+                            "--batch-size", "8", "--layers", "1"])
+    assert r.exit_code == 0, r.output
+    copy = tmp_path / "copy"
+    shutil.copytree(pre / runs.FINAL, copy)
+    shutil.rmtree(pre)
+    shutil.rmtree(text_model)
+    assert "pretrained on the splits train, valid, unlabeled (24 samples)" in (copy / runs.MODEL_CARD).read_text()
+    run = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", "-d", str(store), "--pretrained", str(copy), "-o", str(run), "--epochs", "1",
+                            "--seeds", "1", "--batch-size", "8", "--freeze-encoder"])
+    assert r.exit_code == 0, r.output
+    assert (run / runs.BEST_MODEL / runs.TEXT_ENCODER / runs.WEIGHTS).is_file()  # stored again: still self-contained

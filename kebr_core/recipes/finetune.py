@@ -404,7 +404,8 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
         with locked(best_model_dir.parent / runs.LOCK):
             chosen = json.loads(selection.read_text()) if selection.exists() else None
             if chosen is None or (chosen["valid_mae"], chosen["seed"]) > (best[0], seed):
-                save_pretrained(model, best_model_dir, cfg, include_encoder=not frozen,
+                tokenizer = load_folder_tokenizer(checkpoint, cfg.model.text_model) if checkpoint is not None else None
+                save_pretrained(model, best_model_dir, cfg, include_encoder=not frozen, tokenizer=tokenizer,
                                 extra=features | {"stage": "finetune", "seed": seed}, run_dir=best_model_dir.parent)
                 runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
         runs.atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
