@@ -10,6 +10,7 @@ import kebr_cli.analyze  # noqa: F401
 import kebr_cli.compare  # noqa: F401
 import kebr_cli.data  # noqa: F401
 import kebr_cli.demo  # noqa: F401
+import kebr_cli.export  # noqa: F401
 import kebr_cli.extract  # noqa: F401
 import kebr_cli.predict  # noqa: F401
 import kebr_cli.table  # noqa: F401
@@ -22,7 +23,7 @@ WORKFLOW = {
     "Data": ("extract", "import", "synth", "merge", "inspect"),
     "Training": ("pretrain", "eval", "tune"),
     "Analysis": ("ablate", "compare", "analyze", "table"),
-    "Use": ("predict", "demo"),
+    "Use": ("predict", "export", "demo"),
 }
 _ORDER = [name for names in WORKFLOW.values() for name in names]
 _PANEL = {name: panel for panel, names in WORKFLOW.items() for name in names}

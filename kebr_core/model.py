@@ -239,3 +239,21 @@ class KEBRModel(nn.Module):
     def set_encoder_trainable(self, trainable: bool) -> None:
         for p in self.encoder.parameters():
             p.requires_grad_(trainable)
+
+    # Self-contained model folders (the layout, and why not huggingface_hub's PyTorchModelHubMixin:
+    # kebr_core/pretrained.py, docs/design.md §6). Imported here, not at the top: pretrained.py imports this module.
+
+    def save_pretrained(self, save_directory: str | Path, cfg=None, **options) -> Path:
+        """Write this model as a self-contained folder (`kebr_core.pretrained.save_pretrained`; cfg: its
+        RunConfig, default the one it was loaded with)."""
+        from kebr_core.pretrained import save_pretrained
+
+        return save_pretrained(self, save_directory, cfg, **options)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path) -> "KEBRModel":
+        """A model folder (best-model/, final/, a `kebr export`, a run directory holding one) or a Hub
+        repository id, loaded in eval mode on the CPU with `run_config` and `tokenizer` attached."""
+        from kebr_core.pretrained import load_pretrained
+
+        return load_pretrained(name_or_path)

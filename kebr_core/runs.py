@@ -76,6 +76,8 @@ FINAL = "final"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 WEIGHTS = "model.safetensors"
+TEXT_ENCODER = "text-encoder"  # in a model folder: the tokenizer, and the encoder when not resolvable by name (pretrained.py)
+MODEL_CARD = "README.md"  # in a model folder: its model card (model_card.py)
 TRAINER_STATE = "trainer.pt"
 BEST_MODEL = "best-model"
 SELECTION = "selection.json"
@@ -421,15 +423,21 @@ def checkpoint_payload(cfg: RunConfig, include_encoder: bool, extra: Mapping[str
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, cfg: RunConfig, include_encoder: bool,
-                    extra: dict[str, Any] | None = None) -> None:
+                    extra: dict[str, Any] | None = None, write_more: Callable[[Path], None] | None = None) -> None:
     """A model folder (final/, best-model/): model.safetensors + config.json, replaced crash-safely:
     written as `<path>.tmp`, the old folder moved to `<path>.old` and back by `recover_folder` if a kill
-    comes between the two renames."""
+    comes between the two renames. write_more(tmp): the other files of the folder (tokenizer, encoder,
+    model card: `pretrained.save_pretrained`), written into it before it is fsynced and renamed."""
     path = Path(path)
     recover_folder(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     _write_checkpoint_files(tmp, model_weights(model, include_encoder), checkpoint_payload(cfg, include_encoder, extra), None)
+    if write_more is not None:
+        write_more(tmp)
+        for written in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
+            _fsync_dir(written) if written.is_dir() else _fsync_file(written)
+        _fsync_dir(tmp)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)

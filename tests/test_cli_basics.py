@@ -52,7 +52,7 @@ def test_help_lists_commands_in_workflow_order_under_panels() -> None:
     assert panels == ["Options", "Data", "Training", "Analysis", "Use"]
     listed = re.findall(r"^│ (\w+) {2,}", out, flags=re.M)
     assert listed == ["extract", "import", "synth", "merge", "inspect", "pretrain", "eval", "tune", "ablate", "compare",
-                      "analyze", "table", "predict", "demo"]
+                      "analyze", "table", "predict", "export", "demo"]
 
 
 def test_help_shows_choices_and_no_bool_type() -> None:

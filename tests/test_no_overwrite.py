@@ -168,6 +168,31 @@ def eval_results_table_onto_store(made: Path, t: Path) -> list[str]:
             "--epochs", "1", "--seeds", "1", *FAST]
 
 
+def export_onto(target: str, extra: Callable[[Path], None] = lambda t: None) -> Callable[[Path, Path], list[str]]:
+    """`kebr export --force` of the evaluation run to `target` (prepared by `extra`)."""
+    def setup(made: Path, t: Path) -> list[str]:
+        copy(made, t, "ev")
+        extra(t)
+        return ["export", str(t / "ev"), "-o", str(t / target), "--force"]
+    return setup
+
+
+def _model_folder_with_a_link(t: Path) -> None:
+    """A kebr model folder (a copy of best-model/) whose text-encoder/ is a link to the user's folder."""
+    shutil.copytree(t / "ev" / runs.BEST_MODEL, t / "shared")
+    shutil.rmtree(t / "shared" / runs.TEXT_ENCODER)
+    (t / "shared" / runs.TEXT_ENCODER).symlink_to(victim(t), target_is_directory=True)
+
+
+def _users_folder(t: Path) -> None:
+    (t / "mine").mkdir()
+    (t / "mine" / "notes.txt").write_text("my notes\n")
+
+
+def _link_to_elsewhere(t: Path) -> None:
+    (t / "shared").symlink_to(victim(t), target_is_directory=True)
+
+
 def analyze_over(name: str, content: str | None) -> Callable[[Path, Path], list[str]]:
     """`kebr analyze` of the pretraining run into a folder of the user's holding `name` (a file with
     `content`, or None: a link to the user's thesis elsewhere)."""
@@ -291,6 +316,9 @@ CASES = [
     Case("1 pretrain --force into the folder of its store", pretrain_into_folder_of_store, 1, "holds the input"),
     Case("1 eval --force into the run of its checkpoint", eval_force_over_its_checkpoint, 1, "holds the input"),
     Case("1 eval --results-table onto the store", eval_results_table_onto_store, 1, "--results-table"),
+    Case("1 export --force onto the run it exports", export_onto("ev"), 1, "is the input"),
+    Case("1 export --force into its model folder", export_onto(f"ev/{runs.BEST_MODEL}/copy"), 1,
+         "inside the model it exports"),
     Case("1 predict -o the user's own JSON", predict_onto("notes.json", _users_json), 1,
          "notes.json exists and is not a file of predictions kebr wrote"),
     Case("1 extract --report onto the user's own JSON", extract_report_onto_users_json, 1,
@@ -315,6 +343,11 @@ CASES = [
          "which kebr did not write"),
     Case("3 pretrain --force into a folder of the user's files", pretrain_over_users_files(True), 1,
          "which kebr did not write"),
+    Case("3 export --force onto a link to elsewhere", export_onto("shared", _link_to_elsewhere), 1, "is a symbolic link"),
+    Case("3 export --force onto a model folder holding a link", export_onto("shared", _model_folder_with_a_link), 1,
+         "is a symbolic link"),
+    Case("3 export --force into a folder of the user's files", export_onto("mine", _users_folder), 1,
+         "is not a kebr model folder"),
     Case("3 ablate over the user's results.csv", ablate_over_users_results, 1, "results.csv, which kebr did not write"),
     Case("3 eval into the user's own results table", eval_into_users_results_table, 1, "is not a kebr results table",
          may_write=("run/",)),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import TINY_BERT
@@ -253,3 +254,46 @@ def test_predict_gives_a_ten_hour_video_its_reason_quickly(trained: dict, tmp_pa
     entries = json.loads(result.output[result.output.index("[\n"): result.output.rindex("]") + 1])  # stdout's JSON list
     assert entries[0]["score"] is not None and entries[1]["score"] is None
     assert "its pictures run to 36000 s, past the 600 s that are decoded at most; raise --max-duration" in entries[1]["error"]
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["frozen", "fine-tuned"])
+def test_a_copied_best_model_predicts_alone_after_the_run_and_text_model_are_deleted(trained: dict, tmp_path: Path,
+                                                                                      freeze: bool):
+    """Issue 26: fine-tune with --text-model a LOCAL folder, copy best-model/ alone, delete the run and the text
+    model's folder: `kebr predict --model copy/` and `KEBRModel.from_pretrained(copy)` still give the clip the
+    prediction the fine-tuning run wrote for it."""
+    from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+    from kebr_core.recipes.predict import Scorer
+
+    text_model = tmp_path / "text-model"
+    load_text_encoder(TINY_BERT).save_pretrained(str(text_model))
+    load_tokenizer(TINY_BERT).save_pretrained(str(text_model))
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["eval", "-d", str(trained["store"]), "-o", str(run), "--text-model", str(text_model),
+                            "--epochs", "1", "--seeds", "1", "--batch-size", "4", "--layers", "1", "--lr", "1e-3",
+                            *(["--freeze-encoder"] if freeze else [])])
+    assert r.exit_code == 0, r.output
+    store = FeatureStore(trained["store"])
+    with open(run / "seed-0" / "predictions.csv") as f:
+        expected = {row["id"]: float(row["prediction"]) for row in csv.DictReader(f)}
+    sample_id = next(iter(expected))
+    i = store.ids.index(sample_id)
+    video_id, clip_id = sample_id.split("$_$")
+    video = trained["clips"].root / video_id / f"{clip_id}.mp4"
+
+    card = (run / "best-model" / "README.md").read_text()  # the extractors a video must go through, named
+    assert "from the `kebr33` set of `kebr extract`" in card and "`mediapipe` backend at 10.0 fps" in card
+    assert "kebr predict clip.mp4 --model THIS_FOLDER" in card
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(run / "best-model", copy)
+    shutil.rmtree(run)
+    shutil.rmtree(text_model)
+    result = runner.invoke(app, ["predict", str(video), "--model", str(copy), "--text", store.text(i), "--asr", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    assert entry["raw_score"] == pytest.approx(expected[sample_id], abs=1e-4)
+
+    model = KEBRModel.from_pretrained(copy)
+    scorer = Scorer(copy, model.run_config, bool(model.checkpoint_config["includes_encoder"]), torch.device("cpu"))
+    scorer.model = model  # the model from_pretrained built, scored the way kebr predict scores
+    assert scorer([store.sample(i)])[0] == pytest.approx(expected[sample_id], abs=1e-4)

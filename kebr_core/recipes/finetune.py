@@ -61,6 +61,8 @@ from kebr_core.io import open_for_writing
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
+from kebr_core.model_card import write_card
+from kebr_core.pretrained import load_folder_tokenizer, save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, report_final, require
 from kebr_core.results_files import write_results_csv
@@ -180,12 +182,14 @@ def labeled_splits(store: FeatureStore, store_path, splits: Sequence[str] = ("tr
     return split_index, unlabeled
 
 
-def split_datasets(store: FeatureStore, split_index: dict[str, np.ndarray], cfg: RunConfig):
+def split_datasets(store: FeatureStore, split_index: dict[str, np.ndarray], cfg: RunConfig, checkpoint: Path | None = None):
     """(datasets {split: StoreDataset}, the Collator, token ids of every store text in store order) for the
     splits of `split_index`. Texts are tokenised once for all splits; the texts of a split among
     train/valid/test left out of `split_index` (the test split during `kebr tune`) are replaced by the
-    empty text, so they never reach the encoder."""
-    tokenizer = load_tokenizer(cfg.model.text_model)
+    empty text, so they never reach the encoder. checkpoint: the pretrained model folder, whose tokenizer
+    is used when it holds one (`pretrained.load_folder_tokenizer`)."""
+    name = cfg.model.text_model
+    tokenizer = load_folder_tokenizer(checkpoint, name) if checkpoint is not None else load_tokenizer(name)
     left_out = store.indices([s for s in ("train", "valid", "test") if s not in split_index])
     hidden = np.zeros(len(store), bool)
     hidden[left_out] = True
@@ -258,10 +262,13 @@ def finetune(
             )
         barrier(info)
 
-        datasets, collate, token_ids = split_datasets(store, split_index, cfg)
+        datasets, collate, token_ids = split_datasets(store, split_index, cfg, checkpoint)
 
         per_seed, best_epochs, probes, pending = [], [], [], []
         text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
+        # What best-model/ records of its data: the features it expects and the data's fingerprint and splits.
+        model_record = store_features(store) | {"trained_on": {"data": runs.data_fingerprint(store_path),
+                                                               "splits": {s: len(d) for s, d in datasets.items()}}}
         for n_done, seed in enumerate(seeds):
             seed_dir = runs.seed_dir(run_dir, seed)
             done_file = seed_dir / runs.TEST_JSON
@@ -272,7 +279,7 @@ def finetune(
                     pending.append(seed)
                     continue
                 result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
-                                   best_model_dir=run_dir / runs.BEST_MODEL, features=store_features(store),
+                                   best_model_dir=run_dir / runs.BEST_MODEL, features=model_record,
                                    text_cache=text_cache, probe=probe)
             per_seed.append(result["test"])
             if probe:
@@ -292,6 +299,8 @@ def finetune(
             _write_results(run_dir, seeds, per_seed, best_epochs, summary, probe_summary, std, unlabeled,
                            store_inputs(store_path))
             report_final(run_dir, cfg.to_dict(), summary)
+            if (run_dir / runs.BEST_MODEL / runs.CONFIG).is_file():  # the card's test metrics, now that all seeds ran
+                write_card(run_dir / runs.BEST_MODEL, run_dir)
         barrier(info)
         return EvalResult(run_dir=run_dir, per_seed=per_seed, summary=summary, best_epochs=best_epochs, probe=probe_summary,
                           unlabeled=unlabeled, per_seed_probe=probes, seeds=seeds)
@@ -432,8 +441,9 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
         with locked(best_model_dir.parent / runs.LOCK):
             chosen = json.loads(selection.read_text()) if selection.exists() else None
             if chosen is None or (chosen["valid_mae"], chosen["seed"]) > (best[0], seed):
-                runs.save_checkpoint(best_model_dir, model, cfg, include_encoder=not frozen,
-                                     extra=features | {"stage": "finetune", "seed": seed})
+                tokenizer = load_folder_tokenizer(checkpoint, cfg.model.text_model) if checkpoint is not None else None
+                save_pretrained(model, best_model_dir, cfg, include_encoder=not frozen, tokenizer=tokenizer,
+                                extra=features | {"stage": "finetune", "seed": seed}, run_dir=best_model_dir.parent)
                 runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
         runs.atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
     barrier(info)

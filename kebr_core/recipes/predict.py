@@ -12,8 +12,8 @@
    Transcript: `text` (one video only) or the video's row of the `transcripts` table (id = the
    video's name without extension, or its path below a folder given), else a sidecar
    (.txt/.srt/.vtt), else ASR (`asr`).
-3. The fine-tuned KEBRModel (the checkpoint's ModelConfig; the text encoder from the checkpoint, or
-   by name from `text_model` when it was frozen and not saved) scores batches of `batch_size` videos,
+3. The fine-tuned KEBRModel (`pretrained.build_from_folder`: the text encoder and tokenizer from the
+   folder, or by name when it was frozen and its name resolves everywhere) scores batches of `batch_size` videos,
    as they are extracted (memory stays flat for any number of videos).
 
 Outputs per video (`Prediction`): the score clip(ŷ, −3, 3) on MOSI's scale; its 7-class label
@@ -48,7 +48,7 @@ from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S
 from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
-from kebr_core.model import KEBRModel, load_tokenizer
+from kebr_core.pretrained import build_from_folder
 from kebr_core.training import (
     ProgressFn,
     autocast,
@@ -174,20 +174,12 @@ class Scorer:
     """A fine-tuned KEBRModel in eval mode with its tokenizer and collate: samples → scores ŷ."""
 
     def __init__(self, checkpoint: Path, cfg: RunConfig, includes_encoder: bool, device: torch.device) -> None:
-        from safetensors import safe_open
-
         self.cfg, self.device, self.includes_encoder = cfg, device, includes_encoder
-        self.tokenizer = load_tokenizer(cfg.model.text_model)
-        self.model = KEBRModel(cfg.model, cfg.mcc)  # a frozen encoder was not saved: it loads by name here
-        with safe_open(str(checkpoint / runs.WEIGHTS), framework="pt") as f:
-            saved = set(f.keys())
-        needed = [k for k in self.model.state_dict() if k.startswith(("fusion.", "finetune_head."))
-                  or (includes_encoder and k.startswith("encoder."))]
-        missing = [k for k in needed if k not in saved]
-        if missing:
-            raise KebrError(f"Checkpoint {checkpoint} lacks weights the model needs, e.g. {missing[0]} (not a fine-tuned "
-                            f"checkpoint?): {SCORING_ROUTE}.")
-        runs.load_checkpoint_weights(self.model, checkpoint, skip_prefixes=("pretrain_head.",))
+        # The encoder and tokenizer from the folder (text-encoder/), or by name when it holds none
+        # (a frozen, offline-resolvable encoder; a folder written before text-encoder/ existed).
+        self.model = build_from_folder(checkpoint, cfg, includes_encoder, skip_prefixes=("pretrain_head.",),
+                                       route=SCORING_ROUTE.rstrip("."))
+        self.tokenizer = self.model.tokenizer
         self.model.to(device).eval()
         self.collate = Collator.from_config(cfg.model, self.tokenizer.pad_token_id)
 

@@ -43,6 +43,7 @@ from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import load_tokenizer
+from kebr_core.pretrained import save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, require
 from kebr_core.training import (
@@ -254,7 +255,10 @@ def pretrain(
             raise
         final = run_dir / runs.FINAL
         if info.is_main:
-            runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
+            trained_on = {"data": runs.data_fingerprint(store_path), "splits": list(splits) if splits is not None else None,
+                          "samples": len(used)}
+            save_pretrained(model, final, cfg, include_encoder=not frozen, extra={"trained_on": trained_on},
+                            tokenizer=tokenizer, run_dir=run_dir)
             log.log_config(cfg.to_dict(), row, epoch)
             log.close()
         barrier(info)

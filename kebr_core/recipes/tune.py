@@ -311,7 +311,7 @@ def _search(study, store, store_path, split_index, base, space, options, run_dir
     from optuna.storages import fail_stale_trials
 
     device = resolve_device(base.train.device)
-    datasets, collate, token_ids = split_datasets(store, split_index, base)
+    datasets, collate, token_ids = split_datasets(store, split_index, base, checkpoint)
     seed = base.train.seeds[0]
     direction = METRICS[options.metric]
 
