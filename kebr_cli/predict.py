@@ -11,6 +11,7 @@ from rich.table import Table
 
 from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, fail, renamed, user_errors
 from kebr_cli.extract import ASR
+from kebr_cli.train import MaxParameters
 from kebr_core.errors import KebrError
 from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
 
@@ -59,6 +60,7 @@ def predict(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=0, help="Extraction processes (default 0: extract in this process)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, hidden=True, help="Old name of --jobs."),
     device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
+    max_parameters: int = MaxParameters,
 ) -> None:
     """Score videos: sentiment in [-3, 3], its 7-class label and polarity (neutral = class 0, |score| ≤ 0.5).
 
@@ -80,7 +82,7 @@ def predict(
             check_replaceable(out, lambda p: json_with_keys(p, {"video", "score"}), "a file of predictions")
         predictions = run_predict(
             videos, model, text=text, transcripts=transcripts, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=jobs,
-            batch_size=batch_size, device=device, progress=report,
+            batch_size=batch_size, device=device, max_parameters=max_parameters, progress=report,
         )
         payload = [p.to_dict() for p in predictions]
         if out is not None:

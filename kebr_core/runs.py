@@ -60,13 +60,15 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
+from kebr_core import checkpoint_files
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.io import foreign_files, open_for_writing, refuse_foreign, refuse_links
 from kebr_core.shards import claimed
+from kebr_core.strict import read_settings_data
 
 # ── file and folder names ──
 CONFIG = "config.json"
@@ -110,7 +112,8 @@ EVAL_COLUMNS = (
 )
 
 # Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
-OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints"})
+OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints",
+                              "train.max_parameters"})
 # What a run directory's own files are: `force` removes these and nothing else.
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,
               BEST_TOML)
@@ -255,8 +258,8 @@ def is_kebr_run(run_dir: Path) -> bool:
     if cfg_path.is_symlink() or not cfg_path.is_file():
         return False
     try:
-        payload = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        payload = read_settings_data(cfg_path, "Run configuration", kind="JSON")  # bounded: a crafted file is no kebr run
+    except KebrError:
         return False
     return isinstance(payload, dict) and payload.get("stage") in ("pretrain", "finetune", "tune")
 
@@ -347,9 +350,11 @@ def check_identity(run_dir: Path, identity: Mapping[str, Any], may_differ: Itera
     """Refuse (one sentence naming the differing keys) when `run_dir` holds a run other than `identity`."""
     cfg_path = Path(run_dir) / CONFIG
     try:
-        old = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise KebrError(f"{cfg_path} is not a kebr run configuration; choose another --out.") from None
+        old = read_settings_data(cfg_path, "Run configuration", kind="JSON")
+    except KebrError:
+        old = None
+    if not isinstance(old, dict):
+        raise KebrError(f"{cfg_path} is not a kebr run configuration; choose another --out.")
     # A field added since the run was written is missing from its config.json; the run computed with the
     # field's default (new fields default to the old behaviour), so it is compared as that default.
     defaults = RunConfig().to_dict()
@@ -563,16 +568,19 @@ def resolve_model_dir(path: str | Path) -> Path | None:
 
 
 def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    """A checkpoint's config.json, after both its files are checked (`checkpoint_files`: a crafted or
+    damaged file is one sentence naming it, before anything is built from it)."""
     cfg_file = Path(path) / CONFIG
     if not (Path(path) / WEIGHTS).exists() or not cfg_file.exists():
         raise KebrError(f"{path} is not a kebr checkpoint (expected {WEIGHTS} and {CONFIG} inside).")
-    return json.loads(cfg_file.read_text())
+    checkpoint_files.check_weights_file(Path(path) / WEIGHTS)
+    return checkpoint_files.read_config(cfg_file)
 
 
 def load_checkpoint_weights(model: torch.nn.Module, path: Path, skip_prefixes: tuple[str, ...] = ()) -> None:
     """Load a checkpoint's weights into `model`; shape mismatches and non-float weights for float parameters
     are one clear sentence."""
-    state = load_file(str(Path(path) / WEIGHTS))
+    state = checkpoint_files.load_weights(Path(path) / WEIGHTS)
     state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
     own = model.state_dict()
     for k, v in state.items():

@@ -56,6 +56,7 @@ from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo, barrier, check_nodes_agree, gather_predictions, init_distributed, shard
 from kebr_core.errors import KebrError
+from kebr_core.model_size import check_model_size
 from kebr_core.io import open_for_writing
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
@@ -208,6 +209,7 @@ def finetune(
                 f"{cfg.model.d_vision} dims, but {store_path} has {wanted[0]}/{wanted[1]}."
             )
     configure_from_store(cfg, store)
+    check_model_size(cfg)  # before the run folder is touched (build_model checks again)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from kebr_core import runs
-from kebr_core.config import RunConfig
+from kebr_core.config import DEFAULT_MAX_PARAMETERS, RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import Sample
 from kebr_core.errors import KebrError
@@ -48,6 +48,7 @@ from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
 from kebr_core.model import KEBRModel, load_tokenizer
+from kebr_core.model_size import check_model_size
 from kebr_core.training import (
     ProgressFn,
     autocast,
@@ -168,6 +169,7 @@ class Scorer:
         from safetensors import safe_open
 
         self.cfg, self.device, self.includes_encoder = cfg, device, includes_encoder
+        check_model_size(cfg, f"checkpoint {checkpoint}")  # before any weight is allocated
         self.tokenizer = load_tokenizer(cfg.model.text_model)
         self.model = KEBRModel(cfg.model, cfg.mcc)  # a frozen encoder was not saved: it loads by name here
         with safe_open(str(checkpoint / runs.WEIGHTS), framework="pt") as f:
@@ -259,10 +261,12 @@ def predict(
     workers: int = 0,
     batch_size: int = 32,
     device: str = "auto",
+    max_parameters: int = DEFAULT_MAX_PARAMETERS,
     progress: ProgressFn = no_progress,
 ) -> list[Prediction]:
     """Score every video (files or folders) with a fine-tuned checkpoint; one Prediction per video,
-    in input order. Raises KebrError for a bad checkpoint or options, never for a bad video."""
+    in input order. Raises KebrError for a bad checkpoint or options, never for a bad video.
+    max_parameters: the largest model built (the user's bound, not the checkpoint's: `model_size`)."""
     if not videos:
         raise KebrError("Give at least one video to score.")
     if batch_size < 1:
@@ -291,7 +295,9 @@ def predict(
         progress("score", scored, len(items), {})
 
     try:
-        scorer = Scorer(path, RunConfig.from_dict(saved), bool(saved.get("includes_encoder", False)), resolve_device(device))
+        cfg = RunConfig.from_dict(saved, source=f"checkpoint {path}")
+        cfg.train.max_parameters = max_parameters
+        scorer = Scorer(path, cfg, bool(saved.get("includes_encoder", False)), resolve_device(device))
         with quiet_native_stderr() if executor is None else nullcontext():
             for k, result in enumerate(ordered_results(items, options, executor)):
                 progress("extract", k + 1, len(items), {})

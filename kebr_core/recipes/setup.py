@@ -24,6 +24,7 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.model import KEBRModel
+from kebr_core.model_size import check_model_size
 from kebr_core.training import ProgressFn, TextCache, adam, build_text_cache, no_progress, seed_everything
 
 Stage = Literal["pretrain", "finetune"]
@@ -65,6 +66,7 @@ def build_model(cfg: RunConfig, device: torch.device, checkpoint: Path | None = 
     then a pretraining checkpoint's weights (TCMF, and the encoder when it was saved) loaded over it.
     Both heads keep their initialisation: the checkpoint's fine-tuning head was never trained, and
     loading it would give every fine-tuning seed the same head (their spread would understate the std)."""
+    check_model_size(cfg)  # before any weight is allocated
     model = KEBRModel(cfg.model, cfg.mcc).to(device)
     if checkpoint is not None:
         runs.load_checkpoint_weights(model, Path(checkpoint), skip_prefixes=("pretrain_head.", "finetune_head."))
