@@ -137,6 +137,26 @@ def _features_overwritten(tmp: Path, src: Path) -> list[str]:
 CHECKPOINTS.append(Case("predict: features overwritten by a string", _features_overwritten, 1,
                         "features must be an object"))
 
+
+def _model_folder_now_a_file(tmp: Path, src: Path) -> list[str]:
+    (tmp / "best-model").write_bytes(b"PK\x03\x04 an archive where the folder was")
+    return ["predict", str(tmp / "clip.mp4"), "--model", str(tmp / "best-model"), "--asr", "none"]
+
+
+def _weights_now_a_folder(tmp: Path, src: Path) -> list[str]:
+    ck = _checkpoint(tmp, src)
+    (ck / runs.WEIGHTS).unlink()
+    (ck / runs.WEIGHTS).mkdir()
+    (ck / runs.WEIGHTS / "part-1").write_bytes(b"x")
+    return ["eval", "-d", str(_store(tmp)), "--pretrained", str(ck), "-o", str(tmp / "ev"), *FAST]
+
+
+CHECKPOINTS += [
+    Case("predict: the model folder overwritten by a file", _model_folder_now_a_file, 1, "is not a fine-tuned checkpoint"),
+    Case("eval: model.safetensors replaced by a folder", _weights_now_a_folder, 1,
+         "model.safetensors are missing or not a plain file"),
+]
+
 # ── class 3: sizes in a valid-looking checkpoint or in options (refused before anything is allocated) ───
 
 SIZES = [
