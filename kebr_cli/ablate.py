@@ -20,7 +20,7 @@ from kebr_cli.tables import ablation_table
 from kebr_cli.threads import Threads, using_threads
 from kebr_cli.train import (
     ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, ConfigFile, Device, Dropout, DroppedModality, Force, HeadHidden, Heads, LambdaMCC,
-    Layers, LoaderWorkers, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
+    Layers, LoaderWorkers, MaxParameters, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
     ReportTo, print_config, seeds_option, store_if_present, trained_config, was_typed,
 )
 from kebr_core import runs
@@ -68,7 +68,7 @@ def ablate(
     s: float = S, lambda_mcc: float = LambdaMCC, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN,
     attention_width: Optional[int] = AttentionWidth, head_hidden: int = HeadHidden, random_word: str = RandomWord,
     modality_dropout: float = ModalityDropout, dropped_modality: str = DroppedModality,
-    max_text_len: int = MaxTextLen, dropout: float = Dropout, bf16: Optional[bool] = BF16,
+    max_text_len: int = MaxTextLen, max_parameters: int = MaxParameters, dropout: float = Dropout, bf16: Optional[bool] = BF16,
     pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1, help="Pretraining epochs (default 20)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10)."),
     batch_size: int = BatchSize,

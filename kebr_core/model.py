@@ -21,12 +21,13 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from kebr_core.config import DEFAULT_TEXT_MODEL, MCCConfig, ModelConfig
+from kebr_core.config import DEFAULT_TEXT_MODEL, MAX_LAYERS, MAX_SEED, MAX_WIDTH, MCCConfig, ModelConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.fusion import LateFusion, SymmetricFusion
 from kebr_core.modules.mcc import MCCOutput, mcc_loss
 from kebr_core.modules.pooling import masked_mean
 from kebr_core.modules.tcmf import TCMF
+from kebr_core.strict import decimal_integer
 
 EMBEDDED_ALIASES = {DEFAULT_TEXT_MODEL, "embedded", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 RANDOM_PREFIX = "random-bert:"
@@ -50,16 +51,40 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
+# The largest value of each size of a random BERT (README "Trust and safety"); what they cost together
+# is bounded by the parameter count (`kebr_core.model_size`).
+_RANDOM_MAXIMA = {"hidden": MAX_WIDTH, "layers": MAX_LAYERS, "heads": 1024, "seed": MAX_SEED}
+
+
 def _parse_random_spec(name: str) -> dict[str, int]:
     """`random-bert:hidden=32,layers=2,heads=2` → BertConfig sizes (unknown keys are an error)."""
     sizes = {"hidden": 32, "layers": 2, "heads": 2, "seed": 0}
     spec = name[len(RANDOM_PREFIX):]
     for part in filter(None, spec.split(",")):
         key, _, value = part.partition("=")
-        if key not in sizes or not value.isdigit():
+        number = decimal_integer(value) if value.strip().isdigit() else None
+        if key not in sizes or number is None:
             raise KebrError(f"Text model '{name}': expected random-bert:hidden=N,layers=N,heads=N,seed=N.")
-        sizes[key] = int(value)
+        least = 0 if key == "seed" else 1
+        if not least <= number <= _RANDOM_MAXIMA[key]:
+            raise KebrError(f"Text model '{name}': {key} must be from {least} to {_RANDOM_MAXIMA[key]:,}, not {value}.")
+        sizes[key] = number
     return sizes
+
+
+def random_bert_config(name: str):
+    """The BertConfig of a `random-bert:...` text model (MiniLM's vocabulary, 512 positions)."""
+    from transformers import BertConfig
+
+    sizes = _parse_random_spec(name)
+    return BertConfig(
+        vocab_size=load_tokenizer(name).vocab_size,
+        hidden_size=sizes["hidden"],
+        num_hidden_layers=sizes["layers"],
+        num_attention_heads=sizes["heads"],
+        intermediate_size=4 * sizes["hidden"],
+        max_position_embeddings=512,
+    )
 
 
 def load_tokenizer(name: str):
@@ -75,25 +100,16 @@ def load_tokenizer(name: str):
 
 def load_text_encoder(name: str) -> nn.Module:
     """A Hugging Face encoder returning `last_hidden_state` (B, Lt, dt); one clear error if unavailable."""
-    from transformers import AutoModel, BertConfig, BertModel
+    from transformers import AutoModel, BertModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress reporting is the CLI's; keep logs clean
     hf_logging.set_verbosity_error()
 
     if name.startswith(RANDOM_PREFIX):
-        sizes = _parse_random_spec(name)
-        vocab = load_tokenizer(name).vocab_size
-        cfg = BertConfig(
-            vocab_size=vocab,
-            hidden_size=sizes["hidden"],
-            num_hidden_layers=sizes["layers"],
-            num_attention_heads=sizes["heads"],
-            intermediate_size=4 * sizes["hidden"],
-            max_position_embeddings=512,
-        )
+        cfg = random_bert_config(name)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sizes["seed"])
+            torch.manual_seed(_parse_random_spec(name)["seed"])
             return BertModel(cfg, add_pooling_layer=False)
     try:
         encoder = AutoModel.from_pretrained(resolve_text_model(name))

@@ -92,6 +92,13 @@ def save_pretrained(model: KEBRModel, path: str | Path, cfg: RunConfig | None = 
     return path
 
 
+def encoder_source(folder: str | Path | None, text_model: str) -> str:
+    """Where the text encoder of a model folder is described: its text-encoder/ when that holds the
+    encoder's configuration, else the text model's name (`load_encoder` reads the same)."""
+    side = Path(folder) / runs.TEXT_ENCODER if folder is not None else None
+    return str(side) if side is not None and (side / HF_CONFIG).is_file() else text_model
+
+
 def load_encoder(folder: str | Path, text_model: str) -> nn.Module:
     """The text encoder of a model folder: from text-encoder/ when it is stored there (its weights, or
     only its architecture when the trained weights are in model.safetensors), else by name."""

@@ -53,6 +53,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +61,16 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from kebr_core import results_files
+from kebr_core import checkpoint_files, results_files
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.io import foreign_files, open_for_writing, refuse_foreign, refuse_links
+from kebr_core.own_files import refuse_link_on_the_way, remove_written, remove_written_or_refuse
 from kebr_core.shards import claimed
+from kebr_core.strict import read_settings_data
 
 # ── file and folder names ──
 CONFIG = "config.json"
@@ -115,16 +118,27 @@ EVAL_COLUMNS = (
 
 # Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
 OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints",
-                              "train.report_to"})
+                              "train.report_to", "train.max_parameters"})
 # What a run directory's own files are: `force` removes these and nothing else.
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,
               BEST_TOML)
 _OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL, TENSORBOARD)  # last/: the layout before checkpoints/latest
 # Left by a kill inside `save_checkpoint`; also kebr's.
 _OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in (".tmp", ".old"))
+# The files a model folder holds (final/, best-model/, checkpoints/epoch-NNNN/): what a removal of one
+# takes, by name, and nothing else in it (`kebr_core.own_files`).
+# text-encoder/ holds what Hugging Face's save_pretrained writes for a tokenizer and an encoder (pretrained.py;
+# transformers 4 and 5 name them differently): a file of another name there keeps the folder.
+TEXT_ENCODER_FILES = tuple(f"{TEXT_ENCODER}/{name}" for name in (
+    "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja"))
+MODEL_FOLDER_FILES = (WEIGHTS, CONFIG, TRAINER_STATE, SELECTION, MODEL_CARD, *TEXT_ENCODER_FILES)
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
 _PRETRAIN_SEED_DIR = re.compile(r"pseed-(-?\d+)")
 _EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
+_EPOCH_TMP = re.compile(r"epoch-\d{4,}\.tmp")  # a checkpoint being written (`save_resume_checkpoint`), left by a kill
+_LATEST_TMP = re.compile(rf"{LATEST}\.\d+-[0-9a-f]{{8}}\.tmp")  # `atomic_write_text`'s, left by a kill
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:
@@ -260,8 +274,8 @@ def is_kebr_run(run_dir: Path) -> bool:
     if cfg_path.is_symlink() or not cfg_path.is_file():
         return False
     try:
-        payload = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        payload = read_settings_data(cfg_path, "Run configuration", kind="JSON")  # bounded: a crafted file is no kebr run
+    except KebrError:
         return False
     return isinstance(payload, dict) and payload.get("stage") in ("pretrain", "finetune", "tune")
 
@@ -287,15 +301,35 @@ def check_ablation_files(out: Path) -> None:
 
 def remove_run_files(run_dir: Path) -> None:
     """Remove what a kebr run wrote into `run_dir` (the contract's names), nothing else; `check_run_files`
-    first, so nothing is removed through a link or from a folder that holds no kebr run."""
+    first, so nothing is removed through a link or from a folder that holds no kebr run. Model folders and
+    checkpoints/ lose only kebr's files (`own_files`): a file someone put there keeps its folder."""
     check_run_files(run_dir)
     for name in _OWN_FILES:
         if name != LOCK:  # another job may hold it (a shared pretraining of `kebr ablate`)
             (run_dir / name).unlink(missing_ok=True)
-    for name in _OWN_DIRS + _OWN_LEFTOVERS:
+    for name in (FINAL, BEST_MODEL) + _OWN_LEFTOVERS:
+        remove_written(run_dir / name, MODEL_FOLDER_FILES, inside=run_dir)
+    _remove_checkpoints(run_dir)
+    for name in set(_OWN_DIRS) - {FINAL, BEST_MODEL, CHECKPOINTS}:  # whole runs of their own (no link below: checked)
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for seed in run_seeds(run_dir):
         shutil.rmtree(seed_dir(run_dir, seed), ignore_errors=True)
+
+
+def _remove_checkpoints(run_dir: Path) -> None:
+    """checkpoints/: its epoch folders (kebr's files in them), a checkpoint left half-written, the `latest`
+    pointer, and the folder when nothing else is left in it."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return
+    refuse_link_on_the_way(root, run_dir)
+    for path in root.iterdir():
+        if _EPOCH_DIR.fullmatch(path.name) or _EPOCH_TMP.fullmatch(path.name):
+            remove_written(path, MODEL_FOLDER_FILES, inside=run_dir)
+        elif (path.name == LATEST or _LATEST_TMP.fullmatch(path.name)) and stat.S_ISREG(path.lstat().st_mode):
+            path.unlink()
+    if not any(root.iterdir()):
+        root.rmdir()
 
 
 @contextmanager
@@ -352,9 +386,11 @@ def check_identity(run_dir: Path, identity: Mapping[str, Any], may_differ: Itera
     """Refuse (one sentence naming the differing keys) when `run_dir` holds a run other than `identity`."""
     cfg_path = Path(run_dir) / CONFIG
     try:
-        old = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise KebrError(f"{cfg_path} is not a kebr run configuration; choose another --out.") from None
+        old = read_settings_data(cfg_path, "Run configuration", kind="JSON")
+    except KebrError:
+        old = None
+    if not isinstance(old, dict):
+        raise KebrError(f"{cfg_path} is not a kebr run configuration; choose another --out.")
     # A field added since the run was written is missing from its config.json; the run computed with the
     # field's default (new fields default to the old behaviour), so it is compared as that default.
     defaults = RunConfig().to_dict()
@@ -431,7 +467,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, cfg: RunConfig, include_
     path = Path(path)
     recover_folder(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in (tmp, old):  # kebr's own, from a kill; anything else in them is refused, not removed
+        remove_written_or_refuse(leftover, MODEL_FOLDER_FILES, path.parent, f"to save {path}")
     _write_checkpoint_files(tmp, model_weights(model, include_encoder), checkpoint_payload(cfg, include_encoder, extra), None)
     if write_more is not None:
         write_more(tmp)
@@ -442,7 +479,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, cfg: RunConfig, include_
         os.replace(path, old)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_written(old, MODEL_FOLDER_FILES, path.parent)  # a file someone put into the old folder stays, in <path>.old
 
 
 def recover_folder(path: Path) -> None:
@@ -451,7 +488,7 @@ def recover_folder(path: Path) -> None:
     if old.exists() and not path.exists():
         os.replace(old, path)
     elif old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+        remove_written(old, MODEL_FOLDER_FILES, path.parent)
 
 
 def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tensor], payload: Mapping[str, Any],
@@ -460,15 +497,17 @@ def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tens
     epoch folders; 0 keeps all). Every step leaves `latest` naming a complete checkpoint."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
+    refuse_link_on_the_way(root, run_dir)  # checked at the start too; a link made since is not written through
     target = epoch_dir(run_dir, epoch)
     tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    purpose = f"to save checkpoint {target.name}"
+    remove_written_or_refuse(tmp, MODEL_FOLDER_FILES, run_dir, purpose)
     _write_checkpoint_files(tmp, weights, payload, dict(trainer_state) | {"epoch": epoch})
     current = latest_checkpoint(run_dir)
     if target.exists() and target != current:  # left by a run killed before its pointer moved: stale
-        shutil.rmtree(target)
+        remove_written_or_refuse(target, MODEL_FOLDER_FILES, run_dir, purpose)
     if target.exists():  # the same epoch saved again (its content is the same state): keep the one there
-        shutil.rmtree(tmp)
+        remove_written(tmp, MODEL_FOLDER_FILES, run_dir)
     else:
         os.replace(tmp, target)
         _fsync_dir(root)
@@ -478,14 +517,19 @@ def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tens
 
 
 def _apply_retention(root: Path, latest: Path, keep: int) -> None:
-    for stray in root.glob("*.tmp"):  # left by a kill before a rename
-        shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
+    """Remove checkpoints left half-written by a kill, and all but the `keep` newest epoch folders (0: none),
+    by kebr's own names only (`own_files`: a foreign file keeps its folder, `important.tmp` is no checkpoint)."""
+    run_dir = root.parent
+    for stray in root.iterdir():  # left by a kill before a rename
+        if _EPOCH_TMP.fullmatch(stray.name):
+            remove_written(stray, MODEL_FOLDER_FILES, inside=run_dir)
     if keep <= 0:
         return
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and _EPOCH_DIR.fullmatch(p.name)), key=lambda p: p.name)
+    folders = sorted((p for p in root.iterdir() if _EPOCH_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink()),
+                     key=lambda p: p.name)
     for old in folders[:-keep]:
         if old != latest:
-            shutil.rmtree(old)
+            remove_written(old, MODEL_FOLDER_FILES, inside=run_dir)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -574,16 +618,19 @@ def resolve_model_dir(path: str | Path) -> Path | None:
 
 
 def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    """A checkpoint's config.json, after both its files are checked (`checkpoint_files`: a crafted or
+    damaged file is one sentence naming it, before anything is built from it)."""
     cfg_file = Path(path) / CONFIG
     if not (Path(path) / WEIGHTS).exists() or not cfg_file.exists():
         raise KebrError(f"{path} is not a kebr checkpoint (expected {WEIGHTS} and {CONFIG} inside).")
-    return json.loads(cfg_file.read_text())
+    checkpoint_files.check_weights_file(Path(path) / WEIGHTS)
+    return checkpoint_files.read_config(cfg_file)
 
 
 def load_checkpoint_weights(model: torch.nn.Module, path: Path, skip_prefixes: tuple[str, ...] = ()) -> None:
     """Load a checkpoint's weights into `model`; shape mismatches and non-float weights for float parameters
     are one clear sentence."""
-    state = load_file(str(Path(path) / WEIGHTS))
+    state = checkpoint_files.load_weights(Path(path) / WEIGHTS)
     state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
     own = model.state_dict()
     for k, v in state.items():

@@ -288,3 +288,26 @@ def test_fine_tuning_from_a_copied_final_needs_no_text_model_folder(tmp_path: Pa
                             "--seeds", "1", "--batch-size", "8", "--freeze-encoder"])
     assert r.exit_code == 0, r.output
     assert (run / runs.BEST_MODEL / runs.TEXT_ENCODER / runs.WEIGHTS).is_file()  # stored again: still self-contained
+
+
+def test_a_model_folder_saved_again_replaces_its_text_encoder_and_keeps_a_foreign_file(tmp_path: Path):
+    """best-model/ is saved again at every better epoch: the previous folder (with text-encoder/ and the card)
+    must go entirely, or the next save finds a leftover `.old` it does not recognise and refuses. A file
+    someone put into text-encoder/ is not removed: it stays in best-model.old, and the next save says so."""
+    from kebr_core.pretrained import save_pretrained
+
+    text_model = save_local_text_model(tmp_path / "text-model")
+    cfg = RunConfig()
+    cfg.model.text_model = str(text_model)
+    cfg.model.d_audio, cfg.model.d_vision, cfg.model.layers = 3, 4, 1
+    model = KEBRModel(cfg.model, cfg.mcc)
+    folder = tmp_path / "run" / runs.BEST_MODEL
+    for _ in range(3):
+        save_pretrained(model, folder, cfg, include_encoder=False)
+        assert sorted(p.name for p in folder.parent.iterdir()) == [runs.BEST_MODEL]  # no .old, no .tmp left
+    assert (folder / runs.TEXT_ENCODER / "config.json").is_file() and (folder / runs.MODEL_CARD).is_file()
+    (folder / runs.TEXT_ENCODER / "notes.txt").write_text("mine")
+    save_pretrained(model, folder, cfg, include_encoder=False)
+    assert (folder.with_name(runs.BEST_MODEL + ".old") / runs.TEXT_ENCODER / "notes.txt").read_text() == "mine"
+    with pytest.raises(KebrError, match="notes.txt|text-encoder"):
+        save_pretrained(model, folder, cfg, include_encoder=False)

@@ -57,12 +57,13 @@ from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo, barrier, check_nodes_agree, gather_predictions, init_distributed, shard
 from kebr_core.errors import KebrError
+from kebr_core.model_size import check_model_size
 from kebr_core.io import open_for_writing
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
 from kebr_core.model_card import write_card
-from kebr_core.pretrained import load_folder_tokenizer, save_pretrained
+from kebr_core.pretrained import encoder_source, load_folder_tokenizer, save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, report_final, require
 from kebr_core.results_files import write_results_csv
@@ -239,6 +240,7 @@ def finetune(
     store = FeatureStore(store_path)
     split_index, unlabeled = labeled_splits(store, store_path)
     checkpoint = complete_config(cfg, store_path, checkpoint, typed, note)
+    check_model_size(cfg, encoder_from=encoder_source(checkpoint, cfg.model.text_model))  # before the run folder is touched
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]

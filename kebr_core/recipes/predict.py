@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from kebr_core import runs
-from kebr_core.config import RunConfig
+from kebr_core.config import DEFAULT_MAX_PARAMETERS, RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import Sample
 from kebr_core.errors import KebrError
@@ -48,7 +48,8 @@ from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S
 from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
-from kebr_core.pretrained import build_from_folder
+from kebr_core.model_size import check_model_size
+from kebr_core.pretrained import build_from_folder, encoder_source
 from kebr_core.training import (
     ProgressFn,
     autocast,
@@ -175,6 +176,7 @@ class Scorer:
 
     def __init__(self, checkpoint: Path, cfg: RunConfig, includes_encoder: bool, device: torch.device) -> None:
         self.cfg, self.device, self.includes_encoder = cfg, device, includes_encoder
+        check_model_size(cfg, f"checkpoint {checkpoint}", encoder_source(checkpoint, cfg.model.text_model))  # before any allocation
         # The encoder and tokenizer from the folder (text-encoder/), or by name when it holds none
         # (a frozen, offline-resolvable encoder; a folder written before text-encoder/ existed).
         self.model = build_from_folder(checkpoint, cfg, includes_encoder, skip_prefixes=("pretrain_head.",),
@@ -261,11 +263,13 @@ def predict(
     workers: int = 0,
     batch_size: int = 32,
     device: str = "auto",
+    max_parameters: int = DEFAULT_MAX_PARAMETERS,
     progress: ProgressFn = no_progress,
     max_duration: float = DEFAULT_MAX_DURATION_S,
 ) -> list[Prediction]:
     """Score every video (files or folders) with a fine-tuned checkpoint; one Prediction per video,
-    in input order. Raises KebrError for a bad checkpoint or options, never for a bad video."""
+    in input order. Raises KebrError for a bad checkpoint or options, never for a bad video.
+    max_parameters: the largest model built (the user's bound, not the checkpoint's: `model_size`)."""
     if not videos:
         raise KebrError("Give at least one video to score.")
     if batch_size < 1:
@@ -294,7 +298,9 @@ def predict(
         progress("score", scored, len(items), {})
 
     try:
-        scorer = Scorer(path, RunConfig.from_dict(saved), bool(saved.get("includes_encoder", False)), resolve_device(device))
+        cfg = RunConfig.from_dict(saved, source=f"checkpoint {path}")
+        cfg.train.max_parameters = max_parameters
+        scorer = Scorer(path, cfg, bool(saved.get("includes_encoder", False)), resolve_device(device))
         with quiet_native_stderr() if executor is None else nullcontext():
             for k, result in enumerate(ordered_results(items, options, executor)):
                 progress("extract", k + 1, len(items), {})

@@ -40,6 +40,7 @@ from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import SPLITS, FeatureStore
 from kebr_core.distributed import barrier, check_nodes_agree, init_distributed
 from kebr_core.errors import KebrError
+from kebr_core.model_size import check_model_size
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import load_tokenizer
@@ -150,6 +151,7 @@ def pretrain(
         where = f"in split(s) {', '.join(splits)}" if splits is not None else "at all"
         raise KebrError(f"Store {store_path} holds no samples {where} to pretrain on.")
     configure_from_store(cfg, store)
+    check_model_size(cfg)  # before the run folder is touched (build_model checks again)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     with runs.claim_run(run_dir, enabled=info.is_main):  # one job at a time in a run

@@ -24,7 +24,8 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.model import KEBRModel
-from kebr_core.pretrained import load_encoder
+from kebr_core.model_size import check_model_size
+from kebr_core.pretrained import encoder_source, load_encoder
 from kebr_core.training import ProgressFn, TextCache, adam, build_text_cache, no_progress, seed_everything
 
 Stage = Literal["pretrain", "finetune"]
@@ -66,6 +67,7 @@ def build_model(cfg: RunConfig, device: torch.device, checkpoint: Path | None = 
     then a pretraining checkpoint's weights (TCMF, and the encoder when it was saved) loaded over it.
     Both heads keep their initialisation: the checkpoint's fine-tuning head was never trained, and
     loading it would give every fine-tuning seed the same head (their spread would understate the std)."""
+    check_model_size(cfg, encoder_from=encoder_source(checkpoint, cfg.model.text_model))  # before any allocation
     # The encoder of a self-contained checkpoint comes from its folder (a copied final/ fine-tunes where the
     # text model's local path does not exist); otherwise, and for older folders, by name.
     encoder = load_encoder(checkpoint, cfg.model.text_model) if checkpoint is not None else None
