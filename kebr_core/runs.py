@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -66,7 +67,7 @@ from torch import Tensor
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.io import foreign_files, open_for_writing, refuse_foreign, refuse_links
-from kebr_core.shards import claimed
+from kebr_core.shards import claimed, locked
 
 # ── file and folder names ──
 CONFIG = "config.json"
@@ -92,6 +93,7 @@ COMPARE_CSV = "compare.csv"
 LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
+RESULTS_TABLE_LOCK = ".kebr-results-table.lock"  # beside a results table, held while one job changes it
 RUN_LOCK = ".kebr-run.lock"  # claimed by the job working on a run, or on some of its items (`claim_run`)
 # a search (`kebr tune`)
 TUNE_DB = "tune.db"  # the embedded SQLite Optuna study (unless --storage names another)
@@ -655,24 +657,28 @@ class ResultsRow:
 
 
 def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
-    """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others."""
+    """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others.
+    Jobs finishing at once (shards, other runs beside it) each read, change and replace the table under a
+    lock (`RESULTS_TABLE_LOCK` beside it), through their own temporary name: no row is lost and no writer
+    renames another's half-written file."""
     path = Path(path)
-    table: dict[tuple[str, str], dict[str, str]] = {}
-    if path.is_file():
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != RESULTS_TABLE_COLUMNS:  # not ours: rewriting it would lose columns
-                raise KebrError(f"{path} is not a kebr results table (its header is not {','.join(RESULTS_TABLE_COLUMNS)}); "
-                                "kebr overwrites only its own files: choose another --results-table.")
-            for r in reader:
-                table[(r.get("Run", ""), r.get("Dataset", ""))] = r
-    for row in rows:
-        cells = row.cells()
-        table[(cells["Run"], cells["Dataset"])] = cells
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open_for_writing(tmp, newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULTS_TABLE_COLUMNS, extrasaction="ignore")
+    with locked(path.parent / RESULTS_TABLE_LOCK):
+        table: dict[tuple[str, str], dict[str, str]] = {}
+        if path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                if tuple(reader.fieldnames or ()) != RESULTS_TABLE_COLUMNS:  # not ours: rewriting it would lose columns
+                    raise KebrError(f"{path} is not a kebr results table (its header is not "
+                                    f"{','.join(RESULTS_TABLE_COLUMNS)}); kebr overwrites only its own files: choose "
+                                    "another --results-table.")
+                for r in reader:
+                    table[(r.get("Run", ""), r.get("Dataset", ""))] = r
+        for row in rows:
+            cells = row.cells()
+            table[(cells["Run"], cells["Dataset"])] = cells
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=RESULTS_TABLE_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(table.values())
-    os.replace(tmp, path)
+        atomic_write_text(path, text.getvalue())

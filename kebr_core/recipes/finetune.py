@@ -54,7 +54,9 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
-from kebr_core.distributed import DistInfo, barrier, check_nodes_agree, gather_predictions, init_distributed, shard
+from kebr_core.distributed import (
+    DistInfo, barrier, check_nodes_agree, gather_predictions, init_distributed, on_main, refuse_unsupported, shard,
+)
 from kebr_core.errors import KebrError
 from kebr_core.io import open_for_writing
 from kebr_core.masking import tokenize_plain
@@ -209,13 +211,15 @@ def finetune(
             )
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
+    refuse_unsupported(info, cfg)
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]
     # One job at a time in a run; seed shards claim their own seeds (--collect only reads them, and writes the summary).
     with runs.claim_run(run_dir, mine, enabled=info.is_main and not collect):
         if collect and not (run_dir / runs.CONFIG).is_file():
             raise KebrError(f"Nothing to collect in {run_dir}: no run has started there (run kebr eval with --seed-shard first).")
-        if info.is_main:
+
+        def prepare() -> None:  # on rank 0; a refused folder stops every rank with its sentence (`on_main`)
             identity = runs.run_identity(cfg, "finetune", runs.data_fingerprint(store_path),
                                          checkpoint=str(checkpoint) if checkpoint else None,
                                          checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
@@ -224,7 +228,7 @@ def finetune(
                 extra={"store": str(store_path), "seeds": seeds, "selection": "epoch with the lowest validation MAE",
                        "world_size": info.world},
             )
-        barrier(info)
+        on_main(info, prepare)
 
         datasets, collate, token_ids = split_datasets(store, split_index, cfg)
 

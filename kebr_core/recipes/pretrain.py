@@ -38,7 +38,7 @@ from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import SPLITS, FeatureStore
-from kebr_core.distributed import barrier, check_nodes_agree, init_distributed
+from kebr_core.distributed import barrier, check_nodes_agree, init_distributed, on_main, refuse_unsupported
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
@@ -138,6 +138,7 @@ def pretrain(
         raise KebrError(f"Store {store_path} holds no samples {where} to pretrain on.")
     configure_from_store(cfg, store)
     info, device = init_distributed(resolve_device(cfg.train.device))
+    refuse_unsupported(info, cfg)
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     with runs.claim_run(run_dir, enabled=info.is_main):  # one job at a time in a run
         resume = resume or resume_if_possible
@@ -165,12 +166,12 @@ def pretrain(
             raise KebrError(f"No sample of {store_path} selected for pretraining has a word in its transcript, "
                             "so there is no word to mask.")
         without_words = len(selected) - len(used)
-        if info.is_main:
-            runs.prepare_run_dir(run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
-                                 may_differ=("train.epochs",) if resume else (),
-                                 extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
-                                        "samples_without_words": without_words})
-        barrier(info)
+        # On rank 0; a refused folder stops every rank with its sentence (`on_main`), none waits in a barrier.
+        on_main(info, lambda: runs.prepare_run_dir(
+            run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
+            may_differ=("train.epochs",) if resume else (),
+            extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
+                   "samples_without_words": without_words}))
         seed_everything(cfg.train.seed)
         # Samples outside `used` keep a placeholder ([CLS] [SEP], never read: the Subset leaves them out) so
         # the dataset and the text cache stay indexed by store index.
