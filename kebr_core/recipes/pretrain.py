@@ -31,22 +31,22 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import SPLITS, FeatureStore
-from kebr_core.distributed import barrier, check_nodes_agree, init_distributed, on_main, refuse_unsupported
+from kebr_core.distributed import barrier, check_nodes_agree, data_parallel, init_distributed, on_main, refuse_unsupported
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
+from kebr_core.loaders import RunLoaders
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.runs import MetricsLog
 from kebr_core.training import (
-    ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch,
+    ProgressFn, build_text_cache, loader_workers, no_progress, resolve_device, seed_everything, train_epoch,
 )
 
 
@@ -202,7 +202,7 @@ def pretrain(
             opt.load_state_dict(state["optimizer"])
             start_epoch = state["epoch"] + 1
             del state
-        net = DistributedDataParallel(model) if info.enabled else model
+        net = data_parallel(model, info)
         log = MetricsLog(run_dir / runs.METRICS, truncate_after_epoch=start_epoch - 1) if info.is_main else None
         payload = runs.checkpoint_payload(cfg, include_encoder=not frozen)
 
@@ -214,6 +214,7 @@ def pretrain(
 
         epoch = saved = start_epoch - 1
         row: dict = {}
+        loaders = RunLoaders(loader_workers(cfg.train.workers, device), device)  # workers start once per run
         snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
         try:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -224,7 +225,7 @@ def pretrain(
                         cache.replace(random_word, build_text_cache(
                             model.encoder, [encoded[i]["input_ids"] for i in random_word], device))
                 row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
-                                  info=info, seed=cfg.train.seed, progress=progress)
+                                  info=info, seed=cfg.train.seed, progress=progress, loaders=loaders)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
                     save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
                     saved, snapshot = epoch, None
@@ -241,6 +242,8 @@ def pretrain(
                 runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
                                             keep=cfg.train.keep_checkpoints)
             raise
+        finally:
+            loaders.close()
         final = run_dir / runs.FINAL
         if info.is_main:
             runs.save_checkpoint(final, model, cfg, include_encoder=not frozen)
