@@ -27,10 +27,11 @@ def main(argv: list[str]) -> int:
     except SignalException as e:
         return 130 if e.sigval == signal.SIGINT else 128 + int(e.sigval)
     except ChildFailedError as e:
-        for rank, failure in sorted(e.failures.items()):
-            if failure.exitcode < 0:  # killed (the kernel's out-of-memory killer, a scheduler): it said nothing
-                print(f"error: rank {rank} was killed by {failure.signal_name()}.", file=sys.stderr)
         codes = [f.exitcode for _, f in sorted(e.failures.items())]
+        if all(code < 0 for code in codes):  # only killed ranks (the out-of-memory killer): none said why
+            rank, failure = min(e.failures.items())
+            print(f"error: rank {rank} was killed by {failure.signal_name()}.", file=sys.stderr)
+        # else a rank stopped on its own and said why; the others were stopped by torchrun after it
         return next((c for c in codes if c > 0), 1)
     return 0
 

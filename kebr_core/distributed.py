@@ -136,11 +136,12 @@ def main_holds_lock(info: DistInfo) -> Callable[[bool], bool] | None:
     return agree
 
 
-def refuse_unsupported(info: DistInfo, cfg: Any) -> None:
-    """Settings whose result would depend on the number of processes, refused on every rank alike: the
-    authors' MCC alignment reads each batch's padding, and a rank pads its share of a global batch to its
-    own longest sample, not to the global batch's (so 2 processes would not equal 1)."""
-    if info.enabled and cfg.mcc.align == "authors":
+def refuse_unsupported(cfg: Any) -> None:
+    """Settings whose result would depend on the number of processes, refused on every rank alike before
+    any joins the group (torchrun's WORLD_SIZE): the authors' MCC alignment reads each batch's padding, and
+    a rank pads its share of a global batch to its own longest sample, not to the global batch's (so 2
+    processes would not equal 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.mcc.align == "authors":
         raise EveryRankError("--mcc-align authors cannot run on several processes (its cosines count each process's own "
                         "padding, so the result would depend on the number of processes): use --nproc-per-node 1 "
                         "or another --mcc-align.")

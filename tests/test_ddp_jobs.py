@@ -91,7 +91,7 @@ def test_two_sharded_ddp_ablations_at_once_agree_and_rank_0_alone_writes(tiny_st
         assert writers.get(name) == {"0"}, (name, writers)
     assert kebr(*common, "-o", str(one)).returncode == 0
     want = json.loads((one / runs.ABLATION_JSON).read_text())["configurations"]
-    assert [r["name"] for r in document["configurations"]] == [r["name"] for r in want] == ["C1", "g+0.20"]
+    assert [r["name"] for r in document["configurations"]] == [r["name"] for r in want] == ["C1", "g=+0.20"]
     for got, expected in zip(document["configurations"], want):
         assert got["mean"] == pytest.approx(expected["mean"], rel=1e-4, abs=1e-5)
 

@@ -210,8 +210,8 @@ def finetune(
                 f"{cfg.model.d_vision} dims, but {store_path} has {wanted[0]}/{wanted[1]}."
             )
     configure_from_store(cfg, store)
+    refuse_unsupported(cfg)
     info, device = init_distributed(resolve_device(cfg.train.device))
-    refuse_unsupported(info, cfg)
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]
     # One job at a time in a run; seed shards claim their own seeds (--collect only reads them, and writes the summary).

@@ -137,8 +137,8 @@ def pretrain(
         where = f"in split(s) {', '.join(splits)}" if splits is not None else "at all"
         raise KebrError(f"Store {store_path} holds no samples {where} to pretrain on.")
     configure_from_store(cfg, store)
+    refuse_unsupported(cfg)
     info, device = init_distributed(resolve_device(cfg.train.device))
-    refuse_unsupported(info, cfg)
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     with runs.claim_run(run_dir, enabled=info.is_main):  # one job at a time in a run
         resume = resume or resume_if_possible
