@@ -89,19 +89,7 @@ PY
 fi
 
 # Piece 0: everything the others need, or one line saying what is missing (and nothing else runs).
-piece "imports, tokenizer, lexicon" 45 "$PYTHON" -c '
-import importlib, pkgutil, sys
-try:
-    import kebr_cli.main, kebr_core.recipes
-    for m in pkgutil.iter_modules(kebr_core.recipes.__path__):
-        importlib.import_module(f"kebr_core.recipes.{m.name}")
-    import pytest
-    from kebr_core.lexicon import load_lexicon
-    from kebr_core.model import load_tokenizer
-    words, vocab = len(load_lexicon()), load_tokenizer("random-bert:").vocab_size
-except Exception as e:
-    print(f"bench/gpu.sh: the GPU pieces cannot start here: {type(e).__name__}: {e}"); sys.exit(1)
-print(f"every recipe imports; random-BERT tokenizer: {vocab} pieces; lexicon: {words} words")'
+piece "imports, tokenizer, lexicon" 45 "$PYTHON" bench/gpu_ready.py
 if [ "$failed" = 1 ]; then
   echo "gpu.sh: stopped: bring bench/wheelhouse (bash bench/gpu_wheels.sh) or install what is named above." | tee -a "$RESULTS"
   [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] && cp "$RESULTS" "$OUT/"

@@ -24,7 +24,7 @@ from kebr_core import runs
 from kebr_core.distributed import CONSTANT_BUFFERS, DistInfo, init_distributed
 from kebr_core.errors import EveryRankError
 from tests.conftest import TINY_BERT
-from tests.test_distributed import train_store
+from tests.test_distributed import run_ddp, train_store
 
 runner = CliRunner()
 FAST = ["--text-model", TINY_BERT, "--batch-size", "8", "--device", "cpu", "--dropout", "0"]
@@ -221,28 +221,13 @@ def _unfrozen_epochs(store: str, info: DistInfo) -> dict:
     return {"rows": rows, "state": {k: v.clone() for k, v in model.state_dict().items()}, "initial": initial}
 
 
-def _unfrozen_worker(rank: int, world: int, init_file: str, store: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.save(_unfrozen_epochs(store, DistInfo(rank=rank, world=world)), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_ddp_with_the_encoder_trained_matches_one_process(tmp_path: Path) -> None:
     """The text encoder's gradients go through DDP's all-reduce too (every earlier DDP test froze it): 33
     samples in batches of 8 on 2 processes, the metrics rows and every weight, encoder included, are one
     process's up to float error."""
-    import torch.multiprocessing as mp
-
     store = train_store(tmp_path / "train.h5", 33)
     single = _unfrozen_epochs(str(store), DistInfo())
-    mp.spawn(_unfrozen_worker, args=(2, str(tmp_path / "init"), str(store), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+    for result in run_ddp(2, store, tmp_path, _unfrozen_epochs):
         for got, want in zip(result["rows"], single["rows"]):
             assert {k: v for k, v in got.items() if k != "seconds"} == pytest.approx(
                 {k: v for k, v in want.items() if k != "seconds"}, rel=1e-5, abs=1e-6)

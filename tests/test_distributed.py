@@ -127,21 +127,23 @@ def _one_epoch(store: str, info: DistInfo, epochs: int = 2) -> dict:
     return {"rows": rows, "error": error, "state": {k: v.clone() for k, v in model.state_dict().items()}}
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, store: str, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, init_file: str, store: str, out_dir: str, epochs=_one_epoch) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        torch.save(_one_epoch(store, DistInfo(rank=rank, world=world)), f"{out_dir}/rank{rank}.pt")
+        torch.save(epochs(store, DistInfo(rank=rank, world=world)), f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def run_ddp(world: int, store: Path, tmp_path: Path) -> list[dict]:
+def run_ddp(world: int, store: Path, tmp_path: Path, epochs=_one_epoch) -> list[dict]:
+    """`epochs(store, info)` (default `_one_epoch`) on `world` gloo processes: each rank's result."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(store), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(store), str(tmp_path), epochs), nprocs=world,
+             join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
