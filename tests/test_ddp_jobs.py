@@ -89,11 +89,25 @@ def test_two_sharded_ddp_ablations_at_once_agree_and_rank_0_alone_writes(tiny_st
         writers.setdefault(name, set()).add(rank)
     for name in (runs.ABLATION_JSON, runs.RESULTS_CSV, runs.RESULTS_TABLE):
         assert writers.get(name) == {"0"}, (name, writers)
+    # Both jobs fine-tuned from the one pretraining, trained once (one epoch, one metrics row).
+    used = {json.loads((sharded / r["eval_dir"] / runs.CONFIG).read_text())["checkpoint_sha256"]
+            for r in document["configurations"]}
+    assert len(used) == 1
+    pretrained = sharded / document["configurations"][0]["pretrain_dir"]
+    assert len((pretrained / runs.METRICS).read_text().splitlines()) == 2
     assert kebr(*common, "-o", str(one)).returncode == 0
     want = json.loads((one / runs.ABLATION_JSON).read_text())["configurations"]
     assert [r["name"] for r in document["configurations"]] == [r["name"] for r in want] == ["C1", "g=+0.20"]
+    # The pretraining (frozen encoder, no dropout) is one process's up to float error; fine-tuning trains the
+    # encoder, whose dropout draws are per rank, so the test metrics agree only closely.
+    rows = [(one / want[0]["pretrain_dir"] / runs.METRICS).read_text().splitlines(),
+            (pretrained / runs.METRICS).read_text().splitlines()]
+    header = rows[0][0].split(",")
+    for name, a, b in zip(header, rows[0][1].split(","), rows[1][1].split(",")):
+        if name != "seconds":
+            assert float(a) == pytest.approx(float(b), rel=1e-4, abs=1e-5), name
     for got, expected in zip(document["configurations"], want):
-        assert got["mean"] == pytest.approx(expected["mean"], rel=1e-4, abs=1e-5)
+        assert got["mean"] == pytest.approx(expected["mean"], rel=2e-2, abs=2e-2)
 
 
 def _update_table_many_times(path: str, who: int, times: int) -> None:
