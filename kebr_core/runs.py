@@ -662,18 +662,22 @@ def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
     lock (`RESULTS_TABLE_LOCK` beside it), through their own temporary name: no row is lost and no writer
     renames another's half-written file."""
     path = Path(path)
+
+    def read() -> dict[tuple[str, str], dict[str, str]]:
+        if not path.is_file():
+            return {}
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != RESULTS_TABLE_COLUMNS:  # not ours: rewriting it would lose columns
+                raise KebrError(f"{path} is not a kebr results table (its header is not "
+                                f"{','.join(RESULTS_TABLE_COLUMNS)}); kebr overwrites only its own files: choose "
+                                "another --results-table.")
+            return {(r.get("Run", ""), r.get("Dataset", "")): r for r in reader}
+
+    read()  # a file that is not ours is refused before anything (the lock file) is created beside it
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(path.parent / RESULTS_TABLE_LOCK):
-        table: dict[tuple[str, str], dict[str, str]] = {}
-        if path.is_file():
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                if tuple(reader.fieldnames or ()) != RESULTS_TABLE_COLUMNS:  # not ours: rewriting it would lose columns
-                    raise KebrError(f"{path} is not a kebr results table (its header is not "
-                                    f"{','.join(RESULTS_TABLE_COLUMNS)}); kebr overwrites only its own files: choose "
-                                    "another --results-table.")
-                for r in reader:
-                    table[(r.get("Run", ""), r.get("Dataset", ""))] = r
+        table = read()
         for row in rows:
             cells = row.cells()
             table[(cells["Run"], cells["Dataset"])] = cells
