@@ -24,7 +24,7 @@ from kebr_core import runs
 from kebr_core.distributed import CONSTANT_BUFFERS, DistInfo, init_distributed
 from kebr_core.errors import EveryRankError
 from tests.conftest import TINY_BERT
-from tests.test_distributed import run_ddp, train_store
+from tests.test_distributed import run_ddp, tiny_fine_tuning, train_store
 
 runner = CliRunner()
 FAST = ["--text-model", TINY_BERT, "--batch-size", "8", "--device", "cpu", "--dropout", "0"]
@@ -204,22 +204,11 @@ def test_the_model_has_only_constant_buffers() -> None:
 
 def _unfrozen_epochs(store: str, info: DistInfo) -> dict:
     """Two fine-tuning epochs of a tiny model with its text encoder trained (no cache), dropout off."""
-    from kebr_core.config import RunConfig
-    from kebr_core.data.dataset import Collator, StoreDataset
+    from kebr_core.data.dataset import Collator
     from kebr_core.distributed import data_parallel
-    from kebr_core.masking import tokenize_plain
-    from kebr_core.model import KEBRModel, load_tokenizer
-    from kebr_core.training import seed_everything, train_epoch
+    from kebr_core.training import train_epoch
 
-    cfg = RunConfig()
-    cfg.model.text_model, cfg.model.head_hidden, cfg.model.dropout = TINY_BERT, 16, 0.0
-    cfg.model.d_audio, cfg.model.d_vision = 7, 5
-    cfg.train.batch_size, cfg.train.device, cfg.train.workers = 8, "cpu", 0
-    seed_everything(0)
-    plain = StoreDataset(store, "train")
-    token_ids = tokenize_plain(plain.store.texts, load_tokenizer(TINY_BERT), cfg.model.max_text_len)
-    dataset = StoreDataset(store, "train", text_encoder=lambda texts: [{"input_ids": token_ids[i]} for i in plain.indices])
-    model = KEBRModel(cfg.model, cfg.mcc)
+    cfg, dataset, _, model = tiny_fine_tuning(store)
     model.set_encoder_trainable(True)
     model.pretrain_head.requires_grad_(False)
     for module in model.modules():  # the encoder's dropout draws differ per rank: off, so 2 ranks can equal 1
