@@ -295,7 +295,7 @@ def optimizer_for(model: KEBRModel, cfg: RunConfig, stage: str, fused: bool = Fa
         groups = [{"params": model.fusion_parameters() + list(model.pretrain_head.parameters()), "lr": cfg.train.lr}]
     else:
         groups = [
-            {"params": model.fusion_parameters(), "lr": cfg.train.lr_fusion},
+            {"params": model.fusion_parameters(), "lr": cfg.train.lr if cfg.train.lr_fusion is None else cfg.train.lr_fusion},
             {"params": list(model.finetune_head.parameters()), "lr": cfg.train.lr},
             {"params": list(model.encoder.parameters()), "lr": cfg.train.lr_encoder},
         ]

@@ -12,7 +12,7 @@ from rich import box
 from rich.table import Table
 
 from kebr_cli.app import (
-    MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, Reporter, app, console, launch_wanted, number,
+    MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, Reporter, app, console, is_main_process, launch_wanted, number,
     relaunch_distributed, renamed, resume_command, user_errors,
 )
 from kebr_cli.extract import parse_shard
@@ -178,6 +178,8 @@ def ablate(
                 report.result(f"shard {shard}: configuration(s) {names} finished in {out}. When every shard has "
                               f"finished: {resume_command('--collect', drop=('--shard',))}", to_stdout=not as_json)
                 return
+            if not is_main_process():  # rank 0 of a DDP job wrote the files; it alone reports
+                return
             runs.update_results_table(table_path, [
                 runs.ResultsRow(f"{name}: {r['name']}" if name else f"{r['name']} ({dataset_name(dataset)})", dataset,
                                 out / r["eval_dir"], result.seeds,
@@ -194,7 +196,7 @@ def ablate(
                     report.note(f"{r['name']} {r['status']}")
             report.result(f"results: [bold]{out / runs.ABLATION_JSON}[/], {out / runs.RESULTS_CSV}; across runs: "
                           f"{table_path}   log: {report.log_path}   plots: kebr analyze {out}", to_stdout=not as_json)
-    if as_json:
+    if as_json and is_main_process():
         typer.echo(json.dumps({"out": str(out)} | json.loads((out / runs.ABLATION_JSON).read_text()), indent=2))
 
 

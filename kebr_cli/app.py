@@ -31,7 +31,7 @@ from rich.progress import (
 from typer.core import TyperGroup, TyperOption
 
 from kebr_core import __version__
-from kebr_core.errors import KebrError, native_write_error, os_error_message
+from kebr_core.errors import EveryRankError, KebrError, native_write_error, os_error_message
 from kebr_core.strict import decimal_number
 from kebr_core.io import open_for_writing
 
@@ -206,6 +206,8 @@ def user_errors(resume_flag: str | None = None) -> Iterator[None]:
     """
     try:
         yield
+    except EveryRankError as e:  # every rank stops with this sentence: one per machine says it
+        raise (fail(str(e)) if is_first_on_node() else typer.Exit(1)) from None
     except KebrError as e:
         raise fail(str(e)) from None
     except OSError as e:
@@ -217,6 +219,8 @@ def user_errors(resume_flag: str | None = None) -> Iterator[None]:
         raise fail(f"{message[:-1]}; then continue with: {resume_command(resume_flag)}") from None
     except KeyboardInterrupt as e:
         how = "stopped by SIGTERM" if e.args == (SIGTERM_NAME,) else "interrupted"
+        if not is_first_on_node():  # every rank got the signal; one per machine says it
+            raise typer.Exit(130) from None
         err_console.print(f"[yellow]{how}[/]; what was finished is kept. To continue, run: "
                           f"{resume_command(resume_flag)}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
@@ -251,9 +255,15 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def is_first_on_node() -> bool:
+    """False on all but one process of each machine of a torchrun launch: what every rank would say alike
+    (a stop, an error all of them raise) is said once on each machine's terminal."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 # How several machines are named (kebr pretrain/eval/ablate pass these on to torchrun; README "Many machines").
 NNodes = typer.Option(1, "--nnodes", min=1, help="Machines (nodes) taking part; start the same command on each, with its own --node-rank. More than 1 needs --rdzv-endpoint or --master-addr.")
-NodeRank = typer.Option(0, "--node-rank", min=0, help="This machine's number among --nnodes, 0 .. nnodes-1 (node 0 holds rank 0, which writes; with --rdzv-endpoint the nodes are numbered as they join).")
+NodeRank = typer.Option(None, "--node-rank", min=0, show_default=False, help="This machine's number among --nnodes, 0 .. nnodes-1 (node 0 holds rank 0, which writes; default: $SLURM_NODEID under SLURM, else 0; with --rdzv-endpoint the nodes are numbered as they join).")
 RdzvEndpoint = typer.Option(None, "--rdzv-endpoint", metavar="HOST:PORT", help="Where the nodes meet (torchrun's c10d rendezvous): a host every node can reach and a free port on it, the same on every node.")
 MasterAddr = typer.Option(None, "--master-addr", metavar="HOST", help="Instead of --rdzv-endpoint: the host of node 0 (torchrun's static rendezvous; --node-rank then fixes each node's ranks).")
 MasterPort = typer.Option(29500, "--master-port", min=1, max=65535, help="The port on --master-addr.")
@@ -267,10 +277,23 @@ def launch_wanted(nproc: int, nnodes: int) -> bool:
     return nproc > 1 or nnodes > 1
 
 
-def torchrun_arguments(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: Optional[str] = None,
+def node_rank_or_slurm(node_rank: Optional[int]) -> int:
+    """--node-rank as given; unset, SLURM's number of this node ($SLURM_NODEID, so that one `srun kebr …`
+    line gives every node its own), else 0."""
+    if node_rank is not None:
+        return node_rank
+    slurm = os.environ.get("SLURM_NODEID", "")
+    if slurm and not slurm.isdigit():
+        raise KebrError(f"$SLURM_NODEID is {slurm!r}, not a node number; pass --node-rank.")
+    return int(slurm or 0)
+
+
+def torchrun_arguments(nproc: int, nnodes: int = 1, node_rank: Optional[int] = None, rdzv_endpoint: Optional[str] = None,
                        master_addr: Optional[str] = None, master_port: int = 29500) -> list[str]:
     """torchrun's options for this launch: --standalone on one machine, else the nodes' rendezvous
-    (c10d at `rdzv_endpoint`, or static at `master_addr`:`master_port`)."""
+    (c10d at `rdzv_endpoint`, or static at `master_addr`:`master_port`, this node numbered by
+    `node_rank_or_slurm`)."""
+    node_rank = node_rank_or_slurm(node_rank) if nnodes > 1 else 0
     if node_rank >= nnodes:
         raise KebrError(f"--node-rank {node_rank} is out of range: with --nnodes {nnodes} it must be 0 .. {nnodes - 1}.")
     if rdzv_endpoint is not None and master_addr is not None:
@@ -291,7 +314,7 @@ def torchrun_arguments(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_end
     return ["--standalone"]
 
 
-def relaunch_distributed(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: Optional[str] = None,
+def relaunch_distributed(nproc: int, nnodes: int = 1, node_rank: Optional[int] = None, rdzv_endpoint: Optional[str] = None,
                          master_addr: Optional[str] = None, master_port: int = 29500) -> "typer.Exit":
     """Run this same command under torchrun with `nproc` processes on this machine (DDP), one of `nnodes`
     machines, and return its exit.
@@ -303,8 +326,9 @@ def relaunch_distributed(nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_e
     with user_errors():
         launch = torchrun_arguments(nproc, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
     args = without_options(sys.argv[1:], LAUNCH_OPTIONS)
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc-per-node={nproc}", "-m", "kebr_cli", *args]
-    where = f" on node {node_rank} of {nnodes}" if nnodes > 1 else ""
+    # torchrun through kebr_cli.torchrun: its traceback on Ctrl-C and its failure summary are left out
+    cmd = [sys.executable, "-m", "kebr_cli.torchrun", *launch, f"--nproc-per-node={nproc}", "-m", "kebr_cli", *args]
+    where = f" on node {node_rank_or_slurm(node_rank)} of {nnodes}" if nnodes > 1 else ""
     err_console.print(f"launching {nproc} process(es){where}: {' '.join(cmd[1:])}", highlight=False)
     launcher = subprocess.Popen(cmd)
     try:

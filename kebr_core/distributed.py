@@ -19,12 +19,13 @@ and stops every rank with one sentence when a node sees another store, other set
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -32,8 +33,10 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from kebr_core.errors import KebrError
+from kebr_core.errors import EveryRankError, KebrError
 from kebr_core.runs import data_fingerprint, identity_differences
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,22 +55,96 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Join the process group torchrun set up (WORLD_SIZE > 1); a no-op in a single process."""
+    """Join the process group torchrun set up (WORLD_SIZE > 1); a no-op in a single process. The group is
+    destroyed when the process exits (NCCL warns otherwise). More processes on a machine than it has GPUs
+    is refused on every rank with one sentence, before any of them joins (not CUDA's invalid ordinal)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(), device
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
+        here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", info.local_rank + 1)), torch.cuda.device_count()
+        if here > gpus:
+            raise EveryRankError(f"--nproc-per-node {here} asks for one GPU per process, but this machine has {gpus} "
+                            f"GPU(s): use --nproc-per-node {gpus} or fewer (or --device cpu).")
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave_group)
     return info, device
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def data_parallel(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """`model` wrapped in DDP under torchrun, else itself. Buffers are not broadcast before each forward
+    (broadcast_buffers=False, one collective less per step): the model's only buffers are the text
+    encoder's constant position and token-type ids, which every rank builds alike (no running statistics;
+    tests/test_ddp_jobs.py checks that a model has no other)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, broadcast_buffers=False) if info.enabled else model
+
+
+CONSTANT_BUFFERS = ("position_ids", "token_type_ids")  # the only buffers `data_parallel` may leave unbroadcast
 
 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def on_main(info: DistInfo, work: Callable[[], T]) -> T:
+    """Run `work` on rank 0 alone and give its result to every rank (one broadcast). A KebrError it raises
+    is raised on every rank with the same sentence, so no rank is left waiting in a later collective
+    (e.g. a barrier) while rank 0 stops on a refused run folder; any other error stops every rank too,
+    naming it. In one process: work()."""
+    if not info.enabled:
+        return work()
+    box: list[Any] = [None, None]
+    if info.is_main:
+        try:
+            box[0] = work()
+        except KebrError as e:
+            box[1] = str(e)
+        except Exception as e:
+            box[1] = f"rank 0 failed: {e!r}"
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise EveryRankError(box[1])
+    return box[0]
+
+
+def main_holds_lock(info: DistInfo) -> Callable[[bool], bool] | None:
+    """For `shards.locked(path, enabled=info.is_main, agree=…)`: whether rank 0 got the lock, broadcast to
+    every rank after each try, so that a DDP job waits for a lock held by another job as one, and every
+    rank then makes the decision rank 0 makes under it (`on_main`). None in one process (a plain lock)."""
+    if not info.enabled:
+        return None
+
+    def agree(got: bool) -> bool:
+        box = [got]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
+    return agree
+
+
+def refuse_unsupported(cfg: Any) -> None:
+    """Settings whose result would depend on the number of processes, refused on every rank alike before
+    any joins the group (torchrun's WORLD_SIZE): the authors' MCC alignment reads each batch's padding, and
+    a rank pads its share of a global batch to its own longest sample, not to the global batch's (so 2
+    processes would not equal 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.mcc.align == "authors":
+        raise EveryRankError("--mcc-align authors cannot run on several processes (its cosines count each process's own "
+                        "padding, so the result would depend on the number of processes): use --nproc-per-node 1 "
+                        "or another --mcc-align.")
 
 
 NONCE_PREFIX = ".kebr-nonce-"
@@ -112,7 +189,7 @@ def check_nodes_agree(info: DistInfo, run_dir: str | Path, store_path: str | Pat
                 if (p := _disagreement(rank, other, everyone[0])) is not None]
     if problems:
         more = f" ({len(problems) - 1} more rank(s) disagree too.)" if len(problems) > 1 else ""
-        raise KebrError(problems[0] + more)
+        raise EveryRankError(problems[0] + more)
 
 
 def _store_identity(store_path: str | Path) -> dict[str, Any]:

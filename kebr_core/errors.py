@@ -15,6 +15,11 @@ class KebrError(Exception):
     """An error caused by the user's input, explained in one sentence."""
 
 
+class EveryRankError(KebrError):
+    """A KebrError that every rank of a DDP job raises alike (a decision broadcast from rank 0, a setting
+    refused everywhere): rank 0 alone prints it."""
+
+
 # What to do about each OS error a user can cause, by errno (the path is named before it).
 _OS_ADVICE = {
     _errno.EACCES: "permission denied; choose a location you may write to (or read, for an input) or change its permissions",

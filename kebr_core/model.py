@@ -85,13 +85,16 @@ def random_bert_config(name: str):
         intermediate_size=4 * sizes["hidden"],
         max_position_embeddings=512,
     )
+# The uncased BERT vocabulary of the embedded MiniLM (vocab.txt and the tokenizer's settings, 240 KB), kept in
+# the repository: random BERTs tokenize exactly as with the MiniLM package, without its 88 MB of weights.
+RANDOM_BERT_TOKENIZER = Path(__file__).resolve().parent / "assets" / "random_bert_tokenizer"
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of a text model (random BERTs use the embedded MiniLM's uncased vocabulary)."""
+    """The tokenizer of a text model (random BERTs: `RANDOM_BERT_TOKENIZER`, the MiniLM's uncased vocabulary)."""
     from transformers import AutoTokenizer
 
-    path = str(embedded_model_dir()) if name.startswith(RANDOM_PREFIX) else resolve_text_model(name)
+    path = str(RANDOM_BERT_TOKENIZER) if name.startswith(RANDOM_PREFIX) else resolve_text_model(name)
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:

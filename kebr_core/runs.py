@@ -98,6 +98,7 @@ COMPARE_CSV = "compare.csv"
 LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
+RESULTS_TABLE_LOCK = results_files.RESULTS_TABLE_LOCK  # beside a results table, held while one job changes it
 RUN_LOCK = ".kebr-run.lock"  # claimed by the job working on a run, or on some of its items (`claim_run`)
 # a search (`kebr tune`)
 TUNE_DB = "tune.db"  # the embedded SQLite Optuna study (unless --storage names another)
@@ -707,5 +708,6 @@ class ResultsRow:
 
 
 def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
-    """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others."""
+    """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others,
+    under the table's lock (`results_files.update_results_table`)."""
     results_files.update_results_table(path, [row.cells() for row in rows])

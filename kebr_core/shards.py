@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from kebr_core.errors import KebrError
 
@@ -36,19 +37,48 @@ def in_shard(position: int, shard: tuple[int, int] | None) -> bool:
 
 
 @contextmanager
-def locked(path: Path, enabled: bool = True) -> Iterator[None]:
+def locked(path: Path, enabled: bool = True, agree: Callable[[bool], bool] | None = None,
+           poll_s: float = 1.0) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` (created if missing; POSIX fcntl, so also across machines on
-    an NFS mount with locking) while the block runs; another job waits for it. enabled=False: no lock."""
+    an NFS mount with locking) while the block runs; another job waits for it. enabled=False: no lock.
+
+    agree: for a job of several processes whose rank 0 alone locks (`distributed.main_holds_lock`), called
+    by every process after each try with whether it got the lock, and returning whether rank 0 did. The
+    wait is then a series of short tries (`poll_s` apart) that every process takes part in, so the other
+    ranks never sit in one collective call longer than a try (NCCL would time out on a long wait), and
+    every rank enters the block together."""
+    if agree is not None:
+        fd = _open_lock(path) if enabled else None
+        try:
+            while not agree(fd is not None and _try_lock(fd)):
+                time.sleep(poll_s)
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the lock
+        return
     if not enabled:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    fd = _open_lock(path)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: held by another process
+        return False
+    return True
 
 
 @contextmanager

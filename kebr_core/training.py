@@ -70,7 +70,16 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
-    return min(4, max(1, (os.cpu_count() or 1) // processes_here - 1))
+    return min(4, max(1, usable_cpus() // processes_here - 1))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: SLURM's --cpus-per-task, taskset, a container's
+    cpuset), not every CPU of the machine (os.cpu_count), which would oversubscribe a share of it."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
 
 
 def seed_everything(seed: int) -> None:
@@ -287,6 +296,7 @@ def train_epoch(
     seed: int,
     prefix: str = "",
     progress: ProgressFn = no_progress,
+    loaders=None,
 ) -> dict[str, float]:
     """One epoch of L = L1(pred, y) + λ·L_mcc (Eq. 16–17): y is the masked word's score when
     pretraining, the utterance label when fine-tuning. Fine-tuning with `train.modality_dropout` = p
@@ -297,18 +307,16 @@ def train_epoch(
 
     A step never waits for the device: its only communication is `global_mean`'s all-reduces, and a
     non-finite loss is flagged on the device and checked once, at the end of the epoch (`check_finite`).
-    Batches are DDP padded where a global batch has fewer samples than ranks (`EpochBatches`)."""
-    from torch.utils.data import DataLoader
-
+    Batches are DDP padded where a global batch has fewer samples than ranks (`EpochBatches`). loaders: the
+    run's `RunLoaders` (its workers start once per run); None: a loader, and its workers, for this epoch."""
     from kebr_core.distributed import EpochBatches, all_reduce_sum, global_mean
+    from kebr_core.loaders import RunLoaders
 
     model = net.module if hasattr(net, "module") else net
     seed_epoch(seed, epoch, info.rank)
     batches = EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=bucket_sizes(dataset, cfg))
-    loader = DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate, num_workers=loader_workers(cfg.train.workers, device),
-        pin_memory=device.type == "cuda",
-    )
+    loaders = loaders or RunLoaders(loader_workers(cfg.train.workers, device), device)
+    loader = loaders.train(dataset, collate, batches)
     target = "mask_label" if task == "pretrain" else "label"
     net.train()
     if frozen:

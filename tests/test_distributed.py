@@ -89,16 +89,13 @@ def test_padding_weights_count_nowhere_in_the_global_mean() -> None:
 # ───────────────────── DDP with gloo: 2 and 3 processes reproduce 1 process ─────────────────────
 
 
-def _one_epoch(store: str, info: DistInfo, epochs: int = 2) -> dict:
-    """The fine-tuning epochs of a tiny model on `store`'s train split, as the recipe runs them."""
-    from torch.nn.parallel import DistributedDataParallel
-
+def tiny_fine_tuning(store: str):
+    """(cfg, train dataset, token ids, model) of a tiny fine-tuning on `store`'s train split, seeded."""
     from kebr_core.config import RunConfig
-    from kebr_core.data.dataset import Collator, StoreDataset
-    from kebr_core.errors import KebrError
+    from kebr_core.data.dataset import StoreDataset
     from kebr_core.masking import tokenize_plain
     from kebr_core.model import KEBRModel, load_tokenizer
-    from kebr_core.training import build_text_cache, seed_everything, train_epoch
+    from kebr_core.training import seed_everything
 
     cfg = RunConfig()
     cfg.model.text_model, cfg.model.head_hidden, cfg.model.dropout = TINY_BERT, 16, 0.0
@@ -109,7 +106,18 @@ def _one_epoch(store: str, info: DistInfo, epochs: int = 2) -> dict:
     tokenizer = load_tokenizer(TINY_BERT)
     token_ids = tokenize_plain(dataset.store.texts, tokenizer, cfg.model.max_text_len)
     dataset = StoreDataset(store, "train", text_encoder=lambda texts: [{"input_ids": token_ids[i]} for i in dataset.indices])
-    model = KEBRModel(cfg.model, cfg.mcc)
+    return cfg, dataset, token_ids, KEBRModel(cfg.model, cfg.mcc)
+
+
+def _one_epoch(store: str, info: DistInfo, epochs: int = 2) -> dict:
+    """The fine-tuning epochs of a tiny model on `store`'s train split, as the recipe runs them."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from kebr_core.data.dataset import Collator
+    from kebr_core.errors import KebrError
+    from kebr_core.training import build_text_cache, train_epoch
+
+    cfg, dataset, token_ids, model = tiny_fine_tuning(store)
     model.set_encoder_trainable(False)
     model.pretrain_head.requires_grad_(False)
     cache = build_text_cache(model.encoder, token_ids, torch.device("cpu"))
@@ -127,21 +135,23 @@ def _one_epoch(store: str, info: DistInfo, epochs: int = 2) -> dict:
     return {"rows": rows, "error": error, "state": {k: v.clone() for k, v in model.state_dict().items()}}
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, store: str, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, init_file: str, store: str, out_dir: str, epochs=_one_epoch) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        torch.save(_one_epoch(store, DistInfo(rank=rank, world=world)), f"{out_dir}/rank{rank}.pt")
+        torch.save(epochs(store, DistInfo(rank=rank, world=world)), f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def run_ddp(world: int, store: Path, tmp_path: Path) -> list[dict]:
+def run_ddp(world: int, store: Path, tmp_path: Path, epochs=_one_epoch) -> list[dict]:
+    """`epochs(store, info)` (default `_one_epoch`) on `world` gloo processes: each rank's result."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(store), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(store), str(tmp_path), epochs), nprocs=world,
+             join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 

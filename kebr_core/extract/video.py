@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import av
 import numpy as np
 
 from kebr_core.extract.limits import MAX_LAST_PICTURE_S, past_max_duration
+from kebr_core.optional import OptionalModule
+
+av = OptionalModule("av", "av", "Reading audio and video")  # PyAV: imported when media are first read or written
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 

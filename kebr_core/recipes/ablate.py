@@ -50,7 +50,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -60,6 +59,7 @@ import numpy as np
 from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
+from kebr_core.distributed import DistInfo, init_distributed, main_holds_lock, on_main
 from kebr_core.errors import KebrError
 from kebr_core.io import open_for_writing
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, aggregate, split_summary
@@ -70,7 +70,7 @@ from kebr_core.results_files import in_file_unit, unit_column
 from kebr_core.row_names import inputs_caption, store_inputs
 from kebr_core.run_readers import seed_grids
 from kebr_core.shards import check_shard, in_shard, locked
-from kebr_core.training import ProgressFn, no_progress
+from kebr_core.training import ProgressFn, no_progress, resolve_device
 
 # g must lie in (−0.5, 0.5) (kebr_core.config): the sweep's ends are ±0.4.
 DEFAULT_G_SWEEP = tuple(round(x, 1) for x in np.linspace(-0.4, 0.4, 9))
@@ -265,8 +265,9 @@ def ablate(
     # positions they split (--collect only aggregates).
     n_items = sum(len(_items(out, spec, pseeds)) for spec in specs)
     my_items = None if shard is None else [k for k in range(n_items) if in_shard(k, shard)]
-    with runs.claim_run(out, my_items, enabled=os.environ.get("RANK", "0") == "0" and not collect,
-                        check=runs.check_ablation_files):
+    # Under torchrun every rank runs this; rank 0 decides what is reused and alone writes (docs/design.md §6).
+    info, _ = init_distributed(resolve_device(finetune_cfg.train.device))
+    with runs.claim_run(out, my_items, enabled=info.is_main and not collect, check=runs.check_ablation_files):
         out.mkdir(parents=True, exist_ok=True)
         seeds = list(seeds) if seeds is not None else list(finetune_cfg.train.seeds)
         notes: list[str] = []
@@ -324,15 +325,15 @@ def ablate(
                         pre_cfg = apply_spec(pretrain_cfg, spec)
                         pre_cfg.train.seed = pseed
                         # Shards may need the same pretraining at once: one trains it, the others wait and reuse it.
-                        # Only rank 0 of a DDP job locks (its ranks are one job; the others meet it inside `pretrain`).
-                        with locked(pre_dir / runs.LOCK, enabled=os.environ.get("RANK", "0") == "0"):
+                        # A DDP job waits as one: rank 0 alone locks, and decides under the lock for every rank.
+                        with locked(pre_dir / runs.LOCK, enabled=info.is_main, agree=main_holds_lock(info)):
                             checkpoint = _pretrained(pretrain_store, pre_dir, pre_cfg, pretrain_splits,  # type: ignore[arg-type]
-                                                     force and pre_dir not in forced, progress)
+                                                     force and pre_dir not in forced, progress, info)
                         forced.add(pre_dir)  # shared by configurations: started afresh once
                     results.append(finetune(dataset_store, eval_dir, apply_spec(finetune_cfg, spec), checkpoint=checkpoint,
                                             seeds=seeds, probe=probe, std=std, force=force, collect=collect, progress=progress))
-                except KebrError as e:
-                    raise KebrError(f"Configuration {label}: {e}") from None
+                except KebrError as e:  # its kind kept: an error every DDP rank raises is still printed once
+                    raise type(e)(f"Configuration {label}: {e}") from None
             if shard is not None:
                 rows.append(row | {"name": ", ".join(
                     f"{spec.name}" + (f" (pretraining seed {pseed})" if len(items) > 1 else "") for pseed, _, _ in mine)})
@@ -351,6 +352,8 @@ def ablate(
                             "jobs that hold them (or kebr ablate without --collect), then collect again.")
         if shard is not None:  # ablation.json and results.csv come from the job that aggregates every configuration
             return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, aggregated=False)
+        if not info.is_main:  # rank 0 of a DDP job writes the files
+            return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, pretrain_seeds=pseeds)
 
         new = {r["name"]: r for r in rows}  # earlier configurations keep their place; this run's replace or follow them
         rows = [new.pop(r["name"], r) for r in earlier] + list(new.values())
@@ -420,12 +423,19 @@ def _paired_differences(out: Path, rows: list[dict]) -> str:
 
 
 def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[str] | None, force: bool,
-                progress: ProgressFn) -> Path:
+                progress: ProgressFn, info: DistInfo) -> Path:
     """The final/ checkpoint of a configuration's pretraining: reused when finished with the same identity
-    (settings, store, splits), else trained (resumed from its latest checkpoint when there is one)."""
+    (settings, store, splits), else trained (resumed from its latest checkpoint when there is one). Under
+    DDP rank 0 decides and every rank follows (`on_main`): all of them train, or none."""
     final = run_dir / runs.FINAL
-    if not force and (final / runs.WEIGHTS).exists():
+
+    def finished() -> bool:
+        if force or not (final / runs.WEIGHTS).exists():
+            return False
         runs.check_identity(run_dir, pretrain_identity(store, cfg, splits))
+        return True
+
+    if on_main(info, finished):
         return final
     return pretrain(store, run_dir, cfg, splits=splits, resume_if_possible=True, force=force, progress=progress).checkpoint
 

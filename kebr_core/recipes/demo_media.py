@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import av
 import numpy as np
 
 from kebr_core import speech as tts
 from kebr_core.errors import KebrError
+from kebr_core.optional import OptionalModule
+
+av = OptionalModule("av", "av", "Making the demo clips")  # PyAV: imported when media are first read or written
 
 ASSET = Path(__file__).parents[1] / "assets" / "face.jpg"
 # Where assets/face.jpg sits in the 512×512 astronaut photo: its top-left corner (x, y). All offsets

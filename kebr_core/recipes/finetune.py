@@ -48,17 +48,19 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
 
 from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
-from kebr_core.distributed import DistInfo, barrier, check_nodes_agree, gather_predictions, init_distributed, shard
+from kebr_core.distributed import (
+    DistInfo, barrier, check_nodes_agree, data_parallel, gather_predictions, init_distributed, on_main, refuse_unsupported,
+    shard,
+)
 from kebr_core.errors import KebrError
 from kebr_core.model_size import check_model_size
 from kebr_core.io import open_for_writing
+from kebr_core.loaders import RunLoaders
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
@@ -241,6 +243,7 @@ def finetune(
     split_index, unlabeled = labeled_splits(store, store_path)
     checkpoint = complete_config(cfg, store_path, checkpoint, typed, note)
     check_model_size(cfg, encoder_from=encoder_source(checkpoint, cfg.model.text_model))  # before the run folder is touched
+    refuse_unsupported(cfg)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]
@@ -248,7 +251,8 @@ def finetune(
     with runs.claim_run(run_dir, mine, enabled=info.is_main and not collect):
         if collect and not (run_dir / runs.CONFIG).is_file():
             raise KebrError(f"Nothing to collect in {run_dir}: no run has started there (run kebr eval with --seed-shard first).")
-        if info.is_main:
+
+        def prepare() -> None:  # on rank 0; a refused folder stops every rank with its sentence (`on_main`)
             # The seeds are no part of the identity: a run grows by new seeds, and reports on the ones asked for;
             # config.json records every seed asked of the run so far.
             recorded = RunConfig.from_dict(cfg.to_dict())
@@ -262,7 +266,7 @@ def finetune(
                 extra={"store": str(store_path), "seeds": recorded.train.seeds,
                        "selection": "epoch with the lowest validation MAE", "world_size": info.world},
             )
-        barrier(info)
+        on_main(info, prepare)
 
         datasets, collate, token_ids = split_datasets(store, split_index, cfg, checkpoint)
 
@@ -271,6 +275,7 @@ def finetune(
         # What best-model/ records of its data: the features it expects and the data's fingerprint and splits.
         model_record = store_features(store) | {"trained_on": {"data": runs.data_fingerprint(store_path),
                                                                "splits": {s: len(d) for s, d in datasets.items()}}}
+        loaders = RunLoaders(loader_workers(cfg.train.workers, device), device)  # and the loaders' workers start once
         for n_done, seed in enumerate(seeds):
             seed_dir = runs.seed_dir(run_dir, seed)
             done_file = seed_dir / runs.TEST_JSON
@@ -282,12 +287,13 @@ def finetune(
                     continue
                 result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
                                    best_model_dir=run_dir / runs.BEST_MODEL, features=model_record,
-                                   text_cache=text_cache, probe=probe)
+                                   text_cache=text_cache, probe=probe, loaders=loaders)
             per_seed.append(result["test"])
             if probe:
                 probes.append(result["probe"])
             best_epochs.append(result["best_epoch"])
             progress("seeds", n_done + 1, len(seeds), {"seed": seed, **result["test"]})
+        loaders.close()
 
         if collect and pending:
             raise KebrError(f"Not every seed of {run_dir} has finished: seed(s) {', '.join(map(str, pending))} still to run "
@@ -374,16 +380,17 @@ class Fitted:
 
 def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, checkpoint, device, info: DistInfo,
                       progress: ProgressFn = no_progress, *, text_cache: dict, metrics_path: Path | None = None,
-                      on_epoch: EpochHook | None = None) -> Fitted:
+                      on_epoch: EpochHook | None = None, loaders: RunLoaders | None = None) -> Fitted:
     """Fine-tune on datasets["train"] for cfg.train.epochs epochs (Eq. 17), predict datasets["valid"] after
     each, and keep the weights of the epoch with the lowest validation MAE. Only these two splits are
     read. metrics_path: metrics.csv to write (rank 0); on_epoch: `EpochHook`. text_cache: a dict shared
-    by the calls of one run (a frozen encoder's outputs are computed once)."""
+    by the calls of one run (a frozen encoder's outputs are computed once); loaders: the run's `RunLoaders`
+    (None: this call's own)."""
     setup = setup_model(cfg, device, "finetune", token_ids=token_ids, checkpoint=checkpoint, seed=seed,
                         cache=text_cache.get("cache"), progress=progress)
     text_cache["cache"] = setup.cache
     model, frozen, cache, opt, sched = setup.model, setup.frozen, setup.cache, setup.optimizer, setup.scheduler
-    net = DistributedDataParallel(model) if info.enabled else model
+    net = data_parallel(model, info)
 
     log = None
     if metrics_path is not None and info.is_main:
@@ -391,11 +398,13 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
         log = epoch_logger(metrics_path, cfg.to_dict(), "finetune", seed)
     best = (math.inf, 0, None, {})  # (valid MAE, epoch, weights, valid metrics)
     epoch = 0
+    own = loaders is None
+    loaders = loaders or RunLoaders(loader_workers(cfg.train.workers, device), device)
     for epoch in range(1, cfg.train.epochs + 1):
         row = train_epoch(net, datasets["train"], collate, cache, opt, cfg, device, epoch, task="finetune",
-                          frozen=frozen, info=info, seed=seed, prefix="train_", progress=progress)
+                          frozen=frozen, info=info, seed=seed, prefix="train_", progress=progress, loaders=loaders)
         sched.step()
-        pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device, info)
+        pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device, info, loaders=loaders)
         valid = msa_metrics(pred, label)
         row |= {"valid_mae": valid["mae"], "valid_corr": valid["corr"], "valid_acc2_non0": valid["acc2_non0"]}
         if log is not None:
@@ -407,25 +416,29 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
             break
     if log is not None:
         log.close()
+    if own:
+        loaders.close()
     model.load_state_dict(best[2])
     return Fitted(model, frozen, cache, best[0], best[1], epoch, best[3])
 
 
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
-              best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False) -> dict:
+              best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False,
+              loaders: RunLoaders | None = None) -> dict:
     if info.is_main:
         seed_dir.mkdir(parents=True, exist_ok=True)
     fitted = fit_on_validation(cfg, seed, datasets, collate, token_ids, checkpoint, device, info, progress,
-                               text_cache=text_cache, metrics_path=seed_dir / runs.METRICS)
+                               text_cache=text_cache, metrics_path=seed_dir / runs.METRICS, loaders=loaders)
     model, frozen, cache = fitted.model, fitted.frozen, fitted.cache
     best = (fitted.valid_mae, fitted.best_epoch)
-    pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, info, features=True)
+    pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, info, features=True,
+                                        loaders=loaders)
     test = msa_metrics(pred, label)
     result = {"seed": seed, "best_epoch": best[1], "valid_mae": best[0], "test": test}
     if probe:
         result["probe"] = {
             f"{modality} {how}": msa_metrics(*predict_split(model, datasets["test"], collate, cache, cfg, device, info,
-                                                            remove=(modality, how)))
+                                                            remove=(modality, how), loaders=loaders))
             for modality, how in PROBES
         }
     if info.is_main:
@@ -454,15 +467,15 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
 
 @torch.no_grad()
 def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: DistInfo = DistInfo(), features: bool = False,
-                  remove: tuple[str, str] | None = None):
+                  remove: tuple[str, str] | None = None, loaders: RunLoaders | None = None):
     """Predictions and labels of a whole split, in dataset order: (N,), (N,) float64; with `features`,
     also the pooled utterance representations (N, dt) float32. Under DDP each rank predicts a
     contiguous shard and every rank gets the gathered whole. remove: (modality, how) for
-    `remove_modality`, the probe of how much a stream is used."""
+    `remove_modality`, the probe of how much a stream is used. loaders: the run's `RunLoaders` (None: a
+    loader, and its workers, for this pass)."""
     model.eval()
-    part = Subset(dataset, shard(np.arange(len(dataset)), info).tolist())
-    loader = DataLoader(part, batch_size=max(cfg.train.batch_size, 64), shuffle=False, collate_fn=collate,
-                        num_workers=loader_workers(cfg.train.workers, device))
+    loaders = loaders or RunLoaders(loader_workers(cfg.train.workers, device), device)
+    loader = loaders.evaluation(dataset, collate, max(cfg.train.batch_size, 64), shard(np.arange(len(dataset)), info).tolist())
     preds, labels, pooled = [], [], []
     for batch in loader:
         batch = move(batch, device)

@@ -31,24 +31,24 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 from kebr_core import runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import SPLITS, FeatureStore
-from kebr_core.distributed import barrier, check_nodes_agree, init_distributed
+from kebr_core.distributed import barrier, check_nodes_agree, data_parallel, init_distributed, on_main, refuse_unsupported
 from kebr_core.errors import KebrError
 from kebr_core.model_size import check_model_size
 from kebr_core.lexicon import load_lexicon
+from kebr_core.loaders import RunLoaders
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import load_tokenizer
 from kebr_core.pretrained import save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, require
 from kebr_core.training import (
-    ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch,
+    ProgressFn, build_text_cache, loader_workers, no_progress, resolve_device, seed_everything, train_epoch,
 )
 
 
@@ -152,6 +152,7 @@ def pretrain(
         raise KebrError(f"Store {store_path} holds no samples {where} to pretrain on.")
     configure_from_store(cfg, store)
     check_model_size(cfg)  # before the run folder is touched (build_model checks again)
+    refuse_unsupported(cfg)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     with runs.claim_run(run_dir, enabled=info.is_main):  # one job at a time in a run
@@ -180,12 +181,12 @@ def pretrain(
             raise KebrError(f"No sample of {store_path} selected for pretraining has a word in its transcript, "
                             "so there is no word to mask.")
         without_words = len(selected) - len(used)
-        if info.is_main:
-            runs.prepare_run_dir(run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
-                                 may_differ=("train.epochs",) if resume else (),
-                                 extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
-                                        "samples_without_words": without_words})
-        barrier(info)
+        # On rank 0; a refused folder stops every rank with its sentence (`on_main`), none waits in a barrier.
+        on_main(info, lambda: runs.prepare_run_dir(
+            run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
+            may_differ=("train.epochs",) if resume else (),
+            extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
+                   "samples_without_words": without_words}))
         seed_everything(cfg.train.seed)
         # Samples outside `used` keep a placeholder ([CLS] [SEP], never read: the Subset leaves them out) so
         # the dataset and the text cache stay indexed by store index.
@@ -216,7 +217,7 @@ def pretrain(
             opt.load_state_dict(state["optimizer"])
             start_epoch = state["epoch"] + 1
             del state
-        net = DistributedDataParallel(model) if info.enabled else model
+        net = data_parallel(model, info)
         log = epoch_logger(run_dir / runs.METRICS, cfg.to_dict(), "pretrain", cfg.train.seed, start_epoch) if info.is_main else None
         payload = runs.checkpoint_payload(cfg, include_encoder=not frozen)
 
@@ -228,6 +229,7 @@ def pretrain(
 
         epoch = saved = start_epoch - 1
         row: dict = {}
+        loaders = RunLoaders(loader_workers(cfg.train.workers, device), device)  # workers start once per run
         snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
         try:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -238,7 +240,7 @@ def pretrain(
                         cache.replace(random_word, build_text_cache(
                             model.encoder, [encoded[i]["input_ids"] for i in random_word], device))
                 row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
-                                  info=info, seed=cfg.train.seed, progress=progress)
+                                  info=info, seed=cfg.train.seed, progress=progress, loaders=loaders)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
                     save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
                     saved, snapshot = epoch, None
@@ -255,6 +257,8 @@ def pretrain(
                 runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
                                             keep=cfg.train.keep_checkpoints)
             raise
+        finally:
+            loaders.close()
         final = run_dir / runs.FINAL
         if info.is_main:
             trained_on = {"data": runs.data_fingerprint(store_path), "splits": list(splits) if splits is not None else None,
