@@ -18,7 +18,7 @@ fractions, as the readers of runs expect (`run_readers`).
 from __future__ import annotations
 
 import csv
-import os
+import io
 import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -26,7 +26,6 @@ from typing import Iterable, Mapping, Sequence
 from kebr_core.errors import KebrError
 from kebr_core.io import open_for_writing
 from kebr_core.metrics import metric_display
-from kebr_core.shards import locked
 from kebr_core.strict import decimal_number
 
 # MMSA's result columns (its results/<dataset>.csv) → kebr's metric keys.
@@ -65,7 +64,6 @@ def write_results_csv(path: Path, summary: Mapping[str, tuple[float, float]], st
 
 # ── results-table.csv ──
 
-RESULTS_TABLE_LOCK = ".kebr-results-table.lock"  # beside a results table, held while one job changes it
 TABLE_COLUMNS = ("Model", "Dataset", "Inputs",
                  *[unit_column(f"{column}_{what}", key) for column, key in MMSA_COLUMNS.items() for what in ("mean", "std")],
                  "Seeds", "Run")
@@ -130,25 +128,18 @@ def row_summary(row: Mapping[str, str], where: str) -> dict[str, tuple[float, fl
     return summary
 
 
-def update_results_table(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
-    """Add or replace rows (`table_cells`, keyed by run directory and dataset) in the CSV at `path`, keeping
-    the others; written whole (a temporary file renamed over it). Jobs finishing at once (shards, other runs
-    beside it) each read, change and replace the table under a lock (`RESULTS_TABLE_LOCK` beside it),
-    through their own temporary name: no row is lost and no writer renames another's half-written file."""
+def updated_table_text(path: Path, rows: Iterable[Mapping[str, str]]) -> str:
+    """The text of results-table.csv at `path` with `rows` (`table_cells`, keyed by run directory and
+    dataset) added or replacing theirs, the others kept (`runs.update_results_table` writes it under the
+    table's lock); a file that is not a kebr results table is refused in one sentence (`read_results_table`)."""
     path = Path(path)
-    rows = list(rows)
+    table: dict[tuple[str, str], Mapping[str, str]] = {}
     if path.is_file():
-        read_results_table(path)  # a file that is not ours is refused before anything (the lock) is created beside it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path.parent / RESULTS_TABLE_LOCK):
-        table: dict[tuple[str, str], Mapping[str, str]] = {}
-        if path.is_file():
-            table = {(r["Run"], r["Dataset"]): r for r in read_results_table(path)}
-        for cells in rows:
-            table[(cells["Run"], cells["Dataset"])] = cells
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open_for_writing(tmp, newline="") as f:
-            w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(table.values())
-        os.replace(tmp, path)
+        table = {(r["Run"], r["Dataset"]): r for r in read_results_table(path)}
+    for cells in rows:
+        table[(cells["Run"], cells["Dataset"])] = cells
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(table.values())
+    return text.getvalue()

@@ -69,7 +69,7 @@ from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.io import foreign_files, open_for_writing, refuse_foreign, refuse_links
 from kebr_core.own_files import refuse_link_on_the_way, remove_written, remove_written_or_refuse
-from kebr_core.shards import claimed
+from kebr_core.shards import claimed, locked
 from kebr_core.strict import read_settings_data
 
 # ── file and folder names ──
@@ -98,7 +98,7 @@ COMPARE_CSV = "compare.csv"
 LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
-RESULTS_TABLE_LOCK = results_files.RESULTS_TABLE_LOCK  # beside a results table, held while one job changes it
+RESULTS_TABLE_LOCK = ".kebr-results-table.lock"  # beside a results table, held while one job changes it
 RUN_LOCK = ".kebr-run.lock"  # claimed by the job working on a run, or on some of its items (`claim_run`)
 # a search (`kebr tune`)
 TUNE_DB = "tune.db"  # the embedded SQLite Optuna study (unless --storage names another)
@@ -708,6 +708,13 @@ class ResultsRow:
 
 
 def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
-    """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others,
-    under the table's lock (`results_files.update_results_table`)."""
-    results_files.update_results_table(path, [row.cells() for row in rows])
+    """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others.
+    Jobs finishing at once (shards, other runs beside it) each read, change and replace the table under a
+    lock (`RESULTS_TABLE_LOCK` beside it), through their own temporary name (`atomic_write_text`): no row
+    is lost and no writer renames another's half-written file."""
+    path, cells = Path(path), [row.cells() for row in rows]
+    if path.is_file():
+        results_files.read_results_table(path)  # not ours: refused before anything (the lock file) is created beside it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.parent / RESULTS_TABLE_LOCK):
+        atomic_write_text(path, results_files.updated_table_text(path, cells))
