@@ -57,12 +57,13 @@ def kebr(*args: str, env: dict | None = None, timeout: int = 400) -> subprocess.
 
 
 def test_two_sharded_ddp_ablations_at_once_agree_and_rank_0_alone_writes(tiny_store: Path, tmp_path: Path) -> None:
-    """C1 and the sweep's g = +0.20 share one pretraining; two `--shard i/2 --nproc-per-node 2` jobs start at
-    once, so one job's rank 0 waits for the other's lock while its rank 1 waits with it (before the fix rank 1
-    went on into `pretrain` alone). Both finish; collected under DDP, the ablation equals a one-process
+    """Two `--shard i/2 --nproc-per-node 2` jobs of one ablation (C1 and C4) start at once. Each job's rank 0
+    takes the pretraining lock and decides for its ranks (before the fix rank 1 went on into `pretrain` alone
+    while rank 0 waited). Since the g-sweep reuses C1 as its point at C1's g, no two configurations of one
+    ablation share a pretraining, so here each shard trains its own, once. Both finish; collected under DDP, the ablation equals a one-process
     one-shot ablation, its files and the results table are written by rank 0 only, and --json prints one
     document."""
-    common = ["ablate", "-d", str(tiny_store), "--g-sweep", "--g-values", "0.2", "--pretrain-epochs", "1", "--epochs",
+    common = ["ablate", "-d", str(tiny_store), "--no-mcc", "--pretrain-epochs", "1", "--epochs",
               "1", "--seeds", "1", *FAST]
     sharded, one = tmp_path / "sharded", tmp_path / "one"
     jobs = [subprocess.Popen([sys.executable, "-m", "kebr_cli", *common, "-o", str(sharded), "--shard", f"{i}/2",
@@ -89,15 +90,15 @@ def test_two_sharded_ddp_ablations_at_once_agree_and_rank_0_alone_writes(tiny_st
         writers.setdefault(name, set()).add(rank)
     for name in (runs.ABLATION_JSON, runs.RESULTS_CSV, runs.RESULTS_TABLE):
         assert writers.get(name) == {"0"}, (name, writers)
-    # Both jobs fine-tuned from the one pretraining, trained once (one epoch, one metrics row).
+    # Each configuration fine-tuned from its own pretraining, trained once (one epoch, one metrics row).
     used = {json.loads((sharded / r["eval_dir"] / runs.CONFIG).read_text())["checkpoint_sha256"]
             for r in document["configurations"]}
-    assert len(used) == 1
+    assert len(used) == 2
     pretrained = sharded / document["configurations"][0]["pretrain_dir"]
     assert len((pretrained / runs.METRICS).read_text().splitlines()) == 2
     assert kebr(*common, "-o", str(one)).returncode == 0
     want = json.loads((one / runs.ABLATION_JSON).read_text())["configurations"]
-    assert [r["name"] for r in document["configurations"]] == [r["name"] for r in want] == ["C1", "g=+0.20"]
+    assert [r["name"] for r in document["configurations"]] == [r["name"] for r in want] == ["C1", "C4"]
     # The pretraining (frozen encoder, no dropout) is one process's up to float error; fine-tuning trains the
     # encoder, whose dropout draws are per rank, so the test metrics agree only closely.
     rows = [(one / want[0]["pretrain_dir"] / runs.METRICS).read_text().splitlines(),
