@@ -92,6 +92,7 @@ COMPARE_CSV = "compare.csv"
 LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
+TEXT_CACHE = "text-cache"  # disk caches of the frozen encoder's states (kebr_core.text_cache), <key>/ each
 RUN_LOCK = ".kebr-run.lock"  # claimed by the job working on a run, or on some of its items (`claim_run`)
 # a search (`kebr tune`)
 TUNE_DB = "tune.db"  # the embedded SQLite Optuna study (unless --storage names another)
@@ -110,11 +111,13 @@ EVAL_COLUMNS = (
 )
 
 # Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
-OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints"})
+OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints",
+                              "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.text_cache",
+                              "train.text_cache_dir"})
 # What a run directory's own files are: `force` removes these and nothing else.
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,
               BEST_TOML)
-_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL)  # last/: the layout before checkpoints/latest
+_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL, TEXT_CACHE)  # last/: the layout before checkpoints/latest
 # Left by a kill inside `save_checkpoint`; also kebr's.
 _OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in (".tmp", ".old"))
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
@@ -275,7 +278,7 @@ def check_ablation_files(out: Path) -> None:
     """`check_run_files` for an ablation folder: no link among its names (or below pretrain/ and runs/),
     and no results.csv where no ablation.json says an ablation wrote it."""
     out = Path(out)
-    refuse_links(out, [ABLATION_JSON, RESULTS_CSV, LOG, LOCK, RUN_LOCK, ABLATION_PRETRAIN, ABLATION_RUNS])
+    refuse_links(out, [ABLATION_JSON, RESULTS_CSV, LOG, LOCK, RUN_LOCK, ABLATION_PRETRAIN, ABLATION_RUNS, TEXT_CACHE])
     if not (out / ABLATION_JSON).is_file():
         refuse_foreign(out, foreign_files(out, [RESULTS_CSV]))
 

@@ -147,7 +147,7 @@ class TextCache:
         pos = torch.arange(length, device=start.device)
         valid = pos.unsqueeze(0) < n.unsqueeze(1)  # (B, Lt)
         rows = (start.unsqueeze(1) + pos.unsqueeze(0)).clamp(max=self.flat.shape[0] - 1)
-        out = self.flat[rows]  # (B, Lt, dt)
+        out = self.flat[rows].float()  # (B, Lt, dt); a float16/bfloat16 cache (`text_cache`) is read as float32
         return out * valid.unsqueeze(-1).to(out.dtype)
 
     def replace(self, index: Sequence[int], other: "TextCache") -> None:
@@ -159,32 +159,48 @@ class TextCache:
 
 
 @torch.no_grad()
-def build_text_cache(
+def encode_texts(
     encoder: torch.nn.Module,
-    token_ids: list[list[int]],
+    token_ids: Sequence[Sequence[int]],
     device: torch.device,
     batch_size: int = 64,
     progress: ProgressFn = no_progress,
-) -> TextCache:
-    """Run the frozen encoder once over every (already masked) text, batching similar lengths together."""
+):
+    """Run the frozen encoder once over every (already masked) text, batching similar lengths together.
+    Yields (samples, lengths, hidden): the batch's sample numbers (B,), their token counts (B,) and the
+    last hidden states (B, L, dt) float32 on the CPU. The one encoding loop of the in-memory cache and
+    the disk cache (`kebr_core.text_cache`): the same batches, so the same numbers."""
     encoder.eval()
     n = len(token_ids)
-    lengths = np.array([len(t) for t in token_ids])
+    lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
     order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: little padding
-    per_sample: list[Tensor | None] = [None] * n
     for b0 in range(0, n, batch_size):
         idx = order[b0 : b0 + batch_size]
         L = int(lengths[idx].max())
         ids = torch.zeros(len(idx), L, dtype=torch.long)
         mask = torch.zeros(len(idx), L, dtype=torch.bool)
         for r, i in enumerate(idx):  # once per sample for the whole run, not per epoch
-            ids[r, : lengths[i]] = torch.tensor(token_ids[i])
+            ids[r, : lengths[i]] = torch.as_tensor(np.asarray(token_ids[i], dtype=np.int64))
             mask[r, : lengths[i]] = True
         hidden = encoder(input_ids=ids.to(device), attention_mask=encoder_attention_mask(encoder, mask.to(device)))
-        hidden = hidden.last_hidden_state.float().cpu()
-        for r, i in enumerate(idx):
-            per_sample[i] = hidden[r, : lengths[i]]
+        yield idx, lengths[idx], hidden.last_hidden_state.float().cpu()
         progress("encode text", min(b0 + batch_size, n), n, {})
+
+
+def build_text_cache(
+    encoder: torch.nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    device: torch.device,
+    batch_size: int = 64,
+    progress: ProgressFn = no_progress,
+) -> TextCache:
+    """The in-memory cache of every text's states (`encode_texts`)."""
+    n = len(token_ids)
+    lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
+    per_sample: list[Tensor | None] = [None] * n
+    for idx, counts, hidden in encode_texts(encoder, token_ids, device, batch_size, progress):
+        for r, i in enumerate(idx):
+            per_sample[i] = hidden[r, : counts[r]]
     offsets = torch.zeros(n + 1, dtype=torch.long)
     offsets[1:] = torch.as_tensor(np.cumsum(lengths))
     flat = torch.cat(per_sample, 0) if n else torch.zeros(0, encoder.config.hidden_size)  # type: ignore[arg-type]

@@ -190,7 +190,8 @@ def pretrain(
         collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
         random_word = [int(i) for i in used if not masked[i].from_lexicon]  # what a per-epoch redraw changes
 
-        setup = setup_model(cfg, device, "pretrain", token_ids=[e["input_ids"] for e in encoded], progress=progress)
+        setup = setup_model(cfg, device, "pretrain", token_ids=[e["input_ids"] for e in encoded],
+                            cache_dir=run_dir / runs.TEXT_CACHE, progress=progress)
         model, frozen, cache, opt = setup.model, setup.frozen, setup.cache, setup.optimizer
 
         start_epoch = 1
