@@ -122,7 +122,8 @@ _OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE
 _OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in (".tmp", ".old"))
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
 _PRETRAIN_SEED_DIR = re.compile(r"pseed-(-?\d+)")
-_EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
+# epoch-NNNN: the end of epoch N; epoch-NNNN-step-SSSSSSSS: S steps into epoch N (a mid-epoch checkpoint)
+_EPOCH_DIR = re.compile(r"epoch-(\d{4,})(?:-step-(\d{8,}))?")
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:
@@ -447,15 +448,20 @@ def recover_folder(path: Path) -> None:
 
 
 def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tensor], payload: Mapping[str, Any],
-                           trainer_state: Mapping[str, Any], keep: int = 0) -> Path:
+                           trainer_state: Mapping[str, Any], keep: int = 0, step: int = 0) -> Path:
     """checkpoints/epoch-NNNN/ with trainer state, then the `latest` pointer, then retention (`keep` newest
-    epoch folders; 0 keeps all). Every step leaves `latest` naming a complete checkpoint."""
+    epoch folders; 0 keeps all). Every step leaves `latest` naming a complete checkpoint.
+
+    step > 0: a mid-epoch checkpoint, `step` steps into epoch `epoch` (checkpoints/epoch-NNNN-step-SSSSSSSS/,
+    its trainer state with "step" and the epoch's position: `kebr_core.resume`); it is kept only while it
+    is the latest (a later checkpoint supersedes it)."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    target = epoch_dir(run_dir, epoch)
+    target = epoch_dir(run_dir, epoch) if not step else epoch_dir(run_dir, epoch).with_name(
+        f"{epoch_dir(run_dir, epoch).name}-step-{step:08d}")
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_checkpoint_files(tmp, weights, payload, dict(trainer_state) | {"epoch": epoch})
+    _write_checkpoint_files(tmp, weights, payload, dict(trainer_state) | {"epoch": epoch} | ({"step": step} if step else {}))
     current = latest_checkpoint(run_dir)
     if target.exists() and target != current:  # left by a run killed before its pointer moved: stale
         shutil.rmtree(target)
@@ -472,10 +478,12 @@ def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tens
 def _apply_retention(root: Path, latest: Path, keep: int) -> None:
     for stray in root.glob("*.tmp"):  # left by a kill before a rename
         shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
-    if keep <= 0:
-        return
     folders = sorted((p for p in root.iterdir() if p.is_dir() and _EPOCH_DIR.fullmatch(p.name)), key=lambda p: p.name)
-    for old in folders[:-keep]:
+    for old in folders:  # a mid-epoch checkpoint is superseded by any later one
+        if old != latest and _EPOCH_DIR.fullmatch(old.name).group(2) is not None:
+            shutil.rmtree(old)
+    folders = [p for p in folders if p.exists()]
+    for old in (folders[:-keep] if keep > 0 else []):
         if old != latest:
             shutil.rmtree(old)
 
@@ -522,6 +530,10 @@ def load_trainer_state(folder: Path, max_epoch: int | None = None) -> dict[str, 
     if named and int(named.group(1)) != epoch:
         raise KebrError(f"{path} holds epoch {epoch} but lies in {Path(folder).name}; the checkpoint is not "
                         "consistent, so the run cannot be resumed from it.")
+    step = state.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or (named and int(named.group(2) or 0) != step):
+        raise KebrError(f"{path} holds step {str(step)[:24]}, which does not match its folder {Path(folder).name}; "
+                        "the run cannot be resumed from it.")
     optimizer = state["optimizer"]
     if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
             and isinstance(optimizer.get("param_groups"), list)):

@@ -303,6 +303,8 @@ def train_epoch(
     seed: int,
     prefix: str = "",
     progress: ProgressFn = no_progress,
+    position=None,
+    checkpoints=None,
 ) -> dict[str, float]:
     """One epoch of L = L1(pred, y) + λ·L_mcc (Eq. 16–17): y is the masked word's score when
     pretraining, the utterance label when fine-tuning. Fine-tuning with `train.modality_dropout` = p
@@ -313,16 +315,23 @@ def train_epoch(
 
     A step never waits for the device: its only communication is `global_mean`'s all-reduces, and a
     non-finite loss is flagged on the device and checked once, at the end of the epoch (`check_finite`).
-    Batches are DDP padded where a global batch has fewer samples than ranks (`EpochBatches`)."""
+    Batches are DDP padded where a global batch has fewer samples than ranks (`EpochBatches`).
+
+    position: a `resume.EpochPosition` to continue the epoch from (its steps skipped, its sums and random
+    state restored); checkpoints: a `resume.StepCheckpoints` told after every step. Each step runs with
+    Ctrl-C/SIGTERM held (`resume.held_steps`): an interrupt lands between steps."""
     from torch.utils.data import DataLoader
 
     from kebr_core.distributed import EpochBatches, all_reduce_sum, global_mean
+    from kebr_core.resume import SkipBatches, held_steps, set_rng_state
 
     model = net.module if hasattr(net, "module") else net
     seed_epoch(seed, epoch, info.rank)
     batches = EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=bucket_sizes(dataset, cfg))
+    first = position.step if position is not None else 0  # the steps a mid-epoch checkpoint had done
     loader = DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate, num_workers=loader_workers(cfg.train.workers, device),
+        dataset, batch_sampler=SkipBatches(batches, first), collate_fn=collate,
+        num_workers=loader_workers(cfg.train.workers, device),
         pin_memory=device.type == "cuda",
     )
     target = "mask_label" if task == "pretrain" else "label"
@@ -334,28 +343,38 @@ def train_epoch(
     # end of the epoch by one all-reduce, then read by the host once (no sync inside the step).
     sums = torch.zeros(7 + len(batches), device=device)
     dropout_p = cfg.train.modality_dropout if task == "finetune" else 0.0  # fine-tuning's training steps only
-    for step, batch in enumerate(loader):
-        if dropout_p > 0:  # chosen on the host from the CPU batch: no device sync
-            dropped = modality_dropout_mask(batch["index"], dropout_p, seed, epoch)
-            batch = remove_modality(batch, cfg.train.dropped_modality, "absent", samples=dropped)
-        batch = move(batch, device)
-        weight = batches.weights(step, device)  # 0 for the padding of a batch smaller than the world
-        hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
-        with autocast(device, cfg.train.bf16):
-            out = net(batch, task=task, text_hidden=hidden)
-        abs_err = (out.pred.float() - batch[target]).abs()
-        task_loss = global_mean(abs_err, weight, info)
-        mcc_loss = global_mean(out.mcc.per_sample.float(), out.mcc.valid.float() * weight, info)
-        loss = task_loss + cfg.mcc.weight * mcc_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            sums[:7] += balance_sums(abs_err, out.mcc, weight)
-            sums[7 + step] = (~torch.isfinite(loss.detach())).float()
-        progress(BATCH_STAGE, step + 1, len(loader), {"epoch": epoch})
+    steps = iter(loader)  # draws the workers' base seed: before a saved random state is put back
+    if position is not None:
+        sums = position.sums_for(info.rank, len(sums), device)
+        set_rng_state(position.rng_for(info.rank, info.world))
+    held = held_steps(enumerate(steps, start=first))
+    try:
+        for step, batch in held:
+            if dropout_p > 0:  # chosen on the host from the CPU batch: no device sync
+                dropped = modality_dropout_mask(batch["index"], dropout_p, seed, epoch)
+                batch = remove_modality(batch, cfg.train.dropped_modality, "absent", samples=dropped)
+            batch = move(batch, device)
+            weight = batches.weights(step, device)  # 0 for the padding of a batch smaller than the world
+            hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
+            with autocast(device, cfg.train.bf16):
+                out = net(batch, task=task, text_hidden=hidden)
+            abs_err = (out.pred.float() - batch[target]).abs()
+            task_loss = global_mean(abs_err, weight, info)
+            mcc_loss = global_mean(out.mcc.per_sample.float(), out.mcc.valid.float() * weight, info)
+            loss = task_loss + cfg.mcc.weight * mcc_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                sums[:7] += balance_sums(abs_err, out.mcc, weight)
+                sums[7 + step] = (~torch.isfinite(loss.detach())).float()
+            if checkpoints is not None:
+                checkpoints.after_step(epoch, step + 1, len(batches), sums)
+            progress(BATCH_STAGE, step + 1, len(batches), {"epoch": epoch})
+    finally:
+        held.close()  # a step that failed: its held signals go back to their handlers
     totals = all_reduce_sum(sums, info).cpu()  # the epoch's one host sync
     check_finite(totals[7:], epoch)
     return epoch_row(epoch, totals[:7], time.perf_counter() - t0, cfg.mcc.weight, prefix)

@@ -44,6 +44,7 @@ from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.model import load_tokenizer
 from kebr_core.recipes.setup import configure_from_store, setup_model
+from kebr_core.resume import EpochPosition, StepCheckpoints
 from kebr_core.runs import MetricsLog
 from kebr_core.training import (
     ProgressFn, build_text_cache, no_progress, resolve_device, seed_everything, train_epoch,
@@ -147,6 +148,8 @@ def pretrain(
                             "start afresh when there is none).")
         # Checked before anything is written: a crafted state is refused with the run left as it was.
         state = runs.load_trainer_state(latest, max_epoch=cfg.train.epochs) if latest is not None else None
+        # a mid-epoch checkpoint's place in its epoch (None: an epoch's end), checked here too
+        position = EpochPosition.from_state(state, str(latest / runs.TRAINER_STATE)) if state is not None else None
 
         # Masking is seeded per store index, so it is done once here and the masked texts never change;
         # with the random word redrawn per epoch, the texts without a lexicon word are masked anew each epoch.
@@ -200,7 +203,7 @@ def pretrain(
             # parameters' device, and the CPU copy is dropped with `state`.
             runs.load_checkpoint_weights(model, latest)
             opt.load_state_dict(state["optimizer"])
-            start_epoch = state["epoch"] + 1
+            start_epoch = state["epoch"] + (0 if position is not None else 1)
             del state
         net = DistributedDataParallel(model) if info.enabled else model
         log = MetricsLog(run_dir / runs.METRICS, truncate_after_epoch=start_epoch - 1) if info.is_main else None
@@ -215,6 +218,14 @@ def pretrain(
         epoch = saved = start_epoch - 1
         row: dict = {}
         snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
+
+        def save_position(at: EpochPosition) -> None:  # a mid-epoch checkpoint (rank 0; `kebr_core.resume`)
+            runs.save_resume_checkpoint(run_dir, at.epoch, runs.model_weights(model, not frozen), payload,
+                                        {"optimizer": opt.state_dict()} | at.to_state(), keep=cfg.train.keep_checkpoints,
+                                        step=at.step)
+
+        checkpoints = StepCheckpoints(cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes,
+                                      save_position, info)
         try:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 if per_epoch:  # every epoch's draw is a function of (seed, epoch): a resumed run draws the same
@@ -224,7 +235,8 @@ def pretrain(
                         cache.replace(random_word, build_text_cache(
                             model.encoder, [encoded[i]["input_ids"] for i in random_word], device))
                 row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
-                                  info=info, seed=cfg.train.seed, progress=progress)
+                                  info=info, seed=cfg.train.seed, progress=progress,
+                                  position=position if epoch == start_epoch else None, checkpoints=checkpoints)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
                     save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
                     saved, snapshot = epoch, None
@@ -236,8 +248,10 @@ def pretrain(
                 if log is not None:
                     log.append(row)
                 progress("pretrain", epoch, cfg.train.epochs, row)
-        except KeyboardInterrupt:
-            if info.is_main and snapshot is not None and snapshot[0] > saved:
+        except KeyboardInterrupt as interrupt:
+            if checkpoints.interrupted(interrupt):  # saved inside the epoch in progress: newer than any epoch end
+                raise
+            if info.is_main and snapshot is not None and snapshot[0] > saved and snapshot[0] >= checkpoints.newest_epoch():
                 runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
                                             keep=cfg.train.keep_checkpoints)
             raise
