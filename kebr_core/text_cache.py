@@ -58,7 +58,7 @@ def encoder_sha256(encoder: torch.nn.Module) -> str:
     for name, tensor in sorted(encoder.state_dict().items()):
         t = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes())
+        digest.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of a large embedding
     return digest.hexdigest()
 
 
