@@ -295,6 +295,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=500, help="the store of the precision and BERT-large-width runs")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kebr-scale"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    parser.add_argument("--sizes-only", action="store_true",
+                        help="rerun only the per-size runs, keeping the other measurements of an earlier --out")
     args = parser.parse_args()
     if args.command == "child":
         return child(args)
@@ -313,6 +315,11 @@ def main() -> None:
             row[mode] = run_child(store, run, mode, args.steps)
             print(n, mode, row[mode], flush=True)
         r["sizes"][str(n)] = row
+    if args.sizes_only:  # the rest from the earlier run
+        earlier = json.loads(args.out.read_text())
+        r |= {k: v for k, v in earlier.items() if k not in ("machine", "loadavg", "steps", "sizes")}
+        r["rest_loadavg"] = earlier.get("loadavg")
+        return finish(r, args.out)
     small, _ = make_store(args.work, args.small)
     large = args.work / f"synth-{sizes[-1]}.h5"
     caches = list((args.work / f"run-{sizes[-1]}-disk" / "text-cache").iterdir())
@@ -331,12 +338,16 @@ def main() -> None:
     run = args.work / f"run-{args.small}-wide"
     shutil.rmtree(run, ignore_errors=True)
     r["wide_step"] = run_child(small, run, "disk", min(args.steps, 16), text_model=WIDE_TCMF)
+    finish(r, args.out)
+
+
+def finish(r: dict, out: Path) -> None:
     r["projection"] = projection(r)
     r["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(r, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2))
     text = report(r)
-    args.out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".md").write_text(text + "\n")
     print(text)
 
 

@@ -122,7 +122,7 @@ def mask_batch(
     return _mask_texts(list(texts), tokenizer, lexicon, max_length, rngs, names, skip_empty)
 
 
-MASK_CHUNK = 4096  # texts masked at once by `mask_packed`: bounds the tokenizer's transient objects
+MASK_CHUNK = 1024  # texts masked at once by `mask_packed`: bounds the tokenizer's transient objects
 
 
 @dataclass
