@@ -229,7 +229,7 @@ def encode_rate(store: Path, model: str, n: int) -> dict:
         pass
     seconds = time.perf_counter() - t
     tokens = sum(map(len, ids))
-    return {"texts": n, "tokens": tokens, "seconds": seconds, "seconds_per_token": seconds / tokens,
+    return {"texts": len(ids), "tokens": tokens, "seconds": seconds, "seconds_per_token": seconds / tokens,
             "tokens_per_text": tokens / n}
 
 
@@ -243,6 +243,11 @@ def projection(r: dict) -> list[dict]:
     disk = sizes[big]["disk"]
     tokens = 30  # tokens per VoxCeleb transcript (issue 30's figure); the synthetic texts are shorter
     store_per_clip = sizes[big]["store_bytes"] / int(big)
+    small = str(min(int(k) for k in sizes))
+    # what RAM still grows per clip (the store's ids and splits, the dataset's arrays): RSS once the cache
+    # is built, largest size against smallest
+    per_clip = max(disk["rss_after_cache_mb"] - sizes[small]["disk"]["rss_after_cache_mb"], 0) * 2**20 / (int(big) - int(small))
+    r["ram_bytes_per_clip"] = per_clip
     rows = []
     for corpus, n in (("VoxCeleb1", 132_000), ("VoxCeleb2", 947_000)):
         for model, d, rate, step, weights_gb in (
@@ -254,8 +259,9 @@ def projection(r: dict) -> list[dict]:
                 "corpus": corpus, "clips": n, "encoder": model,
                 "cache_gb_fp32": n * tokens * d * 4 / 1e9, "cache_gb_bf16": n * tokens * d * 2 / 1e9,
                 "store_gb_small_features": n * store_per_clip / 1e9,
-                "ram_gb_disk_cache": disk["peak_rss_mb"] / 1024 + weights_gb - 0.09,
-                "ram_gb_memory_cache_fp32": disk["peak_rss_mb"] / 1024 + weights_gb - 0.09 + n * tokens * d * 4 / 2**30,
+                "ram_gb_disk_cache": sizes[small]["disk"]["peak_rss_mb"] / 1024 + weights_gb - 0.09 + n * per_clip / 2**30,
+                "ram_gb_memory_cache_fp32": (sizes[small]["disk"]["peak_rss_mb"] / 1024 + weights_gb - 0.09
+                                             + n * per_clip / 2**30 + n * tokens * d * 4 / 2**30),
                 "cache_build_h_cpu": n * tokens * rate / 3600, "epoch_h_cpu": n * step / 3600,
                 "gpu": "unmeasured",
             })
@@ -295,12 +301,15 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=500, help="the store of the precision and BERT-large-width runs")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kebr-scale"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    parser.add_argument("--report-only", action="store_true", help="recompute the projection and tables of --out")
     parser.add_argument("--sizes-only", action="store_true",
                         help="rerun only the per-size runs, keeping the other measurements of an earlier --out")
     args = parser.parse_args()
     if args.command == "child":
         return child(args)
 
+    if args.report_only:
+        return finish(json.loads(args.out.read_text()), args.out)
     args.work.mkdir(parents=True, exist_ok=True)
     r: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, shared", "loadavg": Path("/proc/loadavg").read_text().split()[:3],
                "steps": args.steps, "sizes": {}}
@@ -346,7 +355,7 @@ def main() -> None:
 
 def finish(r: dict, out: Path) -> None:
     r["projection"] = projection(r)
-    r["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    r.setdefault("loadavg_end", Path("/proc/loadavg").read_text().split()[:3])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2))
     text = report(r)
