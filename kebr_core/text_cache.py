@@ -94,16 +94,25 @@ class DiskTextCache:
 
     def __init__(self, folder: Path, device: torch.device):
         folder = Path(folder)
-        meta = json.loads((folder / META).read_text(encoding="utf-8"))
-        self.folder, self.device, self.dtype = folder, device, meta["dtype"]
-        self.dt, self.samples, self.tokens = int(meta["dt"]), int(meta["samples"]), int(meta["tokens"])
-        self.offsets = np.load(folder / OFFSETS, mmap_mode="r")  # (N + 1,) int64
+        damaged = (f"The text cache {folder} is damaged or not kebr's (remove that folder: the next run builds it "
+                   "again)")
+        try:
+            meta = json.loads((folder / META).read_text(encoding="utf-8"))
+            self.folder, self.device, self.dtype = folder, device, meta["dtype"]
+            self.dt, self.samples, self.tokens = int(meta["dt"]), int(meta["samples"]), int(meta["tokens"])
+            self.offsets = np.load(folder / OFFSETS, mmap_mode="r")  # (N + 1,) int64
+            with open(folder / STATES, "rb") as f:  # the .npy header: where row 0 starts
+                np.lib.format.read_magic(f)
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                self._start = f.tell()
+            self._row_bytes = self.dt * STORAGE[self.dtype].itemsize
+            size = (folder / STATES).stat().st_size
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise KebrError(f"{damaged}: {type(e).__name__}.") from None
+        if (shape != (self.tokens, self.dt) or dtype != STORAGE[self.dtype] or size != self._start + self.tokens * self._row_bytes
+                or self.offsets.shape != (self.samples + 1,) or int(self.offsets[-1]) != self.tokens):
+            raise KebrError(f"{damaged}: its files do not match its {META}.")
         self._fd = os.open(folder / STATES, os.O_RDONLY | os.O_NOFOLLOW)
-        with open(folder / STATES, "rb") as f:  # the .npy header: where row 0 starts
-            np.lib.format.read_magic(f)
-            np.lib.format.read_array_header_1_0(f)
-            self._start = f.tell()
-        self._row_bytes = self.dt * STORAGE[self.dtype].itemsize
         self._overlay_rows: np.ndarray | None = None  # (N,) int32: row of `_overlay`, −1 = read the file
         self._overlay: TextCache | None = None
 

@@ -134,6 +134,18 @@ def test_links_are_refused(encoder, tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_damaged_cache_is_refused_in_one_sentence(encoder, tmp_path):
+    ids = token_lists(10)
+    folder = build_disk_text_cache(encoder, ids, CPU, tmp_path / "tc").folder
+    with open(folder / "states.npy", "r+b") as f:  # cut short (a full disk, a copy that stopped)
+        f.truncate(f.seek(0, 2) - 4)
+    with pytest.raises(KebrError, match="is damaged or not kebr's.*do not match"):
+        build_disk_text_cache(encoder, ids, CPU, tmp_path / "tc")
+    (folder / "cache.json").write_text("{not json")
+    with pytest.raises(KebrError, match="is damaged or not kebr's.*JSONDecodeError"):
+        build_disk_text_cache(encoder, ids, CPU, tmp_path / "tc")
+
+
 def test_auto_mode_chooses_disk_only_for_a_big_cache(encoder, tmp_path, monkeypatch):
     import kebr_core.text_cache as tc
 
