@@ -19,8 +19,10 @@ from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
 from kebr_cli.threads import Threads, using_threads
 from kebr_cli.train import (
-    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, ConfigFile, Device, Dropout, DroppedModality, Force, HeadHidden, Heads, LambdaMCC,
-    Layers, LoaderWorkers, MaxParameters, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set, Shared, TextModel, check_choice, check_run_dir, given_options,
+    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, CheckpointEveryMinutes, CheckpointEverySteps,
+    ConfigFile, Device, Dropout, DroppedModality, Force, HeadHidden, Heads, LambdaMCC,
+    Layers, LoaderWorkers, MaxParameters, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set,
+    Shared, TextCacheDir, TextCacheDtype, TextCacheMode, TextModel, check_choice, check_run_dir, given_options,
     ReportTo, print_config, seeds_option, store_if_present, trained_config, was_typed,
 )
 from kebr_core import runs
@@ -83,6 +85,8 @@ def ablate(
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a pretraining checkpoint every N epochs (and at the end)."),
     keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders of each pretraining (0 = all)."),
+    checkpoint_every_steps: int = CheckpointEverySteps, checkpoint_every_minutes: float = CheckpointEveryMinutes,
+    text_cache: str = TextCacheMode, text_cache_dtype: str = TextCacheDtype, text_cache_dir: Optional[str] = TextCacheDir,
     nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
     preset: Optional[str] = Preset, threads: Optional[int] = Threads,

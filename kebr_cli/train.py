@@ -42,6 +42,8 @@ OPTION_FIELDS = {
     "modality_dropout": "train.modality_dropout", "dropped_modality": "train.dropped_modality",
     "report_to": "train.report_to",
     "max_parameters": "train.max_parameters",
+    "checkpoint_every_steps": "train.checkpoint_every_steps", "checkpoint_every_minutes": "train.checkpoint_every_minutes",
+    "text_cache": "train.text_cache", "text_cache_dtype": "train.text_cache_dtype", "text_cache_dir": "train.text_cache_dir",
 }
 # Options whose value is not the field's value as typed.
 CONVERT = {"freeze_encoder": lambda v: not v, "seeds": parse_seeds}
@@ -174,6 +176,11 @@ Set = typer.Option([], "--set", help="Override one setting, dotted and type-chec
 PrintConfig = typer.Option(False, "--print-config", help="Print the resolved configuration (defaults < preset < --config < options < --set) and exit.")
 PretrainOnTest = typer.Option(False, "--pretrain-on-test", help="Pretrain on the test split's inputs too (transductive; labels still unused). By default a store's test split is left out of pretraining.")
 ReportTo = typer.Option([], "--report-to", metavar="tensorboard", help="Also log each epoch's metrics.csv columns, the configuration with the final metrics, and kebr analyze's figures to TensorBoard (events beside each metrics.csv; needs pip install kebr\\[tensorboard]). Repeatable; not part of the run's identity.")
+CheckpointEverySteps = typer.Option(0, "--checkpoint-every-steps", min=0, help="Also save a pretraining checkpoint every N steps inside an epoch, for an exact --resume (0 = off).")
+CheckpointEveryMinutes = typer.Option(0.0, "--checkpoint-every-minutes", parser=number(0), help="Also save a pretraining checkpoint inside an epoch every M minutes (e.g. 30 under a batch scheduler; 0 = off).")
+TextCacheMode = typer.Option("auto", "--text-cache", metavar="auto|memory|disk", help="Where a frozen encoder's outputs are kept: memory, disk (a file read per batch: RAM independent of the corpus) or auto (disk above 256 MiB).")
+TextCacheDtype = typer.Option("float32", "--text-cache-dtype", metavar="float32|float16|bfloat16", help="Storage precision of the text cache (float32: exact; the halves: half the size, rounded).")
+TextCacheDir = typer.Option(None, "--text-cache-dir", help="Folder of disk text caches, shared by runs with the same encoder and texts (default: text-cache/ in --out, shared by all of an ablation's runs).")
 Force = typer.Option(False, "--force", help="Start the run in --out afresh when it holds another one (removes only files a kebr run wrote there).")
 
 
@@ -197,6 +204,8 @@ def pretrain(
     unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder too (default: frozen, as the authors)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a checkpoint every N epochs (and at the end)."),
     keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders (0 = all)."),
+    checkpoint_every_steps: int = CheckpointEverySteps, checkpoint_every_minutes: float = CheckpointEveryMinutes,
+    text_cache: str = TextCacheMode, text_cache_dtype: str = TextCacheDtype, text_cache_dir: Optional[str] = TextCacheDir,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint (an error when there is none)."),
     resume_if_possible: bool = typer.Option(False, "--resume-if-possible", help="Continue the run in --out when it has a checkpoint, else start it."),
     splits: Optional[str] = typer.Option(None, "--splits", metavar="train,valid,unlabeled", help="Splits of the store to pretrain on (default: every split but test; a store without a test split: all samples)."),
@@ -287,6 +296,7 @@ def eval_(
     loader_workers: Optional[int] = LoaderWorkers,
     workers: Optional[int] = OldWorkers, bf16: Optional[bool] = BF16,
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the text encoder frozen (faster; default: fine-tune it, as the authors)."),
+    text_cache: str = TextCacheMode, text_cache_dtype: str = TextCacheDtype, text_cache_dir: Optional[str] = TextCacheDir,
     modality_dropout: float = ModalityDropout, dropped_modality: str = DroppedModality,
     dropout: float = Dropout, nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,

@@ -122,6 +122,16 @@ class TrainConfig:
     workers: int | None = None  # DataLoader workers; None = auto (training.loader_workers: up to 4 on CUDA, 0 on CPU)
     checkpoint_every: int = 5
     keep_checkpoints: int = 0  # checkpoints/epoch-NNNN folders kept (the newest); 0 = all
+    # pretraining's mid-epoch checkpoints (checkpoints/epoch-NNNN-step-SSSSSSSS): every N steps and/or
+    # every M minutes inside an epoch, with the sampler's position, for an exact resume; 0 = off
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
+    # the frozen encoder's text cache (kebr_core.text_cache): "memory", "disk" (a file read per batch, RAM
+    # independent of the corpus) or "auto" (disk when the states would exceed text_cache.AUTO_DISK_BYTES);
+    # its storage precision; and where disk caches live (None: the run's own text-cache/ folder)
+    text_cache: Literal["auto", "memory", "disk"] = "auto"
+    text_cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    text_cache_dir: str | None = None
     grad_clip: float | None = None
     length_bucketing: bool = True  # batches of similar lengths (kebr_core.distributed.EpochBatches)
     # pretraining's random word (a text without a lexicon word): "fixed" drawn once per run, or
@@ -198,6 +208,12 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "workers"): (lambda x: x is None or _at_least(0, 1024)(x), "be an integer ≥ 0 and ≤ 1,024 (or unset: auto)"),
     ("train", "keep_checkpoints"): (_at_least(0, MAX_COUNT), f"be an integer ≥ 0 and ≤ {MAX_COUNT:,} (0 keeps all)"),
     ("train", "random_word"): (_one_of("fixed", "per-epoch"), "be one of fixed, per-epoch"),
+    ("train", "checkpoint_every_steps"): (_at_least(0), "be an integer ≥ 0 (0: no mid-epoch checkpoints by steps)"),
+    ("train", "checkpoint_every_minutes"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0: none by time)"),
+    ("train", "text_cache"): (_one_of("auto", "memory", "disk"), "be one of auto, memory, disk"),
+    ("train", "text_cache_dtype"): (_one_of("float32", "float16", "bfloat16"), "be one of float32, float16, bfloat16"),
+    ("train", "text_cache_dir"): (lambda x: x is None or (isinstance(x, str) and x.strip() != ""),
+                                  "name a folder (or be unset: the run's text-cache/)"),
     ("train", "modality_dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1) (0 turns it off)"),
     ("train", "dropped_modality"): (_one_of("audio", "vision"), "be one of audio, vision"),
     ("train", "report_to"): (lambda xs: all(x in REPORTERS for x in xs), f"name only {', '.join(REPORTERS)} (or nothing)"),

@@ -99,6 +99,7 @@ LOG = "log.txt"  # what the CLI printed, appended on resume
 RESULTS_TABLE = "results-table.csv"  # beside the run directories: one row per (run, dataset), across runs
 LOCK = ".kebr.lock"  # taken by jobs that change a file they share (kebr_core.shards.locked)
 RESULTS_TABLE_LOCK = ".kebr-results-table.lock"  # beside a results table, held while one job changes it
+TEXT_CACHE = "text-cache"  # disk caches of the frozen encoder's states (kebr_core.text_cache), <key>/ each
 RUN_LOCK = ".kebr-run.lock"  # claimed by the job working on a run, or on some of its items (`claim_run`)
 # a search (`kebr tune`)
 TUNE_DB = "tune.db"  # the embedded SQLite Optuna study (unless --storage names another)
@@ -119,11 +120,13 @@ EVAL_COLUMNS = (
 
 # Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
 OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints",
-                              "train.report_to", "train.max_parameters"})
+                              "train.report_to", "train.max_parameters", "train.checkpoint_every_steps",
+                              "train.checkpoint_every_minutes", "train.text_cache", "train.text_cache_dir"})
 # What a run directory's own files are: `force` removes these and nothing else.
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,
               BEST_TOML)
-_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL, TENSORBOARD)  # last/: the layout before checkpoints/latest
+_OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE_EVAL, TENSORBOARD,
+             TEXT_CACHE)  # last/: the layout before checkpoints/latest
 # Left by a kill inside `save_checkpoint`; also kebr's.
 _OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in (".tmp", ".old"))
 # The files a model folder holds (final/, best-model/, checkpoints/epoch-NNNN/): what a removal of one
@@ -137,8 +140,9 @@ TEXT_ENCODER_FILES = tuple(f"{TEXT_ENCODER}/{name}" for name in (
 MODEL_FOLDER_FILES = (WEIGHTS, CONFIG, TRAINER_STATE, SELECTION, MODEL_CARD, *TEXT_ENCODER_FILES)
 _SEED_DIR = re.compile(r"seed-(-?\d+)")
 _PRETRAIN_SEED_DIR = re.compile(r"pseed-(-?\d+)")
-_EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
-_EPOCH_TMP = re.compile(r"epoch-\d{4,}\.tmp")  # a checkpoint being written (`save_resume_checkpoint`), left by a kill
+# epoch-NNNN: the end of epoch N; epoch-NNNN-step-SSSSSSSS: S steps into epoch N (a mid-epoch checkpoint)
+_EPOCH_DIR = re.compile(r"epoch-(\d{4,})(?:-step-(\d{8,}))?")
+_EPOCH_TMP = re.compile(r"epoch-\d{4,}(?:-step-\d{8,})?\.tmp")  # a checkpoint being written (`save_resume_checkpoint`), left by a kill
 _LATEST_TMP = re.compile(rf"{LATEST}\.\d+-[0-9a-f]{{8}}\.tmp")  # `atomic_write_text`'s, left by a kill
 
 
@@ -295,7 +299,7 @@ def check_ablation_files(out: Path) -> None:
     """`check_run_files` for an ablation folder: no link among its names (or below pretrain/ and runs/),
     and no results.csv where no ablation.json says an ablation wrote it."""
     out = Path(out)
-    refuse_links(out, [ABLATION_JSON, RESULTS_CSV, LOG, LOCK, RUN_LOCK, ABLATION_PRETRAIN, ABLATION_RUNS])
+    refuse_links(out, [ABLATION_JSON, RESULTS_CSV, LOG, LOCK, RUN_LOCK, ABLATION_PRETRAIN, ABLATION_RUNS, TEXT_CACHE])
     if not (out / ABLATION_JSON).is_file():
         refuse_foreign(out, foreign_files(out, [RESULTS_CSV]))
 
@@ -493,17 +497,22 @@ def recover_folder(path: Path) -> None:
 
 
 def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tensor], payload: Mapping[str, Any],
-                           trainer_state: Mapping[str, Any], keep: int = 0) -> Path:
+                           trainer_state: Mapping[str, Any], keep: int = 0, step: int = 0) -> Path:
     """checkpoints/epoch-NNNN/ with trainer state, then the `latest` pointer, then retention (`keep` newest
-    epoch folders; 0 keeps all). Every step leaves `latest` naming a complete checkpoint."""
+    epoch folders; 0 keeps all). Every step leaves `latest` naming a complete checkpoint.
+
+    step > 0: a mid-epoch checkpoint, `step` steps into epoch `epoch` (checkpoints/epoch-NNNN-step-SSSSSSSS/,
+    its trainer state with "step" and the epoch's position: `kebr_core.resume`); it is kept only while it
+    is the latest (a later checkpoint supersedes it)."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     refuse_link_on_the_way(root, run_dir)  # checked at the start too; a link made since is not written through
-    target = epoch_dir(run_dir, epoch)
+    target = epoch_dir(run_dir, epoch) if not step else epoch_dir(run_dir, epoch).with_name(
+        f"{epoch_dir(run_dir, epoch).name}-step-{step:08d}")
     tmp = target.with_name(target.name + ".tmp")
     purpose = f"to save checkpoint {target.name}"
     remove_written_or_refuse(tmp, MODEL_FOLDER_FILES, run_dir, purpose)
-    _write_checkpoint_files(tmp, weights, payload, dict(trainer_state) | {"epoch": epoch})
+    _write_checkpoint_files(tmp, weights, payload, dict(trainer_state) | {"epoch": epoch} | ({"step": step} if step else {}))
     current = latest_checkpoint(run_dir)
     if target.exists() and target != current:  # left by a run killed before its pointer moved: stale
         remove_written_or_refuse(target, MODEL_FOLDER_FILES, run_dir, purpose)
@@ -518,17 +527,20 @@ def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tens
 
 
 def _apply_retention(root: Path, latest: Path, keep: int) -> None:
-    """Remove checkpoints left half-written by a kill, and all but the `keep` newest epoch folders (0: none),
-    by kebr's own names only (`own_files`: a foreign file keeps its folder, `important.tmp` is no checkpoint)."""
+    """Remove checkpoints left half-written by a kill, mid-epoch checkpoints a later one superseded, and all
+    but the `keep` newest epoch folders (0: none), by kebr's own names only (`own_files`: a foreign file
+    keeps its folder, `important.tmp` is no checkpoint)."""
     run_dir = root.parent
     for stray in root.iterdir():  # left by a kill before a rename
         if _EPOCH_TMP.fullmatch(stray.name):
             remove_written(stray, MODEL_FOLDER_FILES, inside=run_dir)
-    if keep <= 0:
-        return
     folders = sorted((p for p in root.iterdir() if _EPOCH_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink()),
                      key=lambda p: p.name)
-    for old in folders[:-keep]:
+    for old in folders:  # a mid-epoch checkpoint is superseded by any later one
+        if old != latest and _EPOCH_DIR.fullmatch(old.name).group(2) is not None:
+            remove_written(old, MODEL_FOLDER_FILES, inside=run_dir)
+    folders = [p for p in folders if p.exists()]
+    for old in (folders[:-keep] if keep > 0 else []):
         if old != latest:
             remove_written(old, MODEL_FOLDER_FILES, inside=run_dir)
 
@@ -575,6 +587,10 @@ def load_trainer_state(folder: Path, max_epoch: int | None = None) -> dict[str, 
     if named and int(named.group(1)) != epoch:
         raise KebrError(f"{path} holds epoch {epoch} but lies in {Path(folder).name}; the checkpoint is not "
                         "consistent, so the run cannot be resumed from it.")
+    step = state.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or (named and int(named.group(2) or 0) != step):
+        raise KebrError(f"{path} holds step {str(step)[:24]}, which does not match its folder {Path(folder).name}; "
+                        "the run cannot be resumed from it.")
     optimizer = state["optimizer"]
     if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
             and isinstance(optimizer.get("param_groups"), list)):

@@ -156,7 +156,7 @@ class TextCache:
         pos = torch.arange(length, device=start.device)
         valid = pos.unsqueeze(0) < n.unsqueeze(1)  # (B, Lt)
         rows = (start.unsqueeze(1) + pos.unsqueeze(0)).clamp(max=self.flat.shape[0] - 1)
-        out = self.flat[rows]  # (B, Lt, dt)
+        out = self.flat[rows].float()  # (B, Lt, dt); a float16/bfloat16 cache (`text_cache`) is read as float32
         return out * valid.unsqueeze(-1).to(out.dtype)
 
     def replace(self, index: Sequence[int], other: "TextCache") -> None:
@@ -168,32 +168,48 @@ class TextCache:
 
 
 @torch.no_grad()
-def build_text_cache(
+def encode_texts(
     encoder: torch.nn.Module,
-    token_ids: list[list[int]],
+    token_ids: Sequence[Sequence[int]],
     device: torch.device,
     batch_size: int = 64,
     progress: ProgressFn = no_progress,
-) -> TextCache:
-    """Run the frozen encoder once over every (already masked) text, batching similar lengths together."""
+):
+    """Run the frozen encoder once over every (already masked) text, batching similar lengths together.
+    Yields (samples, lengths, hidden): the batch's sample numbers (B,), their token counts (B,) and the
+    last hidden states (B, L, dt) float32 on the CPU. The one encoding loop of the in-memory cache and
+    the disk cache (`kebr_core.text_cache`): the same batches, so the same numbers."""
     encoder.eval()
     n = len(token_ids)
-    lengths = np.array([len(t) for t in token_ids])
+    lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
     order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: little padding
-    per_sample: list[Tensor | None] = [None] * n
     for b0 in range(0, n, batch_size):
         idx = order[b0 : b0 + batch_size]
         L = int(lengths[idx].max())
         ids = torch.zeros(len(idx), L, dtype=torch.long)
         mask = torch.zeros(len(idx), L, dtype=torch.bool)
         for r, i in enumerate(idx):  # once per sample for the whole run, not per epoch
-            ids[r, : lengths[i]] = torch.tensor(token_ids[i])
+            ids[r, : lengths[i]] = torch.as_tensor(np.asarray(token_ids[i], dtype=np.int64))
             mask[r, : lengths[i]] = True
         hidden = encoder(input_ids=ids.to(device), attention_mask=encoder_attention_mask(encoder, mask.to(device)))
-        hidden = hidden.last_hidden_state.float().cpu()
-        for r, i in enumerate(idx):
-            per_sample[i] = hidden[r, : lengths[i]]
+        yield idx, lengths[idx], hidden.last_hidden_state.float().cpu()
         progress("encode text", min(b0 + batch_size, n), n, {})
+
+
+def build_text_cache(
+    encoder: torch.nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    device: torch.device,
+    batch_size: int = 64,
+    progress: ProgressFn = no_progress,
+) -> TextCache:
+    """The in-memory cache of every text's states (`encode_texts`)."""
+    n = len(token_ids)
+    lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
+    per_sample: list[Tensor | None] = [None] * n
+    for idx, counts, hidden in encode_texts(encoder, token_ids, device, batch_size, progress):
+        for r, i in enumerate(idx):
+            per_sample[i] = hidden[r, : counts[r]]
     offsets = torch.zeros(n + 1, dtype=torch.long)
     offsets[1:] = torch.as_tensor(np.cumsum(lengths))
     flat = torch.cat(per_sample, 0) if n else torch.zeros(0, encoder.config.hidden_size)  # type: ignore[arg-type]
@@ -297,6 +313,8 @@ def train_epoch(
     prefix: str = "",
     progress: ProgressFn = no_progress,
     loaders=None,
+    position=None,
+    checkpoints=None,
 ) -> dict[str, float]:
     """One epoch of L = L1(pred, y) + λ·L_mcc (Eq. 16–17): y is the masked word's score when
     pretraining, the utterance label when fine-tuning. Fine-tuning with `train.modality_dropout` = p
@@ -308,15 +326,21 @@ def train_epoch(
     A step never waits for the device: its only communication is `global_mean`'s all-reduces, and a
     non-finite loss is flagged on the device and checked once, at the end of the epoch (`check_finite`).
     Batches are DDP padded where a global batch has fewer samples than ranks (`EpochBatches`). loaders: the
-    run's `RunLoaders` (its workers start once per run); None: a loader, and its workers, for this epoch."""
+    run's `RunLoaders` (its workers start once per run); None: a loader, and its workers, for this epoch.
+
+    position: a `resume.EpochPosition` to continue the epoch from (its steps skipped, its sums and random
+    state restored); checkpoints: a `resume.StepCheckpoints` told after every step. Each step runs with
+    Ctrl-C/SIGTERM held (`resume.held_steps`): an interrupt lands between steps."""
     from kebr_core.distributed import EpochBatches, all_reduce_sum, global_mean
     from kebr_core.loaders import RunLoaders
+    from kebr_core.resume import SkipBatches, held_steps, set_rng_state
 
     model = net.module if hasattr(net, "module") else net
     seed_epoch(seed, epoch, info.rank)
     batches = EpochBatches(len(dataset), cfg.train.batch_size, seed, epoch, info, sizes=bucket_sizes(dataset, cfg))
+    first = position.step if position is not None else 0  # the steps a mid-epoch checkpoint had done
     loaders = loaders or RunLoaders(loader_workers(cfg.train.workers, device), device)
-    loader = loaders.train(dataset, collate, batches)
+    loader = loaders.train(dataset, collate, SkipBatches(batches, first))
     target = "mask_label" if task == "pretrain" else "label"
     net.train()
     if frozen:
@@ -326,28 +350,38 @@ def train_epoch(
     # end of the epoch by one all-reduce, then read by the host once (no sync inside the step).
     sums = torch.zeros(7 + len(batches), device=device)
     dropout_p = cfg.train.modality_dropout if task == "finetune" else 0.0  # fine-tuning's training steps only
-    for step, batch in enumerate(loader):
-        if dropout_p > 0:  # chosen on the host from the CPU batch: no device sync
-            dropped = modality_dropout_mask(batch["index"], dropout_p, seed, epoch)
-            batch = remove_modality(batch, cfg.train.dropped_modality, "absent", samples=dropped)
-        batch = move(batch, device)
-        weight = batches.weights(step, device)  # 0 for the padding of a batch smaller than the world
-        hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
-        with autocast(device, cfg.train.bf16):
-            out = net(batch, task=task, text_hidden=hidden)
-        abs_err = (out.pred.float() - batch[target]).abs()
-        task_loss = global_mean(abs_err, weight, info)
-        mcc_loss = global_mean(out.mcc.per_sample.float(), out.mcc.valid.float() * weight, info)
-        loss = task_loss + cfg.mcc.weight * mcc_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            sums[:7] += balance_sums(abs_err, out.mcc, weight)
-            sums[7 + step] = (~torch.isfinite(loss.detach())).float()
-        progress(BATCH_STAGE, step + 1, len(loader), {"epoch": epoch})
+    steps = iter(loader)  # draws the workers' base seed: before a saved random state is put back
+    if position is not None:
+        sums = position.sums_for(info.rank, len(sums), device)
+        set_rng_state(position.rng_for(info.rank, info.world))
+    held = held_steps(enumerate(steps, start=first))
+    try:
+        for step, batch in held:
+            if dropout_p > 0:  # chosen on the host from the CPU batch: no device sync
+                dropped = modality_dropout_mask(batch["index"], dropout_p, seed, epoch)
+                batch = remove_modality(batch, cfg.train.dropped_modality, "absent", samples=dropped)
+            batch = move(batch, device)
+            weight = batches.weights(step, device)  # 0 for the padding of a batch smaller than the world
+            hidden = cache.gather(batch["index"], batch["input_ids"].shape[1]) if cache is not None else None
+            with autocast(device, cfg.train.bf16):
+                out = net(batch, task=task, text_hidden=hidden)
+            abs_err = (out.pred.float() - batch[target]).abs()
+            task_loss = global_mean(abs_err, weight, info)
+            mcc_loss = global_mean(out.mcc.per_sample.float(), out.mcc.valid.float() * weight, info)
+            loss = task_loss + cfg.mcc.weight * mcc_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                sums[:7] += balance_sums(abs_err, out.mcc, weight)
+                sums[7 + step] = (~torch.isfinite(loss.detach())).float()
+            if checkpoints is not None:
+                checkpoints.after_step(epoch, step + 1, len(batches), sums)
+            progress(BATCH_STAGE, step + 1, len(batches), {"epoch": epoch})
+    finally:
+        held.close()  # a step that failed: its held signals go back to their handlers
     totals = all_reduce_sum(sums, info).cpu()  # the epoch's one host sync
     check_finite(totals[7:], epoch)
     return epoch_row(epoch, totals[:7], time.perf_counter() - t0, cfg.mcc.weight, prefix)

@@ -375,3 +375,25 @@ def test_random_word_redrawn_per_epoch_is_seeded_by_the_epoch(tok, lex) -> None:
     for e in range(1, 21):
         masked = mask_batch(texts, tok, lex, 40, seed=3, epoch=e)[0]
         assert len(masked.input_ids) == len(fixed.input_ids) and masked.label == 0.0  # only which piece
+
+
+def test_mask_packed_equals_mask_batch_across_chunks(tok, lex) -> None:
+    """The packed masks (issue 30: a few bytes a clip) are mask_batch's, whatever the chunk: each text's
+    random stream is named by its number, not its place in a chunk; a text without words has none."""
+    import numpy as np
+
+    from kebr_core.masking import mask_packed
+
+    texts = ["it was a great movie", "", "the table is wooden", "i hate this", "...", "blue chairs and red lamps"] * 3
+    for epoch in (None, 4):
+        expected = mask_batch(texts, tok, lex, 12, seed=7, skip_empty=True, epoch=epoch)
+        packed = mask_packed(texts, tok, lex, 12, seed=7, epoch=epoch, chunk=4)
+        assert len(packed) == len(texts)
+        for i, m in enumerate(expected):
+            assert packed.has_words[i] == (m is not None)
+            if m is None:
+                assert len(packed.input_ids(i)) == 0
+                continue
+            assert packed.input_ids(i).tolist() == m.input_ids
+            assert (packed.mask_pos[i], packed.from_lexicon[i]) == (m.mask_pos, m.from_lexicon)
+            assert packed.label[i] == np.float32(m.label)

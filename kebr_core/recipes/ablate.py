@@ -258,6 +258,10 @@ def ablate(
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
+    # every configuration's runs share the disk text caches of one encoder and texts (kebr_core.text_cache)
+    pretrain_cfg, finetune_cfg = (RunConfig.from_dict(c.to_dict()) for c in (pretrain_cfg, finetune_cfg))
+    for c in (pretrain_cfg, finetune_cfg):
+        c.train.text_cache_dir = c.train.text_cache_dir or str(out / runs.TEXT_CACHE)
     pseeds = [int(x) for x in pretrain_seeds] if pretrain_seeds is not None else [pretrain_cfg.train.seed]
     if not pseeds or len(set(pseeds)) != len(pseeds):
         raise KebrError(f"The pretraining seeds must be distinct and at least one, not {pseeds}.")

@@ -271,7 +271,8 @@ def finetune(
         datasets, collate, token_ids = split_datasets(store, split_index, cfg, checkpoint)
 
         per_seed, best_epochs, probes, pending = [], [], [], []
-        text_cache: dict = {}  # a frozen encoder is the same for every seed: its outputs are computed once per run
+        # a frozen encoder is the same for every seed: its outputs are computed once per run (on disk: text-cache/)
+        text_cache: dict = {"dir": run_dir / runs.TEXT_CACHE}
         # What best-model/ records of its data: the features it expects and the data's fingerprint and splits.
         model_record = store_features(store) | {"trained_on": {"data": runs.data_fingerprint(store_path),
                                                                "splits": {s: len(d) for s, d in datasets.items()}}}
@@ -384,10 +385,10 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
     """Fine-tune on datasets["train"] for cfg.train.epochs epochs (Eq. 17), predict datasets["valid"] after
     each, and keep the weights of the epoch with the lowest validation MAE. Only these two splits are
     read. metrics_path: metrics.csv to write (rank 0); on_epoch: `EpochHook`. text_cache: a dict shared
-    by the calls of one run (a frozen encoder's outputs are computed once); loaders: the run's `RunLoaders`
-    (None: this call's own)."""
+    by the calls of one run (a frozen encoder's outputs are computed once; "dir": where a disk cache goes);
+    loaders: the run's `RunLoaders` (None: this call's own)."""
     setup = setup_model(cfg, device, "finetune", token_ids=token_ids, checkpoint=checkpoint, seed=seed,
-                        cache=text_cache.get("cache"), progress=progress)
+                        cache=text_cache.get("cache"), cache_dir=text_cache.get("dir"), progress=progress)
     text_cache["cache"] = setup.cache
     model, frozen, cache, opt, sched = setup.model, setup.frozen, setup.cache, setup.optimizer, setup.scheduler
     net = data_parallel(model, info)

@@ -42,11 +42,12 @@ from kebr_core.errors import KebrError
 from kebr_core.model_size import check_model_size
 from kebr_core.lexicon import load_lexicon
 from kebr_core.loaders import RunLoaders
-from kebr_core.masking import mask_batch, tokenize_plain
+from kebr_core.masking import PackedMasks, mask_packed, tokenize_plain
 from kebr_core.model import load_tokenizer
 from kebr_core.pretrained import save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, require
+from kebr_core.resume import EpochPosition, StepCheckpoints
 from kebr_core.training import (
     ProgressFn, build_text_cache, loader_workers, no_progress, resolve_device, seed_everything, train_epoch,
 )
@@ -102,6 +103,50 @@ def left_out_note(splits: Sequence[str], store_path: str | Path) -> str:
     """The one sentence `pretrain` and `ablate` print when the store's test split is left out."""
     return (f"Pretraining uses the {', '.join(splits)} samples of {store_path} (labels unused; the test split is left "
             "out, as pretraining on test inputs would be transductive: --pretrain-on-test includes it).")
+
+
+class MaskedItems:
+    """What `StoreDataset` reads of each store sample's text (`text_encoder`), made from the packed masks
+    when asked: input_ids, mask_pos, mask_label; a sample outside pretraining (`in_use` False) gets
+    `placeholder` ([CLS] [SEP], never read) so the dataset and the text cache stay indexed by store
+    index. No object per sample is kept (`masking.PackedMasks`)."""
+
+    def __init__(self, masks: PackedMasks, in_use: np.ndarray, placeholder: np.ndarray):
+        self.masks, self.in_use, self.placeholder = masks, in_use, placeholder
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def ids(self, i: int) -> np.ndarray:
+        return self.masks.input_ids(i) if self.in_use[i] else self.placeholder
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        used = bool(self.in_use[i])
+        return {"input_ids": self.ids(i), "mask_pos": int(self.masks.mask_pos[i]) if used else 0,
+                "mask_label": float(self.masks.label[i]) if used else 0.0}
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def token_ids(self) -> "TokenIds":
+        return TokenIds(self)
+
+
+class TokenIds:
+    """Every sample's input_ids (a sequence, for the text cache: `setup_model`'s token_ids)."""
+
+    def __init__(self, items: MaskedItems):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.items.ids(i)
 
 
 @dataclass
@@ -163,6 +208,8 @@ def pretrain(
                             "start afresh when there is none).")
         # Checked before anything is written: a crafted state is refused with the run left as it was.
         state = runs.load_trainer_state(latest, max_epoch=cfg.train.epochs) if latest is not None else None
+        # a mid-epoch checkpoint's place in its epoch (None: an epoch's end), checked here too
+        position = EpochPosition.from_state(state, str(latest / runs.TRAINER_STATE)) if state is not None else None
 
         # Masking is seeded per store index, so it is done once here and the masked texts never change;
         # with the random word redrawn per epoch, the texts without a lexicon word are masked anew each epoch.
@@ -170,13 +217,11 @@ def pretrain(
         lexicon = load_lexicon()
         per_epoch = cfg.train.random_word == "per-epoch"
 
-        def mask_for(epoch: int | None):
-            return mask_batch(store.texts, tokenizer, lexicon, cfg.model.max_text_len, seed=cfg.train.seed,
-                              skip_empty=True, epoch=epoch)
+        def mask_for(epoch: int | None) -> PackedMasks:  # flat arrays: a few bytes a clip (issue 30)
+            return mask_packed(store.texts, tokenizer, lexicon, cfg.model.max_text_len, seed=cfg.train.seed, epoch=epoch)
 
         masked = mask_for(None)
-        has_words = np.array([m is not None for m in masked])
-        used = selected[has_words[selected]]
+        used = selected[masked.has_words[selected]]
         if len(used) == 0:
             raise KebrError(f"No sample of {store_path} selected for pretraining has a word in its transcript, "
                             "so there is no word to mask.")
@@ -190,23 +235,23 @@ def pretrain(
         seed_everything(cfg.train.seed)
         # Samples outside `used` keep a placeholder ([CLS] [SEP], never read: the Subset leaves them out) so
         # the dataset and the text cache stay indexed by store index.
-        placeholder = {"input_ids": tokenize_plain([""], tokenizer, cfg.model.max_text_len)[0], "mask_pos": 0, "mask_label": 0.0}
+        placeholder = np.asarray(tokenize_plain([""], tokenizer, cfg.model.max_text_len)[0], dtype=np.int32)
         in_use = np.zeros(len(store), dtype=bool)
         in_use[used] = True
 
-        def encode(masked_texts) -> list[dict]:
-            return [{"input_ids": m.input_ids, "mask_pos": m.mask_pos, "mask_label": m.label} if in_use[i]
-                    else placeholder for i, m in enumerate(masked_texts)]
+        def encode(masks: PackedMasks) -> "MaskedItems":
+            return MaskedItems(masks, in_use, placeholder)
 
-        def subset(encoded: list[dict]) -> Subset:
-            return Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used.tolist())
+        def subset(encoded: "MaskedItems") -> Subset:
+            return Subset(StoreDataset(store, split=None, text_encoder=lambda texts: encoded), used)
 
         encoded = encode(masked)
         dataset = subset(encoded)
         collate = Collator.from_config(cfg.model, tokenizer.pad_token_id)
-        random_word = [int(i) for i in used if not masked[i].from_lexicon]  # what a per-epoch redraw changes
+        random_word = used[~masked.from_lexicon[used]]  # what a per-epoch redraw changes
 
-        setup = setup_model(cfg, device, "pretrain", token_ids=[e["input_ids"] for e in encoded], progress=progress)
+        setup = setup_model(cfg, device, "pretrain", token_ids=encoded.token_ids(),
+                            cache_dir=run_dir / runs.TEXT_CACHE, progress=progress)
         model, frozen, cache, opt = setup.model, setup.frozen, setup.cache, setup.optimizer
 
         start_epoch = 1
@@ -215,7 +260,7 @@ def pretrain(
             # parameters' device, and the CPU copy is dropped with `state`.
             runs.load_checkpoint_weights(model, latest)
             opt.load_state_dict(state["optimizer"])
-            start_epoch = state["epoch"] + 1
+            start_epoch = state["epoch"] + (0 if position is not None else 1)
             del state
         net = data_parallel(model, info)
         log = epoch_logger(run_dir / runs.METRICS, cfg.to_dict(), "pretrain", cfg.train.seed, start_epoch) if info.is_main else None
@@ -231,16 +276,25 @@ def pretrain(
         row: dict = {}
         loaders = RunLoaders(loader_workers(cfg.train.workers, device), device)  # workers start once per run
         snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
+
+        def save_position(at: EpochPosition) -> None:  # a mid-epoch checkpoint (rank 0; `kebr_core.resume`)
+            runs.save_resume_checkpoint(run_dir, at.epoch, runs.model_weights(model, not frozen), payload,
+                                        {"optimizer": opt.state_dict()} | at.to_state(), keep=cfg.train.keep_checkpoints,
+                                        step=at.step)
+
+        checkpoints = StepCheckpoints(cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes,
+                                      save_position, info)
         try:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 if per_epoch:  # every epoch's draw is a function of (seed, epoch): a resumed run draws the same
                     encoded = encode(mask_for(epoch))
                     dataset = subset(encoded)
-                    if cache is not None and random_word:  # only the random words changed: re-encode those
+                    if cache is not None and len(random_word):  # only the random words changed: re-encode those
                         cache.replace(random_word, build_text_cache(
-                            model.encoder, [encoded[i]["input_ids"] for i in random_word], device))
+                            model.encoder, [encoded.ids(i) for i in random_word], device))
                 row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
-                                  info=info, seed=cfg.train.seed, progress=progress, loaders=loaders)
+                                  info=info, seed=cfg.train.seed, progress=progress, loaders=loaders,
+                                  position=position if epoch == start_epoch else None, checkpoints=checkpoints)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
                     save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
                     saved, snapshot = epoch, None
@@ -252,8 +306,10 @@ def pretrain(
                 if log is not None:
                     log.log_dict(row, epoch)
                 progress("pretrain", epoch, cfg.train.epochs, row)
-        except KeyboardInterrupt:
-            if info.is_main and snapshot is not None and snapshot[0] > saved:
+        except KeyboardInterrupt as interrupt:
+            if checkpoints.interrupted(interrupt):  # saved inside the epoch in progress: newer than any epoch end
+                raise
+            if info.is_main and snapshot is not None and snapshot[0] > saved and snapshot[0] >= checkpoints.newest_epoch():
                 runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
                                             keep=cfg.train.keep_checkpoints)
             raise

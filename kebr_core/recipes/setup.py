@@ -26,7 +26,8 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.model import KEBRModel
 from kebr_core.model_size import check_model_size
 from kebr_core.pretrained import encoder_source, load_encoder
-from kebr_core.training import ProgressFn, TextCache, adam, build_text_cache, no_progress, seed_everything
+from kebr_core.text_cache import DiskTextCache, make_text_cache
+from kebr_core.training import ProgressFn, TextCache, adam, no_progress, seed_everything
 
 Stage = Literal["pretrain", "finetune"]
 
@@ -81,7 +82,7 @@ def build_model(cfg: RunConfig, device: torch.device, checkpoint: Path | None = 
 class ModelSetup:
     model: KEBRModel
     frozen: bool  # the text encoder is frozen (cfg.train.unfreeze is False)
-    cache: TextCache | None  # the frozen encoder's outputs per text; None when it trains
+    cache: TextCache | DiskTextCache | None  # the frozen encoder's outputs per text; None when it trains
     optimizer: torch.optim.Adam
     scheduler: torch.optim.lr_scheduler.CosineAnnealingLR | None  # fine-tuning only
 
@@ -94,7 +95,8 @@ def setup_model(
     token_ids: Sequence[Sequence[int]],
     checkpoint: Path | None = None,
     seed: int | None = None,
-    cache: TextCache | None = None,
+    cache: TextCache | DiskTextCache | None = None,
+    cache_dir: Path | None = None,
     progress: ProgressFn = no_progress,
 ) -> ModelSetup:
     """The model of `stage` ready to train (module docstring): built (`build_model`), the encoder and the
@@ -104,7 +106,8 @@ def setup_model(
     checkpoint: pretrained weights to fine-tune from. seed: when given, every random stream is seeded
     with it first (each fine-tuning seed's initialisation); None leaves them to the caller.
     cache: a text cache built earlier for the same frozen encoder (each fine-tuning seed reuses the
-    first one's), else it is built here.
+    first one's), else it is built here (`text_cache.make_text_cache`; on disk in `cache_dir`, the run's
+    text-cache/, unless `train.text_cache_dir` names another folder).
     """
     if seed is not None:
         seed_everything(seed)
@@ -116,7 +119,7 @@ def setup_model(
     if not frozen:
         cache = None
     elif cache is None:
-        cache = build_text_cache(model.encoder, list(token_ids), device, progress=progress)
+        cache = make_text_cache(model.encoder, token_ids, device, cfg.train, cache_dir, progress=progress)
     if stage == "pretrain":
         optimizer, scheduler = pretrain_optimizer(model, cfg), None
     else:
