@@ -88,23 +88,25 @@ def _write_record_file(folder: Path, files: dict[str, list[int]]) -> None:
         os.close(dir_fd)
 
 
-def _read_record(folder: Path) -> dict[str, list[int]] | None:
-    """The files `folder`'s record lists, {relative path: [size, mtime_ns]}; None when it has no record (a
-    folder written before records existed). A record that is no plain file, or not one kebr could have
-    written (garbage, a path leaving the folder), lists nothing: with it, nothing is kebr's."""
+def _read_record(folder: Path) -> tuple[dict[str, list[int]] | None, bool]:
+    """The files `folder`'s record lists, {relative path: [size, mtime_ns]} (None when it has no record:
+    a folder written before records existed), and whether the record is kebr's. One that is no plain
+    file, or not one kebr could have written (garbage, a path leaving the folder), is someone else's: it
+    lists nothing, and it is neither rewritten nor removed."""
     path = folder / RECORD
     mode = _lstat_mode(path)
     if not mode:
-        return None
+        return None, False
     try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"] if stat.S_ISREG(mode) else {}
-    except (OSError, ValueError, TypeError, KeyError):
-        return {}
-    if not isinstance(files, dict):
-        return {}
-    return {name: entry for name, entry in files.items()
-            if isinstance(entry, list) and len(entry) == 2 and not Path(name).is_absolute()
-            and ".." not in Path(name).parts and name not in (RECORD, _RECORD_TMP)}
+        content = json.loads(path.read_text(encoding="utf-8")) if stat.S_ISREG(mode) else None
+    except (OSError, ValueError):
+        return {}, False
+    files = content.get("files") if isinstance(content, dict) and content.get("written_by") == "kebr" else None
+    if not isinstance(files, dict) or not all(
+            isinstance(entry, list) and len(entry) == 2 and not Path(name).is_absolute()
+            and ".." not in Path(name).parts and name not in (RECORD, _RECORD_TMP) for name, entry in files.items()):
+        return {}, False
+    return files, True
 
 
 def remove_written(folder: Path, names: Iterable[str], inside: Path) -> list[str]:
@@ -121,7 +123,7 @@ def remove_written(folder: Path, names: Iterable[str], inside: Path) -> list[str
     refuse_link_on_the_way(folder, inside)
     if not folder.is_dir():
         return [folder.name]  # a file where kebr writes a folder: someone else's
-    record = _read_record(folder)
+    record, kebrs_record = _read_record(folder)
     subfolders = set()
     for name in (record if record is not None else [*names, _RECORD_TMP]):
         path = folder / name
@@ -134,13 +136,14 @@ def remove_written(folder: Path, names: Iterable[str], inside: Path) -> list[str
     for sub in sorted(subfolders, key=lambda p: len(p.parts), reverse=True):
         if not os.listdir(sub):
             sub.rmdir()
-    left = sorted(set(os.listdir(folder)) - {RECORD, _RECORD_TMP})
-    if record is not None and left and stat.S_ISREG(_lstat_mode(folder / RECORD)):
+    own_names = (RECORD, _RECORD_TMP) if kebrs_record else (_RECORD_TMP,)  # a record not kebr's stays
+    left = sorted(set(os.listdir(folder)) - set(own_names))
+    if kebrs_record and left and record:
         # What stays is someone else's: the record now lists nothing, so that no later removal (by the
         # exact-name rule, were the record gone) takes a file they put under one of kebr's names.
         _write_record_file(folder, {})
     elif not left:
-        for name in (RECORD, _RECORD_TMP):
+        for name in own_names:
             if stat.S_ISREG(_lstat_mode(folder / name)):
                 (folder / name).unlink()
         if not os.listdir(folder):

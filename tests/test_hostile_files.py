@@ -461,7 +461,10 @@ def test_a_record_kebr_could_not_have_written_makes_nothing_removable(tmp_path: 
     runs.save_resume_checkpoint(run, 1, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
     folder = runs.epoch_dir(run, 1)
     before = snapshot(folder)
-    for record in (b"not json", b'{"files": {"../../outside": [1, 2]}}', b"[]"):
+    for record in (b"not json", b'{"written_by": "kebr", "files": {"../../outside": [1, 2]}}', b"[]",
+                   b'{"files": {}}', b'{"written_by": "kebr", "files": ["config.json"]}'):
         (folder / RECORD).write_bytes(record)
-        assert remove_written(folder, runs.MODEL_FOLDER_FILES, inside=run)
-        assert {k: v for k, v in snapshot(folder).items() if k != RECORD} == {k: v for k, v in before.items() if k != RECORD}
+        changed = snapshot(folder)
+        assert remove_written(folder, runs.MODEL_FOLDER_FILES, inside=run) == sorted(p.name for p in folder.iterdir())
+        assert snapshot(folder) == changed and {k: v for k, v in changed.items() if k != RECORD} == {
+            k: v for k, v in before.items() if k != RECORD}  # nothing removed, the odd record not rewritten
