@@ -88,6 +88,19 @@ def _write_record_file(folder: Path, files: dict[str, list[int]]) -> None:
         os.close(dir_fd)
 
 
+def add_to_record(folder: Path, *names: str) -> None:
+    """Record files kebr (re)wrote in `folder` after its record (selection.json, a rewritten model card),
+    with their size and mtime_ns now. A folder without kebr's record (an older layout) is left as it is:
+    its removal goes by kebr's names, which these are."""
+    folder = Path(folder)
+    files, kebrs_record = _read_record(folder)
+    if kebrs_record:
+        for name in names:
+            info = (folder / name).lstat()
+            files[name] = [info.st_size, info.st_mtime_ns]
+        _write_record_file(folder, files)
+
+
 def _read_record(folder: Path) -> tuple[dict[str, list[int]] | None, bool]:
     """The files `folder`'s record lists, {relative path: [size, mtime_ns]} (None when it has no record:
     a folder written before records existed), and whether the record is kebr's. One that is no plain

@@ -468,3 +468,18 @@ def test_a_record_kebr_could_not_have_written_makes_nothing_removable(tmp_path: 
         assert remove_written(folder, runs.MODEL_FOLDER_FILES, inside=run) == sorted(p.name for p in folder.iterdir())
         assert snapshot(folder) == changed and {k: v for k, v in changed.items() if k != RECORD} == {
             k: v for k, v in before.items() if k != RECORD}  # nothing removed, the odd record not rewritten
+
+
+def test_files_kebr_writes_into_a_model_folder_after_saving_it_are_recorded(tmp_path: Path) -> None:
+    """selection.json and the model card rewritten once all seeds ran come after best-model/'s record: they
+    are added to it, so `--force` and the next better seed's save remove them (no best-model.old left)."""
+    run = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", "-d", str(_store(tmp_path)), "-o", str(run), "--epochs", "1", "--seeds", "2", *FAST])
+    assert r.exit_code == 0, r.output
+    best = run / runs.BEST_MODEL
+    recorded = json.loads((best / RECORD).read_text())["files"]
+    for name in (runs.SELECTION, runs.MODEL_CARD):
+        assert recorded[name] == [(best / name).stat().st_size, (best / name).stat().st_mtime_ns], name
+    assert not best.with_name(runs.BEST_MODEL + ".old").exists()
+    runs.remove_run_files(run)
+    assert not best.exists()
