@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import tests.test_bad_input as bad_input
 from kebr_cli.main import app
+from kebr_core import runs
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from tests.conftest import TINY_BERT, write_tiny_store
@@ -123,7 +124,7 @@ PRETRAINED = [
          "--set model.shared_layers false (the checkpoint has true)", may_create=("ev/",)),
     Case("5 eval --pretrained: a typed option equal to the checkpoint's is fine; the rest is taken with a note",
          _eval_pretrained("--layers", "1"), 0,
-         "note: fine-tuning the architecture of", may_create=("ev/", "results-table.csv"),
+         "note: fine-tuning the architecture of", may_create=("ev/", "results-table.csv", runs.RESULTS_TABLE_LOCK),
          check=lambda t, out: ("model.ffn=linear" in out and "model.layers=1" not in out
                                and json.loads((t / "ev" / "config.json").read_text())["model"]["ffn"] == "linear")
          or pytest.fail(out)),

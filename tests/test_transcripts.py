@@ -62,7 +62,7 @@ def test_unreadable_tables(tmp_path: Path):
         read_transcript_table(tmp_path / "missing.tsv")
     with pytest.raises(KebrError, match="is not UTF-8 text"):
         read_transcript_table(write(tmp_path / "latin.tsv", "id\ttext\na\tcafé\n", encoding="latin-1"))
-    with pytest.raises(KebrError, match="cannot be read"):
+    with pytest.raises(KebrError, match="is a folder, not a file"):
         read_transcript_table(tmp_path)
 
 
