@@ -204,5 +204,5 @@ def test_memory_does_not_grow_with_the_number_of_clips(tmp_path):
 
     disk = grown(10_000, "disk") - grown(1_000, "disk")
     memory = grown(10_000, "memory") - grown(1_000, "memory")
-    assert abs(disk) < 3, disk
+    assert disk < 3, disk  # growth; a 10 K run may also end a few MB below the 1 K one (allocator noise, seen: −3.2)
     assert memory > 30, memory
