@@ -21,6 +21,7 @@ from torch import Tensor
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.model import encoder_attention_mask
+from kebr_core.threads import usable_cpus  # the CPUs this process may use (its affinity), one home with --threads
 
 # progress callback: (stage, done, total, info) – the CLI renders it, kebr_core never prints. Two kinds
 # of event: a finished unit of a stage ("pretrain" epoch 3 of 20, "seed 0" epoch 2 of 10, "seeds" 1 of 5),
@@ -71,15 +72,6 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
         return 0
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
     return min(4, max(1, usable_cpus() // processes_here - 1))
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: SLURM's --cpus-per-task, taskset, a container's
-    cpuset), not every CPU of the machine (os.cpu_count), which would oversubscribe a share of it."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no sched_getaffinity (macOS)
-        return os.cpu_count() or 1
 
 
 def seed_everything(seed: int) -> None:
