@@ -8,8 +8,10 @@ kills its extraction workers too), with
 - a memory guard: RLIMIT_DATA at twice the RSS limit plus 1 GiB, so that a resource bomb that slipped
   through dies of MemoryError instead of taking the machine (RLIMIT_AS is useless: torch reserves
   address space far beyond what it touches; RLIMIT_DATA counts only private writable memory);
-- a measurement: the peak RSS of the child and of every descendant it reaped (`os.wait4`'s rusage),
-  which `assert_refused` holds against the RSS limit.
+- a measurement: the peak RSS of the command and of every descendant it reaped (`os.wait4`'s rusage),
+  which `assert_refused` holds against the RSS limit. The command is the grandchild of a small launcher
+  (LAUNCHER), not pytest's own child: Linux keeps a process's peak RSS across exec, and a child forked
+  from pytest starts with pytest's pages (over 1 GB late in the suite), which CI once read as the command's.
 
 The folder the command runs in is snapshotted before and after (`test_bad_input.snapshot`: path →
 sha256), so that a check can say which files were lost, changed or created.
@@ -25,7 +27,6 @@ API (kept stable; other test files use it):
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -70,20 +71,34 @@ def hostile_env() -> dict[str, str]:
     return env
 
 
+# The launcher: a fresh small interpreter that sets the memory guard, forks the command (a new process whose
+# peak RSS starts from the launcher's few MB), waits for it and writes "<wait status> <peak RSS KiB>" to argv[1].
+LAUNCHER = r"""
+import os, resource, sys
+report, guard, command = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+resource.setrlimit(resource.RLIMIT_DATA, (guard, guard))
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *command])
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(f"{status} {usage.ru_maxrss}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_hostile(args: list[str], cwd: Path, time_limit_s: float = 60, rss_limit_mb: float = 2000) -> HostileResult:
     """Run `python -m kebr_cli *args` in cwd under the limits; return what it did (never raises on its failure)."""
     cwd = Path(cwd)
     guard = int((2 * rss_limit_mb + 1024) * 2**20)
-
-    def limit_memory() -> None:  # runs in the child between fork and exec
-        resource.setrlimit(resource.RLIMIT_DATA, (guard, guard))
-
     before = snapshot(cwd)
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "status"
         start = time.monotonic()
-        child = subprocess.Popen([sys.executable, "-m", "kebr_cli", *map(str, args)], cwd=cwd, env=hostile_env(),
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 preexec_fn=limit_memory, start_new_session=True)
+        child = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report), str(guard), "-m", "kebr_cli", *map(str, args)],
+                                 cwd=cwd, env=hostile_env(), stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
         timed_out = False
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -97,6 +112,10 @@ def run_hostile(args: list[str], cwd: Path, time_limit_s: float = 60, rss_limit_
             time.sleep(_POLL_S)
         seconds = time.monotonic() - start
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+        peak_kib = usage.ru_maxrss  # the launcher's own (pytest's pages included): only if the command's is missing
+        if report.exists() and not timed_out:  # the command's own exit and peak, as the launcher saw them
+            command_status, peak_kib = map(int, report.read_text().split())
+            child.returncode = os.waitstatus_to_exitcode(command_status)
         try:  # workers the child left behind (it was killed, or it leaked them) must not outlive the test
             os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -105,7 +124,7 @@ def run_hostile(args: list[str], cwd: Path, time_limit_s: float = 60, rss_limit_
         output = out.read().decode("utf-8", errors="replace")
     after = snapshot(cwd)
     return HostileResult(
-        code=child.returncode, output=output, seconds=seconds, peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        code=child.returncode, output=output, seconds=seconds, peak_rss_mb=peak_kib / 1024,  # KiB on Linux
         time_limit_s=time_limit_s, rss_limit_mb=rss_limit_mb, timed_out=timed_out,
         lost_or_changed=sorted(k for k, v in before.items() if after.get(k) != v),
         created=sorted(set(after) - set(before)), markers=[str(p) for p in cwd.rglob(MARKER)])

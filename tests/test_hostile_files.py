@@ -356,3 +356,16 @@ def test_a_foreign_file_in_a_stale_checkpoint_folder_is_refused_not_removed(tmp_
     with pytest.raises(KebrError, match="holds weights.bin, which kebr did not write; it is needed to save checkpoint epoch-0001"):
         runs.save_resume_checkpoint(run_dir, 1, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
     assert (stale / "weights.bin").read_bytes() == b"not kebr's"
+
+
+def test_the_measured_peak_is_the_commands_own_not_the_test_process(tmp_path: Path) -> None:
+    """The harness itself: with this process holding 1.5 GB when it starts the command (as pytest does late in
+    the full suite), a refusal that needs a few hundred MB still measures a few hundred MB. Measured as the
+    reaped child's rusage, it read over 1 GB (Linux keeps the peak RSS of the forked pages across exec)."""
+    ballast = bytearray(1536 * 2**20)
+    ballast[::4096] = b"\x01" * len(range(0, len(ballast), 4096))  # touch every page: resident, not just reserved
+    (tmp_path / "x.pkl").write_bytes(b"not a pickle")
+    result = run_hostile(["import", "x.pkl", "-o", "x.h5"], tmp_path, time_limit_s=60, rss_limit_mb=1000)
+    del ballast
+    assert result.code == 1, result.describe()
+    assert 20 < result.peak_rss_mb < 1000, result.describe()

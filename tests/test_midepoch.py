@@ -45,6 +45,16 @@ def same_run(a: Path, b: Path) -> None:
     assert rows(a / runs.METRICS) == rows(b / runs.METRICS)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Bit for bit holds at one thread count: the child processes get OMP_NUM_THREADS=1 (ENV), so the runs
+    in this process use one thread too (without it, CI's two threads here against one there differed)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     return write_tiny_store(tmp_path_factory.mktemp("store") / "tiny.h5")

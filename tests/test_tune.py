@@ -207,7 +207,10 @@ def test_a_trial_started_after_the_last_slot_was_taken_is_surplus_and_counted_no
     assert tune(tiny_store, run, base_config(epochs=1), space, options, finalize=False).finished == 1
     real, stale = tune_module._counts, iter([(0, 0)])  # as if the other process's trial were not there yet
     monkeypatch.setattr(tune_module, "_counts", lambda study: next(stale, None) or real(study))
-    result = tune(tiny_store, run, base_config(epochs=1), space, options, finalize=False)
+    lines: list[int] = []  # the CLI's per-trial line: never for a surplus trial (it was a StopIteration once)
+    result = tune(tiny_store, run, base_config(epochs=1), space, options, finalize=False,
+                  on_trial=lambda record, best, done, total: lines.append(record.number))
+    assert lines == []
     trials = optuna.load_study(study_name="kebr", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"] and trials[1].user_attrs.get("surplus")
     assert "epochs_run" not in trials[1].user_attrs and not runs.trial_dir(run, 1).exists()

@@ -350,8 +350,8 @@ def _search(study, store, store_path, split_index, base, space, options, run_dir
 
     def report(study_, frozen) -> None:
         fail_stale_trials(study_)  # re-enqueues trials whose process died
-        if on_trial is not None:
-            record = next(r for r in records(study_) if r.number == frozen.number)
+        record = next((r for r in records(study_) if r.number == frozen.number), None)  # None: a surplus trial
+        if on_trial is not None and record is not None:
             done, _ = _counts(study_)
             on_trial(record, _best(study_), done, options.trials)
         done, running = _counts(study_)
