@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kebr_core import runs
+from kebr_core.own_files import add_to_record
 
 CITATION = """@inproceedings{kebr2024,
   title     = {{KEBR}: Knowledge Enhanced Self-Supervised Balanced Representation for Multimodal Sentiment Analysis},
@@ -45,6 +46,7 @@ def write_card(model_dir: str | Path, run_dir: str | Path | None) -> None:
     """Rewrite model_dir/README.md from its config.json and run_dir's results (crash-safe replace)."""
     payload = runs.read_checkpoint_config(Path(model_dir))
     runs.atomic_write_text(Path(model_dir) / runs.MODEL_CARD, render(payload, read_results(run_dir)))
+    add_to_record(Path(model_dir), runs.MODEL_CARD)  # rewritten by kebr: still kebr's (`own_files`)
 
 
 def _setting(payload: Mapping[str, Any], dotted: str) -> Any:

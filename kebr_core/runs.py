@@ -68,7 +68,7 @@ from kebr_core import checkpoint_files, results_files
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.io import foreign_files, open_for_writing, refuse_foreign, refuse_links
-from kebr_core.own_files import refuse_link_on_the_way, remove_written, remove_written_or_refuse
+from kebr_core.own_files import refuse_link_on_the_way, remove_written, remove_written_or_refuse, write_record
 from kebr_core.shards import claimed, locked
 from kebr_core.strict import read_settings_data
 
@@ -129,8 +129,9 @@ _OWN_DIRS = (FINAL, CHECKPOINTS, BEST_MODEL, "last", TRIALS_DIR, BEST_EVAL, BASE
              TEXT_CACHE)  # last/: the layout before checkpoints/latest
 # Left by a kill inside `save_checkpoint`; also kebr's.
 _OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in (".tmp", ".old"))
-# The files a model folder holds (final/, best-model/, checkpoints/epoch-NNNN/): what a removal of one
-# takes, by name, and nothing else in it (`kebr_core.own_files`).
+# The files a model folder holds (final/, best-model/, checkpoints/epoch-NNNN/). A folder kebr writes now
+# carries its own record of them (`own_files.write_record`), and a removal takes only what that lists;
+# these names are the rule for a folder written before records existed (no record: by name, nothing else).
 # text-encoder/ holds what Hugging Face's save_pretrained writes for a tokenizer and an encoder (pretrained.py;
 # transformers 4 and 5 name them differently): a file of another name there keeps the folder.
 TEXT_ENCODER_FILES = tuple(f"{TEXT_ENCODER}/{name}" for name in (
@@ -480,6 +481,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, cfg: RunConfig, include_
         for written in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
             _fsync_dir(written) if written.is_dir() else _fsync_file(written)
         _fsync_dir(tmp)
+    write_record(tmp)  # last: what a later removal of this folder may take (`own_files`)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
@@ -513,6 +515,7 @@ def save_resume_checkpoint(run_dir: Path, epoch: int, weights: Mapping[str, Tens
     purpose = f"to save checkpoint {target.name}"
     remove_written_or_refuse(tmp, MODEL_FOLDER_FILES, run_dir, purpose)
     _write_checkpoint_files(tmp, weights, payload, dict(trainer_state) | {"epoch": epoch} | ({"step": step} if step else {}))
+    write_record(tmp)  # last: what retention and --force may later remove (`own_files`)
     current = latest_checkpoint(run_dir)
     if target.exists() and target != current:  # left by a run killed before its pointer moved: stale
         remove_written_or_refuse(target, MODEL_FOLDER_FILES, run_dir, purpose)

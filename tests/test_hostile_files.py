@@ -23,7 +23,9 @@ from typer.testing import CliRunner
 
 from kebr_cli.main import app
 from kebr_core import runs
+from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
+from kebr_core.own_files import RECORD, remove_written
 from tests.conftest import TINY_BERT, write_tiny_store
 from tests.hostile import assert_refused, run_hostile
 from tests.test_bad_input import Case, snapshot
@@ -369,3 +371,126 @@ def test_the_measured_peak_is_the_commands_own_not_the_test_process(tmp_path: Pa
     del ballast
     assert result.code == 1, result.describe()
     assert 20 < result.peak_rss_mb < 1000, result.describe()
+# ── class 6, by the run's own records: a file put in place of one of kebr's, under kebr's name ────────
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A pretraining of 2 epochs with a checkpoint each (final/ with README.md and text-encoder/), and its
+    command; each row works on a copy (`copytree` keeps the mtimes the folders' records list)."""
+    root = tmp_path_factory.mktemp("two-epochs")
+    args = ["pretrain", str(_store(root)), *FAST, "--checkpoint-every", "1"]
+    r = runner.invoke(app, [*args, "-o", str(root / "run"), "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    return root / "run", args
+
+
+FORCE = ["--epochs", "2", "--force", "--keep-checkpoints", "1"]
+RESUME_KEEP_1 = ["--epochs", "3", "--resume", "--keep-checkpoints", "1"]
+# (the file of kebr's replaced, the command's options, exit code, fragment of the output, where the foreign file is then)
+FOREIGN_UNDER_KEBRS_NAME = [
+    ("final/model.safetensors", FORCE, 0, "", "final.old/model.safetensors"),
+    ("final/README.md", FORCE, 0, "", "final.old/README.md"),
+    ("final/text-encoder/tokenizer_config.json", FORCE, 0, "", "final.old/text-encoder/tokenizer_config.json"),
+    ("checkpoints/epoch-0002/model.safetensors", FORCE, 1,
+     "holds model.safetensors, which kebr did not write; it is needed to save checkpoint epoch-0002",
+     "checkpoints/epoch-0002/model.safetensors"),
+    ("checkpoints/epoch-0001/config.json", RESUME_KEEP_1, 0, "", "checkpoints/epoch-0001/config.json"),
+]
+
+
+@pytest.mark.parametrize("replaced, options, code, fragment, found", FOREIGN_UNDER_KEBRS_NAME,
+                         ids=[f"{row[0]} {row[1][2]}" for row in FOREIGN_UNDER_KEBRS_NAME])
+def test_a_file_put_in_place_of_kebrs_survives_force_and_retention(replaced, options, code, fragment, found,
+                                                                   two_epochs, tmp_path: Path) -> None:
+    """Same name, same size, other content, written after kebr's: it is not in the folder's record (its
+    mtime differs), so `--force` and `--keep-checkpoints` leave it, with its folder."""
+    source, args = two_epochs
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    size = (run / replaced).stat().st_size
+    foreign = (b"someone else's " * (size // 15 + 1))[:size]
+    (run / replaced).write_bytes(foreign)
+    r = runner.invoke(app, [*args, "-o", str(run), *options])
+    assert r.exit_code == code, r.output
+    assert fragment in " ".join(r.output.split()) and "Traceback" not in r.output
+    assert (run / found).read_bytes() == foreign
+    parts = Path(found).parts
+    folder = run.joinpath(*parts[:2]) if parts[0] == runs.CHECKPOINTS else run / parts[0]
+    left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    if code == 0:  # everything else kebr wrote there went; an emptied record stays with the foreign file
+        assert left == sorted([RECORD, (run / found).relative_to(folder).as_posix()])
+        assert json.loads((folder / RECORD).read_text())["files"] == {}
+    if options is RESUME_KEEP_1:
+        assert sorted(p.name for p in (run / runs.CHECKPOINTS).iterdir()) == ["epoch-0001", "epoch-0003", "latest"]
+
+
+def _folder_written_twice(tmp: Path, replaced: str) -> Path:
+    """best-model/ saved by `save_pretrained` (README.md, text-encoder/), `replaced` then overwritten by
+    someone, and the folder saved again (as at every better epoch)."""
+    from kebr_core.model import KEBRModel
+    from kebr_core.pretrained import save_pretrained
+
+    cfg = RunConfig()
+    cfg.model.text_model, cfg.model.d_audio, cfg.model.d_vision, cfg.model.layers = TINY_BERT, 3, 4, 1
+    model = KEBRModel(cfg.model, cfg.mcc)
+    folder = tmp / "run" / runs.BEST_MODEL
+    save_pretrained(model, folder, cfg, include_encoder=False)
+    (folder / replaced).write_bytes(b"mine, under kebr's name")
+    save_pretrained(model, folder, cfg, include_encoder=False)
+    return folder
+
+
+@pytest.mark.parametrize("replaced", [runs.MODEL_CARD, f"{runs.TEXT_ENCODER}/tokenizer_config.json", runs.WEIGHTS])
+def test_a_model_folder_saved_again_keeps_a_file_put_under_kebrs_name(replaced: str, tmp_path: Path) -> None:
+    folder = _folder_written_twice(tmp_path, replaced)
+    old = folder.with_name(folder.name + ".old")
+    assert (old / replaced).read_bytes() == b"mine, under kebr's name"
+    assert sorted(p.relative_to(old).as_posix() for p in old.rglob("*") if p.is_file()) == sorted([RECORD, replaced])
+    with pytest.raises(KebrError, match=f"holds {replaced.split('/')[0]}, which kebr did not write"):
+        runs.save_checkpoint(folder, torch.nn.Linear(1, 1), RunConfig(), True)  # the next save needs best-model.old
+    assert remove_written(old, runs.MODEL_FOLDER_FILES, inside=tmp_path / "run") == [replaced.split("/")[0]]
+    assert (old / replaced).read_bytes() == b"mine, under kebr's name"  # still: removals by name do not take it
+
+
+def test_a_folder_without_a_record_is_removed_by_kebrs_names(tmp_path: Path) -> None:
+    """Folders written before records existed (or killed before theirs was written): the exact-name rule."""
+    run = tmp_path / "run"
+    for epoch in (1, 2):
+        runs.save_resume_checkpoint(run, epoch, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
+    (runs.epoch_dir(run, 1) / RECORD).unlink()
+    (runs.epoch_dir(run, 1) / (RECORD + ".tmp")).write_text("{")  # a kill while the record was written
+    (runs.epoch_dir(run, 2) / RECORD).unlink()
+    (runs.epoch_dir(run, 2) / "notes.txt").write_text("mine")
+    runs.save_resume_checkpoint(run, 3, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}}, keep=1)
+    assert not runs.epoch_dir(run, 1).exists()
+    assert sorted(p.name for p in runs.epoch_dir(run, 2).iterdir()) == ["notes.txt"]
+
+
+def test_a_record_kebr_could_not_have_written_makes_nothing_removable(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    runs.save_resume_checkpoint(run, 1, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
+    folder = runs.epoch_dir(run, 1)
+    before = snapshot(folder)
+    for record in (b"not json", b'{"written_by": "kebr", "files": {"../../outside": [1, 2]}}', b"[]",
+                   b'{"files": {}}', b'{"written_by": "kebr", "files": ["config.json"]}'):
+        (folder / RECORD).write_bytes(record)
+        changed = snapshot(folder)
+        assert remove_written(folder, runs.MODEL_FOLDER_FILES, inside=run) == sorted(p.name for p in folder.iterdir())
+        assert snapshot(folder) == changed and {k: v for k, v in changed.items() if k != RECORD} == {
+            k: v for k, v in before.items() if k != RECORD}  # nothing removed, the odd record not rewritten
+
+
+def test_files_kebr_writes_into_a_model_folder_after_saving_it_are_recorded(tmp_path: Path) -> None:
+    """selection.json and the model card rewritten once all seeds ran come after best-model/'s record: they
+    are added to it, so `--force` and the next better seed's save remove them (no best-model.old left)."""
+    run = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", "-d", str(_store(tmp_path)), "-o", str(run), "--epochs", "1", "--seeds", "2", *FAST])
+    assert r.exit_code == 0, r.output
+    best = run / runs.BEST_MODEL
+    recorded = json.loads((best / RECORD).read_text())["files"]
+    for name in (runs.SELECTION, runs.MODEL_CARD):
+        assert recorded[name] == [(best / name).stat().st_size, (best / name).stat().st_mtime_ns], name
+    assert not best.with_name(runs.BEST_MODEL + ".old").exists()
+    runs.remove_run_files(run)
+    assert not best.exists()

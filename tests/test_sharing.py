@@ -10,6 +10,7 @@ are checked against predictions.csv on the store's own test samples. Hub uploads
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +31,7 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
 from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+from kebr_core.own_files import RECORD
 
 runner = CliRunner()
 EVAL = ["--epochs", "1", "--seeds", "2", "--batch-size", "8", "--layers", "1"]
@@ -154,7 +156,7 @@ def test_a_folder_in_the_layout_before_text_encoder_still_loads(tmp_path: Path):
     torch.manual_seed(0)
     model = KEBRModel(cfg.model, cfg.mcc).eval()
     runs.save_checkpoint(tmp_path / "old", model, cfg, include_encoder=False, extra={"stage": "finetune"})
-    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [RECORD, "config.json", "model.safetensors"]
     loaded = KEBRModel.from_pretrained(tmp_path / "old")
     for name, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0)
@@ -215,8 +217,9 @@ def test_kebr_export_of_a_pretraining_and_a_mocked_push_to_hub(tmp_path: Path, m
             calls.append(("create_repo", repo_id, private, exist_ok))
             return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 
-        def upload_folder(self, repo_id, repo_type, folder_path, commit_message):
-            files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+        def upload_folder(self, repo_id, repo_type, folder_path, commit_message, ignore_patterns=()):
+            files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*")
+                           if p.is_file() and not any(fnmatch.fnmatch(p.name, i) for i in ignore_patterns))
             calls.append(("upload_folder", repo_id, repo_type, files))
             return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc", commit_message="",
                                               commit_description="", oid="abc", pr_url=None)
@@ -229,6 +232,7 @@ def test_kebr_export_of_a_pretraining_and_a_mocked_push_to_hub(tmp_path: Path, m
     assert calls[0] == ("create_repo", "me/kebr-pre", True, True)
     assert calls[1][:3] == ("upload_folder", "me/kebr-pre", "model")
     assert {"README.md", "config.json", "model.safetensors", "text-encoder/model.safetensors"} <= set(calls[1][3])
+    assert RECORD not in calls[1][3] and (out / RECORD).is_file()  # this machine's record stays here
     assert "pretraining checkpoint" in (out / "README.md").read_text()
 
     class OfflineApi(FakeApi):

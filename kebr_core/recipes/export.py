@@ -27,6 +27,7 @@ from pathlib import Path
 from kebr_core import runs
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output, refuse_links
+from kebr_core.own_files import RECORD
 from kebr_core.pretrained import REPO_ID, load_pretrained, save_pretrained
 
 
@@ -102,7 +103,8 @@ def push_folder(folder: Path, repo_id: str, private: bool = False) -> str:
     try:
         repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), repo_type="model", folder_path=str(folder),
-                                 commit_message="Upload a KEBR model exported by kebr")
+                                 commit_message="Upload a KEBR model exported by kebr",
+                                 ignore_patterns=[RECORD])  # this machine's record of what kebr wrote here
     except Exception as e:  # OfflineModeIsEnabled, HTTP errors, missing token: the user's to fix
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KebrError(f"Uploading {folder} to the Hub repository {repo_id} failed ({first[:200]}); the exported "
@@ -121,7 +123,7 @@ def export(run: str | Path, out: str | Path, *, force: bool = False, push_to_hub
     model = load_pretrained(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_pretrained(model, out, store_encoder=True, tokenizer=model.tokenizer, run_dir=run_dir)
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != RECORD)
     stage = "finetune" if model.checkpoint_config.get("features") else "pretrain"
     result = ExportResult(source=source, out=out, stage=stage, files=files,
                           size_bytes=sum((out / f).stat().st_size for f in files))

@@ -65,6 +65,7 @@ from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
 from kebr_core.model import load_tokenizer
 from kebr_core.model_card import write_card
+from kebr_core.own_files import add_to_record
 from kebr_core.pretrained import encoder_source, load_folder_tokenizer, save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, report_final, require
@@ -461,6 +462,7 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
                 save_pretrained(model, best_model_dir, cfg, include_encoder=not frozen, tokenizer=tokenizer,
                                 extra=features | {"stage": "finetune", "seed": seed}, run_dir=best_model_dir.parent)
                 runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
+                add_to_record(best_model_dir, runs.SELECTION)
         runs.atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
     barrier(info)
     return result
