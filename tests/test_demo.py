@@ -24,7 +24,8 @@ from kebr_core.data.store import FeatureStore
 from kebr_core.extract.vision import MEDIAPIPE_FEATURES
 from kebr_core.metrics import METRIC_NAMES
 from kebr_core.model import KEBRModel
-from kebr_core.recipes.demo_media import demo_splits
+from kebr_core.recipes import demo_media
+from kebr_core.recipes.demo_media import demo_splits, make_demo_clips
 from kebr_core.io import path_record
 from kebr_core.recipes.demo import CLIP_STEPS, MANIFEST, QUICK, STEPS, right_signs
 from kebr_core.recipes.predict import SENTIMENT_CLASSES
@@ -150,6 +151,21 @@ def test_right_signs_hand_values():
     # clear: +2.6 (right), -2.4 (wrong), -1.0 (right), +1.5 (unscored: wrong); 0.0 and +0.8 are not clear
     assert right_signs([1.2, 0.3, -0.1, None, -2.0, -0.4], [2.6, -2.4, -1.0, 1.5, 0.0, 0.8]) == (2, 4)
     assert right_signs([0.0], [2.0]) == (0, 1)  # a score of 0 has no sign
+
+
+def test_making_the_demo_clips_twice_gives_the_same_bytes(tmp_path: Path):
+    """Both of the demo's voices, a wall-clock second apart: espeak-ng seeded its random generator with
+    time(NULL) until kebr_core/espeak_worker.py reseeded it, and the f3 clips (every other one) differed."""
+    import time
+
+    first = make_demo_clips(tmp_path / "a", n=3, heldout=2)
+    demo_media.speech.cache_clear()  # speak again, as a second `kebr demo` does
+    time.sleep(1.02 - time.time() % 1)
+    again = make_demo_clips(tmp_path / "b", n=3, heldout=2)
+    files = sorted(p.relative_to(first.root) for p in first.root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again.root) for p in again.root.rglob("*") if p.is_file())
+    assert len(files) == 3 + 2 * 2 + 1  # the clips, the held-out clips and their transcripts, label.csv
+    assert [f for f in files if (first.root / f).read_bytes() != (again.root / f).read_bytes()] == []
 
 
 # The clip half of `kebr demo`, in a process of its own as the demo runs it: speech made after other tests
