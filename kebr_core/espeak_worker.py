@@ -3,11 +3,11 @@
 libespeak-ng keeps state from one utterance to the next in function statics that no API call resets
 (e.g. the pitch flutter's phase in wavegen.c), so the same text comes out a few samples different
 after other texts; a fresh process per text keeps earlier texts out of it, as with the `espeak-ng`
-program. The library's own random generator (common.c's espeak_rand, which varies the voice) is
-seeded by espeak_ng_Initialize with time(NULL): the same text came out different from one wall-clock
-second to the next, so every clip, its features and the demo's model differed run to run. SEED
-reseeds it after initialising (espeak_ng_SetRandSeed, exported since 1.52). Only the standard library
-and `espeakng_loader` are imported, to start fast.
+program. The library's own random generator (espeak_rand: wavegen.c's breath noise, in voices with
+a `breath` line such as the variant f3, not m3) is seeded by espeak_ng_Initialize with time(NULL):
+the same text came out different from one wall-clock second to the next, and so did the demo's f3
+clips, their features and its model. SEED reseeds it after initialising (espeak_ng_SetRandSeed,
+exported since 1.52). Only the standard library and `espeakng_loader` are imported, to start fast.
 
     python espeak_worker.py VOICE RATE PITCH < text (UTF-8)
     → stdout: the sample rate (uint32), then 16-bit mono samples, both in native byte order
