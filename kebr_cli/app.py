@@ -525,7 +525,8 @@ class Reporter:
         task = self._tasks.get(stage)
         if task is None:
             task = self._tasks[stage] = self._bars.add_task(label, total=total)
-        elif done < self._bars.tasks[task].completed:  # a new epoch / seed: the bar starts again
+        elif done < next(t.completed for t in self._bars.tasks if t.id == task):  # a new epoch / seed: the bar
+            # starts again (found by id: `tasks` is a list, whose positions stop being ids once a bar was removed)
             self._bars.reset(task, total=total, description=label)
         self._bars.update(task, completed=done, total=total, description=label)
 

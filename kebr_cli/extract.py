@@ -45,8 +45,15 @@ def decoding_progress(reporter: Reporter, keep: tuple[str, ...]) -> Callable[["D
     every 10 s, so only a long video prints one). A stream's bar goes when it is decoded; the bars of
     `keep` (the run's own) stay."""
 
+    shown = ""  # the stream whose bar shows now
+
     def on_decoded(event: "Decoded") -> None:
-        reporter(f"  {event.id}: seconds of {event.what}", round(event.seconds), round(event.expected), {})
+        nonlocal shown
+        stage = f"  {event.id}: seconds of {event.what}"
+        if stage != shown:  # a stream begins: from workers, the last event of the one before may not have come
+            reporter.drop_bars(keep=keep)
+        reporter(stage, round(event.seconds), round(event.expected), {})
+        shown = stage
         if event.finished:
             reporter.drop_bars(keep=keep)
 
