@@ -92,7 +92,7 @@ class ItemResult:
     no_asr: bool = False
     no_face: bool = False
     no_face_frames: int = 0
-    media_seconds: float = 0.0
+    media_seconds: float = 0.0  # the longest stream as decoded (the header's duration only when none was)
     timings: dict[str, float] = field(default_factory=dict)
 
 

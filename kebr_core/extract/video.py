@@ -42,8 +42,8 @@ class Decoded(NamedTuple):
     """Progress within one video's decode: `seconds` of its `what` ("audio" or "pictures") decoded so far,
     of about `expected` seconds. `expected` is the header's duration, an estimate only (the decode is
     bounded by what the file holds, never by it): at most the --max-duration bound, raised to `seconds`
-    when the stream runs past it, and equal to `seconds` in the last event (`finished`), whatever the
-    header said. `id`: the video's, filled in by `Extractor.process`."""
+    when the stream runs past it or the header declares nothing, and equal to `seconds` in the last event
+    (`finished`), whatever the header said. `id`: the video's, filled in by `Extractor.process`."""
 
     what: str
     seconds: float
