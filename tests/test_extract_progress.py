@@ -121,3 +121,19 @@ def test_kebr_extract_prints_the_seconds_decoded_of_a_long_video(tmp_path: Path,
     if jobs == "0":  # every event, the last too (from a worker, the last may come after the video's result)
         assert lines[0] == "long: seconds of pictures: 0/600 (0%)" and lines[-1] == "long: seconds of pictures: 2/2 (100%)"
         assert "long: seconds of audio: 2/2 (100%)" in r.stderr
+
+
+def test_the_bars_of_finished_videos_leave_nothing_behind(ticking_cli_clock) -> None:
+    """A stage per video and stream: after 1000 videos the Reporter holds the run's own stage only."""
+    from kebr_cli.app import Reporter
+    from kebr_cli.extract import decoding_progress
+
+    with Reporter() as reporter:
+        on_decoded = decoding_progress(reporter, keep=("extract",))
+        for k in range(1000):
+            reporter("extract", k, 1000, {})
+            for what in ("audio", "pictures"):
+                on_decoded(Decoded(what, 0.0, 7200.0, id=f"clip{k}"))
+                on_decoded(Decoded(what, 7199.5, 7199.5, finished=True, id=f"clip{k}"))
+        held = [reporter._tasks, reporter._started, reporter._last, reporter._printed]
+        assert all(set(stages) <= {"extract"} for stages in held)
