@@ -513,11 +513,15 @@ class Reporter:
         return float(seconds) / max(done, 1) * (total - done) if isinstance(seconds, (int, float)) else None
 
     def drop_bars(self, keep: tuple[str, ...] = ()) -> None:
-        """Remove the finished stages' bars (all but the stages in `keep`)."""
+        """Remove the finished stages' bars (all but the stages in `keep`), and forget their clocks: a stage
+        per video (`kebr extract`'s seconds decoded) must not grow them over 10^5 videos."""
         for stage in [s for s in self._tasks if s not in keep]:
             if self._bars is not None:
                 self._bars.remove_task(self._tasks[stage])
             del self._tasks[stage]
+        for clocks in (self._started, self._last, self._printed):
+            for stage in [s for s in clocks if s not in keep]:
+                del clocks[stage]
 
     def _bar(self, stage: str, label: str, done: int, total: int) -> None:
         if self._bars is None:
@@ -525,7 +529,8 @@ class Reporter:
         task = self._tasks.get(stage)
         if task is None:
             task = self._tasks[stage] = self._bars.add_task(label, total=total)
-        elif done < self._bars.tasks[task].completed:  # a new epoch / seed: the bar starts again
+        elif done < next(t.completed for t in self._bars.tasks if t.id == task):  # a new epoch / seed: the bar
+            # starts again (found by id: `tasks` is a list, whose positions stop being ids once a bar was removed)
             self._bars.reset(task, total=total, description=label)
         self._bars.update(task, completed=done, total=total, description=label)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
@@ -16,6 +16,9 @@ from kebr_core.errors import KebrError
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S, MAX_FPS
 from kebr_core.strict import decimal_integer
 from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
+
+if TYPE_CHECKING:
+    from kebr_core.extract.video import Decoded
 
 
 AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
@@ -34,6 +37,27 @@ def parse_shard(value: Optional[str], option: str = "--shard") -> tuple[int, int
     if n < 1 or not 0 <= i < n:
         raise KebrError(f"{option} {value} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
     return i, n
+
+
+def decoding_progress(reporter: Reporter, keep: tuple[str, ...]) -> Callable[["Decoded"], None]:
+    """Progress within the video being extracted (`kebr_core.extract.video.Decoded`): a bar per stream,
+    "clip01: seconds of pictures", seconds decoded of about the header's duration (off a terminal, a line
+    every 10 s, so only a long video prints one). A stream's bar goes when it is decoded; the bars of
+    `keep` (the run's own) stay."""
+
+    shown = ""  # the stream whose bar shows now
+
+    def on_decoded(event: "Decoded") -> None:
+        nonlocal shown
+        stage = f"  {event.id}: seconds of {event.what}"
+        if stage != shown:  # a stream begins: from workers, the last event of the one before may not have come
+            reporter.drop_bars(keep=keep)
+        reporter(stage, round(event.seconds), round(event.expected), {})
+        shown = stage
+        if event.finished:
+            reporter.drop_bars(keep=keep)
+
+    return on_decoded
 
 
 @app.command()
@@ -107,9 +131,11 @@ def extract(
             def on_progress(event: ProgressEvent) -> None:
                 # Resumed videos are done already: the bar (and its ETA) covers this run's work only.
                 reporter("extract", event.completed - event.skipped, event.total - event.skipped, {})
+                reporter.drop_bars(keep=("extract",))  # a failed video's decoding bar, if it had one
 
-            summary = run_extract(source, out, options, progress=on_progress, source=label,
-                                  retry_failed=retry_failed, clip_labels=clip_labels, transcripts=transcripts)
+            summary = run_extract(source, out, options, progress=on_progress, source=label, retry_failed=retry_failed,
+                                  clip_labels=clip_labels, transcripts=transcripts,
+                                  decoding=decoding_progress(reporter, keep=("extract",)))
         if report is not None:  # before the tables: a report that cannot be written is one sentence, not a traceback
             report.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(report, overwrite=True) as tmp:

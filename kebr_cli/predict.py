@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, fail, number, renamed, user_errors
-from kebr_cli.extract import ASR
+from kebr_cli.extract import ASR, decoding_progress
 from kebr_cli.train import MaxParameters
 from kebr_core.errors import KebrError
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S
@@ -82,9 +82,17 @@ def predict(
             check_output(out, [model, transcripts, asr_model, openface_dir])
             check_output(out, videos, suffixes=VIDEO_EXTENSIONS)
             check_replaceable(out, lambda p: json_with_keys(p, {"video", "score"}), "a file of predictions")
+        stages = ("extract", "score")
+
+        def on_progress(stage: str, done: int, total: int, info: dict) -> None:
+            report(stage, done, total, info)
+            if stage == "extract":
+                report.drop_bars(keep=stages)  # a failed video's decoding bar, if it had one
+
         predictions = run_predict(
             videos, model, text=text, transcripts=transcripts, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=jobs,
-            batch_size=batch_size, device=device, max_parameters=max_parameters, progress=report, max_duration=max_duration,
+            batch_size=batch_size, device=device, max_parameters=max_parameters, progress=on_progress, max_duration=max_duration,
+            decoding=decoding_progress(report, keep=stages),
         )
         payload = [p.to_dict() for p in predictions]
         if out is not None:

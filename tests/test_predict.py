@@ -256,6 +256,22 @@ def test_predict_gives_a_ten_hour_video_its_reason_quickly(trained: dict, tmp_pa
     assert "its pictures run to 36000 s, past the 600 s that are decoded at most; raise --max-duration" in entries[1]["error"]
 
 
+def test_predict_shows_the_seconds_decoded_and_scores_a_video_whose_header_declares_ten_hours(
+        trained: dict, tmp_path: Path, ticking_cli_clock, monkeypatch):
+    """Two seconds of pictures under a header of 36000 s: scored in seconds, and the progress of its pictures
+    (one line per event here: --verbose, a clock of 2 s a look) runs from the header's estimate, capped at
+    --max-duration, to the two seconds the file holds (tests/test_extract_progress.py has the details)."""
+    media.make_long_header_clip(tmp_path / "long.mkv")
+    monkeypatch.chdir(tmp_path)  # the bars name a video as it was given
+    result = runner.invoke(app, ["-v", "predict", "long.mkv", "--model", str(trained["checkpoint"]), "--asr", "none",
+                                 "--json", "--max-duration", "600"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["score"] is not None
+    lines = [line for line in result.stderr.splitlines() if line.startswith("long.mkv: seconds of pictures: ")]
+    assert lines[0] == "long.mkv: seconds of pictures: 0/600 (0%)", result.stderr
+    assert lines[-1] == "long.mkv: seconds of pictures: 2/2 (100%)", result.stderr
+
+
 @pytest.mark.parametrize("freeze", [True, False], ids=["frozen", "fine-tuned"])
 def test_a_copied_best_model_predicts_alone_after_the_run_and_text_model_are_deleted(trained: dict, tmp_path: Path,
                                                                                       freeze: bool):

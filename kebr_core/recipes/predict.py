@@ -45,6 +45,7 @@ from kebr_core.extract import audio as audio_mod
 from kebr_core.extract.extractor import ExtractOptions, ItemResult
 from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S
+from kebr_core.extract.video import DecodeProgress
 from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
@@ -266,10 +267,12 @@ def predict(
     max_parameters: int = DEFAULT_MAX_PARAMETERS,
     progress: ProgressFn = no_progress,
     max_duration: float = DEFAULT_MAX_DURATION_S,
+    decoding: DecodeProgress | None = None,
 ) -> list[Prediction]:
     """Score every video (files or folders) with a fine-tuned checkpoint; one Prediction per video,
     in input order. Raises KebrError for a bad checkpoint or options, never for a bad video.
-    max_parameters: the largest model built (the user's bound, not the checkpoint's: `model_size`)."""
+    max_parameters: the largest model built (the user's bound, not the checkpoint's: `model_size`).
+    decoding: progress within the video being extracted, as `kebr_core.extract.pipeline.extract`'s."""
     if not videos:
         raise KebrError("Give at least one video to score.")
     if batch_size < 1:
@@ -302,7 +305,7 @@ def predict(
         cfg.train.max_parameters = max_parameters
         scorer = Scorer(path, cfg, bool(saved.get("includes_encoder", False)), resolve_device(device))
         with quiet_native_stderr() if executor is None else nullcontext():
-            for k, result in enumerate(ordered_results(items, options, executor)):
+            for k, result in enumerate(ordered_results(items, options, executor, decoding)):
                 progress("extract", k + 1, len(items), {})
                 if result.sample is None:
                     results[k].error = result.error or "unknown error"
