@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed, user_errors
+from kebr_cli.app import app, choices, console, fail, number, renamed, user_errors
+from kebr_cli.reporter import Reporter
 from kebr_cli.tables import counts_table
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError

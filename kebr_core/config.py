@@ -146,7 +146,7 @@ class TrainConfig:
     # where per-epoch metrics go besides metrics.csv (`kebr_core.metric_logger`; operational: not the run's identity)
     report_to: list[str] = field(default_factory=list)
     # the largest model built, in parameters counted from the configuration before any weight is allocated
-    # (`kebr_core.model_size`); operational (runs.OPERATIONAL_KEYS): raising it does not change a run
+    # (`kebr_core.model_size`); operational (run_identity.OPERATIONAL_KEYS): raising it does not change a run
     max_parameters: int = DEFAULT_MAX_PARAMETERS
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from kebr_core.errors import EveryRankError, KebrError
-from kebr_core.runs import data_fingerprint, identity_differences
+from kebr_core.run_identity import data_fingerprint, identity_differences
 
 T = TypeVar("T")
 

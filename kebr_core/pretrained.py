@@ -14,8 +14,8 @@ A model folder is a pretraining's final/, an evaluation's best-model/, or what `
 
 So a folder copied alone to another machine loads and predicts the same: nothing is looked up by a path
 that existed only where it was trained. `kebr export` stores the encoder whatever its name
-(`store_encoder=True`). Every file is written through `runs.save_checkpoint` (crash-safe replace) and read
-through `runs.read_checkpoint_config` / `runs.load_checkpoint_weights`, so their checks apply here too.
+(`store_encoder=True`). Every file is written through `checkpoints.save_checkpoint` (crash-safe replace) and read
+through `checkpoints.read_checkpoint_config` / `checkpoints.load_checkpoint_weights`, so their checks apply here too.
 
 A folder written before text-encoder/ existed (kebr ≤ this change) loads as it did: the encoder and the
 tokenizer by the name in its config.json (`load_text_encoder`), which must then still resolve.
@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from kebr_core import model_card, runs
+from kebr_core import checkpoints, model_card, runs
 from kebr_core.config import SECTIONS, RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.model import EMBEDDED_ALIASES, RANDOM_PREFIX, KEBRModel, load_text_encoder, load_tokenizer
@@ -88,7 +88,7 @@ def save_pretrained(model: KEBRModel, path: str | Path, cfg: RunConfig | None = 
         payload = json.loads((folder / runs.CONFIG).read_text())
         (folder / runs.MODEL_CARD).write_text(model_card.render(payload, model_card.read_results(run_dir)))
 
-    runs.save_checkpoint(path, model, cfg, include_encoder, dict(extra) | {"text_encoder": record}, write_more)
+    checkpoints.save_checkpoint(path, model, cfg, include_encoder, dict(extra) | {"text_encoder": record}, write_more)
     return path
 
 
@@ -152,7 +152,7 @@ def build_from_folder(folder: str | Path, cfg: RunConfig, includes_encoder: bool
 
     folder = Path(folder)
     model = KEBRModel(cfg.model, cfg.mcc, encoder=load_encoder(folder, cfg.model.text_model))
-    runs.load_checkpoint_weights(model, folder, skip_prefixes=skip_prefixes)  # its checks of the file come first
+    checkpoints.load_checkpoint_weights(model, folder, skip_prefixes=skip_prefixes)  # its checks of the file come first
     with safe_open(str(folder / runs.WEIGHTS), framework="pt") as f:
         saved = set(f.keys())
     needed = [k for k in model.state_dict() if not k.startswith(skip_prefixes)
@@ -170,8 +170,8 @@ def load_pretrained(name_or_path: str | Path, skip_prefixes: tuple[str, ...] = (
     eval mode on the CPU, with `run_config` (RunConfig), `checkpoint_config` (its config.json) and
     `tokenizer` attached (`build_from_folder`)."""
     path = local_folder(name_or_path)
-    folder = runs.resolve_model_dir(path) or runs.resolve_checkpoint(path)  # itself or best-model/, else final/
-    payload = runs.read_checkpoint_config(folder)
+    folder = checkpoints.resolve_model_dir(path) or checkpoints.resolve_checkpoint(path)  # itself or best-model/, else final/
+    payload = checkpoints.read_checkpoint_config(folder)
     cfg = RunConfig.from_dict(payload, source=f"checkpoint {folder}")
     model = build_from_folder(folder, cfg, bool(payload.get("includes_encoder", False)), skip_prefixes)
     model.run_config, model.checkpoint_config = cfg, payload

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kebr_cli.app import torchrun_arguments, without_options
+from kebr_cli.app import without_options
+from kebr_cli.launcher import torchrun_arguments
 from kebr_cli.main import app
 from kebr_core.distributed import NONCE_PREFIX, SHARED_FOLDER, DistInfo, check_nodes_agree
 from kebr_core.errors import KebrError

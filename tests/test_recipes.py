@@ -11,7 +11,7 @@ import torch
 import pytest
 from safetensors.torch import load_file
 
-from kebr_core import runs
+from kebr_core import checkpoints
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
@@ -106,7 +106,7 @@ def test_ctrl_c_then_resume_is_bit_for_bit(tiny_store: Path, tmp_path: Path, mon
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=5), progress=ctrl_c_after_epoch_3)
     monkeypatch.setattr(training, "balance_sums", balance_sums)
-    assert runs.load_trainer_state(runs.latest_checkpoint(tmp_path / "split"))["epoch"] == 3
+    assert checkpoints.load_trainer_state(checkpoints.latest_checkpoint(tmp_path / "split"))["epoch"] == 3
     pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=5), resume=True)
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "final" / "model.safetensors"))

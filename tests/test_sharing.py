@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_BERT, write_tiny_store
 from kebr_cli.main import app
-from kebr_core import runs
+from kebr_core import checkpoints, runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import FeatureStore
@@ -149,13 +149,13 @@ def test_a_frozen_resolvable_encoder_is_not_stored_and_a_fine_tuned_one_only_onc
 
 
 def test_a_folder_in_the_layout_before_text_encoder_still_loads(tmp_path: Path):
-    """Older folders: model.safetensors + config.json only (written by runs.save_checkpoint, today's writer
+    """Older folders: model.safetensors + config.json only (written by checkpoints.save_checkpoint, today's writer
     without the extra files); the encoder and tokenizer load by name."""
     cfg = RunConfig()
     cfg.model.text_model, cfg.model.d_audio, cfg.model.d_vision, cfg.model.layers = TINY_BERT, 7, 5, 1
     torch.manual_seed(0)
     model = KEBRModel(cfg.model, cfg.mcc).eval()
-    runs.save_checkpoint(tmp_path / "old", model, cfg, include_encoder=False, extra={"stage": "finetune"})
+    checkpoints.save_checkpoint(tmp_path / "old", model, cfg, include_encoder=False, extra={"stage": "finetune"})
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [RECORD, "config.json", "model.safetensors"]
     loaded = KEBRModel.from_pretrained(tmp_path / "old")
     for name, value in model.state_dict().items():

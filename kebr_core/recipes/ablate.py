@@ -56,12 +56,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from kebr_core import runs
+from kebr_core import run_identity, runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo, init_distributed, main_holds_lock, on_main
 from kebr_core.errors import KebrError
-from kebr_core.io import open_for_writing
+from kebr_core.io import atomic_write_text, open_for_writing
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, aggregate, split_summary
 from kebr_core.recipes.compare import against_reference
 from kebr_core.recipes.finetune import finetune
@@ -370,13 +370,13 @@ def ablate(
             "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "inputs": inputs, "notes": notes,
             "configurations": rows,
         }
-        runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
+        atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
         # With two or more pretraining seeds: each row's paired difference from C1, read back as `kebr compare`
         # and the forest plot read it (one pairing rule), then recorded with the rows.
         delta_caption = _paired_differences(out, rows) if len(pseeds) >= 2 else ""
         if delta_caption:
             payload = {**payload, "vs_C1_interval": delta_caption, "configurations": rows}
-            runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
+            atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
         # With two or more pretraining seeds: the pretraining seeds and the paired differences vs C1 (DELTA_METRICS).
         # In the CSV files' unit (kebr_core.results_files): accuracies, F1 and their differences in percent.
         delta_columns = [unit_column(f"delta_{k}{end}", k) if end != "_p" else f"delta_{k}_p"
@@ -436,7 +436,7 @@ def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[s
     def finished() -> bool:
         if force or not (final / runs.WEIGHTS).exists():
             return False
-        runs.check_identity(run_dir, pretrain_identity(store, cfg, splits))
+        run_identity.check_identity(run_dir, pretrain_identity(store, cfg, splits))
         return True
 
     if on_main(info, finished):

@@ -49,7 +49,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from kebr_core import runs
+from kebr_core import checkpoints, run_identity, runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
@@ -59,7 +59,7 @@ from kebr_core.distributed import (
 )
 from kebr_core.errors import KebrError
 from kebr_core.model_size import check_model_size
-from kebr_core.io import open_for_writing
+from kebr_core.io import atomic_write_text, open_for_writing
 from kebr_core.loaders import RunLoaders
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
@@ -110,7 +110,7 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path, typed: Mapping[str
     "Configuration and runs"): a typed architecture setting whose value differs from the checkpoint's is
     refused, in one sentence naming each with its value and the checkpoint's. None: no check (recipes
     that build the configuration themselves). Returns the settings the checkpoint changed, "key=value"."""
-    saved = RunConfig.from_dict(runs.read_checkpoint_config(checkpoint), source=f"checkpoint {checkpoint}")
+    saved = RunConfig.from_dict(checkpoints.read_checkpoint_config(checkpoint), source=f"checkpoint {checkpoint}")
     keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout", "head_hidden"}
     taken = {f"model.{name}": value for name, value in vars(saved.model).items() if name not in keep}
     current = {f"model.{name}": value for name, value in vars(cfg.model).items()}
@@ -147,7 +147,7 @@ def complete_config(cfg: RunConfig, store_path: str | Path, checkpoint: str | Pa
     store = FeatureStore(store_path)
     wanted = store.widths()
     if checkpoint is not None:
-        checkpoint = runs.resolve_checkpoint(checkpoint)
+        checkpoint = checkpoints.resolve_checkpoint(checkpoint)
         changed = apply_checkpoint_config(cfg, Path(checkpoint), typed)
         if changed and note is not None:
             note(f"fine-tuning the architecture of {checkpoint}: {', '.join(changed)} (from the checkpoint)")
@@ -259,10 +259,10 @@ def finetune(
             recorded = RunConfig.from_dict(cfg.to_dict())
             recorded.train.seeds = [] if force else recorded_seeds(run_dir)
             recorded.train.seeds += [s for s in seeds if s not in recorded.train.seeds]
-            identity = runs.run_identity(recorded, "finetune", runs.data_fingerprint(store_path),
+            identity = run_identity.run_identity(recorded, "finetune", run_identity.data_fingerprint(store_path),
                                          checkpoint=str(checkpoint) if checkpoint else None,
-                                         checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
-            runs.prepare_run_dir(
+                                         checkpoint_sha256=checkpoints.weights_sha256(checkpoint) if checkpoint else None)
+            run_identity.prepare_run_dir(
                 run_dir, identity, resume=True, force=force, may_differ=("train.seeds",),
                 extra={"store": str(store_path), "seeds": recorded.train.seeds,
                        "selection": "epoch with the lowest validation MAE", "world_size": info.world},
@@ -275,7 +275,7 @@ def finetune(
         # a frozen encoder is the same for every seed: its outputs are computed once per run (on disk: text-cache/)
         text_cache: dict = {"dir": run_dir / runs.TEXT_CACHE}
         # What best-model/ records of its data: the features it expects and the data's fingerprint and splits.
-        model_record = store_features(store) | {"trained_on": {"data": runs.data_fingerprint(store_path),
+        model_record = store_features(store) | {"trained_on": {"data": run_identity.data_fingerprint(store_path),
                                                                "splits": {s: len(d) for s, d in datasets.items()}}}
         loaders = RunLoaders(loader_workers(cfg.train.workers, device), device)  # and the loaders' workers start once
         for n_done, seed in enumerate(seeds):
@@ -461,9 +461,9 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
                 tokenizer = load_folder_tokenizer(checkpoint, cfg.model.text_model) if checkpoint is not None else None
                 save_pretrained(model, best_model_dir, cfg, include_encoder=not frozen, tokenizer=tokenizer,
                                 extra=features | {"stage": "finetune", "seed": seed}, run_dir=best_model_dir.parent)
-                runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
+                atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
                 add_to_record(best_model_dir, runs.SELECTION)
-        runs.atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
+        atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
     barrier(info)
     return result
 
@@ -520,5 +520,5 @@ def write_summary(run_dir: Path, payload: dict, summary: dict[str, tuple[float, 
                   per_run: list[dict]) -> None:
     """results.json (`payload`, fractions) and results.csv (`results_files.write_results_csv`: a row per metric
     with its unit, mean, std, std_ddof and the value of each run, columns `run_names` in the order of `per_run`)."""
-    runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
+    atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
     write_results_csv(run_dir / runs.RESULTS_CSV, summary, STD_DDOF[std], run_names, per_run)

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from kebr_core import runs
+from kebr_core import checkpoints
 from kebr_core.config import DEFAULT_MAX_PARAMETERS, RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import Sample
@@ -274,8 +274,8 @@ def predict(
         raise KebrError("Give at least one video to score.")
     if batch_size < 1:
         raise KebrError(f"--batch-size must be at least 1, not {batch_size}.")
-    path = runs.resolve_checkpoint(checkpoint, fine_tuned=True)
-    saved = runs.read_checkpoint_config(path)
+    path = checkpoints.resolve_checkpoint(checkpoint, fine_tuned=True)
+    saved = checkpoints.read_checkpoint_config(path)
     options = extract_options_for(path, saved.get("features"), asr=asr, asr_model=asr_model,
                                   openface_dir=openface_dir, workers=workers, max_duration=max_duration)
     items = video_items(videos, text, transcripts)
