@@ -17,7 +17,7 @@ results.csv (mean ± std over the seeds asked for; the sample std, ddof = 1, unl
 ddof = 0; both files say which). A seed whose test.json exists is skipped on rerun (resume), also when the
 rerun asks for more seeds or fewer (the seeds are no part of the run's identity).
 
-`seed_shard=(i, n)` runs only the seeds of shard i (`kebr_core.shards`) and writes no summary; a later call
+`seed_shard=(i, n)` runs only the seeds of part i of n (`kebr_core.shards`) and writes no summary; a later call
 without it aggregates the finished seeds and runs the missing ones, and `collect=True` only aggregates
 (an error naming the seeds not finished yet).
 
@@ -54,8 +54,8 @@ from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import (
-    DistInfo, barrier, check_nodes_agree, data_parallel, gather_predictions, init_distributed, on_main, refuse_unsupported,
-    shard,
+    DistInfo, barrier, check_nodes_agree, data_parallel, gather_predictions, init_distributed, on_main, rank_slice,
+    refuse_unsupported,
 )
 from kebr_core.errors import KebrError
 from kebr_core.model_size import check_model_size
@@ -71,7 +71,7 @@ from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, report_final, require
 from kebr_core.results_files import write_results_csv
 from kebr_core.row_names import store_inputs
-from kebr_core.shards import check_shard, in_shard, locked
+from kebr_core.shards import check_part_run, in_part, locked, part_positions
 from kebr_core.training import (
     ProgressFn,
     autocast,
@@ -229,10 +229,7 @@ def finetune(
     run (other settings, data or checkpoint) is refused naming the differing keys; `force` starts afresh. seed_shard, collect: the module docstring. typed, note: the settings the user typed
     (`apply_checkpoint_config`), and where to say which settings the checkpoint replaced."""
     run_dir = Path(run_dir)
-    check_shard(seed_shard, "--seed-shard")
-    if force and (seed_shard is not None or collect):
-        raise KebrError("--force cannot go with --seed-shard or --collect: it would remove the seeds other jobs "
-                        "finished; start afresh with a plain --force run, then shard again.")
+    check_part_run(seed_shard, "--seed-shard", collect=collect, force=force, what="the seeds")
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     if seeds is not None:
@@ -247,7 +244,7 @@ def finetune(
     refuse_unsupported(cfg)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
-    mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]
+    mine = part_positions(len(seeds), seed_shard)
     # One job at a time in a run; seed shards claim their own seeds (--collect only reads them, and writes the summary).
     with runs.claim_run(run_dir, mine, enabled=info.is_main and not collect):
         if collect and not (run_dir / runs.CONFIG).is_file():
@@ -284,7 +281,7 @@ def finetune(
             # finished earlier by this same run (prepare_run_dir checked): reused
             result = json.loads(done_file.read_text()) if done_file.exists() else None
             if result is None or (probe and "probe" not in result):
-                if collect or not in_shard(n_done, seed_shard):  # another job's seed
+                if collect or not in_part(n_done, seed_shard):  # another job's seed
                     pending.append(seed)
                     continue
                 result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
@@ -473,12 +470,12 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
                   remove: tuple[str, str] | None = None, loaders: RunLoaders | None = None):
     """Predictions and labels of a whole split, in dataset order: (N,), (N,) float64; with `features`,
     also the pooled utterance representations (N, dt) float32. Under DDP each rank predicts a
-    contiguous shard and every rank gets the gathered whole. remove: (modality, how) for
+    contiguous slice (`rank_slice`) and every rank gets the gathered whole. remove: (modality, how) for
     `remove_modality`, the probe of how much a stream is used. loaders: the run's `RunLoaders` (None: a
     loader, and its workers, for this pass)."""
     model.eval()
     loaders = loaders or RunLoaders(loader_workers(cfg.train.workers, device), device)
-    loader = loaders.evaluation(dataset, collate, max(cfg.train.batch_size, 64), shard(np.arange(len(dataset)), info).tolist())
+    loader = loaders.evaluation(dataset, collate, max(cfg.train.batch_size, 64), rank_slice(np.arange(len(dataset)), info).tolist())
     preds, labels, pooled = [], [], []
     for batch in loader:
         batch = move(batch, device)
