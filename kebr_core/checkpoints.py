@@ -63,7 +63,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, cfg: RunConfig, include_
     """A model folder (final/, best-model/): model.safetensors + config.json, replaced crash-safely:
     written as `<path>.tmp`, the old folder moved to `<path>.old` and back by `recover_folder` if a kill
     comes between the two renames. write_more(tmp): the other files of the folder (tokenizer, encoder,
-    model card: `pretrained.save_pretrained`), written into it before it is fsynced and renamed."""
+    model card: `model.save_pretrained`), written into it before it is fsynced and renamed."""
     path = Path(path)
     recover_folder(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")

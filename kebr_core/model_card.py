@@ -1,4 +1,4 @@
-"""The README.md model card of a model folder (`pretrained.save_pretrained`, `kebr export`).
+"""The README.md model card of a model folder (`model.save_pretrained`, `kebr export`).
 
 Made from what the folder records (its config.json: configuration, "trained_on" = the training data's
 fingerprint and splits, "features" = the extractors a fine-tuned model expects) and, when the run is at

@@ -57,7 +57,7 @@ FINAL = "final"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 WEIGHTS = "model.safetensors"
-TEXT_ENCODER = "text-encoder"  # in a model folder: the tokenizer, and the encoder when not resolvable by name (pretrained.py)
+TEXT_ENCODER = "text-encoder"  # in a model folder: the tokenizer, and the encoder when not resolvable by name (model.py)
 MODEL_CARD = "README.md"  # in a model folder: its model card (model_card.py)
 TRAINER_STATE = "trainer.pt"
 BEST_MODEL = "best-model"
@@ -106,7 +106,7 @@ _OWN_LEFTOVERS = tuple(f"{d}{suffix}" for d in (FINAL, BEST_MODEL) for suffix in
 # The files a model folder holds (final/, best-model/, checkpoints/epoch-NNNN/). A folder kebr writes now
 # carries its own record of them (`own_files.write_record`), and a removal takes only what that lists;
 # these names are the rule for a folder written before records existed (no record: by name, nothing else).
-# text-encoder/ holds what Hugging Face's save_pretrained writes for a tokenizer and an encoder (pretrained.py;
+# text-encoder/ holds what Hugging Face's save_pretrained writes for a tokenizer and an encoder (model.py;
 # transformers 4 and 5 name them differently): a file of another name there keeps the folder.
 TEXT_ENCODER_FILES = tuple(f"{TEXT_ENCODER}/{name}" for name in (
     "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

@@ -429,7 +429,7 @@ def _folder_written_twice(tmp: Path, replaced: str) -> Path:
     """best-model/ saved by `save_pretrained` (README.md, text-encoder/), `replaced` then overwritten by
     someone, and the folder saved again (as at every better epoch)."""
     from kebr_core.model import KEBRModel
-    from kebr_core.pretrained import save_pretrained
+    from kebr_core.model import save_pretrained
 
     cfg = RunConfig()
     cfg.model.text_model, cfg.model.d_audio, cfg.model.d_vision, cfg.model.layers = TINY_BERT, 3, 4, 1

@@ -262,7 +262,8 @@ def test_a_copied_best_model_predicts_alone_after_the_run_and_text_model_are_del
     """Issue 26: fine-tune with --text-model a LOCAL folder, copy best-model/ alone, delete the run and the text
     model's folder: `kebr predict --model copy/` and `KEBRModel.from_pretrained(copy)` still give the clip the
     prediction the fine-tuning run wrote for it."""
-    from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+    from kebr_core.model import KEBRModel
+    from kebr_core.text_encoder import load_text_encoder, load_tokenizer
     from kebr_core.recipes.predict import Scorer
 
     text_model = tmp_path / "text-model"

@@ -21,7 +21,7 @@ from kebr_core.config import RunConfig, parse_seeds, resolve_config
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
-from kebr_core.model import load_tokenizer
+from kebr_core.text_encoder import load_tokenizer
 from kebr_core.recipes.finetune import apply_checkpoint_config, finetune
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.recipes.setup import configure_from_store, setup_model

@@ -1,4 +1,4 @@
-"""Self-contained model folders (kebr_core/pretrained.py, model_card.py) and `kebr export` (recipes/export.py).
+"""Self-contained model folders (kebr_core/model.py, model_card.py) and `kebr export` (recipes/export.py).
 
 Runs are trained through the real CLI on tiny stores. The text model is given as a LOCAL folder (the tiny
 random BERT saved with save_pretrained), which is deleted before the copied model folder is loaded again:
@@ -30,7 +30,8 @@ from kebr_core.data.dataset import Collator
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
-from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+from kebr_core.model import KEBRModel
+from kebr_core.text_encoder import load_text_encoder, load_tokenizer
 from kebr_core.own_files import RECORD
 
 runner = CliRunner()
@@ -298,7 +299,7 @@ def test_a_model_folder_saved_again_replaces_its_text_encoder_and_keeps_a_foreig
     """best-model/ is saved again at every better epoch: the previous folder (with text-encoder/ and the card)
     must go entirely, or the next save finds a leftover `.old` it does not recognise and refuses. A file
     someone put into text-encoder/ is not removed: it stays in best-model.old, and the next save says so."""
-    from kebr_core.pretrained import save_pretrained
+    from kebr_core.model import save_pretrained
 
     text_model = save_local_text_model(tmp_path / "text-model")
     cfg = RunConfig()

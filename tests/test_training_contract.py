@@ -34,7 +34,8 @@ from kebr_core.data.store import FeatureStore, Sample, StoreWriter
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.metrics import msa_metrics
-from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+from kebr_core.model import KEBRModel
+from kebr_core.text_encoder import load_text_encoder, load_tokenizer
 from kebr_core.modules.mcc import MCCOutput
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.recipes.setup import finetune_optimizer, pretrain_optimizer

@@ -5,7 +5,7 @@
 
 RUN is an evaluation run (its best-model/: the seed with the lowest validation MAE), a pretraining run
 (its final/), or a model folder itself; for a folder of pseed-S/ runs, an ablation or a search, the
-refusal names the run to give instead. The folder is written by `pretrained.save_pretrained` with
+refusal names the run to give instead. The folder is written by `model.save_pretrained` with
 `store_encoder=True`: the text encoder is inside whatever its name (a name that resolves on this machine
 may not on the receiver's), with the tokenizer and a model card made from the run (its results.json:
 test metrics over the seeds). Like every model folder it is written as `DIR.tmp` and renamed into place
@@ -28,7 +28,7 @@ from kebr_core import checkpoints, runs
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output, refuse_links
 from kebr_core.own_files import RECORD
-from kebr_core.pretrained import REPO_ID, load_pretrained, save_pretrained
+from kebr_core.model import REPO_ID, load_pretrained, save_pretrained
 
 
 @dataclass

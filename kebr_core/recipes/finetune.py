@@ -63,10 +63,10 @@ from kebr_core.io import atomic_write_text, open_for_writing
 from kebr_core.loaders import RunLoaders
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
-from kebr_core.model import load_tokenizer
+from kebr_core.text_encoder import load_tokenizer
 from kebr_core.model_card import write_card
 from kebr_core.own_files import add_to_record
-from kebr_core.pretrained import encoder_source, load_folder_tokenizer, save_pretrained
+from kebr_core.model import encoder_source, load_folder_tokenizer, save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, report_final, require
 from kebr_core.results_files import write_results_csv
@@ -191,7 +191,7 @@ def split_datasets(store: FeatureStore, split_index: dict[str, np.ndarray], cfg:
     splits of `split_index`. Texts are tokenised once for all splits; the texts of a split among
     train/valid/test left out of `split_index` (the test split during `kebr tune`) are replaced by the
     empty text, so they never reach the encoder. checkpoint: the pretrained model folder, whose tokenizer
-    is used when it holds one (`pretrained.load_folder_tokenizer`)."""
+    is used when it holds one (`model.load_folder_tokenizer`)."""
     name = cfg.model.text_model
     tokenizer = load_folder_tokenizer(checkpoint, name) if checkpoint is not None else load_tokenizer(name)
     left_out = store.indices([s for s in ("train", "valid", "test") if s not in split_index])

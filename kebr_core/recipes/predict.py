@@ -12,7 +12,7 @@
    Transcript: `text` (one video only) or the video's row of the `transcripts` table (id = the
    video's name without extension, or its path below a folder given), else a sidecar
    (.txt/.srt/.vtt), else ASR (`asr`).
-3. The fine-tuned KEBRModel (`pretrained.build_from_folder`: the text encoder and tokenizer from the
+3. The fine-tuned KEBRModel (`model.build_from_folder`: the text encoder and tokenizer from the
    folder, or by name when it was frozen and its name resolves everywhere) scores batches of `batch_size` videos,
    as they are extracted (memory stays flat for any number of videos).
 
@@ -49,7 +49,7 @@ from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
 from kebr_core.model_size import check_model_size
-from kebr_core.pretrained import build_from_folder, encoder_source
+from kebr_core.model import build_from_folder, encoder_source
 from kebr_core.training import (
     ProgressFn,
     autocast,

@@ -43,8 +43,8 @@ from kebr_core.model_size import check_model_size
 from kebr_core.lexicon import load_lexicon
 from kebr_core.loaders import RunLoaders
 from kebr_core.masking import PackedMasks, mask_packed, tokenize_plain
-from kebr_core.model import load_tokenizer
-from kebr_core.pretrained import save_pretrained
+from kebr_core.text_encoder import load_tokenizer
+from kebr_core.model import save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, require
 from kebr_core.resume import EpochPosition, StepCheckpoints

@@ -25,7 +25,7 @@ from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.model import KEBRModel
 from kebr_core.model_size import check_model_size
-from kebr_core.pretrained import encoder_source, load_encoder
+from kebr_core.model import encoder_source, load_encoder
 from kebr_core.text_cache import DiskTextCache, make_text_cache
 from kebr_core.training import ProgressFn, TextCache, adam, no_progress, seed_everything
 
