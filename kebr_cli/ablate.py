@@ -185,8 +185,8 @@ def ablate(
                 return
             results_files.update_results_table(table_path, [
                 results_files.ResultsRow(f"{name}: {r['name']}" if name else f"{r['name']} ({dataset_name(dataset)})", dataset,
-                                out / r["eval_dir"], result.seeds,
-                                {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
+                                         out / r["eval_dir"], result.seeds,
+                                         {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
                 for r in result.rows if r["mean"]
             ])
             report.result(ablation_table(result.rows, list(result.seeds), width=console.width, std=std,

@@ -361,7 +361,7 @@ def eval_(
                               f"{resume_command('--collect', drop=('--seed-shard',))}", to_stdout=not as_json)
                 return
             results_files.update_results_table(table_path, [results_files.ResultsRow(name, dataset, out, cfg.train.seeds, result.summary,
-                                                                   inputs=inputs)])
+                                                                                     inputs=inputs)])
             rows = {name: result.summary} | {f"{name}, {removed}": summary for removed, summary in result.probe.items()}
             report.result(results_table(caption, rows, list(cfg.train.seeds), width=console.width, std=std),
                           to_stdout=not as_json)

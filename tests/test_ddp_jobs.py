@@ -114,7 +114,7 @@ def test_two_sharded_ddp_ablations_at_once_agree_and_rank_0_alone_writes(tiny_st
 def _update_table_many_times(path: str, who: int, times: int) -> None:
     for k in range(times):
         results_files.update_results_table(Path(path), [results_files.ResultsRow("KEBR", f"d{who}", Path(f"run-{who}-{k}"), [0],
-                                                               {"mae": (1.0, 0.0)})])
+                                                                                 {"mae": (1.0, 0.0)})])
 
 
 def test_concurrent_results_table_writers_lose_no_row(tmp_path: Path) -> None:

@@ -266,7 +266,7 @@ def test_each_seed_starts_with_its_own_head_and_the_same_pretrained_weights(tiny
 def _save(run: Path, epoch: int, keep: int = 0) -> Path:
     weights = {"w": torch.full((3,), float(epoch))}
     return checkpoints.save_resume_checkpoint(run, epoch, weights, {"epoch": epoch}, {"optimizer": {"state": {}, "param_groups": []}},
-                                       keep=keep)
+                                              keep=keep)
 
 
 class Killed(BaseException):

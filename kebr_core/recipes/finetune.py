@@ -257,8 +257,8 @@ def finetune(
             recorded.train.seeds = [] if force else recorded_seeds(run_dir)
             recorded.train.seeds += [s for s in seeds if s not in recorded.train.seeds]
             identity = run_identity.run_identity(recorded, "finetune", run_identity.data_fingerprint(store_path),
-                                         checkpoint=str(checkpoint) if checkpoint else None,
-                                         checkpoint_sha256=checkpoints.weights_sha256(checkpoint) if checkpoint else None)
+                                                 checkpoint=str(checkpoint) if checkpoint else None,
+                                                 checkpoint_sha256=checkpoints.weights_sha256(checkpoint) if checkpoint else None)
             run_identity.prepare_run_dir(
                 run_dir, identity, resume=True, force=force, may_differ=("train.seeds",),
                 extra={"store": str(store_path), "seeds": recorded.train.seeds,

@@ -166,7 +166,7 @@ def pretrain_identity(store_path: str | Path, cfg: RunConfig, splits: Sequence[s
     cfg = RunConfig.from_dict(cfg.to_dict())
     configure_from_store(cfg, FeatureStore(store_path))
     return run_identity.run_identity(cfg, "pretrain", run_identity.data_fingerprint(store_path),
-                             splits=list(splits) if splits is not None else None)
+                                     splits=list(splits) if splits is not None else None)
 
 
 def pretrain(
@@ -269,7 +269,7 @@ def pretrain(
         def save(epoch: int, weights: dict, optimizer: dict) -> None:
             if info.is_main:
                 checkpoints.save_resume_checkpoint(run_dir, epoch, weights, payload, {"optimizer": optimizer},
-                                            keep=cfg.train.keep_checkpoints)
+                                                   keep=cfg.train.keep_checkpoints)
             barrier(info)
 
         epoch = saved = start_epoch - 1
@@ -279,8 +279,8 @@ def pretrain(
 
         def save_position(at: EpochPosition) -> None:  # a mid-epoch checkpoint (rank 0; `kebr_core.resume`)
             checkpoints.save_resume_checkpoint(run_dir, at.epoch, checkpoints.model_weights(model, not frozen), payload,
-                                        {"optimizer": opt.state_dict()} | at.to_state(), keep=cfg.train.keep_checkpoints,
-                                        step=at.step)
+                                               {"optimizer": opt.state_dict()} | at.to_state(), keep=cfg.train.keep_checkpoints,
+                                               step=at.step)
 
         step_checkpoints = StepCheckpoints(cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes,
                                            save_position, info)
@@ -311,7 +311,7 @@ def pretrain(
                 raise
             if info.is_main and snapshot is not None and snapshot[0] > saved and snapshot[0] >= step_checkpoints.newest_epoch():
                 checkpoints.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
-                                            keep=cfg.train.keep_checkpoints)
+                                                   keep=cfg.train.keep_checkpoints)
             raise
         finally:
             loaders.close()

@@ -279,17 +279,17 @@ def tune(
         apply_checkpoint_config(base, Path(checkpoint))
     configure_from_store(base, store)
     identity = run_identity.run_identity(base, "tune", run_identity.data_fingerprint(store_path),
-                                 space=space_identity(space), tune_stage=options.stage, metric=options.metric,
-                                 checkpoint=str(checkpoint) if checkpoint else None,
-                                 checkpoint_sha256=checkpoints.weights_sha256(checkpoint) if checkpoint else None)
+                                         space=space_identity(space), tune_stage=options.stage, metric=options.metric,
+                                         checkpoint=str(checkpoint) if checkpoint else None,
+                                         checkpoint_sha256=checkpoints.weights_sha256(checkpoint) if checkpoint else None)
     if finalize_only:
         if not (run_dir / runs.CONFIG).is_file():
             raise KebrError(f"No search has run in {run_dir} yet; run kebr tune without --finalize first.")
         run_identity.check_identity(run_dir, identity)
     else:
         run_identity.prepare_run_dir(run_dir, identity, resume=True, force=force,
-                             extra={"store": str(store_path), "storage": runs.masked_url(options.storage) if options.storage
-                                    else None, "study": STUDY_NAME})
+                                     extra={"store": str(store_path), "storage": runs.masked_url(options.storage) if options.storage
+                                            else None, "study": STUDY_NAME})
     study = _open_study(run_dir, options, identity | {"_space": space}, create=not finalize_only)
 
     if not finalize_only:
@@ -452,7 +452,7 @@ def _finalize(study, store_path, run_dir: Path, base: RunConfig, result: TuneRes
     final |= {name: split_summary(r.summary) | {"per_seed": r.per_seed} for name, r in evaluated.items()}
     final["paired"] = paired_statistics(evaluated["base"].per_seed, evaluated["best"].per_seed)
     atomic_write_text(run_dir / runs.TUNE_JSON, json.dumps({"final": final, "trials": result.finished,
-                                                                 "pruned_epochs_saved": result.pruned_epochs_saved},
+                                                            "pruned_epochs_saved": result.pruned_epochs_saved},
                                                                 indent=2, default=str))
     return final
 
