@@ -72,11 +72,11 @@ def tiny_store(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ticking_cli_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Progress as a CI log shows it (plain lines, no bars), with a clock of `kebr_cli.app` alone that reads
+    """Progress as a CI log shows it (plain lines, no bars), with a clock of `kebr_cli.reporter` alone that reads
     2 s later at every look: with --verbose (a line per stage every second) every progress event prints."""
     import time
 
-    import kebr_cli.app as cli_app
+    import kebr_cli.reporter as cli_reporter
 
     class Ticking:
         now = 0.0
@@ -88,5 +88,5 @@ def ticking_cli_clock(monkeypatch: pytest.MonkeyPatch) -> None:
         def __getattr__(self, name: str):
             return getattr(time, name)
 
-    monkeypatch.setattr(cli_app, "time", Ticking())
-    monkeypatch.setattr(cli_app, "show_progress", lambda: False)
+    monkeypatch.setattr(cli_reporter, "time", Ticking())
+    monkeypatch.setattr(cli_reporter, "show_progress", lambda: False)

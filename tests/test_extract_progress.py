@@ -125,7 +125,7 @@ def test_kebr_extract_prints_the_seconds_decoded_of_a_long_video(tmp_path: Path,
 
 def test_the_bars_of_finished_videos_leave_nothing_behind(ticking_cli_clock) -> None:
     """A stage per video and stream: after 1000 videos the Reporter holds the run's own stage only."""
-    from kebr_cli.app import Reporter
+    from kebr_cli.reporter import Reporter
     from kebr_cli.extract import decoding_progress
 
     with Reporter() as reporter:
