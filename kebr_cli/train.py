@@ -25,6 +25,7 @@ from kebr_core.config import DEFAULT_MAX_PARAMETERS, DEFAULT_TEXT_MODEL, RunConf
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
 from kebr_core.metric_logger import require as require_reporters
+from kebr_core.epoch_metrics import TRAINING_NAMES
 from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.row_names import inputs_caption, row_name, store_inputs
 
@@ -252,7 +253,7 @@ def pretrain(
             if not is_main_process():
                 return
             several = len(results) > 1
-            columns = ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
+            columns = TRAINING_NAMES  # the per-epoch schema's training metrics
             table = Table(title=f"pretraining: {results[0].epochs_done} epochs (last epoch's means)")
             if several:
                 table.add_column("seed", justify="right")
