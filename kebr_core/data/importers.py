@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,7 +35,7 @@ from kebr_core.data.labels import check_labels
 from kebr_core.data.mmsa_checks import (NDARRAY_NAME, BoundedReader, DeclaredSizeError, check_split_content,
                                         checked_reconstruct, declared_size_message, plain)
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, or_list
 from kebr_core.io import atomic_output, check_output
 from kebr_core.strict import decimal_number, find_nul, read_csv_table
 
@@ -293,23 +294,49 @@ def import_label_csv(
             "labels_clipped": clip_labels}
 
 
+@dataclass(frozen=True)
+class Importer:
+    """A file format `kebr import` reads: its name, what it is, the extensions "auto" knows it by, and the
+    function (src, out, *, progress, overwrite, clip_labels) → summary dict that imports it."""
+
+    name: str
+    what: str
+    suffixes: tuple[str, ...]
+    run: Callable[..., dict[str, Any]]
+
+
+# name → importer: `import_file` and the CLI's --format choices read this table (a new format is one entry).
+IMPORTERS: dict[str, Importer] = {
+    "mmsa-pkl": Importer("mmsa-pkl", "MMSA pickle", (".pkl", ".pickle"), import_mmsa_pickle),
+    "label-csv": Importer("label-csv", "MMSA label.csv", (".csv",), import_label_csv),
+}
+AUTO = "auto"  # the format chosen by the file's extension
+IMPORT_FORMATS = (AUTO, *IMPORTERS)  # what --format accepts
+
+
+def importer_for(src: Path, fmt: str = AUTO) -> Importer:
+    """The importer of `fmt`, or with "auto" the one whose extensions include src's; KebrError in one sentence
+    for an unknown format or extension."""
+    if fmt == AUTO:
+        suffix = src.suffix.lower()
+        found = [importer for importer in IMPORTERS.values() if suffix in importer.suffixes]
+        if not found:
+            known = or_list([f"{i.suffixes[0]} ({i.what})" for i in IMPORTERS.values()])
+            raise KebrError(f"Cannot tell the format of {src} from its extension; use {known}, or name the format.")
+        return found[0]
+    if fmt not in IMPORTERS:
+        raise KebrError(f"Unknown import format {fmt!r}; use {or_list(IMPORT_FORMATS)}.")
+    return IMPORTERS[fmt]
+
+
 def import_file(
-    src: str | Path, out: str | Path, *, fmt: str = "auto", progress: ProgressFn | None = None,
+    src: str | Path, out: str | Path, *, fmt: str = AUTO, progress: ProgressFn | None = None,
     overwrite: bool = False, clip_labels: bool = False,
 ) -> dict[str, Any]:
-    """Import by format: "mmsa-pkl", "label-csv", or "auto" (by extension: .pkl/.pickle, .csv)."""
+    """Import by format: a key of `IMPORTERS` ("mmsa-pkl", "label-csv"), or "auto" (by extension: .pkl/.pickle,
+    .csv)."""
     src = Path(src)
-    if fmt == "auto":
-        suffix = src.suffix.lower()
-        fmt = {".pkl": "mmsa-pkl", ".pickle": "mmsa-pkl", ".csv": "label-csv"}.get(suffix, "")
-        if not fmt:
-            raise KebrError(f"Cannot tell the format of {src} from its extension; use .pkl (MMSA pickle) or .csv "
-                            f"(MMSA label.csv), or name the format.")
-    if fmt == "mmsa-pkl":
-        return import_mmsa_pickle(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
-    if fmt == "label-csv":
-        return import_label_csv(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
-    raise KebrError(f"Unknown import format {fmt!r}; use auto, mmsa-pkl or label-csv.")
+    return importer_for(src, fmt).run(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
 
 
 # ── merge ───────────────────────────────────────────────────────────────────────────────────────
