@@ -20,6 +20,7 @@ from kebr_cli.app import (
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import results_table
 from kebr_cli.threads import Threads, using_threads
+from kebr_core.data.catalog import DATASET_HELP
 from kebr_core import runs
 from kebr_core.config import DEFAULT_MAX_PARAMETERS, DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
@@ -277,7 +278,7 @@ def pretrain(
 @app.command("eval")
 def eval_(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="The pretraining checkpoint (RUN/final, or a pretraining run directory); none = fine-tune the plain encoder (ablation C2)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", hidden=True, help="Old name of --pretrained."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kebr_core.data.labels import check_labels
+from kebr_core.data.labels import LABEL_RANGE, check_labels
 from kebr_core.data.mmsa_checks import (NDARRAY_NAME, BoundedReader, DeclaredSizeError, check_split_content,
                                         checked_reconstruct, declared_size_message, plain)
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
@@ -157,12 +157,13 @@ def _sample_frames(frames: np.ndarray, i: int, length: int | None) -> tuple[np.n
 
 def import_mmsa_pickle(
     src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False,
-    clip_labels: bool = False,
+    clip_labels: bool = False, label_range: tuple[float, float] = LABEL_RANGE,
 ) -> dict[str, Any]:
     """Import an MMSA processed pickle into a new store at `out`.
 
     The pickle is read without running code from it (`load_data_pickle`). ±inf labels are refused;
-    labels outside [-3, 3] are counted (and clipped with `clip_labels`).
+    labels outside `label_range` (the dataset's, `catalog.Dataset`; default [-3, 3]) are counted (and
+    clipped with `clip_labels`).
     Returns {"path", "samples", "splits": {split: n}, "audio_dim", "vision_dim", "lengths": "given" |
     "nonzero frames", "nonfinite_replaced", "labels_outside_range", "labels_clipped"}.
     """
@@ -194,7 +195,8 @@ def import_mmsa_pickle(
                             f"sample, shaped ({n},) or ({n}, 1).")
         labels = arrays["regression_labels"].astype(np.float64).reshape(n)
         arrays["regression_labels"], n_out = check_labels(
-            labels, [_str(i) for i in arrays["id"].tolist()], f"MMSA pickle {src} ({split})", clip=clip_labels)
+            labels, [_str(i) for i in arrays["id"].tolist()], f"MMSA pickle {src} ({split})", clip=clip_labels,
+            label_range=label_range)
         outside += n_out
     has_lengths = all("audio_lengths" in a and "vision_lengths" in a for a in splits.values())
     total = sum(len(a["id"]) for a in splits.values())
@@ -269,16 +271,16 @@ def read_label_csv(src: str | Path) -> list[Sample]:
 
 def import_label_csv(
     src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False,
-    clip_labels: bool = False,
+    clip_labels: bool = False, label_range: tuple[float, float] = LABEL_RANGE,
 ) -> dict[str, Any]:
-    """Import an MMSA label.csv as a text-only store. ±inf labels are refused; labels outside [-3, 3]
-    are counted (and clipped with `clip_labels`).
+    """Import an MMSA label.csv as a text-only store. ±inf labels are refused; labels outside `label_range`
+    (default [-3, 3]) are counted (and clipped with `clip_labels`).
 
     Returns {"path", "samples", "splits", "labels_outside_range", "labels_clipped"}."""
     src, progress = Path(src), progress or _no_progress
     samples = read_label_csv(src)
     labels, outside = check_labels(np.array([s.label for s in samples]), [s.id for s in samples], f"Label file {src}",
-                                   clip=clip_labels)
+                                   clip=clip_labels, label_range=label_range)
     for sample, label in zip(samples, labels.tolist()):
         sample.label = label
     counts = {s: 0 for s in MMSA_SPLITS}
