@@ -335,8 +335,7 @@ def import_file(
     src: str | Path, out: str | Path, *, fmt: str = AUTO, progress: ProgressFn | None = None,
     overwrite: bool = False, clip_labels: bool = False,
 ) -> dict[str, Any]:
-    """Import by format: a key of `IMPORTERS` ("mmsa-pkl", "label-csv"), or "auto" (by extension: .pkl/.pickle,
-    .csv)."""
+    """Import by format: a key of `IMPORTERS` ("mmsa-pkl", "label-csv"), or "auto" (by extension, `importer_for`)."""
     src = Path(src)
     return importer_for(src, fmt).run(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
 
