@@ -22,12 +22,12 @@ from kebr_core.io import atomic_output, check_output, check_replaceable, json_wi
 
 AudioFeatures = choices("AudioFeatures", *FEATURE_SETS)
 Vision = choices("Vision", *VISION_BACKENDS)
+ASR = choices("ASR", "pocketsphinx", "whisper", "none")
 
 
 def described(table: dict[str, str]) -> str:
     """'a (what a is), b (what b is) or c': an option's choices with their descriptions, for its help."""
     return or_list(f"{name} ({what})" if what else name for name, what in table.items())
-ASR = choices("ASR", "pocketsphinx", "whisper", "none")
 
 
 def parse_shard(value: Optional[str], option: str = "--shard") -> tuple[int, int] | None:
