@@ -14,14 +14,15 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import (
-    DEVICE_METAVAR, MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, Reporter, Verbosity, app, console,
-    is_main_process, launch_wanted, number, one_store, relaunch_distributed, renamed, resume_command, user_errors,
+    DEVICE_METAVAR, Verbosity, app, console, is_main_process, number, one_store, renamed, resume_command, user_errors,
 )
+from kebr_cli.launcher import MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, launch_wanted, relaunch_distributed
+from kebr_cli.reporter import Reporter
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import results_table
 from kebr_cli.threads import Threads, using_threads
 from kebr_core.data.catalog import DATASET_HELP
-from kebr_core import runs
+from kebr_core import results_files, runs
 from kebr_core.config import DEFAULT_MAX_PARAMETERS, DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
@@ -361,8 +362,8 @@ def eval_(
                               f"{out}{waiting}. When every shard has finished: "
                               f"{resume_command('--collect', drop=('--seed-shard',))}", to_stdout=not as_json)
                 return
-            runs.update_results_table(table_path, [runs.ResultsRow(name, dataset, out, cfg.train.seeds, result.summary,
-                                                                   inputs=inputs)])
+            results_files.update_results_table(table_path, [results_files.ResultsRow(name, dataset, out, cfg.train.seeds, result.summary,
+                                                                                     inputs=inputs)])
             rows = {name: result.summary} | {f"{name}, {removed}": summary for removed, summary in result.probe.items()}
             report.result(results_table(caption, rows, list(cfg.train.seeds), width=console.width, std=std),
                           to_stdout=not as_json)
@@ -386,7 +387,7 @@ def _report_nested(report: Reporter, nested, dataset: str, seed_shard: Optional[
         return
     seeds = nested.per_pretraining[0].seeds
     table_path = results_table_path or out.parent / runs.RESULTS_TABLE
-    runs.update_results_table(table_path, [runs.ResultsRow(name, dataset, out, seeds, nested.summary, inputs=inputs)])
+    results_files.update_results_table(table_path, [results_files.ResultsRow(name, dataset, out, seeds, nested.summary, inputs=inputs)])
     report.result(results_table(caption, {name: nested.summary}, seeds,
                                 width=console.width, std=std, pretrain_seeds=nested.pretrain_seeds), to_stdout=not as_json)
     report.result(f"results: [bold]{out / runs.RESULTS_JSON}[/] (every run), {out}/pseed-S/ (each pretraining's); "

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, choices, user_errors
+from kebr_cli.app import DEVICE_METAVAR, Verbosity, app, choices, user_errors
+from kebr_cli.reporter import Reporter
 from kebr_cli.threads import Threads, using_threads
 from kebr_cli.train import (
     BatchSize, ConfigFile, Force, Preset, PrintConfig, ReportTo, Set, TextModel, check_run_dir, command_config,

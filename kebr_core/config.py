@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from kebr_core.errors import KebrError
+from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.strict import decimal_integer, decimal_number, read_settings_data
 
 # The embedded default text encoder: all-MiniLM-L6-v2 shipped inside the PyPI package
@@ -146,7 +147,7 @@ class TrainConfig:
     # where per-epoch metrics go besides metrics.csv (`kebr_core.metric_logger`; operational: not the run's identity)
     report_to: list[str] = field(default_factory=list)
     # the largest model built, in parameters counted from the configuration before any weight is allocated
-    # (`kebr_core.model_size`); operational (runs.OPERATIONAL_KEYS): raising it does not change a run
+    # (`kebr_core.model_size`); operational (run_identity.OPERATIONAL_KEYS): raising it does not change a run
     max_parameters: int = DEFAULT_MAX_PARAMETERS
 
     def __post_init__(self) -> None:
@@ -168,13 +169,6 @@ def _at_least(n: int, most: int | None = None):
     return lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= n and (most is None or x <= most)
 
 
-def _mcc_choices(name: str) -> tuple[str, ...]:
-    """`kebr_core.modules.mcc`'s FORMS or ALIGNS (imported when a value is checked: that module imports this one)."""
-    from kebr_core.modules import mcc
-
-    return getattr(mcc, name)
-
-
 def _one_of(*choices: str):
     return lambda x: x in choices
 
@@ -186,8 +180,8 @@ _RULES: dict[tuple[str, str], tuple[Any, str]] = {
                    "lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine"),
     ("mcc", "s"): (_positive, "be a positive number"),
     ("mcc", "weight"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0 turns MCC off)"),
-    ("mcc", "form"): (lambda x: x in _mcc_choices("FORMS"), lambda: "be one of " + ", ".join(_mcc_choices("FORMS"))),
-    ("mcc", "align"): (lambda x: x in _mcc_choices("ALIGNS"), lambda: "be one of " + ", ".join(_mcc_choices("ALIGNS"))),
+    ("mcc", "form"): (lambda x: x in FORMS, "be one of " + ", ".join(FORMS)),
+    ("mcc", "align"): (lambda x: x in ALIGNS, "be one of " + ", ".join(ALIGNS)),
     ("model", "text_model"): (lambda x: isinstance(x, str) and x.strip() != "", "name a text encoder"),
     ("model", "ffn"): (_one_of("mlp", "linear"), "be one of mlp, linear"),
     ("model", "fusion"): (_one_of("tcmf", "late", "symmetric"), "be one of tcmf, late, symmetric"),
@@ -240,8 +234,7 @@ def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = No
         _check_type(label, value, _field_types(type(obj))[f.name])
         rule = _RULES.get((section, f.name))
         if rule is not None and not rule[0](value):
-            wanted = rule[1]() if callable(rule[1]) else rule[1]
-            raise KebrError(f"{label} must {wanted}, not {_show(value)}.")
+            raise KebrError(f"{label} must {rule[1]}, not {_show(value)}.")
 
 
 def _show(value: Any) -> str:

@@ -56,6 +56,11 @@ VALIDATION: tuple[EpochMetric, ...] = (
 # The modality balance (`run_readers.balance_table`): the training columns that describe MCC's geometry.
 BALANCE: tuple[str, ...] = ("cos_a", "cos_v", "abs_dtheta")
 
+# The per-batch sums an epoch's training metrics are made from (`training.balance_sums`, `training.epoch_row`;
+# a mid-epoch checkpoint saves them, `resume.EpochPosition`), in order: Σ|pred − y|, the sample count, Σf_i,
+# Σc_a, Σc_v, Σ|θ_a − θ_v| over the samples MCC is defined on, and their count.
+BALANCE_SUMS: tuple[str, ...] = ("abs_err", "samples", "mcc", "cos_a", "cos_v", "abs_dtheta", "mcc_samples")
+
 TRAINING_NAMES: tuple[str, ...] = tuple(m.name for m in TRAINING)
 VALIDATION_NAMES: tuple[str, ...] = tuple(m.name for m in VALIDATION)
 

@@ -7,7 +7,7 @@ after `step` steps of epoch `epoch` adds to the trainer state, so that resuming 
 
     step      the steps done in the epoch: the sampler (`distributed.EpochBatches`, a function of
               (seed, epoch)) skips that many batches (`SkipBatches`), and `EpochBatches.weights` counts on
-    sums      (7 + S,) the epoch's partial `balance_sums` (`training.BALANCE_SUMS`) and its per-step
+    sums      (7 + S,) the epoch's partial `balance_sums` (`epoch_metrics.BALANCE_SUMS`) and its per-step
               non-finite flags, so the epoch's metrics row is the uninterrupted one
     rng       the random streams after that step (torch CPU and CUDA, NumPy, Python), per rank
 
@@ -36,7 +36,7 @@ from torch.utils.data import Sampler
 
 from kebr_core.distributed import all_reduce_sum
 from kebr_core.errors import KebrError
-from kebr_core.training import BALANCE_SUMS
+from kebr_core.epoch_metrics import BALANCE_SUMS
 
 T = TypeVar("T")
 
@@ -155,7 +155,7 @@ class StepCheckpoints:
     """When a pretraining run writes a mid-epoch checkpoint: after every `every_steps` steps, after
     `every_minutes` minutes since the last checkpoint, and (one process) when interrupted.
 
-    save(position) writes it (`runs.save_resume_checkpoint` with step > 0; rank 0). `info`: the DistInfo."""
+    save(position) writes it (`checkpoints.save_resume_checkpoint` with step > 0; rank 0). `info`: the DistInfo."""
 
     def __init__(self, every_steps: int, every_minutes: float, save: Callable[[EpochPosition], None], info):
         self.every_steps, self.every_seconds, self.save, self.info = every_steps, every_minutes * 60, save, info

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from kebr_core.config import RunConfig
-from kebr_core.epoch_metrics import EPOCH, SECONDS, TRAINING_NAMES
+from kebr_core.epoch_metrics import BALANCE_SUMS, EPOCH, SECONDS, TRAINING_NAMES
 from kebr_core.errors import KebrError
 from kebr_core.model import encoder_attention_mask
 from kebr_core.threads import usable_cpus  # the CPUs this process may use (its affinity), one home with --threads
@@ -236,11 +236,6 @@ def check_finite(bad_steps: Tensor, epoch: int) -> None:
             f"The loss became NaN or infinite at epoch {epoch}, batch {bad[0]} ({len(bad)} of the epoch's "
             f"{len(bad_steps)} batches): lower the learning rate or check the input features for NaN/inf values."
         )
-
-
-# The per-batch sums an epoch's metrics row is made from (`balance_sums`, `epoch_row`), in order: Σ|pred − y|,
-# the sample count, Σf_i, Σc_a, Σc_v, Σ|θ_a − θ_v| over the samples MCC is defined on, and their count.
-BALANCE_SUMS = ("abs_err", "samples", "mcc", "cos_a", "cos_v", "abs_dtheta", "mcc_samples")
 
 
 def balance_sums(abs_err: Tensor, mcc, weight: Tensor | None = None) -> Tensor:

@@ -14,7 +14,8 @@ from kebr_core.epoch_metrics import FINETUNE_COLUMNS, PRETRAIN_COLUMNS
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.run_readers import eval_curves, pretrain_curves
-from kebr_core.training import BALANCE_SUMS, epoch_row
+from kebr_core.epoch_metrics import BALANCE_SUMS
+from kebr_core.training import epoch_row
 from tests.test_recipes import small_cfg
 
 
