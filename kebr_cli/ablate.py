@@ -24,6 +24,7 @@ from kebr_cli.train import (
     Shared, TextCacheDir, TextCacheDtype, TextCacheMode, TextModel, check_choice, check_run_dir, given_options,
     ReportTo, print_config, seeds_option, store_if_present, trained_config, was_typed,
 )
+from kebr_core.data.catalog import DATASET_HELP
 from kebr_core import results_files, runs
 from kebr_core.metric_logger import require as require_reporters
 from kebr_core.config import parse_seeds, resolve_config
@@ -45,7 +46,7 @@ def _floats(text: str, option: str) -> list[float]:
 @app.command()
 def ablate(
     ctx: typer.Context,
-    dataset: str = typer.Option("synth", "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
+    dataset: str = typer.Option("synth", "--dataset", "-d", help=DATASET_HELP),
     pretrain_store: Optional[Path] = typer.Option(None, "--pretrain-store", "-p", help="Store to pretrain on (default: the dataset); as in kebr pretrain, its test split is left out (labels unused)."),
     pretrain_on_test: bool = PretrainOnTest,
     pretrain_seeds: Optional[str] = typer.Option(None, "--pretrain-seeds", callback=seeds_option, help="Pretraining seeds per configuration: a count (3 = 0..2) or a list; each pretraining is fine-tuned over --seeds (P x F runs), and with 2 or more the table gains paired differences vs C1 (default: one, --set train.seed)."),

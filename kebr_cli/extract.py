@@ -13,8 +13,10 @@ from kebr_cli.app import app, choices, console, fail, number, renamed, user_erro
 from kebr_cli.reporter import Reporter
 from kebr_cli.tables import counts_table
 from kebr_core.data.labels import outside_range_warning
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, or_list
+from kebr_core.extract.audio import FEATURE_SETS
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S, MAX_FPS
+from kebr_core.extract.vision import VISION_BACKENDS
 from kebr_core.shards import check_part
 from kebr_core.strict import decimal_integer
 from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
@@ -23,9 +25,14 @@ if TYPE_CHECKING:
     from kebr_core.extract.video import Decoded
 
 
-AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
-Vision = choices("Vision", "mediapipe", "openface-csv", "none")
+AudioFeatures = choices("AudioFeatures", *FEATURE_SETS)
+Vision = choices("Vision", *VISION_BACKENDS)
 ASR = choices("ASR", "pocketsphinx", "whisper", "none")
+
+
+def described(table: dict[str, str]) -> str:
+    """'a (what a is), b (what b is) or c': an option's choices with their descriptions, for its help."""
+    return or_list(f"{name} ({what})" if what else name for name, what in table.items())
 
 
 def parse_shard(value: Optional[str], option: str = "--shard") -> tuple[int, int] | None:
@@ -75,8 +82,8 @@ def extract(
     root: Optional[Path] = typer.Option(
         None, "--root", help="With --manifest: the clips' root (default: INPUTS, else Raw/ beside the manifest, else its folder).",
     ),
-    audio_features: AudioFeatures = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
-    vision: Vision = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
+    audio_features: AudioFeatures = typer.Option("kebr33", "--audio-features", help=described({n: fs.summary for n, fs in FEATURE_SETS.items()}) + "."),
+    vision: Vision = typer.Option("mediapipe", "--vision", help=described(VISION_BACKENDS) + "."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
     fps: float = typer.Option(10.0, "--fps", parser=number(0, MAX_FPS, low_open=True), help=f"Vision frames per second (at most {MAX_FPS:g})."),
     max_duration: float = typer.Option(DEFAULT_MAX_DURATION_S, "--max-duration", parser=number(0, low_open=True), metavar="SECONDS", help="Decode at most this many seconds of each video (of its decoded pictures and audio, whatever its header says); a longer one fails with its reason."),

@@ -21,11 +21,13 @@ from kebr_cli.reporter import Reporter
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import results_table
 from kebr_cli.threads import Threads, using_threads
+from kebr_core.data.catalog import DATASET_HELP
 from kebr_core import results_files, runs
 from kebr_core.config import DEFAULT_MAX_PARAMETERS, DEFAULT_TEXT_MODEL, RunConfig, parse_seeds, resolve_config
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
 from kebr_core.metric_logger import require as require_reporters
+from kebr_core.epoch_metrics import TRAINING_NAMES
 from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.row_names import inputs_caption, row_name, store_inputs
 
@@ -253,7 +255,7 @@ def pretrain(
             if not is_main_process():
                 return
             several = len(results) > 1
-            columns = ("loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
+            columns = TRAINING_NAMES  # the per-epoch schema's training metrics
             table = Table(title=f"pretraining: {results[0].epochs_done} epochs (last epoch's means)")
             if several:
                 table.add_column("seed", justify="right")
@@ -277,7 +279,7 @@ def pretrain(
 @app.command("eval")
 def eval_(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="The pretraining checkpoint (RUN/final, or a pretraining run directory); none = fine-tune the plain encoder (ablation C2)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", hidden=True, help="Old name of --pretrained."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run directory (results.json, results.csv, per-seed files)."),

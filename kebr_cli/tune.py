@@ -16,6 +16,7 @@ from kebr_cli.train import (
     BatchSize, ConfigFile, Force, Preset, PrintConfig, ReportTo, Set, TextModel, check_run_dir, command_config,
     print_config, seeds_option, store_if_present, trained_config,
 )
+from kebr_core.data.catalog import DATASET_HELP
 from kebr_core import runs
 from kebr_core.metric_logger import require as require_reporters
 from kebr_core.recipes.tune import METRICS, SAMPLERS, TUNE_STAGES
@@ -46,7 +47,7 @@ def trial_line(record, best, done: int, total: int, metric: str) -> str:
 @app.command()
 def tune(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="The pretraining checkpoint every trial fine-tunes from (RUN/final or a pretraining run); none = the plain encoder."),
     out: Path = typer.Option(Path("runs/tune"), "--out", "-o", help="Run directory (config.json, tune.db, trials.csv, best.toml, tune.json)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),

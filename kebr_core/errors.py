@@ -69,3 +69,9 @@ def native_write_error(error: BaseException) -> str | None:
     if any(marker in text for marker in ("PytorchStreamWriter", "inline_container.cc", "basic_ios")):
         return "writing a checkpoint failed (is the disk full or read-only?); free some space or write elsewhere."
     return None
+
+
+def or_list(words) -> str:
+    """Choices as a sentence lists them: ['a', 'b', 'c'] → 'a, b or c' (the registries' errors and help)."""
+    words = list(words)
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)

@@ -8,7 +8,7 @@ config.json), `checkpoints` (model folders and resume checkpoints, written crash
 A pretraining run:
 
     config.json                 the resolved RunConfig + "stage", "store", "data" (the store's fingerprint)
-    metrics.csv                 one row per epoch (columns: `PRETRAIN_COLUMNS`)
+    metrics.csv                 one row per epoch (columns: `epoch_metrics.PRETRAIN_COLUMNS`)
     checkpoints/epoch-NNNN/     model.safetensors + config.json + trainer.pt (optimizer state, epoch)
     checkpoints/latest          the name of the newest complete epoch-NNNN folder (what --resume loads)
     final/                      model.safetensors + config.json (what `kebr eval -c` loads)
@@ -88,13 +88,6 @@ TRIALS_DIR = "trials"  # trials/trial-NNNN/metrics.csv (and pretrain/ with --sta
 BEST_EVAL = "best-eval"  # evaluation runs of the finalisation: the best configuration …
 BASE_EVAL = "base-eval"  # … and the base configuration, over the same seeds
 TENSORBOARD = "tensorboard"  # TensorBoard events beside a metrics.csv, and a run's hparams (`kebr_core.metric_logger`)
-
-# ── metrics.csv columns (`training.epoch_row` writes them) ──
-PRETRAIN_COLUMNS = ("epoch", "loss", "task_l1", "mcc", "cos_a", "cos_v", "abs_dtheta")
-EVAL_COLUMNS = (
-    "epoch", "train_loss", "train_task_l1", "train_mcc", "train_cos_a", "train_cos_v", "train_abs_dtheta",
-    "valid_mae", "valid_corr", "valid_acc2_non0",
-)
 
 # What a run directory's own files are: `force` removes these and nothing else.
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,

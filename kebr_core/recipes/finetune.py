@@ -57,6 +57,7 @@ from kebr_core.distributed import (
     DistInfo, barrier, check_nodes_agree, data_parallel, gather_predictions, init_distributed, on_main, rank_slice,
     refuse_unsupported,
 )
+from kebr_core.epoch_metrics import validation_columns
 from kebr_core.errors import KebrError
 from kebr_core.model_size import check_model_size
 from kebr_core.io import atomic_write_text, open_for_writing
@@ -405,7 +406,7 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
         sched.step()
         pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device, info, loaders=loaders)
         valid = msa_metrics(pred, label)
-        row |= {"valid_mae": valid["mae"], "valid_corr": valid["corr"], "valid_acc2_non0": valid["acc2_non0"]}
+        row |= validation_columns(valid)
         if log is not None:
             log.log_dict(row, epoch)
         progress(f"seed {seed}", epoch, cfg.train.epochs, row)

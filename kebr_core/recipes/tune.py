@@ -52,6 +52,7 @@ from kebr_core.io import atomic_write_text
 from kebr_core.config import RunConfig, config_toml
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo
+from kebr_core.epoch_metrics import VALID_PREFIX, VALIDATION
 from kebr_core.errors import KebrError
 from kebr_core.metric_logger import require
 from kebr_core.metrics import split_summary
@@ -71,7 +72,7 @@ from kebr_core.training import NonFiniteLoss, ProgressFn, no_progress, resolve_d
 SAMPLERS = ("tpe", "random", "grid")
 TUNE_STAGES = ("finetune", "both")
 # The validation metrics a search can select on (metrics.csv's valid_ columns) and their direction.
-METRICS = {"mae": "minimize", "corr": "maximize", "acc2_non0": "maximize"}
+METRICS = {metric.name: metric.direction for metric in VALIDATION}
 STUDY_NAME = "kebr"
 IDENTITY_ATTR = "kebr_identity"
 # What a fine-tuning checkpoint fixes: `apply_checkpoint_config` takes these model fields from it.
@@ -332,7 +333,7 @@ def _search(study, store, store_path, split_index, base, space, options, run_dir
         values: list[float] = []
 
         def on_epoch(epoch: int, row: dict[str, float]) -> bool:
-            value = float(row[f"valid_{options.metric}"])
+            value = float(row[VALID_PREFIX + options.metric])
             values.append(value)
             trial.set_user_attr("epochs_run", epoch)
             trial.report(value, epoch)
