@@ -65,7 +65,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from kebr_core import checkpoint_files, results_files
-from kebr_core.config import RunConfig
+from kebr_core.config import RunConfig, operational_keys
 from kebr_core.errors import KebrError
 from kebr_core.io import foreign_files, open_for_writing, refuse_foreign, refuse_links
 from kebr_core.own_files import refuse_link_on_the_way, remove_written, remove_written_or_refuse, write_record
@@ -118,10 +118,6 @@ EVAL_COLUMNS = (
     "valid_mae", "valid_corr", "valid_acc2_non0",
 )
 
-# Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
-OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints",
-                              "train.report_to", "train.max_parameters", "train.checkpoint_every_steps",
-                              "train.checkpoint_every_minutes", "train.text_cache", "train.text_cache_dir"})
 # What a run directory's own files are: `force` removes these and nothing else.
 _OWN_FILES = (CONFIG, METRICS, RESULTS_JSON, RESULTS_CSV, ABLATION_JSON, LOG, LOCK, TUNE_DB, TUNE_JSON, TRIALS_CSV,
               BEST_TOML)
@@ -248,7 +244,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     """The dotted keys whose values differ, as 'key (old → new)', operational keys left out."""
     a, b = flatten(old), flatten(new)
-    skip = OPERATIONAL_KEYS | set(ignore)
+    skip = operational_keys() | set(ignore)  # declared per field in kebr_core.config
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in skip or a.get(key) == b.get(key):
@@ -367,7 +363,7 @@ def prepare_run_dir(run_dir: Path, identity: Mapping[str, Any], *, resume: bool,
       (someone else's files): refused, naming them, also with `force` (`check_run_files`);
     - empty or new folder, or one holding only other files (left alone): start;
     - `force`: remove the run's own files, start afresh;
-    - another run there (a differing key outside OPERATIONAL_KEYS and `may_differ`): refused, naming the keys;
+    - another run there (a differing key outside `config.operational_keys()` and `may_differ`): refused, naming the keys;
     - the same run, `resume`: continue; the same run without `resume` after it trained: refused (--resume).
     """
     run_dir = Path(run_dir)
