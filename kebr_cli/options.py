@@ -27,7 +27,7 @@ import typer
 
 from kebr_cli.app import number, renamed
 from kebr_core.config import (
-    COMMAND_STAGES, Option, RunConfig, choices_of, declared_fields, field_type, parse_seeds, resolve_config,
+    COMMAND_STAGES, STAGES, Declared, Option, RunConfig, declared_fields, parse_seeds, resolve_config,
 )
 from kebr_core.errors import KebrError
 
@@ -59,10 +59,9 @@ def seeds_option(param: typer.CallbackParam, text: Optional[str]) -> Optional[st
 # ───────────────────────── options generated from the declaration ─────────────────────────
 
 
-def setting_options(command: str) -> dict[str, tuple[str, Option]]:
-    """{parameter name: (dotted key, Option)} of every declared option that appears in `command`."""
-    return {opt.name: (key, opt) for key, f in declared_fields() for opt in f.metadata.get("options", ())
-            if command in opt.commands}
+def setting_options(command: str) -> dict[str, tuple[Declared, Option]]:
+    """{parameter name: (the setting, its Option)} of every declared option that appears in `command`."""
+    return {opt.name: (d, opt) for d in declared_fields() for opt in d.options if command in opt.commands}
 
 
 def _shown(value: Any) -> str:
@@ -78,11 +77,13 @@ def _seeds_text(seeds: list[int]) -> str:
     return str(len(seeds)) if seeds == list(range(len(seeds))) else ",".join(map(str, seeds))
 
 
-def setting_parameter(key: str, opt: Option, command: str) -> inspect.Parameter:
-    """The Typer option of one declared `Option` in `command`, as a keyword parameter of its signature."""
-    section, name = key.split(".")
+def setting_parameter(setting: Declared, opt: Option, command: str,
+                      stage_defaults: dict[str, RunConfig]) -> inspect.Parameter:
+    """The Typer option of one declared `Option` in `command`, as a keyword parameter of its signature;
+    `stage_defaults`: `RunConfig.for_stage` of each stage."""
+    section, name = setting.key.split(".")
     stage = COMMAND_STAGES.get(command) or opt.stage or "finetune"
-    default = getattr(getattr(RunConfig.for_stage(stage), section), name)
+    default = getattr(getattr(stage_defaults[stage], section), name)
     text = opt.help_for(command)
     extra: dict[str, Any] = {}
     if opt.renames:
@@ -91,7 +92,7 @@ def setting_parameter(key: str, opt: Option, command: str) -> inspect.Parameter:
         text, default = text.replace("{default}", _shown(default)), None
     elif opt.invert:
         default = not default
-    tp = field_type(key)
+    tp = setting.type
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     annotation: Any = tp
@@ -102,7 +103,7 @@ def setting_parameter(key: str, opt: Option, command: str) -> inspect.Parameter:
         annotation, default = list[str], [] if default is None else list(default)
     elif typing.get_origin(tp) is Literal:
         annotation = str
-    choices = choices_of(key)
+    choices = setting.choices
     if opt.metavar or choices:
         extra["metavar"] = opt.metavar or "|".join(choices)
     if annotation is int:
@@ -121,8 +122,8 @@ def setting_parameter(key: str, opt: Option, command: str) -> inspect.Parameter:
 def setting_option(key: str, command: str) -> Any:
     """The Typer option (an OptionInfo) of setting `key` in `command`, for a command that writes its
     signature by hand (kebr predict's --max-parameters)."""
-    opt = next(opt for k, opt in setting_options(command).values() if k == key)
-    return setting_parameter(key, opt, command).default
+    setting, opt = next(v for v in setting_options(command).values() if v[0].key == key)
+    return setting_parameter(setting, opt, command, {s: RunConfig.for_stage(s) for s in STAGES}).default
 
 
 _DECORATED: list[Callable] = []
@@ -145,7 +146,9 @@ def with_settings(command: str, order: str) -> Callable[[Callable], Callable]:
 
 def _set_signature(func: Callable) -> None:
     command, order, own = func.__kebr_settings__  # type: ignore[attr-defined]
-    generated = [setting_parameter(key, opt, command) for key, opt in setting_options(command).values()]
+    stage_defaults = {stage: RunConfig.for_stage(stage) for stage in STAGES}
+    generated = [setting_parameter(setting, opt, command, stage_defaults)
+                 for setting, opt in setting_options(command).values()]
     rank = {name: i for i, name in enumerate(order)}
     unlisted = [p.name for p in own if p.name not in rank]
     if unlisted:
@@ -182,16 +185,16 @@ def given_options(ctx: typer.Context, stage: Optional[str] = None) -> tuple[dict
         name = param.name or ""
         if name not in declared or not was_typed(ctx, name):
             continue
-        key, opt = declared[name]
+        setting, opt = declared[name]
         if both_stages and stage is not None and opt.stage not in (None, stage):
             continue
         value = ctx.params[name]
         if opt.invert:
             value = not value
-        elif typing.get_args(field_type(key)) == (int,):  # a list of seeds, typed as a count or a list
+        elif typing.get_args(setting.type) == (int,):  # a list of seeds, typed as a count or a list
             value = parse_seeds(value, opt.flags)
-        values[key] = value
-        labels[key] = param.opts[0]
+        values[setting.key] = value
+        labels[setting.key] = param.opts[0]
     return values, labels
 
 

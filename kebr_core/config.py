@@ -20,6 +20,7 @@ per default) and the configuration's file forms (reading JSON/TOML, `config_toml
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -335,17 +336,32 @@ def section_classes() -> dict[str, type]:
     return {s: type(getattr(cfg, s)) for s in SECTIONS}
 
 
-def declared_fields() -> list[tuple[str, dataclasses.Field]]:
-    """Every setting as (dotted key, its field), in declaration order: what --help, --set, --config,
-    --print-config and the run identity are made of."""
-    return [(f"{s}.{f.name}", f) for s, cls in section_classes().items() for f in dataclasses.fields(cls)]
+@dataclass(frozen=True)
+class Declared:
+    """One declared setting: its dotted key, its section's class and its field (default, metadata)."""
+
+    key: str
+    cls: type
+    field: dataclasses.Field
+
+    @property
+    def type(self) -> Any:
+        return _field_types(self.cls)[self.field.name]
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The values it may take when they are a list (its `choices`, or its Literal type's), else None."""
+        return _choices(self.cls, self.field)
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        return self.field.metadata.get("options", ())
 
 
-def choices_of(key: str) -> tuple[str, ...] | None:
-    """The values a setting may take when they are a list (its `choices`, or its Literal type's), else None."""
-    section, name = _split_key(key, "the configuration")
-    cls = section_classes()[section]
-    return _choices(cls, next(f for f in dataclasses.fields(cls) if f.name == name))
+def declared_fields() -> list[Declared]:
+    """Every setting, in declaration order: what --help, --set, --config, --print-config and the run
+    identity are made of."""
+    return [Declared(f"{s}.{f.name}", cls, f) for s, cls in section_classes().items() for f in dataclasses.fields(cls)]
 
 
 def _choices(cls: type, f: dataclasses.Field) -> tuple[str, ...] | None:
@@ -359,7 +375,7 @@ def _choices(cls: type, f: dataclasses.Field) -> tuple[str, ...] | None:
 def operational_keys() -> frozenset[str]:
     """Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun
     (`runs.identity_differences` leaves them out)."""
-    return frozenset(key for key, f in declared_fields() if f.metadata.get("operational"))
+    return frozenset(d.key for d in declared_fields() if d.field.metadata.get("operational"))
 
 
 def _rule(cls: type, f: dataclasses.Field) -> Rule | None:
@@ -388,6 +404,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:50]}… ({len(text):,} characters)"  # a crafted value stays one line
 
 
+@functools.lru_cache(maxsize=None)  # a class's hints do not change; every check of every field reads them
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
