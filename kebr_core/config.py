@@ -1,7 +1,9 @@
 """Settings of the model, the MCC loss and training, as dataclasses (docs/design.md §11): the one place
 where defaults live and where every value is checked.
 
-Every knob the CLI exposes lives here, so a run directory's `config.json` fully describes a run.
+Every knob the CLI exposes lives here, so a run directory's `config.json` fully describes a run. Each
+field is declared once (`setting(...)`): default, check, operational or not, and its command-line options
+(`Option`), from which kebr_cli generates the Typer options of the training commands.
 
     cfg = RunConfig.for_stage("pretrain", preset="paper")          # defaults of a stage (+ a preset)
     cfg = resolve_config("finetune", file="runs/eval/config.json",  # defaults < preset < file
@@ -13,8 +15,9 @@ set fields by hand): a bad value is one `KebrError` sentence naming the field (o
 from) and the allowed range. The defaults are smaller than the paper's where its values are impractical
 on a laptop (200 epochs per stage: `preset="paper"`), and say so.
 
-One cohesive module over 400 lines: the settings, their checks, the presets that set them (one home
-per default) and the configuration's file forms (reading JSON/TOML, `config_toml` writing it back).
+One cohesive module over 400 lines: the settings' declaration (with their checks and options), the
+presets that set them (one home per default) and the configuration's file forms (reading JSON/TOML,
+`config_toml` writing it back).
 """
 
 from __future__ import annotations
