@@ -11,10 +11,9 @@ import typer
 from rich import box
 from rich.table import Table
 
-from kebr_cli.app import (
-    MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, Reporter, app, console, is_main_process, launch_wanted,
-    relaunch_distributed, resume_command, user_errors,
-)
+from kebr_cli.app import app, console, is_main_process, resume_command, user_errors
+from kebr_cli.launcher import MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, launch_wanted, relaunch_distributed
+from kebr_cli.reporter import Reporter
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
 from kebr_cli.threads import Threads, using_threads
@@ -23,7 +22,7 @@ from kebr_cli.options import (
     renamed_settings, seeds_option, with_settings,
 )
 from kebr_cli.train import check_choice, check_run_dir, print_config, store_if_present, trained_config
-from kebr_core import runs
+from kebr_core import results_files, runs
 from kebr_core.metric_logger import require as require_reporters
 from kebr_core.config import parse_seeds
 from kebr_core.errors import KebrError
@@ -152,10 +151,10 @@ def ablate(
                 return
             if not is_main_process():  # rank 0 of a DDP job wrote the files; it alone reports
                 return
-            runs.update_results_table(table_path, [
-                runs.ResultsRow(f"{name}: {r['name']}" if name else f"{r['name']} ({dataset_name(dataset)})", dataset,
-                                out / r["eval_dir"], result.seeds,
-                                {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
+            results_files.update_results_table(table_path, [
+                results_files.ResultsRow(f"{name}: {r['name']}" if name else f"{r['name']} ({dataset_name(dataset)})", dataset,
+                                         out / r["eval_dir"], result.seeds,
+                                         {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
                 for r in result.rows if r["mean"]
             ])
             report.result(ablation_table(result.rows, list(result.seeds), width=console.width, std=std,

@@ -9,7 +9,8 @@ from typing import Any, Callable, Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, app, choices, console, number, one_store, user_errors
+from kebr_cli.app import app, choices, console, number, one_store, user_errors
+from kebr_cli.reporter import Reporter
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
 from kebr_core.strict import decimal_integer

@@ -9,11 +9,13 @@ from typing import Optional
 
 import typer
 
-from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed, user_errors
+from kebr_cli.app import app, choices, console, fail, number, renamed, user_errors
+from kebr_cli.reporter import Reporter
 from kebr_cli.tables import counts_table
 from kebr_core.data.labels import outside_range_warning
 from kebr_core.errors import KebrError
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S, MAX_FPS
+from kebr_core.shards import check_part
 from kebr_core.strict import decimal_integer
 from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
 
@@ -24,16 +26,16 @@ ASR = choices("ASR", "pocketsphinx", "whisper", "none")
 
 
 def parse_shard(value: Optional[str], option: str = "--shard") -> tuple[int, int] | None:
-    """'i/n' -> (i, n) with 0 <= i < n (`option`: the option's name for the error)."""
+    """'i/n' -> the job's part (i, n), 0 <= i < n (`kebr_core.shards.check_part`; `option`: the option's
+    name for the error)."""
     if value is None:
         return None
     parts = [decimal_integer(part) for part in value.split("/")]
     if len(parts) != 2 or None in parts:
         raise KebrError(f"{option} must look like i/n (e.g. 0/4), not {value!r}")
-    i, n = parts
-    if n < 1 or not 0 <= i < n:
-        raise KebrError(f"{option} {value} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
-    return i, n
+    part = (parts[0], parts[1])
+    check_part(part, option)
+    return part
 
 
 @app.command()

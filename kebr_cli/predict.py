@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, fail, number, renamed, user_errors
+from kebr_cli.app import DEVICE_METAVAR, app, console, fail, number, renamed, user_errors
+from kebr_cli.reporter import Reporter
 from kebr_cli.extract import ASR
 from kebr_cli.options import setting_option
 from kebr_core.errors import KebrError

@@ -15,9 +15,10 @@ import typer
 from rich.table import Table
 
 from kebr_cli.app import (
-    MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, Reporter, Verbosity, app, console, is_main_process,
-    launch_wanted, one_store, relaunch_distributed, renamed, resume_command, user_errors,
+    Verbosity, app, console, is_main_process, one_store, renamed, resume_command, user_errors,
 )
+from kebr_cli.launcher import MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, launch_wanted, relaunch_distributed
+from kebr_cli.reporter import Reporter
 from kebr_cli.extract import parse_shard
 from kebr_cli.options import (
     ConfigFile, DataDir, Force, NProc, Preset, PretrainOnTest, PrintConfig, ResultsTable, Set, Std, command_config,
@@ -25,7 +26,7 @@ from kebr_cli.options import (
 )
 from kebr_cli.tables import results_table
 from kebr_cli.threads import Threads, using_threads
-from kebr_core import runs
+from kebr_core import results_files, runs
 from kebr_core.config import RunConfig, parse_seeds
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
@@ -235,8 +236,8 @@ def eval_(
                               f"{out}{waiting}. When every shard has finished: "
                               f"{resume_command('--collect', drop=('--seed-shard',))}", to_stdout=not as_json)
                 return
-            runs.update_results_table(table_path, [runs.ResultsRow(name, dataset, out, cfg.train.seeds, result.summary,
-                                                                   inputs=inputs)])
+            results_files.update_results_table(table_path, [results_files.ResultsRow(name, dataset, out, cfg.train.seeds, result.summary,
+                                                                                     inputs=inputs)])
             rows = {name: result.summary} | {f"{name}, {removed}": summary for removed, summary in result.probe.items()}
             report.result(results_table(caption, rows, list(cfg.train.seeds), width=console.width, std=std),
                           to_stdout=not as_json)
@@ -260,7 +261,7 @@ def _report_nested(report: Reporter, nested, dataset: str, seed_shard: Optional[
         return
     seeds = nested.per_pretraining[0].seeds
     table_path = results_table_path or out.parent / runs.RESULTS_TABLE
-    runs.update_results_table(table_path, [runs.ResultsRow(name, dataset, out, seeds, nested.summary, inputs=inputs)])
+    results_files.update_results_table(table_path, [results_files.ResultsRow(name, dataset, out, seeds, nested.summary, inputs=inputs)])
     report.result(results_table(caption, {name: nested.summary}, seeds,
                                 width=console.width, std=std, pretrain_seeds=nested.pretrain_seeds), to_stdout=not as_json)
     report.result(f"results: [bold]{out / runs.RESULTS_JSON}[/] (every run), {out}/pseed-S/ (each pretraining's); "

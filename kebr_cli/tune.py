@@ -9,10 +9,11 @@ from typing import Any, Optional
 
 import typer
 
-from kebr_cli.app import Reporter, Verbosity, app, choices, user_errors
+from kebr_cli.app import Verbosity, app, choices, user_errors
 from kebr_cli.options import (
     ConfigFile, DataDir, Force, Preset, PrintConfig, Set, command_config, with_settings,
 )
+from kebr_cli.reporter import Reporter
 from kebr_cli.threads import Threads, using_threads
 from kebr_cli.train import check_run_dir, print_config, store_if_present, trained_config
 from kebr_core import runs

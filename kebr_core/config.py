@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping
 
 from kebr_core.errors import KebrError
+from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.strict import decimal_integer, decimal_number, read_settings_data
 
 # The embedded default text encoder: all-MiniLM-L6-v2 shipped inside the PyPI package
@@ -141,13 +142,6 @@ def _count(most: int) -> Rule:
     return _at_least(1, most), f"be an integer ≥ 1 and ≤ {most:,}"
 
 
-def _mcc_choices(name: str) -> tuple[str, ...]:
-    """`kebr_core.modules.mcc`'s FORMS or ALIGNS (imported when a value is checked: that module imports this one)."""
-    from kebr_core.modules import mcc
-
-    return getattr(mcc, name)
-
-
 POSITIVE: Rule = (_positive, "be a positive number")
 REPORTERS = ("tensorboard",)  # where train.report_to may send metrics (`kebr_core.metric_logger`)
 
@@ -174,10 +168,10 @@ class MCCConfig:
     s: float = setting(1.0, rule=POSITIVE, options=Option("--s", "MCC scaling factor s.", low=0, low_open=True))
     weight: float = setting(1.0, rule=(lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0 turns MCC off)"),
                             options=Option("--lambda-mcc", "Weight λ of the MCC loss (0 turns MCC off, ablation C4).", low=0))
-    form: str = setting("paper", choices=lambda: _mcc_choices("FORMS"), options=Option("--mcc-form", {
+    form: str = setting("paper", choices=FORMS, options=Option("--mcc-form", {
         "*": "MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code), mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5) or balanced (kebr's, not the paper's: (c_a − c*)² + (c_v − c*)², one zero at c_a = c_v = c* = 0.5 − g).",
         "ablate": "MCC form of every configuration outside --compare-forms (default {default})."}))
-    align: str = setting("tile", choices=lambda: _mcc_choices("ALIGNS"), options=(
+    align: str = setting("tile", choices=ALIGNS, options=(
         Option("--mcc-align", {
             "*": "How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).",
             "ablate": "MCC alignment of every configuration outside --compare-aligns (default {default}); a configuration without MCC logs its cosines with it."}),
@@ -382,8 +376,7 @@ def operational_keys() -> frozenset[str]:
 
 
 def _rule(cls: type, f: dataclasses.Field) -> Rule | None:
-    """A field's check: its declared rule, else membership of its choices (read when checked: the MCC forms
-    are imported late, `_mcc_choices`)."""
+    """A field's check: its declared rule, else membership of its choices."""
     declared = f.metadata.get("rule")
     if declared is not None or _choices(cls, f) is None:
         return declared
@@ -398,8 +391,7 @@ def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = No
         _check_type(label, value, _field_types(type(obj))[f.name])
         rule = _rule(type(obj), f)
         if rule is not None and not rule[0](value):
-            wanted = rule[1]() if callable(rule[1]) else rule[1]
-            raise KebrError(f"{label} must {wanted}, not {_show(value)}.")
+            raise KebrError(f"{label} must {rule[1]}, not {_show(value)}.")
 
 
 def _show(value: Any) -> str:

@@ -153,7 +153,7 @@ class StepCheckpoints:
     """When a pretraining run writes a mid-epoch checkpoint: after every `every_steps` steps, after
     `every_minutes` minutes since the last checkpoint, and (one process) when interrupted.
 
-    save(position) writes it (`runs.save_resume_checkpoint` with step > 0; rank 0). `info`: the DistInfo."""
+    save(position) writes it (`checkpoints.save_resume_checkpoint` with step > 0; rank 0). `info`: the DistInfo."""
 
     def __init__(self, every_steps: int, every_minutes: float, save: Callable[[EpochPosition], None], info):
         self.every_steps, self.every_seconds, self.save, self.info = every_steps, every_minutes * 60, save, info

@@ -417,7 +417,7 @@ class SeedGrid:
     pretrain_seeds: tuple[int, ...]  # P entries
     finetune_seeds: tuple[int, ...]  # F entries
     values: dict[str, np.ndarray]  # test metric name -> (P, F)
-    data: dict  # the store fingerprint recorded in config.json (`runs.data_fingerprint`)
+    data: dict  # the store fingerprint recorded in config.json (`run_identity.data_fingerprint`)
     identity: dict  # the resolved configuration, for naming what differs between grids
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from kebr_cli import options
 from kebr_cli.main import app
-from kebr_core import config, runs
+from kebr_core import config, run_identity
 from kebr_core.config import Option, RunConfig, operational_keys, setting
 
 runner = CliRunner()
@@ -78,8 +78,8 @@ def test_an_added_setting_changes_the_run_identity_unless_operational(added_sett
     operational = added_setting
     a, b = RunConfig(), RunConfig()
     b.set_values({"train.warmup_ratio": 0.5})
-    differences = runs.identity_differences(runs.run_identity(a, "finetune", {"store": "x.h5"}),
-                                            runs.run_identity(b, "finetune", {"store": "x.h5"}))
+    differences = run_identity.identity_differences(run_identity.run_identity(a, "finetune", {"store": "x.h5"}),
+                                                    run_identity.run_identity(b, "finetune", {"store": "x.h5"}))
     assert differences == ([] if operational else ["train.warmup_ratio (0.25 → 0.5)"])
     assert ("train.warmup_ratio" in operational_keys()) is operational
 

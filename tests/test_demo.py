@@ -28,7 +28,7 @@ from kebr_core.recipes.demo_media import demo_splits
 from kebr_core.io import path_record
 from kebr_core.recipes.demo import CLIP_STEPS, MANIFEST, QUICK, STEPS, right_signs
 from kebr_core.recipes.predict import SENTIMENT_CLASSES
-from kebr_core.runs import load_checkpoint_weights, read_checkpoint_config
+from kebr_core.checkpoints import load_checkpoint_weights, read_checkpoint_config
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ import torch
 
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
-from kebr_core.model import load_text_encoder
+from kebr_core.text_encoder import load_text_encoder
 from kebr_core.text_cache import (
     DiskTextCache, build_disk_text_cache, cache_key, encoder_sha256, make_text_cache, states_bytes,
 )
@@ -164,7 +164,7 @@ RSS_SCRIPT = r"""
 import sys, numpy as np, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from kebr_core.model import load_text_encoder
+from kebr_core.text_encoder import load_text_encoder
 from kebr_core.text_cache import build_disk_text_cache
 from kebr_core.training import build_text_cache
 n, where, mode = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

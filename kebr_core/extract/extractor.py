@@ -38,6 +38,7 @@ from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S, MAX_FPS
 from kebr_core.extract.transcripts import find_sidecar, read_sidecar
 from kebr_core.extract.video import VIDEO_EXTENSIONS, MediaError, iter_frames, probe, read_audio
 from kebr_core.extract.vision import VisionBackend, check_vision_backend, make_vision
+from kebr_core.shards import check_part
 
 STAGES = ("decode", "audio", "asr", "vision")  # where a video's seconds go (ItemResult.timings)
 
@@ -53,7 +54,7 @@ class ExtractOptions:
     asr: str = "pocketsphinx"  # none | pocketsphinx | whisper
     asr_model: Path | None = None  # local Whisper folder
     workers: int = 1  # worker processes; 0 = extract in this process (debugging, profiling)
-    shard: tuple[int, int] | None = None  # (i, n): this job's share, 0 <= i < n
+    shard: tuple[int, int] | None = None  # (i, n): this job's part, 0 <= i < n (`kebr_core.shards`)
     max_side: int = 640  # pictures are shrunk to this longer side before face detection
     silence_dbfs: float = -60.0  # an audio track quieter than this (RMS) counts as "no speech"
     max_duration: float = DEFAULT_MAX_DURATION_S  # seconds of a video decoded at most (kebr_core.extract.limits)
@@ -73,10 +74,7 @@ class ExtractOptions:
             raise KebrError(f"--max-side must be at least 64 pixels, not {self.max_side}")
         if self.workers < 0:
             raise KebrError(f"--jobs must be 0 (in this process) or more, not {self.workers}")
-        if self.shard is not None:
-            i, n = self.shard
-            if n < 1 or not 0 <= i < n:
-                raise KebrError(f"--shard {i}/{n} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
+        check_part(self.shard, "--shard")
 
 
 

@@ -3,7 +3,7 @@
     items = discover(folder)  or  read_manifest(label_csv, root)
     summary = extract(folder_or_items, "feats.h5", ExtractOptions(workers=4), progress=callback)
 
-The run: the inputs (kebr_core.extract.inputs) are checked, de-duplicated and sharded; each video
+The run: the inputs (kebr_core.extract.inputs) are checked, de-duplicated and this job's part kept; each video
 is extracted by an `Extractor` (kebr_core.extract.extractor) in worker processes or in this one
 (kebr_core.extract.workers); this process alone writes the store, in input order whatever the number
 of workers, so a run with 4 workers, a resumed run and a single uninterrupted run give the same store.
@@ -34,7 +34,7 @@ from kebr_core.data.store import StoreWriter
 from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
 from kebr_core.extract.extractor import STAGES, ExtractOptions, ItemResult
-from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover, in_shard, read_manifest, resolve_inputs
+from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover, id_in_part, read_manifest, resolve_inputs
 from kebr_core.extract.video import VIDEO_EXTENSIONS
 from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, start_workers
@@ -156,7 +156,7 @@ def extract(
             continue
         seen.add(item.id)
         unique.append(item)
-    items = [it for it in unique if in_shard(it.id, options.shard)]
+    items = [it for it in unique if id_in_part(it.id, options.shard)]
     summary.total = len(items)
 
     feature_set = audio_mod.get_feature_set(options.audio_features)

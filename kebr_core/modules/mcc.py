@@ -46,7 +46,9 @@ Alignments (`ALIGNS`), how X_K and a modality's sequence, of different sizes, gi
 
 Everything is vectorised over the batch and free of host-device synchronisation, so a CUDA training
 step never waits on it. Padding is assumed to sit at the end of each sequence (as the collate pads).
-The returned loss is unweighted: the caller multiplies by λ (`MCCConfig.weight`, Eq. 17).
+The returned loss is unweighted: the caller multiplies by λ (`MCCConfig.weight`, Eq. 17). The settings come
+as any object with g, s, form and align (`MCCSettings`; `kebr_core.config.MCCConfig` is one): this module
+imports only torch and its siblings, and the config imports `FORMS` and `ALIGNS` from here.
 
 One cohesive module over 400 lines: the cosines of every alignment (sharing the tile machinery)
 and the forms of f_i, which `FORMS` and `ALIGNS` name once for the config and the CLI.
@@ -56,11 +58,10 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
-from kebr_core.config import MCCConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.pooling import masked_mean
 
@@ -363,6 +364,15 @@ def mcc_from_cosines(
     raise KebrError(f"Unknown MCC form {form!r}: use one of {', '.join(FORMS)}.")
 
 
+class MCCSettings(Protocol):
+    """What `mcc_loss` reads of its settings (`kebr_core.config.MCCConfig` has these fields)."""
+
+    g: float  # the shift g of Eq. 11
+    s: float  # the scale s of Eq. 11
+    form: str  # one of FORMS
+    align: str  # one of ALIGNS
+
+
 @full_precision
 def mcc_loss(
     fused: torch.Tensor,
@@ -371,7 +381,7 @@ def mcc_loss(
     audio_mask: torch.Tensor,
     vision: torch.Tensor,
     vision_mask: torch.Tensor,
-    cfg: MCCConfig,
+    cfg: MCCSettings,
     value_audio: torch.Tensor | None = None,
     value_vision: torch.Tensor | None = None,
 ) -> MCCOutput:

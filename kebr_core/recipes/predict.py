@@ -12,7 +12,7 @@
    Transcript: `text` (one video only) or the video's row of the `transcripts` table (id = the
    video's name without extension, or its path below a folder given), else a sidecar
    (.txt/.srt/.vtt), else ASR (`asr`).
-3. The fine-tuned KEBRModel (`pretrained.build_from_folder`: the text encoder and tokenizer from the
+3. The fine-tuned KEBRModel (`model.build_from_folder`: the text encoder and tokenizer from the
    folder, or by name when it was frozen and its name resolves everywhere) scores batches of `batch_size` videos,
    as they are extracted (memory stays flat for any number of videos).
 
@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from kebr_core import runs
+from kebr_core import checkpoints
 from kebr_core.config import DEFAULT_MAX_PARAMETERS, RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import Sample
@@ -49,7 +49,7 @@ from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
 from kebr_core.model_size import check_model_size
-from kebr_core.pretrained import build_from_folder, encoder_source
+from kebr_core.model import build_from_folder, encoder_source
 from kebr_core.training import (
     ProgressFn,
     autocast,
@@ -274,8 +274,8 @@ def predict(
         raise KebrError("Give at least one video to score.")
     if batch_size < 1:
         raise KebrError(f"--batch-size must be at least 1, not {batch_size}.")
-    path = runs.resolve_checkpoint(checkpoint, fine_tuned=True)
-    saved = runs.read_checkpoint_config(path)
+    path = checkpoints.resolve_checkpoint(checkpoint, fine_tuned=True)
+    saved = checkpoints.read_checkpoint_config(path)
     options = extract_options_for(path, saved.get("features"), asr=asr, asr_model=asr_model,
                                   openface_dir=openface_dir, workers=workers, max_duration=max_duration)
     items = video_items(videos, text, transcripts)
