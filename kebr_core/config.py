@@ -109,11 +109,11 @@ class Option:
         return self.help.get(command, self.help.get("*", ""))
 
 
-Rule = tuple[Callable[[Any], bool], "str | Callable[[], str]"]
+Rule = tuple[Callable[[Any], bool], str]
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, rule: Rule | None = None,
-            choices: Callable[[], tuple[str, ...]] | tuple[str, ...] | None = None, operational: bool = False,
+            choices: tuple[str, ...] | None = None, operational: bool = False,
             options: Option | tuple[Option, ...] = ()) -> Any:
     """A dataclass field declared once: its default, its check (`rule`: (test, what the value must be), or
     `choices`; a Literal type's values are its choices), whether it is operational (how a run is executed
@@ -364,7 +364,7 @@ def declared_fields() -> list[Declared]:
 def _choices(cls: type, f: dataclasses.Field) -> tuple[str, ...] | None:
     declared = f.metadata.get("choices")
     if declared is not None:
-        return tuple(declared()) if callable(declared) else tuple(declared)
+        return tuple(declared)
     tp = _field_types(cls)[f.name]
     return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
@@ -377,10 +377,10 @@ def operational_keys() -> frozenset[str]:
 
 def _rule(cls: type, f: dataclasses.Field) -> Rule | None:
     """A field's check: its declared rule, else membership of its choices."""
-    declared = f.metadata.get("rule")
-    if declared is not None or _choices(cls, f) is None:
+    declared, choices = f.metadata.get("rule"), _choices(cls, f)
+    if declared is not None or choices is None:
         return declared
-    return (lambda x: x in _choices(cls, f)), (lambda: "be one of " + ", ".join(_choices(cls, f)))
+    return (lambda x: x in choices), "be one of " + ", ".join(choices)
 
 
 def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = None) -> None:
