@@ -8,7 +8,7 @@ repeated blocks.
 Also (#31): the parameters of each training command's function as written in the source (a command whose
 options are generated from the settings' declaration takes them as **settings), and the places that name
 a setting with an option: the top-level statements (a class's statements each count) of kebr_cli/,
-kebr_core/config.py and kebr_core/runs.py that mention its field, flag or option constant, for a sample of
+kebr_core/config.py, runs.py and run_identity.py that mention its field, flag or option constant, for a sample of
 settings; that is what adding such a setting touches. A command's help-order list (`*_ORDER`, which keeps
 today's order of --help; a setting it does not list goes after the last one listed) is counted apart: a
 new setting needs no entry there.
@@ -35,7 +35,8 @@ def places(root: Path, name: str) -> list[str]:
     """The statements naming setting `name` (as name, --flag or CamelCase constant) where options live."""
     camel = "".join(part.title() for part in name.split("_"))
     pattern = re.compile(rf"(?<![\w-])({name}|--{name.replace('_', '-')}|{camel})(?![\w-])")
-    files = sorted((root / "kebr_cli").glob("*.py")) + [root / "kebr_core" / "config.py", root / "kebr_core" / "runs.py"]
+    core = [root / "kebr_core" / name for name in ("config.py", "runs.py", "run_identity.py")]
+    files = sorted((root / "kebr_cli").glob("*.py")) + [path for path in core if path.is_file()]
     found = []
     for path in files:
         source = path.read_text()
