@@ -20,7 +20,7 @@ pretraining run's holds them beside its curves (`final/<column>`, the last epoch
 
 A resumed pretraining keeps metrics.csv's rows up to the checkpoint's epoch; its TensorBoard folder
 gets a restart marker at the first epoch run again (`purge_step`), so TensorBoard drops the older
-events from there on, as the CSV drops its rows. `report_to` is operational (`run_identity.OPERATIONAL_KEYS`):
+events from there on, as the CSV drops its rows. `report_to` is operational (`config.operational_keys()`):
 it never changes a run's identity.
 """
 

@@ -5,7 +5,8 @@ count, a hash of ids/splits/labels, frame counts and feature description). Writi
 that holds another run stops with one sentence naming the differing keys; `force=True` removes the
 files the run wrote (the names above, nothing else) and starts afresh.
 The identity is written as the run's config.json (`prepare_run_dir`) and compared key by key
-(`check_identity`); settings that change only how a run executes (`OPERATIONAL_KEYS`) may differ.
+(`check_identity`); settings that change only how a run executes (declared operational in
+kebr_core.config: `config.operational_keys()`) may differ.
 """
 
 from __future__ import annotations
@@ -17,17 +18,11 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from kebr_core.config import RunConfig
+from kebr_core.config import RunConfig, operational_keys
 from kebr_core.errors import KebrError
 from kebr_core.io import atomic_write_text
 from kebr_core.runs import CONFIG, METRICS, check_run_files, remove_run_files
 from kebr_core.strict import read_settings_data
-
-# Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun.
-OPERATIONAL_KEYS = frozenset({"train.device", "train.workers", "train.checkpoint_every", "train.keep_checkpoints",
-                              "train.report_to", "train.max_parameters", "train.checkpoint_every_steps",
-                              "train.checkpoint_every_minutes", "train.text_cache", "train.text_cache_dir"})
-
 
 def data_fingerprint(store_path: str | Path) -> dict[str, Any]:
     """What identifies a store's content cheaply: path, count, a hash of ids/splits/texts/labels, frame
@@ -66,7 +61,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     """The dotted keys whose values differ, as 'key (old → new)', operational keys left out."""
     a, b = flatten(old), flatten(new)
-    skip = OPERATIONAL_KEYS | set(ignore)
+    skip = operational_keys() | set(ignore)  # declared per field in kebr_core.config
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in skip or a.get(key) == b.get(key):
@@ -94,7 +89,7 @@ def prepare_run_dir(run_dir: Path, identity: Mapping[str, Any], *, resume: bool,
       (someone else's files): refused, naming them, also with `force` (`check_run_files`);
     - empty or new folder, or one holding only other files (left alone): start;
     - `force`: remove the run's own files, start afresh;
-    - another run there (a differing key outside OPERATIONAL_KEYS and `may_differ`): refused, naming the keys;
+    - another run there (a differing key outside `config.operational_keys()` and `may_differ`): refused, naming the keys;
     - the same run, `resume`: continue; the same run without `resume` after it trained: refused (--resume).
     """
     run_dir = Path(run_dir)
