@@ -15,7 +15,7 @@ try:
     import pytest  # noqa: F401
 
     from kebr_core.lexicon import load_lexicon
-    from kebr_core.model import load_tokenizer
+    from kebr_core.text_encoder import load_tokenizer
 
     words, pieces = len(load_lexicon()), load_tokenizer("random-bert:").vocab_size
 except Exception as e:  # one line, whatever it is: the script stops after it

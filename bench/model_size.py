@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from kebr_core.data.synth import SynthConfig, generate_synth
-    from kebr_core.model import embedded_model_dir
+    from kebr_core.text_encoder import embedded_model_dir
 
     env = dict(os.environ, PYTHONPATH=str(args.repo.resolve()))
     cases = {"frozen, by name": ["--freeze-encoder"],

@@ -65,7 +65,7 @@ from kebr_core.data.importers import import_label_csv  # noqa: E402
 from kebr_core.data.store import FeatureStore  # noqa: E402
 from kebr_core.masking import tokenize_plain  # noqa: E402
 from kebr_core.metrics import format_table_row, msa_metrics  # noqa: E402
-from kebr_core.model import load_text_encoder, load_tokenizer  # noqa: E402
+from kebr_core.text_encoder import load_text_encoder, load_tokenizer  # noqa: E402
 from kebr_core.recipes.finetune import finetune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mosi_text.json"

@@ -355,7 +355,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "mosi-like.h5"
         build_store(store_path, read_label_csv(args.label_csv), args.d_vision)
-        from kebr_core.model import load_tokenizer
+        from kebr_core.text_encoder import load_tokenizer
 
         base_model, tokenizer = build_base_model("embedded", args.d_vision), load_tokenizer("embedded")
         results = []

@@ -194,7 +194,7 @@ def precision(store: Path, n: int) -> dict:
 
     from kebr_core.data.store import FeatureStore
     from kebr_core.masking import tokenize_plain
-    from kebr_core.model import load_text_encoder, load_tokenizer
+    from kebr_core.text_encoder import load_text_encoder, load_tokenizer
     from kebr_core.text_cache import to_float32
     from kebr_core.training import build_text_cache
 
@@ -218,7 +218,7 @@ def encode_rate(store: Path, model: str, n: int) -> dict:
 
     from kebr_core.data.store import FeatureStore
     from kebr_core.masking import tokenize_plain
-    from kebr_core.model import load_text_encoder, load_tokenizer
+    from kebr_core.text_encoder import load_text_encoder, load_tokenizer
     from kebr_core.training import encode_texts
 
     torch.set_num_threads(1)

@@ -73,7 +73,8 @@ from kebr_core.data.dataset import Collator, StoreDataset  # noqa: E402
 from kebr_core.data.store import FeatureStore, Sample, StoreWriter  # noqa: E402
 from kebr_core.lexicon import load_lexicon  # noqa: E402
 from kebr_core.masking import mask_batch, mask_sentiment_word, split_words, tokenize_plain  # noqa: E402
-from kebr_core.model import KEBRModel, load_tokenizer  # noqa: E402
+from kebr_core.model import KEBRModel  # noqa: E402
+from kebr_core.text_encoder import load_tokenizer  # noqa: E402
 from kebr_core.modules.pooling import masked_mean  # noqa: E402
 from kebr_core.distributed import DistInfo, EpochBatches  # noqa: E402
 from kebr_core.training import adam, autocast, bucket_sizes, build_text_cache, move, train_epoch  # noqa: E402

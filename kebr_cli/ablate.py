@@ -5,29 +5,27 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich import box
 from rich.table import Table
 
-from kebr_cli.app import (
-    MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, Reporter, app, console, is_main_process, launch_wanted, number,
-    relaunch_distributed, renamed, resume_command, user_errors,
-)
+from kebr_cli.app import app, console, is_main_process, resume_command, user_errors
+from kebr_cli.launcher import MasterAddr, MasterPort, NNodes, NodeRank, RdzvEndpoint, launch_wanted, relaunch_distributed
+from kebr_cli.reporter import Reporter
 from kebr_cli.extract import parse_shard
 from kebr_cli.tables import ablation_table
 from kebr_cli.threads import Threads, using_threads
-from kebr_cli.train import (
-    ALIGN_CHOICES, BF16, FFN, FORM_CHOICES, G, S, AttentionWidth, BatchSize, CheckpointEveryMinutes, CheckpointEverySteps,
-    ConfigFile, Device, Dropout, DroppedModality, Force, HeadHidden, Heads, LambdaMCC,
-    Layers, LoaderWorkers, MaxParameters, MaxTextLen, ModalityDropout, NProc, Preset, PretrainOnTest, PrintConfig, RandomWord, Set,
-    Shared, TextCacheDir, TextCacheDtype, TextCacheMode, TextModel, check_choice, check_run_dir, given_options,
-    ReportTo, print_config, seeds_option, store_if_present, trained_config, was_typed,
+from kebr_cli.options import (
+    ConfigFile, DataDir, Force, NProc, Preset, PretrainOnTest, PrintConfig, ResultsTable, Set, Std, command_config,
+    renamed_settings, seeds_option, with_settings,
 )
-from kebr_core import runs
+from kebr_core.data.catalog import DATASET_HELP
+from kebr_cli.train import check_choice, check_run_dir, print_config, store_if_present, trained_config
+from kebr_core import results_files, runs
 from kebr_core.metric_logger import require as require_reporters
-from kebr_core.config import parse_seeds, resolve_config
+from kebr_core.config import parse_seeds
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output
 from kebr_core.modules.mcc import ALIGNS, FORMS
@@ -43,15 +41,26 @@ def _floats(text: str, option: str) -> list[float]:
     return values
 
 
+ABLATE_ORDER = """ctx dataset pretrain_store pretrain_on_test pretrain_seeds out data_dir no_mcc no_tcmf c3 no_pretrain
+    all_ combined g_sweep g_values compare_forms compare_aligns seeds g mcc_form mcc_align align s lambda_mcc
+    shared_layers heads ffn attention_width head_hidden random_word modality_dropout dropped_modality max_text_len
+    max_parameters dropout bf16 pretrain_epochs epochs batch_size lr lr_encoder lr_fusion text_model layers device
+    loader_workers unfreeze freeze_encoder checkpoint_every keep_checkpoints checkpoint_every_steps
+    checkpoint_every_minutes text_cache text_cache_dtype text_cache_dir nproc_per_node nnodes node_rank
+    rdzv_endpoint master_addr master_port preset threads std probe config set_ print_config_ force
+    results_table_path name as_json shard collect report_to"""  # help's order (kebr_cli.options.with_settings)
+
+
 @app.command()
+@with_settings("ablate", ABLATE_ORDER)
 def ablate(
     ctx: typer.Context,
-    dataset: str = typer.Option("synth", "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
+    dataset: str = typer.Option("synth", "--dataset", "-d", help=DATASET_HELP),
     pretrain_store: Optional[Path] = typer.Option(None, "--pretrain-store", "-p", help="Store to pretrain on (default: the dataset); as in kebr pretrain, its test split is left out (labels unused)."),
     pretrain_on_test: bool = PretrainOnTest,
     pretrain_seeds: Optional[str] = typer.Option(None, "--pretrain-seeds", callback=seeds_option, help="Pretraining seeds per configuration: a count (3 = 0..2) or a list; each pretraining is fine-tuned over --seeds (P x F runs), and with 2 or more the table gains paired differences vs C1 (default: one, --set train.seed)."),
     out: Path = typer.Option(Path("runs/ablate"), "--out", "-o", help="Output directory (ablation.json, results.csv, runs)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
+    data_dir: Optional[Path] = DataDir,
     no_mcc: bool = typer.Option(False, "--no-mcc", help="Add the configuration without MCC (λ = 0 in both stages; C4)."),
     no_tcmf: bool = typer.Option(False, "--no-tcmf", help="Add the configuration without TCMF (C3; its fusion: --c3)."),
     c3: str = typer.Option("late", "--c3", metavar="late|symmetric", help="What replaces TCMF in C3 (and C5): late (pooled streams fused at the end, no cross-modal network) or symmetric (our reading of Table 4's caption: the cross-modal network kept, three equal streams attending to each other). The table's caption names it."),
@@ -62,43 +71,17 @@ def ablate(
     g_values: str = typer.Option(",".join(f"{g:g}" for g in DEFAULT_G_SWEEP), "--g-values", help="g values of the sweep, each in (-0.5, 0.5)."),
     compare_forms: str = typer.Option("", "--compare-forms", help=f"Add a configuration per other MCC form, e.g. {','.join(FORMS)}."),
     compare_aligns: str = typer.Option("", "--compare-aligns", help=f"Add a configuration per other MCC alignment, e.g. {','.join(ALIGNS)}."),
-    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="Fine-tuning seeds per configuration: a count (5 = 0..4) or a list (1111,1112)."),
-    g: float = G,
-    mcc_form: Optional[str] = typer.Option(None, "--mcc-form", metavar=FORM_CHOICES, help="MCC form of every configuration outside --compare-forms (default paper)."),
-    mcc_align: Optional[str] = typer.Option(None, "--mcc-align", metavar=ALIGN_CHOICES, help="MCC alignment of every configuration outside --compare-aligns (default tile); a configuration without MCC logs its cosines with it."),
-    align: Optional[str] = typer.Option(None, "--align", hidden=True, help="Old name of --mcc-align."),
-    s: float = S, lambda_mcc: float = LambdaMCC, shared_layers: bool = Shared, heads: int = Heads, ffn: str = FFN,
-    attention_width: Optional[int] = AttentionWidth, head_hidden: int = HeadHidden, random_word: str = RandomWord,
-    modality_dropout: float = ModalityDropout, dropped_modality: str = DroppedModality,
-    max_text_len: int = MaxTextLen, max_parameters: int = MaxParameters, dropout: float = Dropout, bf16: Optional[bool] = BF16,
-    pretrain_epochs: Optional[int] = typer.Option(None, "--pretrain-epochs", min=1, help="Pretraining epochs (default 20)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs (default 10)."),
-    batch_size: int = BatchSize,
-    lr: Optional[float] = typer.Option(None, "--lr", parser=number(0, low_open=True), help="Learning rate of the heads, and of TCMF while pretraining (default 1e-4)."),
-    lr_encoder: Optional[float] = typer.Option(None, "--lr-encoder", parser=number(0, low_open=True), help="Learning rate of the encoder when it is trained (default 5e-6)."),
-    lr_fusion: Optional[float] = typer.Option(None, "--lr-fusion", parser=number(0, low_open=True), help="Fine-tuning learning rate of TCMF (default 5e-6, the authors'; pretraining uses --lr)."),
-    text_model: str = TextModel,
-    layers: int = Layers,
-    device: str = Device,
-    loader_workers: Optional[int] = LoaderWorkers,
-    unfreeze: bool = typer.Option(False, "--unfreeze", help="Train the text encoder while pretraining too (default: frozen, as the authors)."),
-    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Keep the encoder frozen while fine-tuning (faster)."),
-    checkpoint_every: int = typer.Option(5, "--checkpoint-every", min=1, help="Save a pretraining checkpoint every N epochs (and at the end)."),
-    keep_checkpoints: int = typer.Option(0, "--keep-checkpoints", min=0, help="Keep only the newest N checkpoints/epoch-NNNN folders of each pretraining (0 = all)."),
-    checkpoint_every_steps: int = CheckpointEverySteps, checkpoint_every_minutes: float = CheckpointEveryMinutes,
-    text_cache: str = TextCacheMode, text_cache_dtype: str = TextCacheDtype, text_cache_dir: Optional[str] = TextCacheDir,
     nproc_per_node: int = NProc, nnodes: int = NNodes, node_rank: int = NodeRank,
     rdzv_endpoint: Optional[str] = RdzvEndpoint, master_addr: Optional[str] = MasterAddr, master_port: int = MasterPort,
-    preset: Optional[str] = Preset, threads: Optional[int] = Threads,
-    std: str = typer.Option("sample", "--std", metavar="sample|population", help="Spread over seeds: sample (ddof=1, default) or population (ddof=0, MMSA's np.std)."),
+    preset: Optional[str] = Preset, threads: Optional[int] = Threads, std: str = Std,
     probe: bool = typer.Option(False, "--probe", help="Also test each configuration with audio or vision removed (zeroed, absent): how much each is used."),
     config: Optional[Path] = ConfigFile, set_: list[str] = Set, print_config_: bool = PrintConfig, force: bool = Force,
-    results_table_path: Optional[Path] = typer.Option(None, "--results-table", help="CSV collecting one row per (run, dataset) across runs, MMSA's columns (default: results-table.csv beside --out)."),
+    results_table_path: Optional[Path] = ResultsTable,
     name: Optional[str] = typer.Option(None, "--name", help="What results-table.csv calls this ablation: its rows are 'NAME: C1', … (default: 'C1 (STORE)', … with the store's name)."),
     as_json: bool = typer.Option(False, "--json", help="Print ablation.json (every configuration's mean, std and Avg) as one JSON document on stdout instead of the table."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="i/n", help="Run only this job's share of the configurations: the k-th (from 0, in the table's order) belongs to shard k mod n, 0 <= i < n. Jobs may run at once on machines sharing --out; then --collect."),
     collect: bool = typer.Option(False, "--collect", help="Only aggregate the configurations finished in --out (by --shard jobs) into ablation.json; an error listing what has not finished."),
-    report_to: list[str] = ReportTo,
+    **settings: Any,
 ) -> None:
     """Run the paper's ablations; finished configurations with the same settings are reused when rerun,
     and a rerun with more flags adds its configurations to the record. Training options, --config and
@@ -110,30 +93,15 @@ def ablate(
     if launch_wanted(nproc_per_node, nnodes) and not print_config_:
         raise relaunch_distributed(nproc_per_node, nnodes, node_rank, rdzv_endpoint, master_addr, master_port)
     with user_errors():
-        for option, value in (("--mcc-form", mcc_form), ("--mcc-align", mcc_align)):
+        for option, value in (("--mcc-form", settings["mcc_form"]), ("--mcc-align", settings["mcc_align"])):
             if value is not None and "," in value:  # the old spelling of the comparisons
                 raise KebrError(f"{option} sets every configuration's value now (as in eval); to compare several, "
                                 f"use --compare-{option.split('-')[-1]}s {value}.")
-        renamed(mcc_align, align, "--mcc-align", "--align")  # the old name: a note, or an error if both
-        # Options of one stage only are set per stage below; the rest apply to both.
-        one_stage = ("epochs", "unfreeze", "freeze_encoder", "checkpoint_every", "lr_fusion", "seeds")
-        values, labels = given_options(ctx, skip=one_stage)
-        typed = {name: was_typed(ctx, name) for name in one_stage}
-        stage_options = {
-            "pretrain": {"train.epochs": pretrain_epochs, "train.unfreeze": unfreeze if typed["unfreeze"] else None,
-                         "train.checkpoint_every": checkpoint_every if typed["checkpoint_every"] else None},
-            "finetune": {"train.epochs": epochs, "train.unfreeze": (not freeze_encoder) if typed["freeze_encoder"] else None,
-                         "train.lr_fusion": lr_fusion, "train.seeds": parse_seeds(seeds) if typed["seeds"] else None},
-        }
-        stage_labels = {"pretrain": {"train.epochs": "--pretrain-epochs", "train.unfreeze": "--unfreeze",
-                                     "train.checkpoint_every": "--checkpoint-every"},
-                        "finetune": {"train.epochs": "--epochs", "train.unfreeze": "--freeze-encoder",
-                                     "train.lr_fusion": "--lr-fusion", "train.seeds": "--seeds"}}
-        cfgs = {}
-        for stage in ("pretrain", "finetune"):
-            own = values | {k: v for k, v in stage_options[stage].items() if v is not None}
-            cfgs[stage] = resolve_config(stage, preset=preset, file=config, options=own,
-                                         labels=labels | stage_labels[stage], sets=set_)
+        renamed_settings(ctx)  # an old name: a note, or an error if both
+        # Options of one stage (the declaration's Option.stage: --pretrain-epochs, --unfreeze, --epochs, …) set
+        # that stage's configuration; the rest apply to both.
+        cfgs = {stage: command_config(ctx, stage, preset=preset, config_file=config, sets=set_)
+                for stage in ("pretrain", "finetune")}
         data_dir = data_dir or Path(os.environ.get("KEBR_DATA", "data"))
         if print_config_:
             present = {"finetune": store_if_present(dataset, data_dir)}
@@ -184,10 +152,10 @@ def ablate(
                 return
             if not is_main_process():  # rank 0 of a DDP job wrote the files; it alone reports
                 return
-            runs.update_results_table(table_path, [
-                runs.ResultsRow(f"{name}: {r['name']}" if name else f"{r['name']} ({dataset_name(dataset)})", dataset,
-                                out / r["eval_dir"], result.seeds,
-                                {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
+            results_files.update_results_table(table_path, [
+                results_files.ResultsRow(f"{name}: {r['name']}" if name else f"{r['name']} ({dataset_name(dataset)})", dataset,
+                                         out / r["eval_dir"], result.seeds,
+                                         {k: (r["mean"][k], r["std"][k]) for k in r["mean"]}, inputs=result.inputs)
                 for r in result.rows if r["mean"]
             ])
             report.result(ablation_table(result.rows, list(result.seeds), width=console.width, std=std,

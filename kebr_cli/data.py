@@ -9,9 +9,11 @@ from typing import Any, Callable, Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import Reporter, app, choices, console, number, one_store, user_errors
+from kebr_cli.app import app, choices, console, number, one_store, user_errors
+from kebr_cli.reporter import Reporter
+from kebr_core.data.importers import IMPORT_FORMATS, IMPORTERS
 from kebr_core.data.labels import outside_range_warning
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, or_list
 from kebr_core.strict import decimal_integer
 
 
@@ -20,14 +22,14 @@ def _progress_callback(report: Reporter, stage: str) -> Callable[[int, int], Non
     return lambda done, total: report(stage, done, total, {})
 
 
-ImportFormat = choices("ImportFormat", "auto", "mmsa-pkl", "label-csv")
+ImportFormat = choices("ImportFormat", *IMPORT_FORMATS)
 
 
 @app.command("import")
 def import_(
     src: Path = typer.Argument(..., help="MMSA pickle (unaligned_50.pkl / aligned_50.pkl) or MMSA label.csv."),
     out: Path = typer.Option(..., "--out", "-o", help="Feature store to create (.h5)."),
-    fmt: ImportFormat = typer.Option("auto", "--format", "-f", help="auto (by extension), mmsa-pkl or label-csv."),
+    fmt: ImportFormat = typer.Option("auto", "--format", "-f", help=f"auto (by extension), {or_list(IMPORTERS)}."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     clip_labels: bool = typer.Option(False, "--clip-labels", help="Clip labels outside [-3, 3] onto it (default: keep them, with a warning)."),
 ) -> None:

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, console, err_console, user_errors
+from kebr_cli.app import DEVICE_METAVAR, Verbosity, app, console, err_console, user_errors
+from kebr_cli.reporter import Reporter
 from kebr_cli.threads import Threads, using_threads
 from kebr_core.config import DEFAULT_TEXT_MODEL
 

@@ -5,35 +5,68 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
-from kebr_cli.app import Reporter, app, choices, console, fail, number, renamed, user_errors
+from kebr_cli.app import app, choices, console, fail, number, renamed, user_errors
+from kebr_cli.reporter import Reporter
 from kebr_cli.tables import counts_table
 from kebr_core.data.labels import outside_range_warning
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, or_list
+from kebr_core.extract.audio import FEATURE_SETS
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S, MAX_FPS
+from kebr_core.extract.vision import VISION_BACKENDS
+from kebr_core.shards import check_part
 from kebr_core.strict import decimal_integer
 from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
 
+if TYPE_CHECKING:
+    from kebr_core.extract.video import Decoded
 
-AudioFeatures = choices("AudioFeatures", "kebr33", "mmsa33")
-Vision = choices("Vision", "mediapipe", "openface-csv", "none")
+
+AudioFeatures = choices("AudioFeatures", *FEATURE_SETS)
+Vision = choices("Vision", *VISION_BACKENDS)
 ASR = choices("ASR", "pocketsphinx", "whisper", "none")
 
 
+def described(table: dict[str, str]) -> str:
+    """'a (what a is), b (what b is) or c': an option's choices with their descriptions, for its help."""
+    return or_list(f"{name} ({what})" if what else name for name, what in table.items())
+
+
 def parse_shard(value: Optional[str], option: str = "--shard") -> tuple[int, int] | None:
-    """'i/n' -> (i, n) with 0 <= i < n (`option`: the option's name for the error)."""
+    """'i/n' -> the job's part (i, n), 0 <= i < n (`kebr_core.shards.check_part`; `option`: the option's
+    name for the error)."""
     if value is None:
         return None
     parts = [decimal_integer(part) for part in value.split("/")]
     if len(parts) != 2 or None in parts:
         raise KebrError(f"{option} must look like i/n (e.g. 0/4), not {value!r}")
-    i, n = parts
-    if n < 1 or not 0 <= i < n:
-        raise KebrError(f"{option} {value} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
-    return i, n
+    part = (parts[0], parts[1])
+    check_part(part, option)
+    return part
+
+
+def decoding_progress(reporter: Reporter, keep: tuple[str, ...]) -> Callable[["Decoded"], None]:
+    """Progress within the video being extracted (`kebr_core.extract.video.Decoded`): a bar per stream,
+    "clip01: seconds of pictures", seconds decoded of about the header's duration (off a terminal, a line
+    every 10 s, so only a long video prints one). A stream's bar goes when it is decoded; the bars of
+    `keep` (the run's own) stay."""
+
+    shown = ""  # the stream whose bar shows now
+
+    def on_decoded(event: "Decoded") -> None:
+        nonlocal shown
+        stage = f"  {event.id}: seconds of {event.what}"
+        if stage != shown:  # a stream begins: from workers, the last event of the one before may not have come
+            reporter.drop_bars(keep=keep)
+        reporter(stage, round(event.seconds), round(event.expected), {})
+        shown = stage
+        if event.finished:
+            reporter.drop_bars(keep=keep)
+
+    return on_decoded
 
 
 @app.command()
@@ -49,8 +82,8 @@ def extract(
     root: Optional[Path] = typer.Option(
         None, "--root", help="With --manifest: the clips' root (default: INPUTS, else Raw/ beside the manifest, else its folder).",
     ),
-    audio_features: AudioFeatures = typer.Option("kebr33", "--audio-features", help="kebr33 (ZCR+MFCC+chroma, the authors') or mmsa33 (log-F0+MFCC+CQT chroma)."),
-    vision: Vision = typer.Option("mediapipe", "--vision", help="mediapipe (face mesh, offline), openface-csv (read OpenFace 2.0 CSVs) or none."),
+    audio_features: AudioFeatures = typer.Option("kebr33", "--audio-features", help=described({n: fs.summary for n, fs in FEATURE_SETS.items()}) + "."),
+    vision: Vision = typer.Option("mediapipe", "--vision", help=described(VISION_BACKENDS) + "."),
     openface_dir: Optional[Path] = typer.Option(None, "--openface-dir", help="With --vision openface-csv: folder holding <stem>.csv per video."),
     fps: float = typer.Option(10.0, "--fps", parser=number(0, MAX_FPS, low_open=True), help=f"Vision frames per second (at most {MAX_FPS:g})."),
     max_duration: float = typer.Option(DEFAULT_MAX_DURATION_S, "--max-duration", parser=number(0, low_open=True), metavar="SECONDS", help="Decode at most this many seconds of each video (of its decoded pictures and audio, whatever its header says); a longer one fails with its reason."),
@@ -107,9 +140,11 @@ def extract(
             def on_progress(event: ProgressEvent) -> None:
                 # Resumed videos are done already: the bar (and its ETA) covers this run's work only.
                 reporter("extract", event.completed - event.skipped, event.total - event.skipped, {})
+                reporter.drop_bars(keep=("extract",))  # a failed video's decoding bar, if it had one
 
-            summary = run_extract(source, out, options, progress=on_progress, source=label,
-                                  retry_failed=retry_failed, clip_labels=clip_labels, transcripts=transcripts)
+            summary = run_extract(source, out, options, progress=on_progress, source=label, retry_failed=retry_failed,
+                                  clip_labels=clip_labels, transcripts=transcripts,
+                                  decoding=decoding_progress(reporter, keep=("extract",)))
         if report is not None:  # before the tables: a report that cannot be written is one sentence, not a traceback
             report.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(report, overwrite=True) as tmp:

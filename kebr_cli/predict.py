@@ -9,9 +9,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kebr_cli.app import DEVICE_METAVAR, Reporter, app, console, fail, number, renamed, user_errors
-from kebr_cli.extract import ASR
-from kebr_cli.train import MaxParameters
+from kebr_cli.app import DEVICE_METAVAR, app, console, fail, number, renamed, user_errors
+from kebr_cli.reporter import Reporter
+from kebr_cli.extract import ASR, decoding_progress
+from kebr_cli.options import setting_option
 from kebr_core.errors import KebrError
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S
 from kebr_core.io import atomic_output, check_output, check_replaceable, json_with_keys
@@ -62,7 +63,7 @@ def predict(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, hidden=True, help="Old name of --jobs."),
     device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
     max_duration: float = typer.Option(DEFAULT_MAX_DURATION_S, "--max-duration", parser=number(0, low_open=True), metavar="SECONDS", help="Decode at most this many seconds of each video (of its decoded pictures and audio, whatever its header says); a longer one gets its reason."),
-    max_parameters: int = MaxParameters,
+    max_parameters: int = setting_option("train.max_parameters", "predict"),
 ) -> None:
     """Score videos: sentiment in [-3, 3], its 7-class label and polarity (neutral = class 0, |score| ≤ 0.5).
 
@@ -82,9 +83,17 @@ def predict(
             check_output(out, [model, transcripts, asr_model, openface_dir])
             check_output(out, videos, suffixes=VIDEO_EXTENSIONS)
             check_replaceable(out, lambda p: json_with_keys(p, {"video", "score"}), "a file of predictions")
+        stages = ("extract", "score")
+
+        def on_progress(stage: str, done: int, total: int, info: dict) -> None:
+            report(stage, done, total, info)
+            if stage == "extract":
+                report.drop_bars(keep=stages)  # a failed video's decoding bar, if it had one
+
         predictions = run_predict(
             videos, model, text=text, transcripts=transcripts, asr=asr.value, asr_model=asr_model, openface_dir=openface_dir, workers=jobs,
-            batch_size=batch_size, device=device, max_parameters=max_parameters, progress=report, max_duration=max_duration,
+            batch_size=batch_size, device=device, max_parameters=max_parameters, progress=on_progress, max_duration=max_duration,
+            decoding=decoding_progress(report, keep=stages),
         )
         payload = [p.to_dict() for p in predictions]
         if out is not None:

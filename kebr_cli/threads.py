@@ -8,7 +8,8 @@ from typing import Iterator, Optional
 
 import typer
 
-from kebr_cli.app import Reporter, Verbosity
+from kebr_cli.app import Verbosity
+from kebr_cli.reporter import Reporter
 from kebr_core.threads import oversubscription, plan_threads, torch_threads
 
 Threads = typer.Option(None, "--threads", min=0, help="CPU threads of PyTorch in this process (0 = PyTorch's own default). Default: OMP_NUM_THREADS when set, else every CPU this process may use, or 1 when the machine is oversubscribed (load average above its cores: there one thread is many times faster). Not part of the run's identity: a run resumes with any.")

@@ -1,4 +1,4 @@
-"""torchrun as `kebr … --nproc-per-node N` starts it (`app.relaunch_distributed`): torchrun's own launcher,
+"""torchrun as `kebr … --nproc-per-node N` starts it (`launcher.relaunch_distributed`): torchrun's own launcher,
 run so that a stop says one thing. Every rank already reports its own end (the one "interrupted …" line of
 rank 0 on Ctrl-C, an error's sentence), so torchrun's traceback for the signal it got and its summary of the
 failed ranks are left out; the exit status says how it ended (130 after Ctrl-C, a failed rank's own status)."""

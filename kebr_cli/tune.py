@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from kebr_cli.app import DEVICE_METAVAR, Reporter, Verbosity, app, choices, user_errors
-from kebr_cli.threads import Threads, using_threads
-from kebr_cli.train import (
-    BatchSize, ConfigFile, Force, Preset, PrintConfig, ReportTo, Set, TextModel, check_run_dir, command_config,
-    print_config, seeds_option, store_if_present, trained_config,
+from kebr_cli.app import Verbosity, app, choices, user_errors
+from kebr_cli.options import (
+    ConfigFile, DataDir, Force, Preset, PrintConfig, Set, command_config, with_settings,
 )
+from kebr_cli.reporter import Reporter
+from kebr_cli.threads import Threads, using_threads
+from kebr_cli.train import check_run_dir, print_config, store_if_present, trained_config
+from kebr_core.data.catalog import DATASET_HELP
 from kebr_core import runs
 from kebr_core.metric_logger import require as require_reporters
 from kebr_core.recipes.tune import METRICS, SAMPLERS, TUNE_STAGES
@@ -42,13 +44,19 @@ def trial_line(record, best, done: int, total: int, metric: str) -> str:
     return f"trial {done}/{total} #{record.number} · {params} · {outcome}{best_text}{seconds}"
 
 
+TUNE_ORDER = """ctx dataset pretrained out data_dir space trials sampler prune metric storage heartbeat stage
+    pretrain_epochs seeds finalize no_finalize text_model epochs batch_size device preset config set_ print_config_
+    force threads as_json report_to"""  # help's order (kebr_cli.options.with_settings)
+
+
 @app.command()
+@with_settings("tune", TUNE_ORDER)
 def tune(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="mosi, mosei, synth, or the path of a labeled store."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="The pretraining checkpoint every trial fine-tunes from (RUN/final or a pretraining run); none = the plain encoder."),
     out: Path = typer.Option(Path("runs/tune"), "--out", "-o", help="Run directory (config.json, tune.db, trials.csv, best.toml, tune.json)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where mosi/mosei data lives (default: $KEBR_DATA or ./data)."),
+    data_dir: Optional[Path] = DataDir,
     space: str = typer.Option("paper", "--space", help="The search space: a TOML or JSON file mapping dotted settings to ranges or lists, or 'paper' (g, λ, lr, dropout; K too with --stage both)."),
     trials: int = typer.Option(20, "--trials", min=1, help="Trials the study ends with (over every process working on it); then the best is evaluated on test."),
     sampler: Sampler = typer.Option("tpe", "--sampler", help="tpe (Optuna's default), random (MMSA's tune mode) or grid (every combination of lists and steps)."),
@@ -58,17 +66,12 @@ def tune(
     heartbeat: int = typer.Option(30, "--heartbeat", min=1, help="Seconds between a running trial's heartbeats; a trial silent for twice as long (its process died) is marked failed and run again."),
     stage: TuneStage = typer.Option("finetune", "--stage", help="finetune: every trial fine-tunes --pretrained; both: every trial pretrains first (on train + valid), then fine-tunes."),
     pretrain_epochs: int = typer.Option(20, "--pretrain-epochs", min=1, help="Pretraining epochs of each trial with --stage both."),
-    seeds: str = typer.Option("5", "--seeds", callback=seeds_option, help="Seeds of the final evaluation on test (a count or a list); each trial fine-tunes the first."),
     finalize: bool = typer.Option(False, "--finalize", help="Run no more trials: finalise the study as it is (trials.csv, best.toml, the best and base configurations on test)."),
     no_finalize: bool = typer.Option(False, "--no-finalize", help="Stop after the trials without the evaluation on test (finalise later with --finalize)."),
-    text_model: str = TextModel,
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs of each trial (default 10)."),
-    batch_size: int = BatchSize,
-    device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, help="auto, cpu or cuda (cuda:N for GPU N)."),
     preset: Optional[str] = Preset, config: Optional[Path] = ConfigFile, set_: list[str] = Set,
     print_config_: bool = PrintConfig, force: bool = Force, threads: Optional[int] = Threads,
     as_json: bool = typer.Option(False, "--json", help="Print the outcome (best trial, final evaluation) as one JSON document on stdout."),
-    report_to: list[str] = ReportTo,
+    **settings: Any,
 ) -> None:
     """Search hyperparameters on the validation split (Optuna), resumably; evaluate the best on test once.
     Rerunning the command continues the study; several processes (--storage) share one."""

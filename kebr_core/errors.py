@@ -11,8 +11,23 @@ import os as _os
 import re as _re
 
 
+# How torch hands an exception from a DataLoader worker process to the main process: it builds a new one of
+# the same type from "Caught <Type> in DataLoader worker process <N>.\nOriginal Traceback …" (torch/_utils.py,
+# ExceptionWrapper.reraise), the worker's whole traceback, whose last lines are "<module>.<Type>: <sentence>".
+_FROM_WORKER = _re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
 class KebrError(Exception):
-    """An error caused by the user's input, explained in one sentence."""
+    """An error caused by the user's input, explained in one sentence. Raised in a DataLoader worker (a damaged
+    sample read with workers > 0, the default on CUDA), it keeps that sentence, not the worker's traceback."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and (found := _FROM_WORKER.match(args[0])):
+            text, name = args[0], found.group(1)
+            last = max(text.rfind(f"\n{name}: "), text.rfind(f".{name}: "))  # the raised exception's own line
+            if last >= 0:
+                args = (text[text.index(f"{name}: ", last) + len(name) + 2:].strip(),)
+        super().__init__(*args)
 
 
 class EveryRankError(KebrError):
@@ -69,3 +84,9 @@ def native_write_error(error: BaseException) -> str | None:
     if any(marker in text for marker in ("PytorchStreamWriter", "inline_container.cc", "basic_ios")):
         return "writing a checkpoint failed (is the disk full or read-only?); free some space or write elsewhere."
     return None
+
+
+def or_list(words) -> str:
+    """Choices as a sentence lists them: ['a', 'b', 'c'] → 'a, b or c' (the registries' errors and help)."""
+    words = list(words)
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)

@@ -3,8 +3,11 @@
 libespeak-ng keeps state from one utterance to the next in function statics that no API call resets
 (e.g. the pitch flutter's phase in wavegen.c), so the same text comes out a few samples different
 after other texts; a fresh process per text keeps earlier texts out of it, as with the `espeak-ng`
-program. (Known problem: once MediaPipe/OpenCV have loaded in the calling process, the samples still
-differ slightly; tests/test_speech.py.) Only the standard library and `espeakng_loader` are imported, to start fast.
+program. The library's own random generator (espeak_rand: wavegen.c's breath noise, in voices with
+a `breath` line such as the variant f3, not m3) is seeded by espeak_ng_Initialize with time(NULL):
+the same text came out different from one wall-clock second to the next, and so did the demo's f3
+clips, their features and its model. SEED reseeds it after initialising (espeak_ng_SetRandSeed,
+exported since 1.52). Only the standard library and `espeakng_loader` are imported, to start fast.
 
     python espeak_worker.py VOICE RATE PITCH < text (UTF-8)
     → stdout: the sample rate (uint32), then 16-bit mono samples, both in native byte order
@@ -22,6 +25,7 @@ POS_CHARACTER = 1
 CHARS_UTF8 = 1
 ENDPAUSE = 0x1000  # the pause after the last clause that the espeak-ng program adds too
 PARAM_RATE, PARAM_PITCH = 1, 3
+SEED = 1  # espeak_ng_SetRandSeed's seed: any fixed value makes a text's samples the same in every run
 # int callback(short *wav, int numsamples, espeak_EVENT *events): 0 goes on, 1 aborts.
 SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
@@ -36,11 +40,13 @@ def speak(text: str, voice: str, rate: int, pitch: int) -> tuple[int, bytes]:
     lib.espeak_SetSynthCallback.argtypes = [SynthCallback]
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
     lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                  ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
     sample_rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data.encode(), INITIALIZE_DONT_EXIT)
     if sample_rate <= 0:
         raise RuntimeError(f"espeak-ng could not start with its data folder {data} (error {sample_rate}).")
+    lib.espeak_ng_SetRandSeed(SEED)  # after espeak_Initialize, which seeds it with the time of day
     chunks: list[bytes] = []
 
     def collect(wav, n: int, events) -> int:

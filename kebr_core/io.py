@@ -1,5 +1,6 @@
 """Writing outputs safely: a user's output file exists only when complete (`atomic_output`: importers,
-`kebr data synth`), and kebr writes only what it created (`check_output`, `refuse_links`, `refuse_foreign`,
+`kebr data synth`; `atomic_write_text`: a run's text files, which jobs may write at once, each through its
+own temporary name, fsynced), and kebr writes only what it created (`check_output`, `refuse_links`, `refuse_foreign`,
 `open_for_writing`: never onto an input, never through a symbolic link, never over someone else's file)."""
 
 from __future__ import annotations
@@ -38,6 +39,33 @@ def atomic_output(out: str | Path, overwrite: bool = False, inputs: Sequence[str
             with contextlib.suppress(OSError):  # a read-only folder: report the first error, not this one
                 path.unlink(missing_ok=True)
         raise
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write, fsync, rename: a reader sees the old or the new file, never half of one. The temporary name
+    is the writer's own, so jobs writing the same file at once (seed shards' config.json) do not mix."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        tmp.write_text(text)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 # ───────────────────────── the rule: kebr writes only what it created ─────────────────────────

@@ -57,7 +57,7 @@ class RunLoaders:
         return kept[2]
 
     def evaluation(self, dataset: Dataset, collate: Callable, batch_size: int, indices: list[int]) -> DataLoader:
-        """Samples `indices` of `dataset` in order (this rank's shard: the same on every pass of a run)."""
+        """Samples `indices` of `dataset` in order (this rank's slice, `distributed.rank_slice`: the same on every pass of a run)."""
         self._draw()
         role = f"evaluation {id(dataset)}"  # the dataset is kept with its loader, so its id stays its own
         kept = self._kept(role, dataset, collate)

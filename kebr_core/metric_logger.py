@@ -20,7 +20,7 @@ pretraining run's holds them beside its curves (`final/<column>`, the last epoch
 
 A resumed pretraining keeps metrics.csv's rows up to the checkpoint's epoch; its TensorBoard folder
 gets a restart marker at the first epoch run again (`purge_step`), so TensorBoard drops the older
-events from there on, as the CSV drops its rows. `report_to` is operational (`runs.OPERATIONAL_KEYS`):
+events from there on, as the CSV drops its rows. `report_to` is operational (`config.operational_keys()`):
 it never changes a run's identity.
 """
 
@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from kebr_core import runs
+from kebr_core import run_identity, runs
 from kebr_core.errors import KebrError
 
 TENSORBOARD_MISSING = ("--report-to tensorboard needs the tensorboard package, which is not installed: "
@@ -167,10 +167,10 @@ def require(report_to: Iterable[str]) -> None:
 
 
 def hparam_values(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
-    """The configuration as hparams: dotted keys (`runs.flatten`), values TensorBoard can show (a list or
+    """The configuration as hparams: dotted keys (`run_identity.flatten`), values TensorBoard can show (a list or
     None as its JSON text)."""
     return {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-            for key, value in runs.flatten(config).items()}
+            for key, value in run_identity.flatten(config).items()}
 
 
 def epoch_logger(metrics_path: Path, config: Mapping[str, Any], stage: str, seed: int,

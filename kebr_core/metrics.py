@@ -1,7 +1,9 @@
 """The multimodal-sentiment metrics, with MMSA's conventions (docs/design.md §7, paper §4.3).
 
-Predictions p and labels y are regression scores in [-3, 3]. The literature's tables come from MMSA's
-`metricsTop.py`; its conventions are copied exactly, because each of them moves the numbers:
+Predictions p and labels y are regression scores on the dataset's scale (`catalog.Dataset`: [-3, 3] for
+CMU-MOSI/MOSEI, whose metric set is below; an entry names its range, neutral score and multi-class
+accuracies). The literature's tables come from MMSA's `metricsTop.py`; its conventions are copied
+exactly, because each of them moves the numbers:
 
 - Acc-2 / F1 "has0": all samples, classes `x >= 0` vs `x < 0` for labels and predictions alike, so a
   prediction of exactly 0 is non-negative.
@@ -26,19 +28,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+from kebr_core.data.catalog import DEFAULT, Dataset
 from kebr_core.errors import KebrError
 
-# The order of the keys of `msa_metrics`, i.e. the order of the paper's Table 1 columns.
-METRIC_NAMES: tuple[str, ...] = (
-    "acc2_has0",
-    "f1_has0",
-    "acc2_non0",
-    "f1_non0",
-    "acc7",
-    "acc5",
-    "mae",
-    "corr",
-)
+# The order of the keys of `msa_metrics` on MOSI/MOSEI's scale (and any store given by path), i.e. the order
+# of the paper's Table 1 columns: acc2_has0, f1_has0, acc2_non0, f1_non0, acc7, acc5, mae, corr. Another
+# dataset's metric set is its `catalog.Dataset.metric_names`.
+METRIC_NAMES: tuple[str, ...] = DEFAULT.metric_names
 
 # Table 1 columns: (column, metric keys shown "a/b", printed as a percentage?, decimals).
 _TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], bool, int], ...] = (
@@ -101,7 +97,8 @@ def _binary_scores(true_positive: np.ndarray, pred_positive: np.ndarray) -> tupl
 
 
 def _multiclass_accuracy(pred: np.ndarray, label: np.ndarray, bound: float) -> float:
-    """Acc-7 (bound 3) or Acc-5 (bound 2): share of samples whose rounded, clipped scores agree."""
+    """Acc-7 (bound 3) or Acc-5 (bound 2), or any `Dataset.class_accuracies` entry: share of samples whose
+    rounded, clipped scores agree."""
     pred_class = np.round(np.clip(pred, -bound, bound))  # half to even, as MMSA
     label_class = np.round(np.clip(label, -bound, bound))
     return float(np.mean(pred_class == label_class))  # -0.0 == 0.0, so the sign of zero is moot
@@ -121,16 +118,19 @@ def pearson(pred: np.ndarray, label: np.ndarray) -> float:
     return float(np.corrcoef(pred, label)[0, 1])  # as MMSA; corrcoef clips to [-1, 1]
 
 
-def msa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+def msa_metrics(pred: np.ndarray, label: np.ndarray, dataset: Dataset = DEFAULT) -> dict[str, float]:
     """All MSA metrics of predictions against labels, with MMSA's conventions (docs/design.md §7).
 
     Args:
         pred: (N,) predicted sentiment scores (any shape with N elements is flattened).
-        label: (N,) gold scores in [-3, 3].
+        label: (N,) gold scores on the dataset's scale.
+        dataset: the `catalog.Dataset` whose metric set is computed: Acc-2 splits at its `neutral` score,
+            its `class_accuracies` clip at their bounds. Default: MOSI/MOSEI's ([-3, 3], Acc-7 and Acc-5).
 
     Returns:
-        dict with the keys of `METRIC_NAMES`, in that order: "acc2_has0", "f1_has0", "acc2_non0",
-        "f1_non0", "acc7", "acc5" as fractions in [0, 1]; "mae"; "corr" (Pearson's r). "corr" is NaN
+        dict with the keys of `dataset.metric_names` (default `METRIC_NAMES`), in that order: "acc2_has0",
+        "f1_has0", "acc2_non0", "f1_non0", "acc7", "acc5" as fractions in [0, 1]; "mae"; "corr" (Pearson's
+        r). "corr" is NaN
         (with `UndefinedCorrelationWarning`) when pred or label is constant; "acc2_non0" and "f1_non0"
         are NaN (with `UndefinedMetricWarning`) when every label is 0.
 
@@ -142,11 +142,12 @@ def msa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     if pred.shape != label.shape:
         raise KebrError(f"There are {pred.size} predictions for {label.size} labels; the counts must match.")
 
-    acc2_has0, f1_has0 = _binary_scores(label >= 0, pred >= 0)
+    neutral = dataset.neutral
+    acc2_has0, f1_has0 = _binary_scores(label >= neutral, pred >= neutral)
 
-    nonzero = label != 0
+    nonzero = label != neutral
     if nonzero.any():
-        acc2_non0, f1_non0 = _binary_scores(label[nonzero] > 0, pred[nonzero] > 0)
+        acc2_non0, f1_non0 = _binary_scores(label[nonzero] > neutral, pred[nonzero] > neutral)
     else:
         warnings.warn(
             "Acc-2 and F1 without zero labels are undefined because every label is 0; reporting NaN.",
@@ -160,8 +161,7 @@ def msa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
         "f1_has0": f1_has0,
         "acc2_non0": acc2_non0,
         "f1_non0": f1_non0,
-        "acc7": _multiclass_accuracy(pred, label, 3.0),
-        "acc5": _multiclass_accuracy(pred, label, 2.0),
+        **{key: _multiclass_accuracy(pred, label, bound) for key, bound in dataset.class_accuracies},
         "mae": float(np.mean(np.abs(pred - label))),
         "corr": pearson(pred, label),
     }

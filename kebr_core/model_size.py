@@ -51,7 +51,7 @@ def _encoder_config(name: str):
     or None when it cannot be read here (loading the encoder reports that in its own sentence)."""
     from transformers import AutoConfig
 
-    from kebr_core.model import RANDOM_PREFIX, random_bert_config, resolve_text_model
+    from kebr_core.text_encoder import RANDOM_PREFIX, random_bert_config, resolve_text_model
 
     if name.startswith(RANDOM_PREFIX):
         return random_bert_config(name)
@@ -109,7 +109,7 @@ def check_model_size(cfg: RunConfig, source: str = "this configuration", encoder
     """Refuse (one sentence) the model `cfg` describes when its parameters exceed `cfg.train.max_parameters`
     or its `max_text_len` exceeds the encoder's positions; else return the parameter count. source: where
     the configuration came from, for the message (e.g. "checkpoint runs/x/best-model"). encoder_from: where
-    the encoder's configuration is read (a model folder's text-encoder/, `pretrained.encoder_source`;
+    the encoder's configuration is read (a model folder's text-encoder/, `model.encoder_source`;
     default: the text model's name)."""
     model, limit = cfg.model, cfg.train.max_parameters
     encoder = encoder_size(encoder_from or model.text_model)

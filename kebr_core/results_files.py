@@ -20,12 +20,15 @@ from __future__ import annotations
 import csv
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from kebr_core import runs
 from kebr_core.errors import KebrError
-from kebr_core.io import open_for_writing
+from kebr_core.io import atomic_write_text, open_for_writing
 from kebr_core.metrics import metric_display
+from kebr_core.shards import locked
 from kebr_core.strict import decimal_number
 
 # MMSA's result columns (its results/<dataset>.csv) → kebr's metric keys.
@@ -130,7 +133,7 @@ def row_summary(row: Mapping[str, str], where: str) -> dict[str, tuple[float, fl
 
 def updated_table_text(path: Path, rows: Iterable[Mapping[str, str]]) -> str:
     """The text of results-table.csv at `path` with `rows` (`table_cells`, keyed by run directory and
-    dataset) added or replacing theirs, the others kept (`runs.update_results_table` writes it under the
+    dataset) added or replacing theirs, the others kept (`update_results_table` writes it under the
     table's lock); a file that is not a kebr results table is refused in one sentence (`read_results_table`)."""
     path = Path(path)
     table: dict[tuple[str, str], Mapping[str, str]] = {}
@@ -143,3 +146,33 @@ def updated_table_text(path: Path, rows: Iterable[Mapping[str, str]]) -> str:
     w.writeheader()
     w.writerows(table.values())
     return text.getvalue()
+
+
+@dataclass
+class ResultsRow:
+    """One configuration's result on one dataset: `summary` maps metric → (mean, std) over `seeds`; `model`
+    names the row (`row_names.row_name`), `inputs` the store's streams (`row_names.store_inputs`)."""
+
+    model: str
+    dataset: str
+    run_dir: Path
+    seeds: list[int]
+    summary: Mapping[str, tuple[float, float]]
+    inputs: str = ""
+
+    def cells(self) -> dict[str, str]:
+        """The row's cells (`table_cells`: numeric mean and std columns, percent named)."""
+        return table_cells(self.model, self.dataset, self.inputs, self.seeds, self.run_dir, self.summary)
+
+
+def update_results_table(path: Path, rows: Iterable[ResultsRow]) -> None:
+    """Add or replace rows (keyed by run directory and dataset) in the CSV at `path`, keeping the others.
+    Jobs finishing at once (shards, other runs beside it) each read, change and replace the table under a
+    lock (`runs.RESULTS_TABLE_LOCK` beside it), through their own temporary name (`atomic_write_text`): no row
+    is lost and no writer renames another's half-written file."""
+    path, cells = Path(path), [row.cells() for row in rows]
+    if path.is_file():
+        read_results_table(path)  # not ours: refused before anything (the lock file) is created beside it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.parent / runs.RESULTS_TABLE_LOCK):
+        atomic_write_text(path, updated_table_text(path, cells))

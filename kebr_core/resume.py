@@ -7,8 +7,8 @@ after `step` steps of epoch `epoch` adds to the trainer state, so that resuming 
 
     step      the steps done in the epoch: the sampler (`distributed.EpochBatches`, a function of
               (seed, epoch)) skips that many batches (`SkipBatches`), and `EpochBatches.weights` counts on
-    sums      (7 + S,) the epoch's partial `balance_sums` and its per-step non-finite flags, so the epoch's
-              metrics row is the uninterrupted one
+    sums      (7 + S,) the epoch's partial `balance_sums` (`epoch_metrics.BALANCE_SUMS`) and its per-step
+              non-finite flags, so the epoch's metrics row is the uninterrupted one
     rng       the random streams after that step (torch CPU and CUDA, NumPy, Python), per rank
 
 `StepCheckpoints` decides when (every `train.checkpoint_every_steps` steps, every
@@ -36,6 +36,7 @@ from torch.utils.data import Sampler
 
 from kebr_core.distributed import all_reduce_sum
 from kebr_core.errors import KebrError
+from kebr_core.epoch_metrics import BALANCE_SUMS
 
 T = TypeVar("T")
 
@@ -81,17 +82,18 @@ class EpochPosition:
             return None
         pos = state.get("position")
         if not (isinstance(pos, dict) and isinstance(pos.get("sums"), Tensor) and isinstance(pos.get("rng"), list)
-                and pos["sums"].ndim == 1 and len(pos["sums"]) >= 7 + step and pos["rng"]):
+                and pos["sums"].ndim == 1 and len(pos["sums"]) >= len(BALANCE_SUMS) + step and pos["rng"]):
             raise KebrError(f"{where} is a mid-epoch checkpoint without its position in the epoch (sums and random "
                             "state); the run cannot be resumed from it (start it afresh with --force).")
         return cls(state["epoch"], step, pos["sums"].float(), pos["rng"])
 
     def sums_for(self, rank: int, length: int, device: torch.device) -> Tensor:
         """The epoch's running sums for `rank` to start from: the saved ones on rank 0, zeros elsewhere (the
-        epoch's all-reduce adds them once). length: 7 + the epoch's steps, which must match."""
+        epoch's all-reduce adds them once). length: len(BALANCE_SUMS) + the epoch's steps, which must match."""
+        k = len(BALANCE_SUMS)
         if len(self.sums) != length:
-            raise KebrError(f"The mid-epoch checkpoint of epoch {self.epoch} was written for {len(self.sums) - 7} steps "
-                            f"an epoch, not {length - 7}: the data or batch size changed; start afresh with --force.")
+            raise KebrError(f"The mid-epoch checkpoint of epoch {self.epoch} was written for {len(self.sums) - k} steps "
+                            f"an epoch, not {length - k}: the data or batch size changed; start afresh with --force.")
         return self.sums.to(device) if rank == 0 else torch.zeros(length, device=device)
 
     def rng_for(self, rank: int, world: int) -> dict[str, Any]:
@@ -153,7 +155,7 @@ class StepCheckpoints:
     """When a pretraining run writes a mid-epoch checkpoint: after every `every_steps` steps, after
     `every_minutes` minutes since the last checkpoint, and (one process) when interrupted.
 
-    save(position) writes it (`runs.save_resume_checkpoint` with step > 0; rank 0). `info`: the DistInfo."""
+    save(position) writes it (`checkpoints.save_resume_checkpoint` with step > 0; rank 0). `info`: the DistInfo."""
 
     def __init__(self, every_steps: int, every_minutes: float, save: Callable[[EpochPosition], None], info):
         self.every_steps, self.every_seconds, self.save, self.info = every_steps, every_minutes * 60, save, info

@@ -4,9 +4,9 @@ reads them.
 
 Four kinds of directory (`detect_kind`):
 
-- pretraining run: config.json ("stage": "pretrain") + metrics.csv (columns `runs.PRETRAIN_COLUMNS`);
+- pretraining run: config.json ("stage": "pretrain") + metrics.csv (columns `epoch_metrics.PRETRAIN_COLUMNS`);
 - evaluation run: config.json ("stage": "finetune") + results.json + seed-S/metrics.csv (columns
-  `runs.EVAL_COLUMNS`) + seed-S/test_features.npz (features (N, dt), labels (N,), predictions (N,));
+  `epoch_metrics.FINETUNE_COLUMNS`) + seed-S/test_features.npz (features (N, dt), labels (N,), predictions (N,));
 - ablation: ablation.json, whose configurations point at evaluation (and pretraining) run dirs; with
   two or more pretraining seeds those dirs hold one pseed-S run per seed (`runs.pretrain_seed_runs`,
   `AblationConfig.runs_by_pretrain_seed`);
@@ -35,15 +35,14 @@ from typing import Any, Literal
 import numpy as np
 
 from kebr_core import runs
+from kebr_core.epoch_metrics import BALANCE, EPOCH, FINETUNE_CURVES, PRETRAIN_CURVES, TRAIN_PREFIX
 from kebr_core.errors import KebrError
 
 RunKind = Literal["pretrain", "finetune", "ablation", "comparison", "tune"]
 
-PRETRAIN_COLUMNS = runs.PRETRAIN_COLUMNS
-EVAL_COLUMNS = runs.EVAL_COLUMNS[:8]  # what the plots read: the loss terms, the balance and the validation MAE
-# balance.csv (`balance_table`): one row per configuration and stage
-BALANCE_COLUMNS = ("config", "mcc", "mcc_align", "stage", "epoch", "seeds", "cos_a", "cos_a_std", "cos_v", "cos_v_std",
-                   "abs_dtheta", "abs_dtheta_std")
+# balance.csv (`balance_table`): one row per configuration and stage, the mean and std of each `BALANCE` metric
+BALANCE_COLUMNS = ("config", "mcc", "mcc_align", "stage", "epoch", "seeds",
+                   *(column for name in BALANCE for column in (name, f"{name}_std")))
 
 
 class RunDataMissing(Exception):
@@ -195,10 +194,10 @@ def eval_curves(run_dir: Path) -> tuple[dict[str, np.ndarray], int]:
     paths = [runs.seed_dir(run, seed) / runs.METRICS for run in evaluation_runs(run_dir) for seed in eval_seeds(run)]
     if not paths:
         raise RunDataMissing(f"Evaluation run {run_dir} has no seed-S directories with metrics.")
-    tables = readable_tables(paths, EVAL_COLUMNS)
+    tables = readable_tables(paths, FINETUNE_CURVES)
     if not tables:
         raise RunDataMissing(f"No seed of evaluation run {run_dir} has a readable seed-S/metrics.csv.")
-    return mean_over_seeds(tables, EVAL_COLUMNS[1:]), len(tables)
+    return mean_over_seeds(tables, FINETUNE_CURVES[1:]), len(tables)
 
 
 def pretrain_curves(run_dir: Path) -> dict[str, np.ndarray]:
@@ -206,11 +205,11 @@ def pretrain_curves(run_dir: Path) -> dict[str, np.ndarray]:
     (pseed-S), their mean with a "_std" column each (`mean_over_seeds`)."""
     nested = runs.run_pretrain_seeds(run_dir) if not (run_dir / runs.METRICS).is_file() else []
     if not nested:
-        return read_metrics_csv(run_dir / runs.METRICS, PRETRAIN_COLUMNS)
-    tables = readable_tables([runs.pretrain_seed_dir(run_dir, seed) / runs.METRICS for seed in nested], PRETRAIN_COLUMNS)
+        return read_metrics_csv(run_dir / runs.METRICS, PRETRAIN_CURVES)
+    tables = readable_tables([runs.pretrain_seed_dir(run_dir, seed) / runs.METRICS for seed in nested], PRETRAIN_CURVES)
     if not tables:
         raise RunDataMissing(f"No pretraining seed of {run_dir} has a readable pseed-S/metrics.csv.")
-    return mean_over_seeds(tables, PRETRAIN_COLUMNS[1:])
+    return mean_over_seeds(tables, PRETRAIN_CURVES[1:])
 
 
 # ───────────────────────── test representations ─────────────────────────
@@ -381,18 +380,18 @@ def balance_table(run_dir: str | Path) -> list[dict[str, Any]]:
         stages = []
         pairs = c.runs_by_pretrain_seed()  # every pretraining seed's runs count as more seeds of the stage
         if c.pretrain_dir is not None:
-            stages.append(("pretraining", [pre / runs.METRICS for _, pre, _ in pairs if pre is not None], PRETRAIN_COLUMNS, ""))
+            stages.append(("pretraining", [pre / runs.METRICS for _, pre, _ in pairs if pre is not None], PRETRAIN_CURVES, ""))
         seeds = [runs.seed_dir(run, s) / runs.METRICS for _, _, run in pairs for s in eval_seeds(run)]
-        stages.append(("fine-tuning", seeds, EVAL_COLUMNS, "train_"))
+        stages.append(("fine-tuning", seeds, FINETUNE_CURVES, TRAIN_PREFIX))
         for stage, paths, columns, prefix in stages:
-            names = ("epoch", f"{prefix}cos_a", f"{prefix}cos_v", f"{prefix}abs_dtheta")
+            names = (EPOCH, *(prefix + name for name in BALANCE))
             last = [{k: table[k][-1] for k in names} for table in readable_tables(paths, columns)]
             if not last:
                 continue
             # c.settings ends with mcc_align (read_ablation)
             row: dict[str, Any] = {"config": c.name, "mcc": c.mcc, "mcc_align": c.settings[-1], "stage": stage,
-                                   "epoch": int(max(r["epoch"] for r in last)), "seeds": len(last)}
-            for name in ("cos_a", "cos_v", "abs_dtheta"):
+                                   "epoch": int(max(r[EPOCH] for r in last)), "seeds": len(last)}
+            for name in BALANCE:
                 values = np.array([r[prefix + name] for r in last])
                 row[name] = float(values.mean())
                 row[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -417,7 +416,7 @@ class SeedGrid:
     pretrain_seeds: tuple[int, ...]  # P entries
     finetune_seeds: tuple[int, ...]  # F entries
     values: dict[str, np.ndarray]  # test metric name -> (P, F)
-    data: dict  # the store fingerprint recorded in config.json (`runs.data_fingerprint`)
+    data: dict  # the store fingerprint recorded in config.json (`run_identity.data_fingerprint`)
     identity: dict  # the resolved configuration, for naming what differs between grids
 
 

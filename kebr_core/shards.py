@@ -1,18 +1,24 @@
-"""Embarrassingly parallel work spread over independent jobs: `kebr eval --seed-shard i/n` runs its share of
-the seeds, `kebr ablate --shard i/n` its share of the configurations (docs: README "Many machines").
+"""Embarrassingly parallel work spread over independent jobs: `kebr eval --seed-shard i/n` runs its part of
+the seeds, `kebr ablate --shard i/n` its part of the configurations, `kebr extract --shard i/n` its part of
+the videos (docs: README "Many machines").
 
-The k-th item (from 0, in the order the command lists them) belongs to shard k mod n, as `kebr extract
---shard i/n` numbers its shards (0 <= i < n). Every job writes only the files of its own items (seed-S/,
-runs/<configuration>/); files several jobs share are written atomically with the same content
-(config.json) or changed under a lock (`locked`: best-model/, a pretraining run two configurations share).
-Summaries (results.json, ablation.json) are written only when a job aggregates every item: a plain run,
-which reuses the finished items and runs the missing ones, or `--collect`, which only aggregates.
+The words. A *part* (i, n), 0 <= i < n, is what one of n jobs does; the user gives it as `--shard i/n` or
+`--seed-shard i/n`, and `check_part` is its one validity check. Seeds and configurations, which every job
+lists in the same order, are split by position: the k-th item (from 0) is in part k mod n (`in_part`,
+`part_positions`). Videos are split by their id (`extract.inputs.id_in_part`: CRC-32 of the id mod n), so
+that a video's part does not depend on what else the folder holds. A DDP rank's contiguous slice of the
+evaluation data is another thing, `distributed.rank_slice`.
+
+Every job writes only the files of its own items (seed-S/, runs/<configuration>/); files several jobs
+share are written atomically with the same content (config.json) or changed under a lock (`locked`:
+best-model/, a pretraining run two configurations share). Summaries (results.json, ablation.json) are
+written only when a job aggregates every item: a plain run, which reuses the finished items and runs the
+missing ones, or `--collect`, which only aggregates (`check_part_run`: neither goes with --force).
 
 Jobs into one output claim what they work on (`claimed`: a lock on one byte per item, all of them for a
-plain run), so two plain runs, or a plain run and a shard, are refused at once instead of both training
-the same seeds and interleaving their files; shards with their own items run side by side.
+plain run), so two plain runs, or a plain run and a part, are refused at once instead of both training
+the same seeds and interleaving their files; jobs with their own parts run side by side.
 """
-
 from __future__ import annotations
 
 import fcntl
@@ -26,14 +32,29 @@ from kebr_core.errors import KebrError
 
 
 
-def check_shard(shard: tuple[int, int] | None, option: str) -> None:
-    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
-        raise KebrError(f"{option} {shard[0]}/{shard[1]} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4).")
+def check_part(part: tuple[int, int] | None, option: str) -> None:
+    """Refuse a part (i, n) outside 0 <= i < n, naming the option that gave it (None: the whole, fine)."""
+    if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
+        raise KebrError(f"{option} {part[0]}/{part[1]} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4).")
 
 
-def in_shard(position: int, shard: tuple[int, int] | None) -> bool:
-    """Whether the item at `position` (from 0) belongs to `shard` (i, n); every item when shard is None."""
-    return shard is None or position % shard[1] == shard[0]
+def check_part_run(part: tuple[int, int] | None, option: str, *, collect: bool, force: bool, what: str) -> None:
+    """The guards of a run split into parts (`kebr eval --seed-shard`, `kebr ablate --shard`): a valid part,
+    and no --force with a part or --collect, which would remove `what` other jobs finished."""
+    check_part(part, option)
+    if force and (part is not None or collect):
+        raise KebrError(f"--force cannot go with {option} or --collect: it would remove {what} other jobs "
+                        "finished; start afresh with a plain --force run, then shard again.")
+
+
+def in_part(position: int, part: tuple[int, int] | None) -> bool:
+    """Whether the item at `position` (from 0) belongs to `part` (i, n); every item when part is None."""
+    return part is None or position % part[1] == part[0]
+
+
+def part_positions(count: int, part: tuple[int, int] | None) -> list[int] | None:
+    """The positions (from 0) of `count` items that `part` holds; None (every item) when part is None."""
+    return None if part is None else [k for k in range(count) if in_part(k, part)]
 
 
 @contextmanager

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from kebr_core.config import RunConfig
+from kebr_core.epoch_metrics import BALANCE_SUMS, EPOCH, SECONDS, TRAINING_NAMES
 from kebr_core.errors import KebrError
 from kebr_core.model import encoder_attention_mask
 from kebr_core.threads import usable_cpus  # the CPUs this process may use (its affinity), one home with --threads
@@ -238,7 +239,7 @@ def check_finite(bad_steps: Tensor, epoch: int) -> None:
 
 
 def balance_sums(abs_err: Tensor, mcc, weight: Tensor | None = None) -> Tensor:
-    """Per-batch sums for an epoch's metrics row, without a host sync. Returns (7,):
+    """Per-batch sums for an epoch's metrics row, without a host sync. Returns (len(BALANCE_SUMS),) = (7,):
     Σ|pred − y|, B, Σf_i and Σc_a, Σc_v, Σ|θ_a − θ_v| over the samples that have both streams
     (MCC's `valid`), and their count. weight (B,): 1 for real samples (the default), 0 for DDP
     padding (`EpochBatches.weights`), which counts nowhere."""
@@ -254,17 +255,15 @@ def balance_sums(abs_err: Tensor, mcc, weight: Tensor | None = None) -> Tensor:
 
 
 def epoch_row(epoch: int, sums: Tensor, seconds: float, mcc_weight: float, prefix: str = "") -> dict[str, float]:
-    """An epoch's metrics.csv row from the summed `balance_sums` of its batches (one host sync):
-    task_l1 and mcc are epoch means, loss = task_l1 + λ·mcc, cosines and |Δθ| average valid samples."""
-    abs_err, n, f_sum, c_a, c_v, dtheta, n_valid = sums.tolist()
-    n, n_valid = max(n, 1.0), max(n_valid, 1.0)
-    task, mcc = abs_err / n, f_sum / n_valid
-    return {
-        "epoch": epoch,
-        f"{prefix}loss": task + mcc_weight * mcc, f"{prefix}task_l1": task, f"{prefix}mcc": mcc,
-        f"{prefix}cos_a": c_a / n_valid, f"{prefix}cos_v": c_v / n_valid, f"{prefix}abs_dtheta": dtheta / n_valid,
-        "seconds": round(seconds, 3),
-    }
+    """An epoch's metrics.csv row from the summed `balance_sums` of its batches (one host sync), its columns
+    `epoch_metrics.training_columns(prefix)`: task_l1 and mcc are epoch means, loss = task_l1 + λ·mcc,
+    cosines and |Δθ| average valid samples."""
+    total = dict(zip(BALANCE_SUMS, sums.tolist()))
+    n, n_valid = max(total["samples"], 1.0), max(total["mcc_samples"], 1.0)
+    task, mcc = total["abs_err"] / n, total["mcc"] / n_valid
+    values = {"loss": task + mcc_weight * mcc, "task_l1": task, "mcc": mcc, "cos_a": total["cos_a"] / n_valid,
+              "cos_v": total["cos_v"] / n_valid, "abs_dtheta": total["abs_dtheta"] / n_valid}
+    return {EPOCH: epoch, **{prefix + name: values[name] for name in TRAINING_NAMES}, SECONDS: round(seconds, 3)}
 
 
 def item_lengths(dataset) -> np.ndarray | None:
@@ -338,9 +337,10 @@ def train_epoch(
     if frozen:
         model.encoder.eval()  # no dropout in a frozen encoder: its cached outputs stay exact
     t0 = time.perf_counter()
-    # [0:7] the epoch's balance_sums, [7:] one non-finite-loss flag per step: summed over ranks at the
-    # end of the epoch by one all-reduce, then read by the host once (no sync inside the step).
-    sums = torch.zeros(7 + len(batches), device=device)
+    # [:k] the epoch's balance_sums (k = len(BALANCE_SUMS)), [k:] one non-finite-loss flag per step: summed over
+    # ranks at the end of the epoch by one all-reduce, then read by the host once (no sync inside the step).
+    k = len(BALANCE_SUMS)
+    sums = torch.zeros(k + len(batches), device=device)
     dropout_p = cfg.train.modality_dropout if task == "finetune" else 0.0  # fine-tuning's training steps only
     steps = iter(loader)  # draws the workers' base seed: before a saved random state is put back
     if position is not None:
@@ -367,13 +367,13 @@ def train_epoch(
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
             opt.step()
             with torch.no_grad():
-                sums[:7] += balance_sums(abs_err, out.mcc, weight)
-                sums[7 + step] = (~torch.isfinite(loss.detach())).float()
+                sums[:k] += balance_sums(abs_err, out.mcc, weight)
+                sums[k + step] = (~torch.isfinite(loss.detach())).float()
             if checkpoints is not None:
                 checkpoints.after_step(epoch, step + 1, len(batches), sums)
             progress(BATCH_STAGE, step + 1, len(batches), {"epoch": epoch})
     finally:
         held.close()  # a step that failed: its held signals go back to their handlers
     totals = all_reduce_sum(sums, info).cpu()  # the epoch's one host sync
-    check_finite(totals[7:], epoch)
-    return epoch_row(epoch, totals[:7], time.perf_counter() - t0, cfg.mcc.weight, prefix)
+    check_finite(totals[k:], epoch)
+    return epoch_row(epoch, totals[:k], time.perf_counter() - t0, cfg.mcc.weight, prefix)

@@ -68,3 +68,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def tiny_store(tmp_path: Path) -> Path:
     return write_tiny_store(tmp_path / "tiny.h5")
+
+
+@pytest.fixture
+def ticking_cli_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress as a CI log shows it (plain lines, no bars), with a clock of `kebr_cli.reporter` alone that reads
+    2 s later at every look: with --verbose (a line per stage every second) every progress event prints."""
+    import time
+
+    import kebr_cli.reporter as cli_reporter
+
+    class Ticking:
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += 2.0
+            return self.now
+
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+    monkeypatch.setattr(cli_reporter, "time", Ticking())
+    monkeypatch.setattr(cli_reporter, "show_progress", lambda: False)

@@ -95,6 +95,23 @@ def make_ten_hour_clip(path: Path, gap_s: float = 36000.0, fps: int = 10) -> Pat
     return path
 
 
+def make_long_header_clip(path: Path, declared_s: float = 36000.0, **kwargs) -> Path:
+    """A Matroska talking-face clip (`make_clip`'s options; 2 s by default) whose header declares
+    `declared_s` seconds: the Segment's Duration element (ID 0x4489, an 8-byte float of milliseconds) is
+    rewritten, and the pictures and audio stay those of the real clip."""
+    import struct
+
+    path = Path(path)
+    assert path.suffix == ".mkv", path
+    make_clip(path, **{"text": None, "duration": 2.0, **kwargs})
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # the element ID, then its size: 8 bytes
+    assert at > 0, "no 8-byte Duration element"
+    data[at + 3: at + 11] = struct.pack(">d", declared_s * 1000.0)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Levenshtein distance over words / number of reference words (lower-cased, punctuation-free)."""
 

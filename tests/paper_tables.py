@@ -1,5 +1,5 @@
 """Result folders for `kebr table` (tests/test_paper_table.py), written by the recipes' own writers
-(`finetune.write_summary`, `runs.update_results_table`) or, for ablation.json, with the keys
+(`finetune.write_summary`, `results_files.update_results_table`) or, for ablation.json, with the keys
 recipes/ablate.py writes: chosen numbers, so the tables can be checked against reviewed files in tests/data/."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kebr_core import runs
+from kebr_core import results_files, runs
 from kebr_core.config import RunConfig
 from kebr_core.metrics import METRIC_NAMES, aggregate, split_summary
 from kebr_core.recipes.finetune import write_summary
@@ -48,7 +48,7 @@ def write_table1_inputs(root: Path) -> tuple[Path, Path, Path]:
     mosei = write_eval(root / "mosei", "/data/mosei.h5", metrics(0.8674, 0.8668, 0.5437, 0.5520, 0.517, 0.799))
     table = root / "results-table.csv"
     baseline = aggregate([seed_metrics(metrics(0.8521, 0.8518, 0.4865, 0.5300, 0.701, 0.774), s) for s in SEEDS])
-    runs.update_results_table(table, [runs.ResultsRow("Self-MM", "mosi", root / "gone" / "self-mm", SEEDS, baseline)])
+    results_files.update_results_table(table, [results_files.ResultsRow("Self-MM", "mosi", root / "gone" / "self-mm", SEEDS, baseline)])
     return mosi, mosei, table
 
 

@@ -189,7 +189,7 @@ def test_probe_equals_testing_on_a_store_without_that_modality(tmp_path: Path) -
     whose m frames are all 0 (zeroed) or missing (absent)."""
     from kebr_core.data.dataset import Collator, StoreDataset
     from kebr_core.masking import tokenize_plain
-    from kebr_core.model import load_tokenizer
+    from kebr_core.text_encoder import load_tokenizer
     from kebr_core.recipes.finetune import predict_split
 
     cfg = RunConfig()

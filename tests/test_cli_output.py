@@ -1,5 +1,5 @@
 """What the commands print for a person and for a script: progress events rendered as bars or plain
-lines (kebr_cli.app.Reporter), one line per finished epoch, --quiet/--verbose, log.txt in every run
+lines (kebr_cli.reporter.Reporter), one line per finished epoch, --quiet/--verbose, log.txt in every run
 directory, and --json documents that are the whole of stdout."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import kebr_cli.app as cli_app
-from kebr_cli.app import Reporter, Verbosity
+import kebr_cli.reporter as cli_app
+from kebr_cli.app import Verbosity
+from kebr_cli.reporter import Reporter
 from kebr_cli.main import app
 from kebr_core import __version__
 from kebr_core.training import BATCH_STAGE

@@ -18,9 +18,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kebr_cli.app import torchrun_arguments
+from kebr_cli.launcher import torchrun_arguments
 from kebr_cli.main import app
-from kebr_core import runs
+from kebr_core import results_files, runs
 from kebr_core.distributed import CONSTANT_BUFFERS, DistInfo, init_distributed
 from kebr_core.errors import EveryRankError
 from tests.conftest import TINY_BERT
@@ -36,15 +36,15 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
 WRITE_COUNTER = '''
 import os
 if os.environ.get("KEBR_WRITES_LOG"):
-    import kebr_core.io as kio, kebr_core.runs as kruns
+    import kebr_core.io as kio
 
     def _note(path):
         with open(os.environ["KEBR_WRITES_LOG"], "a") as f:
             f.write(f"{os.environ.get('RANK', '-')} {os.path.basename(str(path))}\\n")
 
-    _open, _atomic = kio.open_for_writing, kruns.atomic_write_text
+    _open, _atomic = kio.open_for_writing, kio.atomic_write_text
     kio.open_for_writing = lambda path, *a, **k: (_note(path), _open(path, *a, **k))[1]
-    kruns.atomic_write_text = lambda path, text: (_note(path), _atomic(path, text))[1]
+    kio.atomic_write_text = lambda path, text: (_note(path), _atomic(path, text))[1]
 '''
 
 
@@ -113,8 +113,8 @@ def test_two_sharded_ddp_ablations_at_once_agree_and_rank_0_alone_writes(tiny_st
 
 def _update_table_many_times(path: str, who: int, times: int) -> None:
     for k in range(times):
-        runs.update_results_table(Path(path), [runs.ResultsRow("KEBR", f"d{who}", Path(f"run-{who}-{k}"), [0],
-                                                               {"mae": (1.0, 0.0)})])
+        results_files.update_results_table(Path(path), [results_files.ResultsRow("KEBR", f"d{who}", Path(f"run-{who}-{k}"), [0],
+                                                                                 {"mae": (1.0, 0.0)})])
 
 
 def test_concurrent_results_table_writers_lose_no_row(tmp_path: Path) -> None:

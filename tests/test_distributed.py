@@ -94,7 +94,8 @@ def tiny_fine_tuning(store: str):
     from kebr_core.config import RunConfig
     from kebr_core.data.dataset import StoreDataset
     from kebr_core.masking import tokenize_plain
-    from kebr_core.model import KEBRModel, load_tokenizer
+    from kebr_core.model import KEBRModel
+    from kebr_core.text_encoder import load_tokenizer
     from kebr_core.training import seed_everything
 
     cfg = RunConfig()

@@ -25,7 +25,7 @@ from kebr_core.extract.audio import (
     audio_features,
 )
 from kebr_core.extract.extractor import ExtractOptions
-from kebr_core.extract.inputs import in_shard, read_manifest
+from kebr_core.extract.inputs import id_in_part, read_manifest
 from kebr_core.extract.pipeline import extract
 from kebr_core.extract.transcripts import find_sidecar, read_sidecar, subtitles_to_text
 from kebr_core.extract.video import expected_frames, iter_frames, read_audio
@@ -387,7 +387,7 @@ def test_openface_csv_backend_in_the_pipeline(media_dir, tmp_path):
 
 def test_shards_partition_the_ids():
     ids = [f"video{k}$_${j}" for k in range(50) for j in range(4)]
-    owners = [[i for i in range(3) if in_shard(x, (i, 3))] for x in ids]
+    owners = [[i for i in range(3) if id_in_part(x, (i, 3))] for x in ids]
     assert all(len(o) == 1 for o in owners)
     counts = np.bincount([o[0] for o in owners], minlength=3)
     assert counts.min() > 40  # CRC-32 spreads 200 ids roughly evenly
@@ -403,7 +403,7 @@ def test_shard_runs_cover_every_video_once(media_dir, tmp_path):
         summary = extract(d, out, ExtractOptions(vision="none", asr="none", workers=0, shard=(i, 3)))
         store = FeatureStore(out)
         ids = store.ids + list(store.errors())
-        assert summary.total == len(ids) and all(in_shard(x, (i, 3)) for x in ids)
+        assert summary.total == len(ids) and all(id_in_part(x, (i, 3)) for x in ids)
         seen += ids
     assert sorted(seen) == sorted(["noaudio", "noface", "silent", "speech", "sub/side", "corrupt", "empty"])
 

@@ -23,7 +23,8 @@ from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.distributed import DistInfo
 from kebr_core.masking import tokenize_plain
-from kebr_core.model import KEBRModel, load_tokenizer
+from kebr_core.model import KEBRModel
+from kebr_core.text_encoder import load_tokenizer
 from kebr_core.modules.attention import CrossModalAttention
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kebr_core.errors import KebrError
-from kebr_core.model import RANDOM_BERT_TOKENIZER, load_tokenizer
+from kebr_core.text_encoder import RANDOM_BERT_TOKENIZER, load_tokenizer
 from kebr_core.optional import OptionalModule
 from tests.conftest import MOSI_SAMPLE, TINY_BERT
 

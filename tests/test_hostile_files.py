@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
-from kebr_core import runs
+from kebr_core import checkpoints, runs
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
 from kebr_core.own_files import RECORD, remove_written
@@ -346,7 +346,7 @@ def test_a_link_made_during_the_run_stops_retention_instead_of_deleting_through_
     (run_dir / runs.CHECKPOINTS).symlink_to(scratch)
     before = snapshot(scratch)
     with pytest.raises(KebrError, match="never through a link: nothing there was removed"):
-        runs.save_resume_checkpoint(run_dir, 2, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}}, keep=1)
+        checkpoints.save_resume_checkpoint(run_dir, 2, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}}, keep=1)
     assert snapshot(scratch) == before
 
 
@@ -356,7 +356,7 @@ def test_a_foreign_file_in_a_stale_checkpoint_folder_is_refused_not_removed(tmp_
     stale.mkdir(parents=True)
     (stale / "weights.bin").write_bytes(b"not kebr's")
     with pytest.raises(KebrError, match="holds weights.bin, which kebr did not write; it is needed to save checkpoint epoch-0001"):
-        runs.save_resume_checkpoint(run_dir, 1, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
+        checkpoints.save_resume_checkpoint(run_dir, 1, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
     assert (stale / "weights.bin").read_bytes() == b"not kebr's"
 
 
@@ -429,7 +429,7 @@ def _folder_written_twice(tmp: Path, replaced: str) -> Path:
     """best-model/ saved by `save_pretrained` (README.md, text-encoder/), `replaced` then overwritten by
     someone, and the folder saved again (as at every better epoch)."""
     from kebr_core.model import KEBRModel
-    from kebr_core.pretrained import save_pretrained
+    from kebr_core.model import save_pretrained
 
     cfg = RunConfig()
     cfg.model.text_model, cfg.model.d_audio, cfg.model.d_vision, cfg.model.layers = TINY_BERT, 3, 4, 1
@@ -448,7 +448,7 @@ def test_a_model_folder_saved_again_keeps_a_file_put_under_kebrs_name(replaced: 
     assert (old / replaced).read_bytes() == b"mine, under kebr's name"
     assert sorted(p.relative_to(old).as_posix() for p in old.rglob("*") if p.is_file()) == sorted([RECORD, replaced])
     with pytest.raises(KebrError, match=f"holds {replaced.split('/')[0]}, which kebr did not write"):
-        runs.save_checkpoint(folder, torch.nn.Linear(1, 1), RunConfig(), True)  # the next save needs best-model.old
+        checkpoints.save_checkpoint(folder, torch.nn.Linear(1, 1), RunConfig(), True)  # the next save needs best-model.old
     assert remove_written(old, runs.MODEL_FOLDER_FILES, inside=tmp_path / "run") == [replaced.split("/")[0]]
     assert (old / replaced).read_bytes() == b"mine, under kebr's name"  # still: removals by name do not take it
 
@@ -457,19 +457,19 @@ def test_a_folder_without_a_record_is_removed_by_kebrs_names(tmp_path: Path) -> 
     """Folders written before records existed (or killed before theirs was written): the exact-name rule."""
     run = tmp_path / "run"
     for epoch in (1, 2):
-        runs.save_resume_checkpoint(run, epoch, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
+        checkpoints.save_resume_checkpoint(run, epoch, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
     (runs.epoch_dir(run, 1) / RECORD).unlink()
     (runs.epoch_dir(run, 1) / (RECORD + ".tmp")).write_text("{")  # a kill while the record was written
     (runs.epoch_dir(run, 2) / RECORD).unlink()
     (runs.epoch_dir(run, 2) / "notes.txt").write_text("mine")
-    runs.save_resume_checkpoint(run, 3, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}}, keep=1)
+    checkpoints.save_resume_checkpoint(run, 3, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}}, keep=1)
     assert not runs.epoch_dir(run, 1).exists()
     assert sorted(p.name for p in runs.epoch_dir(run, 2).iterdir()) == ["notes.txt"]
 
 
 def test_a_record_kebr_could_not_have_written_makes_nothing_removable(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    runs.save_resume_checkpoint(run, 1, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
+    checkpoints.save_resume_checkpoint(run, 1, {"w": torch.zeros(2)}, {"k": 1}, {"optimizer": {}})
     folder = runs.epoch_dir(run, 1)
     before = snapshot(folder)
     for record in (b"not json", b'{"written_by": "kebr", "files": {"../../outside": [1, 2]}}', b"[]",

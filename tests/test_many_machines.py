@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kebr_cli.app import torchrun_arguments, without_options
+from kebr_cli.app import without_options
+from kebr_cli.launcher import torchrun_arguments
 from kebr_cli.main import app
 from kebr_core.distributed import NONCE_PREFIX, SHARED_FOLDER, DistInfo, check_nodes_agree
 from kebr_core.errors import KebrError
-from kebr_core.shards import in_shard
+from kebr_core.shards import in_part
 from tests.conftest import TINY_BERT
 
 runner = CliRunner()
@@ -62,7 +63,7 @@ def test_a_bad_launch_exits_1_with_one_sentence(tiny_store: Path, tmp_path: Path
 
 
 def share(items, shard):  # what the recipes keep of their seeds / configurations
-    return [item for k, item in enumerate(items) if in_shard(k, shard)]
+    return [item for k, item in enumerate(items) if in_part(k, shard)]
 
 
 def test_shares_take_every_nth_item() -> None:

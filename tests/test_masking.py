@@ -23,7 +23,7 @@ from kebr_core.masking import (  # noqa: E402
     split_words,
     tokenize_plain,
 )
-from kebr_core.model import RANDOM_BERT_TOKENIZER  # noqa: E402
+from kebr_core.text_encoder import RANDOM_BERT_TOKENIZER  # noqa: E402
 
 from tests.conftest import MOSI_LABELS, MOSI_SAMPLE, needs_full_mosi  # noqa: E402
 

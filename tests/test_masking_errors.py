@@ -8,7 +8,7 @@ import pytest
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, mask_sentiment_word
-from kebr_core.model import embedded_model_dir, load_tokenizer
+from kebr_core.text_encoder import embedded_model_dir, load_tokenizer
 
 
 def slow_tokenizer():

@@ -108,7 +108,7 @@ def test_report_to_is_not_the_runs_identity(reported: Path, tmp_path: Path) -> N
     assert r.exit_code == 0, r.output
     assert len((reported / "pre" / "metrics.csv").read_text().splitlines()) == 1 + 3
     # … and the identity check itself skips it.
-    from kebr_core.runs import identity_differences
+    from kebr_core.run_identity import identity_differences
 
     old = json.loads((reported / "pre" / "config.json").read_text())
     assert identity_differences(old, old | {"train": old["train"] | {"report_to": []}}) == []

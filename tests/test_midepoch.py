@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kebr_core import runs
+from kebr_core import checkpoints, runs
 from kebr_core.errors import KebrError
 from kebr_core.recipes.pretrain import pretrain
 from tests.conftest import TINY_BERT, write_tiny_store
@@ -82,9 +82,9 @@ def test_ctrl_c_inside_an_epoch_saves_that_step_and_resumes_bit_for_bit(store, f
 
     with pytest.raises(KeyboardInterrupt):
         pretrain(store, tmp_path / "run", cfg(), progress=ctrl_c)
-    latest = runs.latest_checkpoint(tmp_path / "run")
+    latest = checkpoints.latest_checkpoint(tmp_path / "run")
     assert latest.name == f"epoch-{epoch:04d}-step-{step:08d}"
-    state = runs.load_trainer_state(latest)
+    state = checkpoints.load_trainer_state(latest)
     assert (state["epoch"], state["step"]) == (epoch, step)
     pretrain(store, tmp_path / "run", cfg(), resume=True)
     same_run(full, tmp_path / "run")
@@ -112,7 +112,7 @@ def test_every_m_minutes(store, tmp_path):
 
     def look(stage, done, total, info):
         if stage == "batch":
-            latest = runs.latest_checkpoint(tmp_path / "run")
+            latest = checkpoints.latest_checkpoint(tmp_path / "run")
             saved.append(latest.name if latest else None)
 
     pretrain(store, tmp_path / "run", cfg(epochs=1, checkpoint_every_minutes=1e-9), progress=look)
@@ -160,7 +160,7 @@ def test_a_mid_epoch_state_that_does_not_match_its_folder_is_refused(store, tmp_
 
     with pytest.raises(KeyboardInterrupt):
         pretrain(store, tmp_path / "run", cfg(), progress=stop)
-    folder = runs.latest_checkpoint(tmp_path / "run")
+    folder = checkpoints.latest_checkpoint(tmp_path / "run")
     state = torch.load(folder / runs.TRAINER_STATE, weights_only=True)
     for broken, match in ((state | {"step": 3}, "does not match its folder"),
                           ({k: v for k, v in state.items() if k != "position"}, "without its position")):
@@ -205,7 +205,7 @@ def test_killed_process_resumes_bit_for_bit(store, full, tmp_path, how, epoch, s
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(store), str(out), how, str(epoch), str(step), "2"],
                           env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == (-signal.SIGKILL if how == "kill" else 130), proc.stderr
-    assert runs.latest_checkpoint(out).name == expected
+    assert checkpoints.latest_checkpoint(out).name == expected
     pretrain(store, out, cfg(every_steps=2), resume=True)
     same_run(full, out)
 
@@ -228,9 +228,9 @@ def test_cli_sigterm_inside_an_epoch_then_resume(store, tmp_path):
         proc.send_signal(signal.SIGTERM)  # (nothing, when it has ended: the exit code below says so)
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "stopped by SIGTERM" in err, err
-    latest = runs.latest_checkpoint(out)
+    latest = checkpoints.latest_checkpoint(out)
     # a step of an epoch, or (SIGTERM in an epoch's last step, or while the next loads) an epoch's end
-    assert 0 < runs.load_trainer_state(latest).get("step", 0) < 8 or latest.name in ("epoch-0001", "epoch-0002")
+    assert 0 < checkpoints.load_trainer_state(latest).get("step", 0) < 8 or latest.name in ("epoch-0001", "epoch-0002")
     r = subprocess.run([sys.executable, "-m", "kebr_cli", *args, "--resume"], env=ENV, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr

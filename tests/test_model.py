@@ -9,7 +9,8 @@ from kebr_core.config import MCCConfig, ModelConfig
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_sentiment_word
-from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+from kebr_core.model import KEBRModel
+from kebr_core.text_encoder import load_text_encoder, load_tokenizer
 from kebr_core.modules.pooling import masked_mean
 
 TINY = "random-bert:hidden=32,layers=2,heads=2"

@@ -28,7 +28,7 @@ import torch
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
-from kebr_core import runs
+from kebr_core import checkpoints, runs
 from kebr_core.recipes.analyze import WRITTEN_MANIFEST
 from tests.conftest import TINY_BERT, write_tiny_store
 
@@ -516,12 +516,12 @@ def test_sigterm_saves_the_last_epoch_and_prints_the_resume_command(tmp_path: Pa
     assert "stopped by SIGTERM; what was finished is kept. To continue, run: kebr pretrain" in text
     command = text.split("To continue, run: ", 1)[1]
     assert command.endswith("--resume")
-    saved = runs.latest_checkpoint(out)
+    saved = checkpoints.latest_checkpoint(out)
     assert saved is not None
-    epoch = runs.load_trainer_state(saved)["epoch"]
+    epoch = checkpoints.load_trainer_state(saved)["epoch"]
     assert epoch >= 2
     args = shlex.split(command)[1:] + ["--epochs", str(epoch + 1)]  # the printed command, one epoch further
     r = subprocess.run(_kebr(*args), env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert runs.load_trainer_state(runs.latest_checkpoint(out))["epoch"] == epoch + 1
+    assert checkpoints.load_trainer_state(checkpoints.latest_checkpoint(out))["epoch"] == epoch + 1
     assert (out / runs.FINAL / runs.WEIGHTS).is_file()

@@ -124,11 +124,11 @@ def test_bad_input_is_one_sentence_and_writes_nothing(inputs, tmp_path: Path, ca
 
 
 def test_a_run_given_as_folder_and_as_results_table_row_is_one_row(inputs) -> None:
-    from kebr_core import runs
+    from kebr_core import results_files
 
     mosi, _, table = (Path(p) for p in inputs["table1"])
     before = read_entries([mosi]).entry("KEBR", "mosi").summary
-    runs.update_results_table(table, [runs.ResultsRow("KEBR", "mosi", mosi, [0, 1, 2], before)])
+    results_files.update_results_table(table, [results_files.ResultsRow("KEBR", "mosi", mosi, [0, 1, 2], before)])
     both = read_entries([mosi, table])
     assert both.labels == ["KEBR", "Self-MM"] and len(both.entries) == 2
     # its row in the results table finds the run's std convention (results.json's std_ddof)

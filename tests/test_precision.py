@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from kebr_core.config import MCCConfig, RunConfig
 from kebr_core.data.store import Sample
-from kebr_core.model import KEBRModel, encoder_attention_mask, load_text_encoder
+from kebr_core.model import KEBRModel, encoder_attention_mask
+from kebr_core.text_encoder import load_text_encoder
 from kebr_core.modules.mcc import mcc_loss
 from kebr_core.recipes.predict import Scorer
 from tests.conftest import TINY_BERT

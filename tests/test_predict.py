@@ -169,7 +169,7 @@ def test_predict_option_errors_are_one_sentence(trained: dict, tmp_path: Path):
 
 
 def test_one_resolver_finds_fine_tuned_models_and_refuses_other_folders(tmp_path: Path):
-    from kebr_core import runs
+    from kebr_core import checkpoints, runs
 
     def model_folder(path: Path, config: bool = True) -> Path:
         path.mkdir(parents=True)
@@ -180,16 +180,16 @@ def test_one_resolver_finds_fine_tuned_models_and_refuses_other_folders(tmp_path
 
     eval_run = tmp_path / "eval"
     best = model_folder(eval_run / runs.BEST_MODEL)
-    assert runs.resolve_checkpoint(eval_run, fine_tuned=True) == best
-    assert runs.resolve_checkpoint(best, fine_tuned=True) == best
+    assert checkpoints.resolve_checkpoint(eval_run, fine_tuned=True) == best
+    assert checkpoints.resolve_checkpoint(best, fine_tuned=True) == best
     # A pretraining run: its final/ is a checkpoint to fine-tune from, not a model that scores videos.
     pretrain_run = tmp_path / "pretrain"
     final = model_folder(pretrain_run / runs.FINAL, config=False)
-    assert runs.resolve_checkpoint(pretrain_run) == final
+    assert checkpoints.resolve_checkpoint(pretrain_run) == final
     with pytest.raises(KebrError, match="is not a fine-tuned checkpoint .*give the best-model/ folder"):
-        runs.resolve_checkpoint(pretrain_run, fine_tuned=True)
+        checkpoints.resolve_checkpoint(pretrain_run, fine_tuned=True)
     with pytest.raises(KebrError, match="does not exist"):
-        runs.resolve_checkpoint(tmp_path / "missing", fine_tuned=True)
+        checkpoints.resolve_checkpoint(tmp_path / "missing", fine_tuned=True)
 
 
 def test_predict_reads_a_transcript_table(trained: dict, tmp_path: Path):
@@ -256,13 +256,30 @@ def test_predict_gives_a_ten_hour_video_its_reason_quickly(trained: dict, tmp_pa
     assert "its pictures run to 36000 s, past the 600 s that are decoded at most; raise --max-duration" in entries[1]["error"]
 
 
+def test_predict_shows_the_seconds_decoded_and_scores_a_video_whose_header_declares_ten_hours(
+        trained: dict, tmp_path: Path, ticking_cli_clock, monkeypatch):
+    """Two seconds of pictures under a header of 36000 s: scored in seconds, and the progress of its pictures
+    (one line per event here: --verbose, a clock of 2 s a look) runs from the header's estimate, capped at
+    --max-duration, to the two seconds the file holds (tests/test_extract_progress.py has the details)."""
+    media.make_long_header_clip(tmp_path / "long.mkv")
+    monkeypatch.chdir(tmp_path)  # the bars name a video as it was given
+    result = runner.invoke(app, ["-v", "predict", "long.mkv", "--model", str(trained["checkpoint"]), "--asr", "none",
+                                 "--json", "--max-duration", "600"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["score"] is not None
+    lines = [line for line in result.stderr.splitlines() if line.startswith("long.mkv: seconds of pictures: ")]
+    assert lines[0] == "long.mkv: seconds of pictures: 0/600 (0%)", result.stderr
+    assert lines[-1] == "long.mkv: seconds of pictures: 2/2 (100%)", result.stderr
+
+
 @pytest.mark.parametrize("freeze", [True, False], ids=["frozen", "fine-tuned"])
 def test_a_copied_best_model_predicts_alone_after_the_run_and_text_model_are_deleted(trained: dict, tmp_path: Path,
                                                                                       freeze: bool):
     """Issue 26: fine-tune with --text-model a LOCAL folder, copy best-model/ alone, delete the run and the text
     model's folder: `kebr predict --model copy/` and `KEBRModel.from_pretrained(copy)` still give the clip the
     prediction the fine-tuning run wrote for it."""
-    from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+    from kebr_core.model import KEBRModel
+    from kebr_core.text_encoder import load_text_encoder, load_tokenizer
     from kebr_core.recipes.predict import Scorer
 
     text_model = tmp_path / "text-model"

@@ -11,14 +11,14 @@ import torch
 import pytest
 from safetensors.torch import load_file
 
-from kebr_core import runs
+from kebr_core import checkpoints
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch
 from kebr_core.metrics import METRIC_NAMES
-from kebr_core.model import load_tokenizer
+from kebr_core.text_encoder import load_tokenizer
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import pretrain
 from tests.conftest import MOSI_SAMPLE, TINY_BERT, write_tiny_store
@@ -106,7 +106,7 @@ def test_ctrl_c_then_resume_is_bit_for_bit(tiny_store: Path, tmp_path: Path, mon
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=5), progress=ctrl_c_after_epoch_3)
     monkeypatch.setattr(training, "balance_sums", balance_sums)
-    assert runs.load_trainer_state(runs.latest_checkpoint(tmp_path / "split"))["epoch"] == 3
+    assert checkpoints.load_trainer_state(checkpoints.latest_checkpoint(tmp_path / "split"))["epoch"] == 3
     pretrain(tiny_store, tmp_path / "split", small_cfg(epochs=5), resume=True)
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "final" / "model.safetensors"))
@@ -204,7 +204,7 @@ def test_random_word_per_epoch_reencodes_only_the_random_words(tmp_path: Path) -
     and the frozen encoder's cache is re-encoded for those texts only; its rows then equal a cache
     built from scratch on that epoch's texts; the run is not the fixed-draw run."""
     from kebr_core.data.store import Sample, StoreWriter
-    from kebr_core.model import load_text_encoder
+    from kebr_core.text_encoder import load_text_encoder
     from kebr_core.training import build_text_cache
 
     texts = ["the table is near seven windows and doors", "it was a great movie", "we walked to the red house later"]

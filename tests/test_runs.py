@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
-from kebr_core import runs
+from kebr_core import checkpoints, runs
 from kebr_core.config import RunConfig, parse_seeds, resolve_config
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
-from kebr_core.model import load_tokenizer
+from kebr_core.text_encoder import load_tokenizer
 from kebr_core.recipes.finetune import apply_checkpoint_config, finetune
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.recipes.setup import configure_from_store, setup_model
@@ -265,8 +265,8 @@ def test_each_seed_starts_with_its_own_head_and_the_same_pretrained_weights(tiny
 
 def _save(run: Path, epoch: int, keep: int = 0) -> Path:
     weights = {"w": torch.full((3,), float(epoch))}
-    return runs.save_resume_checkpoint(run, epoch, weights, {"epoch": epoch}, {"optimizer": {"state": {}, "param_groups": []}},
-                                       keep=keep)
+    return checkpoints.save_resume_checkpoint(run, epoch, weights, {"epoch": epoch}, {"optimizer": {"state": {}, "param_groups": []}},
+                                              keep=keep)
 
 
 class Killed(BaseException):
@@ -288,23 +288,23 @@ def test_a_kill_at_any_step_of_a_save_leaves_a_loadable_latest(tmp_path: Path, m
         return wrapped
 
     for name, real in (("replace", os.replace), ("fsync", os.fsync)):
-        monkeypatch.setattr(runs.os, name, crash_point(real))
+        monkeypatch.setattr(checkpoints.os, name, crash_point(real))
     monkeypatch.setattr(runs.shutil, "rmtree", crash_point(shutil.rmtree))
-    monkeypatch.setattr(runs, "save_file", crash_point(runs.save_file))
-    monkeypatch.setattr(runs.torch, "save", crash_point(torch.save))
+    monkeypatch.setattr(checkpoints, "save_file", crash_point(checkpoints.save_file))
+    monkeypatch.setattr(checkpoints.torch, "save", crash_point(torch.save))
     try:
         _save(run, 2, keep=1)
         crashed = False
     except Killed:
         crashed = True
     monkeypatch.undo()
-    latest = runs.latest_checkpoint(run)
+    latest = checkpoints.latest_checkpoint(run)
     assert latest is not None
-    state = runs.load_trainer_state(latest)
+    state = checkpoints.load_trainer_state(latest)
     assert state["epoch"] in (1, 2) and load_file(str(latest / runs.WEIGHTS))["w"][0] == state["epoch"]
     if not crashed:
         assert state["epoch"] == 2
-    assert _save(run, 3, keep=1) == runs.latest_checkpoint(run)  # and the run can checkpoint again
+    assert _save(run, 3, keep=1) == checkpoints.latest_checkpoint(run)  # and the run can checkpoint again
     assert sorted(p.name for p in (run / runs.CHECKPOINTS).iterdir()) == ["epoch-0003", "latest"]
 
 
@@ -338,14 +338,14 @@ def test_a_run_checkpointed_on_a_gpu_resumes_on_the_cpu(tiny_store: Path, tmp_pa
 
     out = tmp_path / "pre"
     pretrain(tiny_store, out, small_cfg("pretrain", epochs=1))
-    path = runs.latest_checkpoint(out) / runs.TRAINER_STATE
+    path = checkpoints.latest_checkpoint(out) / runs.TRAINER_STATE
     state = torch.load(path, weights_only=True, map_location="cpu")
     with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
         torch.save(state, path)
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(path, weights_only=True)  # the file really claims a GPU
-    loaded = runs.load_trainer_state(path.parent)
+    loaded = checkpoints.load_trainer_state(path.parent)
     moments = [v for s in loaded["optimizer"]["state"].values() for v in s.values() if torch.is_tensor(v)]
     assert moments and all(v.device.type == "cpu" for v in moments)
     result = pretrain(tiny_store, out, small_cfg("pretrain", epochs=2), resume=True)
@@ -364,7 +364,7 @@ def test_a_crafted_trainer_state_is_refused_and_runs_no_code(tiny_store: Path, t
     out = tmp_path / "pre"
     pretrain(tiny_store, out, small_cfg("pretrain"))
     marker = tmp_path / "pwned"
-    latest = runs.latest_checkpoint(out)
+    latest = checkpoints.latest_checkpoint(out)
     with open(latest / runs.TRAINER_STATE, "wb") as f:
         pickle.dump({"epoch": 1, "optimizer": _Payload(marker)}, f)
     # the library run read every sample: so does the resumed one (--pretrain-on-test)
@@ -376,7 +376,7 @@ def test_a_crafted_trainer_state_is_refused_and_runs_no_code(tiny_store: Path, t
 
 def test_trainer_state_holds_only_tensors_and_plain_values(tiny_store: Path, tmp_path: Path) -> None:
     pretrain(tiny_store, tmp_path / "pre", small_cfg("pretrain"))
-    state = torch.load(runs.latest_checkpoint(tmp_path / "pre") / runs.TRAINER_STATE, weights_only=True, map_location="cpu")
+    state = torch.load(checkpoints.latest_checkpoint(tmp_path / "pre") / runs.TRAINER_STATE, weights_only=True, map_location="cpu")
     assert state["epoch"] == 1 and set(state) == {"epoch", "optimizer"}
 
 

@@ -1,4 +1,4 @@
-"""Self-contained model folders (kebr_core/pretrained.py, model_card.py) and `kebr export` (recipes/export.py).
+"""Self-contained model folders (kebr_core/model.py, model_card.py) and `kebr export` (recipes/export.py).
 
 Runs are trained through the real CLI on tiny stores. The text model is given as a LOCAL folder (the tiny
 random BERT saved with save_pretrained), which is deleted before the copied model folder is loaded again:
@@ -24,13 +24,14 @@ from typer.testing import CliRunner
 
 from conftest import TINY_BERT, write_tiny_store
 from kebr_cli.main import app
-from kebr_core import runs
+from kebr_core import checkpoints, runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import FeatureStore
 from kebr_core.errors import KebrError
 from kebr_core.masking import tokenize_plain
-from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+from kebr_core.model import KEBRModel
+from kebr_core.text_encoder import load_text_encoder, load_tokenizer
 from kebr_core.own_files import RECORD
 
 runner = CliRunner()
@@ -149,13 +150,13 @@ def test_a_frozen_resolvable_encoder_is_not_stored_and_a_fine_tuned_one_only_onc
 
 
 def test_a_folder_in_the_layout_before_text_encoder_still_loads(tmp_path: Path):
-    """Older folders: model.safetensors + config.json only (written by runs.save_checkpoint, today's writer
+    """Older folders: model.safetensors + config.json only (written by checkpoints.save_checkpoint, today's writer
     without the extra files); the encoder and tokenizer load by name."""
     cfg = RunConfig()
     cfg.model.text_model, cfg.model.d_audio, cfg.model.d_vision, cfg.model.layers = TINY_BERT, 7, 5, 1
     torch.manual_seed(0)
     model = KEBRModel(cfg.model, cfg.mcc).eval()
-    runs.save_checkpoint(tmp_path / "old", model, cfg, include_encoder=False, extra={"stage": "finetune"})
+    checkpoints.save_checkpoint(tmp_path / "old", model, cfg, include_encoder=False, extra={"stage": "finetune"})
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [RECORD, "config.json", "model.safetensors"]
     loaded = KEBRModel.from_pretrained(tmp_path / "old")
     for name, value in model.state_dict().items():
@@ -298,7 +299,7 @@ def test_a_model_folder_saved_again_replaces_its_text_encoder_and_keeps_a_foreig
     """best-model/ is saved again at every better epoch: the previous folder (with text-encoder/ and the card)
     must go entirely, or the next save finds a leftover `.old` it does not recognise and refuses. A file
     someone put into text-encoder/ is not removed: it stays in best-model.old, and the next save says so."""
-    from kebr_core.pretrained import save_pretrained
+    from kebr_core.model import save_pretrained
 
     text_model = save_local_text_model(tmp_path / "text-model")
     cfg = RunConfig()

@@ -356,8 +356,8 @@ def test_a_sample_the_store_cannot_hold_is_one_failed_item_whatever_its_source(t
 
     real = Extractor.process
 
-    def process(self, item):
-        result = real(self, item)
+    def process(self, item, progress=None):  # progress: the decoding events (extract/video.py)
+        result = real(self, item, progress)
         if item.id == "b":
             result.sample = replace(result.sample, text="heard\x00noise")
         return result

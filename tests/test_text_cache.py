@@ -15,7 +15,7 @@ import torch
 
 from kebr_core.config import RunConfig
 from kebr_core.errors import KebrError
-from kebr_core.model import load_text_encoder
+from kebr_core.text_encoder import load_text_encoder
 from kebr_core.text_cache import (
     DiskTextCache, build_disk_text_cache, cache_key, encoder_sha256, make_text_cache, states_bytes,
 )
@@ -164,7 +164,7 @@ RSS_SCRIPT = r"""
 import sys, numpy as np, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from kebr_core.model import load_text_encoder
+from kebr_core.text_encoder import load_text_encoder
 from kebr_core.text_cache import build_disk_text_cache
 from kebr_core.training import build_text_cache
 n, where, mode = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -191,8 +191,10 @@ print(rss() - base)
 
 @pytest.mark.slow
 def test_memory_does_not_grow_with_the_number_of_clips(tmp_path):
-    """RSS after the cache is built and read once: 1 K and 10 K clips (40 tokens, d 32) within 3 MB on
-    disk; the in-memory cache grows by ~46 MB (the control, so the measurement can fail)."""
+    """RSS after the cache is built and read once: 1 K and 10 K clips (40 tokens, d 32) within 6 MB on
+    disk; the in-memory cache grows by ~46 MB (the control, so the measurement can fail). The allocator moves
+    the difference by a few MB either way (seen: −3.2 and +3.9 MB); the growth this guards against, 17 KB a
+    clip before the disk cache, would be 150 MB here."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
 
     def grown(n: int, mode: str) -> float:
@@ -204,5 +206,5 @@ def test_memory_does_not_grow_with_the_number_of_clips(tmp_path):
 
     disk = grown(10_000, "disk") - grown(1_000, "disk")
     memory = grown(10_000, "memory") - grown(1_000, "memory")
-    assert disk < 3, disk  # growth; a 10 K run may also end a few MB below the 1 K one (allocator noise, seen: −3.2)
+    assert disk < 6, disk  # growth; allocator noise moves it a few MB either way (seen: −3.2, +3.9)
     assert memory > 30, memory

@@ -34,12 +34,13 @@ from kebr_core.data.store import FeatureStore, Sample, StoreWriter
 from kebr_core.lexicon import load_lexicon
 from kebr_core.masking import mask_batch, tokenize_plain
 from kebr_core.metrics import msa_metrics
-from kebr_core.model import KEBRModel, load_text_encoder, load_tokenizer
+from kebr_core.model import KEBRModel
+from kebr_core.text_encoder import load_text_encoder, load_tokenizer
 from kebr_core.modules.mcc import MCCOutput
 from kebr_core.recipes.pretrain import pretrain
 from kebr_core.recipes.setup import finetune_optimizer, pretrain_optimizer
-from kebr_core import runs
-from kebr_core.runs import load_checkpoint_weights, read_checkpoint_config
+from kebr_core import checkpoints
+from kebr_core.checkpoints import load_checkpoint_weights, read_checkpoint_config
 from kebr_core.training import balance_sums, build_text_cache
 from tests.conftest import TEXTS, TINY_BERT, write_tiny_store
 
@@ -66,7 +67,7 @@ def metric_column(path: Path, name: str) -> list[float]:
 
 def saved_optimizer_state(run_dir: Path) -> dict:
     """The Adam state_dict a pretraining run saved for --resume (its latest checkpoint)."""
-    return runs.load_trainer_state(runs.latest_checkpoint(run_dir))["optimizer"]
+    return checkpoints.load_trainer_state(checkpoints.latest_checkpoint(run_dir))["optimizer"]
 
 
 def load_model(checkpoint: Path) -> tuple[KEBRModel, RunConfig]:
@@ -190,7 +191,7 @@ def test_pretraining_backpropagates_task_plus_lambda_mcc(tmp_path: Path, lambda_
     (group,) = trainer["param_groups"]
     beta1 = group["betas"][0]
 
-    model, saved_cfg = load_model(runs.latest_checkpoint(tmp_path / "pre"))
+    model, saved_cfg = load_model(checkpoints.latest_checkpoint(tmp_path / "pre"))
     assert saved_cfg.mcc.weight == lambda_mcc
     model.train()
     model.encoder.eval()  # frozen: no dropout, as the recipe runs it

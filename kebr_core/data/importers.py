@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kebr_core.data.labels import check_labels
+from kebr_core.data.labels import LABEL_RANGE, check_labels
 from kebr_core.data.mmsa_checks import (NDARRAY_NAME, BoundedReader, DeclaredSizeError, check_split_content,
                                         checked_reconstruct, declared_size_message, plain)
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
-from kebr_core.errors import KebrError
+from kebr_core.errors import KebrError, or_list
 from kebr_core.io import atomic_output, check_output
 from kebr_core.strict import decimal_number, find_nul, read_csv_table
 
@@ -156,12 +157,13 @@ def _sample_frames(frames: np.ndarray, i: int, length: int | None) -> tuple[np.n
 
 def import_mmsa_pickle(
     src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False,
-    clip_labels: bool = False,
+    clip_labels: bool = False, label_range: tuple[float, float] = LABEL_RANGE,
 ) -> dict[str, Any]:
     """Import an MMSA processed pickle into a new store at `out`.
 
     The pickle is read without running code from it (`load_data_pickle`). ±inf labels are refused;
-    labels outside [-3, 3] are counted (and clipped with `clip_labels`).
+    labels outside `label_range` (the dataset's, `catalog.Dataset`; default [-3, 3]) are counted (and
+    clipped with `clip_labels`).
     Returns {"path", "samples", "splits": {split: n}, "audio_dim", "vision_dim", "lengths": "given" |
     "nonzero frames", "nonfinite_replaced", "labels_outside_range", "labels_clipped"}.
     """
@@ -193,7 +195,8 @@ def import_mmsa_pickle(
                             f"sample, shaped ({n},) or ({n}, 1).")
         labels = arrays["regression_labels"].astype(np.float64).reshape(n)
         arrays["regression_labels"], n_out = check_labels(
-            labels, [_str(i) for i in arrays["id"].tolist()], f"MMSA pickle {src} ({split})", clip=clip_labels)
+            labels, [_str(i) for i in arrays["id"].tolist()], f"MMSA pickle {src} ({split})", clip=clip_labels,
+            label_range=label_range)
         outside += n_out
     has_lengths = all("audio_lengths" in a and "vision_lengths" in a for a in splits.values())
     total = sum(len(a["id"]) for a in splits.values())
@@ -268,16 +271,16 @@ def read_label_csv(src: str | Path) -> list[Sample]:
 
 def import_label_csv(
     src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False,
-    clip_labels: bool = False,
+    clip_labels: bool = False, label_range: tuple[float, float] = LABEL_RANGE,
 ) -> dict[str, Any]:
-    """Import an MMSA label.csv as a text-only store. ±inf labels are refused; labels outside [-3, 3]
-    are counted (and clipped with `clip_labels`).
+    """Import an MMSA label.csv as a text-only store. ±inf labels are refused; labels outside `label_range`
+    (default [-3, 3]) are counted (and clipped with `clip_labels`).
 
     Returns {"path", "samples", "splits", "labels_outside_range", "labels_clipped"}."""
     src, progress = Path(src), progress or _no_progress
     samples = read_label_csv(src)
     labels, outside = check_labels(np.array([s.label for s in samples]), [s.id for s in samples], f"Label file {src}",
-                                   clip=clip_labels)
+                                   clip=clip_labels, label_range=label_range)
     for sample, label in zip(samples, labels.tolist()):
         sample.label = label
     counts = {s: 0 for s in MMSA_SPLITS}
@@ -293,23 +296,48 @@ def import_label_csv(
             "labels_clipped": clip_labels}
 
 
+@dataclass(frozen=True)
+class Importer:
+    """A file format `kebr import` reads: its name, what it is, the extensions "auto" knows it by, and the
+    function (src, out, *, progress, overwrite, clip_labels) → summary dict that imports it."""
+
+    name: str
+    what: str
+    suffixes: tuple[str, ...]
+    run: Callable[..., dict[str, Any]]
+
+
+# name → importer: `import_file` and the CLI's --format choices read this table (a new format is one entry).
+IMPORTERS: dict[str, Importer] = {
+    "mmsa-pkl": Importer("mmsa-pkl", "MMSA pickle", (".pkl", ".pickle"), import_mmsa_pickle),
+    "label-csv": Importer("label-csv", "MMSA label.csv", (".csv",), import_label_csv),
+}
+AUTO = "auto"  # the format chosen by the file's extension
+IMPORT_FORMATS = (AUTO, *IMPORTERS)  # what --format accepts
+
+
+def importer_for(src: Path, fmt: str = AUTO) -> Importer:
+    """The importer of `fmt`, or with "auto" the one whose extensions include src's; KebrError in one sentence
+    for an unknown format or extension."""
+    if fmt == AUTO:
+        suffix = src.suffix.lower()
+        found = [importer for importer in IMPORTERS.values() if suffix in importer.suffixes]
+        if not found:
+            known = or_list([f"{i.suffixes[0]} ({i.what})" for i in IMPORTERS.values()])
+            raise KebrError(f"Cannot tell the format of {src} from its extension; use {known}, or name the format.")
+        return found[0]
+    if fmt not in IMPORTERS:
+        raise KebrError(f"Unknown import format {fmt!r}; use {or_list(IMPORT_FORMATS)}.")
+    return IMPORTERS[fmt]
+
+
 def import_file(
-    src: str | Path, out: str | Path, *, fmt: str = "auto", progress: ProgressFn | None = None,
+    src: str | Path, out: str | Path, *, fmt: str = AUTO, progress: ProgressFn | None = None,
     overwrite: bool = False, clip_labels: bool = False,
 ) -> dict[str, Any]:
-    """Import by format: "mmsa-pkl", "label-csv", or "auto" (by extension: .pkl/.pickle, .csv)."""
+    """Import by format: a key of `IMPORTERS` ("mmsa-pkl", "label-csv"), or "auto" (by extension, `importer_for`)."""
     src = Path(src)
-    if fmt == "auto":
-        suffix = src.suffix.lower()
-        fmt = {".pkl": "mmsa-pkl", ".pickle": "mmsa-pkl", ".csv": "label-csv"}.get(suffix, "")
-        if not fmt:
-            raise KebrError(f"Cannot tell the format of {src} from its extension; use .pkl (MMSA pickle) or .csv "
-                            f"(MMSA label.csv), or name the format.")
-    if fmt == "mmsa-pkl":
-        return import_mmsa_pickle(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
-    if fmt == "label-csv":
-        return import_label_csv(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
-    raise KebrError(f"Unknown import format {fmt!r}; use auto, mmsa-pkl or label-csv.")
+    return importer_for(src, fmt).run(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
 
 
 # ── merge ───────────────────────────────────────────────────────────────────────────────────────

@@ -6,6 +6,7 @@ their word counts; no frame is read, so a summary of a large store is quick.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,20 +27,23 @@ def _length_stats(lengths: np.ndarray) -> dict[str, Any]:
     }
 
 
-def label_histogram(labels: np.ndarray) -> dict[str, int]:
-    """Counts of the 7 sentiment classes round(clip(y, -3, 3)) (round half to even, as Acc-7), NaN and ±inf skipped."""
+def label_histogram(labels: np.ndarray, label_range: tuple[float, float] = LABEL_RANGE) -> dict[str, int]:
+    """Counts of the integer sentiment classes round(clip(y, low, high)) of `label_range` (default [-3, 3]: the
+    7 classes of Acc-7; round half to even, as Acc-7), NaN and ±inf skipped."""
+    low, high = math.ceil(label_range[0]), math.floor(label_range[1])
     labeled = labels[np.isfinite(labels)]
-    classes = np.round(np.clip(labeled, -3, 3)).astype(int)
-    counts = np.bincount(classes + 3, minlength=7)
-    return {str(k): int(counts[k + 3]) for k in range(-3, 4)}
+    classes = np.round(np.clip(labeled, label_range[0], label_range[1])).astype(int)
+    counts = np.bincount(classes - low, minlength=high - low + 1)
+    return {str(k): int(counts[k - low]) for k in range(low, high + 1)}
 
 
-def summarize(store: FeatureStore | str | Path, max_errors: int = 10) -> dict[str, Any]:
+def summarize(store: FeatureStore | str | Path, max_errors: int = 10,
+              label_range: tuple[float, float] = LABEL_RANGE) -> dict[str, Any]:
     """Samples per split, labels, features, sequence lengths, text sources and errors of a store.
 
     Keys: path, file_bytes, format_version, created, kebr_version, source, extractor, samples,
     splits {split: n}, labels {labeled, unlabeled, infinite, outside_range (finite labels outside
-    [-3, 3]), mean, std, min, max, histogram {"-3".."3": n}} (statistics over finite labels),
+    `label_range`, the dataset's; default [-3, 3]), mean, std, min, max, histogram {"-3".."3": n}} (statistics over finite labels),
     audio / vision {dim, features, rate_hz | fps, lengths {min, mean, median, p95, max, zero,
     total_frames}}, text {sources {source: n}, words {mean, max}, empty}, errors {count, by_message,
     examples [{id, message}]}.
@@ -65,12 +69,12 @@ def summarize(store: FeatureStore | str | Path, max_errors: int = 10) -> dict[st
             "labeled": int(len(labeled)),
             "unlabeled": int(np.isnan(labels).sum()),
             "infinite": int(np.isinf(labels).sum()),
-            "outside_range": int(((labeled < LABEL_RANGE[0]) | (labeled > LABEL_RANGE[1])).sum()),
+            "outside_range": int(((labeled < label_range[0]) | (labeled > label_range[1])).sum()),
             "mean": float(labeled.mean()) if len(labeled) else None,
             "std": float(labeled.std()) if len(labeled) else None,
             "min": float(labeled.min()) if len(labeled) else None,
             "max": float(labeled.max()) if len(labeled) else None,
-            "histogram": label_histogram(labels),
+            "histogram": label_histogram(labels, label_range),
         },
         "audio": {"dim": len(store.audio_features), "features": store.audio_features,
                   "rate_hz": attrs.get("audio_rate_hz"), "lengths": _length_stats(audio_lengths)},

@@ -34,11 +34,13 @@ PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"
 
 @dataclass(frozen=True)
 class AudioFeatureSet:
-    """A named feature set: column names and the function (y at SAMPLE_RATE) -> (T, len(names))."""
+    """A named feature set: column names, the function (y at SAMPLE_RATE) -> (T, len(names)), and what it
+    holds in a few words (the CLI's help)."""
 
     name: str
     names: tuple[str, ...]
     compute: Callable[[np.ndarray], np.ndarray]
+    summary: str = ""
 
     @property
     def dim(self) -> int:
@@ -90,12 +92,16 @@ def mmsa33(y: np.ndarray) -> np.ndarray:
 
 _MFCC_NAMES = tuple(f"mfcc_{i}" for i in range(20))
 
+# name → feature set: `get_feature_set` and the CLI's --audio-features choices and help read this table
+# (the first entry is the default); a new feature set is one function and one entry.
 FEATURE_SETS: dict[str, AudioFeatureSet] = {
     "kebr33": AudioFeatureSet(
-        "kebr33", ("zcr", *_MFCC_NAMES, *(f"chroma_{p}" for p in PITCH_CLASSES)), kebr33
+        "kebr33", ("zcr", *_MFCC_NAMES, *(f"chroma_{p}" for p in PITCH_CLASSES)), kebr33,
+        "ZCR+MFCC+chroma, the authors'",
     ),
     "mmsa33": AudioFeatureSet(
-        "mmsa33", ("log_f0", *_MFCC_NAMES, *(f"cqt_{p}" for p in PITCH_CLASSES)), mmsa33
+        "mmsa33", ("log_f0", *_MFCC_NAMES, *(f"cqt_{p}" for p in PITCH_CLASSES)), mmsa33,
+        "log-F0+MFCC+CQT chroma",
     ),
 }
 

@@ -36,8 +36,9 @@ from kebr_core.extract.asr import ASR_SAMPLE_RATE, AsrBackend, check_asr_options
 from kebr_core.extract.inputs import VideoItem
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S, MAX_FPS
 from kebr_core.extract.transcripts import find_sidecar, read_sidecar
-from kebr_core.extract.video import VIDEO_EXTENSIONS, MediaError, iter_frames, probe, read_audio
+from kebr_core.extract.video import VIDEO_EXTENSIONS, Decoded, DecodeProgress, MediaError, iter_frames, probe, read_audio
 from kebr_core.extract.vision import VisionBackend, check_vision_backend, make_vision
+from kebr_core.shards import check_part
 
 STAGES = ("decode", "audio", "asr", "vision")  # where a video's seconds go (ItemResult.timings)
 
@@ -53,7 +54,7 @@ class ExtractOptions:
     asr: str = "pocketsphinx"  # none | pocketsphinx | whisper
     asr_model: Path | None = None  # local Whisper folder
     workers: int = 1  # worker processes; 0 = extract in this process (debugging, profiling)
-    shard: tuple[int, int] | None = None  # (i, n): this job's share, 0 <= i < n
+    shard: tuple[int, int] | None = None  # (i, n): this job's part, 0 <= i < n (`kebr_core.shards`)
     max_side: int = 640  # pictures are shrunk to this longer side before face detection
     silence_dbfs: float = -60.0  # an audio track quieter than this (RMS) counts as "no speech"
     max_duration: float = DEFAULT_MAX_DURATION_S  # seconds of a video decoded at most (kebr_core.extract.limits)
@@ -73,10 +74,7 @@ class ExtractOptions:
             raise KebrError(f"--max-side must be at least 64 pixels, not {self.max_side}")
         if self.workers < 0:
             raise KebrError(f"--jobs must be 0 (in this process) or more, not {self.workers}")
-        if self.shard is not None:
-            i, n = self.shard
-            if n < 1 or not 0 <= i < n:
-                raise KebrError(f"--shard {i}/{n} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4)")
+        check_part(self.shard, "--shard")
 
 
 
@@ -92,7 +90,7 @@ class ItemResult:
     no_asr: bool = False
     no_face: bool = False
     no_face_frames: int = 0
-    media_seconds: float = 0.0
+    media_seconds: float = 0.0  # the longest stream as decoded (the header's duration only when none was)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -132,16 +130,26 @@ class Extractor:
             self._asr = make_asr(self.options.asr, self.options.asr_model)
         return self._asr
 
-    def process(self, item: VideoItem) -> ItemResult:
-        """Extract one video; every failure becomes `ItemResult.error` (the batch goes on)."""
+    def process(self, item: VideoItem, progress: DecodeProgress | None = None) -> ItemResult:
+        """Extract one video; every failure becomes `ItemResult.error` (the batch goes on).
+        progress: called with this video's `Decoded` events (its id filled in) while its audio and its
+        pictures are decoded; the pictures' events move as face detection consumes them."""
+        lengths: list[float] = []  # seconds of each stream decoded to its end: the video's real length
+
+        def report(event: Decoded) -> None:
+            if event.finished:
+                lengths.append(event.seconds)
+            if progress is not None:
+                progress(event._replace(id=item.id))
+
         try:
-            return self._process(item)
+            return self._process(item, report, lengths)
         except MediaError as e:
             return ItemResult(item.id, error=str(e))
         except Exception as e:  # a backend failing on one odd file must not stop a batch of 10^5
             return ItemResult(item.id, error=f"{item.path}: {type(e).__name__}: {e}")
 
-    def _process(self, item: VideoItem) -> ItemResult:
+    def _process(self, item: VideoItem, progress: DecodeProgress, lengths: list[float]) -> ItemResult:
         opt, timings = self.options, {s: 0.0 for s in STAGES}
         path = Path(item.path)
         if item.refused:
@@ -168,7 +176,7 @@ class Extractor:
         y, y16 = np.zeros(0, np.float32), np.zeros(0, np.float32)
         if info.has_audio:
             rates = (audio_mod.SAMPLE_RATE, ASR_SAMPLE_RATE) if need_asr else (audio_mod.SAMPLE_RATE,)
-            decoded = read_audio(path, rates, opt.max_duration) or {}
+            decoded = read_audio(path, rates, opt.max_duration, progress) or {}
             y = decoded.get(audio_mod.SAMPLE_RATE, y)
             y16 = decoded.get(ASR_SAMPLE_RATE, y16)
         timings["decode"] += time.perf_counter() - t
@@ -192,7 +200,8 @@ class Extractor:
         t = time.perf_counter()
         n_no_face = 0
         if self.vision.reads_frames:
-            frames = _Timed(iter_frames(path, opt.fps, opt.max_side, self.decode_threads, opt.max_duration) if info.has_video else ())
+            frames = _Timed(iter_frames(path, opt.fps, opt.max_side, self.decode_threads, opt.max_duration, progress)
+                            if info.has_video else ())
             feats_v, n_no_face = self.vision.features(frames, video=path, key=item.key)
             timings["decode"] += frames.seconds
             timings["vision"] += time.perf_counter() - t - frames.seconds
@@ -202,7 +211,7 @@ class Extractor:
         else:
             feats_v = np.zeros((0, 0), np.float32)
 
-        duration = info.duration or (y.size / audio_mod.SAMPLE_RATE)
+        duration = max(lengths, default=0.0) or info.duration  # what was decoded, not what the header says
         sample = Sample(
             id=item.id,
             text=text,

@@ -1,16 +1,17 @@
 """What `kebr extract` and `kebr predict` read: videos found in a folder, an MMSA manifest's clips, a
-transcript table's texts, and a job's share of them (docs/design.md §2-3).
+transcript table's texts, and a job's part of them (docs/design.md §2-3).
 
     items, unsupported = discover(folder)      # or: items = read_manifest(label_csv, root)
     items, unmatched = attach_transcripts(items, "transcripts.csv")
-    mine = [it for it in items if in_shard(it.id, (0, 4))]
+    mine = [it for it in items if id_in_part(it.id, (0, 4))]
 
 A `VideoItem` is one video to extract: its id in the store, its path, its key (for OpenFace CSVs and
 transcript tables), and what the manifest says of it (transcript, label, split).
 
 Manifests may come from anyone: a row whose clip path leads outside the root is not read (`refused`)
-and becomes an error of the extraction. Sharding (`shard=(i, n)`, 0 <= i < n) keeps the ids whose
-CRC-32 is i modulo n, a split that does not depend on the order in which the files are listed.
+and becomes an error of the extraction. A job's part (`--shard i/n`, 0 <= i < n; `kebr_core.shards`)
+keeps the ids whose CRC-32 is i modulo n (`id_in_part`), a split that does not depend on the order in
+which the files are listed or on what else the folder holds.
 """
 
 from __future__ import annotations
@@ -155,9 +156,10 @@ def attach_transcripts(items: Sequence[VideoItem], table_path: Path) -> tuple[li
     return items, unmatched
 
 
-def in_shard(sample_id: str, shard: tuple[int, int] | None) -> bool:
-    """Whether `sample_id` is in the share `shard` = (i, n): CRC-32 of the id modulo n is i (None: all are)."""
-    if shard is None:
+def id_in_part(sample_id: str, part: tuple[int, int] | None) -> bool:
+    """Whether `sample_id` is in the part (i, n) of a job (`kebr_core.shards`): CRC-32 of the id modulo n is
+    i (None: all are). Seeds and configurations are split by position instead (`shards.in_part`)."""
+    if part is None:
         return True
-    i, n = shard
+    i, n = part
     return zlib.crc32(sample_id.encode("utf-8")) % n == i

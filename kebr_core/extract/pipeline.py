@@ -2,8 +2,9 @@
 
     items = discover(folder)  or  read_manifest(label_csv, root)
     summary = extract(folder_or_items, "feats.h5", ExtractOptions(workers=4), progress=callback)
+    summary = extract(..., decoding=on_decoded)   # also progress within a video: video.Decoded events
 
-The run: the inputs (kebr_core.extract.inputs) are checked, de-duplicated and sharded; each video
+The run: the inputs (kebr_core.extract.inputs) are checked, de-duplicated and this job's part kept; each video
 is extracted by an `Extractor` (kebr_core.extract.extractor) in worker processes or in this one
 (kebr_core.extract.workers); this process alone writes the store, in input order whatever the number
 of workers, so a run with 4 workers, a resumed run and a single uninterrupted run give the same store.
@@ -34,8 +35,8 @@ from kebr_core.data.store import StoreWriter
 from kebr_core.errors import KebrError
 from kebr_core.extract import audio as audio_mod
 from kebr_core.extract.extractor import STAGES, ExtractOptions, ItemResult
-from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover, in_shard, read_manifest, resolve_inputs
-from kebr_core.extract.video import VIDEO_EXTENSIONS
+from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover, id_in_part, read_manifest, resolve_inputs
+from kebr_core.extract.video import VIDEO_EXTENSIONS, DecodeProgress
 from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, start_workers
 
@@ -121,6 +122,7 @@ def extract(
     retry_failed: bool = False,
     clip_labels: bool = False,
     transcripts: Path | None = None,
+    decoding: DecodeProgress | None = None,
 ) -> ExtractSummary:
     """Extract every video of `inputs` (a folder, a video file, or items) into the store `out_path`.
 
@@ -130,6 +132,8 @@ def extract(
     retry_failed: extract again the ids the store records as failed (default: skip them, and count
     them in `skipped_failed`). clip_labels: clip labels outside [-3, 3] (they are counted either way).
     transcripts: a table of id and text (`attach_transcripts`) read before the sidecars and ASR.
+    decoding: progress within the video being extracted (`workers.ordered_results`): seconds of its
+    audio, then of its pictures, decoded of about the header's duration, a few times a second.
     """
     options = options or ExtractOptions()
     options.validate()
@@ -156,7 +160,7 @@ def extract(
             continue
         seen.add(item.id)
         unique.append(item)
-    items = [it for it in unique if in_shard(it.id, options.shard)]
+    items = [it for it in unique if id_in_part(it.id, options.shard)]
     summary.total = len(items)
 
     feature_set = audio_mod.get_feature_set(options.audio_features)
@@ -201,7 +205,7 @@ def extract(
                     )
 
             report("", "start")
-            for result in ordered_results(todo, options, executor):
+            for result in ordered_results(todo, options, executor, decoding):
                 completed += 1
                 message = result.error or "unknown error"
                 if result.sample is not None:

@@ -7,9 +7,10 @@ errors become `MediaError` with one sentence; the pipeline records it for that v
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -35,6 +36,56 @@ class MediaInfo:
     width: int = 0
     height: int = 0
     video_fps: float = 0.0
+
+
+class Decoded(NamedTuple):
+    """Progress within one video's decode: `seconds` of its `what` ("audio" or "pictures") decoded so far,
+    of about `expected` seconds. `expected` is the header's duration, an estimate only (the decode is
+    bounded by what the file holds, never by it): at most the --max-duration bound, raised to `seconds`
+    when the stream runs past it or the header declares nothing, and equal to `seconds` in the last event
+    (`finished`), whatever the header said. `id`: the video's, filled in by `Extractor.process`."""
+
+    what: str
+    seconds: float
+    expected: float
+    finished: bool = False
+    id: str = ""
+
+
+DecodeProgress = Callable[[Decoded], None]
+# Events per second at most: a bar moves smoothly and a worker's events cost the parent nothing.
+DECODE_EVENTS_PER_S = 4.0
+
+
+class DecodeMeter:
+    """Turns the seconds decoded of one stream into `Decoded` events: the first at once, then at most
+    DECODE_EVENTS_PER_S a second, and the last (`finish`) always. The seconds reported never go back
+    (a crafted file's timestamps may)."""
+
+    def __init__(self, report: DecodeProgress | None, what: str, declared: float, max_seconds: float) -> None:
+        self.report, self.what = report, what
+        self.expected = min(declared, max_seconds) if declared > 0 else 0.0
+        self.seconds = 0.0  # the most reported so far
+        self._last = -math.inf
+
+    def __call__(self, seconds: float) -> None:
+        now = time.monotonic()
+        if self.report is not None and now - self._last >= 1.0 / DECODE_EVENTS_PER_S:
+            self._last = now
+            self.seconds = max(self.seconds, seconds)
+            self.report(Decoded(self.what, self.seconds, max(self.expected, self.seconds)))
+
+    def finish(self, seconds: float) -> None:
+        if self.report is not None:
+            self.seconds = max(self.seconds, seconds)
+            self.report(Decoded(self.what, self.seconds, self.seconds, finished=True))
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """The duration the header declares for `stream` (the container's when the stream has none); 0.0 if none."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration else 0.0
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -72,14 +123,14 @@ def _info(container: av.container.InputContainer) -> MediaInfo:
     )
 
 
-def read_audio(path: Path, rates: tuple[int, ...] = (22050,),
-               max_seconds: float = math.inf) -> dict[int, np.ndarray] | None:
+def read_audio(path: Path, rates: tuple[int, ...] = (22050,), max_seconds: float = math.inf,
+               progress: DecodeProgress | None = None) -> dict[int, np.ndarray] | None:
     """Decode the first audio stream once, down-mixed to mono and resampled to every rate in `rates`.
 
     Returns {rate: (n_samples,) float32 in [-1, 1]}, or None when the file has no audio stream.
     One decode feeds several FFmpeg resamplers, so features (22050 Hz) and ASR (16 kHz) share it.
     MediaError once more than `max_seconds` of audio were decoded (counted in decoded samples, not
-    taken from the header).
+    taken from the header). `progress`: `Decoded("audio", ...)` events while decoding (`DecodeMeter`).
     """
     with _open(path) as container:
         if not container.streams.audio:
@@ -94,8 +145,10 @@ def read_audio(path: Path, rates: tuple[int, ...] = (22050,),
                 chunks[rate].append(f.to_ndarray().reshape(-1))
 
         decoded = 0.0  # seconds of audio decoded so far
+        meter = DecodeMeter(progress, "audio", _declared_seconds(container, stream), max_seconds)
         try:
             for frame in container.decode(stream):
+                meter(decoded)
                 decoded += frame.samples / frame.sample_rate if frame.sample_rate else 0.0
                 if decoded > max_seconds:
                     raise MediaError(past_max_duration(path, "audio", decoded, max_seconds))
@@ -114,11 +167,12 @@ def read_audio(path: Path, rates: tuple[int, ...] = (22050,),
         for r, c in chunks.items():
             y = np.concatenate(c).astype(np.float32, copy=False) if c else np.zeros(0, np.float32)
             out[r] = y[: int(round(declared * r))] if declared else y
+        meter.finish(min(declared, decoded) if declared else decoded)
         return out
 
 
 def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int = 0,
-                max_seconds: float = math.inf) -> Iterator[np.ndarray]:
+                max_seconds: float = math.inf, progress: DecodeProgress | None = None) -> Iterator[np.ndarray]:
     """Yield RGB pictures (H, W, 3) uint8 sampled at `fps`: the picture shown at t = 0, 1/fps, 2/fps, ...
 
     A decoded picture with presentation time t_i is on screen over [t_i, t_{i+1}); the last one for one
@@ -130,7 +184,8 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int
     since the workers are the parallelism and a second decoding thread each would oversubscribe the cores.
     Bounded by the pictures decoded, not the header: MediaError when a decoded picture's time passes
     `max_seconds`, and the last picture is held for at most MAX_LAST_PICTURE_S (a crafted frame rate of
-    1e-6 fps would otherwise hold it for days).
+    1e-6 fps would otherwise hold it for days). `progress`: `Decoded("pictures", t, ...)` events as the
+    consumer takes the pictures (`DecodeMeter`), the last at the end of the last picture.
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
@@ -150,6 +205,7 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int
         prev: av.VideoFrame | None = None
         prev_t = 0.0
         size: tuple[int, int] | None = None
+        meter = DecodeMeter(progress, "pictures", _declared_seconds(container, stream), max_seconds)
 
         def convert(frame: av.VideoFrame) -> np.ndarray:
             nonlocal size
@@ -170,6 +226,7 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int
                 t -= start  # clips cut from longer videos may start at a non-zero pts
                 if t > max_seconds:
                     raise MediaError(past_max_duration(path, "pictures", t, max_seconds))
+                meter(max(t, 0.0))
                 if prev is not None:
                     rgb = None
                     while k / fps < t - 1e-9:  # targets before this picture belong to the previous one
@@ -184,6 +241,7 @@ def iter_frames(path: Path, fps: float, max_side: int | None = 640, threads: int
                     rgb = convert(prev) if rgb is None else rgb
                     yield rgb
                     k += 1
+                meter.finish(end)
         except av.FFmpegError as e:
             raise MediaError(f"{path}: the video track cannot be decoded ({_reason(e)})") from None
 

@@ -47,7 +47,8 @@ from kebr_core.errors import KebrError
 from kebr_core.extract.limits import past_max_duration
 from kebr_core.extract.video import MediaError
 
-VISION_BACKENDS = ("mediapipe", "openface-csv", "none")
+# name → what it is, in a few words: the checks here and the CLI's --vision choices and help read this table.
+VISION_BACKENDS = {"mediapipe": "face mesh, offline", "openface-csv": "read OpenFace 2.0 CSVs", "none": ""}
 
 
 class VisionBackend(Protocol):

@@ -33,10 +33,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from kebr_core.config import ModelConfig
 from kebr_core.modules.attention import CrossModalAttention
 from kebr_core.modules.pooling import masked_mean
-from kebr_core.modules.tcmf import make_ffn
+from kebr_core.modules.tcmf import FusionSettings, make_ffn
 
 
 class LateFusionOutput(NamedTuple):
@@ -102,7 +101,7 @@ class LateFusion(PooledFusion):
         self.ffn = make_ffn(d_text, ffn, ffn_mult, dropout)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, d_text: int) -> "LateFusion":
+    def from_config(cls, cfg: FusionSettings, d_text: int) -> "LateFusion":
         return cls(d_text, cfg.d_audio, cfg.d_vision, ffn=cfg.ffn, ffn_mult=cfg.ffn_mult, dropout=cfg.dropout)
 
     def pool(self, text, text_mask, value_audio, audio_mask, value_vision, vision_mask) -> torch.Tensor:
@@ -174,7 +173,7 @@ class SymmetricFusion(PooledFusion):
         )
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, d_text: int) -> "SymmetricFusion":
+    def from_config(cls, cfg: FusionSettings, d_text: int) -> "SymmetricFusion":
         return cls(d_text, cfg.d_audio, cfg.d_vision, layers=cfg.layers, shared=cfg.shared_layers, heads=cfg.heads,
                    ffn=cfg.ffn, ffn_mult=cfg.ffn_mult, dropout=cfg.dropout, attention_width=cfg.attention_width)
 

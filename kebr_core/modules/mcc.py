@@ -46,26 +46,26 @@ Alignments (`ALIGNS`), how X_K and a modality's sequence, of different sizes, gi
 
 Everything is vectorised over the batch and free of host-device synchronisation, so a CUDA training
 step never waits on it. Padding is assumed to sit at the end of each sequence (as the collate pads).
-The returned loss is unweighted: the caller multiplies by λ (`MCCConfig.weight`, Eq. 17).
+The returned loss is unweighted: the caller multiplies by λ (`MCCConfig.weight`, Eq. 17). The settings come
+as any object with g, s, form and align (`MCCSettings`; `kebr_core.config.MCCConfig` is one): this module
+imports only torch and its siblings, and the config imports `FORMS` and `ALIGNS` from here.
 
 One cohesive module over 400 lines: the cosines of every alignment (sharing the tile machinery)
-and the forms of f_i, which `FORMS` and `ALIGNS` name once for the config and the CLI.
+and the forms of f_i, registered once by name in `FORMS` and `ALIGNS` (name → function), which the config
+and the CLI read their choices from.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Protocol
 
 import torch
+from torch import Tensor
 
-from kebr_core.config import MCCConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.pooling import masked_mean
-
-FORMS = ("paper", "reference", "mean-cosine", "balanced")
-ALIGNS = ("tile", "authors", "projected")
 
 _NORM_EPS = 1e-12  # as F.normalize: a zero vector stays zero instead of dividing by 0
 
@@ -332,6 +332,43 @@ def projected_cosines(
     return torch.linalg.vecdot(mean_text, mean_mod) / (norm_text * norm_mod)
 
 
+def paper_form(c_a: torch.Tensor, c_v: torch.Tensor, g: float, s: float, eps: float) -> torch.Tensor:
+    """"paper": Eq. 11–12 on the angles; s + f where a cosine is negative. (B,) → (B,)."""
+    theta_a = torch.acos(c_a.clamp(-1 + eps, 1 - eps))
+    theta_v = torch.acos(c_v.clamp(-1 + eps, 1 - eps))
+    y = torch.cos((theta_a + theta_v) / 2) * torch.exp((theta_a - theta_v).abs())  # Eq. 12
+    f = s * torch.cos(math.pi * (y + g)).abs()  # Eq. 11
+    return torch.where((c_a >= 0) & (c_v >= 0), f, s + f)
+
+
+def reference_form(c_a: torch.Tensor, c_v: torch.Tensor, g: float, s: float, eps: float) -> torch.Tensor:
+    """"reference": the authors' fine-tuning code, on the cosines themselves. (B,) → (B,)."""
+    f = s * torch.cos(math.pi * ((c_a + c_v) / 2 + g) * torch.exp(0.5 * (c_a - c_v).abs())).abs()
+    return torch.where((c_a >= 0) & (c_v >= 0), f, s * (1 + c_a.abs() + c_v.abs()))
+
+
+def mean_cosine_form(c_a: torch.Tensor, c_v: torch.Tensor, g: float, s: float, eps: float) -> torch.Tensor:
+    """"mean-cosine": the authors' pretraining code, on m = (c_a + c_v)/2. (B,) → (B,)."""
+    mean = (c_a + c_v) / 2
+    return torch.where(mean >= 0, s * torch.cos(math.pi * (mean + g)).abs(), s * (1 - mean))
+
+
+def balanced_form(c_a: torch.Tensor, c_v: torch.Tensor, g: float, s: float, eps: float) -> torch.Tensor:
+    """"balanced" (kebr's): the squared distance to the balanced zero (c*, c*), c* = 0.5 − g. (B,) → (B,)."""
+    target = 0.5 - g  # the paper's balanced zero cos θ = 0.5 − g, here the only zero
+    return s * ((c_a - target).square() + (c_v - target).square())
+
+
+# The forms of f_i (module docstring): name → f(c_a, c_v, g, s, eps), each (B,) → (B,). The config's check,
+# the CLI's choices and `mcc_from_cosines` read this table; a new form is one function and one entry.
+FORMS: dict[str, Callable[[torch.Tensor, torch.Tensor, float, float, float], torch.Tensor]] = {
+    "paper": paper_form,
+    "reference": reference_form,
+    "mean-cosine": mean_cosine_form,
+    "balanced": balanced_form,
+}
+
+
 def mcc_from_cosines(
     c_a: torch.Tensor, c_v: torch.Tensor, g: float, s: float, form: str = "paper", eps: float = 1e-6
 ) -> torch.Tensor:
@@ -340,27 +377,54 @@ def mcc_from_cosines(
 
     Args:
         c_a, c_v: (B,) cosines of the fused text with audio and vision.
-        g: angle penalty; s: scale. form: one of `FORMS`.
+        g: angle penalty; s: scale. form: a key of `FORMS`.
         eps: cosines are clamped to [−1+eps, 1−eps] before arccos so its gradient stays finite.
     Returns: f (B,).
     """
-    both_nonneg = (c_a >= 0) & (c_v >= 0)
-    if form == "paper":
-        theta_a = torch.acos(c_a.clamp(-1 + eps, 1 - eps))
-        theta_v = torch.acos(c_v.clamp(-1 + eps, 1 - eps))
-        y = torch.cos((theta_a + theta_v) / 2) * torch.exp((theta_a - theta_v).abs())  # Eq. 12
-        f = s * torch.cos(math.pi * (y + g)).abs()  # Eq. 11
-        return torch.where(both_nonneg, f, s + f)
-    if form == "reference":
-        f = s * torch.cos(math.pi * ((c_a + c_v) / 2 + g) * torch.exp(0.5 * (c_a - c_v).abs())).abs()
-        return torch.where(both_nonneg, f, s * (1 + c_a.abs() + c_v.abs()))
-    if form == "mean-cosine":
-        mean = (c_a + c_v) / 2
-        return torch.where(mean >= 0, s * torch.cos(math.pi * (mean + g)).abs(), s * (1 - mean))
-    if form == "balanced":
-        target = 0.5 - g  # the paper's balanced zero cos θ = 0.5 − g, here the only zero
-        return s * ((c_a - target).square() + (c_v - target).square())
-    raise KebrError(f"Unknown MCC form {form!r}: use one of {', '.join(FORMS)}.")
+    if form not in FORMS:
+        raise KebrError(f"Unknown MCC form {form!r}: use one of {', '.join(FORMS)}.")
+    return FORMS[form](c_a, c_v, g, s, eps)
+
+
+def tile_alignment(fused: Tensor, text_mask: Tensor, audio: Tensor, audio_mask: Tensor, vision: Tensor, vision_mask: Tensor,
+                   value_audio: Tensor | None = None, value_vision: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """"tile": each pair's valid parts, the shorter tiled (`tile_cosines`). Returns (c_a, c_v), (B,) each."""
+    dtype = torch.promote_types(_compute_dtype(fused), torch.promote_types(_compute_dtype(audio), _compute_dtype(vision)))
+    modalities = [_side(audio, audio_mask, dtype), _side(vision, vision_mask, dtype)]
+    return _tile_cosines(_side(fused, text_mask, dtype), modalities)
+
+
+def authors_alignment(fused: Tensor, text_mask: Tensor, audio: Tensor, audio_mask: Tensor, vision: Tensor, vision_mask: Tensor,
+                      value_audio: Tensor | None = None, value_vision: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """"authors": the padded tensors tiled towards the longest (`authors_cosines`). Returns (c_a, c_v)."""
+    return authors_cosines(fused, audio, vision)
+
+
+def projected_alignment(fused: Tensor, text_mask: Tensor, audio: Tensor, audio_mask: Tensor, vision: Tensor, vision_mask: Tensor,
+                        value_audio: Tensor | None = None, value_vision: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """"projected": masked means of X_K and of V_m (`projected_cosines`). Returns (c_a, c_v)."""
+    if value_audio is None or value_vision is None:
+        raise ValueError("MCC alignment 'projected' needs value_audio and value_vision")
+    return (projected_cosines(fused, text_mask, value_audio, audio_mask),
+            projected_cosines(fused, text_mask, value_vision, vision_mask))
+
+
+# The alignments (module docstring): name → a function of (X_K, text_mask, X0a, audio_mask, X0v, vision_mask,
+# V_a, V_v) → (c_a, c_v), (B,) each. The config's check, the CLI's choices and `mcc_loss` read this table.
+ALIGNS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "tile": tile_alignment,
+    "authors": authors_alignment,
+    "projected": projected_alignment,
+}
+
+
+class MCCSettings(Protocol):
+    """What `mcc_loss` reads of its settings (`kebr_core.config.MCCConfig` has these fields)."""
+
+    g: float  # the shift g of Eq. 11
+    s: float  # the scale s of Eq. 11
+    form: str  # one of FORMS
+    align: str  # one of ALIGNS
 
 
 @full_precision
@@ -371,7 +435,7 @@ def mcc_loss(
     audio_mask: torch.Tensor,
     vision: torch.Tensor,
     vision_mask: torch.Tensor,
-    cfg: MCCConfig,
+    cfg: MCCSettings,
     value_audio: torch.Tensor | None = None,
     value_vision: torch.Tensor | None = None,
 ) -> MCCOutput:
@@ -386,21 +450,9 @@ def mcc_loss(
     """
     if cfg.form not in FORMS:
         raise KebrError(f"Unknown MCC form {cfg.form!r}: use one of {', '.join(FORMS)}.")
-    if cfg.align == "tile":
-        dtype = torch.promote_types(
-            _compute_dtype(fused), torch.promote_types(_compute_dtype(audio), _compute_dtype(vision))
-        )
-        modalities = [_side(audio, audio_mask, dtype), _side(vision, vision_mask, dtype)]
-        c_a, c_v = _tile_cosines(_side(fused, text_mask, dtype), modalities)
-    elif cfg.align == "authors":
-        c_a, c_v = authors_cosines(fused, audio, vision)
-    elif cfg.align == "projected":
-        if value_audio is None or value_vision is None:
-            raise ValueError("MCC alignment 'projected' needs value_audio and value_vision")
-        c_a = projected_cosines(fused, text_mask, value_audio, audio_mask)
-        c_v = projected_cosines(fused, text_mask, value_vision, vision_mask)
-    else:
+    if cfg.align not in ALIGNS:
         raise KebrError(f"Unknown MCC alignment {cfg.align!r}: use one of {', '.join(ALIGNS)}.")
+    c_a, c_v = ALIGNS[cfg.align](fused, text_mask, audio, audio_mask, vision, vision_mask, value_audio, value_vision)
 
     valid = text_mask.any(dim=1) & audio_mask.any(dim=1) & vision_mask.any(dim=1)
     zero = torch.zeros((), dtype=c_a.dtype, device=c_a.device)

@@ -12,12 +12,11 @@ default here, independent layers are an option.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 import torch
 from torch import nn
 
-from kebr_core.config import ModelConfig
 from kebr_core.errors import KebrError
 from kebr_core.modules.attention import CrossModalAttention
 
@@ -96,6 +95,21 @@ class TCMFLayer(nn.Module):
         return TCMFOutput(fused, value_a, value_v)
 
 
+class FusionSettings(Protocol):
+    """What `from_config` of the fusions reads (`kebr_core.config.ModelConfig` has these fields): modules/
+    imports only torch and its siblings, so the configuration comes in as any object with them."""
+
+    d_audio: int
+    d_vision: int
+    layers: int
+    shared_layers: bool
+    heads: int
+    ffn: str
+    ffn_mult: int
+    dropout: float
+    attention_width: int | None
+
+
 class TCMF(nn.Module):
     """K TCMF layers (Eq. 2): X_k = TCMF_k(X0a, X_{k-1}, X0v), k = 1..K.
 
@@ -133,8 +147,8 @@ class TCMF(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, d_text: int) -> "TCMF":
-        """Build from a `ModelConfig`; d_text is the text encoder's hidden size."""
+    def from_config(cls, cfg: FusionSettings, d_text: int) -> "TCMF":
+        """Build from a `ModelConfig` (`FusionSettings`); d_text is the text encoder's hidden size."""
         return cls(
             d_text,
             cfg.d_audio,

@@ -31,11 +31,11 @@ seeds; `kebr_core.runs`) matches, and a configuration whose runs hold other sett
 sentence naming it and the differing keys (`force` starts them afresh). A rerun with other flags adds
 its configurations to ablation.json and results.csv; the configurations of earlier runs stay.
 
-Shards (`kebr_core.shards`): the items are the (configuration, pretraining seed) pairs in order (one item
+Parts (`kebr_core.shards`): the items are the (configuration, pretraining seed) pairs in order (one item
 per configuration without pretraining, or with P = 1); `shard=(i, n)` runs only the items at positions
 k ≡ i (mod n) and writes no ablation.json/results.csv; a pretraining run that configurations of several
-shards share is trained by the first to take its lock and reused by the others. A later call without a
-shard aggregates (running what is missing); `collect=True` only aggregates, or names what has not finished.
+parts share is trained by the first to take its lock and reused by the others. A later call without a
+part aggregates (running what is missing); `collect=True` only aggregates, or names what has not finished.
 
 "Avg" is the mean relative change over all metrics against C1, in percent: (m − m_C1)/|m_C1| · 100, with
 MAE's sign reversed so that positive always means better.
@@ -56,12 +56,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from kebr_core import runs
+from kebr_core import run_identity, runs
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo, init_distributed, main_holds_lock, on_main
 from kebr_core.errors import KebrError
-from kebr_core.io import open_for_writing
+from kebr_core.io import atomic_write_text, open_for_writing
 from kebr_core.metrics import METRIC_NAMES, STD_DDOF, aggregate, split_summary
 from kebr_core.recipes.compare import against_reference
 from kebr_core.recipes.finetune import finetune
@@ -69,7 +69,7 @@ from kebr_core.recipes.pretrain import pretrain, pretrain_identity, pretraining_
 from kebr_core.results_files import in_file_unit, unit_column
 from kebr_core.row_names import inputs_caption, store_inputs
 from kebr_core.run_readers import seed_grids
-from kebr_core.shards import check_shard, in_shard, locked
+from kebr_core.shards import check_part_run, in_part, locked, part_positions
 from kebr_core.training import ProgressFn, no_progress, resolve_device
 
 # g must lie in (−0.5, 0.5) (kebr_core.config): the sweep's ends are ±0.4.
@@ -251,10 +251,7 @@ def ablate(
     test every configuration with a modality removed (`finetune`'s probe; each row's "probe"). std: the
     spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's); ablation.json's std_ddof
     says which. shard, collect: the module docstring."""
-    check_shard(shard, "--shard")
-    if force and (shard is not None or collect):
-        raise KebrError("--force cannot go with --shard or --collect: it would remove what other jobs finished; "
-                        "start afresh with a plain --force run, then shard again.")
+    check_part_run(shard, "--shard", collect=collect, force=force, what="what")
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
@@ -268,7 +265,7 @@ def ablate(
     # One job at a time in an ablation; shards claim their own (configuration, pretraining seed) items, the
     # positions they split (--collect only aggregates).
     n_items = sum(len(_items(out, spec, pseeds)) for spec in specs)
-    my_items = None if shard is None else [k for k in range(n_items) if in_shard(k, shard)]
+    my_items = part_positions(n_items, shard)
     # Under torchrun every rank runs this; rank 0 decides what is reused and alone writes (docs/design.md §6).
     info, _ = init_distributed(resolve_device(finetune_cfg.train.device))
     with runs.claim_run(out, my_items, enabled=info.is_main and not collect, check=runs.check_ablation_files):
@@ -314,7 +311,7 @@ def ablate(
                     rows.append(row)
                     continue
                 seen_without_mcc[twin] = spec.name
-            mine = [item for k, item in zip(positions, items) if in_shard(k, shard)]
+            mine = [item for k, item in zip(positions, items) if in_part(k, shard)]
             if not mine:  # another job's
                 continue
             if collect and (what := [w for item in items if (w := _unfinished(item, spec, seeds, probe))]):
@@ -370,13 +367,13 @@ def ablate(
             "pretrain_seeds": pseeds, "seeds": seeds, "std_ddof": STD_DDOF[std], "inputs": inputs, "notes": notes,
             "configurations": rows,
         }
-        runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
+        atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
         # With two or more pretraining seeds: each row's paired difference from C1, read back as `kebr compare`
         # and the forest plot read it (one pairing rule), then recorded with the rows.
         delta_caption = _paired_differences(out, rows) if len(pseeds) >= 2 else ""
         if delta_caption:
             payload = {**payload, "vs_C1_interval": delta_caption, "configurations": rows}
-            runs.atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
+            atomic_write_text(out / runs.ABLATION_JSON, json.dumps(payload, indent=2))
         # With two or more pretraining seeds: the pretraining seeds and the paired differences vs C1 (DELTA_METRICS).
         # In the CSV files' unit (kebr_core.results_files): accuracies, F1 and their differences in percent.
         delta_columns = [unit_column(f"delta_{k}{end}", k) if end != "_p" else f"delta_{k}_p"
@@ -436,7 +433,7 @@ def _pretrained(store: str | Path, run_dir: Path, cfg: RunConfig, splits: list[s
     def finished() -> bool:
         if force or not (final / runs.WEIGHTS).exists():
             return False
-        runs.check_identity(run_dir, pretrain_identity(store, cfg, splits))
+        run_identity.check_identity(run_dir, pretrain_identity(store, cfg, splits))
         return True
 
     if on_main(info, finished):

@@ -59,7 +59,7 @@ from kebr_core.analysis import (
     tune_figures,
 )
 from kebr_core.errors import KebrError
-from kebr_core.io import matches_record, open_for_writing, path_record, refuse_foreign, refuse_links
+from kebr_core.io import atomic_write_text, matches_record, open_for_writing, path_record, refuse_foreign, refuse_links
 from kebr_core.metric_logger import report_figures, require
 from kebr_core.metrics import metric_display
 from kebr_core.recipes.compare import against_reference
@@ -541,4 +541,4 @@ def remove_stale_outputs(out_dir: Path, written: list[Path]) -> None:
             (out_dir / name).unlink()
     if now or record:
         out_dir.mkdir(parents=True, exist_ok=True)
-        runs.atomic_write_text(out_dir / WRITTEN_MANIFEST, json.dumps({name: path_record(path) for name, path in sorted(now.items())}))
+        atomic_write_text(out_dir / WRITTEN_MANIFEST, json.dumps({name: path_record(path) for name, path in sorted(now.items())}))

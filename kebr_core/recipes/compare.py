@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kebr_core import runs
+from kebr_core import run_identity, runs
 from kebr_core.errors import KebrError
 from kebr_core.io import atomic_output
 from kebr_core.metrics import METRIC_NAMES
@@ -129,7 +129,7 @@ def _seeds(seeds: Sequence[int]) -> str:
 def pairing_problems(a: Compared, b: Compared) -> list[str]:
     """Why b cannot be paired with a (other data, other seeds), or [] when it can."""
     problems = []
-    data = runs.identity_differences(a.grid.data, b.grid.data, ignore={"store"})
+    data = run_identity.identity_differences(a.grid.data, b.grid.data, ignore={"store"})
     if data:
         problems.append(f"other data ({'; '.join(data[:3])}{'; …' if len(data) > 3 else ''})")
     for what, sa, sb in (("pretraining", a.grid.pretrain_seeds, b.grid.pretrain_seeds),
@@ -150,7 +150,7 @@ def compare_grids(reference: Compared, run: Compared, confidence: float = 0.95) 
     metrics = sorted(common, key=lambda m: METRIC_NAMES.index(m) if m in METRIC_NAMES else len(METRIC_NAMES))
     a, b = reference.grid.values, run.grid.values
     return Comparison(
-        reference=reference, run=run, differs=runs.identity_differences(reference.grid.identity, run.grid.identity),
+        reference=reference, run=run, differs=run_identity.identity_differences(reference.grid.identity, run.grid.identity),
         differences={m: paired_difference(a[m], b[m], m, confidence) for m in metrics},
         reference_means={m: float(np.mean(a[m])) for m in metrics}, run_means={m: float(np.mean(b[m])) for m in metrics},
         variance={m: variance_components(b[m] - a[m]) for m in metrics},

@@ -35,7 +35,7 @@ from kebr_core.config import DEFAULT_TEXT_MODEL, RunConfig, resolve_config
 from kebr_core.data.store import FeatureStore
 from kebr_core.data.synth import SynthConfig, generate_synth
 from kebr_core.errors import KebrError
-from kebr_core.io import matches_record, path_record, refuse_links
+from kebr_core.io import atomic_write_text, matches_record, path_record, refuse_links
 from kebr_core.recipes.ablate import AblationSpec, ablate, apply_spec, build_specs
 from kebr_core.recipes.finetune import finetune
 from kebr_core.recipes.pretrain import PRETRAIN_SPLITS_WITHOUT_TEST, pretrain
@@ -153,7 +153,7 @@ def record_outputs(out: Path) -> None:
     """Record what the finished demo made (`io.path_record` of each of OWN_PATHS it wrote): what a later
     `--force` may remove."""
     made = {name: None if name == LOG else path_record(out / name) for name in OWN_PATHS if os.path.lexists(out / name)}
-    runs.atomic_write_text(out / MANIFEST, json.dumps({"paths": made}, indent=2) + "\n")
+    atomic_write_text(out / MANIFEST, json.dumps({"paths": made}, indent=2) + "\n")
 
 
 # ───────────────────────── the steps ─────────────────────────

@@ -5,11 +5,11 @@
 
 RUN is an evaluation run (its best-model/: the seed with the lowest validation MAE), a pretraining run
 (its final/), or a model folder itself; for a folder of pseed-S/ runs, an ablation or a search, the
-refusal names the run to give instead. The folder is written by `pretrained.save_pretrained` with
+refusal names the run to give instead. The folder is written by `model.save_pretrained` with
 `store_encoder=True`: the text encoder is inside whatever its name (a name that resolves on this machine
 may not on the receiver's), with the tokenizer and a model card made from the run (its results.json:
 test metrics over the seeds). Like every model folder it is written as `DIR.tmp` and renamed into place
-(`runs.save_checkpoint`): a kill leaves DIR as it was, never half-written. An existing DIR is replaced
+(`checkpoints.save_checkpoint`): a kill leaves DIR as it was, never half-written. An existing DIR is replaced
 only with `force` and only when it is a kebr model folder; DIR may not be, or lie inside, the model it
 exports.
 
@@ -24,11 +24,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kebr_core import runs
+from kebr_core import checkpoints, runs
 from kebr_core.errors import KebrError
 from kebr_core.io import check_output, refuse_links
 from kebr_core.own_files import RECORD
-from kebr_core.pretrained import REPO_ID, load_pretrained, save_pretrained
+from kebr_core.model import REPO_ID, load_pretrained, save_pretrained
 
 
 @dataclass
@@ -59,7 +59,7 @@ def model_source(run: str | Path) -> tuple[Path, Path | None]:
     if not run.exists():
         raise KebrError(f"{run} does not exist; give a kebr eval or kebr pretrain run directory, or a model folder.")
     for name in (runs.BEST_MODEL, runs.FINAL):
-        runs.recover_folder(run / name)  # a kill inside a save left <name>.old
+        checkpoints.recover_folder(run / name)  # a kill inside a save left <name>.old
         if is_model_folder(run / name):
             return run / name, run
     if is_model_folder(run):

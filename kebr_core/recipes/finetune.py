@@ -17,7 +17,7 @@ results.csv (mean ± std over the seeds asked for; the sample std, ddof = 1, unl
 ddof = 0; both files say which). A seed whose test.json exists is skipped on rerun (resume), also when the
 rerun asks for more seeds or fewer (the seeds are no part of the run's identity).
 
-`seed_shard=(i, n)` runs only the seeds of shard i (`kebr_core.shards`) and writes no summary; a later call
+`seed_shard=(i, n)` runs only the seeds of part i of n (`kebr_core.shards`) and writes no summary; a later call
 without it aggregates the finished seeds and runs the missing ones, and `collect=True` only aggregates
 (an error naming the seeds not finished yet).
 
@@ -49,29 +49,30 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from kebr_core import runs
+from kebr_core import checkpoints, run_identity, runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import (
-    DistInfo, barrier, check_nodes_agree, data_parallel, gather_predictions, init_distributed, on_main, refuse_unsupported,
-    shard,
+    DistInfo, barrier, check_nodes_agree, data_parallel, gather_predictions, init_distributed, on_main, rank_slice,
+    refuse_unsupported,
 )
+from kebr_core.epoch_metrics import validation_columns
 from kebr_core.errors import KebrError
 from kebr_core.model_size import check_model_size
-from kebr_core.io import open_for_writing
+from kebr_core.io import atomic_write_text, open_for_writing
 from kebr_core.loaders import RunLoaders
 from kebr_core.masking import tokenize_plain
 from kebr_core.metrics import STD_DDOF, aggregate, msa_metrics, split_summary
-from kebr_core.model import load_tokenizer
+from kebr_core.text_encoder import load_tokenizer
 from kebr_core.model_card import write_card
 from kebr_core.own_files import add_to_record
-from kebr_core.pretrained import encoder_source, load_folder_tokenizer, save_pretrained
+from kebr_core.model import encoder_source, load_folder_tokenizer, save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, report_final, require
 from kebr_core.results_files import write_results_csv
 from kebr_core.row_names import store_inputs
-from kebr_core.shards import check_shard, in_shard, locked
+from kebr_core.shards import check_part_run, in_part, locked, part_positions
 from kebr_core.training import (
     ProgressFn,
     autocast,
@@ -110,7 +111,7 @@ def apply_checkpoint_config(cfg: RunConfig, checkpoint: Path, typed: Mapping[str
     "Configuration and runs"): a typed architecture setting whose value differs from the checkpoint's is
     refused, in one sentence naming each with its value and the checkpoint's. None: no check (recipes
     that build the configuration themselves). Returns the settings the checkpoint changed, "key=value"."""
-    saved = RunConfig.from_dict(runs.read_checkpoint_config(checkpoint), source=f"checkpoint {checkpoint}")
+    saved = RunConfig.from_dict(checkpoints.read_checkpoint_config(checkpoint), source=f"checkpoint {checkpoint}")
     keep = {"max_text_len", "max_audio_len", "max_vision_len", "dropout", "head_hidden"}
     taken = {f"model.{name}": value for name, value in vars(saved.model).items() if name not in keep}
     current = {f"model.{name}": value for name, value in vars(cfg.model).items()}
@@ -147,7 +148,7 @@ def complete_config(cfg: RunConfig, store_path: str | Path, checkpoint: str | Pa
     store = FeatureStore(store_path)
     wanted = store.widths()
     if checkpoint is not None:
-        checkpoint = runs.resolve_checkpoint(checkpoint)
+        checkpoint = checkpoints.resolve_checkpoint(checkpoint)
         changed = apply_checkpoint_config(cfg, Path(checkpoint), typed)
         if changed and note is not None:
             note(f"fine-tuning the architecture of {checkpoint}: {', '.join(changed)} (from the checkpoint)")
@@ -191,7 +192,7 @@ def split_datasets(store: FeatureStore, split_index: dict[str, np.ndarray], cfg:
     splits of `split_index`. Texts are tokenised once for all splits; the texts of a split among
     train/valid/test left out of `split_index` (the test split during `kebr tune`) are replaced by the
     empty text, so they never reach the encoder. checkpoint: the pretrained model folder, whose tokenizer
-    is used when it holds one (`pretrained.load_folder_tokenizer`)."""
+    is used when it holds one (`model.load_folder_tokenizer`)."""
     name = cfg.model.text_model
     tokenizer = load_folder_tokenizer(checkpoint, name) if checkpoint is not None else load_tokenizer(name)
     left_out = store.indices([s for s in ("train", "valid", "test") if s not in split_index])
@@ -229,10 +230,7 @@ def finetune(
     run (other settings, data or checkpoint) is refused naming the differing keys; `force` starts afresh. seed_shard, collect: the module docstring. typed, note: the settings the user typed
     (`apply_checkpoint_config`), and where to say which settings the checkpoint replaced."""
     run_dir = Path(run_dir)
-    check_shard(seed_shard, "--seed-shard")
-    if force and (seed_shard is not None or collect):
-        raise KebrError("--force cannot go with --seed-shard or --collect: it would remove the seeds other jobs "
-                        "finished; start afresh with a plain --force run, then shard again.")
+    check_part_run(seed_shard, "--seed-shard", collect=collect, force=force, what="the seeds")
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     if seeds is not None:
@@ -247,7 +245,7 @@ def finetune(
     refuse_unsupported(cfg)
     info, device = init_distributed(resolve_device(cfg.train.device))
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
-    mine = None if seed_shard is None else [n for n in range(len(seeds)) if in_shard(n, seed_shard)]
+    mine = part_positions(len(seeds), seed_shard)
     # One job at a time in a run; seed shards claim their own seeds (--collect only reads them, and writes the summary).
     with runs.claim_run(run_dir, mine, enabled=info.is_main and not collect):
         if collect and not (run_dir / runs.CONFIG).is_file():
@@ -259,10 +257,10 @@ def finetune(
             recorded = RunConfig.from_dict(cfg.to_dict())
             recorded.train.seeds = [] if force else recorded_seeds(run_dir)
             recorded.train.seeds += [s for s in seeds if s not in recorded.train.seeds]
-            identity = runs.run_identity(recorded, "finetune", runs.data_fingerprint(store_path),
-                                         checkpoint=str(checkpoint) if checkpoint else None,
-                                         checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
-            runs.prepare_run_dir(
+            identity = run_identity.run_identity(recorded, "finetune", run_identity.data_fingerprint(store_path),
+                                                 checkpoint=str(checkpoint) if checkpoint else None,
+                                                 checkpoint_sha256=checkpoints.weights_sha256(checkpoint) if checkpoint else None)
+            run_identity.prepare_run_dir(
                 run_dir, identity, resume=True, force=force, may_differ=("train.seeds",),
                 extra={"store": str(store_path), "seeds": recorded.train.seeds,
                        "selection": "epoch with the lowest validation MAE", "world_size": info.world},
@@ -275,7 +273,7 @@ def finetune(
         # a frozen encoder is the same for every seed: its outputs are computed once per run (on disk: text-cache/)
         text_cache: dict = {"dir": run_dir / runs.TEXT_CACHE}
         # What best-model/ records of its data: the features it expects and the data's fingerprint and splits.
-        model_record = store_features(store) | {"trained_on": {"data": runs.data_fingerprint(store_path),
+        model_record = store_features(store) | {"trained_on": {"data": run_identity.data_fingerprint(store_path),
                                                                "splits": {s: len(d) for s, d in datasets.items()}}}
         loaders = RunLoaders(loader_workers(cfg.train.workers, device), device)  # and the loaders' workers start once
         for n_done, seed in enumerate(seeds):
@@ -284,7 +282,7 @@ def finetune(
             # finished earlier by this same run (prepare_run_dir checked): reused
             result = json.loads(done_file.read_text()) if done_file.exists() else None
             if result is None or (probe and "probe" not in result):
-                if collect or not in_shard(n_done, seed_shard):  # another job's seed
+                if collect or not in_part(n_done, seed_shard):  # another job's seed
                     pending.append(seed)
                     continue
                 result = _run_seed(cfg, seed, seed_dir, datasets, collate, token_ids, checkpoint, device, info, progress,
@@ -408,7 +406,7 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
         sched.step()
         pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device, info, loaders=loaders)
         valid = msa_metrics(pred, label)
-        row |= {"valid_mae": valid["mae"], "valid_corr": valid["corr"], "valid_acc2_non0": valid["acc2_non0"]}
+        row |= validation_columns(valid)
         if log is not None:
             log.log_dict(row, epoch)
         progress(f"seed {seed}", epoch, cfg.train.epochs, row)
@@ -461,9 +459,9 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
                 tokenizer = load_folder_tokenizer(checkpoint, cfg.model.text_model) if checkpoint is not None else None
                 save_pretrained(model, best_model_dir, cfg, include_encoder=not frozen, tokenizer=tokenizer,
                                 extra=features | {"stage": "finetune", "seed": seed}, run_dir=best_model_dir.parent)
-                runs.atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
+                atomic_write_text(selection, json.dumps({"seed": seed, "valid_mae": best[0], "best_epoch": best[1]}))
                 add_to_record(best_model_dir, runs.SELECTION)
-        runs.atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
+        atomic_write_text(seed_dir / runs.TEST_JSON, json.dumps(result, indent=2))
     barrier(info)
     return result
 
@@ -473,12 +471,12 @@ def predict_split(model, dataset, collate, cache, cfg: RunConfig, device, info: 
                   remove: tuple[str, str] | None = None, loaders: RunLoaders | None = None):
     """Predictions and labels of a whole split, in dataset order: (N,), (N,) float64; with `features`,
     also the pooled utterance representations (N, dt) float32. Under DDP each rank predicts a
-    contiguous shard and every rank gets the gathered whole. remove: (modality, how) for
+    contiguous slice (`rank_slice`) and every rank gets the gathered whole. remove: (modality, how) for
     `remove_modality`, the probe of how much a stream is used. loaders: the run's `RunLoaders` (None: a
     loader, and its workers, for this pass)."""
     model.eval()
     loaders = loaders or RunLoaders(loader_workers(cfg.train.workers, device), device)
-    loader = loaders.evaluation(dataset, collate, max(cfg.train.batch_size, 64), shard(np.arange(len(dataset)), info).tolist())
+    loader = loaders.evaluation(dataset, collate, max(cfg.train.batch_size, 64), rank_slice(np.arange(len(dataset)), info).tolist())
     preds, labels, pooled = [], [], []
     for batch in loader:
         batch = move(batch, device)
@@ -520,5 +518,5 @@ def write_summary(run_dir: Path, payload: dict, summary: dict[str, tuple[float, 
                   per_run: list[dict]) -> None:
     """results.json (`payload`, fractions) and results.csv (`results_files.write_results_csv`: a row per metric
     with its unit, mean, std, std_ddof and the value of each run, columns `run_names` in the order of `per_run`)."""
-    runs.atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
+    atomic_write_text(run_dir / runs.RESULTS_JSON, json.dumps(payload, indent=2))
     write_results_csv(run_dir / runs.RESULTS_CSV, summary, STD_DDOF[std], run_names, per_run)

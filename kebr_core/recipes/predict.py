@@ -12,7 +12,7 @@
    Transcript: `text` (one video only) or the video's row of the `transcripts` table (id = the
    video's name without extension, or its path below a folder given), else a sidecar
    (.txt/.srt/.vtt), else ASR (`asr`).
-3. The fine-tuned KEBRModel (`pretrained.build_from_folder`: the text encoder and tokenizer from the
+3. The fine-tuned KEBRModel (`model.build_from_folder`: the text encoder and tokenizer from the
    folder, or by name when it was frozen and its name resolves everywhere) scores batches of `batch_size` videos,
    as they are extracted (memory stays flat for any number of videos).
 
@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from kebr_core import runs
+from kebr_core import checkpoints
 from kebr_core.config import DEFAULT_MAX_PARAMETERS, RunConfig
 from kebr_core.data.dataset import Collator
 from kebr_core.data.store import Sample
@@ -45,11 +45,12 @@ from kebr_core.extract import audio as audio_mod
 from kebr_core.extract.extractor import ExtractOptions, ItemResult
 from kebr_core.extract.inputs import VideoItem, attach_transcripts, discover
 from kebr_core.extract.limits import DEFAULT_MAX_DURATION_S
+from kebr_core.extract.video import DecodeProgress
 from kebr_core.extract.vision import vision_feature_names
 from kebr_core.extract.workers import ordered_results, quiet_native_stderr, start_workers
 from kebr_core.masking import tokenize_plain
 from kebr_core.model_size import check_model_size
-from kebr_core.pretrained import build_from_folder, encoder_source
+from kebr_core.model import build_from_folder, encoder_source
 from kebr_core.training import (
     ProgressFn,
     autocast,
@@ -266,16 +267,18 @@ def predict(
     max_parameters: int = DEFAULT_MAX_PARAMETERS,
     progress: ProgressFn = no_progress,
     max_duration: float = DEFAULT_MAX_DURATION_S,
+    decoding: DecodeProgress | None = None,
 ) -> list[Prediction]:
     """Score every video (files or folders) with a fine-tuned checkpoint; one Prediction per video,
     in input order. Raises KebrError for a bad checkpoint or options, never for a bad video.
-    max_parameters: the largest model built (the user's bound, not the checkpoint's: `model_size`)."""
+    max_parameters: the largest model built (the user's bound, not the checkpoint's: `model_size`).
+    decoding: progress within the video being extracted, as `kebr_core.extract.pipeline.extract`'s."""
     if not videos:
         raise KebrError("Give at least one video to score.")
     if batch_size < 1:
         raise KebrError(f"--batch-size must be at least 1, not {batch_size}.")
-    path = runs.resolve_checkpoint(checkpoint, fine_tuned=True)
-    saved = runs.read_checkpoint_config(path)
+    path = checkpoints.resolve_checkpoint(checkpoint, fine_tuned=True)
+    saved = checkpoints.read_checkpoint_config(path)
     options = extract_options_for(path, saved.get("features"), asr=asr, asr_model=asr_model,
                                   openface_dir=openface_dir, workers=workers, max_duration=max_duration)
     items = video_items(videos, text, transcripts)
@@ -302,7 +305,7 @@ def predict(
         cfg.train.max_parameters = max_parameters
         scorer = Scorer(path, cfg, bool(saved.get("includes_encoder", False)), resolve_device(device))
         with quiet_native_stderr() if executor is None else nullcontext():
-            for k, result in enumerate(ordered_results(items, options, executor)):
+            for k, result in enumerate(ordered_results(items, options, executor, decoding)):
                 progress("extract", k + 1, len(items), {})
                 if result.sample is None:
                     results[k].error = result.error or "unknown error"

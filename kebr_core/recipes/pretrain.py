@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Subset
 
-from kebr_core import runs
+from kebr_core import checkpoints, run_identity, runs
 from kebr_core.config import RunConfig
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import SPLITS, FeatureStore
@@ -43,8 +43,8 @@ from kebr_core.model_size import check_model_size
 from kebr_core.lexicon import load_lexicon
 from kebr_core.loaders import RunLoaders
 from kebr_core.masking import PackedMasks, mask_packed, tokenize_plain
-from kebr_core.model import load_tokenizer
-from kebr_core.pretrained import save_pretrained
+from kebr_core.text_encoder import load_tokenizer
+from kebr_core.model import save_pretrained
 from kebr_core.recipes.setup import configure_from_store, setup_model
 from kebr_core.metric_logger import epoch_logger, require
 from kebr_core.resume import EpochPosition, StepCheckpoints
@@ -165,8 +165,8 @@ def pretrain_identity(store_path: str | Path, cfg: RunConfig, splits: Sequence[s
     the store, the store's fingerprint and the splits pretrained on."""
     cfg = RunConfig.from_dict(cfg.to_dict())
     configure_from_store(cfg, FeatureStore(store_path))
-    return runs.run_identity(cfg, "pretrain", runs.data_fingerprint(store_path),
-                             splits=list(splits) if splits is not None else None)
+    return run_identity.run_identity(cfg, "pretrain", run_identity.data_fingerprint(store_path),
+                                     splits=list(splits) if splits is not None else None)
 
 
 def pretrain(
@@ -202,12 +202,12 @@ def pretrain(
     check_nodes_agree(info, run_dir, store_path, cfg.to_dict())
     with runs.claim_run(run_dir, enabled=info.is_main):  # one job at a time in a run
         resume = resume or resume_if_possible
-        latest = runs.latest_checkpoint(run_dir) if resume and not force else None
+        latest = checkpoints.latest_checkpoint(run_dir) if resume and not force else None
         if resume and latest is None and not resume_if_possible and not force:
             raise KebrError(f"Nothing to resume in {run_dir}: it holds no checkpoint (pass --resume-if-possible to "
                             "start afresh when there is none).")
         # Checked before anything is written: a crafted state is refused with the run left as it was.
-        state = runs.load_trainer_state(latest, max_epoch=cfg.train.epochs) if latest is not None else None
+        state = checkpoints.load_trainer_state(latest, max_epoch=cfg.train.epochs) if latest is not None else None
         # a mid-epoch checkpoint's place in its epoch (None: an epoch's end), checked here too
         position = EpochPosition.from_state(state, str(latest / runs.TRAINER_STATE)) if state is not None else None
 
@@ -227,7 +227,7 @@ def pretrain(
                             "so there is no word to mask.")
         without_words = len(selected) - len(used)
         # On rank 0; a refused folder stops every rank with its sentence (`on_main`), none waits in a barrier.
-        on_main(info, lambda: runs.prepare_run_dir(
+        on_main(info, lambda: run_identity.prepare_run_dir(
             run_dir, pretrain_identity(store_path, cfg, splits), resume=resume, force=force,
             may_differ=("train.epochs",) if resume else (),
             extra={"store": str(store_path), "world_size": info.world, "samples": len(used),
@@ -258,18 +258,18 @@ def pretrain(
         if latest is not None and state is not None:
             # Loaded to the CPU (a run checkpointed on a GPU resumes anywhere); Adam moves its state to the
             # parameters' device, and the CPU copy is dropped with `state`.
-            runs.load_checkpoint_weights(model, latest)
+            checkpoints.load_checkpoint_weights(model, latest)
             opt.load_state_dict(state["optimizer"])
             start_epoch = state["epoch"] + (0 if position is not None else 1)
             del state
         net = data_parallel(model, info)
         log = epoch_logger(run_dir / runs.METRICS, cfg.to_dict(), "pretrain", cfg.train.seed, start_epoch) if info.is_main else None
-        payload = runs.checkpoint_payload(cfg, include_encoder=not frozen)
+        payload = checkpoints.checkpoint_payload(cfg, include_encoder=not frozen)
 
         def save(epoch: int, weights: dict, optimizer: dict) -> None:
             if info.is_main:
-                runs.save_resume_checkpoint(run_dir, epoch, weights, payload, {"optimizer": optimizer},
-                                            keep=cfg.train.keep_checkpoints)
+                checkpoints.save_resume_checkpoint(run_dir, epoch, weights, payload, {"optimizer": optimizer},
+                                                   keep=cfg.train.keep_checkpoints)
             barrier(info)
 
         epoch = saved = start_epoch - 1
@@ -278,12 +278,12 @@ def pretrain(
         snapshot: tuple[int, dict, dict] | None = None  # the state at the end of the last epoch not on disk
 
         def save_position(at: EpochPosition) -> None:  # a mid-epoch checkpoint (rank 0; `kebr_core.resume`)
-            runs.save_resume_checkpoint(run_dir, at.epoch, runs.model_weights(model, not frozen), payload,
-                                        {"optimizer": opt.state_dict()} | at.to_state(), keep=cfg.train.keep_checkpoints,
-                                        step=at.step)
+            checkpoints.save_resume_checkpoint(run_dir, at.epoch, checkpoints.model_weights(model, not frozen), payload,
+                                               {"optimizer": opt.state_dict()} | at.to_state(), keep=cfg.train.keep_checkpoints,
+                                               step=at.step)
 
-        checkpoints = StepCheckpoints(cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes,
-                                      save_position, info)
+        step_checkpoints = StepCheckpoints(cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes,
+                                           save_position, info)
         try:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 if per_epoch:  # every epoch's draw is a function of (seed, epoch): a resumed run draws the same
@@ -294,30 +294,30 @@ def pretrain(
                             model.encoder, [encoded.ids(i) for i in random_word], device))
                 row = train_epoch(net, dataset, collate, cache, opt, cfg, device, epoch, task="pretrain", frozen=frozen,
                                   info=info, seed=cfg.train.seed, progress=progress, loaders=loaders,
-                                  position=position if epoch == start_epoch else None, checkpoints=checkpoints)
+                                  position=position if epoch == start_epoch else None, checkpoints=step_checkpoints)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs:
-                    save(epoch, runs.model_weights(model, not frozen), opt.state_dict())
+                    save(epoch, checkpoints.model_weights(model, not frozen), opt.state_dict())
                     saved, snapshot = epoch, None
                 elif info.is_main:
                     # Kept in memory so that Ctrl-C at any later moment saves this epoch's end exactly
                     # (the random streams are seeded per epoch: `seed_epoch`), never a half-done step.
-                    weights = {k: v.clone() for k, v in runs.model_weights(model, not frozen).items()}  # not views
+                    weights = {k: v.clone() for k, v in checkpoints.model_weights(model, not frozen).items()}  # not views
                     snapshot = (epoch, weights, copy.deepcopy(opt.state_dict()))
                 if log is not None:
                     log.log_dict(row, epoch)
                 progress("pretrain", epoch, cfg.train.epochs, row)
         except KeyboardInterrupt as interrupt:
-            if checkpoints.interrupted(interrupt):  # saved inside the epoch in progress: newer than any epoch end
+            if step_checkpoints.interrupted(interrupt):  # saved inside the epoch in progress: newer than any epoch end
                 raise
-            if info.is_main and snapshot is not None and snapshot[0] > saved and snapshot[0] >= checkpoints.newest_epoch():
-                runs.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
-                                            keep=cfg.train.keep_checkpoints)
+            if info.is_main and snapshot is not None and snapshot[0] > saved and snapshot[0] >= step_checkpoints.newest_epoch():
+                checkpoints.save_resume_checkpoint(run_dir, snapshot[0], snapshot[1], payload, {"optimizer": snapshot[2]},
+                                                   keep=cfg.train.keep_checkpoints)
             raise
         finally:
             loaders.close()
         final = run_dir / runs.FINAL
         if info.is_main:
-            trained_on = {"data": runs.data_fingerprint(store_path), "splits": list(splits) if splits is not None else None,
+            trained_on = {"data": run_identity.data_fingerprint(store_path), "splits": list(splits) if splits is not None else None,
                           "samples": len(used)}
             save_pretrained(model, final, cfg, include_encoder=not frozen, extra={"trained_on": trained_on},
                             tokenizer=tokenizer, run_dir=run_dir)

@@ -20,12 +20,12 @@ from typing import Literal, Sequence
 
 import torch
 
-from kebr_core import runs
+from kebr_core import checkpoints
 from kebr_core.config import RunConfig
 from kebr_core.data.store import FeatureStore
 from kebr_core.model import KEBRModel
 from kebr_core.model_size import check_model_size
-from kebr_core.pretrained import encoder_source, load_encoder
+from kebr_core.model import encoder_source, load_encoder
 from kebr_core.text_cache import DiskTextCache, make_text_cache
 from kebr_core.training import ProgressFn, TextCache, adam, no_progress, seed_everything
 
@@ -74,7 +74,7 @@ def build_model(cfg: RunConfig, device: torch.device, checkpoint: Path | None = 
     encoder = load_encoder(checkpoint, cfg.model.text_model) if checkpoint is not None else None
     model = KEBRModel(cfg.model, cfg.mcc, encoder=encoder).to(device)
     if checkpoint is not None:
-        runs.load_checkpoint_weights(model, Path(checkpoint), skip_prefixes=("pretrain_head.", "finetune_head."))
+        checkpoints.load_checkpoint_weights(model, Path(checkpoint), skip_prefixes=("pretrain_head.", "finetune_head."))
     return model
 
 

@@ -47,10 +47,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kebr_core import runs
+from kebr_core import checkpoints, results_files, run_identity, runs
+from kebr_core.io import atomic_write_text
 from kebr_core.config import RunConfig, config_toml
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import DistInfo
+from kebr_core.epoch_metrics import VALID_PREFIX, VALIDATION
 from kebr_core.errors import KebrError
 from kebr_core.metric_logger import require
 from kebr_core.metrics import split_summary
@@ -70,7 +72,7 @@ from kebr_core.training import NonFiniteLoss, ProgressFn, no_progress, resolve_d
 SAMPLERS = ("tpe", "random", "grid")
 TUNE_STAGES = ("finetune", "both")
 # The validation metrics a search can select on (metrics.csv's valid_ columns) and their direction.
-METRICS = {"mae": "minimize", "corr": "maximize", "acc2_non0": "maximize"}
+METRICS = {metric.name: metric.direction for metric in VALIDATION}
 STUDY_NAME = "kebr"
 IDENTITY_ATTR = "kebr_identity"
 # What a fine-tuning checkpoint fixes: `apply_checkpoint_config` takes these model fields from it.
@@ -202,7 +204,7 @@ def _open_study(run_dir: Path, options: TuneOptions, identity: dict[str, Any], c
     if recorded is None:
         study.set_user_attr(IDENTITY_ATTR, json.loads(json.dumps(shared, default=str)))
     else:
-        diffs = runs.identity_differences(recorded, json.loads(json.dumps(shared, default=str)))
+        diffs = run_identity.identity_differences(recorded, json.loads(json.dumps(shared, default=str)))
         if diffs:
             raise KebrError(f"The study in {runs.masked_url(url)} holds another search: {'; '.join(diffs)}; give another "
                             "--storage (or --out for the default tune.db), or start afresh with --force.")
@@ -273,22 +275,22 @@ def tune(
         options = dataclasses.replace(options, trials=min(options.trials, math.prod(len(p.grid()) for p in space)))
     store = FeatureStore(store_path)
     split_index, _ = labeled_splits(store, store_path, ("train", "valid"))
-    checkpoint = runs.resolve_checkpoint(pretrained) if pretrained is not None else None
+    checkpoint = checkpoints.resolve_checkpoint(pretrained) if pretrained is not None else None
     if checkpoint is not None:
         apply_checkpoint_config(base, Path(checkpoint))
     configure_from_store(base, store)
-    identity = runs.run_identity(base, "tune", runs.data_fingerprint(store_path),
-                                 space=space_identity(space), tune_stage=options.stage, metric=options.metric,
-                                 checkpoint=str(checkpoint) if checkpoint else None,
-                                 checkpoint_sha256=runs.weights_sha256(checkpoint) if checkpoint else None)
+    identity = run_identity.run_identity(base, "tune", run_identity.data_fingerprint(store_path),
+                                         space=space_identity(space), tune_stage=options.stage, metric=options.metric,
+                                         checkpoint=str(checkpoint) if checkpoint else None,
+                                         checkpoint_sha256=checkpoints.weights_sha256(checkpoint) if checkpoint else None)
     if finalize_only:
         if not (run_dir / runs.CONFIG).is_file():
             raise KebrError(f"No search has run in {run_dir} yet; run kebr tune without --finalize first.")
-        runs.check_identity(run_dir, identity)
+        run_identity.check_identity(run_dir, identity)
     else:
-        runs.prepare_run_dir(run_dir, identity, resume=True, force=force,
-                             extra={"store": str(store_path), "storage": runs.masked_url(options.storage) if options.storage
-                                    else None, "study": STUDY_NAME})
+        run_identity.prepare_run_dir(run_dir, identity, resume=True, force=force,
+                                     extra={"store": str(store_path), "storage": runs.masked_url(options.storage) if options.storage
+                                            else None, "study": STUDY_NAME})
     study = _open_study(run_dir, options, identity | {"_space": space}, create=not finalize_only)
 
     if not finalize_only:
@@ -331,7 +333,7 @@ def _search(study, store, store_path, split_index, base, space, options, run_dir
         values: list[float] = []
 
         def on_epoch(epoch: int, row: dict[str, float]) -> bool:
-            value = float(row[f"valid_{options.metric}"])
+            value = float(row[VALID_PREFIX + options.metric])
             values.append(value)
             trial.set_user_attr("epochs_run", epoch)
             trial.report(value, epoch)
@@ -409,9 +411,9 @@ def _result(run_dir: Path, study, options: TuneOptions) -> TuneResult:
 
 
 def write_trials_csv(path: Path, trials: Sequence[TrialRecord], space: SearchSpace, dataset: str) -> None:
-    """trials.csv: MMSA's result columns (`runs.RESULTS_TABLE_METRICS`, on the validation split at the best
+    """trials.csv: MMSA's result columns (`results_files.MMSA_COLUMNS`, on the validation split at the best
     epoch, MMSA's scaling), then number, state, every parameter, the objective value, epochs run, seconds."""
-    metric_cols = list(runs.RESULTS_TABLE_METRICS)
+    metric_cols = list(results_files.MMSA_COLUMNS)
     header = ["Model", "Dataset", *metric_cols, "number", "state", *[p.key for p in space], "value", "epochs_run", "seconds"]
     buffer = io.StringIO()
     w = csv.writer(buffer)
@@ -419,13 +421,13 @@ def write_trials_csv(path: Path, trials: Sequence[TrialRecord], space: SearchSpa
     for r in trials:
         cells = []
         for col in metric_cols:
-            v = r.valid.get(runs.RESULTS_TABLE_METRICS[col])
+            v = r.valid.get(results_files.MMSA_COLUMNS[col])
             scale, digits = (1.0, 4) if col in ("MAE", "Corr") else (100.0, 2)
             cells.append("" if v is None or not math.isfinite(v) else round(v * scale, digits))
         w.writerow(["KEBR", dataset, *cells, r.number, r.state, *[r.params.get(p.key, "") for p in space],
                     "" if r.value is None else r.value, r.epochs_run or "",
                     "" if r.seconds is None else round(r.seconds, 2)])
-    runs.atomic_write_text(path, buffer.getvalue())  # processes sharing the folder may write it at once
+    atomic_write_text(path, buffer.getvalue())  # processes sharing the folder may write it at once
 
 
 def _finalize(study, store_path, run_dir: Path, base: RunConfig, result: TuneResult, options: TuneOptions, checkpoint,
@@ -436,7 +438,7 @@ def _finalize(study, store_path, run_dir: Path, base: RunConfig, result: TuneRes
     header = (f"The best trial (#{best.number}) of `kebr tune` in {run_dir}: validation {options.metric} "
               f"{best.value:.6g}.\nReplay: kebr eval --dataset {store_path} --config {run_dir / runs.BEST_TOML}"
               + (f" --pretrained {checkpoint}" if checkpoint else ""))
-    runs.atomic_write_text(run_dir / runs.BEST_TOML, config_toml(best_cfg, header))
+    atomic_write_text(run_dir / runs.BEST_TOML, config_toml(best_cfg, header))
     base_cfg = copy.deepcopy(base)
     final: dict[str, Any] = {"best_trial": best.number, "params": best.params, "valid": best.value,
                              "seeds": list(base.train.seeds)}
@@ -450,8 +452,8 @@ def _finalize(study, store_path, run_dir: Path, base: RunConfig, result: TuneRes
                      for name, folder, cfg in (("best", runs.BEST_EVAL, best_cfg), ("base", runs.BASE_EVAL, base_cfg))}
     final |= {name: split_summary(r.summary) | {"per_seed": r.per_seed} for name, r in evaluated.items()}
     final["paired"] = paired_statistics(evaluated["base"].per_seed, evaluated["best"].per_seed)
-    runs.atomic_write_text(run_dir / runs.TUNE_JSON, json.dumps({"final": final, "trials": result.finished,
-                                                                 "pruned_epochs_saved": result.pruned_epochs_saved},
+    atomic_write_text(run_dir / runs.TUNE_JSON, json.dumps({"final": final, "trials": result.finished,
+                                                            "pruned_epochs_saved": result.pruned_epochs_saved},
                                                                 indent=2, default=str))
     return final
 
