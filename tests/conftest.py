@@ -65,6 +65,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def one_thread_for_kebr_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kebr command a test runs plans one PyTorch thread (OMP_NUM_THREADS=1, which `plan_threads` takes as
+    the user's pin, and child processes inherit). Without it the default follows the machine's load average, so
+    two runs of one test may compute at different thread counts and differ in the last float bits (CI: a
+    results-equal check failed at 1e-8). Tests of the rule itself remove the pin (`monkeypatch.delenv`)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture
 def tiny_store(tmp_path: Path) -> Path:
     return write_tiny_store(tmp_path / "tiny.h5")

@@ -173,10 +173,14 @@ def test_loader_workers_start_once_per_run(tiny_store: Path, tmp_path: Path, mon
         init(self, loader)
 
     monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", counting)
+    # As in CI: the machine looks quiet for one run and oversubscribed for the other (the thread rule's inputs);
+    # the results must not follow the load (the suite's pin, `one_thread_for_kebr_commands`).
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     common = ["eval", "-d", str(tiny_store), *FAST, "--epochs", "3", "--seeds", "2"]
     r = runner.invoke(app, [*common, "-o", str(tmp_path / "workers"), "--loader-workers", "1"])
     assert r.exit_code == 0, r.output
     assert starts == [1, 1, 1]
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
     assert runner.invoke(app, [*common, "-o", str(tmp_path / "none"), "--loader-workers", "0"]).exit_code == 0
     got, want = (json.loads((tmp_path / name / runs.RESULTS_JSON).read_text()) for name in ("workers", "none"))
     assert got["per_seed"] == want["per_seed"]
