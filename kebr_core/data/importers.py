@@ -391,7 +391,7 @@ def merge_stores(
                     audio, vision = store.read_block(lo, hi)
                     for j, i in enumerate(range(lo, hi)):
                         writer.add(Sample(store.ids[i], texts[i], audio[j], vision[j], float(store.labels[i]),
-                                          str(store.splits[i]), str(store.text_sources[i])))
+                                          store.split(i), store.text_source(i)))
                     done += hi - lo
                     progress(done, total)
                 store.close()

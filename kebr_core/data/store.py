@@ -36,7 +36,7 @@ committed by the next automatic commit (every `flush_every` samples or `flush_se
 by `flush()`, or by `close()`. `flush_every=1` makes every `add` durable before it returns.
 
 Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) and the
-texts once, checks them and the layout (`store_checks.py`: a store may come from someone else), closes
+texts once (packed, a few bytes per clip beyond the text: `packed_strings.py`), checks them and the layout (`store_checks.py`: a store may come from someone else), closes
 the file, and opens it again on the first frame read in each process, so DataLoader workers each get
 their own handle. Frames are read per sample; memory does not grow with the frames stored.
 
@@ -57,12 +57,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import h5py
 import numpy as np
 
 from kebr_core import __version__
+from kebr_core.data.packed_strings import Categories, PackedStrings
 from kebr_core.data.store_checks import (check_frames_index, check_ids, check_layout, decode_strings,
                                          frame_read_error, read_attrs, read_committed)
 from kebr_core.errors import KebrError
@@ -120,6 +121,15 @@ def _open_h5(path: Path, mode: str, **kw: Any) -> h5py.File:
         raise KebrError(f"Store {path} cannot be opened as HDF5 ({e}).") from None
 
 
+def _string_chunks(f: h5py.File, name: str, n: int, path: Path,
+                   ids: Sequence[str] | None = None) -> Iterator[list[str]]:
+    """The first n rows of string dataset `name`, decoded and checked (`decode_strings`: a row that is not
+    UTF-8 is refused, naming its sample) in chunks of _INDEX_CHUNK rows."""
+    ds = f[name]
+    for lo in range(0, n, _INDEX_CHUNK):
+        yield decode_strings(ds[lo: min(n, lo + _INDEX_CHUNK)], path, name, ids, first=lo)
+
+
 class FeatureStore:
     """Reader of a feature store. Lazy: opens the HDF5 file on first frame access in each process.
 
@@ -139,15 +149,16 @@ class FeatureStore:
             self._rdcc_nbytes = rdcc_nbytes if rdcc_nbytes is not None else (4 << 20 if compressed else 0)
             n, n_errors = read_committed(f, self.path)
             self.attrs: dict[str, Any] = read_attrs(f, self.path)
-            self.ids: list[str] = decode_strings(f["id"][:n], self.path, "id")
+            # Per-clip strings packed (`packed_strings`): a few bytes per clip beyond their text, not a Python
+            # object each (a 200 K-clip store kept 81 MB of str before).
+            self.ids = PackedStrings.build(_string_chunks(f, "id", n, self.path))
             check_ids(self.ids, self.path)
             self.labels: np.ndarray = f["label"][:n].astype(np.float32)
-            self.splits: np.ndarray = np.array(decode_strings(f["split"][:n], self.path, "split", self.ids), dtype=str)
-            self.text_sources: np.ndarray = np.array(
-                decode_strings(f["text_source"][:n], self.path, "text_source", self.ids), dtype=str)
+            self._splits = Categories.build(_string_chunks(f, "split", n, self.path, self.ids), SPLITS)
+            self._text_sources = Categories.build(_string_chunks(f, "text_source", n, self.path, self.ids))
             self._audio_offsets: np.ndarray = f["audio/offsets"][: n + 1].astype(np.int64)
             self._vision_offsets: np.ndarray = f["vision/offsets"][: n + 1].astype(np.int64)
-            self._texts: list[str] = decode_strings(f["text"][:n], self.path, "text", self.ids)
+            self._texts = PackedStrings.build(_string_chunks(f, "text", n, self.path, self.ids))
             self._n_errors = n_errors
             decode_strings(f["errors/id"][:n_errors], self.path, "errors/id")  # an index too: checked now, read later
             self._check_index(f)
@@ -161,7 +172,7 @@ class FeatureStore:
         outside SPLITS, offsets that go backwards (a negative length), past the frames or over frames the
         file does not hold, a sample too large to read, feature names that do not match the frames' width.
         Every command opens stores here, so none reads such a file."""
-        unknown = sorted(set(self.splits.tolist()) - set(SPLITS))
+        unknown = sorted(set(self._splits.names[len(SPLITS):]))
         if unknown:
             raise KebrError(f"Store {self.path} is damaged: its split field holds {unknown[0]!r}, not one of "
                             f"{', '.join(SPLITS)}.")
@@ -212,9 +223,25 @@ class FeatureStore:
         return len(self.ids)
 
     @property
-    def texts(self) -> list[str]:
-        """All transcripts (read and checked when the store was opened)."""
+    def texts(self) -> PackedStrings:
+        """All transcripts, a sequence of str (read and checked when the store was opened)."""
         return self._texts
+
+    @property
+    def splits(self) -> np.ndarray:
+        """(N,) str array of every sample's split, built on each call (`split(i)` for one sample)."""
+        return self._splits.values()
+
+    @property
+    def text_sources(self) -> np.ndarray:
+        """(N,) str array of where each text came from, built on each call (`text_source(i)` for one)."""
+        return self._text_sources.values()
+
+    def split(self, i: int) -> str:
+        return self._splits[i]
+
+    def text_source(self, i: int) -> str:
+        return self._text_sources[i]
 
     def indices(self, split: str | Sequence[str] | None = None) -> np.ndarray:
         """Store indices (ascending, int64) of the samples in `split` (a name or several); None = all."""
@@ -224,7 +251,7 @@ class FeatureStore:
         unknown = [s for s in names if s not in SPLITS]
         if unknown:
             raise KebrError(f"Unknown split {unknown[0]!r}; a split is one of {', '.join(SPLITS)}.")
-        return np.flatnonzero(np.isin(self.splits, names)).astype(np.int64)
+        return np.flatnonzero(self._splits.where(names)).astype(np.int64)
 
     def lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Audio and vision sequence lengths (N,) int64, from the offsets (no frame is read)."""
@@ -283,7 +310,7 @@ class FeatureStore:
         i = int(i)
         return Sample(
             id=self.ids[i], text=self.text(i), audio=self.audio(i), vision=self.vision(i),
-            label=float(self.labels[i]), split=str(self.splits[i]), text_source=str(self.text_sources[i]),
+            label=float(self.labels[i]), split=self.split(i), text_source=self.text_source(i),
         )
 
     def errors(self) -> dict[str, str]:

@@ -64,7 +64,7 @@ def summarize(store: FeatureStore | str | Path, max_errors: int = 10,
         "source": attrs.get("source", ""),
         "extractor": attrs.get("extractor", {}),
         "samples": len(store),
-        "splits": {s: int((store.splits == s).sum()) for s in SPLITS},
+        "splits": {s: len(store.indices(s)) for s in SPLITS},
         "labels": {
             "labeled": int(len(labeled)),
             "unlabeled": int(np.isnan(labels).sum()),
