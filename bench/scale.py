@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_name  # noqa: E402
+import numpy as np  # noqa: E402
 
 BERT_LARGE = "random-bert:hidden=1024,layers=24,heads=16"  # bert-large-uncased's shape, random weights
 WIDE_TCMF = "random-bert:hidden=1024,layers=1,heads=16"  # d_t = 1024 for the step; one layer: a cheap cache
@@ -102,6 +103,8 @@ def child(args: argparse.Namespace) -> None:
         "setup_s": steps[0] - t0 if steps else None,  # masking, tokenising, cache: until the first step
         "tokens": None,
         "seconds_per_sample": (steps[-1] - steps[WARMUP - 1]) / (timed * 32) if timed > 0 else None,
+        # the median step: robust to the few steps another process on this shared machine slows down
+        "seconds_per_sample_median": float(np.median(np.diff(steps[WARMUP - 1:]))) / 32 if timed > 0 else None,
         "steps": len(steps), "steps_per_epoch": seen.get("total_steps"),
         "cache_bytes": folder_bytes(Path(args.run) / "text-cache"),
     }
@@ -270,15 +273,16 @@ def projection(r: dict) -> list[dict]:
 
 def report(r: dict) -> str:
     lines = [f"machine: {r['machine']}", f"load average at start: {r['loadavg']}", "",
-             "| clips | cache | store MB | peak RSS MB | RSS after cache MB | cache build s | cache MB | s/sample | steps |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| clips | cache | store MB | peak RSS MB | RSS after cache MB | cache build s | cache MB | s/sample mean | "
+             "s/sample median step | steps |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for n, row in r["sizes"].items():
         for mode in ("memory", "disk"):
             if mode in row:
                 m = row[mode]
+                median = f"{m['seconds_per_sample_median'] * 1e3:.2f} ms" if m.get("seconds_per_sample_median") else "–"
                 lines.append(f"| {int(n):,} | {mode} | {row['store_bytes'] / 1e6:.1f} | {m['peak_rss_mb']:.0f} | "
                              f"{m['rss_after_cache_mb']:.0f} | {m['cache_build_s']:.1f} | {m['cache_bytes'] / 1e6:.1f} | "
-                             f"{m['seconds_per_sample'] * 1e3:.2f} ms | {m['steps']} of {m['steps_per_epoch']} |")
+                             f"{m['seconds_per_sample'] * 1e3:.2f} ms | {median} | {m['steps']} of {m['steps_per_epoch']} |")
     lines += ["", "| corpus | encoder | cache GB fp32 / bf16 | RAM GB disk cache / memory cache | cache build h (CPU, 1 thread) "
               "| epoch h (CPU, 1 thread) | GPU |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for p in r["projection"]:
