@@ -31,6 +31,7 @@ from kebr_core.io import check_output
 from kebr_core.modules.mcc import ALIGNS, FORMS
 from kebr_core.recipes.ablate import DEFAULT_G_SWEEP
 from kebr_core.row_names import dataset_name
+from kebr_core.shards import check_part_run
 from kebr_core.strict import decimal_number
 
 
@@ -134,8 +135,7 @@ def ablate(
                 apply_spec(stage_cfg, spec).validate(labels={"mcc.g": "--g-values" if spec.kind == "g-sweep" else "--g",
                                                              "mcc.form": "--compare-forms", "mcc.align": "--compare-aligns"})
         share = parse_shard(shard, "--shard")
-        if share is not None and collect:
-            raise KebrError("--shard runs configurations and --collect runs none: give one of them.")
+        check_part_run(share, "--shard", collect=collect, force=force, items="configurations")  # before any import
         with Reporter(out) as report, using_threads(report, threads):
             store = resolve_dataset(dataset, data_dir, warn=report.warning)
             check_run_dir(out, store, pretrain_store, config)

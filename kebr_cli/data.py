@@ -78,6 +78,8 @@ def _render(summary: dict[str, Any]) -> None:
                   f"format {summary['format_version']}, kebr {summary['kebr_version']}, created {summary['created']}")
     if summary["source"]:
         console.print(f"source: {summary['source']}")
+    if summary.get("dataset"):
+        console.print(f"made for dataset: {summary['dataset']} (its label range and metrics)")
     if summary["extractor"]:
         console.print("extractor: " + ", ".join(f"{k}={v}" for k, v in summary["extractor"].items()))
 

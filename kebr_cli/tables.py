@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.measure import Measurement
 from rich.table import Table
 
-from kebr_core.metrics import TABLE_HEADERS, format_table_row, metric_display, seeds_caption
+from kebr_core.metrics import TABLE_HEADERS, format_table_row, metric_display, seeds_caption, table_headers
 
 # One row: the leading cells (name, components), {metric: (mean, std)} or None for a configuration
 # without results (its metric cells say `placeholder`), and the trailing cells (e.g. Avg).
@@ -27,6 +27,12 @@ def metric_cells(summary: dict, spread: bool, two_lines: bool) -> dict[str, str]
     return {c: means[c] + "\n" + "/".join("±" + s for s in stds[c].split("/")) for c in means}
 
 
+def rows_headers(rows: Sequence[Row]) -> dict[str, str]:
+    """column → heading of the metric columns the rows' results fill (their dataset's metric set)."""
+    summary = next((summary for _, summary, _, _ in rows if summary), None)
+    return table_headers(summary) if summary else dict(TABLE_HEADERS)
+
+
 def table_width(table: Table) -> int:
     """The width a Rich table needs to print without wrapping or cutting a cell."""
     wide = Console(width=10_000)
@@ -34,11 +40,12 @@ def table_width(table: Table) -> int:
 
 
 def metrics_table(
-    title: str, lead: Sequence[str], metrics: Sequence[str], tail: Sequence[str], rows: Sequence[Row],
+    title: str, lead: Sequence[str], metrics: Sequence[str] | None, tail: Sequence[str], rows: Sequence[Row],
     seeds: Sequence[int], width: Optional[int] = None, caption: Optional[str] = None, std: str = "sample",
     pretrain_seeds: Sequence[int] = (),
 ) -> Table:
-    """Leading columns, the metric columns (`TABLE_HEADERS` keys) and trailing columns. The title ends
+    """Leading columns, the metric columns (`metrics`, of the columns the rows' metric set fills,
+    `table_headers`; None: all of them) and trailing columns. The title ends
     with the seeds (and `pretrain_seeds` of a nested design) and the std convention (`seeds_caption`:
     sample or population std); with one seed no
     cell prints "±".
@@ -48,6 +55,8 @@ def metrics_table(
     one column (e.g. "✓ ✓ ✗ +0.20" under "pre-train TCMF MCC g"), which wraps with the name. Only those
     two columns ever wrap, so no number is cut at 80 columns."""
     spread = len(seeds) > 1 or len(pretrain_seeds) > 1
+    headings = rows_headers(rows)
+    metrics = list(headings) if metrics is None else [m for m in metrics if m in headings]
 
     def build(layout: str) -> Table:
         narrow = layout != "wide"
@@ -56,9 +65,9 @@ def metrics_table(
             table.box, table.padding = box.SIMPLE_HEAD, (0, 0)
             leading = [h.replace("-", "-\n") for h in lead]
             headers = [*(leading if layout == "narrow" else [leading[0], " ".join(lead[1:])] if len(lead) > 1 else leading),
-                       *(TABLE_HEADERS[m].replace(" ", "\n") for m in metrics), *tail]
+                       *(headings[m].replace(" ", "\n") for m in metrics), *tail]
         else:
-            headers = [*lead, *(TABLE_HEADERS[m] for m in metrics), *tail]
+            headers = [*lead, *(headings[m] for m in metrics), *tail]
         wraps = 1 if layout != "stacked" else min(len(lead), 2)  # the name (and the shared components) may wrap
         for n, header in enumerate(headers):
             table.add_column(header, justify="left" if n == 0 else "right", no_wrap=narrow and n >= wraps,
@@ -86,7 +95,7 @@ def metrics_table(
 def results_table(title: str, rows: dict[str, dict], seeds: Sequence[int], width: Optional[int] = None,
                   std: str = "sample", pretrain_seeds: Sequence[int] = ()) -> Table:
     """The paper's Table 1: one row per model, {metric: (mean, std)} each."""
-    return metrics_table(title, ["model"], list(TABLE_HEADERS), [],
+    return metrics_table(title, ["model"], None, [],
                          [([name], summary, [], "") for name, summary in rows.items()], seeds, width, std=std,
                          pretrain_seeds=pretrain_seeds)
 
@@ -113,7 +122,10 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
                 "Avg: mean relative change over the metrics vs C1, % (MAE reversed: + is better)"]
 
     def table(delta_columns: bool) -> Table:
-        lead, metrics = ["config", "pre-train", "TCMF", "MCC", "g"], ["Acc-2", "F1", "Acc-7", "MAE", "Corr"]
+        # Table 4's columns: those of Table 1 but the coarser multi-class accuracies (MOSI: Acc-5 left out).
+        multiclass = [c for c in rows_headers(body) if c.startswith("Acc-") and c != "Acc-2"]
+        lead, metrics = ["config", "pre-train", "TCMF", "MCC", "g"], [
+            c for c in rows_headers(body) if c not in multiclass[1:]]
         tail = ["Avg", *([h for _, h in deltas] if delta_columns else [])]
         kept = [(lead_cells, summary, tail_cells[:len(tail)], placeholder) for lead_cells, summary, tail_cells, placeholder in body]
         shown = [c for c in captions if c and (delta_columns or c != delta_caption)]

@@ -219,8 +219,6 @@ def eval_(
             table_path = results_table_path or out.parent / runs.RESULTS_TABLE
             check_output(table_path, [resolved, checkpoint, config], option="--results-table")
             shard = parse_shard(seed_shard, "--seed-shard")
-            if shard is not None and collect:
-                raise KebrError("--seed-shard runs seeds and --collect runs none: give one of them.")
             options = dict(probe=probe, std=std, force=force, seed_shard=shard, collect=collect, progress=report,
                            typed=typed_settings(ctx, set_), note=report.note)
             if checkpoint is not None and is_multi_seed_pretraining(checkpoint):

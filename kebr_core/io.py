@@ -54,13 +54,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write, fsync, rename: a reader sees the old or the new file, never half of one. The temporary name
-    is the writer's own, so jobs writing the same file at once (seed shards' config.json) do not mix."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+def atomic_write_text(path: Path, text: str, tmp: Path | None = None) -> None:
+    """Write (UTF-8), fsync, rename: a reader sees the old or the new file, never half of one. The temporary
+    name is the writer's own, so jobs writing the same file at once (seed shards' config.json) do not mix;
+    `tmp` fixes it instead (a model folder's record, whose leftover removal knows by name). The temporary
+    file is opened without following a link (O_NOFOLLOW): one planted under its name is refused, not
+    written through, and left where it is."""
+    tmp = tmp or path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
-        tmp.write_text(text)
-        fsync_file(tmp)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

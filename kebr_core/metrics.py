@@ -22,8 +22,9 @@ strings (percentages).
 from __future__ import annotations
 
 import math
+import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
@@ -36,31 +37,49 @@ from kebr_core.errors import KebrError
 # dataset's metric set is its `catalog.Dataset.metric_names`.
 METRIC_NAMES: tuple[str, ...] = DEFAULT.metric_names
 
-# Table 1 columns: (column, metric keys shown "a/b", printed as a percentage?, decimals).
+# Table 1 columns: (column, metric keys shown "a/b", printed as a percentage?, decimals). A dataset's
+# multi-class accuracies ("acc7", "acc5", an entry's "acc3") are a column each: `_column_of`.
 _TABLE_COLUMNS: tuple[tuple[str, tuple[str, ...], bool, int], ...] = (
     ("Acc-2", ("acc2_has0", "acc2_non0"), True, 2),
     ("F1", ("f1_has0", "f1_non0"), True, 2),
-    ("Acc-7", ("acc7",), True, 2),
-    ("Acc-5", ("acc5",), True, 2),
     ("MAE", ("mae",), False, 3),
     ("Corr", ("corr",), False, 3),
 )
+_MULTICLASS = re.compile(r"acc(\d+)")
 
 
+def _column_of(metric: str) -> tuple[str, tuple[str, ...], bool, int]:
+    """The Table 1 column a metric key is shown in: (column, the column's keys, percent?, decimals)."""
+    classes = _MULTICLASS.fullmatch(metric)
+    if classes:
+        return f"Acc-{classes[1]}", (metric,), True, 2
+    for column in _TABLE_COLUMNS:
+        if metric in column[1]:
+            return column
+    return metric, (metric,), False, 3
 
 
 def metric_display(metric: str) -> tuple[str, bool, int]:
     """How tables and figures print one metric key: (label, shown as a percentage?, decimals), e.g.
-    "acc2_non0" → ("Acc-2 non0", True, 2), "mae" → ("MAE", False, 3); an unknown key prints as itself."""
-    for column, keys, percent, decimals in _TABLE_COLUMNS:
-        if metric in keys:
-            return (f"{column} {metric.rsplit('_', 1)[1]}" if len(keys) > 1 else column), percent, decimals
-    return metric, False, 3
+    "acc2_non0" → ("Acc-2 non0", True, 2), "acc7" → ("Acc-7", True, 2), "mae" → ("MAE", False, 3); an
+    unknown key prints as itself."""
+    column, keys, percent, decimals = _column_of(metric)
+    return (f"{column} {metric.rsplit('_', 1)[1]}" if len(keys) > 1 else column), percent, decimals
 
 
-# Column headings that say what a two-number cell holds.
-TABLE_HEADERS = {"Acc-2": "Acc-2 has0/non0", "F1": "F1 has0/non0", "Acc-7": "Acc-7", "Acc-5": "Acc-5", "MAE": "MAE",
-                 "Corr": "Corr"}
+def table_headers(metrics: Iterable[str]) -> dict[str, str]:
+    """column → heading of the Table 1 columns that a metric set fills (a dataset's `metric_names`), in the
+    order of its keys; a heading says what a two-number cell holds ("Acc-2 has0/non0")."""
+    headers: dict[str, str] = {}
+    for metric in metrics:
+        column, keys, _, _ = _column_of(metric)
+        if column not in headers:
+            headers[column] = f"{column} " + "/".join(k.rsplit("_", 1)[1] for k in keys) if len(keys) > 1 else column
+    return headers
+
+
+# The headings of MOSI's and MOSEI's metric set (and any store not made for another dataset).
+TABLE_HEADERS = table_headers(METRIC_NAMES)
 
 
 class UndefinedMetricWarning(RuntimeWarning):
@@ -184,13 +203,15 @@ def format_table_row(metrics: Mapping[str, float | tuple[float, float]], spread:
         spread: print pairs as "mean±std"; False prints the mean alone (one seed has no spread).
 
     Returns:
-        {"Acc-2": "has0/non0", "F1": "has0/non0", "Acc-7": ..., "Acc-5": ..., "MAE": ..., "Corr": ...}:
+        {"Acc-2": "has0/non0", "F1": "has0/non0", "Acc-7": ..., "Acc-5": ..., "MAE": ..., "Corr": ...} (the
+        columns `table_headers` gives the metric set: an entry's "acc3" is "Acc-3"):
         accuracies and F1 as percentages with 2 decimals, MAE and Corr with 3 decimals, e.g.
         {"Acc-2": "85.13/86.59", ..., "MAE": "0.712", "Corr": "0.791"}; pairs print as "mean±std".
         `TABLE_HEADERS` names the columns for a reader (has0/non0 spelled out).
     """
     row: dict[str, str] = {}
-    for column, keys, percent, decimals in _TABLE_COLUMNS:
+    for column in table_headers(metrics):
+        _, keys, percent, decimals = _column_of(next(k for k in metrics if _column_of(k)[0] == column))
         values = [metrics[key] for key in keys]
         if not spread:
             values = [v[0] if isinstance(v, tuple) else v for v in values]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from kebr_core.errors import KebrError
+from kebr_core.io import atomic_write_text
 
 
 def link_on_the_way(path: Path, inside: Path) -> Path | None:
@@ -72,20 +73,10 @@ def write_record(folder: Path) -> None:
 
 
 def _write_record_file(folder: Path, files: dict[str, list[int]]) -> None:
-    """RECORD listing `files`: written beside it, fsynced, renamed over it, the folder fsynced (never
-    through a link planted under the temporary name: O_NOFOLLOW)."""
-    tmp = folder / _RECORD_TMP
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"written_by": "kebr", "files": files}, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / RECORD)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """RECORD listing `files`, written atomically under its fixed temporary name (`io.atomic_write_text`:
+    never through a link planted there)."""
+    atomic_write_text(folder / RECORD, json.dumps({"written_by": "kebr", "files": files}, indent=1, sort_keys=True),
+                      tmp=folder / _RECORD_TMP)
 
 
 def add_to_record(folder: Path, *names: str) -> None:

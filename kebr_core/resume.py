@@ -7,15 +7,16 @@ after `step` steps of epoch `epoch` adds to the trainer state, so that resuming 
 
     step      the steps done in the epoch: the sampler (`distributed.EpochBatches`, a function of
               (seed, epoch)) skips that many batches (`SkipBatches`), and `EpochBatches.weights` counts on
-    sums      (7 + S,) the epoch's partial `balance_sums` (`epoch_metrics.BALANCE_SUMS`) and its per-step
-              non-finite flags, so the epoch's metrics row is the uninterrupted one
+    sums      (ranks, 7 + S) each rank's partial `balance_sums` of the epoch (`epoch_metrics.BALANCE_SUMS`)
+              and its per-step non-finite flags: each rank goes on adding to its own, so the epoch's
+              all-reduce adds the same float32 numbers in the same order as the uninterrupted run
     rng       the random streams after that step (torch CPU and CUDA, NumPy, Python), per rank
 
 `StepCheckpoints` decides when (every `train.checkpoint_every_steps` steps, every
 `train.checkpoint_every_minutes` minutes; both operational: they do not change what a run computes) and
 on an interrupt: Ctrl-C or SIGTERM (`kebr_cli.app.stop_on_sigterm` raises KeyboardInterrupt) during a
 step is held until the step is done (`held_steps`), then the position after it is saved.
-Under DDP the position's sums are all-reduced and each rank's random state gathered at a checkpoint
+Under DDP each rank's sums and random state are gathered at a checkpoint
 (every rank takes part, so an interrupt there saves only the last epoch end, as before).
 """
 
@@ -34,7 +35,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from kebr_core.distributed import all_reduce_sum
 from kebr_core.errors import KebrError
 from kebr_core.epoch_metrics import BALANCE_SUMS
 
@@ -68,7 +68,7 @@ class EpochPosition:
 
     epoch: int
     step: int
-    sums: Tensor  # (7 + S,) float32, summed over ranks
+    sums: Tensor  # (ranks, 7 + S) float32, each rank's; (7 + S,) in older checkpoints: the ranks' sum
     rng: list[dict[str, Any]]
 
     def to_state(self) -> dict[str, Any]:
@@ -82,18 +82,22 @@ class EpochPosition:
             return None
         pos = state.get("position")
         if not (isinstance(pos, dict) and isinstance(pos.get("sums"), Tensor) and isinstance(pos.get("rng"), list)
-                and pos["sums"].ndim == 1 and len(pos["sums"]) >= len(BALANCE_SUMS) + step and pos["rng"]):
+                and pos["sums"].ndim in (1, 2) and pos["sums"].shape[-1] >= len(BALANCE_SUMS) + step and pos["rng"]
+                and (pos["sums"].ndim == 1 or len(pos["sums"]) == len(pos["rng"]))):
             raise KebrError(f"{where} is a mid-epoch checkpoint without its position in the epoch (sums and random "
                             "state); the run cannot be resumed from it (start it afresh with --force).")
         return cls(state["epoch"], step, pos["sums"].float(), pos["rng"])
 
     def sums_for(self, rank: int, length: int, device: torch.device) -> Tensor:
-        """The epoch's running sums for `rank` to start from: the saved ones on rank 0, zeros elsewhere (the
-        epoch's all-reduce adds them once). length: len(BALANCE_SUMS) + the epoch's steps, which must match."""
+        """The epoch's running sums for `rank` to start from: its own (an older checkpoint's summed ones on
+        rank 0, zeros elsewhere: the epoch's all-reduce adds them once). length: len(BALANCE_SUMS) + the
+        epoch's steps, which must match."""
         k = len(BALANCE_SUMS)
-        if len(self.sums) != length:
-            raise KebrError(f"The mid-epoch checkpoint of epoch {self.epoch} was written for {len(self.sums) - k} steps "
-                            f"an epoch, not {length - k}: the data or batch size changed; start afresh with --force.")
+        if self.sums.shape[-1] != length:
+            raise KebrError(f"The mid-epoch checkpoint of epoch {self.epoch} was written for {self.sums.shape[-1] - k} "
+                            f"steps an epoch, not {length - k}: the data or batch size changed; start afresh with --force.")
+        if self.sums.ndim == 2:
+            return self.sums[rank].to(device)
         return self.sums.to(device) if rank == 0 else torch.zeros(length, device=device)
 
     def rng_for(self, rank: int, world: int) -> dict[str, Any]:
@@ -202,11 +206,11 @@ class StepCheckpoints:
         return self.saved[0] if self.saved is not None else 0
 
     def _write(self, epoch: int, step: int, sums: Tensor) -> None:
-        total = all_reduce_sum(sums.detach().clone(), self.info).cpu()
-        states = [rng_state()]
+        own, states = [sums.detach().cpu()], [rng_state()]
         if self.info.enabled:
-            states = [None] * self.info.world
+            own, states = [None] * self.info.world, [None] * self.info.world
+            torch.distributed.all_gather_object(own, sums.detach().cpu())
             torch.distributed.all_gather_object(states, rng_state())
         if self.info.is_main:
-            self.save(EpochPosition(epoch, step, total, states))
+            self.save(EpochPosition(epoch, step, torch.stack(own), states))
         self.saved, self.last = (epoch, step), time.monotonic()

@@ -38,12 +38,15 @@ def check_part(part: tuple[int, int] | None, option: str) -> None:
         raise KebrError(f"{option} {part[0]}/{part[1]} is invalid: use i/n with 0 <= i < n (e.g. 0/4 .. 3/4).")
 
 
-def check_part_run(part: tuple[int, int] | None, option: str, *, collect: bool, force: bool, what: str) -> None:
-    """The guards of a run split into parts (`kebr eval --seed-shard`, `kebr ablate --shard`): a valid part,
-    and no --force with a part or --collect, which would remove `what` other jobs finished."""
+def check_part_run(part: tuple[int, int] | None, option: str, *, collect: bool, force: bool, items: str) -> None:
+    """The guards of a run split into parts (`kebr eval --seed-shard`, `kebr ablate --shard`) over `items`
+    ("seeds", "configurations"): a valid part, not both a part and --collect, and no --force with either,
+    which would remove the items other jobs finished."""
     check_part(part, option)
+    if part is not None and collect:
+        raise KebrError(f"{option} runs {items} and --collect runs none: give one of them.")
     if force and (part is not None or collect):
-        raise KebrError(f"--force cannot go with {option} or --collect: it would remove {what} other jobs "
+        raise KebrError(f"--force cannot go with {option} or --collect: it would remove the {items} other jobs "
                         "finished; start afresh with a plain --force run, then shard again.")
 
 

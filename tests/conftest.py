@@ -28,14 +28,15 @@ TEXTS = [
 
 def write_tiny_store(path: Path, n: int = 60, d_audio: int = 7, d_vision: int = 5, seed: int = 0,
                      audio_value: float | None = None, labeled: bool = True, no_streams: bool = False,
-                     no_audio: bool = False) -> Path:
+                     no_audio: bool = False, dataset: str = "") -> Path:
     """A small store whose audio carries the label (so training has something to learn). audio_value: every
-    audio value; no_audio: no audio frames (the same random draws otherwise, so stores differ only there)."""
+    audio value; no_audio: no audio frames (the same random draws otherwise, so stores differ only there);
+    dataset: the catalog entry it is made for (recorded in the store)."""
     from kebr_core.data.store import Sample, StoreWriter
 
     rng = np.random.default_rng(seed)
     splits = ["train", "train", "train", "valid", "test"]
-    with StoreWriter(path, [f"a{i}" for i in range(d_audio)], [f"v{i}" for i in range(d_vision)]) as w:
+    with StoreWriter(path, [f"a{i}" for i in range(d_audio)], [f"v{i}" for i in range(d_vision)], dataset=dataset) as w:
         for i in range(n):
             label = float(np.round(rng.uniform(-3, 3), 1))
             la = 0 if no_streams else int(rng.integers(1, 20))

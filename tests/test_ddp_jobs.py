@@ -44,7 +44,7 @@ if os.environ.get("KEBR_WRITES_LOG"):
 
     _open, _atomic = kio.open_for_writing, kio.atomic_write_text
     kio.open_for_writing = lambda path, *a, **k: (_note(path), _open(path, *a, **k))[1]
-    kio.atomic_write_text = lambda path, text: (_note(path), _atomic(path, text))[1]
+    kio.atomic_write_text = lambda path, text, **k: (_note(path), _atomic(path, text, **k))[1]
 '''
 
 

@@ -240,6 +240,23 @@ def test_two_seed_shards_at_once_then_collect(tiny_store: Path, tmp_path: Path) 
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
+@pytest.mark.parametrize("command, option, extra, message", [
+    ("eval", "--seed-shard", ["--collect"], "--seed-shard runs seeds and --collect runs none: give one of them."),
+    ("eval", "--seed-shard", ["--force"], "--force cannot go with --seed-shard or --collect: it would remove the seeds "
+                                          "other jobs finished; start afresh with a plain --force run, then shard again."),
+    ("ablate", "--shard", ["--collect"], "--shard runs configurations and --collect runs none: give one of them."),
+    ("ablate", "--shard", ["--force"], "--force cannot go with --shard or --collect: it would remove the configurations "
+                                       "other jobs finished; start afresh with a plain --force run, then shard again."),
+])
+def test_a_shard_with_collect_or_force_is_one_sentence_and_runs_nothing(tiny_store: Path, tmp_path: Path, command: str,
+                                                                       option: str, extra: list, message: str) -> None:
+    """The guards of a run split into parts, one home (`shards.check_part_run`) for both commands."""
+    out = tmp_path / "run"
+    r = runner.invoke(app, [command, "-d", str(tiny_store), "-o", str(out), "--epochs", "1", *FAST, option, "0/2", *extra])
+    assert r.exit_code == 1 and " ".join(r.output.split()).endswith(message), r.output
+    assert not out.exists()
+
+
 # ───────────────────────── ablation shards ─────────────────────────
 
 

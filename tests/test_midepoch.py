@@ -235,3 +235,64 @@ def test_cli_sigterm_inside_an_epoch_then_resume(store, tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr
     same_run(tmp_path / "full", out)
+
+
+# ───────────────────────── under DDP: two gloo processes ─────────────────────────
+
+DDP_RUN = r"""
+import os, signal, sys
+from pathlib import Path
+from kebr_cli.app import stop_on_sigterm
+from kebr_core.recipes.pretrain import pretrain
+from tests.test_midepoch import cfg
+store, out, epoch, step, resume = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+stop_on_sigterm()  # as the CLI does
+def kill(stage, done, total, info):  # rank 0 dies (kill -9) once step `step` of epoch `epoch` is done
+    if stage == "batch" and info["epoch"] == epoch and done == step and os.environ["RANK"] == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+pretrain(store, out, cfg(every_steps=2), progress=kill, resume=resume)
+"""
+
+
+def torchrun(script: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), *args], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_a_ddp_run_killed_inside_an_epoch_resumes_bit_for_bit(store, tmp_path):
+    """Two gloo processes, a mid-epoch checkpoint every 2 steps; rank 0 is killed (-9) just after the one of
+    epoch 2's step 2, torchrun ends the other. The checkpoint holds both ranks' random streams; resuming it
+    with one process is refused in one sentence, with two it gives the uninterrupted DDP run bit for bit."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_RUN)
+    full, out = tmp_path / "full", tmp_path / "run"
+    r = torchrun(script, str(store), str(full), "0", "0", "0")
+    assert r.returncode == 0, r.stderr
+    r = torchrun(script, str(store), str(out), "2", "2", "0")
+    assert r.returncode != 0
+    latest = checkpoints.latest_checkpoint(out)
+    assert latest.name == "epoch-0002-step-00000002", r.stderr
+    assert len(checkpoints.load_trainer_state(latest)["position"]["rng"]) == 2
+    with pytest.raises(KebrError, match=r"written by 2 process\(es\), not 1"):
+        pretrain(store, out, cfg(every_steps=2), resume=True)
+    r = torchrun(script, str(store), str(out), "0", "0", "1")
+    assert r.returncode == 0, r.stderr
+    same_run(full, out)
+
+
+def test_a_position_gives_each_rank_its_own_sums_and_reads_the_older_summed_form():
+    """(ranks, 7 + S) sums: rank r starts from row r. An older checkpoint's (7 + S,) sum of the ranks: rank 0
+    starts from it and the others from zeros (the epoch's all-reduce adds it once). Rows ≠ ranks: refused."""
+    from kebr_core.epoch_metrics import BALANCE_SUMS
+    from kebr_core.resume import EpochPosition
+
+    length = len(BALANCE_SUMS) + 3
+    per_rank = torch.arange(2 * length, dtype=torch.float32).reshape(2, length)
+    state = {"epoch": 2, "step": 1, "position": {"sums": per_rank, "rng": [{}, {}]}}
+    pos = EpochPosition.from_state(state, "t")
+    assert torch.equal(pos.sums_for(1, length, torch.device("cpu")), per_rank[1])
+    older = EpochPosition.from_state({**state, "position": {"sums": per_rank.sum(0), "rng": [{}, {}]}}, "t")
+    assert torch.equal(older.sums_for(0, length, torch.device("cpu")), per_rank.sum(0))
+    assert not older.sums_for(1, length, torch.device("cpu")).any()
+    with pytest.raises(KebrError, match="without its position"):
+        EpochPosition.from_state({**state, "position": {"sums": per_rank, "rng": [{}]}}, "t")

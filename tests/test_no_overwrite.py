@@ -525,3 +525,20 @@ def test_sigterm_saves_the_last_epoch_and_prints_the_resume_command(tmp_path: Pa
     assert r.returncode == 0, r.stderr
     assert checkpoints.load_trainer_state(checkpoints.latest_checkpoint(out))["epoch"] == epoch + 1
     assert (out / runs.FINAL / runs.WEIGHTS).is_file()
+
+
+def test_an_atomic_write_never_follows_a_link_planted_at_its_temporary_name(tmp_path: Path) -> None:
+    """`io.atomic_write_text` with a fixed temporary name (a model folder's record): a link planted there is
+    refused, the file it points to and the link are left as they were; without one the text lands whole."""
+    from kebr_core.io import atomic_write_text
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file\n")
+    planted = tmp_path / "record.json.tmp"
+    planted.symlink_to(victim)
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "record.json", "{}", tmp=planted)
+    assert victim.read_text() == "the user's file\n" and planted.is_symlink() and not (tmp_path / "record.json").exists()
+    planted.unlink()
+    atomic_write_text(tmp_path / "record.json", "ünïcode ✓", tmp=planted)
+    assert (tmp_path / "record.json").read_text(encoding="utf-8") == "ünïcode ✓" and not planted.exists()

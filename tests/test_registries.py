@@ -4,8 +4,12 @@ unknown name is one clear sentence, and a dataset's entry drives its label range
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 from pathlib import Path
+
+import h5py
 
 import numpy as np
 import pytest
@@ -13,17 +17,20 @@ import torch
 from typer.testing import CliRunner
 
 from kebr_cli.main import app
+from kebr_core import runs
 from kebr_core.config import MCCConfig
 from kebr_core.data import registry
-from kebr_core.data.catalog import DATASET_HELP, DATASETS, DEFAULT, Dataset, get_dataset
-from kebr_core.data.importers import AUTO, IMPORT_FORMATS, IMPORTERS, importer_for
+from kebr_core.data.catalog import DATASET_HELP, DATASETS, DEFAULT, Dataset, dataset_of, get_dataset
+from kebr_core.data.importers import AUTO, IMPORT_FORMATS, IMPORTERS, importer_for, merge_stores
+from kebr_core.data.store import FeatureStore
 from kebr_core.data.labels import check_labels, outside_range_warning
-from kebr_core.data.summary import label_histogram
+from kebr_core.data.summary import label_histogram, summarize
 from kebr_core.errors import KebrError
 from kebr_core.extract.audio import FEATURE_SETS, get_feature_set
 from kebr_core.extract.vision import VISION_BACKENDS, vision_feature_names
 from kebr_core.metrics import METRIC_NAMES, msa_metrics
 from kebr_core.modules.mcc import ALIGNS, FORMS, mcc_from_cosines, mcc_loss
+from tests.conftest import TINY_BERT, write_tiny_store
 
 runner = CliRunner()
 
@@ -212,3 +219,49 @@ def test_a_dataset_entry_is_resolved_with_its_files_and_range(tmp_path: Path, mo
     assert any("1 label(s) lie outside [-1, 1]" in w for w in warnings)
     with pytest.raises(KebrError, match=r"^No unit data under .*MMSA's unaligned_50\.pkl at .*label\.csv at"):
         registry.resolve_dataset("unit", tmp_path / "empty")
+    # The store records the entry it was made for; `kebr inspect` says so and bins labels on its range.
+    assert FeatureStore(store).attrs["dataset"] == "unit" and dataset_of(FeatureStore(store).attrs, store) is UNIT
+    summary = summarize(store)
+    assert summary["dataset"] == "unit" and summary["labels"]["histogram"] == {"-1": 0, "0": 1, "1": 1}
+    assert summary["labels"]["outside_range"] == 1
+    assert "made for dataset: unit" in runner.invoke(app, ["inspect", str(store)]).output
+    assert FeatureStore(registry.resolve_dataset("synth", tmp_path)).attrs["dataset"] == "synth"
+
+
+def test_a_store_made_for_a_dataset_is_scored_with_its_metric_set(tmp_path: Path, monkeypatch) -> None:
+    """`kebr eval` on a store made for the [-1, 1] entry: every seed's test metrics are that entry's set,
+    computed on its scale from the seed's own predictions (Acc-3, no Acc-7), and the table shows Acc-3."""
+    monkeypatch.setitem(DATASETS, "unit", UNIT)
+    store = write_tiny_store(tmp_path / "unit.h5", dataset="unit")
+    r = runner.invoke(app, ["eval", "-d", str(store), "-o", str(tmp_path / "run"), "--text-model", TINY_BERT,
+                            "--batch-size", "8", "--epochs", "1", "--seeds", "1"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    results = json.loads((tmp_path / "run" / runs.RESULTS_JSON).read_text())
+    test = results["per_seed"][0]
+    assert tuple(test) == UNIT.metric_names
+    rows = list(csv.DictReader((runs.seed_dir(tmp_path / "run", results["seeds"][0]) / runs.PREDICTIONS_CSV).open()))
+    label, pred = (np.array([float(row[k]) for row in rows]) for k in ("label", "prediction"))
+    assert test == pytest.approx(msa_metrics(pred, label, UNIT))
+    assert "Acc-3" in r.output and "Acc-7" not in r.output
+
+
+def test_a_store_made_for_an_unknown_dataset_is_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(DATASETS, "unit", UNIT)
+    store = write_tiny_store(tmp_path / "unit.h5", dataset="unit")
+    monkeypatch.delitem(DATASETS, "unit")  # a store from a kebr that knew the entry
+    r = runner.invoke(app, ["eval", "-d", str(store), "-o", str(tmp_path / "run"), "--text-model", TINY_BERT,
+                            "--epochs", "1", "--seeds", "1"])
+    assert r.exit_code != 0 and not (tmp_path / "run").exists()
+    message = " ".join(r.output.split())
+    assert f"Store {store} was made for dataset 'unit', which this kebr does not know" in message, r.output
+
+
+def test_stores_made_for_different_datasets_are_not_merged(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(DATASETS, "unit", UNIT)
+    a = write_tiny_store(tmp_path / "a.h5", n=5, dataset="unit")
+    b = write_tiny_store(tmp_path / "b.h5", n=5)
+    with h5py.File(b, "r+") as f:  # disjoint ids
+        f["id"][:5] = [f"b{i}" for i in range(5)]
+    with pytest.raises(KebrError, match="their dataset differ"):
+        merge_stores([a, b], tmp_path / "ab.h5")
+    assert not (tmp_path / "ab.h5").exists()

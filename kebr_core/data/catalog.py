@@ -10,7 +10,7 @@ dataset with MMSA's files (CH-SIMS, say) is one entry here; a new kind of input 
 
 CMU-MOSI and CMU-MOSEI are scored on [-3, 3]: Acc-7 on round(clip(y, -3, 3)), Acc-5 on
 round(clip(y, -2, 2)), Acc-2 at 0 (`metrics` module docstring). `DEFAULT` (mosi) is the scale of any
-store not named by a dataset.
+store not made for a dataset (a store records the entry it was made for: `dataset_of`).
 
 A leaf module: plain data, importing nothing of kebr but `errors`, so that `labels`, `summary` and `metrics`
 can all read it.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from kebr_core.errors import KebrError
 
@@ -56,7 +56,7 @@ def generate_synth_store(path: Path) -> None:
     """The synthetic benchmark's store (seed 0, MOSI-sized, 1000 unlabeled samples, audio/vision imbalance)."""
     from kebr_core.data.synth import SynthConfig, generate_synth  # torch-free, but only needed here
 
-    generate_synth(path, SynthConfig(unlabeled=1000))
+    generate_synth(path, SynthConfig(unlabeled=1000), dataset="synth")
 
 
 # name → entry: `--dataset NAME`'s choices, their label ranges, metric sets and files. The CLI's help and
@@ -69,6 +69,20 @@ DATASETS: dict[str, Dataset] = {
 }
 DEFAULT = DATASETS["mosi"]  # the scale of a store given by path (MOSI's and MOSEI's)
 DATASET_HELP = ", ".join(DATASETS) + ", or the path of a labeled store."  # --dataset's help
+
+
+def dataset_of(attrs: Mapping[str, Any], path: str | Path) -> Dataset:
+    """The entry a store was made for: its `dataset` attribute (written when kebr imported or generated it
+    for `--dataset NAME`), else DEFAULT (a store from `kebr extract`, `kebr import` or an older kebr: MOSI's
+    scale). A name this kebr does not know is refused: its metrics would be computed on another scale."""
+    name = attrs.get("dataset") or ""
+    if not name:
+        return DEFAULT
+    entry = DATASETS.get(name)
+    if entry is None:
+        raise KebrError(f"Store {path} was made for dataset {name!r}, which this kebr does not know "
+                        f"(it knows {', '.join(DATASETS)}), so it cannot score it on that dataset's scale.")
+    return entry
 
 
 def get_dataset(name: str) -> Dataset:

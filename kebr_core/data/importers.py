@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kebr_core.data.labels import LABEL_RANGE, check_labels
+from kebr_core.data.catalog import DEFAULT, Dataset
+from kebr_core.data.labels import check_labels
 from kebr_core.data.mmsa_checks import (NDARRAY_NAME, BoundedReader, DeclaredSizeError, check_split_content,
                                         checked_reconstruct, declared_size_message, plain)
 from kebr_core.data.store import SPLITS, FeatureStore, Sample, StoreWriter, describe_features
@@ -157,13 +158,13 @@ def _sample_frames(frames: np.ndarray, i: int, length: int | None) -> tuple[np.n
 
 def import_mmsa_pickle(
     src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False,
-    clip_labels: bool = False, label_range: tuple[float, float] = LABEL_RANGE,
+    clip_labels: bool = False, dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Import an MMSA processed pickle into a new store at `out`.
 
     The pickle is read without running code from it (`load_data_pickle`). ±inf labels are refused;
-    labels outside `label_range` (the dataset's, `catalog.Dataset`; default [-3, 3]) are counted (and
-    clipped with `clip_labels`).
+    labels outside the label range of `dataset` (the `catalog.Dataset` the store is made for, recorded in
+    it; None: MOSI's [-3, 3], nothing recorded) are counted (and clipped with `clip_labels`).
     Returns {"path", "samples", "splits": {split: n}, "audio_dim", "vision_dim", "lengths": "given" |
     "nonzero frames", "nonfinite_replaced", "labels_outside_range", "labels_clipped"}.
     """
@@ -196,7 +197,7 @@ def import_mmsa_pickle(
         labels = arrays["regression_labels"].astype(np.float64).reshape(n)
         arrays["regression_labels"], n_out = check_labels(
             labels, [_str(i) for i in arrays["id"].tolist()], f"MMSA pickle {src} ({split})", clip=clip_labels,
-            label_range=label_range)
+            label_range=(dataset or DEFAULT).label_range)
         outside += n_out
     has_lengths = all("audio_lengths" in a and "vision_lengths" in a for a in splits.values())
     total = sum(len(a["id"]) for a in splits.values())
@@ -206,8 +207,8 @@ def import_mmsa_pickle(
     done = nonfinite = 0
     with atomic_output(out, overwrite, inputs=[src]) as tmp:
         with StoreWriter(tmp, [f"mmsa_audio_{k}" for k in range(d_audio)], [f"mmsa_vision_{k}" for k in range(d_vision)],
-                         extractor=extractor, source=f"MMSA pickle {src.name}", flush_every=1024,
-                         flush_seconds=math.inf) as writer:
+                         extractor=extractor, source=f"MMSA pickle {src.name}", dataset=dataset.name if dataset else "",
+                         flush_every=1024, flush_seconds=math.inf) as writer:
             for split, arrays in splits.items():
                 n = len(arrays["id"])
                 a_len = arrays["audio_lengths"].astype(np.int64) if has_lengths else [None] * n
@@ -271,22 +272,23 @@ def read_label_csv(src: str | Path) -> list[Sample]:
 
 def import_label_csv(
     src: str | Path, out: str | Path, *, progress: ProgressFn | None = None, overwrite: bool = False,
-    clip_labels: bool = False, label_range: tuple[float, float] = LABEL_RANGE,
+    clip_labels: bool = False, dataset: Dataset | None = None,
 ) -> dict[str, Any]:
-    """Import an MMSA label.csv as a text-only store. ±inf labels are refused; labels outside `label_range`
-    (default [-3, 3]) are counted (and clipped with `clip_labels`).
+    """Import an MMSA label.csv as a text-only store. ±inf labels are refused; labels outside the range of
+    `dataset` (as `import_mmsa_pickle`'s) are counted (and clipped with `clip_labels`).
 
     Returns {"path", "samples", "splits", "labels_outside_range", "labels_clipped"}."""
     src, progress = Path(src), progress or _no_progress
     samples = read_label_csv(src)
     labels, outside = check_labels(np.array([s.label for s in samples]), [s.id for s in samples], f"Label file {src}",
-                                   clip=clip_labels, label_range=label_range)
+                                   clip=clip_labels, label_range=(dataset or DEFAULT).label_range)
     for sample, label in zip(samples, labels.tolist()):
         sample.label = label
     counts = {s: 0 for s in MMSA_SPLITS}
     with atomic_output(out, overwrite, inputs=[src]) as tmp:
         with StoreWriter(tmp, [], [], extractor={"importer": "label-csv", "file": src.name},
-                         source=f"MMSA label.csv {src.name}", flush_every=4096, flush_seconds=math.inf) as writer:
+                         source=f"MMSA label.csv {src.name}", dataset=dataset.name if dataset else "",
+                         flush_every=4096, flush_seconds=math.inf) as writer:
             for done, sample in enumerate(samples, start=1):
                 writer.add(sample)
                 counts[sample.split] += 1
@@ -331,10 +333,8 @@ def importer_for(src: Path, fmt: str = AUTO) -> Importer:
     return IMPORTERS[fmt]
 
 
-def import_file(
-    src: str | Path, out: str | Path, *, fmt: str = AUTO, progress: ProgressFn | None = None,
-    overwrite: bool = False, clip_labels: bool = False,
-) -> dict[str, Any]:
+def import_file(src: str | Path, out: str | Path, *, fmt: str = AUTO, progress: ProgressFn | None = None,
+                overwrite: bool = False, clip_labels: bool = False) -> dict[str, Any]:
     """Import by format: a key of `IMPORTERS` ("mmsa-pkl", "label-csv"), or "auto" (by extension, `importer_for`)."""
     src = Path(src)
     return importer_for(src, fmt).run(src, out, progress=progress, overwrite=overwrite, clip_labels=clip_labels)
@@ -361,8 +361,8 @@ def merge_stores(
     stores = [FeatureStore(p) for p in paths]
     first = stores[0]
     for store in stores[1:]:
-        for key in ("audio_features", "vision_features", "audio_rate_hz", "vision_fps"):
-            theirs, mine = store.attrs[key], first.attrs[key]
+        for key in ("audio_features", "vision_features", "audio_rate_hz", "vision_fps", "dataset"):
+            theirs, mine = store.attrs.get(key), first.attrs.get(key)
             if theirs != mine:
                 if key.endswith("features"):
                     theirs, mine = describe_features(theirs), describe_features(mine)
@@ -382,8 +382,8 @@ def merge_stores(
     with atomic_output(out, overwrite, inputs=paths) as tmp:
         with StoreWriter(tmp, first.audio_features, first.vision_features, audio_rate_hz=first.attrs["audio_rate_hz"],
                          vision_fps=first.attrs["vision_fps"], extractor=first.attrs.get("extractor", {}),
-                         source="merge of " + ", ".join(p.name for p in paths), flush_every=block,
-                         flush_seconds=math.inf) as writer:
+                         source="merge of " + ", ".join(p.name for p in paths), dataset=first.attrs.get("dataset", ""),
+                         flush_every=block, flush_seconds=math.inf) as writer:
             for store in stores:
                 texts = store.texts
                 for lo in range(0, len(store), block):

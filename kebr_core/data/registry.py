@@ -58,7 +58,7 @@ def _import_mmsa_files(entry: Dataset, data_dir: Path, store: Path, warn: Callab
     name, label_range = entry.name, entry.label_range
     for pkl in _candidates(data_dir, name, entry.processed_files):
         if pkl.exists():
-            result = import_mmsa_pickle(pkl, store, label_range=label_range)
+            result = import_mmsa_pickle(pkl, store, dataset=entry)
             if result["labels_outside_range"]:
                 warn(f"{pkl}: {outside_range_warning(result['labels_outside_range'], clipped=False, label_range=label_range)}")
             return store
@@ -66,7 +66,7 @@ def _import_mmsa_files(entry: Dataset, data_dir: Path, store: Path, warn: Callab
     for csv in _candidates(data_dir, name, entry.label_files):
         if csv.exists() or text_store.exists():
             if not text_store.exists():
-                result = import_label_csv(csv, text_store, label_range=label_range)
+                result = import_label_csv(csv, text_store, dataset=entry)
                 if result["labels_outside_range"]:
                     warn(f"{csv}: {outside_range_warning(result['labels_outside_range'], clipped=False, label_range=label_range)}")
             warn(f"{name}: only transcripts and labels were found ({csv}); audio and vision are absent, so TCMF "

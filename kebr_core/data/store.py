@@ -352,6 +352,7 @@ class StoreWriter:
         vision_fps: float | None = None,
         extractor: dict | None = None,
         source: str = "",
+        dataset: str = "",
         flush_every: int = 256,
         flush_seconds: float = 2.0,
         on_commit: Callable[[list[str]], None] | None = None,
@@ -371,12 +372,12 @@ class StoreWriter:
         self._pending_since: float | None = None
         self._resumed = self.path.exists()
         if not self._resumed:
-            self._create(audio_rate_hz, vision_fps, extractor or {}, source, compression, chunk_bytes)
+            self._create(audio_rate_hz, vision_fps, extractor or {}, source, dataset, compression, chunk_bytes)
         self._f = self._open_for_append()
 
     # ── open / create ───────────────────────────────────────────────────────────────────────────
 
-    def _create(self, audio_rate_hz, vision_fps, extractor, source, compression, chunk_bytes) -> None:
+    def _create(self, audio_rate_hz, vision_fps, extractor, source, dataset, compression, chunk_bytes) -> None:
         """Build the empty layout in a side file and rename it, so a kill here leaves no half store."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._check_space([], [])
@@ -391,6 +392,8 @@ class StoreWriter:
             f.attrs["vision_fps"] = float("nan") if vision_fps is None else float(vision_fps)
             f.attrs["extractor"] = json.dumps(extractor, sort_keys=True)
             f.attrs["source"] = str(source)
+            if dataset:  # the `catalog.DATASETS` entry the store was made for (`catalog.dataset_of`)
+                f.attrs["dataset"] = str(dataset)
             for name in ("id", "text", "text_source", "split"):
                 f.create_dataset(name, (0,), maxshape=(None,), chunks=(_INDEX_CHUNK,), dtype=_STR)
             f.create_dataset("label", (0,), maxshape=(None,), chunks=(_INDEX_CHUNK,), dtype=np.float32)

@@ -155,7 +155,7 @@ def read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise _damaged(path, f"its {key} attribute is {_show(value)}, not a number")
         attrs[key] = None if value is None or math.isnan(value) else float(value)
-    for key in ("created", "kebr_version", "source"):
+    for key in ("created", "kebr_version", "source", "dataset"):
         if key in attrs and not isinstance(attrs[key], str):
             raise _damaged(path, f"its {key} attribute is {_show(attrs[key])}, not text")
     extractor = _json_attr(attrs, "extractor", path, dict, "a JSON object")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from kebr_core.data.catalog import dataset_of
 from kebr_core.data.labels import LABEL_RANGE
 from kebr_core.data.store import SPLITS, FeatureStore
 
@@ -38,17 +39,19 @@ def label_histogram(labels: np.ndarray, label_range: tuple[float, float] = LABEL
 
 
 def summarize(store: FeatureStore | str | Path, max_errors: int = 10,
-              label_range: tuple[float, float] = LABEL_RANGE) -> dict[str, Any]:
+              label_range: tuple[float, float] | None = None) -> dict[str, Any]:
     """Samples per split, labels, features, sequence lengths, text sources and errors of a store.
 
-    Keys: path, file_bytes, format_version, created, kebr_version, source, extractor, samples,
-    splits {split: n}, labels {labeled, unlabeled, infinite, outside_range (finite labels outside
-    `label_range`, the dataset's; default [-3, 3]), mean, std, min, max, histogram {"-3".."3": n}} (statistics over finite labels),
+    Keys: path, file_bytes, format_version, created, kebr_version, source, dataset (the catalog entry it was
+    made for, "" for none: `catalog.dataset_of`), extractor, samples, splits {split: n}, labels {labeled, unlabeled, infinite,
+    outside_range (finite labels outside `label_range`; default: that dataset's), mean, std, min, max, histogram {"-3".."3": n}} (statistics over finite labels),
     audio / vision {dim, features, rate_hz | fps, lengths {min, mean, median, p95, max, zero,
     total_frames}}, text {sources {source: n}, words {mean, max}, empty}, errors {count, by_message,
     examples [{id, message}]}.
     """
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    dataset = dataset_of(store.attrs, store.path)
+    label_range = label_range or dataset.label_range
     labels = store.labels
     labeled = labels[np.isfinite(labels)]  # ±inf (only in stores written before kebr refused it) is no label either
     audio_lengths, vision_lengths = store.lengths()
@@ -62,6 +65,7 @@ def summarize(store: FeatureStore | str | Path, max_errors: int = 10,
         "created": attrs.get("created"),
         "kebr_version": attrs.get("kebr_version"),
         "source": attrs.get("source", ""),
+        "dataset": attrs.get("dataset", ""),
         "extractor": attrs.get("extractor", {}),
         "samples": len(store),
         "splits": {s: len(store.indices(s)) for s in SPLITS},

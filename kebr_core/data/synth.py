@@ -237,15 +237,17 @@ def synth_samples(cfg: SynthConfig) -> tuple[list[Sample], np.ndarray]:
 
 
 def generate_synth(
-    out: str | Path, cfg: SynthConfig, *, progress: Callable[[int, int], None] | None = None, overwrite: bool = False
+    out: str | Path, cfg: SynthConfig, *, progress: Callable[[int, int], None] | None = None, overwrite: bool = False,
+    dataset: str = "",
 ) -> dict[str, Any]:
-    """Write a synthetic store to `out` (atomically). Returns {"path", "samples", "splits", "config"}."""
+    """Write a synthetic store to `out` (atomically); `dataset`: the catalog entry it is made for, recorded in
+    the store. Returns {"path", "samples", "splits", "config"}."""
     samples, latent = synth_samples(cfg)
     counts: dict[str, int] = {}
     with atomic_output(out, overwrite) as tmp:
         with StoreWriter(tmp, [f"synth_audio_{k}" for k in range(cfg.audio_dim)],
                          [f"synth_vision_{k}" for k in range(cfg.vision_dim)],
-                         extractor={"generator": "kebr synth"}, source=f"kebr synth seed {cfg.seed}",
+                         extractor={"generator": "kebr synth"}, source=f"kebr synth seed {cfg.seed}", dataset=dataset,
                          flush_every=4096, flush_seconds=math.inf) as writer:
             for done, sample in enumerate(samples, start=1):
                 writer.add(sample)

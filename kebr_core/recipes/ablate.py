@@ -214,9 +214,9 @@ def c3_caption(rows: Sequence[dict]) -> str:
 
 
 def relative_change(metrics: dict[str, float], reference: dict[str, float]) -> float:
-    """Mean relative change over all metrics against the reference, in percent (MAE sign reversed)."""
+    """Mean relative change over the reference's metrics (its dataset's set), in percent (MAE sign reversed)."""
     changes = []
-    for k in METRIC_NAMES:
+    for k in reference:
         m, r = metrics.get(k, np.nan), reference.get(k, np.nan)
         if np.isfinite(m) and np.isfinite(r) and r != 0:
             c = (m - r) / abs(r) * 100.0
@@ -251,7 +251,7 @@ def ablate(
     test every configuration with a modality removed (`finetune`'s probe; each row's "probe"). std: the
     spread over seeds, "sample" (ddof = 1) or "population" (ddof = 0, MMSA's); ablation.json's std_ddof
     says which. shard, collect: the module docstring."""
-    check_part_run(shard, "--shard", collect=collect, force=force, what="what")
+    check_part_run(shard, "--shard", collect=collect, force=force, items="configurations")
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     out = Path(out)
@@ -342,7 +342,7 @@ def ablate(
             # Every (pretraining seed, fine-tuning seed) run of the configuration: P x F (1 x F without pretraining).
             every_run = [metrics for result in results for metrics in result.per_seed]
             row |= split_summary(aggregate(every_run, std))
-            row["values"] = {k: [[metrics[k] for metrics in result.per_seed] for result in results] for k in METRIC_NAMES}
+            row["values"] = {k: [[metrics[k] for metrics in result.per_seed] for result in results] for k in every_run[0]}
             if probe:
                 probes = [p for result in results for p in result.per_seed_probe]
                 row["probe"] = {name: split_summary(aggregate([p[name] for p in probes], std)) for name in probes[0]}
@@ -382,10 +382,11 @@ def ablate(
         def value(k: str, v):
             return in_file_unit(k, v) if isinstance(v, (int, float)) else ""
 
+        names = next((list(r["mean"]) for r in rows if r["mean"]), list(METRIC_NAMES))  # the dataset's metric set
         with open_for_writing(out / runs.RESULTS_CSV, newline="") as f:
             w = csv.writer(f)
             w.writerow(["name", "kind", "inputs", "pretrain", "tcmf", "mcc", "g", "mcc_form", "mcc_align", "status",
-                        *[unit_column(f"{k}_mean", k) for k in METRIC_NAMES], *[unit_column(f"{k}_std", k) for k in METRIC_NAMES],
+                        *[unit_column(f"{k}_mean", k) for k in names], *[unit_column(f"{k}_std", k) for k in names],
                         "std_ddof", "avg_change_pct", *(["pretrain_seeds", *delta_columns] if delta_caption else [])])
             for r in rows:
                 extra = []
@@ -395,8 +396,8 @@ def ablate(
                              *[(vs[k][x] if x == "p_value" else value(k, vs[k][x])) if k in vs else ""
                                for k in DELTA_METRICS for x in ("mean", "low", "high", "p_value")]]
                 w.writerow([r["name"], r["kind"], inputs, r["pretrain"], r["tcmf"], r["mcc"], r["g"], r["mcc_form"],
-                            r["mcc_align"], r["status"], *[value(k, r["mean"].get(k, "")) for k in METRIC_NAMES],
-                            *[value(k, r["std"].get(k, "")) for k in METRIC_NAMES], STD_DDOF[std], r["avg_change"], *extra])
+                            r["mcc_align"], r["status"], *[value(k, r["mean"].get(k, "")) for k in names],
+                            *[value(k, r["std"].get(k, "")) for k in names], STD_DDOF[std], r["avg_change"], *extra])
         caption = "; ".join(filter(None, (inputs_caption(inputs), pretraining_caption(payload), c3_caption(rows))))
         return AblationResult(out=out, rows=rows, seeds=seeds, notes=notes, caption=caption,
                               pretrain_seeds=pseeds, delta_caption=delta_caption, inputs=inputs)

@@ -51,6 +51,7 @@ import torch
 
 from kebr_core import checkpoints, run_identity, runs
 from kebr_core.config import RunConfig
+from kebr_core.data import catalog
 from kebr_core.data.dataset import Collator, StoreDataset
 from kebr_core.data.store import FeatureStore
 from kebr_core.distributed import (
@@ -230,7 +231,7 @@ def finetune(
     run (other settings, data or checkpoint) is refused naming the differing keys; `force` starts afresh. seed_shard, collect: the module docstring. typed, note: the settings the user typed
     (`apply_checkpoint_config`), and where to say which settings the checkpoint replaced."""
     run_dir = Path(run_dir)
-    check_part_run(seed_shard, "--seed-shard", collect=collect, force=force, what="the seeds")
+    check_part_run(seed_shard, "--seed-shard", collect=collect, force=force, items="seeds")
     if std not in STD_DDOF:
         raise KebrError(f"The std convention must be one of {', '.join(STD_DDOF)}, not {std!r}.")
     if seeds is not None:
@@ -239,6 +240,7 @@ def finetune(
     require(cfg.train.report_to)
     seeds = list(cfg.train.seeds)
     store = FeatureStore(store_path)
+    catalog.dataset_of(store.attrs, store_path)  # made for a dataset this kebr does not know: refused before any work
     split_index, unlabeled = labeled_splits(store, store_path)
     checkpoint = complete_config(cfg, store_path, checkpoint, typed, note)
     check_model_size(cfg, encoder_from=encoder_source(checkpoint, cfg.model.text_model))  # before the run folder is touched
@@ -397,6 +399,7 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
         metrics_path.unlink(missing_ok=True)
         log = epoch_logger(metrics_path, cfg.to_dict(), "finetune", seed)
     best = (math.inf, 0, None, {})  # (valid MAE, epoch, weights, valid metrics)
+    scale = dataset_entry(datasets["valid"])  # the metric set and scale of the dataset the store was made for
     epoch = 0
     own = loaders is None
     loaders = loaders or RunLoaders(loader_workers(cfg.train.workers, device), device)
@@ -405,7 +408,7 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
                           frozen=frozen, info=info, seed=seed, prefix="train_", progress=progress, loaders=loaders)
         sched.step()
         pred, label = predict_split(model, datasets["valid"], collate, cache, cfg, device, info, loaders=loaders)
-        valid = msa_metrics(pred, label)
+        valid = msa_metrics(pred, label, scale)
         row |= validation_columns(valid)
         if log is not None:
             log.log_dict(row, epoch)
@@ -422,6 +425,11 @@ def fit_on_validation(cfg: RunConfig, seed: int, datasets, collate, token_ids, c
     return Fitted(model, frozen, cache, best[0], best[1], epoch, best[3])
 
 
+def dataset_entry(split: StoreDataset) -> catalog.Dataset:
+    """The catalog entry the split's store was made for (`catalog.dataset_of`): its metrics' scale and set."""
+    return catalog.dataset_of(split.store.attrs, split.store.path)
+
+
 def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoint, device, info: DistInfo, progress,
               best_model_dir: Path, features: dict, text_cache: dict, probe: bool = False,
               loaders: RunLoaders | None = None) -> dict:
@@ -433,12 +441,13 @@ def _run_seed(cfg, seed, seed_dir: Path, datasets, collate, token_ids, checkpoin
     best = (fitted.valid_mae, fitted.best_epoch)
     pred, label, pooled = predict_split(model, datasets["test"], collate, cache, cfg, device, info, features=True,
                                         loaders=loaders)
-    test = msa_metrics(pred, label)
+    scale = dataset_entry(datasets["test"])
+    test = msa_metrics(pred, label, scale)
     result = {"seed": seed, "best_epoch": best[1], "valid_mae": best[0], "test": test}
     if probe:
         result["probe"] = {
             f"{modality} {how}": msa_metrics(*predict_split(model, datasets["test"], collate, cache, cfg, device, info,
-                                                            remove=(modality, how), loaders=loaders))
+                                                            remove=(modality, how), loaders=loaders), scale)
             for modality, how in PROBES
         }
     if info.is_main:
