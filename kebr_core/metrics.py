@@ -68,14 +68,23 @@ def metric_display(metric: str) -> tuple[str, bool, int]:
 
 
 def table_headers(metrics: Iterable[str]) -> dict[str, str]:
-    """column → heading of the Table 1 columns that a metric set fills (a dataset's `metric_names`), in the
-    order of its keys; a heading says what a two-number cell holds ("Acc-2 has0/non0")."""
+    """column → heading of the Table 1 columns that a metric set fills (a dataset's `metric_names`), in Table
+    1's order (`_column_rank`); a heading says what a two-number cell holds ("Acc-2 has0/non0")."""
     headers: dict[str, str] = {}
     for metric in metrics:
         column, keys, _, _ = _column_of(metric)
         if column not in headers:
             headers[column] = f"{column} " + "/".join(k.rsplit("_", 1)[1] for k in keys) if len(keys) > 1 else column
-    return headers
+    return dict(sorted(headers.items(), key=lambda item: _column_rank(item[0])))
+
+
+def _column_rank(column: str) -> tuple[int, int]:
+    """Table 1's column order whatever order the keys come in (MMSA's CSV has Acc-5 before Acc-7): Acc-2, F1,
+    the multi-class accuracies from the most classes down, MAE, Corr, anything else."""
+    if column.startswith("Acc-") and column != "Acc-2":
+        return 2, -int(column[4:])
+    order = {"Acc-2": 0, "F1": 1, "MAE": 3, "Corr": 4}
+    return order.get(column, 5), 0
 
 
 # The headings of MOSI's and MOSEI's metric set (and any store not made for another dataset).

@@ -28,7 +28,7 @@ from kebr_core.data.summary import label_histogram, summarize
 from kebr_core.errors import KebrError
 from kebr_core.extract.audio import FEATURE_SETS, get_feature_set
 from kebr_core.extract.vision import VISION_BACKENDS, vision_feature_names
-from kebr_core.metrics import METRIC_NAMES, msa_metrics
+from kebr_core.metrics import METRIC_NAMES, msa_metrics, table_headers
 from kebr_core.modules.mcc import ALIGNS, FORMS, mcc_from_cosines, mcc_loss
 from tests.conftest import TINY_BERT, write_tiny_store
 
@@ -201,6 +201,10 @@ def test_a_dataset_entry_sets_the_metric_set() -> None:
     assert got["acc2_has0"] == got["acc2_non0"] == 0.75 and got["acc3"] == 0.5
     assert got["mae"] == pytest.approx(0.525) and got["corr"] == pytest.approx(np.corrcoef(pred, label)[0, 1])
     # on MOSI's scale the 2.0 prediction is not clipped onto 1: Acc-7 compares 2 with 1 there, 1 of 4 agree
+    # Table 1's column order whatever order the keys come in (MMSA's CSV lists Acc-5 before Acc-7)
+    assert list(table_headers(UNIT.metric_names)) == ["Acc-2", "F1", "Acc-3", "MAE", "Corr"]
+    assert list(table_headers(["corr", "acc5", "mae", "acc7", "f1_has0", "f1_non0", "acc2_has0", "acc2_non0"])) == [
+        "Acc-2", "F1", "Acc-7", "Acc-5", "MAE", "Corr"]
     mosi = msa_metrics(pred, label)
     assert tuple(mosi) == METRIC_NAMES and mosi["acc7"] == 0.25 and mosi["acc2_has0"] == 0.75
 
