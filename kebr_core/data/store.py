@@ -36,9 +36,9 @@ committed by the next automatic commit (every `flush_every` samples or `flush_se
 by `flush()`, or by `close()`. `flush_every=1` makes every `add` durable before it returns.
 
 Reading is lazy: `FeatureStore` reads the small per-sample index (ids, labels, splits, offsets) and the
-texts once (packed, a few bytes per clip beyond the text: `packed_strings.py`), checks them and the layout (`store_checks.py`: a store may come from someone else), closes
-the file, and opens it again on the first frame read in each process, so DataLoader workers each get
-their own handle. Frames are read per sample; memory does not grow with the frames stored.
+texts once (packed: a few bytes per clip beyond the text, `packed_strings.py`), checks them and the
+layout (`store_checks.py`: a store may come from someone else), closes the file, and opens it again on
+the first frame read in each process, so DataLoader workers each get their own handle. Frames are read per sample; memory does not grow with the frames stored.
 
 One module, though over 400 lines, because it is one cohesive thing: the file format. The layout, its
 opening (`_open_h5`; what a valid file is lives in `store_checks.py`), the writer's commit protocol and

@@ -42,9 +42,10 @@ def summarize(store: FeatureStore | str | Path, max_errors: int = 10,
               label_range: tuple[float, float] | None = None) -> dict[str, Any]:
     """Samples per split, labels, features, sequence lengths, text sources and errors of a store.
 
-    Keys: path, file_bytes, format_version, created, kebr_version, source, dataset (the catalog entry it was
-    made for, "" for none: `catalog.dataset_of`), extractor, samples, splits {split: n}, labels {labeled, unlabeled, infinite,
-    outside_range (finite labels outside `label_range`; default: that dataset's), mean, std, min, max, histogram {"-3".."3": n}} (statistics over finite labels),
+    Keys: path, file_bytes, format_version, created, kebr_version, source, dataset (the catalog entry it
+    was made for, "" for none: `catalog.dataset_of`), extractor, samples, splits {split: n}, labels
+    {labeled, unlabeled, infinite, outside_range (finite labels outside `label_range`; default: that
+    dataset's range), mean, std, min, max, histogram {"-3".."3": n}} (statistics over finite labels),
     audio / vision {dim, features, rate_hz | fps, lengths {min, mean, median, p95, max, zero,
     total_frames}}, text {sources {source: n}, words {mean, max}, empty}, errors {count, by_message,
     examples [{id, message}]}.
