@@ -4,8 +4,8 @@
 
 For each size, a synthetic store (`kebr_core.data.synth`, small features: 4-d audio of 5–20 frames, 4-d
 vision of 3–8 frames, all clips unlabeled) and a pretraining run in its own process (the embedded MiniLM,
-frozen, batch 32, CPU, one thread) stopped after --steps steps (a fixed number of steps per size, not a
-whole epoch: 200 K clips are 6,250 steps). Measured per run: peak RSS (VmHWM of the process; the CPU loader
+frozen, batch 32, CPU, one thread) stopped after --steps steps (the same number at every size: several
+epochs of a small store, part of one of a large one, as 200 K clips are 6,250 steps). Measured per run: peak RSS (VmHWM of the process; the CPU loader
 has no worker processes, and their maxrss is added when there are), RSS once the text cache is built,
 seconds per sample over the steps after the first 5, cache build time and size, store size.
 The text cache on disk (`--text-cache disk`) at every size; in memory (the former default) at sizes up
@@ -70,7 +70,9 @@ def child(args: argparse.Namespace) -> None:
 
     cfg = RunConfig.for_stage("pretrain")
     cfg.model.text_model = args.text_model
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.device = 1, 32, "cpu"
+    # as many epochs as --steps needs (a small store's epoch is short), so every size runs the same steps:
+    # RSS grows over the first few hundred steps (bench/rss_steps.py), so sizes compare at equal steps
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.device = 1000, 32, "cpu"
     cfg.train.text_cache, cfg.train.text_cache_dtype = args.mode, args.dtype
     seen: dict = {"encode": [], "steps": [], "rss_cache": None}
     t0 = time.perf_counter()
@@ -282,7 +284,7 @@ def report(r: dict) -> str:
                 median = f"{m['seconds_per_sample_median'] * 1e3:.2f} ms" if m.get("seconds_per_sample_median") else "–"
                 lines.append(f"| {int(n):,} | {mode} | {row['store_bytes'] / 1e6:.1f} | {m['peak_rss_mb']:.0f} | "
                              f"{m['rss_after_cache_mb']:.0f} | {m['cache_build_s']:.1f} | {m['cache_bytes'] / 1e6:.1f} | "
-                             f"{m['seconds_per_sample'] * 1e3:.2f} ms | {median} | {m['steps']} of {m['steps_per_epoch']} |")
+                             f"{m['seconds_per_sample'] * 1e3:.2f} ms | {median} | {m['steps']} (epoch: {m['steps_per_epoch']}) |")
     lines += ["", "| corpus | encoder | cache GB fp32 / bf16 | RAM GB disk cache / memory cache | cache build h (CPU, 1 thread) "
               "| epoch h (CPU, 1 thread) | GPU |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for p in r["projection"]:
@@ -328,8 +330,10 @@ def main() -> None:
             row[mode] = run_child(store, run, mode, args.steps)
             print(n, mode, row[mode], flush=True)
         r["sizes"][str(n)] = row
-    if args.sizes_only:  # the rest from the earlier run
+    if args.sizes_only:  # the rest from the earlier run, and its sizes not run now
         earlier = json.loads(args.out.read_text())
+        r["sizes"] = {**{n: row for n, row in earlier["sizes"].items() if n not in r["sizes"]}, **r["sizes"]}
+        r["sizes"] = dict(sorted(r["sizes"].items(), key=lambda item: int(item[0])))
         r |= {k: v for k, v in earlier.items() if k not in ("machine", "loadavg", "steps", "sizes")}
         r["rest_loadavg"] = earlier.get("loadavg")
         for p in r.get("precision", {}).values():  # the key's earlier name (it was the median then too)
