@@ -135,7 +135,7 @@ def ablate(
                 apply_spec(stage_cfg, spec).validate(labels={"mcc.g": "--g-values" if spec.kind == "g-sweep" else "--g",
                                                              "mcc.form": "--compare-forms", "mcc.align": "--compare-aligns"})
         share = parse_shard(shard, "--shard")
-        check_part_run(share, "--shard", collect=collect, force=force, items="configurations")  # before any import
+        check_part_run(share, "--shard", collect=collect, force=force, items="configurations")  # before the data is resolved
         with Reporter(out) as report, using_threads(report, threads):
             store = resolve_dataset(dataset, data_dir, warn=report.warning)
             check_run_dir(out, store, pretrain_store, config)
