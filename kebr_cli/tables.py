@@ -123,9 +123,9 @@ def ablation_table(rows: list[dict], seeds: Sequence[int], width: Optional[int] 
 
     def table(delta_columns: bool) -> Table:
         # Table 4's columns: those of Table 1 but the coarser multi-class accuracies (MOSI: Acc-5 left out).
-        multiclass = [c for c in rows_headers(body) if c.startswith("Acc-") and c != "Acc-2"]
-        lead, metrics = ["config", "pre-train", "TCMF", "MCC", "g"], [
-            c for c in rows_headers(body) if c not in multiclass[1:]]
+        columns = list(rows_headers(body))
+        multiclass = [c for c in columns if c.startswith("Acc-") and c != "Acc-2"]
+        lead, metrics = ["config", "pre-train", "TCMF", "MCC", "g"], [c for c in columns if c not in multiclass[1:]]
         tail = ["Avg", *([h for _, h in deltas] if delta_columns else [])]
         kept = [(lead_cells, summary, tail_cells[:len(tail)], placeholder) for lead_cells, summary, tail_cells, placeholder in body]
         shown = [c for c in captions if c and (delta_columns or c != delta_caption)]

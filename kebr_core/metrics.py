@@ -67,15 +67,17 @@ def metric_display(metric: str) -> tuple[str, bool, int]:
     return (f"{column} {metric.rsplit('_', 1)[1]}" if len(keys) > 1 else column), percent, decimals
 
 
+def _columns(metrics: Iterable[str]) -> list[tuple[str, tuple[str, ...], bool, int]]:
+    """The Table 1 columns a metric set fills (`_column_of` each, once), in Table 1's order (`_column_rank`)."""
+    columns = {column[0]: column for column in map(_column_of, metrics)}
+    return sorted(columns.values(), key=lambda column: _column_rank(column[0]))
+
+
 def table_headers(metrics: Iterable[str]) -> dict[str, str]:
     """column → heading of the Table 1 columns that a metric set fills (a dataset's `metric_names`), in Table
     1's order (`_column_rank`); a heading says what a two-number cell holds ("Acc-2 has0/non0")."""
-    headers: dict[str, str] = {}
-    for metric in metrics:
-        column, keys, _, _ = _column_of(metric)
-        if column not in headers:
-            headers[column] = f"{column} " + "/".join(k.rsplit("_", 1)[1] for k in keys) if len(keys) > 1 else column
-    return dict(sorted(headers.items(), key=lambda item: _column_rank(item[0])))
+    return {column: f"{column} " + "/".join(k.rsplit("_", 1)[1] for k in keys) if len(keys) > 1 else column
+            for column, keys, _, _ in _columns(metrics)}
 
 
 def _column_rank(column: str) -> tuple[int, int]:
@@ -219,8 +221,7 @@ def format_table_row(metrics: Mapping[str, float | tuple[float, float]], spread:
         `TABLE_HEADERS` names the columns for a reader (has0/non0 spelled out).
     """
     row: dict[str, str] = {}
-    for column in table_headers(metrics):
-        _, keys, percent, decimals = _column_of(next(k for k in metrics if _column_of(k)[0] == column))
+    for column, keys, percent, decimals in _columns(metrics):
         values = [metrics[key] for key in keys]
         if not spread:
             values = [v[0] if isinstance(v, tuple) else v for v in values]

@@ -206,11 +206,11 @@ class StepCheckpoints:
         return self.saved[0] if self.saved is not None else 0
 
     def _write(self, epoch: int, step: int, sums: Tensor) -> None:
-        own, states = [sums.detach().cpu()], [rng_state()]
-        if self.info.enabled:
-            own, states = [None] * self.info.world, [None] * self.info.world
-            torch.distributed.all_gather_object(own, sums.detach().cpu())
-            torch.distributed.all_gather_object(states, rng_state())
+        mine = (sums.detach().cpu(), rng_state())
+        every = [mine]
+        if self.info.enabled:  # each rank's sums and random state, in one collective
+            every = [None] * self.info.world
+            torch.distributed.all_gather_object(every, mine)
         if self.info.is_main:
-            self.save(EpochPosition(epoch, step, torch.stack(own), states))
+            self.save(EpochPosition(epoch, step, torch.stack([s for s, _ in every]), [r for _, r in every]))
         self.saved, self.last = (epoch, step), time.monotonic()

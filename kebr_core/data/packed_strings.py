@@ -82,7 +82,7 @@ class PackedStrings(Sequence[str]):
 
 
 class Categories:
-    """N values out of a few names: codes (N,) uint8 (int16 past 255 names), names[codes[i]] is value i."""
+    """N values out of a few names: codes (N,) uint8 (int32 past 256 names), names[codes[i]] is value i."""
 
     def __init__(self, codes: np.ndarray, names: Sequence[str]):
         self.codes, self.names = codes, tuple(names)
@@ -112,6 +112,7 @@ class Categories:
 
     def where(self, wanted: Sequence[str]) -> np.ndarray:
         """(N,) bool: the value is one of `wanted`."""
-        codes = [k for k, name in enumerate(self.names) if name in set(wanted)]
+        wanted = set(wanted)
+        codes = [k for k, name in enumerate(self.names) if name in wanted]
         return np.isin(self.codes, codes)
 
